@@ -1,0 +1,102 @@
+"""YAML loading that remembers where every value came from.
+
+Inventory, playbooks and rotation policies must report bad input as
+``file:line``. PyYAML's plain loaders throw positions away, so this loader
+builds ordinary dicts/lists/scalars and records the line of each mapping,
+sequence and mapping key in a side table, queried with :func:`line_of`.
+
+Values stay plain Python types, so the rest of the code never sees a wrapper.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infratool.errors import InputError
+
+
+class _Located(dict):
+    """A dict that knows its own line and the line of each key."""
+
+    __slots__ = ("key_lines", "line")
+
+
+class _LocatedList(list):
+    """A list that knows its own line and the line of each item."""
+
+    __slots__ = ("item_lines", "line")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that returns :class:`_Located` mappings and sequences."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Located:
+    loader.flatten_mapping(node)
+    result = _Located()
+    result.line = node.start_mark.line + 1
+    result.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str | int | float | bool) and key is not None:
+            raise InputError("mapping keys must be plain scalars", line=key_node.start_mark.line + 1)
+        if key in result:
+            raise InputError(f"duplicate key {key!r}", line=key_node.start_mark.line + 1)
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> _LocatedList:
+    result = _LocatedList(loader.construct_object(child, deep=True) for child in node.value)
+    result.line = node.start_mark.line + 1
+    result.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return result
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def load(path: str | Path) -> Any:
+    """Parse the YAML file at ``path``; syntax errors become :class:`InputError` with file:line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError("file not found", file=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read file: {exc}", file=path) from None
+    return loads(text, path)
+
+
+def loads(text: str, path: str | Path = "<string>") -> Any:
+    """Parse YAML ``text`` (reported as ``path`` in errors)."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except InputError as exc:
+        raise InputError(exc.message, file=path, line=exc.line) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise InputError(f"YAML syntax error: {problem}", file=path, line=line) from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"YAML error: {exc}", file=path) from None
+    except RecursionError:
+        raise InputError("YAML nested too deeply", file=path) from None
+
+
+def line_of(container: Any, key: Any = None) -> int | None:
+    """The line of ``container[key]`` (a mapping key or list index), or of the container."""
+    if key is not None:
+        if isinstance(container, _Located):
+            return container.key_lines.get(key, container.line)
+        if isinstance(container, _LocatedList) and isinstance(key, int):
+            if 0 <= key < len(container.item_lines):
+                return container.item_lines[key]
+            return container.line
+    return getattr(container, "line", None)
