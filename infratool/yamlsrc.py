@@ -76,7 +76,7 @@ def load(path: str | Path) -> Any:
 def loads(text: str, path: str | Path = "<string>") -> Any:
     """Parse YAML ``text`` (reported as ``path`` in errors)."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        return yaml.load(text, Loader=_Loader)
     except InputError as exc:
         raise InputError(exc.message, file=path, line=exc.line) from None
     except yaml.MarkedYAMLError as exc:

@@ -1,0 +1,5 @@
+"""``python -m infratool`` runs the CLI."""
+
+from infratool.cli import main
+
+main()

@@ -1,0 +1,116 @@
+"""Changes and plans: what a run will do, as data (after terraform's plan).
+
+A task's ``plan()`` returns :class:`Change` objects. Each knows its host (or
+:data:`LOCAL` for the flake repo), a one-line description, a redacted diff and
+how to apply itself. The runner gathers them into a :class:`Plan`, which the
+CLI renders for humans or dumps as JSON, and ``run`` applies exactly that plan.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from infratool.hidden import REDACTOR
+
+LOCAL = "local"
+"""Pseudo-host for changes to the flake repo on the controller."""
+
+SECRET_DIFF = "(secret content: not shown)"
+
+
+@dataclass
+class Change:
+    """One planned modification on one host (or the local flake repo)."""
+
+    host: str
+    task: str
+    description: str
+    apply: Callable[[Any], None] | None = field(default=None, repr=False, compare=False)
+    """``apply(ctx)`` with the :class:`~infratool.context.HostContext` of ``host``."""
+    diff: str = ""
+    phase: int = 0
+    """Within one task, lower phases apply on every host before higher ones."""
+    deploy: str | None = None
+    """A NixOS host whose generated configuration this change touches (triggers deploy)."""
+    requires: tuple[str, ...] = ()
+    """Hosts that must not have failed for this change to apply (e.g. the builder)."""
+    action: str = "change"
+    """One of create, update, delete, run, deploy — for the summary and JSON."""
+    stage: int = 0
+    """Set by the runner: the index of the playbook entry that planned this change."""
+
+    def __post_init__(self) -> None:
+        # Redact at construction, so no later path can show the raw text.
+        self.description = REDACTOR.redact(self.description)
+        self.diff = REDACTOR.redact(self.diff)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view (no apply callable)."""
+        return {
+            "host": self.host,
+            "task": self.task,
+            "action": self.action,
+            "description": self.description,
+            "diff": self.diff,
+            "phase": self.phase,
+        }
+
+
+@dataclass
+class Plan:
+    """Every change of a run, plus the hosts that could not be planned."""
+
+    hosts: list[str]
+    changes: list[Change] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+    """host → why it could not be planned (unreachable, host key refused, ...)."""
+    host_key_refused: set[str] = field(default_factory=set)
+
+    def for_host(self, host: str) -> list[Change]:
+        """Changes on one host, in plan order."""
+        return [c for c in self.changes if c.host == host]
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing would change."""
+        return not self.changes
+
+    def counts(self) -> dict[str, int]:
+        """Number of changes per host (hosts without changes included as 0)."""
+        counts = {h: 0 for h in self.hosts}
+        for c in self.changes:
+            counts[c.host] = counts.get(c.host, 0) + 1
+        return counts
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view of the plan."""
+        return {
+            "hosts": self.hosts,
+            "changes": [c.to_dict() for c in self.changes],
+            "failures": self.failures,
+            "summary": {"changes": len(self.changes), "failed_hosts": sorted(self.failures)},
+        }
+
+
+def text_diff(old: str | None, new: str | None, path: str, secret: bool = False) -> str:
+    """A unified diff of a file's content, or a placeholder for secret content.
+
+    Secret content is never diffed: even a one-line diff would print the
+    value. The result is run through the redactor in any case.
+    """
+    if secret:
+        if old is None:
+            return f"+++ {path}\n{SECRET_DIFF}"
+        return f"--- {path}\n+++ {path}\n{SECRET_DIFF}"
+    a = [] if old is None else old.splitlines(keepends=True)
+    b = [] if new is None else new.splitlines(keepends=True)
+    lines = difflib.unified_diff(
+        a, b, fromfile="/dev/null" if old is None else path, tofile="/dev/null" if new is None else path
+    )
+    out = "".join(
+        line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
+    )
+    return REDACTOR.redact(out.rstrip("\n"))

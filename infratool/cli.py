@@ -1,0 +1,425 @@
+"""The command line: parse, call, render, exit code. Nothing else lives here.
+
+Heavy modules (Fabric, rich, the tasks) are imported inside the commands, so
+``infratool --help`` starts fast.
+
+Exit codes: 0 ok, 1 a host or task failed, 2 changes pending (with
+``--detailed-exitcode``), 3 bad input (nothing touched), 4 host key refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from infratool import __version__
+from infratool.errors import EXIT_FAILED, EXIT_INPUT, InfratoolError, InputError
+
+
+@dataclass
+class Globals:
+    """Options shared by every command."""
+
+    inventory: str | None
+    json: bool
+    verbosity: int
+    audit_log: Path | None
+
+
+pass_globals = click.make_pass_decorator(Globals)
+
+
+class InfratoolGroup(click.Group):
+    """Maps infratool errors to messages and exit codes, in one place."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except InfratoolError as exc:
+            from infratool.hidden import REDACTOR
+
+            click.echo(f"error: {REDACTOR.redact(str(exc))}", err=True)
+            ctx.exit(exc.exit_code)
+        except click.UsageError as exc:
+            # Usage errors are bad input too: exit 3, not click's 2 (2 means
+            # "changes pending" for plan --detailed-exitcode).
+            exc.show()
+            ctx.exit(EXIT_INPUT)
+
+
+def _examples(*lines: str) -> str:
+    return "\n\n\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+@click.group(
+    cls=InfratoolGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Plan-first automation for a NixOS fleet: secrets rotation, remote builders, "
+    "binary cache, Secure Boot."
+    + _examples(
+        "infratool hosts --check",
+        "infratool plan playbooks/site.yaml",
+        "infratool run playbooks/site.yaml --limit tag:builder --yes",
+    ),
+)
+@click.option(
+    "-i",
+    "--inventory",
+    envvar="INFRATOOL_INVENTORY",
+    metavar="FILE",
+    help="Inventory file [env INFRATOOL_INVENTORY; default ./hosts.yaml].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+@click.option(
+    "--audit-log",
+    type=click.Path(path_type=Path),
+    envvar="INFRATOOL_AUDIT_LOG",
+    help="Audit log file [env INFRATOOL_AUDIT_LOG; default ~/.local/state/infratool/audit.jsonl].",
+)
+@click.version_option(__version__, "-V", "--version", prog_name="infratool")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    inventory: str | None,
+    as_json: bool,
+    verbose: int,
+    quiet: bool,
+    audit_log: Path | None,
+) -> None:
+    """Entry point (see --help)."""
+    ctx.obj = Globals(
+        inventory=inventory, json=as_json, verbosity=-1 if quiet else verbose, audit_log=audit_log
+    )
+    if ctx.invoked_subcommand not in (None, "completion"):
+        from infratool import log
+
+        log.configure(ctx.obj.verbosity)
+
+
+def _inventory(g: Globals):
+    from infratool import inventory
+
+    return inventory.load(inventory.resolve_path(g.inventory))
+
+
+def _emit_json(data: Any) -> None:
+    from infratool.hidden import REDACTOR
+
+    click.echo(REDACTOR.redact(json.dumps(data, indent=2, default=str)))
+
+
+# -- hosts / facts -----------------------------------------------------------
+
+
+@main.command(
+    help="List hosts, their tags and (with --check) reachability."
+    + _examples("infratool hosts", "infratool hosts --check --limit 'tag:server'")
+)
+@click.option("--check", is_flag=True, help="Connect to each host (pinned key) and report.")
+@click.option(
+    "--limit", "-l", metavar="SEL", help="Host selection: names, globs, tag:NAME, !exclude, commas."
+)
+@click.option("--forks", "-f", default=10, show_default=True, type=click.IntRange(1, 256))
+@pass_globals
+def hosts(g: Globals, check: bool, limit: str | None, forks: int) -> None:
+    inv = _inventory(g)
+    selected = inv.select(limit)
+    status: dict[str, str] = {}
+    if check:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from infratool.remote import Remote
+
+        def probe(host) -> tuple[str, str]:
+            try:
+                with Remote(host) as r:
+                    r.run("true", what="probe")
+                return host.name, "ok"
+            except InfratoolError as exc:
+                return host.name, str(exc)
+
+        with ThreadPoolExecutor(max_workers=forks) as pool:
+            status = dict(pool.map(probe, selected))
+    rows = [
+        {
+            "name": h.name,
+            "address": h.address,
+            "port": h.port,
+            "user": h.user,
+            "os": h.os,
+            "system": h.system,
+            "tags": list(h.tags),
+            "pinned": len(h.host_keys) > 0,
+            **({"reachable": status[h.name]} if check else {}),
+        }
+        for h in selected
+    ]
+    if g.json:
+        _emit_json(rows)
+    else:
+        from rich.table import Table
+
+        from infratool import render
+
+        table = Table()
+        for col in ("name", "address", "os", "tags", "pinned") + (("reachable",) if check else ()):
+            table.add_column(col)
+        for r in rows:
+            cells = [
+                r["name"],
+                f"{r['address']}:{r['port']}",
+                r["os"],
+                ", ".join(r["tags"]),
+                "yes" if r["pinned"] else "NO",
+            ]
+            if check:
+                cells.append(r["reachable"])
+            table.add_row(*cells)
+        render.console().print(table)
+    if check and any(v != "ok" for v in status.values()):
+        sys.exit(EXIT_FAILED)
+
+
+@main.command(
+    help="Gather and show facts per host (one round trip each)."
+    + _examples("infratool facts --limit snix", "infratool --json facts")
+)
+@click.option("--limit", "-l", metavar="SEL")
+@click.option("--forks", "-f", default=10, show_default=True, type=click.IntRange(1, 256))
+@pass_globals
+def facts(g: Globals, limit: str | None, forks: int) -> None:
+    from infratool.options import RunOptions
+    from infratool.playbook import Playbook
+    from infratool.runner import Runner
+
+    inv = _inventory(g)
+    selected = inv.select(limit)
+    runner = Runner(inv, Playbook(inv.path, "facts", "", []), RunOptions(forks=forks, limit=limit))
+    with runner:
+        contexts = runner.gather(selected)
+        data = {
+            h.name: (
+                contexts[h.name].facts.as_dict()
+                if h.name in contexts
+                else {"error": runner.failures.get(h.name)}
+            )
+            for h in selected
+        }
+    if g.json:
+        _emit_json(data)
+    else:
+        from infratool import render
+
+        con = render.console()
+        for host, values in data.items():
+            con.print(f"[bold]{host}[/bold]")
+            for k, v in values.items():
+                if k == "users":
+                    v = f"{len(v)} users"
+                con.print(f"  {k}: {v}")
+    if runner.failures:
+        sys.exit(4 if runner.refused else EXIT_FAILED)
+
+
+# -- plan / run --------------------------------------------------------------
+
+
+def _prepare(g: Globals, playbook_path: str, **opts: Any):
+    from infratool import playbook as pb
+    from infratool.options import RunOptions
+    from infratool.runner import Runner
+
+    inv = _inventory(g)
+    if opts.get("limit"):
+        inv.select(opts["limit"])  # a --limit that matches nothing is bad input, before connecting
+    book = pb.load(playbook_path, inv)
+    options = RunOptions(audit_log=g.audit_log, **opts)
+    return inv, book, options, Runner
+
+
+def _audit(g: Globals, command: str, book, plan, result=None) -> None:
+    from infratool import log
+
+    record: dict[str, Any] = {
+        "command": command,
+        "playbook": str(book.path),
+        "hosts": plan.hosts,
+        "changes": [{"host": c.host, "task": c.task, "description": c.description} for c in plan.changes],
+        "plan_failures": plan.failures,
+    }
+    if result is not None:
+        record["outcome"] = {
+            r.host: {"status": r.status, "applied": r.applied, "error": r.error}
+            for r in result.hosts.values()
+        }
+        record["exit_code"] = result.exit_code
+    log.audit(record, g.audit_log)
+
+
+@main.command(
+    help="Show what a playbook would change, touching nothing."
+    + _examples(
+        "infratool plan playbooks/site.yaml",
+        "infratool plan playbooks/site.yaml --detailed-exitcode  # 2 = changes pending",
+        "infratool --json plan playbooks/remote-builders.yaml --limit snix",
+    )
+)
+@click.argument("playbook", type=click.Path(dir_okay=False))
+@click.option(
+    "--limit", "-l", metavar="SEL", help="Narrow the playbook's hosts: names, globs, tag:NAME, !name."
+)
+@click.option(
+    "--forks", "-f", default=10, show_default=True, type=click.IntRange(1, 256), help="Hosts handled at once."
+)
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when changes are pending (like terraform).")
+@click.option("--no-diff", is_flag=True, help="Descriptions only.")
+@click.option("--timeout", type=float, default=None, help="Seconds one remote command may take.")
+@pass_globals
+def plan(
+    g: Globals,
+    playbook: str,
+    limit: str | None,
+    forks: int,
+    detailed_exitcode: bool,
+    no_diff: bool,
+    timeout: float | None,
+) -> None:
+    from infratool import render
+    from infratool.runner import plan_exit_code
+
+    inv, book, options, Runner = _prepare(g, playbook, limit=limit, forks=forks, command_timeout=timeout)
+    progress = render.Progress(render.console(stderr=True), enabled=g.verbosity >= 0 and not g.json)
+    with Runner(inv, book, options, on_event=progress) as runner, progress:
+        the_plan = runner.plan()
+    _audit(g, "plan", book, the_plan)
+    if g.json:
+        _emit_json(the_plan.to_dict())
+    else:
+        render.plan(render.console(), the_plan, show_diff=not no_diff)
+    sys.exit(plan_exit_code(the_plan, detailed_exitcode))
+
+
+@main.command(
+    help="Plan, confirm, apply and verify a playbook."
+    + _examples(
+        "infratool run playbooks/site.yaml",
+        "infratool run playbooks/secrets-rotation.yaml --yes --forks 4",
+        "infratool run playbooks/baseline.yaml --limit 'all,!nixtv-player' --no-deploy",
+    )
+)
+@click.argument("playbook", type=click.Path(dir_okay=False))
+@click.option(
+    "--limit", "-l", metavar="SEL", help="Narrow the playbook's hosts: names, globs, tag:NAME, !name."
+)
+@click.option(
+    "--yes", "-y", is_flag=True, help="Apply without asking (required when stdin is not a terminal)."
+)
+@click.option(
+    "--forks", "-f", default=10, show_default=True, type=click.IntRange(1, 256), help="Hosts handled at once."
+)
+@click.option("--no-deploy", is_flag=True, help="Skip the deploy step for NixOS hosts.")
+@click.option("--no-diff", is_flag=True, help="Descriptions only.")
+@click.option("--timeout", type=float, default=None, help="Seconds one remote command may take.")
+@pass_globals
+def run(
+    g: Globals,
+    playbook: str,
+    limit: str | None,
+    yes: bool,
+    forks: int,
+    no_deploy: bool,
+    no_diff: bool,
+    timeout: float | None,
+) -> None:
+    from infratool import render
+
+    inv, book, options, Runner = _prepare(
+        g, playbook, limit=limit, forks=forks, yes=yes, deploy=not no_deploy, command_timeout=timeout
+    )
+    if not yes and not sys.stdin.isatty():
+        raise InputError("stdin is not a terminal: refusing to prompt; pass --yes to apply unattended")
+    out = render.console()
+    progress = render.Progress(render.console(stderr=True), enabled=g.verbosity >= 0 and not g.json)
+    with Runner(inv, book, options, on_event=progress) as runner:
+        with progress:
+            the_plan = runner.plan()
+        if not g.json:
+            render.plan(out, the_plan, show_diff=not no_diff)
+        if the_plan.changes and not yes and not click.confirm("Apply these changes?", default=False):
+            _audit(g, "run (declined)", book, the_plan)
+            click.echo("Nothing applied.", err=True)
+            sys.exit(EXIT_FAILED)
+        with progress:
+            result = runner.apply(the_plan)
+    _audit(g, "run", book, the_plan, result)
+    if g.json:
+        _emit_json(result.to_dict())
+    else:
+        render.results(out, result)
+    sys.exit(result.exit_code)
+
+
+# -- lab ---------------------------------------------------------------------
+
+
+@main.group(
+    help="The local lab fleet: real sshd hosts in mount namespaces (needs root)."
+    + _examples(
+        "infratool lab up", "infratool lab up --hosts 32", "infratool lab status", "infratool lab down"
+    )
+)
+def lab() -> None:
+    """Lab commands."""
+
+
+def _lab():
+    from infratool.lab.fleet import Lab
+
+    return Lab(Path(os.environ.get("INFRATOOL_LAB_DIR") or ".infratool-lab"))
+
+
+@lab.command("up", help="Start the lab hosts (idempotent) and write their inventory.")
+@click.option(
+    "--hosts",
+    "count",
+    type=click.IntRange(1, 200),
+    default=None,
+    help="Number of hosts (default: the four fleet hosts).",
+)
+@pass_globals
+def lab_up(g: Globals, count: int | None) -> None:
+    the_lab = _lab()
+    started = the_lab.up(count)
+    if g.json:
+        _emit_json([{"name": h.name, "address": h.address} for h in started])
+    else:
+        click.echo(f"{len(started)} lab host(s) up; inventory: {the_lab.inventory_path}")
+
+
+@lab.command("down", help="Stop every lab process (by pid).")
+def lab_down() -> None:
+    _lab().down()
+    click.echo("lab down")
+
+
+@lab.command("status", help="Show lab hosts and whether they run.")
+@pass_globals
+def lab_status(g: Globals) -> None:
+    rows = _lab().status()
+    if g.json:
+        _emit_json([vars(r) if hasattr(r, "__dict__") else r._asdict() for r in rows])
+        return
+    for r in rows:
+        click.echo(f"{r.name:16} {r.address:15} {'running' if r.running else 'stopped'}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,161 @@
+"""What a task sees of a host (or of the local flake repo) while planning and applying.
+
+Tasks never open connections: the runner hands them a :class:`HostContext`
+wrapping the host's one :class:`~infratool.remote.Remote` and its facts, or
+a :class:`LocalContext` for files in the flake repo. Both offer the same small
+surface (``read_file``, ``put_file``, ``run``), so a change's ``apply`` reads the
+same whether it targets a host or the repo.
+
+During planning, a context also keeps an overlay of files already planned to
+change, so two tasks editing one file (say, two ``nix.settings`` entries in
+``nix.conf``) each see the other's planned content and the plan stays exact.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infratool.changes import LOCAL
+from infratool.errors import CommandFailed
+from infratool.facts import FactCache, FileState
+from infratool.hidden import REDACTOR, Secret
+from infratool.inventory import Host
+from infratool.remote import Remote, Result
+
+
+@dataclass
+class HostContext:
+    """A host for tasks: its inventory entry, facts, and its one connection."""
+
+    host: Host
+    facts: FactCache
+    remote: Remote
+    overlay: dict[str, FileState] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The host's inventory name."""
+        return self.host.name
+
+    def file(self, path: str) -> FileState:
+        """The file at ``path`` as it will be after the changes planned so far."""
+        return self.overlay.get(path) or self.facts.file(path)
+
+    def plan_write(self, path: str, content: bytes, mode: int | None = None, owner=None, group=None) -> None:
+        """Record that a planned change will leave ``path`` with ``content``."""
+        before = self.file(path)
+        self.overlay[path] = FileState(
+            exists=True,
+            is_file=True,
+            mode=mode if mode is not None else before.mode,
+            owner=owner or before.owner,
+            group=group or before.group,
+            size=len(content),
+            content=content,
+        )
+
+    def plan_remove(self, path: str) -> None:
+        """Record that a planned change will remove ``path``."""
+        self.overlay[path] = FileState(exists=False)
+
+    def run(
+        self,
+        command: str,
+        stdin: bytes | str | Secret | None = None,
+        check: bool = True,
+        what: str | None = None,
+        timeout: float | None = None,
+    ) -> Result:
+        """Run a command on the host (see :meth:`Remote.run`)."""
+        return self.remote.run(command, stdin=stdin, check=check, what=what, timeout=timeout)
+
+    def put_file(
+        self,
+        path: str,
+        content: bytes | str | Secret,
+        mode: int | None = None,
+        owner: str | None = None,
+        group: str | None = None,
+    ) -> None:
+        """Write a file on the host atomically."""
+        self.remote.put_file(path, content, mode=mode, owner=owner, group=group)
+
+    def read_file(self, path: str) -> bytes | None:
+        """Current content of a remote file, or None if absent."""
+        res = self.remote.run(f"base64 -w0 -- {_q(path)}", check=False, what=f"read {path}")
+        if not res.ok:
+            return None
+        import base64
+
+        return base64.b64decode(res.stdout)
+
+
+@dataclass
+class LocalContext:
+    """The flake repo on the controller, as a target for generated files."""
+
+    root: Path
+    overlay: dict[str, bytes | None] = field(default_factory=dict)
+    name: str = LOCAL
+
+    def path(self, rel: str | Path) -> Path:
+        """Absolute path of ``rel`` inside the repo."""
+        return self.root / rel
+
+    def current(self, rel: str | Path) -> bytes | None:
+        """Content of ``rel`` after the changes planned so far (None if absent)."""
+        key = str(rel)
+        if key in self.overlay:
+            return self.overlay[key]
+        p = self.path(rel)
+        return p.read_bytes() if p.is_file() else None
+
+    def plan_write(self, rel: str | Path, content: bytes | None) -> None:
+        """Record a planned write (None = removal)."""
+        self.overlay[str(rel)] = content
+
+    def put_file(self, rel: str | Path, content: bytes | str, mode: int = 0o644) -> None:
+        """Write a repo file atomically (temp in the same directory, fsync, rename)."""
+        data = content.encode() if isinstance(content, str) else content
+        write_atomic(self.path(rel), data, mode)
+
+    def remove_file(self, rel: str | Path) -> None:
+        """Remove a repo file if present."""
+        self.path(rel).unlink(missing_ok=True)
+
+    def run(
+        self, argv: list[str], stdin: bytes | None = None, check: bool = True, what: str | None = None
+    ) -> subprocess.CompletedProcess:
+        """Run a local command (argv form: no shell) in the repo."""
+        proc = subprocess.run(argv, input=stdin, capture_output=True, cwd=self.root)
+        if check and proc.returncode != 0:
+            raise CommandFailed(
+                LOCAL, what or argv[0], proc.returncode, REDACTOR.redact(proc.stderr.decode(errors="replace"))
+            )
+        return proc
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` so a crash leaves either the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _q(path: str) -> str:
+    import shlex
+
+    return shlex.quote(path)

@@ -1,0 +1,210 @@
+"""Facts: remote state read in one round trip per host, cached for the run.
+
+After pyinfra's ``api/facts.py``: a fact is a small object with the shell
+snippet that reads some state and a ``parse`` that turns the output into
+Python data; :data:`FACTS` is the registry. Tasks *request* facts (a fact name
+and an argument, e.g. ``file /etc/nix/nix.conf``) before planning; the runner
+folds every request for a host into one script, runs it once, and splits the
+output on a per-run random marker. Planning is then pure computation.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import shlex
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+# Files above this size are compared by hash only; their content is not sent.
+MAX_CONTENT = 256 * 1024
+
+
+@dataclass(frozen=True)
+class FactRequest:
+    """One fact to gather: a registered fact name and its argument."""
+
+    name: str
+    arg: str = ""
+
+
+@dataclass(frozen=True)
+class Fact:
+    """How to read one kind of remote state and parse it."""
+
+    name: str
+    command: Callable[[str], str]
+    parse: Callable[[str, int], Any]
+    """``parse(stdout, exit_status)``."""
+
+
+@dataclass(frozen=True)
+class FileState:
+    """A remote path as the ``file`` fact sees it."""
+
+    exists: bool
+    is_file: bool = False
+    mode: int | None = None
+    owner: str | None = None
+    group: str | None = None
+    size: int = 0
+    sha256: str | None = None
+    content: bytes | None = None
+    """``None`` when absent, not a regular file, or larger than MAX_CONTENT."""
+
+    @property
+    def text(self) -> str | None:
+        """Content as text (``None`` when unknown)."""
+        return None if self.content is None else self.content.decode(errors="replace")
+
+
+def _file_command(path: str, content: bool = True) -> str:
+    q = shlex.quote(path)
+    body = f"if [ $(stat -c %s -- {q}) -le {MAX_CONTENT} ]; then base64 -w0 -- {q}; fi; " if content else ""
+    return (
+        f"if [ -f {q} ]; then stat -c 'F %a %U %G %s' -- {q}; sha256sum -- {q} | cut -d' ' -f1; "
+        f"{body}elif [ -e {q} ]; then echo O; else echo A; fi"
+    )
+
+
+def _file_parse(out: str, status: int) -> FileState:
+    lines = out.splitlines()
+    if not lines or lines[0] == "A":
+        return FileState(exists=False)
+    if lines[0] == "O":
+        return FileState(exists=True, is_file=False)
+    _, mode, owner, group, size = lines[0].split()
+    sha = lines[1].strip() if len(lines) > 1 else None
+    content = base64.b64decode(lines[2]) if len(lines) > 2 else (b"" if int(size) == 0 else None)
+    return FileState(True, True, int(mode, 8), owner, group, int(size), sha, content)
+
+
+def _kv_parse(out: str, status: int) -> dict[str, str]:
+    result = {}
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        if key:
+            result[key.strip()] = value.strip().strip('"')
+    return result
+
+
+FACTS: dict[str, Fact] = {}
+
+
+def register(fact: Fact) -> Fact:
+    """Add ``fact`` to the registry (tasks may register their own)."""
+    FACTS[fact.name] = fact
+    return fact
+
+
+for _fact in (
+    Fact("hostname", lambda _: "hostname", lambda out, st: out.strip()),
+    Fact("os_release", lambda _: "cat /etc/os-release 2>/dev/null", _kv_parse),
+    Fact("kernel", lambda _: "uname -sr", lambda out, st: out.strip()),
+    Fact("arch", lambda _: "uname -m", lambda out, st: out.strip()),
+    Fact(
+        "nix_version",
+        lambda _: "nix-store --version 2>/dev/null | head -n1",
+        lambda out, st: out.strip().split()[-1] if out.strip() else None,
+    ),
+    Fact(
+        "nix_store_dir",
+        lambda _: "command -v nix-instantiate >/dev/null && nix-instantiate --eval -E builtins.storeDir",
+        lambda out, st: out.strip().strip('"') or None,
+    ),
+    Fact(
+        "systemd",
+        lambda _: "[ -d /run/systemd/system ] && echo yes || echo no",
+        lambda out, st: out.strip() == "yes",
+    ),
+    Fact("users", lambda _: "cut -d: -f1 /etc/passwd", lambda out, st: out.split()),
+    Fact("file", _file_command, _file_parse),
+    # Metadata and hash only: for files holding secrets, whose content must not travel.
+    Fact("file_meta", lambda path: _file_command(path, content=False), _file_parse),
+    Fact("command", lambda path: f"command -v {shlex.quote(path)}", lambda out, st: out.strip() or None),
+    Fact(
+        "exists", lambda path: f"[ -e {shlex.quote(path)} ] && echo yes", lambda out, st: out.strip() == "yes"
+    ),
+    # A guard command (`unless:`) run read-only at plan time; its exit status is the fact.
+    Fact("succeeds", lambda cmd: f"( {cmd} ) >/dev/null 2>&1", lambda out, st: st == 0),
+    Fact("stdout", lambda cmd: f"( {cmd} ) 2>/dev/null", lambda out, st: out if st == 0 else None),
+):
+    register(_fact)
+
+BASE_FACTS = [
+    FactRequest(n)
+    for n in ("hostname", "os_release", "kernel", "arch", "nix_version", "nix_store_dir", "systemd", "users")
+]
+
+
+def build_script(requests: Iterable[FactRequest]) -> tuple[str, str, list[FactRequest]]:
+    """One shell script that gathers every request; returns (script, marker, ordered requests)."""
+    ordered = list(dict.fromkeys(requests))
+    marker = f"@@infratool-{secrets.token_hex(8)}@@"
+    parts = []
+    for i, req in enumerate(ordered):
+        cmd = FACTS[req.name].command(req.arg)
+        # Each fact in a subshell with stdin closed, so one fact can neither
+        # exit the script nor eat another's input.
+        parts.append(
+            f"printf '\\n{marker} {i}\\n'; ( {cmd} ) </dev/null 2>/dev/null; printf '\\n{marker} {i} $?\\n'"
+        )
+    return "\n".join(parts), marker, ordered
+
+
+def parse_output(out: str, marker: str, ordered: list[FactRequest]) -> dict[FactRequest, Any]:
+    """Split the script's output back into parsed facts.
+
+    The output is ``\nMARK i\n<body>\nMARK i STATUS\n`` per request; a
+    request whose end marker is missing (the script died) is left out, so
+    asking for it later fails loudly instead of returning a wrong value.
+    """
+    results: dict[FactRequest, Any] = {}
+    bodies: dict[int, str] = {}
+    for chunk in out.split(f"\n{marker} ")[1:]:
+        head, _, body = chunk.partition("\n")
+        fields = head.split()
+        if len(fields) == 1:
+            bodies[int(fields[0])] = body.removesuffix("\n")
+        elif len(fields) == 2:
+            idx, status = int(fields[0]), int(fields[1])
+            req = ordered[idx]
+            results[req] = FACTS[req.name].parse(bodies.pop(idx, ""), status)
+    return results
+
+
+class FactCache:
+    """Facts of one host for this run: gathered once, then looked up."""
+
+    def __init__(self, host_name: str) -> None:
+        self.host_name = host_name
+        self._values: dict[FactRequest, Any] = {}
+
+    def update(self, values: dict[FactRequest, Any]) -> None:
+        """Merge freshly gathered values."""
+        self._values.update(values)
+
+    def missing(self, requests: Iterable[FactRequest]) -> list[FactRequest]:
+        """Requests not gathered yet."""
+        return [r for r in requests if r not in self._values]
+
+    def get(self, name: str, arg: str = "") -> Any:
+        """A gathered fact; asking for one nobody requested is a programming error."""
+        req = FactRequest(name, arg)
+        if req not in self._values:
+            raise KeyError(f"fact {name}({arg!r}) was not gathered for {self.host_name}; request it first")
+        return self._values[req]
+
+    def file(self, path: str) -> FileState:
+        """The ``file`` fact of ``path`` (or its ``file_meta`` when only that was requested)."""
+        req = FactRequest("file", path)
+        return self._values[req] if req in self._values else self.get("file_meta", path)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The base facts, for `infratool facts`."""
+        return {
+            r.name if not r.arg else f"{r.name}({r.arg})": v
+            for r, v in self._values.items()
+            if not isinstance(v, FileState)
+        }

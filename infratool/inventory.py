@@ -1,0 +1,314 @@
+"""The inventory: ``hosts.yaml`` → :class:`Host` objects, and host selection.
+
+Schema (DESIGN.md "Inventory")::
+
+    defaults: {user, port, ssh_key, known_hosts, flake, deploy_command}
+    hosts:
+      NAME: {address, port, user, ssh_key, os: nixos|linux, system, tags,
+             host_key: "ssh-ed25519 AAAA...", deploy_command}
+
+Every problem is an :class:`~infratool.errors.InputError` naming the file and
+line, raised before any connection is opened.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infratool import yamlsrc
+from infratool.errors import InputError
+
+DEFAULT_INVENTORY = "hosts.yaml"
+DEFAULT_DEPLOY = "nixos-rebuild switch --flake {flake}#{host} --target-host {user}@{address}"
+OS_KINDS = ("nixos", "linux")
+HOST_KEYS = {
+    "address",
+    "port",
+    "user",
+    "ssh_key",
+    "os",
+    "system",
+    "tags",
+    "host_key",
+    "known_hosts",
+    "flake",
+    "deploy_command",
+}
+DEFAULT_KEYS = {"user", "port", "ssh_key", "known_hosts", "flake", "deploy_command", "os", "system"}
+# Host names become file names (generated Nix), flake attributes and log keys:
+# keep them to what DNS and Nix attribute names both accept.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+_ADDRESS_RE = re.compile(r"^[A-Za-z0-9.:-]+$")
+_SYSTEM_RE = re.compile(r"^[a-z0-9_]+-[a-z0-9_]+$")
+
+
+@dataclass(frozen=True)
+class Host:
+    """One managed machine, with every default already applied."""
+
+    name: str
+    address: str
+    port: int = 22
+    user: str = "root"
+    ssh_key: Path | None = None
+    os: str = "linux"
+    system: str = "x86_64-linux"
+    tags: tuple[str, ...] = ()
+    host_keys: tuple[str, ...] = ()
+    """Pinned public keys (``"ssh-ed25519 AAAA..."``); empty means none pinned."""
+    flake: Path = Path(".")
+    deploy_command: str = DEFAULT_DEPLOY
+    line: int | None = field(default=None, compare=False)
+
+    @property
+    def is_nixos(self) -> bool:
+        """NixOS hosts are configured declaratively through the flake repo."""
+        return self.os == "nixos"
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """All hosts of one inventory file, in file order."""
+
+    path: Path
+    hosts: dict[str, Host]
+
+    def __iter__(self):
+        return iter(self.hosts.values())
+
+    def __len__(self) -> int:
+        return len(self.hosts)
+
+    def __getitem__(self, name: str) -> Host:
+        return self.hosts[name]
+
+    @property
+    def names(self) -> set[str]:
+        """The set of host names, for validating references in playbooks and policies."""
+        return set(self.hosts)
+
+    @property
+    def flake(self) -> Path:
+        """The flake repo (from defaults; every host normally shares it)."""
+        first = next(iter(self.hosts.values()), None)
+        return first.flake if first else self.path.parent
+
+    def select(self, pattern: str | None) -> list[Host]:
+        """Hosts matching a ``--limit`` expression (see :func:`select`)."""
+        return select(self, pattern)
+
+
+def resolve_path(explicit: str | Path | None) -> Path:
+    """The inventory to use: ``-i``, else ``$INFRATOOL_INVENTORY``, else ``./hosts.yaml``."""
+    return Path(explicit or os.environ.get("INFRATOOL_INVENTORY") or DEFAULT_INVENTORY)
+
+
+def load(path: str | Path) -> Inventory:
+    """Load and validate an inventory file."""
+    path = Path(path)
+    data = yamlsrc.load(path)
+    return parse(data, path)
+
+
+def parse(data: object, path: Path) -> Inventory:
+    """Validate parsed YAML ``data`` from ``path`` into an :class:`Inventory`."""
+    if not isinstance(data, dict):
+        raise InputError("inventory must be a mapping with 'hosts:'", file=path, line=1)
+    unknown = set(data) - {"defaults", "hosts"}
+    if unknown:
+        key = sorted(unknown, key=str)[0]
+        raise InputError(
+            f"unknown top-level key {key!r} (expected 'defaults', 'hosts')",
+            file=path,
+            line=yamlsrc.line_of(data, key),
+        )
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise InputError("'defaults' must be a mapping", file=path, line=yamlsrc.line_of(data, "defaults"))
+    for key in defaults:
+        if key not in DEFAULT_KEYS:
+            raise InputError(
+                f"unknown key {key!r} in defaults (expected one of {', '.join(sorted(DEFAULT_KEYS))})",
+                file=path,
+                line=yamlsrc.line_of(defaults, key),
+            )
+    hosts_data = data.get("hosts")
+    if not isinstance(hosts_data, dict) or not hosts_data:
+        raise InputError(
+            "'hosts' must be a non-empty mapping of host name → settings",
+            file=path,
+            line=yamlsrc.line_of(data, "hosts") or 1,
+        )
+    base = path.parent
+    known_hosts = _load_known_hosts(defaults, base, path)
+    hosts: dict[str, Host] = {}
+    for name, spec in hosts_data.items():
+        line = yamlsrc.line_of(hosts_data, name)
+        hosts[str(name)] = _parse_host(str(name), spec, defaults, known_hosts, base, path, line)
+    return Inventory(path=path, hosts=hosts)
+
+
+def _parse_host(
+    name: str,
+    spec: object,
+    defaults: dict,
+    known_hosts: dict[str, list[str]],
+    base: Path,
+    path: Path,
+    line: int | None,
+) -> Host:
+    if not _NAME_RE.match(name):
+        raise InputError(
+            f"invalid host name {name!r}: use letters, digits, '-' and '_'", file=path, line=line
+        )
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, dict):
+        raise InputError(f"host {name!r} must be a mapping of settings", file=path, line=line)
+
+    def where(key: str) -> int | None:
+        return yamlsrc.line_of(spec, key) or line
+
+    for key in spec:
+        if key not in HOST_KEYS:
+            raise InputError(
+                f"unknown key {key!r} for host {name!r} (expected one of {', '.join(sorted(HOST_KEYS))})",
+                file=path,
+                line=where(key),
+            )
+    merged = {**defaults, **spec}
+    address = merged.get("address")
+    if not address:
+        raise InputError(f"host {name!r} has no 'address'", file=path, line=line)
+    if not isinstance(address, str) or not _ADDRESS_RE.match(address):
+        raise InputError(f"host {name!r}: invalid address {address!r}", file=path, line=where("address"))
+    port = merged.get("port", 22)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise InputError(f"host {name!r}: port must be 1-65535, got {port!r}", file=path, line=where("port"))
+    user = merged.get("user", "root")
+    if not isinstance(user, str) or not re.match(r"^[a-z_][a-z0-9_-]*$", user):
+        raise InputError(f"host {name!r}: invalid user {user!r}", file=path, line=where("user"))
+    os_kind = merged.get("os", "linux")
+    if os_kind not in OS_KINDS:
+        raise InputError(
+            f"host {name!r}: os must be one of {', '.join(OS_KINDS)}, got {os_kind!r}",
+            file=path,
+            line=where("os"),
+        )
+    system = merged.get("system", "x86_64-linux")
+    if not isinstance(system, str) or not _SYSTEM_RE.match(system):
+        raise InputError(f"host {name!r}: invalid system {system!r}", file=path, line=where("system"))
+    tags = spec.get("tags", [])
+    if isinstance(tags, str):
+        tags = [tags]
+    if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+        raise InputError(f"host {name!r}: tags must be a list of strings", file=path, line=where("tags"))
+    ssh_key = merged.get("ssh_key")
+    host_keys: list[str] = []
+    inline = spec.get("host_key")
+    if inline is not None:
+        if not isinstance(inline, str) or len(inline.split()) < 2:
+            raise InputError(
+                f"host {name!r}: host_key must look like 'ssh-ed25519 AAAA...'",
+                file=path,
+                line=where("host_key"),
+            )
+        host_keys.append(" ".join(inline.split()[:2]))
+    host_keys.extend(known_hosts.get(address, []))
+    if port != 22:
+        host_keys.extend(known_hosts.get(f"[{address}]:{port}", []))
+    deploy = merged.get("deploy_command", DEFAULT_DEPLOY)
+    if not isinstance(deploy, str):
+        raise InputError(
+            f"host {name!r}: deploy_command must be a string", file=path, line=where("deploy_command")
+        )
+    return Host(
+        name=name,
+        address=address,
+        port=port,
+        user=user,
+        ssh_key=_expand(ssh_key, base) if ssh_key else None,
+        os=os_kind,
+        system=system,
+        tags=tuple(tags),
+        host_keys=tuple(dict.fromkeys(host_keys)),
+        flake=_expand(merged.get("flake", "."), base),
+        deploy_command=deploy,
+        line=line,
+    )
+
+
+def _expand(value: object, base: Path) -> Path:
+    p = Path(os.path.expanduser(str(value)))
+    return p if p.is_absolute() else (base / p)
+
+
+def _load_known_hosts(defaults: dict, base: Path, path: Path) -> dict[str, list[str]]:
+    """Parse the pinned known_hosts file into ``{host pattern: ["type base64", ...]}``.
+
+    Hashed entries (``|1|...``) are not supported on purpose: pins should be
+    readable in review. A missing file is fine (hosts may pin inline).
+    """
+    name = defaults.get("known_hosts")
+    if not name:
+        return {}
+    kh = _expand(name, base)
+    if not kh.exists():
+        return {}
+    result: dict[str, list[str]] = {}
+    for lineno, raw in enumerate(kh.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) < 3 or parts[0].startswith("|"):
+            raise InputError(
+                "expected 'host[,host] keytype base64' (hashed entries are not supported)",
+                file=kh,
+                line=lineno,
+            )
+        for pattern in parts[0].split(","):
+            result.setdefault(pattern, []).append(f"{parts[1]} {parts[2]}")
+    return result
+
+
+def select(inventory: Inventory, pattern: str | Iterable[str] | None) -> list[Host]:
+    """Hosts matching a ``--limit`` expression, in inventory order.
+
+    The expression is a comma list of terms: a host name, a glob (``nix*``),
+    ``tag:NAME``, or ``all``; a term starting with ``!`` excludes. Only
+    exclusions → everything but those. A term matching nothing is an error
+    (a typo must not silently select nothing).
+    """
+    if pattern is None:
+        return list(inventory)
+    terms = [pattern] if isinstance(pattern, str) else list(pattern)
+    terms = [t.strip() for term in terms for t in term.split(",") if t.strip()]
+    include = [t for t in terms if not t.startswith("!")]
+    exclude = [t[1:] for t in terms if t.startswith("!")]
+    chosen: set[str] = set() if include else set(inventory.hosts)
+    for term in include:
+        matched = _match(inventory, term)
+        if not matched:
+            raise InputError(f"--limit {term!r} matches no host in {inventory.path}")
+        chosen |= matched
+    for term in exclude:
+        matched = _match(inventory, term)
+        if not matched:
+            raise InputError(f"--limit '!{term}' matches no host in {inventory.path}")
+        chosen -= matched
+    return [h for h in inventory if h.name in chosen]
+
+
+def _match(inventory: Inventory, term: str) -> set[str]:
+    if term == "all":
+        return set(inventory.hosts)
+    if term.startswith("tag:"):
+        tag = term[4:]
+        return {h.name for h in inventory if tag in h.tags}
+    return {h.name for h in inventory if fnmatch.fnmatchcase(h.name, term)}

@@ -1,0 +1,113 @@
+"""Logging: structlog to stderr with secret redaction, and the audit log.
+
+Every log event passes :func:`redact_processor`, which masks every value
+registered with :data:`~infratool.hidden.REDACTOR` (and any ``Secret``), so a
+secret that slips into an event — even inside an exception's text — prints as
+``***``. Logs are human-readable on a terminal and JSON otherwise.
+
+The audit log is append-only JSONL (default
+``~/.local/state/infratool/audit.jsonl``; ``$INFRATOOL_AUDIT_LOG`` or
+``--audit-log`` override): who ran what, when, on which hosts, which changes
+and the outcome — descriptions only, never values.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import socket
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from infratool.hidden import REDACTOR, Secret
+
+_configured = False
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, Secret):
+        return str(value)
+    if isinstance(value, str):
+        return REDACTOR.redact(value)
+    if isinstance(value, dict):
+        return {k: _redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_redact(v) for v in value)
+    if isinstance(value, BaseException):
+        return REDACTOR.redact(str(value))
+    return value
+
+
+def redact_processor(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor masking every registered secret in every field."""
+    return {k: _redact(v) for k, v in event_dict.items()}
+
+
+def configure(verbosity: int = 0, json_logs: bool | None = None) -> None:
+    """Set up structlog once: level from ``-v``/``-q``, JSON when stderr is not a TTY."""
+    global _configured
+    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    if json_logs is None:
+        json_logs = not sys.stderr.isatty()
+    renderer = (
+        structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact_processor,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    _configured = True
+
+
+def get_logger(name: str = "infratool") -> Any:
+    """A structlog logger (configured with defaults if the CLI did not)."""
+    if not _configured:
+        configure()
+    return structlog.get_logger(name)
+
+
+def audit_path(explicit: Path | None = None) -> Path:
+    """Where the audit log lives."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("INFRATOOL_AUDIT_LOG")
+    if env:
+        return Path(env)
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return state / "infratool" / "audit.jsonl"
+
+
+def audit(record: dict[str, Any], path: Path | None = None) -> None:
+    """Append one redacted record to the audit log (O_APPEND: safe across processes)."""
+    target = audit_path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry for the uid (containers)
+        user = str(os.getuid())
+    full = {
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "user": user,
+        "controller": socket.gethostname(),
+        **record,
+    }
+    line = json.dumps(_redact(full), sort_keys=False, default=str) + "\n"
+    fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)

@@ -1,0 +1,156 @@
+"""Playbooks: YAML → a validated list of task invocations.
+
+Format::
+
+    name: remote-builders
+    description: builder keys and nix.buildMachines for the fleet
+    hosts: all                  # a --limit style selection (default: all)
+    tasks:
+      - task: remote_builders.setup
+        with: {builders: [snix], clients: [slax]}
+      - include: baseline.yaml  # another playbook, relative to this file
+        hosts: tag:server       # optional narrowing (include or task)
+
+The whole playbook (and everything it includes) is validated before any
+connection opens: unknown task, unknown or missing parameter, wrong type,
+include cycles → one :class:`InputError` with file:line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from infratool import yamlsrc
+from infratool.errors import InputError
+from infratool.inventory import Host, Inventory, select
+from infratool.tasks.base import Source, Task, check_args, load_all
+
+PLAYBOOK_KEYS = {"name", "description", "hosts", "tasks"}
+ENTRY_KEYS = {"task", "include", "with", "hosts", "name"}
+
+
+@dataclass
+class Invocation:
+    """One task to run, with its validated arguments and host selection."""
+
+    task: Task
+    selections: tuple[str, ...]
+    """Host selections that all apply (playbook's, include's, task's)."""
+    playbook: str
+    label: str
+
+    def hosts(self, inventory: Inventory, limit: str | None) -> list[Host]:
+        """The hosts this invocation runs on after every selection and ``--limit``."""
+        chosen = {h.name for h in inventory}
+        for sel in self.selections:
+            chosen &= {h.name for h in select(inventory, sel)}
+        if limit:
+            chosen &= {h.name for h in select(inventory, limit)}
+        selected = [h for h in inventory if h.name in chosen]
+        return self.task.targets(selected)
+
+
+@dataclass
+class Playbook:
+    """A validated playbook."""
+
+    path: Path
+    name: str
+    description: str
+    invocations: list[Invocation]
+
+
+def load(path: str | Path, inventory: Inventory) -> Playbook:
+    """Load, validate and expand a playbook and its includes."""
+    path = Path(path)
+    return _load(path, inventory, (), stack=())
+
+
+def _load(path: Path, inventory: Inventory, selections: tuple[str, ...], stack: tuple[Path, ...]) -> Playbook:
+    resolved = path.resolve()
+    if resolved in stack:
+        chain = " → ".join(p.name for p in (*stack, resolved))
+        raise InputError(f"include cycle: {chain}", file=path)
+    data = yamlsrc.load(path)
+    if not isinstance(data, dict):
+        raise InputError("a playbook must be a mapping with 'tasks:'", file=path, line=1)
+    for key in data:
+        if key not in PLAYBOOK_KEYS:
+            raise InputError(
+                f"unknown key {key!r} (expected one of {', '.join(sorted(PLAYBOOK_KEYS))})",
+                file=path,
+                line=yamlsrc.line_of(data, key),
+            )
+    name = data.get("name") or path.stem
+    hosts = data.get("hosts", "all")
+    sel = _selection(hosts, inventory, path, yamlsrc.line_of(data, "hosts"))
+    selections = (*selections, sel)
+    entries = data.get("tasks")
+    if not isinstance(entries, list) or not entries:
+        raise InputError(
+            "'tasks' must be a non-empty list", file=path, line=yamlsrc.line_of(data, "tasks") or 1
+        )
+    registry = load_all()
+    invocations: list[Invocation] = []
+    for i, entry in enumerate(entries):
+        line = yamlsrc.line_of(entries, i)
+        if not isinstance(entry, dict):
+            raise InputError(
+                "each task entry must be a mapping with 'task:' or 'include:'", file=path, line=line
+            )
+        for key in entry:
+            if key not in ENTRY_KEYS:
+                raise InputError(
+                    f"unknown key {key!r} in task entry (expected one of {', '.join(sorted(ENTRY_KEYS))})",
+                    file=path,
+                    line=yamlsrc.line_of(entry, key),
+                )
+        entry_sel = selections
+        if "hosts" in entry:
+            entry_sel = (
+                *selections,
+                _selection(entry["hosts"], inventory, path, yamlsrc.line_of(entry, "hosts")),
+            )
+        if "include" in entry:
+            if "task" in entry or "with" in entry:
+                raise InputError("an entry is either 'include:' or 'task:', not both", file=path, line=line)
+            target = entry["include"]
+            if not isinstance(target, str):
+                raise InputError("'include' must be a file name", file=path, line=line)
+            sub = path.parent / target
+            if not sub.exists():
+                raise InputError(f"included playbook {target!r} not found", file=path, line=line)
+            invocations.extend(_load(sub, inventory, entry_sel, (*stack, resolved)).invocations)
+            continue
+        task_name = entry.get("task")
+        if not isinstance(task_name, str) or not task_name:
+            raise InputError("task entry needs 'task: <name>' (or 'include:')", file=path, line=line)
+        cls = registry.get(task_name)
+        if cls is None:
+            known = ", ".join(sorted(registry))
+            raise InputError(
+                f"unknown task {task_name!r} (known: {known})", file=path, line=yamlsrc.line_of(entry, "task")
+            )
+        source = Source(file=path, line=line, params=entry.get("with"))
+        args = check_args(cls, entry.get("with"), source)
+        task = cls(args, source, inventory)
+        label = entry.get("name") or task.label()
+        invocations.append(Invocation(task=task, selections=entry_sel, playbook=str(name), label=str(label)))
+    return Playbook(
+        path=path, name=str(name), description=str(data.get("description") or ""), invocations=invocations
+    )
+
+
+def _selection(value: object, inventory: Inventory, path: Path, line: int | None) -> str:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        value = ",".join(value)
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(
+            "'hosts' must be a selection like 'all', 'tag:builder' or a list of names", file=path, line=line
+        )
+    try:
+        select(inventory, value)
+    except InputError as exc:
+        raise InputError(exc.message, file=path, line=line) from None
+    return value

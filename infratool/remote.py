@@ -1,0 +1,289 @@
+"""SSH to one host: the only module that imports Fabric or paramiko.
+
+One :class:`Remote` per host, opened once and reused for the whole run.
+
+Strict host keys: Fabric's ``Connection`` installs ``AutoAddPolicy`` and never
+loads known_hosts, which would trust any key on first use. Here every
+connection gets a policy that refuses unknown keys and only the keys pinned in
+the inventory, so a host presenting an unknown or changed key is refused
+during the key exchange, before authentication, before any command.
+
+Secrets reach remote processes only through stdin (``in_stream`` with no pty),
+never argv or environment variables, which show up in ``ps`` on the host.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shlex
+import threading
+from dataclasses import dataclass
+
+from infratool.errors import CommandFailed, ConnectError, HostKeyError
+from infratool.hidden import REDACTOR, Secret
+from infratool.inventory import Host
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one remote command returned."""
+
+    exited: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        """True when the command exited 0."""
+        return self.exited == 0
+
+
+def fingerprint(key_line: str) -> str:
+    """OpenSSH-style ``SHA256:...`` fingerprint of ``"type base64"``."""
+    blob = base64.b64decode(key_line.split()[1])
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return f"SHA256:{digest}"
+
+
+def _pkey_fingerprint(key) -> str:
+    return fingerprint(f"{key.get_name()} {key.get_base64()}")
+
+
+class Remote:
+    """A lazily opened, reused SSH connection to one inventory host."""
+
+    def __init__(self, host: Host, connect_timeout: float = 10.0, command_timeout: float | None = None):
+        self.host = host
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self._conn = None
+        self.commands_run = 0
+
+    # -- connection -------------------------------------------------------
+
+    def connect(self) -> None:
+        """Open the connection now (idempotent); raises HostKeyError / ConnectError."""
+        if self._conn is not None:
+            return
+        import paramiko
+        from fabric import Config, Connection
+
+        host = self.host
+        if not host.host_keys:
+            raise HostKeyError(
+                host.name,
+                "no pinned host key: add 'host_key:' to the inventory or an entry to its "
+                "known_hosts file (see `infratool host add`)",
+            )
+        config = Config(overrides={"load_ssh_configs": False, "timeouts": {"connect": self.connect_timeout}})
+        connect_kwargs: dict = {
+            "look_for_keys": False,
+            "allow_agent": False,
+            "banner_timeout": self.connect_timeout,
+            "auth_timeout": self.connect_timeout,
+        }
+        if host.ssh_key:
+            connect_kwargs["key_filename"] = [str(host.ssh_key)]
+        conn = Connection(
+            host.address,
+            user=host.user,
+            port=host.port,
+            config=config,
+            connect_timeout=self.connect_timeout,
+            connect_kwargs=connect_kwargs,
+        )
+        client = conn.client
+        client.set_missing_host_key_policy(_RefuseUnknownKey(host))
+        keys = client.get_host_keys()
+        key_name = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+        for line in host.host_keys:
+            ktype, b64 = line.split()[:2]
+            try:
+                pkey = paramiko.PKey.from_type_string(ktype, base64.b64decode(b64))
+            except Exception as exc:
+                raise HostKeyError(host.name, f"pinned host key is unreadable ({ktype}): {exc}") from None
+            keys.add(key_name, ktype, pkey)
+        try:
+            conn.open()
+        except HostKeyError:
+            raise
+        except paramiko.BadHostKeyException as exc:
+            raise HostKeyError(
+                host.name,
+                "HOST KEY CHANGED — refusing to connect (possible man-in-the-middle). "
+                f"Expected {_pkey_fingerprint(exc.expected_key)}, offered "
+                f"{_pkey_fingerprint(exc.key)}. If the host was reinstalled, re-pin it "
+                "(`infratool host add`) after checking the new key out of band.",
+            ) from None
+        except paramiko.AuthenticationException as exc:
+            raise ConnectError(host.name, f"authentication as {host.user!r} refused: {exc}") from None
+        except TimeoutError:
+            raise ConnectError(host.name, f"timed out connecting to {host.address}:{host.port}") from None
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise ConnectError(host.name, f"cannot connect to {host.address}:{host.port}: {exc}") from None
+        transport = client.get_transport()
+        if transport is not None:
+            # Detect a dead peer instead of hanging on it for the TCP timeout.
+            transport.set_keepalive(15)
+        self._conn = conn
+
+    def close(self) -> None:
+        """Close the connection if open."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def __enter__(self) -> Remote:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- commands ---------------------------------------------------------
+
+    def run(
+        self,
+        command: str,
+        stdin: bytes | str | Secret | None = None,
+        check: bool = True,
+        timeout: float | None = None,
+        what: str | None = None,
+    ) -> Result:
+        """Run ``command`` through the remote shell; ``stdin`` is fed with no pty.
+
+        ``check`` raises :class:`CommandFailed` on a non-zero exit. ``what``
+        names the command in errors instead of the command text (so error
+        messages stay short and never quote a script).
+        """
+        self.connect()
+        if isinstance(stdin, Secret):
+            stdin = stdin.reveal()
+        if isinstance(stdin, str):
+            stdin = stdin.encode()
+        self.commands_run += 1
+        try:
+            exited, out, err = self._exec(command, stdin, timeout or self.command_timeout)
+        except TimeoutError:
+            raise CommandFailed(self.host.name, what or _short(command), 124, "timed out") from None
+        except Exception as exc:
+            # The transport died under us (socket or paramiko error).
+            if isinstance(exc, OSError | EOFError) or type(exc).__module__.startswith("paramiko"):
+                self.close()
+                raise ConnectError(self.host.name, f"connection lost: {exc}") from None
+            raise
+        result = Result(exited, REDACTOR.redact(out), REDACTOR.redact(err))
+        if check and not result.ok:
+            raise CommandFailed(self.host.name, what or _short(command), result.exited, result.stderr)
+        return result
+
+    def _exec(self, command: str, stdin: bytes | None, timeout: float | None) -> tuple[int, str, str]:
+        """One exec channel on the shared transport.
+
+        invoke's runner (behind ``Connection.run``) feeds ``in_stream`` one
+        byte per 10 ms poll, far too slow for file contents, so commands run
+        on a raw session channel of Fabric's client instead: stdin is written
+        and stderr drained by a helper thread while stdout is read here, so
+        neither side can block the other on a full window.
+        """
+        transport = self._conn.client.get_transport()
+        chan = transport.open_session(timeout=self.connect_timeout)
+        try:
+            chan.settimeout(timeout)
+            chan.exec_command(command)
+            err_chunks: list[bytes] = []
+
+            def feed_and_drain() -> None:
+                if stdin:
+                    chan.sendall(stdin)
+                chan.shutdown_write()
+                err_chunks.append(chan.makefile_stderr("rb").read())
+
+            helper = threading.Thread(target=feed_and_drain, daemon=True)
+            helper.start()
+            out = chan.makefile("rb").read()
+            helper.join(timeout)
+            if helper.is_alive():
+                raise TimeoutError
+            exited = chan.recv_exit_status()
+        finally:
+            chan.close()
+        err = b"".join(err_chunks)
+        return exited, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def put_file(
+        self,
+        path: str,
+        content: bytes | str | Secret,
+        mode: int | None = None,
+        owner: str | None = None,
+        group: str | None = None,
+    ) -> None:
+        """Write ``content`` to ``path`` atomically.
+
+        A temp file is created (0600, by mktemp) in the same directory, filled
+        from stdin, fsynced, given its mode and owner (the given ones, else
+        the existing file's), then renamed over ``path``. A failure at any
+        point removes the temp file and leaves the original untouched.
+        """
+        data = content.reveal_bytes() if isinstance(content, Secret) else content
+        if isinstance(data, str):
+            data = data.encode()
+        # base64 on the wire keeps binary content intact through the shell.
+        self.run(
+            put_file_script(path, mode, owner, group), stdin=base64.b64encode(data), what=f"write {path}"
+        )
+
+
+def put_file_script(path: str, mode: int | None, owner: str | None, group: str | None) -> str:
+    """The shell script :meth:`Remote.put_file` runs (content arrives on stdin)."""
+    q = shlex.quote(path)
+    lines = [
+        "set -e",
+        f"p={q}",
+        'd=$(dirname -- "$p")',
+        'mkdir -p -- "$d"',
+        't=$(mktemp -- "$d/.infratool.XXXXXXXX")',
+        "trap 'rm -f -- \"$t\"' EXIT",
+        'base64 -d > "$t"',
+    ]
+    if mode is not None:
+        lines.append(f'chmod {mode:o} "$t"')
+    else:
+        lines.append('if [ -e "$p" ]; then chmod --reference="$p" "$t"; else chmod 644 "$t"; fi')
+    if owner or group:
+        spec = shlex.quote(f"{owner or ''}:{group or ''}" if group else owner or "")
+        lines.append(f'chown {spec} "$t"')
+    else:
+        lines.append('if [ -e "$p" ]; then chown --reference="$p" "$t"; fi')
+    # coreutils' `sync FILE` fsyncs just that file; the data is on disk before
+    # the rename makes it visible.
+    lines += ['sync -- "$t" 2>/dev/null || true', 'mv -f -- "$t" "$p"', "trap - EXIT"]
+    return "\n".join(lines)
+
+
+def _short(command: str) -> str:
+    first = command.strip().splitlines()[0] if command.strip() else command
+    return first if len(first) <= 60 else first[:57] + "..."
+
+
+class _RefuseUnknownKey:
+    """paramiko MissingHostKeyPolicy that refuses, naming the offered key.
+
+    Like paramiko's RejectPolicy, but the error carries the fingerprint the
+    host offered and the ones we expected, so the operator can compare.
+    """
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        expected = ", ".join(fingerprint(k) for k in self.host.host_keys) or "none pinned"
+        raise HostKeyError(
+            self.host.name,
+            f"host key not pinned — refusing to connect. Offered {key.get_name()} "
+            f"{_pkey_fingerprint(key)}; expected {expected}.",
+        )

@@ -1,0 +1,353 @@
+"""The runner: connect → gather facts → plan → (confirm) → apply → verify.
+
+Hosts are handled in parallel by a bounded pool (``--forks``). Each host gets
+one SSH connection for the whole run and one round trip for its facts. A host
+that cannot be reached, refuses our pinned key or fails a change is reported
+and dropped; the rest of the fleet goes on. Changes apply in playbook order;
+within one playbook entry, lower phases finish on every host before higher
+ones start (a builder before its clients).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from infratool import log
+from infratool.changes import LOCAL, Change, Plan
+from infratool.context import HostContext, LocalContext
+from infratool.errors import (
+    EXIT_CHANGES,
+    EXIT_FAILED,
+    EXIT_HOSTKEY,
+    EXIT_OK,
+    HostError,
+    HostKeyError,
+    InfratoolError,
+)
+from infratool.facts import BASE_FACTS, FactCache, FactRequest, build_script, parse_output
+from infratool.hidden import REDACTOR
+from infratool.inventory import Host, Inventory
+from infratool.options import RunOptions
+from infratool.playbook import Playbook
+from infratool.remote import Remote
+from infratool.tasks.base import HostTask, PlanContext
+
+Event = Callable[[str, str, str], None]
+"""``on_event(host, status, message)`` for progress displays."""
+
+
+@dataclass
+class HostResult:
+    """Outcome of a run on one host."""
+
+    host: str
+    status: str = "ok"
+    """ok | changed | failed | unreachable | refused"""
+    applied: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view."""
+        return {"host": self.host, "status": self.status, "applied": self.applied, "error": self.error}
+
+
+@dataclass
+class RunResult:
+    """Outcome of applying a plan."""
+
+    plan: Plan
+    hosts: dict[str, HostResult]
+
+    @property
+    def failed(self) -> list[str]:
+        """Hosts that failed, were unreachable or were refused."""
+        return [h for h, r in self.hosts.items() if r.status in ("failed", "unreachable", "refused")]
+
+    @property
+    def exit_code(self) -> int:
+        """4 if a host key was refused, 1 if anything else failed, else 0."""
+        if any(r.status == "refused" for r in self.hosts.values()):
+            return EXIT_HOSTKEY
+        return EXIT_FAILED if self.failed else EXIT_OK
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view."""
+        return {
+            "plan": self.plan.to_dict(),
+            "results": [r.to_dict() for r in self.hosts.values()],
+            "failed": self.failed,
+        }
+
+
+def plan_exit_code(plan: Plan, detailed: bool) -> int:
+    """Exit code of `plan`: 4 refused key, 1 failures, 2 pending changes (detailed), else 0."""
+    if plan.host_key_refused:
+        return EXIT_HOSTKEY
+    if plan.failures:
+        return EXIT_FAILED
+    if detailed and plan.changes:
+        return EXIT_CHANGES
+    return EXIT_OK
+
+
+class Runner:
+    """Plans and applies one playbook against an inventory."""
+
+    def __init__(
+        self, inventory: Inventory, playbook: Playbook, options: RunOptions, on_event: Event | None = None
+    ) -> None:
+        self.inventory = inventory
+        self.playbook = playbook
+        self.options = options
+        self.on_event = on_event or (lambda host, status, message: None)
+        self.log = log.get_logger("infratool.runner")
+        self.contexts: dict[str, HostContext] = {}
+        self.local = LocalContext(inventory.flake)
+        self.state: dict[str, Any] = {}
+        self.failures: dict[str, str] = {}
+        self.refused: set[str] = set()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, options.forks), thread_name_prefix="host")
+        self._targets = [(inv, inv.hosts(inventory, options.limit)) for inv in playbook.invocations]
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every connection and the pool."""
+        for ctx in self.contexts.values():
+            ctx.remote.close()
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def hosts(self) -> list[Host]:
+        """Every host any invocation targets, in inventory order."""
+        names = {h.name for _, hosts in self._targets for h in hosts}
+        return [h for h in self.inventory if h.name in names]
+
+    # -- connect + facts ----------------------------------------------------
+
+    def gather(self, hosts: Iterable[Host] | None = None) -> dict[str, HostContext]:
+        """Connect to ``hosts`` (default: all targets) and gather their facts in parallel."""
+        hosts = list(hosts if hosts is not None else self.hosts)
+        requests: dict[str, list[FactRequest]] = {h.name: list(BASE_FACTS) for h in hosts}
+        for inv, targets in self._targets:
+            for h in targets:
+                requests[h.name].extend(inv.task.fact_requests(h))
+        list(self._pool.map(lambda h: self._open(h, requests[h.name]), hosts))
+        return self.contexts
+
+    def _open(self, host: Host, requests: list[FactRequest]) -> None:
+        self.on_event(host.name, "connecting", f"{host.user}@{host.address}")
+        remote = Remote(host, self.options.connect_timeout, self.options.command_timeout)
+        try:
+            remote.connect()
+            facts = FactCache(host.name)
+            script, marker, ordered = build_script(requests)
+            res = remote.run(script, check=False, what="gather facts")
+            facts.update(parse_output(res.stdout, marker, ordered))
+            missing = facts.missing(ordered)
+            if missing:
+                raise HostError(host.name, f"fact gathering failed ({missing[0].name}): {res.stderr.strip()}")
+        except HostError as exc:
+            remote.close()
+            self._fail(host.name, exc)
+            return
+        self.contexts[host.name] = HostContext(host=host, facts=facts, remote=remote)
+        self.on_event(host.name, "connected", f"{len(ordered)} facts")
+
+    def _fail(self, host: str, exc: BaseException) -> None:
+        message = REDACTOR.redact(str(exc))
+        if isinstance(exc, HostKeyError):
+            self.refused.add(host)
+        self.failures.setdefault(host, message)
+        self.log.info("host failed", host=host, error=message)
+        self.on_event(host, "refused" if isinstance(exc, HostKeyError) else "failed", message)
+
+    # -- plan ---------------------------------------------------------------
+
+    def plan(self) -> Plan:
+        """Gather facts and compute every change (read-only)."""
+        self.gather()
+        changes: list[Change] = []
+        for stage, (inv, targets) in enumerate(self._targets):
+            hosts = {h.name: self.contexts[h.name] for h in targets if h.name in self.contexts}
+            ctx = PlanContext(
+                hosts=hosts,
+                local=self.local,
+                inventory=self.inventory,
+                options=self.options,
+                state=self.state,
+            )
+            planned = self._plan_task(inv.task, ctx)
+            for change in planned:
+                change.stage = stage
+                change.task = change.task or inv.label
+            changes.extend(planned)
+        changes.extend(self._deploy_changes(changes))
+        names = [h.name for h in self.hosts]
+        if any(c.host == LOCAL for c in changes):
+            names.append(LOCAL)
+        for name in names:
+            if name != LOCAL and name not in self.failures:
+                count = sum(1 for c in changes if c.host == name)
+                self.on_event(name, "planned", f"{count} change(s)")
+        return Plan(
+            hosts=names, changes=changes, failures=dict(self.failures), host_key_refused=set(self.refused)
+        )
+
+    def _plan_task(self, task, ctx: PlanContext) -> list[Change]:
+        if isinstance(task, HostTask):
+
+            def one(hctx: HostContext) -> list[Change]:
+                try:
+                    return task.plan_host(hctx, ctx)
+                except InfratoolError as exc:
+                    self._drop(hctx.name, exc)
+                    return []
+
+            return [c for chunk in self._pool.map(one, list(ctx.hosts.values())) for c in chunk]
+        try:
+            return task.plan(ctx)
+        except HostError as exc:
+            self._drop(exc.host, exc)
+        except InfratoolError as exc:
+            for name in ctx.hosts:
+                self._drop(name, exc)
+        return []
+
+    def _drop(self, host: str, exc: BaseException) -> None:
+        self._fail(host, exc)
+        ctx = self.contexts.pop(host, None)
+        if ctx:
+            ctx.remote.close()
+
+    def _deploy_changes(self, changes: list[Change]) -> list[Change]:
+        """One deploy per NixOS host whose generated configuration changed."""
+        if not self.options.deploy:
+            return []
+        wanted = list(dict.fromkeys(c.deploy for c in changes if c.deploy))
+        result = []
+        for name in wanted:
+            host = self.inventory.hosts.get(name)
+            if host is None or not host.is_nixos:
+                continue
+            argv = deploy_argv(host)
+            result.append(
+                Change(
+                    host=LOCAL,
+                    task="deploy",
+                    action="deploy",
+                    description=f"deploy {name}: {shlex.join(argv)}",
+                    apply=lambda ctx, argv=argv, name=name: ctx.run(argv, what=f"deploy {name}"),
+                    stage=len(self._targets),
+                    requires=(LOCAL,),
+                )
+            )
+        return result
+
+    # -- apply --------------------------------------------------------------
+
+    def apply(self, plan: Plan) -> RunResult:
+        """Apply exactly ``plan``; verify what changed; report per host."""
+        results = {h: HostResult(h) for h in plan.hosts}
+        for host, message in plan.failures.items():
+            results.setdefault(host, HostResult(host))
+            results[host].status = "refused" if host in plan.host_key_refused else "unreachable"
+            results[host].error = message
+        failed: dict[str, str] = dict(plan.failures)
+        stages = sorted({(c.stage, c.phase) for c in plan.changes})
+        for i, key in enumerate(stages):
+            group = [c for c in plan.changes if (c.stage, c.phase) == key]
+            by_host: dict[str, list[Change]] = {}
+            for c in group:
+                by_host.setdefault(c.host, []).append(c)
+            list(
+                self._pool.map(
+                    lambda item: self._apply_host(item[0], item[1], failed, results), by_host.items()
+                )
+            )
+            last_of_stage = i + 1 == len(stages) or stages[i + 1][0] != key[0]
+            if last_of_stage and key[0] < len(self._targets):
+                self._verify(key[0], plan, failed, results)
+        for r in results.values():
+            if r.host in failed and r.status not in ("refused", "unreachable"):
+                r.status, r.error = "failed", failed[r.host]
+        return RunResult(plan=plan, hosts=results)
+
+    def _apply_host(
+        self, host: str, changes: list[Change], failed: dict[str, str], results: dict[str, HostResult]
+    ) -> None:
+        ctx = self.local if host == LOCAL else self.contexts.get(host)
+        result = results.setdefault(host, HostResult(host))
+        for change in changes:
+            blocked = [h for h in (host, *change.requires) if h in failed]
+            if blocked or ctx is None:
+                self.on_event(
+                    host, "skipped", f"{change.description} (after failure on {', '.join(blocked)})"
+                )
+                continue
+            self.on_event(host, "applying", change.description)
+            try:
+                change.apply(ctx)
+            except Exception as exc:
+                message = (
+                    REDACTOR.redact(str(exc))
+                    if isinstance(exc, InfratoolError)
+                    else f"internal error in {change.task}: {type(exc).__name__}: {REDACTOR.redact(str(exc))}"
+                )
+                failed[host] = message
+                self.log.error("change failed", host=host, change=change.description, error=message)
+                self.on_event(host, "failed", message)
+                return
+            result.applied.append(change.description)
+            result.status = "changed"
+        if result.applied:
+            self.on_event(host, "changed", f"{len(result.applied)} change(s) applied")
+
+    def _verify(self, stage: int, plan: Plan, failed: dict[str, str], results: dict[str, HostResult]) -> None:
+        inv, targets = self._targets[stage]
+        changed = {c.host for c in plan.changes if c.stage == stage and c.host not in failed}
+        if not changed:
+            return
+        hosts = {
+            h.name: self.contexts[h.name] for h in targets if h.name in self.contexts and h.name not in failed
+        }
+        ctx = PlanContext(
+            hosts=hosts, local=self.local, inventory=self.inventory, options=self.options, state=self.state
+        )
+        try:
+            problems = inv.task.verify(ctx, changed)
+        except InfratoolError as exc:
+            problems = {h: str(exc) for h in changed}
+        for host, message in problems.items():
+            message = REDACTOR.redact(f"verify failed: {message}")
+            failed.setdefault(host, message)
+            self.on_event(host, "failed", message)
+
+    def run(self, confirm: Callable[[Plan], bool] | None = None) -> RunResult:
+        """Plan, ask ``confirm(plan)`` (unless ``--yes``), apply."""
+        plan = self.plan()
+        if plan.changes and not self.options.yes and confirm is not None and not confirm(plan):
+            return RunResult(plan=plan, hosts={h: HostResult(h, status="skipped") for h in plan.hosts})
+        return self.apply(plan)
+
+
+def deploy_argv(host: Host) -> list[str]:
+    """The deploy command for a NixOS host, with placeholders filled in."""
+    values = {
+        "flake": str(host.flake),
+        "host": host.name,
+        "user": host.user,
+        "address": host.address,
+        "port": str(host.port),
+    }
+    return [part.format(**values) for part in shlex.split(host.deploy_command)]

@@ -1,0 +1,237 @@
+"""Generic tasks: file content/mode/owner, file absence, guarded commands.
+
+These make the engine useful before any capability exists, and they are what
+the benchmark's converge is made of.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import string
+from pathlib import Path
+from typing import Any
+
+from infratool.changes import Change, text_diff
+from infratool.context import HostContext
+from infratool.facts import FactRequest
+from infratool.hidden import Secret
+from infratool.inventory import Host
+from infratool.tasks.base import HostTask, Param, PlanContext, register
+
+
+def check_abs_path(value: str) -> str | None:
+    """Param check: an absolute path without '..' or control characters."""
+    if not value.startswith("/"):
+        return "must be an absolute path"
+    if ".." in Path(value).parts:
+        return "must not contain '..'"
+    if any(ord(ch) < 32 for ch in value):
+        return "must not contain control characters"
+    return None
+
+
+def check_mode(value: str) -> str | None:
+    """Param check: an octal mode string like "0644"."""
+    try:
+        mode = int(str(value), 8)
+    except ValueError:
+        return f"must be an octal mode like '0644', got {value!r}"
+    return None if 0 <= mode <= 0o7777 else "must be between 0000 and 7777"
+
+
+def check_name(value: str) -> str | None:
+    """Param check: a user or group name."""
+    ok = value and all(ch.isalnum() or ch in "_-." for ch in value) and not value.startswith("-")
+    return None if ok else f"invalid user/group name {value!r}"
+
+
+def file_changes(
+    ctx: HostContext,
+    task: str,
+    path: str,
+    content: bytes | Secret | None,
+    mode: int | None,
+    owner: str | None,
+    group: str | None,
+    secret: bool = False,
+) -> list[Change]:
+    """Changes to make ``path`` hold ``content`` with mode/owner/group (shared by tasks)."""
+    current = ctx.file(path)
+    raw = content.reveal_bytes() if isinstance(content, Secret) else content
+    if current.exists and not current.is_file:
+        raise ValueError(f"{path} exists and is not a regular file")
+    desc_bits = []
+    if raw is None or not current.exists:
+        content_differs = raw is not None
+    elif secret or current.content is None:
+        # Secret files are compared by hash only: their content never travels.
+        content_differs = current.sha256 != hashlib.sha256(raw).hexdigest()
+    else:
+        content_differs = current.content != raw
+    if not current.exists:
+        action = "create"
+    else:
+        action = "update"
+        if content_differs:
+            desc_bits.append("content")
+        if mode is not None and current.mode != mode:
+            desc_bits.append(f"mode {current.mode:04o} → {mode:04o}")
+        if owner and current.owner != owner:
+            desc_bits.append(f"owner {current.owner} → {owner}")
+        if group and current.group != group:
+            desc_bits.append(f"group {current.group} → {group}")
+        if not desc_bits:
+            return []
+    if raw is None:  # metadata only, on a file that exists
+        return [_meta_change(ctx, task, path, mode, owner, group, desc_bits)]
+    desc = f"{action} {path}" + (f" ({', '.join(desc_bits)})" if desc_bits else "")
+    if action == "create":
+        desc += f" (mode {mode if mode is not None else 0o644:04o})"
+    diff = ""
+    if content_differs:
+        diff = text_diff(current.text if current.exists else None, raw.decode(errors="replace"), path, secret)
+    ctx.plan_write(path, raw, mode, owner, group)
+    payload = content if secret and isinstance(content, Secret) else raw
+
+    def apply(hctx: HostContext) -> None:
+        hctx.put_file(path, payload, mode=mode, owner=owner, group=group)
+
+    return [Change(ctx.name, task, desc, apply, diff=diff, action=action)]
+
+
+def _meta_change(ctx, task, path, mode, owner, group, bits) -> Change:
+    def apply(hctx: HostContext) -> None:
+        cmds = []
+        if mode is not None:
+            cmds.append(f"chmod {mode:o} -- {shlex.quote(path)}")
+        if owner or group:
+            cmds.append(
+                f"chown {shlex.quote((owner or '') + (':' + group if group else ''))} -- {shlex.quote(path)}"
+            )
+        hctx.run(" && ".join(cmds), what=f"set mode/owner of {path}")
+
+    return Change(ctx.name, task, f"update {path} ({', '.join(bits)})", apply, action="update")
+
+
+@register
+class FileContent(HostTask):
+    """Ensure a file has the given content, mode, owner and group."""
+
+    name = "files.content"
+    summary = "file content, mode and owner (atomic writes; secret content never shown)"
+    params = {
+        "path": Param(str, required=True, help="absolute path on the host", check=check_abs_path),
+        "content": Param(str, help="literal content"),
+        "template": Param(str, help="template file (relative to the playbook); $host, $address, $user"),
+        "mode": Param(str, help="octal mode, e.g. '0644'", check=check_mode),
+        "owner": Param(str, check=check_name),
+        "group": Param(str, check=check_name),
+        "secret": Param(bool, default=False, help="content is secret: never shown in plans or logs"),
+    }
+
+    def validate(self) -> None:
+        if (self.args["content"] is None) == (self.args["template"] is None):
+            raise self.source.error("files.content: give exactly one of 'content' or 'template'")
+        if self.args["template"] is not None:
+            tpl = self.source.file.parent / self.args["template"]
+            if not tpl.is_file():
+                raise self.source.error(
+                    f"files.content: template {self.args['template']!r} not found", "template"
+                )
+            self._template = string.Template(tpl.read_text())
+        if self.args["secret"] and self.args["content"] is not None:
+            # Registered now, before anything could print it.
+            self.args["content"] = Secret(self.args["content"])
+
+    def label(self) -> str:
+        return f"files.content {self.args['path']}"
+
+    def fact_requests(self, host: Host) -> list[FactRequest]:
+        kind = "file_meta" if self.args["secret"] else "file"
+        return [FactRequest(kind, self.args["path"])]
+
+    def render(self, host: Host) -> bytes | Secret:
+        """The content for ``host``."""
+        if self.args["template"] is not None:
+            text = self._template.safe_substitute(host=host.name, address=host.address, user=host.user)
+            return Secret(text) if self.args["secret"] else text.encode()
+        content: Any = self.args["content"]
+        return content if isinstance(content, Secret) else content.encode()
+
+    def plan_host(self, host: HostContext, ctx: PlanContext) -> list[Change]:
+        mode = int(self.args["mode"], 8) if self.args["mode"] else None
+        return file_changes(
+            host,
+            self.name,
+            self.args["path"],
+            self.render(host.host),
+            mode,
+            self.args["owner"],
+            self.args["group"],
+            secret=self.args["secret"],
+        )
+
+
+@register
+class FileAbsent(HostTask):
+    """Ensure a file does not exist."""
+
+    name = "files.absent"
+    summary = "remove a file"
+    params = {"path": Param(str, required=True, check=check_abs_path)}
+
+    def label(self) -> str:
+        return f"files.absent {self.args['path']}"
+
+    def fact_requests(self, host: Host) -> list[FactRequest]:
+        return [FactRequest("file_meta", self.args["path"])]
+
+    def plan_host(self, host: HostContext, ctx: PlanContext) -> list[Change]:
+        path = self.args["path"]
+        if not host.file(path).exists:
+            return []
+        host.plan_remove(path)
+        return [
+            Change(
+                host.name,
+                self.name,
+                f"remove {path}",
+                lambda h: h.run(f"rm -f -- {shlex.quote(path)}", what=f"remove {path}"),
+                action="delete",
+            )
+        ]
+
+
+@register
+class Command(HostTask):
+    """Run a command, guarded by ``creates`` (a path) and/or ``unless`` (a check command)."""
+
+    name = "command"
+    summary = "run a shell command (guard it with creates/unless to stay idempotent)"
+    params = {
+        "command": Param(str, required=True, help="shell command run on the host"),
+        "creates": Param(str, help="skip when this path exists", check=check_abs_path),
+        "unless": Param(str, help="skip when this read-only command succeeds"),
+    }
+
+    def label(self) -> str:
+        return f"command {self.args['command'].splitlines()[0][:40]}"
+
+    def fact_requests(self, host: Host) -> list[FactRequest]:
+        reqs = []
+        if self.args["creates"]:
+            reqs.append(FactRequest("exists", self.args["creates"]))
+        if self.args["unless"]:
+            reqs.append(FactRequest("succeeds", self.args["unless"]))
+        return reqs
+
+    def plan_host(self, host: HostContext, ctx: PlanContext) -> list[Change]:
+        if self.args["creates"] and host.facts.get("exists", self.args["creates"]):
+            return []
+        if self.args["unless"] and host.facts.get("succeeds", self.args["unless"]):
+            return []
+        cmd = self.args["command"]
+        return [
+            Change(host.name, self.name, f"run: {cmd}", lambda h: h.run(cmd, what="command"), action="run")
+        ]
