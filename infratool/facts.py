@@ -148,7 +148,8 @@ def build_script(requests: Iterable[FactRequest]) -> tuple[str, str, list[FactRe
         # Each fact in a subshell with stdin closed, so one fact can neither
         # exit the script nor eat another's input.
         parts.append(
-            f"printf '\\n{marker} {i}\\n'; ( {cmd} ) </dev/null 2>/dev/null; printf '\\n{marker} {i} $?\\n'"
+            f"printf '\\n%s %d\\n' {marker} {i}; ( {cmd} ) </dev/null 2>/dev/null; "
+            f"printf '\\n%s %d %d\\n' {marker} {i} $?"
         )
     return "\n".join(parts), marker, ordered
 

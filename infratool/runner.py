@@ -161,6 +161,10 @@ class Runner:
             remote.close()
             self._fail(host.name, exc)
             return
+        except Exception as exc:  # a bug must cost one host, not the fleet
+            remote.close()
+            self._fail(host.name, HostError(host.name, f"internal error: {type(exc).__name__}: {exc}"))
+            return
         self.contexts[host.name] = HostContext(host=host, facts=facts, remote=remote)
         self.on_event(host.name, "connected", f"{len(ordered)} facts")
 
