@@ -1,0 +1,94 @@
+"""Fixtures for the whole suite: a real lab fleet per test, and a private audit log.
+
+The lab fixtures start real sshd hosts (see ``infratool.lab``); they skip, with
+the reason, on a machine that cannot run them (not root, no sshd). Every lab
+gets its own loopback subnet so tests can run in parallel under pytest-xdist:
+``127.<10 + worker>.<n>``, where ``n`` starts at a random point per process so
+two pytest sessions on one machine rarely meet, and a collision that does
+happen (AddressInUseError) just moves on to the next subnet.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from infratool.lab import AddressInUseError, Lab, LabUnavailable
+
+LAB_FIXTURES = frozenset({"lab", "lab_factory"})
+_SUBNET_ATTEMPTS = 32
+
+_third_octet = itertools.count(random.SystemRandom().randrange(256))
+
+
+def _worker_number() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    return int(worker) if worker.isdigit() else 0
+
+
+def next_subnet() -> str:
+    """A loopback subnet this process has not handed out recently (unique per xdist worker)."""
+    return f"127.{10 + _worker_number() % 240}.{next(_third_octet) % 256}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a lab with ``lab``, so ``-m 'not lab'`` skips them all."""
+    for item in items:
+        if LAB_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.lab)
+
+
+@pytest.fixture(autouse=True)
+def _private_audit_log(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Send the audit log (and any XDG state) of every test to a temp dir, never ~/.local/state.
+
+    A directory of its own, not ``tmp_path``: tests that assert nothing was
+    left in their temp dir must not trip over the audit log.
+    """
+    state = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("INFRATOOL_AUDIT_LOG", str(state / "audit.jsonl"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    return state / "audit.jsonl"
+
+
+@pytest.fixture
+def lab_subnet() -> str:
+    """A fresh loopback subnet for a test that builds its own :class:`Lab`."""
+    return next_subnet()
+
+
+@pytest.fixture
+def lab_factory(tmp_path: Path) -> Iterator[Callable[[int], Lab]]:
+    """``make(count) -> Lab``: a running lab of ``count`` hosts in ``tmp_path``; all torn down after."""
+    labs: list[Lab] = []
+
+    def make(count: int = 4) -> Lab:
+        root = tmp_path / f"lab{len(labs)}"
+        try:
+            Lab(root).preflight()
+        except LabUnavailable as exc:
+            pytest.skip(f"no lab on this machine: {exc}")
+        for _ in range(_SUBNET_ATTEMPTS):
+            lab = Lab(root, subnet=next_subnet())
+            labs.append(lab)
+            try:
+                lab.up(count)
+            except AddressInUseError:
+                continue  # another lab (another pytest session?) holds it
+            return lab
+        raise RuntimeError(f"no free loopback subnet after {_SUBNET_ATTEMPTS} tries")
+
+    yield make
+    for lab in labs:
+        lab.down()
+
+
+@pytest.fixture
+def lab(lab_factory: Callable[[int], Lab]) -> Lab:
+    """A fresh, running four-host lab (snix, slax, brix, nixtv-player), torn down after the test."""
+    return lab_factory(4)
