@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Install everything infratool and its lab need on a fresh Debian 12 machine
+# (as root): system packages, then a virtualenv in .venv with infratool and
+# its test extras. Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  openssh-server openssh-client   # the lab's hosts are real sshd processes
+  nix-bin                         # real nix: builds, stores, caches, nix-instantiate
+  age                             # age-keygen for operators; sops uses age keys
+  sbsigntool systemd-boot-efi efitools   # real Secure Boot signatures for the sbctl emulator
+  nginx-light                     # the binary cache's HTTP server in the lab
+  postgresql                      # a real service whose password gets rotated
+  util-linux procps iproute2 curl git
+  python3 python3-venv python3-dev gcc
+)
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup.sh: run as root (the lab starts sshd in mount namespaces)" >&2
+  exit 1
+fi
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # Services must not start on install: the lab starts its own, per host.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+fi
+mkdir -p /run/sshd
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "setup.sh: ready ($(.venv/bin/infratool --version); $(nix-store --version); sops $(.venv/bin/sops --disable-version-check --version 2>/dev/null | head -n1 | awk '{print $2}'))"
