@@ -24,25 +24,22 @@ Layout of a lab directory::
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from infratool.errors import CommandFailed, InputError
-from infratool.lab import files, procs
-from infratool.lab.errors import AddressInUseError, LabError, LabUnavailable
+from infratool.lab import boot, files, procs
+from infratool.lab.errors import LabError, LabUnavailable
 from infratool.lab.files import HostSpec
+from infratool.lab.host import HostStatus, LabHost
 
 FLEET: dict[str, list[str]] = {
     "snix": ["workstation", "builder", "cache"],
@@ -58,62 +55,7 @@ EXTRA_TAGS: tuple[str, ...] = ("scale",)
 MAX_HOSTS = 200
 DEFAULT_SUBNET = "127.0.0"
 SSHD = "/usr/sbin/sshd"
-# The PATH sshd gives root sessions on Debian; exec() uses it too, so a
-# command behaves the same through Lab.exec as over SSH.
-ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _TOOLS = {"unshare": "util-linux", "nsenter": "util-linux", "mount": "mount"}
-_READY_TIMEOUT = 30.0
-
-# Runs inside the new namespaces, then becomes sshd (same pid). Arguments:
-# host tree, host name, sshd binary, then the directories to mount in order.
-_BOOT = r"""
-set -e
-tree=$1 name=$2 sshd=$3
-shift 3
-for dir in "$@"; do mount --bind "$tree$dir" "$dir"; done
-printf '%s\n' "$name" > /proc/sys/kernel/hostname
-exec "$sshd" -D -f /etc/ssh/sshd_config -E /var/log/sshd.log
-"""
-
-
-@dataclass(frozen=True)
-class LabHost:
-    """One lab host: its name, loopback address and private tree on the controller."""
-
-    name: str
-    address: str
-    root: Path
-    tags: tuple[str, ...] = ()
-
-    def path(self, remote: str) -> Path:
-        """The controller's path of the host's absolute path ``remote``.
-
-        ``host.path("/etc/nix/nix.conf")`` is ``<lab>/<name>/etc/nix/nix.conf``.
-        Raises ValueError for a path that is not private to the host.
-        """
-        return files.host_path(self.root, remote)
-
-    @property
-    def sshd_log(self) -> Path:
-        """The host's sshd log (LogLevel VERBOSE): logins, key fingerprints, sessions."""
-        return self.path(files.SSHD_LOG_PATH)
-
-    @property
-    def host_key_public(self) -> str:
-        """The host's current sshd host key, ``ssh-ed25519 AAAA...`` (no comment)."""
-        return files.public_key_of(self.path(files.HOST_KEY_PATH))
-
-
-@dataclass(frozen=True)
-class HostStatus:
-    """One row of ``infratool lab status``."""
-
-    name: str
-    address: str
-    pid: int | None
-    running: bool
-    processes: int
-    """How many processes live in the host (sshd, its sessions, services)."""
 
 
 def _validate_subnet(subnet: str) -> str:
@@ -142,6 +84,9 @@ class Lab:
         self.subnet = _validate_subnet(subnet or state.get("subnet") or DEFAULT_SUBNET)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._tools: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"Lab({str(self.root)!r}, subnet={self.subnet!r})"
 
     # -- paths --------------------------------------------------------------
 
@@ -179,26 +124,15 @@ class Lab:
         if not os.access(SSHD, os.X_OK):
             raise LabUnavailable(f"{SSHD} not found; install openssh-server")
         for tool, package in _TOOLS.items():
-            found = shutil.which(tool, path=ROOT_PATH)
+            found = shutil.which(tool, path=boot.ROOT_PATH)
             if found is None:
                 raise LabUnavailable(f"{tool} not found; install {package}")
             self._tools[tool] = found
 
     @staticmethod
     def check_address_free(address: str) -> None:
-        """Raise :class:`AddressInUseError` if something listens on ``address:22``.
-
-        SO_REUSEADDR makes the probe ignore TIME_WAIT leftovers of a previous
-        lab (sshd sets it too) and fail only on a real listener.
-        """
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((address, 22))
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise AddressInUseError(address) from None
-                raise LabError(f"cannot bind {address}:22: {exc.strerror}") from None
+        """Raise :class:`AddressInUseError` if something listens on ``address:22``."""
+        boot.check_address_free(address)
 
     # -- state --------------------------------------------------------------
 
@@ -330,6 +264,8 @@ class Lab:
         Only processes that see one of this lab's host tokens are touched;
         files stay, so logs can be read afterwards and ``up`` resumes.
         """
+        if not self.root.is_dir():
+            return  # nothing was ever started here; do not create the directory
         with self._locked():
             self._stop(list(self._tokens()))
 
@@ -361,9 +297,9 @@ class Lab:
             members = procs.scan(self._tokens([name])).get(name, {})
             pid = self._running_pid(name, members)
             if pid is not None:
-                offset = self._log_size(host)
+                waiting = boot.Booting(host, boot.log_size(host))
                 procs.send_signal(pid, members[pid], signal.SIGHUP)
-                self._wait_ready({name: (host, None, offset)})
+                boot.wait_ready({name: waiting})
         return host.host_key_public
 
     def exec(
@@ -407,7 +343,7 @@ class Lab:
             "USER": "root",
             "LOGNAME": "root",
             "SHELL": "/bin/bash",
-            "PATH": ROOT_PATH,
+            "PATH": boot.ROOT_PATH,
             **(env or {}),
         }
         result = subprocess.run(
@@ -442,110 +378,24 @@ class Lab:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.wait(timeout=5)
 
-    def _mount_order(self) -> list[str]:
-        # The directory that contains the lab itself (a lab under /tmp, say)
-        # is mounted last: once it is covered, the other sources would vanish.
-        return sorted(files.PRIVATE_DIRS, key=lambda d: self.root.is_relative_to(Path(d)))
-
-    @staticmethod
-    def _log_size(host: LabHost) -> int:
-        try:
-            return host.sshd_log.stat().st_size
-        except OSError:
-            return 0
-
     def _start(self, specs: Sequence[HostSpec]) -> None:
         if not specs:
             return
         for spec in specs:
-            self.check_address_free(spec.address)
-        order = self._mount_order()
-        pending: dict[str, tuple[LabHost, subprocess.Popen[bytes] | None, int]] = {}
+            boot.check_address_free(spec.address)
+        order = boot.mount_order(self.root)
+        booting: dict[str, boot.Booting] = {}
         try:
             for spec in specs:
                 host = LabHost(spec.name, spec.address, self._host_root(spec.name), spec.tags)
-                self._clear_run(host)
-                offset = self._log_size(host)
-                with open(host.root / "boot.log", "wb") as boot_log:
-                    child = subprocess.Popen(
-                        [
-                            self._tools["unshare"],
-                            "--mount",
-                            "--uts",
-                            "--propagation",
-                            "private",
-                            "/bin/sh",
-                            "-c",
-                            _BOOT,
-                            "lab-boot",
-                            str(host.root),
-                            spec.name,
-                            SSHD,
-                            *order,
-                        ],
-                        stdin=subprocess.DEVNULL,
-                        stdout=boot_log,
-                        stderr=boot_log,
-                        env={"PATH": ROOT_PATH},
-                        cwd="/",
-                        # Own session: a Ctrl-C in the terminal that ran
-                        # `lab up` must not take the lab down with it.
-                        start_new_session=True,
-                    )
-                self._children[spec.name] = child
-                (host.root / "sshd.pid").write_text(f"{child.pid}\n")
-                pending[spec.name] = (host, child, offset)
-            self._wait_ready(pending)
+                started = boot.start(host, order, self._tools["unshare"], SSHD)
+                booting[spec.name] = started
+                if started.child is not None:
+                    self._children[spec.name] = started.child
+            boot.wait_ready(booting)
         except BaseException:
-            self._stop(list(pending))
+            self._stop(list(booting))
             raise
-
-    @staticmethod
-    def _clear_run(host: LabHost) -> None:
-        # /run is volatile on a real machine; stale pid files and sockets of
-        # a previous boot would stop services from starting again.
-        run = host.path("/run")
-        for entry in run.iterdir():
-            if entry.name == "sshd":
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-
-    def _wait_ready(self, pending: dict[str, tuple[LabHost, subprocess.Popen[bytes] | None, int]]) -> None:
-        """Wait until each host's sshd logs that it listens (after its log offset)."""
-        waiting = dict(pending)
-        deadline = time.monotonic() + _READY_TIMEOUT
-        while waiting:
-            for name, (host, child, offset) in list(waiting.items()):
-                text = self._log_since(host, offset)
-                if f"Server listening on {host.address} port 22." in text:
-                    del waiting[name]
-                elif child is not None and child.poll() is not None:
-                    boot = (host.root / "boot.log").read_text(errors="replace")
-                    detail = (boot + text).strip()
-                    if "Address already in use" in detail:
-                        raise AddressInUseError(host.address, f"sshd of {name} could not bind")
-                    raise LabError(
-                        f"{name}: sshd exited with status {child.returncode}: {detail[-2000:] or 'no output'}"
-                    )
-            if waiting and time.monotonic() > deadline:
-                raise LabError(
-                    f"sshd did not start listening within {_READY_TIMEOUT:.0f}s on: "
-                    + ", ".join(sorted(waiting))
-                )
-            if waiting:
-                time.sleep(0.005)
-
-    @staticmethod
-    def _log_since(host: LabHost, offset: int) -> str:
-        try:
-            with open(host.sshd_log, "rb") as fh:
-                fh.seek(offset)
-                return fh.read().decode(errors="replace")
-        except OSError:
-            return ""
 
     def _write_inventory(self, specs: Sequence[HostSpec]) -> None:
         pairs = [
