@@ -396,12 +396,18 @@ def _lab():
 )
 @pass_globals
 def lab_up(g: Globals, count: int | None) -> None:
+    from infratool.scaffold import ensure_operator_repo
+
     the_lab = _lab()
     started = the_lab.up(count)
+    # The lab's flake repo gets secrets/.sops.yaml and an operator age key, like `infratool init`.
+    key_file = the_lab.root / "age.key"
+    ensure_operator_repo(the_lab.flake_dir, key_file)
     if g.json:
         _emit_json([{"name": h.name, "address": h.address} for h in started])
     else:
         click.echo(f"{len(started)} lab host(s) up; inventory: {the_lab.inventory_path}")
+        click.echo(f"operator age key: {key_file} (export SOPS_AGE_KEY_FILE={key_file})")
 
 
 @lab.command("down", help="Stop every lab process (by pid).")

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from infratool.changes import Change
     from infratool.context import HostContext, LocalContext
     from infratool.options import RunOptions
+    from infratool.secrets.store import SopsStore
 
 # Modules that register tasks; imported on first lookup so `--help` stays fast.
 TASK_MODULES = (
@@ -96,6 +97,15 @@ class PlanContext:
     options: RunOptions
     state: dict[str, Any] = field(default_factory=dict)
     """Shared per-run scratch space (e.g. a secrets store opened once)."""
+
+    def secrets(self) -> SopsStore:
+        """The fleet repo's sops store (``<flake>/secrets``), opened once per run."""
+        store = self.state.get("sops")
+        if store is None:
+            from infratool.secrets.store import SopsStore
+
+            store = self.state["sops"] = SopsStore(self.local.root / "secrets")
+        return store
 
 
 class Task:

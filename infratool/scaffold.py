@@ -1,0 +1,73 @@
+"""Starting a fleet repo's secrets: an operator age key and ``.sops.yaml``.
+
+Used by ``infratool init`` and by the lab (whose flake repo needs the same
+layout). The private key goes to a 0600 file and is never printed; only its
+public recipient appears in ``.sops.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from infratool.context import write_atomic
+
+SOPS_CONFIG = """\
+# sops creation rules: which age recipients every secrets file is encrypted to.
+# sops-nix hosts decrypt with their SSH host key converted to age (ssh-to-age);
+# `infratool host add` appends them, `infratool secrets recover init` adds the
+# backup (mnemonic) recipient.
+creation_rules:
+  - path_regex: .*\\.ya?ml$
+    age: >-
+      {recipients}
+"""
+
+
+def default_key_file() -> Path:
+    """sops's standard location for age identities."""
+    env = os.environ.get("SOPS_AGE_KEY_FILE")
+    if env:
+        return Path(env)
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return config / "sops" / "age" / "keys.txt"
+
+
+def new_age_key(key_file: Path) -> str:
+    """Write a new age identity to ``key_file`` (0600, age-keygen's format); return its recipient."""
+    import pyrage
+
+    identity = pyrage.x25519.Identity.generate()
+    recipient = str(identity.to_public())
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    text = f"# created: {created}\n# public key: {recipient}\n{identity}\n"
+    key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomic(key_file, text.encode(), 0o600)
+    return recipient
+
+
+def recipient_of_key_file(key_file: Path) -> str:
+    """The recipient of the (first) identity in an age key file."""
+    import pyrage
+
+    for line in key_file.read_text().splitlines():
+        if line.startswith("AGE-SECRET-KEY-"):
+            return str(pyrage.x25519.Identity.from_str(line.strip()).to_public())
+    raise ValueError(f"{key_file}: no age identity")
+
+
+def init_secrets(secrets_dir: Path, recipients: list[str]) -> Path:
+    """Write ``secrets_dir/.sops.yaml`` for ``recipients`` (unless it exists); return its path."""
+    config = secrets_dir / ".sops.yaml"
+    if not config.exists():
+        secrets_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(config, SOPS_CONFIG.format(recipients=",".join(recipients)).encode())
+    return config
+
+
+def ensure_operator_repo(flake: Path, key_file: Path) -> str:
+    """A flake repo with secrets/.sops.yaml and an operator key (created if missing); the recipient."""
+    recipient = recipient_of_key_file(key_file) if key_file.exists() else new_age_key(key_file)
+    init_secrets(flake / "secrets", [recipient])
+    return recipient
