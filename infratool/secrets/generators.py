@@ -1,0 +1,395 @@
+"""Secret generators, by name: each makes a fresh :class:`Secret` (and its public part).
+
+==============  =====================================================  ==========================
+name            params (defaults)                                      value / public
+==============  =====================================================  ==========================
+password        length (32, 8..4096), alphabet (alnum | alnum+symbols   random password / none
+                | lower+digits)
+hex             bytes (32, 8..1024)                                    hex of random bytes / none
+base64          bytes (32, 8..1024), urlsafe (false)                   base64 of random bytes
+ssh-ed25519     comment ("")                                           OpenSSH private key text /
+                                                                       ``ssh-ed25519 AAAA... c``
+age             (none)                                                 ``AGE-SECRET-KEY-1...`` /
+                                                                       ``age1...``
+nix-cache-key   name (required: ``[A-Za-z0-9._-]+``)                  ``name:base64(seed+pub)``
+                                                                       / ``name:base64(pub)``
+==============  =====================================================  ==========================
+
+All randomness comes from the OS CSPRNG (``secrets``, ``cryptography``, pyrage).
+Parameters are validated before anything is generated; a bad one raises
+:class:`InputError` (without file/line: the policy loader adds them).
+
+The ``alnum+symbols`` alphabet adds only ``- _ . ~`` (URL-unreserved
+characters): they need no quoting in shell words, SQL string literals, URLs,
+YAML, systemd units or ``.env`` files, so a rotated password can never break
+the command or config that carries it. Passwords from the multi-class
+alphabets contain at least one character of each class (drawn again until
+they do, which keeps the draw uniform over the valid passwords).
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import string
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from infratool.errors import InputError
+from infratool.hidden import Secret
+from infratool.secrets import agekeys
+
+
+class ParamError(InputError):
+    """A bad generator parameter; ``param`` names it (``None``: a missing/unknown one)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        self.param = param
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A freshly generated value and, for key pairs, its public part (safe to print)."""
+
+    value: Secret
+    public: str | None = None
+
+
+@dataclass(frozen=True)
+class Param:
+    """One generator parameter: its type, default, and a check returning an error or ``None``."""
+
+    name: str
+    kind: type
+    default: Any = None
+    required: bool = False
+    check: Callable[[Any], str | None] | None = None
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Generator:
+    """A named way to make a secret; see the module docstring for the catalogue."""
+
+    name: str
+    doc: str
+    make: Callable[[dict[str, Any]], Generated]
+    params: tuple[Param, ...] = ()
+    public: Callable[[Secret], str] | None = field(default=None)
+
+    def validate(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Check ``params`` and return them with defaults filled in; :class:`ParamError` if bad."""
+        params = dict(params or {})
+        known = {p.name: p for p in self.params}
+        for name in params:
+            if name not in known:
+                allowed = ", ".join(known) or "none"
+                raise ParamError(
+                    f"generator {self.name!r} has no parameter {name!r} (parameters: {allowed})",
+                    name,
+                )
+        result: dict[str, Any] = {}
+        for p in self.params:
+            if p.name not in params:
+                if p.required:
+                    raise ParamError(f"generator {self.name!r} needs parameter {p.name!r}")
+                result[p.name] = p.default
+                continue
+            value = params[p.name]
+            # bool is an int in Python; a length of `true` is a mistake, not 1.
+            if not isinstance(value, p.kind) or (p.kind is int and isinstance(value, bool)):
+                raise ParamError(
+                    f"generator {self.name!r}: {p.name} must be {p.kind.__name__}, "
+                    f"got {type(value).__name__}",
+                    p.name,
+                )
+            problem = p.check(value) if p.check else None
+            if problem:
+                raise ParamError(f"generator {self.name!r}: {p.name} {problem}", p.name)
+            result[p.name] = value
+        return result
+
+    def generate(self, params: Mapping[str, Any] | None = None) -> Generated:
+        """Validate ``params`` and make a new value."""
+        return self.make(self.validate(params))
+
+
+def _between(lo: int, hi: int) -> Callable[[Any], str | None]:
+    return lambda v: None if lo <= v <= hi else f"must be between {lo} and {hi}, got {v}"
+
+
+# --- password, hex, base64 ---------------------------------------------------------
+
+_SYMBOLS = "-_.~"
+ALPHABETS: dict[str, tuple[str, ...]] = {
+    "alnum": (string.ascii_lowercase, string.ascii_uppercase, string.digits),
+    "alnum+symbols": (string.ascii_lowercase, string.ascii_uppercase, string.digits, _SYMBOLS),
+    "lower+digits": (string.ascii_lowercase, string.digits),
+}
+
+
+def _password(p: dict[str, Any]) -> Generated:
+    classes = ALPHABETS[p["alphabet"]]
+    chars = "".join(classes)
+    while True:
+        pw = "".join(secrets.choice(chars) for _ in range(p["length"]))
+        if all(any(c in cls for c in pw) for cls in classes):
+            return Generated(Secret(pw))
+
+
+def _hex(p: dict[str, Any]) -> Generated:
+    return Generated(Secret(secrets.token_hex(p["bytes"])))
+
+
+def _base64(p: dict[str, Any]) -> Generated:
+    raw = secrets.token_bytes(p["bytes"])
+    enc = base64.urlsafe_b64encode(raw) if p["urlsafe"] else base64.b64encode(raw)
+    return Generated(Secret(enc.decode()))
+
+
+# --- ssh-ed25519 ---------------------------------------------------------------------
+# cryptography writes OpenSSH keys without a comment, and the comment is what
+# names a key in authorized_keys; so the (simple, unencrypted) openssh-key-v1
+# format is written and read here, exactly as ssh-keygen lays it out.
+
+_OPENSSH_MAGIC = b"openssh-key-v1\x00"
+_PEM_BEGIN = "-----BEGIN OPENSSH PRIVATE KEY-----"
+_PEM_END = "-----END OPENSSH PRIVATE KEY-----"
+
+
+def _sshstr(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def _ed25519_blob(public: bytes) -> bytes:
+    return _sshstr(b"ssh-ed25519") + _sshstr(public)
+
+
+def openssh_private_key(seed: bytes, comment: str = "") -> str:
+    """Unencrypted OpenSSH private key text for an Ed25519 ``seed`` (as ``ssh-keygen -N ''``)."""
+    public = ed25519.Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+    check = secrets.token_bytes(4)  # ssh-keygen's random check-int, repeated twice
+    private = check + check + _ed25519_blob(public) + _sshstr(seed + public) + _sshstr(comment.encode())
+    private += bytes(range(1, 1 + (-len(private) % 8)))  # padding 1, 2, 3... to the block size 8
+    blob = (
+        _OPENSSH_MAGIC
+        + _sshstr(b"none")
+        + _sshstr(b"none")
+        + _sshstr(b"")
+        + struct.pack(">I", 1)
+        + _sshstr(_ed25519_blob(public))
+        + _sshstr(private)
+    )
+    b64 = base64.b64encode(blob).decode()
+    lines = [b64[i : i + 70] for i in range(0, len(b64), 70)]
+    return "\n".join([_PEM_BEGIN, *lines, _PEM_END]) + "\n"
+
+
+def _read_sshstr(blob: bytes, offset: int) -> tuple[bytes, int]:
+    if offset + 4 > len(blob):
+        raise ValueError("truncated")
+    (n,) = struct.unpack(">I", blob[offset : offset + 4])
+    if offset + 4 + n > len(blob):
+        raise ValueError("truncated")
+    return blob[offset + 4 : offset + 4 + n], offset + 4 + n
+
+
+def parse_openssh_private_key(text: Secret | str) -> tuple[bytes, str]:
+    """``(seed, comment)`` of an unencrypted OpenSSH Ed25519 private key; :class:`InputError` if not.
+
+    Messages never include key material.
+    """
+    raw = text.reveal() if isinstance(text, Secret) else text
+    if isinstance(raw, bytes):
+        raw = raw.decode(errors="replace")
+    body = raw.strip()
+    if not (body.startswith(_PEM_BEGIN) and body.endswith(_PEM_END)):
+        raise InputError("not an OpenSSH private key")
+    try:
+        blob = base64.b64decode("".join(body[len(_PEM_BEGIN) : -len(_PEM_END)].split()))
+        if not blob.startswith(_OPENSSH_MAGIC):
+            raise ValueError("magic")
+        off = len(_OPENSSH_MAGIC)
+        cipher, off = _read_sshstr(blob, off)
+        _kdf, off = _read_sshstr(blob, off)
+        _kdfopts, off = _read_sshstr(blob, off)
+        if cipher != b"none":
+            raise InputError("the SSH private key is passphrase-protected; decrypt it first")
+        (count,) = struct.unpack(">I", blob[off : off + 4])
+        off += 4
+        if count != 1:
+            raise ValueError("count")
+        _pub, off = _read_sshstr(blob, off)
+        private, off = _read_sshstr(blob, off)
+        c1, c2 = private[0:4], private[4:8]
+        if c1 != c2:
+            raise ValueError("check")
+        kind, p = _read_sshstr(private, 8)
+        if kind != b"ssh-ed25519":
+            raise InputError("not an ssh-ed25519 private key")
+        public, p = _read_sshstr(private, p)
+        secret, p = _read_sshstr(private, p)
+        comment, p = _read_sshstr(private, p)
+    except (ValueError, struct.error):
+        raise InputError("malformed OpenSSH private key") from None
+    seed = secret[:32]
+    derived = ed25519.Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+    if len(secret) != 64 or secret[32:] != public or derived != public:
+        raise InputError("malformed OpenSSH private key (public half does not match)")
+    return seed, comment.decode(errors="replace")
+
+
+def ssh_public_line(public: bytes, comment: str = "") -> str:
+    """``ssh-ed25519 AAAA... comment`` for a raw Ed25519 public key."""
+    line = "ssh-ed25519 " + base64.b64encode(_ed25519_blob(public)).decode()
+    return f"{line} {comment}" if comment else line
+
+
+def public_from_private(private: Secret | str) -> str:
+    """The ``ssh-ed25519 AAAA... comment`` line of an OpenSSH Ed25519 private key."""
+    seed, comment = parse_openssh_private_key(private)
+    public = ed25519.Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+    return ssh_public_line(public, comment)
+
+
+def _comment_ok(v: str) -> str | None:
+    return "must be one line" if "\n" in v or "\r" in v else None
+
+
+def _ssh(p: dict[str, Any]) -> Generated:
+    seed = secrets.token_bytes(32)
+    private = Secret(openssh_private_key(seed, p["comment"]))
+    return Generated(private, public_from_private(private))
+
+
+# --- age -----------------------------------------------------------------------------
+
+
+def _age(p: dict[str, Any]) -> Generated:
+    import pyrage  # lazily: a compiled extension that start-up should not load
+
+    identity = pyrage.x25519.Identity.generate()
+    return Generated(Secret(str(identity)), str(identity.to_public()))
+
+
+# --- nix-cache-key ---------------------------------------------------------------------
+# Nix's format (libstore/crypto.cc): "name:" + base64 of libsodium's 64-byte
+# Ed25519 secret key (32-byte seed followed by the 32-byte public key); the
+# public key is "name:" + base64 of those last 32 bytes.
+
+
+def _nix_name_ok(v: str) -> str | None:
+    ok = v and all(c.isascii() and (c.isalnum() or c in "._-") for c in v)
+    return None if ok else f"must be non-empty and use only A-Z a-z 0-9 . _ - (got {v!r})"
+
+
+def nix_cache_key(name: str, seed: bytes) -> str:
+    """The Nix signing key text ``name:base64(seed+public)`` for an Ed25519 ``seed``."""
+    public = ed25519.Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+    return f"{name}:{base64.b64encode(seed + public).decode()}"
+
+
+def parse_nix_cache_key(secret_key: Secret | str) -> tuple[str, bytes]:
+    """``(name, seed)`` of a Nix binary-cache signing key; :class:`InputError` if malformed."""
+    raw = secret_key.reveal() if isinstance(secret_key, Secret) else secret_key
+    if isinstance(raw, bytes):
+        raw = raw.decode(errors="replace")
+    name, sep, b64 = raw.strip().partition(":")
+    try:
+        if not sep or not name:
+            raise ValueError("no name")
+        key = base64.b64decode(b64, validate=True)
+    except ValueError:
+        raise InputError("not a Nix signing key (expected name:base64)") from None
+    if len(key) != 64:
+        raise InputError("not a Nix signing key (the secret key is 64 bytes)")
+    seed, public = key[:32], key[32:]
+    derived = ed25519.Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+    if derived != public:
+        raise InputError("not a valid Nix signing key (public half does not match the seed)")
+    return name, seed
+
+
+def nix_public_key(secret_key: Secret | str) -> str:
+    """The Nix public key ``name:base64(public)`` of a signing key (``nix key convert-secret-to-public``)."""
+    name, seed = parse_nix_cache_key(secret_key)
+    public = ed25519.Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+    return f"{name}:{base64.b64encode(public).decode()}"
+
+
+def _nix(p: dict[str, Any]) -> Generated:
+    value = Secret(nix_cache_key(p["name"], secrets.token_bytes(32)))
+    return Generated(value, nix_public_key(value))
+
+
+# --- registry ------------------------------------------------------------------------
+
+GENERATORS: dict[str, Generator] = {
+    g.name: g
+    for g in (
+        Generator(
+            "password",
+            "random password",
+            _password,
+            (
+                Param("length", int, 32, check=_between(8, 4096)),
+                Param(
+                    "alphabet",
+                    str,
+                    "alnum",
+                    check=lambda v: (
+                        None if v in ALPHABETS else f"must be one of {', '.join(ALPHABETS)}, got {v!r}"
+                    ),
+                ),
+            ),
+        ),
+        Generator(
+            "hex", "random bytes, hex-encoded", _hex, (Param("bytes", int, 32, check=_between(8, 1024)),)
+        ),
+        Generator(
+            "base64",
+            "random bytes, base64-encoded",
+            _base64,
+            (Param("bytes", int, 32, check=_between(8, 1024)), Param("urlsafe", bool, False)),
+        ),
+        Generator(
+            "ssh-ed25519",
+            "OpenSSH Ed25519 key pair",
+            _ssh,
+            (Param("comment", str, "", check=_comment_ok),),
+            public=public_from_private,
+        ),
+        Generator("age", "age X25519 identity", _age, (), public=agekeys.recipient_of),
+        Generator(
+            "nix-cache-key",
+            "Nix binary-cache signing key",
+            _nix,
+            (Param("name", str, required=True, check=_nix_name_ok),),
+            public=nix_public_key,
+        ),
+    )
+}
+
+
+def get(name: str) -> Generator:
+    """The generator called ``name``; :class:`InputError` listing the known ones if none is."""
+    try:
+        return GENERATORS[name]
+    except KeyError:
+        raise InputError(f"unknown generator {name!r} (known: {', '.join(GENERATORS)})") from None
+
+
+def generate(name: str, params: Mapping[str, Any] | None = None) -> Generated:
+    """A fresh value from generator ``name`` with ``params``."""
+    return get(name).generate(params)
+
+
+def public_part(name: str, value: Secret) -> str | None:
+    """The public part of a value made by generator ``name`` (``None`` for plain secrets)."""
+    gen = get(name)
+    return gen.public(value) if gen.public else None

@@ -1,0 +1,214 @@
+"""Rotation state beside the secrets: when each secret was rotated, and how it went.
+
+Stored as plain YAML in ``<secrets dir>/.rotation-state.yaml`` (see
+:func:`state_path`) so it is readable in a code review and diffable in git.
+It NEVER holds a value: only names, times, counters and (redacted) messages.
+
+.. code-block:: yaml
+
+    version: 1
+    secrets:
+      postgres/app:
+        last_rotated: "2024-05-01T12:00:00Z"   # ISO 8601, UTC; null = never
+        generation: 3                          # +1 on every promoted rotation
+        status: ok                             # ok | pending | failed
+        phase: null                            # rotation engine's step while pending
+        last_result: rotated                   # short outcome word/phrase
+        last_error: null                       # redacted message of the last failure
+        updated: "2024-05-01T12:00:03Z"        # when this entry last changed
+
+Writes are atomic (temp file, fsync, rename), so a crash leaves the previous
+state or the new one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+
+from infratool import yamlsrc
+from infratool.errors import InputError
+from infratool.hidden import REDACTOR
+from infratool.secrets.store import atomic_write
+
+STATE_FILE = ".rotation-state.yaml"
+VERSION = 1
+Status = Literal["ok", "pending", "failed"]
+STATUSES: tuple[str, ...] = get_args(Status)
+
+
+def state_path(secrets_dir: str | Path) -> Path:
+    """The state file for the secrets in ``secrets_dir``."""
+    return Path(secrets_dir) / STATE_FILE
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware UTC, to the second (what the state file stores)."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def format_time(when: datetime | None) -> str | None:
+    """``2024-05-01T12:00:00Z`` (UTC) or ``None``."""
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        raise ValueError("naive datetime: pass an aware (UTC) time")
+    return when.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an ISO 8601 time (``Z`` or offset) into an aware UTC datetime."""
+    when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        raise ValueError("time without a timezone")
+    return when.astimezone(UTC)
+
+
+@dataclass
+class SecretState:
+    """The rotation record of one secret (never its value)."""
+
+    last_rotated: datetime | None = None
+    generation: int = 0
+    status: Status = "ok"
+    phase: str | None = None
+    last_result: str | None = None
+    last_error: str | None = None
+    updated: datetime | None = None
+
+    def age(self, now: datetime | None = None) -> timedelta | None:
+        """Time since the last rotation (``None`` if never rotated)."""
+        if self.last_rotated is None:
+            return None
+        return (now or utcnow()) - self.last_rotated
+
+    def is_due(self, max_age: timedelta | None, now: datetime | None = None) -> bool:
+        """Whether a rotation is due: never rotated, or older than ``max_age``.
+
+        With no ``max_age`` only a never-rotated secret is due.
+        """
+        age = self.age(now)
+        if age is None:
+            return True
+        return max_age is not None and age >= max_age
+
+    def record(
+        self,
+        status: Status,
+        result: str | None = None,
+        error: str | None = None,
+        *,
+        phase: str | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        """Update status/result/error (redacting the error) and stamp ``updated``."""
+        self.status = status
+        self.phase = phase
+        self.last_result = result
+        self.last_error = REDACTOR.redact(error) if error else None
+        self.updated = now or utcnow()
+
+    def promoted(self, now: datetime | None = None, result: str = "rotated") -> None:
+        """Mark a successful rotation: new generation, rotated now, status ok."""
+        now = now or utcnow()
+        self.generation += 1
+        self.last_rotated = now
+        self.record("ok", result, None, now=now)
+
+
+@dataclass
+class RotationState:
+    """Every secret's :class:`SecretState`, by secret name."""
+
+    secrets: dict[str, SecretState] = field(default_factory=dict)
+
+    def get(self, name: str) -> SecretState:
+        """The state of ``name``, created (never rotated) if absent."""
+        return self.secrets.setdefault(name, SecretState())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML-ready form (times as ISO strings, errors redacted)."""
+        out: dict[str, Any] = {}
+        for name in sorted(self.secrets):
+            s = self.secrets[name]
+            out[name] = {
+                "last_rotated": format_time(s.last_rotated),
+                "generation": s.generation,
+                "status": s.status,
+                "phase": s.phase,
+                "last_result": s.last_result,
+                "last_error": REDACTOR.redact(s.last_error) if s.last_error else None,
+                "updated": format_time(s.updated),
+            }
+        return {"version": VERSION, "secrets": out}
+
+
+_FIELDS = {f.name for f in fields(SecretState)}
+
+
+def _entry(name: str, raw: Any, path: Path, secrets: Any) -> SecretState:
+    line = yamlsrc.line_of(secrets, name)
+    if not isinstance(raw, dict):
+        raise InputError(f"state of {name!r} must be a mapping", file=path, line=line)
+    for key in raw:
+        if key not in _FIELDS:
+            raise InputError(
+                f"unknown field {key!r} in the state of {name!r}", file=path, line=yamlsrc.line_of(raw, key)
+            )
+    st = SecretState()
+    try:
+        for key in ("last_rotated", "updated"):
+            if raw.get(key) is not None:
+                if not isinstance(raw[key], str):
+                    raise ValueError(f"{key} must be a quoted ISO 8601 time")
+                setattr(st, key, parse_time(raw[key]))
+        gen = raw.get("generation", 0)
+        if not isinstance(gen, int) or isinstance(gen, bool) or gen < 0:
+            raise ValueError("generation must be a non-negative integer")
+        st.generation = gen
+        status = raw.get("status", "ok")
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+        st.status = status
+        for key in ("phase", "last_result", "last_error"):
+            value = raw.get(key)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{key} must be a string")
+            setattr(st, key, value)
+    except ValueError as exc:
+        raise InputError(f"bad state of {name!r}: {exc}", file=path, line=line) from None
+    return st
+
+
+def load(path: str | Path) -> RotationState:
+    """Read the state file at ``path`` (a missing file is an empty state)."""
+    path = Path(path)
+    if not path.exists():
+        return RotationState()
+    data = yamlsrc.load(path)
+    if data is None:
+        return RotationState()
+    if not isinstance(data, dict):
+        raise InputError("rotation state must be a mapping", file=path, line=yamlsrc.line_of(data))
+    version = data.get("version", VERSION)
+    if version != VERSION:
+        raise InputError(
+            f"unsupported rotation state version {version!r}",
+            file=path,
+            line=yamlsrc.line_of(data, "version"),
+        )
+    secrets = data.get("secrets") or {}
+    if not isinstance(secrets, dict):
+        raise InputError("'secrets' must be a mapping", file=path, line=yamlsrc.line_of(data, "secrets"))
+    return RotationState({str(n): _entry(n, raw, path, secrets) for n, raw in secrets.items()})
+
+
+def save(path: str | Path, state: RotationState) -> None:
+    """Write ``state`` to ``path`` atomically."""
+    text = "# infratool rotation state: no secret values here, only when and how.\n"
+    text += yaml.safe_dump(state.to_dict(), sort_keys=False, default_flow_style=False)
+    atomic_write(Path(path), text.encode(), mode=0o644)
