@@ -82,3 +82,18 @@ def files_containing(root: Path, needle: str) -> list[Path]:
         except OSError:
             continue
     return hits
+
+
+@pytest.fixture
+def fleet(lab, monkeypatch):
+    """The four-host lab plus its flake repo's secrets: ``secrets/.sops.yaml`` and an operator key.
+
+    ``SOPS_AGE_KEY_FILE`` is set for the test (and every ``cli`` call) to the
+    lab's operator key, as `infratool lab up` tells an operator to do.
+    """
+    from infratool.scaffold import ensure_operator_repo
+
+    key = lab.root / "age.key"
+    ensure_operator_repo(lab.flake_dir, key)
+    monkeypatch.setenv("SOPS_AGE_KEY_FILE", str(key))
+    return lab
