@@ -114,6 +114,16 @@ def test_bad_subnet_and_count_are_input_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "hosts.yaml").exists()
 
 
+def test_a_lab_never_started_has_no_hosts_and_down_creates_nothing(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "nothing-here")
+    assert lab.hosts() == []
+    assert lab.status() == []
+    lab.down()
+    assert not (tmp_path / "nothing-here").exists()
+    with pytest.raises(LabError, match="no lab host named 'snix'"):
+        lab.host("snix")
+
+
 def test_missing_sshd_is_reported_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fleet, "SSHD", str(tmp_path / "no-sshd"))
     with pytest.raises(LabUnavailable, match="openssh-server"):
@@ -342,3 +352,35 @@ def test_a_32_host_lab_comes_up_and_every_host_answers(lab_factory: Callable[[in
     with ThreadPoolExecutor(max_workers=16) as pool:
         answers = list(pool.map(lambda h: ssh(lab, h.name, "hostname"), hosts))
     assert answers == [(0, f"{h.name}\n") for h in hosts]
+
+
+def test_a_client_host_builds_on_a_builder_host_over_ssh_ng(lab: Lab) -> None:
+    """The reason every host has its own /nix: a shared store deadlocks this build."""
+    snix = lab.host("snix")
+    client_key = lab.exec(
+        "slax",
+        'mkdir -p .ssh && ssh-keygen -q -t ed25519 -N "" -f .ssh/builder && cat .ssh/builder.pub',
+        check=True,
+    ).stdout.decode()
+    with snix.path("/root/.ssh/authorized_keys").open("a") as keys:
+        keys.write(client_key)
+    lab.exec(
+        "slax",
+        ["sh", "-c", "cat >> .ssh/known_hosts"],
+        input=f"{snix.address} {snix.host_key_public}\n".encode(),
+        check=True,
+    )
+    # A builder has /bin/sh and an empty PATH: no cat, no hostname.
+    drv = (
+        'derivation { name = "where"; system = builtins.currentSystem; builder = "/bin/sh";'
+        ' args = ["-c" "read h < /proc/sys/kernel/hostname; echo $h > $out"]; }'
+    )
+    lab.exec("slax", ["sh", "-c", "cat > where.nix"], input=drv.encode(), check=True)
+    builders = f"ssh-ng://root@{snix.address} x86_64-linux /root/.ssh/builder 1 1 - - -"
+    built = lab.exec(
+        "slax", ["nix-build", "where.nix", "--max-jobs", "0", "--builders", builders], timeout=60
+    )
+    assert built.returncode == 0, built.stderr.decode()
+    out = built.stdout.decode().strip()
+    assert lab.host("slax").path(out).read_text() == "snix\n"
+    assert snix.path(out).read_text() == "snix\n"
