@@ -356,3 +356,23 @@ def test_install_writes_a_working_wrapper(host: Host, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["installed"] is True
+
+
+# ---------------------------------------------------------------- firmware set-up
+
+
+def test_status_fails_without_uefi(host: Host) -> None:
+    host.set_firmware(uefi=False)
+    proc = host.sbctl("status")
+    assert proc.returncode == 1
+    assert "system is not booted with UEFI" in proc.stderr
+
+
+def test_secure_boot_turns_on_at_the_next_boot_after_enrollment(host: Host) -> None:
+    from infratool.lab.sbctl import simulate_reboot
+
+    assert host.sbctl("enroll-keys", "--microsoft").returncode == 0
+    assert host.json("status")["secure_boot"] is False  # SecureBoot is a boot-time variable
+    simulate_reboot(host.root / FIRMWARE)
+    status = host.json("status")
+    assert (status["setup_mode"], status["secure_boot"]) == (False, True)

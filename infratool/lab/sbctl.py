@@ -32,8 +32,8 @@ given.  Messages show paths as sbctl would see them (without the prefix).
 ESP: real sbctl honours ``SYSTEMD_ESP_PATH``/``ESP_PATH`` and otherwise asks
 ``lsblk`` for a vfat GPT partition of type ESP mounted at /efi, /boot or
 /boot/efi; the emulator honours the same variables and otherwise reads
-``esp`` from the firmware file (``null`` = "failed to find EFI system
-partition").
+``esp`` from the firmware file (``null`` or a directory that does not exist
+= "failed to find EFI system partition", as when lsblk finds no mounted ESP).
 
 Confirmed upstream (Foxboron/sbctl at commit 1b913e78, March 2026, after
 release 0.18; spf13/cobra v1.8.1 and spf13/pflag v1.0.5 as pinned in its
@@ -1343,7 +1343,9 @@ def _esp_path(ctx: _Ctx) -> str:
         if name in ctx.env:
             return ctx.env[name]
     esp = ctx.firmware().esp
-    if not esp:
+    # lsblk only reports mounted partitions, so a missing directory means
+    # sbctl found no ESP (a missing ESP_PATH, by contrast, reaches afero.Walk).
+    if not esp or not os.path.isdir(ctx.sys(esp)):
         raise _Fail("failed to find EFI system partition")
     return ctx.sys(esp)
 
@@ -1995,6 +1997,11 @@ def _execute(ctx: _Ctx, argv: list[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one sbctl command line; return the process exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):
+        # Go writes UTF-8 whatever the locale; so do we (✓/✗ must not crash).
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure:
+            reconfigure(encoding="utf-8")
     env = dict(os.environ)
     log = _Log(sys.stdout, sys.stderr, env)
     ctx = _Ctx(env, log)
