@@ -78,7 +78,9 @@ go.mod; Foxboron/go-uefi d29549a4):
   by file, indented with 4 spaces).
 * verify.go: JSON ``[{"file_name", "is_signed"}]`` with is_signed 1 signed,
   0 unsigned, -1 missing (``null`` when nothing was checked); files in the
-  database first, then every MZ file on the ESP.
+  database first, then every MZ file on the ESP; an ESP_PATH that does not
+  exist makes upstream dereference afero.Walk's nil FileInfo (a Go panic,
+  exit 2), which the emulator reproduces.
 * list-files.go: JSON ``[{"file", "output_file", "is_signed"}]`` where
   is_signed is a *bool* here.
 * reset.go: clears PK (``-p/--partial`` clears KEK or db,
