@@ -162,10 +162,14 @@ def _entry(name: str, raw: Any, path: Path, secrets: Any) -> SecretState:
     st = SecretState()
     try:
         for key in ("last_rotated", "updated"):
-            if raw.get(key) is not None:
-                if not isinstance(raw[key], str):
-                    raise ValueError(f"{key} must be a quoted ISO 8601 time")
-                setattr(st, key, parse_time(raw[key]))
+            value = raw.get(key)
+            if isinstance(value, datetime):  # hand-edited, unquoted: YAML made it a datetime
+                value = value if value.tzinfo else value.replace(tzinfo=UTC)
+                setattr(st, key, value.astimezone(UTC))
+            elif value is not None:
+                if not isinstance(value, str):
+                    raise ValueError(f"{key} must be an ISO 8601 time")
+                setattr(st, key, parse_time(value))
         gen = raw.get("generation", 0)
         if not isinstance(gen, int) or isinstance(gen, bool) or gen < 0:
             raise ValueError("generation must be a non-negative integer")

@@ -1,0 +1,87 @@
+"""Rotation state: round trip, atomic writes, redaction, validation with file:line."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from infratool.errors import InputError
+from infratool.hidden import Secret
+from infratool.secrets import state as st
+
+NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    path = st.state_path(tmp_path)
+    assert path == tmp_path / ".rotation-state.yaml"
+    assert st.load(path).secrets == {}  # missing file: empty state
+    state = st.RotationState()
+    state.get("postgres/app").promoted(now=NOW)
+    state.get("postgres/app").promoted(now=NOW + timedelta(days=1))
+    state.get("cache/key").record("pending", "stored", phase="stored", now=NOW)
+    state.get("builder/ssh").record("failed", "verify failed", "psql: login failed", now=NOW)
+    st.save(path, state)
+    loaded = st.load(path)
+    assert loaded == state
+    app = loaded.secrets["postgres/app"]
+    assert (app.generation, app.status, app.last_rotated) == (2, "ok", NOW + timedelta(days=1))
+    assert 'last_rotated: "2024-05-02T12:00:00Z"' in path.read_text().replace("'", '"')
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".rotation-state.yaml"]
+
+
+def test_errors_are_redacted_and_values_never_stored(tmp_path: Path) -> None:
+    canary = Secret("CANARY-state-7f3a9c")
+    state = st.RotationState()
+    state.get("db/pw").record("failed", "verify failed", f"login with {canary.reveal()} refused")
+    # Even if someone sets the field directly, saving redacts it.
+    state.get("db/other").last_error = f"echo {canary.reveal()}"
+    st.save(tmp_path / "s.yaml", state)
+    text = (tmp_path / "s.yaml").read_text()
+    assert "CANARY-state" not in text and "***" in text
+
+
+def test_is_due() -> None:
+    s = st.SecretState()
+    assert s.is_due(timedelta(days=90), NOW)  # never rotated
+    assert s.is_due(None, NOW)
+    s.promoted(now=NOW)
+    assert not s.is_due(timedelta(days=90), NOW + timedelta(days=89))
+    assert s.is_due(timedelta(days=90), NOW + timedelta(days=90))
+    assert not s.is_due(None, NOW + timedelta(days=9999))
+    assert s.age(NOW + timedelta(hours=1)) == timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "message"),
+    [
+        ("version: 1\nsecrets:\n  a:\n    status: weird\n", 3, "status must be one of"),
+        ("version: 1\nsecrets:\n  a:\n    generation: -1\n", 3, "generation"),
+        ("version: 1\nsecrets:\n  a:\n    last_rotated: yesterday\n", 3, "Invalid isoformat|bad state"),
+        ("version: 1\nsecrets:\n  a:\n    colour: blue\n", 4, "unknown field 'colour'"),
+        ("version: 2\nsecrets: {}\n", 1, "unsupported rotation state version"),
+        ("secrets: [1, 2]\n", 1, "'secrets' must be a mapping"),
+        ("version: 1\nsecrets:\n  a: [\n", 4, "YAML syntax error"),
+    ],
+)
+def test_malformed_state_names_file_and_line(tmp_path: Path, body: str, line: int, message: str) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(body)
+    with pytest.raises(InputError, match=message) as exc:
+        st.load(path)
+    assert exc.value.file == str(path) and exc.value.line == line
+
+
+def test_unquoted_times_from_hand_edits_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("version: 1\nsecrets:\n  a:\n    last_rotated: 2024-05-01T12:00:00Z\n")
+    assert st.load(path).secrets["a"].last_rotated == NOW
+
+
+def test_time_helpers() -> None:
+    assert st.format_time(NOW) == "2024-05-01T12:00:00Z"
+    assert st.parse_time("2024-05-01T14:00:00+02:00") == NOW
+    with pytest.raises(ValueError):
+        st.format_time(datetime(2024, 1, 1))  # naive on purpose
