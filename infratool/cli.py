@@ -403,6 +403,10 @@ def lab_up(g: Globals, count: int | None) -> None:
     # The lab's flake repo gets secrets/.sops.yaml and an operator age key, like `infratool init`.
     key_file = the_lab.root / "age.key"
     ensure_operator_repo(the_lab.flake_dir, key_file)
+    # Real services whose secrets the rotation playbook rotates (PostgreSQL, tokend).
+    from infratool.lab.services import provision
+
+    provision(the_lab)
     if g.json:
         _emit_json([{"name": h.name, "address": h.address} for h in started])
     else:

@@ -58,7 +58,7 @@ def plan(con: Console, plan: Plan, show_diff: bool = True) -> None:
             continue
         con.print(Text(f"{host}: {len(changes)} change(s)", style="bold"))
         for c in changes:
-            sign = {"create": "+", "delete": "-", "run": ">", "deploy": "⇒"}.get(c.action, "~")
+            sign = {"create": "+", "delete": "-", "run": ">", "deploy": "⇒", "rotate": "↻"}.get(c.action, "~")
             con.print(
                 Text(f"  {sign} ", style="yellow")
                 + Text(_r(c.description))

@@ -192,16 +192,20 @@ class Runner:
                 state=self.state,
             )
             planned = self._plan_task(inv.task, ctx)
+            for target, message in ctx.failures.items():
+                self._fail(target, InfratoolError(message))
             for change in planned:
                 change.stage = stage
                 change.task = change.task or inv.label
             changes.extend(planned)
         changes.extend(self._deploy_changes(changes))
         names = [h.name for h in self.hosts]
-        if any(c.host == LOCAL for c in changes):
-            names.append(LOCAL)
+        # Local targets: the flake repo, and units of local work kept apart so
+        # one failing (say, one secret's rotation) does not skip the others.
+        names += list(dict.fromkeys(c.host for c in changes if is_local(c.host) and c.host not in names))
+        names += [t for t in self.failures if is_local(t) and t not in names]
         for name in names:
-            if name != LOCAL and name not in self.failures:
+            if not is_local(name) and name not in self.failures:
                 count = sum(1 for c in changes if c.host == name)
                 self.on_event(name, "planned", f"{count} change(s)")
         return Plan(
@@ -290,7 +294,7 @@ class Runner:
     def _apply_host(
         self, host: str, changes: list[Change], failed: dict[str, str], results: dict[str, HostResult]
     ) -> None:
-        ctx = self.local if host == LOCAL else self.contexts.get(host)
+        ctx = self.local if is_local(host) else self.contexts.get(host)
         result = results.setdefault(host, HostResult(host))
         for change in changes:
             blocked = [h for h in (host, *change.requires) if h in failed]
@@ -343,6 +347,11 @@ class Runner:
         if plan.changes and not self.options.yes and confirm is not None and not confirm(plan):
             return RunResult(plan=plan, hosts={h: HostResult(h, status="skipped") for h in plan.hosts})
         return self.apply(plan)
+
+
+def is_local(target: str) -> bool:
+    """Whether a change target is the controller (``local`` or ``local:<unit>``)."""
+    return target == LOCAL or target.startswith(LOCAL + ":")
 
 
 def deploy_argv(host: Host) -> list[str]:

@@ -14,6 +14,7 @@ APT_PACKAGES=(
   postgresql                      # a real service whose password gets rotated
   util-linux procps iproute2 curl git
   python3 python3-venv python3-dev gcc
+  python3-cryptography            # lab hosts run helper scripts (sbctl emulator) with the system Python
 )
 
 if [ "$(id -u)" != 0 ]; then

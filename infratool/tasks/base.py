@@ -98,6 +98,13 @@ class PlanContext:
     state: dict[str, Any] = field(default_factory=dict)
     """Shared per-run scratch space (e.g. a secrets store opened once)."""
 
+    failures: dict[str, str] = field(default_factory=dict)
+    """Targets a task could not plan (e.g. ``local:<secret>``), reported without stopping the task."""
+
+    def fail(self, target: str, message: str) -> None:
+        """Report that ``target`` cannot be planned; the runner lists it as failed."""
+        self.failures[target] = message
+
     def secrets(self) -> SopsStore:
         """The fleet repo's sops store (``<flake>/secrets``), opened once per run."""
         store = self.state.get("sops")

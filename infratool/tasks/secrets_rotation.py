@@ -1,0 +1,410 @@
+"""``secrets_rotation.rotate``: staged, verified, crash-safe rotation of sops secrets.
+
+The protocol (after AWS Secrets Manager's createSecret → setSecret →
+testSecret → finishSecret), per secret, under the lock of its sops file:
+
+1. **generate** a new value (in memory only);
+2. **store it as pending** — encrypted into the sops file under
+   ``_rotation/pending/<name>`` *before* any consumer sees it, so a value that
+   reaches a host always exists somewhere durable;
+3. **deliver** it to every consumer (a 0600 file renamed into place, or a
+   command fed the value on stdin), then run their reload commands;
+4. **verify** on every consumer (a command fed the new value on stdin);
+5. **promote** in one sops write: current ← new, ``_rotation/previous/<name>``
+   ← old, pending removed; then record the rotation (time, generation) in
+   the plaintext state file beside the secrets (never values).
+
+A failed delivery or verify **rolls back**: every consumer gets the current
+value again (reloaded, re-verified), the pending value is discarded, exit 1.
+
+A crash (kill -9) at any point is recovered by the next run, because every
+step is idempotent and the sops file says where things stand: no pending
+value → nothing reached a consumer, start afresh; a pending value → resume
+from delivery (deliver all, verify, promote — or roll back on failure).
+
+Fault injection for the chaos tests: ``INFRATOOL_FAULT=<step>`` kills the
+process with SIGKILL right after that step (``generated``, ``stored``,
+``delivered-one``, ``delivered``, ``verified``, ``promoted``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from infratool import log
+from infratool.changes import LOCAL, Change
+from infratool.context import HostContext
+from infratool.errors import InfratoolError, SecretsError, VerifyError
+from infratool.hidden import REDACTOR, Secret
+from infratool.inventory import Host
+from infratool.secrets import generators, state
+from infratool.secrets.lock import rotation_lock
+from infratool.secrets.policy import Consumer, Policy, SecretPolicy, load_policy, parse_policy
+from infratool.secrets.store import SopsStore
+from infratool.tasks.base import Param, PlanContext, Task, register
+
+DEFAULT_POLICY = "secrets/rotation.yaml"
+PENDING = "_rotation/pending/"
+PREVIOUS = "_rotation/previous/"
+FAULT_ENV = "INFRATOOL_FAULT"
+
+
+_THREAD_LOCKS: dict[Path, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+def _thread_lock(path: Path) -> threading.Lock:
+    with _THREAD_LOCKS_GUARD:
+        return _THREAD_LOCKS.setdefault(path, threading.Lock())
+
+
+def fault_point(step: str) -> None:
+    """Die like a kill -9 right after ``step`` when the chaos tests ask for it."""
+    if os.environ.get(FAULT_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def pending_key(name: str) -> str:
+    """Where a secret's pending (not yet promoted) value is kept in its sops file."""
+    return PENDING + name
+
+
+def previous_key(name: str) -> str:
+    """Where a secret's previous value is kept after promotion."""
+    return PREVIOUS + name
+
+
+@dataclass
+class Decision:
+    """Why (and whether) one secret rotates in this run."""
+
+    secret: SecretPolicy
+    reason: str
+    resume: bool = False
+    finalize: bool = False
+    """Only record a promotion that a crash interrupted before it was recorded."""
+
+
+class Rotator:
+    """Runs the staged protocol for one secret against live host contexts."""
+
+    def __init__(
+        self, store: SopsStore, state_file: Path, hosts: dict[str, HostContext], lock_wait: float | None = 0
+    ) -> None:
+        self.store = store
+        self.state_file = state_file
+        self.hosts = hosts
+        self.lock_wait = lock_wait
+        self.log = log.get_logger("infratool.rotation")
+
+    def _save(self, name: str, **record: Any) -> None:
+        # Reload under the lock: another file's rotation may have saved meanwhile.
+        st = state.load(self.state_file)
+        entry = st.get(name)
+        if record.pop("promoted", False):
+            entry.promoted()
+        else:
+            entry.record(**record)
+        state.save(self.state_file, st)
+
+    def rotate(self, spec: SecretPolicy) -> str:
+        """Rotate (or resume rotating) ``spec``; returns a one-line outcome; raises on failure."""
+        path = self.store.path(spec.file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Threads of this run take turns on a file (flock would refuse them as
+        # if they were another process); other processes meet the flock.
+        with _thread_lock(path), rotation_lock(path, wait=self.lock_wait):
+            self.store.invalidate(spec.file)
+            values = self.store.read(spec.file, missing_ok=True)
+            current = values.get(spec.key)
+            pending = values.get(pending_key(spec.key))
+            if pending is None:
+                new = generators.generate(spec.generator, spec.params).value
+                fault_point("generated")
+                self.store.write(spec.file, {pending_key(spec.key): new})
+                self._save(spec.name, status="pending", result="pending stored", phase="stored")
+                fault_point("stored")
+                pending = new
+            else:
+                self.log.info("resuming rotation", secret=spec.name)
+            try:
+                self._deliver_all(spec, pending)
+                fault_point("delivered")
+                self._verify_all(spec, pending)
+                fault_point("verified")
+            except InfratoolError as exc:
+                problem = REDACTOR.redact(str(exc))
+                rollback = self._rollback(spec, current)
+                self.store.write(spec.file, {pending_key(spec.key): None})
+                self._save(spec.name, status="failed", result="rolled back", error=problem)
+                raise VerifyError(f"rotation of {spec.name} failed: {problem}; {rollback}") from None
+            update: dict[str, Secret | None] = {spec.key: pending, pending_key(spec.key): None}
+            if current is not None:
+                update[previous_key(spec.key)] = current
+            # Recorded first, so a crash right after the sops write is recognised
+            # as a finished promotion (not rotated a second time).
+            self._save(spec.name, status="pending", result="promoting", phase="promoting")
+            self.store.write(spec.file, update)
+            fault_point("promoted")
+            self._save(spec.name, promoted=True)
+        return f"{spec.name} rotated, delivered to {len(spec.consumers)} consumer(s), verified"
+
+    def _value_for(self, spec: SecretPolicy, consumer: Consumer, value: Secret) -> tuple[Secret, str | None]:
+        public = generators.public_part(spec.generator, value) if spec.has_public else None
+        if consumer.part == "public":
+            return Secret(public or ""), public
+        return value, public
+
+    def _deliver_all(self, spec: SecretPolicy, value: Secret) -> None:
+        for i, consumer in enumerate(spec.consumers):
+            self.deliver(spec, consumer, value)
+            if i == 0:
+                fault_point("delivered-one")
+
+    def deliver(self, spec: SecretPolicy, consumer: Consumer, value: Secret) -> None:
+        """Give one consumer ``value`` (file and/or command), then reload it."""
+        host = self._host(consumer)
+        payload, public = self._value_for(spec, consumer, value)
+        if consumer.file is not None:
+            f = consumer.file
+            host.put_file(f.path, payload, mode=f.mode, owner=f.owner, group=f.group)
+        if consumer.command is not None:
+            host.run(
+                consumer.command.run,
+                stdin=_line(consumer.command.render_stdin(payload, public)),
+                what=f"deliver {spec.name}",
+            )
+        for cmd in consumer.reload:
+            host.run(cmd, what=f"reload after {spec.name}")
+
+    def check(self, spec: SecretPolicy, consumer: Consumer, value: Secret) -> str | None:
+        """Run one consumer's verify command with ``value`` on stdin; the problem, or None."""
+        if consumer.verify is None:
+            return None
+        payload, public = self._value_for(spec, consumer, value)
+        res = self._host(consumer).run(
+            consumer.verify.run,
+            stdin=_line(consumer.verify.render_stdin(payload, public)),
+            check=False,
+            what=f"verify {spec.name}",
+        )
+        if res.ok:
+            return None
+        detail = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.exited}"
+        return f"{consumer.host}: {detail}"
+
+    def _verify_all(self, spec: SecretPolicy, value: Secret) -> None:
+        problems = [p for c in spec.consumers if (p := self.check(spec, c, value))]
+        if problems:
+            raise VerifyError(f"verify failed on {'; '.join(problems)}")
+
+    def _rollback(self, spec: SecretPolicy, current: Secret | None) -> str:
+        if current is None:
+            return "no previous value to roll back to (first rotation)"
+        broken = []
+        for consumer in spec.consumers:
+            try:
+                self.deliver(spec, consumer, current)
+                if self.check(spec, consumer, current):
+                    broken.append(consumer.host)
+            except InfratoolError:
+                broken.append(consumer.host)
+        if broken:
+            return f"ROLLBACK INCOMPLETE on {', '.join(broken)}: the current value does not verify there"
+        return "every consumer is back on the current value"
+
+    def _host(self, consumer: Consumer) -> HostContext:
+        host = self.hosts.get(consumer.host)
+        if host is None:
+            raise SecretsError(f"consumer host {consumer.host} is not reachable")
+        return host
+
+
+def _line(value: Secret) -> Secret:
+    """Command stdin ends with a newline, so `read -r VAR` in a verify script gets the value."""
+    raw = value.reveal_bytes()
+    return value if raw.endswith(b"\n") else Secret(raw + b"\n")
+
+
+def notify(policy: Policy, event: str, message: str) -> None:
+    """Tell the policy's notify command/URL about ``event`` (failure|due); never raises."""
+    target = policy.notify
+    if target is None or event not in target.on:
+        return
+    text = REDACTOR.redact(f"infratool: {message}") + "\n"
+    logger = log.get_logger("infratool.notify")
+    if target.command:
+        try:
+            subprocess.run(
+                ["/bin/sh", "-c", target.command],
+                input=text.encode(),
+                timeout=30,
+                capture_output=True,
+                check=True,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            logger.warning("notify command failed", error=str(exc))
+    if target.url:
+        try:
+            req = urllib.request.Request(
+                target.url, data=text.encode(), method="POST", headers={"Title": f"infratool {event}"}
+            )
+            urllib.request.urlopen(req, timeout=10).close()
+        except OSError as exc:
+            logger.warning("notify URL failed", error=str(exc))
+
+
+def _check_names(value: list) -> str | None:
+    return None if all(isinstance(v, str) and v for v in value) else "must be a list of secret names"
+
+
+@register
+class RotateSecrets(Task):
+    """Rotate the secrets of a rotation policy that are due (or named)."""
+
+    name = "secrets_rotation.rotate"
+    summary = "staged rotation: pending in sops → deliver → verify → promote (rollback on failure)"
+    params = {
+        "policy": Param(str, help=f"policy file relative to the flake repo (default {DEFAULT_POLICY})"),
+        "secrets": Param(dict, help="inline policy 'secrets:' (instead of a policy file)"),
+        "notify": Param(dict, help="inline policy 'notify:'"),
+        "names": Param(list, items=str, check=_check_names, help="rotate only these secrets"),
+        "due": Param(bool, default=True, help="only secrets past max_age (or never rotated)"),
+        "force": Param(bool, default=False, help="rotate the selected secrets even if not due"),
+        "lock_wait": Param((int, float), default=0, help="seconds to wait for another rotation's lock"),
+    }
+
+    def validate(self) -> None:
+        root = self.inventory.flake
+        if self.args["secrets"] is not None:
+            data = {"secrets": self.source.params["secrets"]}
+            if self.args["notify"] is not None:
+                data["notify"] = self.source.params["notify"]
+            self.policy = parse_policy(data, self.source.file, self.inventory.names, root=root)
+        else:
+            path = root / (self.args["policy"] or DEFAULT_POLICY)
+            if not path.exists():
+                raise self.source.error(f"rotation policy {path} not found", "policy")
+            self.policy = load_policy(path, self.inventory.names, root=root)
+        for name in self.args["names"] or []:
+            if name not in self.policy.secrets:
+                raise self.source.error(
+                    f"unknown secret {name!r} (policy has: {', '.join(self.policy.secrets)})", "names"
+                )
+
+    def selected(self) -> list[SecretPolicy]:
+        """The policy's secrets this invocation is about."""
+        names = self.args["names"]
+        return [s for n, s in self.policy.secrets.items() if not names or n in names]
+
+    def targets(self, selected: list[Host]) -> list[Host]:
+        wanted = {c.host for s in self.selected() for c in s.consumers}
+        return [h for h in selected if h.name in wanted]
+
+    def state_file(self) -> Path:
+        """The plaintext rotation state beside the secrets."""
+        return state.state_path(self.policy.root / "secrets")
+
+    def decide(self, store: SopsStore) -> list[Decision]:
+        """Which secrets rotate now, and why (read-only: reads state and sops pending markers)."""
+        st = state.load(self.state_file())
+        decisions = []
+        for spec in self.selected():
+            entry = st.get(spec.name)
+            pending = store.exists(spec.file) and pending_key(spec.key) in store.read(spec.file)
+            if pending:
+                decisions.append(Decision(spec, "a previous rotation was interrupted: resume", resume=True))
+            elif entry.status == "pending" and entry.phase == "promoting":
+                decisions.append(Decision(spec, "record a promotion interrupted by a crash", finalize=True))
+            elif self.args["force"] or (self.args["names"] and not self.args["due"]):
+                decisions.append(Decision(spec, "requested"))
+            elif entry.is_due(spec.max_age):
+                age = entry.age()
+                why = "never rotated" if age is None else f"age {_days(age)} ≥ max_age {_days(spec.max_age)}"
+                decisions.append(Decision(spec, why))
+        return decisions
+
+    def plan(self, ctx: PlanContext) -> list[Change]:
+        store = ctx.secrets()
+        changes = []
+        for d in self.decide(store):
+            spec = d.secret
+            missing = [c.host for c in spec.consumers if c.host not in ctx.hosts]
+            if missing:
+                # The other secrets still rotate; this one waits for its hosts.
+                ctx.fail(
+                    f"{LOCAL}:{spec.name}", f"not rotated: consumer host(s) {', '.join(missing)} unreachable"
+                )
+                continue
+            if d.finalize:
+                changes.append(
+                    Change(
+                        f"{LOCAL}:{spec.name}",
+                        self.name,
+                        f"record rotation of {spec.name} ({d.reason})",
+                        apply=lambda local, name=spec.name: self._record_promoted(name),
+                        action="update",
+                    )
+                )
+                continue
+            steps = [f"generate ({spec.generator}) and store as pending in {store.display(spec.file)}"]
+            if d.resume:
+                steps = [f"resume the pending value in {store.display(spec.file)}"]
+            for c in spec.consumers:
+                how = []
+                if c.file:
+                    how.append(f"file {c.file.path} ({c.file.mode:04o} {c.file.owner}:{c.file.group})")
+                if c.command:
+                    how.append(f"stdin of `{c.command.run}`")
+                steps.append(
+                    f"deliver to {c.host}: {', '.join(how)}"
+                    + (f"; reload: {'; '.join(c.reload)}" if c.reload else "")
+                )
+                if c.verify:
+                    steps.append(f"verify on {c.host}")
+            steps.append("promote: current ← new, previous ← old (rollback to current if any verify fails)")
+            diff = "\n".join(f"  {i}. {s}" for i, s in enumerate(steps, 1))
+            rotator_hosts = ctx.hosts
+            changes.append(
+                Change(
+                    f"{LOCAL}:{spec.name}",
+                    self.name,
+                    f"rotate {spec.name} ({d.reason})",
+                    apply=lambda local, spec=spec, hosts=rotator_hosts: self._apply(store, spec, hosts),
+                    diff=diff,
+                    action="rotate",
+                    requires=tuple(sorted({c.host for c in spec.consumers})),
+                )
+            )
+        return changes
+
+    def _record_promoted(self, name: str) -> None:
+        st = state.load(self.state_file())
+        st.get(name).promoted(result="rotated (recorded after an interrupted run)")
+        state.save(self.state_file(), st)
+
+    def _apply(self, store: SopsStore, spec: SecretPolicy, hosts: dict[str, HostContext]) -> None:
+        rotator = Rotator(store, self.state_file(), hosts, lock_wait=self.args["lock_wait"])
+        try:
+            rotator.rotate(spec)
+        except InfratoolError as exc:
+            notify(self.policy, "failure", str(exc))
+            raise
+
+
+def _days(delta) -> str:
+    if delta is None:
+        return "none"
+    seconds = int(delta.total_seconds())
+    if seconds >= 86400:
+        return f"{seconds // 86400}d"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h"
+    return f"{seconds}s"
