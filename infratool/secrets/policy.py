@@ -9,7 +9,7 @@ runs; every mistake is an :class:`InputError` pointing at ``file:line``.
     notify:                                  # optional; at least one of command/url
       command: "ntfy-send infra"             # run locally, the message on stdin
       url: "https://ntfy.sh/my-topic"        # HTTP POST of the message
-      on: [failure, due]                     # default: both
+      events: [failure, due]                 # default: both
 
     secrets:
       postgres/app:                          # name = sops key path a/b/c
@@ -165,7 +165,7 @@ class Notify:
 
     command: str | None = None
     url: str | None = None
-    on: tuple[str, ...] = NOTIFY_EVENTS
+    events: tuple[str, ...] = NOTIFY_EVENTS
 
 
 @dataclass(frozen=True)
@@ -353,6 +353,9 @@ def _secret(
     what = f"secret {name!r}"
     data = ctx.mapping(raw, what, secrets, name)
     ctx.keys(data, ("file", "generator", "params", "max_age", "consumers"), what)
+    for required in ("file", "generator"):
+        if data.get(required) is None:
+            raise ctx.err(f"{what} needs {required!r}", secrets, name)
     file_text = ctx.string(data, "file", what, required=True)
     assert file_text is not None
     if not file_text.endswith((".yaml", ".yml")):
@@ -374,7 +377,11 @@ def _secret(
     try:
         params = gen.validate(params_raw)
     except generators.ParamError as exc:
-        where = (params_raw, exc.param) if exc.param in params_raw else (data, "params")
+        # Point at the bad parameter, else at `params`, else at the generator needing them.
+        if exc.param in params_raw:
+            where = (params_raw, exc.param)
+        else:
+            where = (data, "params" if "params" in data else "generator")
         raise ctx.err(f"{what}: {exc.message}", *where) from None
     max_age = parse_duration_at(ctx, data, "max_age") if data.get("max_age") is not None else None
     consumers_raw = data.get("consumers") or []
@@ -397,19 +404,23 @@ def _secret(
 
 def _notify(ctx: _Ctx, raw: Any, parent: dict[Any, Any]) -> Notify:
     data = ctx.mapping(raw, "notify", parent, "notify")
-    ctx.keys(data, ("command", "url", "on"), "notify")
+    if True in data or "on" in data:
+        # YAML 1.1 reads a bare `on:` key as the boolean true (the GitHub Actions trap).
+        key = True if True in data else "on"
+        raise ctx.err("notify: use 'events:' to choose events ('on' reads as true in YAML)", data, key)
+    ctx.keys(data, ("command", "url", "events"), "notify")
     command = ctx.string(data, "command", "notify")
     url = ctx.string(data, "url", "notify")
     if command is None and url is None:
         raise ctx.err("notify needs a command and/or a url", parent, "notify")
     if url is not None and not re.match(r"https?://[^\s/]+", url):
         raise ctx.err(f"notify: url must be http(s)://..., got {url!r}", data, "url")
-    on = data.get("on", list(NOTIFY_EVENTS))
-    if isinstance(on, str):
-        on = [on]
-    if not isinstance(on, list) or not on or any(e not in NOTIFY_EVENTS for e in on):
-        raise ctx.err(f"notify: on must list events from {', '.join(NOTIFY_EVENTS)}", data, "on")
-    return Notify(command, url, tuple(on))
+    events = data.get("events", list(NOTIFY_EVENTS))
+    if isinstance(events, str):
+        events = [events]
+    if not isinstance(events, list) or not events or any(e not in NOTIFY_EVENTS for e in events):
+        raise ctx.err(f"notify: events must list some of {', '.join(NOTIFY_EVENTS)}", data, "events")
+    return Notify(command, url, tuple(events))
 
 
 def _check_conflicts(ctx: _Ctx, found: dict[str, SecretPolicy], secrets: dict[Any, Any]) -> None:
