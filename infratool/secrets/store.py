@@ -202,6 +202,9 @@ class SopsStore:
     process's), so a caller can choose exactly which identities sops sees
     (``SOPS_AGE_KEY_FILE``, ``SOPS_AGE_KEY``, ``SOPS_AGE_KEY_CMD``, and
     sops's defaults under ``$HOME``). ``sops`` overrides the binary.
+
+    One store per thread: the plaintext cache is not locked. Two processes
+    writing one file must hold :func:`infratool.secrets.lock.rotation_lock`.
     """
 
     def __init__(
@@ -309,6 +312,7 @@ class SopsStore:
             return
         payload = json.dumps(_reveal_text(value)).encode()
         st = path.stat()
+        before = _signature(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -330,12 +334,13 @@ class SopsStore:
                 os.unlink(tmp)
             raise
         _fsync_dir(path.parent)
-        cached = self._cache.get(path)
-        if cached is not None:
-            # Keep the cache coherent without another decrypt.
+        cached = self._cache.pop(path, None)
+        if cached is not None and cached.signature == before:
+            # The cache matched the file sops just edited: update it instead of decrypting again.
             _assign(cached.tree, split_key(key), _reveal_text(value), self.display(path))
             cached.values[key] = Secret(_reveal_text(value))
             cached.signature = _signature(path)
+            self._cache[path] = cached
 
     def write(self, file: str | Path, values: Mapping[str, Secret | str | None]) -> bool:
         """Set (or, for ``None``, delete) many keys at once; return whether the file changed.
@@ -492,7 +497,12 @@ def _secrets(tree: Mapping[Any, Any]) -> dict[str, Secret]:
     return {key: Secret(text) for key, text in _flatten(tree)}
 
 
-def _assign(tree: Any, parts: list[str], value: str, shown: str) -> bool:
+def _assign(tree: Any, parts: list[str], text: str, shown: str) -> bool:
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
+    # Always double-quoted: YAML escapes every character there (NUL, NEL, U+2028...),
+    # and a quoted scalar is a string to every YAML reader ("1e3", "yes", "=").
+    value = DoubleQuotedScalarString(text)
     node = tree
     for i, part in enumerate(parts[:-1]):
         key = _find_key(node, part)
@@ -510,7 +520,7 @@ def _assign(tree: Any, parts: list[str], value: str, shown: str) -> bool:
         current = node[key]
         if isinstance(current, Mapping):
             raise SecretsError(f"{shown}: cannot set {'/'.join(parts)}: it is a mapping of secrets")
-        if isinstance(current, str) and not _is_tagged(current) and str(current) == value:
+        if isinstance(current, str) and not _is_tagged(current) and str(current) == text:
             return False
         node[key] = value
     else:

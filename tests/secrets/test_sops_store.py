@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pyrage
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from infratool.errors import SecretsError, SecretsFileError
 from infratool.hidden import Secret
@@ -132,7 +134,8 @@ TRICKY = [
     "yes", "on", "NO", "y", "0123", "0x1F", "1e3", "1_000", ".inf", "0o17", "+1", "-.5",
     "2024-01-01", "null", "~", "", " lead", "trail ", "l1\nl2\n", "\n", "x\n", "ü ☃",
     "a: b", "#x", "a #b", "'q'", '"dq"', "=", "<<", "- x", "? x", "@x", "`x", "%x", "!x",
-    "&x", "*x", "|", ">", "\t tab", "{a: 1}", "[1, 2]", "x" * 500,
+    "&x", "*x", "|", ">", "\t tab", "{a: 1}", "[1, 2]", "x" * 500, "\x00", "a\x00b", "\x85",
+    "x\x85y", "a\u2028b", "\ufeffx", "a\r\nb", "a\rb", "\x1b[31m", "\U0001f600", "  \n  ",
 ]  # fmt: skip
 
 
@@ -141,6 +144,15 @@ def test_tricky_values_round_trip_exactly(repo: Repo) -> None:
     repo.store().write("secrets/tricky.yaml", values)
     back = plain(repo.store().read("secrets/tricky.yaml"))
     assert back == {f"v/k{i}": v for i, v in enumerate(TRICKY)}
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(st.characters(blacklist_categories=("Cs",)), max_size=30), min_size=40, max_size=40))
+def test_any_text_round_trips(tmp_path_factory: pytest.TempPathFactory, texts: list[str]) -> None:
+    repo = make_repo(tmp_path_factory.mktemp("fuzz"))
+    values = {f"k{i}": text for i, text in enumerate(texts)}
+    repo.store().write("secrets/fuzz.yaml", values)
+    assert plain(repo.store().read("secrets/fuzz.yaml")) == values
 
 
 def test_non_string_leaves_read_as_sops_nix_writes_them(repo: Repo) -> None:
