@@ -9,34 +9,52 @@ Exit codes: 0 ok, 1 a host or task failed, 2 changes pending (with
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
 from infratool import __version__
+from infratool.cli.common import Globals, emit_json, examples, load_inventory, pass_globals
 from infratool.errors import EXIT_FAILED, EXIT_INPUT, InfratoolError, InputError
 
-
-@dataclass
-class Globals:
-    """Options shared by every command."""
-
-    inventory: str | None
-    json: bool
-    verbosity: int
-    audit_log: Path | None
-
-
-pass_globals = click.make_pass_decorator(Globals)
+# Command groups living in their own modules, imported only when used (fast --help).
+LAZY_COMMANDS = {
+    "secrets": "infratool.cli.secrets:secrets",
+    "timer": "infratool.cli.secrets:timer",
+    "secureboot": "infratool.cli.secureboot:secureboot",
+    "init": "infratool.cli.onboard:init",
+    "host": "infratool.cli.onboard:host",
+    "completion": "infratool.cli.onboard:completion",
+}
 
 
 class InfratoolGroup(click.Group):
-    """Maps infratool errors to messages and exit codes, in one place."""
+    """Maps infratool errors to messages and exit codes, in one place; loads command modules lazily."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        lazy = [name for name in LAZY_COMMANDS if self._lazy(name) is not None]
+        return sorted({*super().list_commands(ctx), *lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return super().get_command(ctx, name) or self._lazy(name)
+
+    @staticmethod
+    def _lazy(name: str) -> click.Command | None:
+        target = LAZY_COMMANDS.get(name)
+        if target is None:
+            return None
+        module, _, attr = target.partition(":")
+        import importlib
+
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:  # a command module not written yet
+                return None
+            raise
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -53,16 +71,12 @@ class InfratoolGroup(click.Group):
             ctx.exit(EXIT_INPUT)
 
 
-def _examples(*lines: str) -> str:
-    return "\n\n\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
-
-
 @click.group(
     cls=InfratoolGroup,
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Plan-first automation for a NixOS fleet: secrets rotation, remote builders, "
     "binary cache, Secure Boot."
-    + _examples(
+    + examples(
         "infratool hosts --check",
         "infratool plan playbooks/site.yaml",
         "infratool run playbooks/site.yaml --limit tag:builder --yes",
@@ -104,24 +118,12 @@ def main(
         log.configure(ctx.obj.verbosity)
 
 
-def _inventory(g: Globals):
-    from infratool import inventory
-
-    return inventory.load(inventory.resolve_path(g.inventory))
-
-
-def _emit_json(data: Any) -> None:
-    from infratool.hidden import REDACTOR
-
-    click.echo(REDACTOR.redact(json.dumps(data, indent=2, default=str)))
-
-
 # -- hosts / facts -----------------------------------------------------------
 
 
 @main.command(
     help="List hosts, their tags and (with --check) reachability."
-    + _examples("infratool hosts", "infratool hosts --check --limit 'tag:server'")
+    + examples("infratool hosts", "infratool hosts --check --limit 'tag:server'")
 )
 @click.option("--check", is_flag=True, help="Connect to each host (pinned key) and report.")
 @click.option(
@@ -130,7 +132,7 @@ def _emit_json(data: Any) -> None:
 @click.option("--forks", "-f", default=10, show_default=True, type=click.IntRange(1, 256))
 @pass_globals
 def hosts(g: Globals, check: bool, limit: str | None, forks: int) -> None:
-    inv = _inventory(g)
+    inv = load_inventory(g)
     selected = inv.select(limit)
     status: dict[str, str] = {}
     if check:
@@ -163,7 +165,7 @@ def hosts(g: Globals, check: bool, limit: str | None, forks: int) -> None:
         for h in selected
     ]
     if g.json:
-        _emit_json(rows)
+        emit_json(rows)
     else:
         from rich.table import Table
 
@@ -190,7 +192,7 @@ def hosts(g: Globals, check: bool, limit: str | None, forks: int) -> None:
 
 @main.command(
     help="Gather and show facts per host (one round trip each)."
-    + _examples("infratool facts --limit snix", "infratool --json facts")
+    + examples("infratool facts --limit snix", "infratool --json facts")
 )
 @click.option("--limit", "-l", metavar="SEL")
 @click.option("--forks", "-f", default=10, show_default=True, type=click.IntRange(1, 256))
@@ -200,7 +202,7 @@ def facts(g: Globals, limit: str | None, forks: int) -> None:
     from infratool.playbook import Playbook
     from infratool.runner import Runner
 
-    inv = _inventory(g)
+    inv = load_inventory(g)
     selected = inv.select(limit)
     runner = Runner(inv, Playbook(inv.path, "facts", "", []), RunOptions(forks=forks, limit=limit))
     with runner:
@@ -214,7 +216,7 @@ def facts(g: Globals, limit: str | None, forks: int) -> None:
             for h in selected
         }
     if g.json:
-        _emit_json(data)
+        emit_json(data)
     else:
         from infratool import render
 
@@ -237,7 +239,7 @@ def _prepare(g: Globals, playbook_path: str, **opts: Any):
     from infratool.options import RunOptions
     from infratool.runner import Runner
 
-    inv = _inventory(g)
+    inv = load_inventory(g)
     if opts.get("limit"):
         inv.select(opts["limit"])  # a --limit that matches nothing is bad input, before connecting
     book = pb.load(playbook_path, inv)
@@ -266,7 +268,7 @@ def _audit(g: Globals, command: str, book, plan, result=None) -> None:
 
 @main.command(
     help="Show what a playbook would change, touching nothing."
-    + _examples(
+    + examples(
         "infratool plan playbooks/site.yaml",
         "infratool plan playbooks/site.yaml --detailed-exitcode  # 2 = changes pending",
         "infratool --json plan playbooks/remote-builders.yaml --limit snix",
@@ -301,7 +303,7 @@ def plan(
         the_plan = runner.plan()
     _audit(g, "plan", book, the_plan)
     if g.json:
-        _emit_json(the_plan.to_dict())
+        emit_json(the_plan.to_dict())
     else:
         render.plan(render.console(), the_plan, show_diff=not no_diff)
     sys.exit(plan_exit_code(the_plan, detailed_exitcode))
@@ -309,7 +311,7 @@ def plan(
 
 @main.command(
     help="Plan, confirm, apply and verify a playbook."
-    + _examples(
+    + examples(
         "infratool run playbooks/site.yaml",
         "infratool run playbooks/secrets-rotation.yaml --yes --forks 4",
         "infratool run playbooks/baseline.yaml --limit 'all,!nixtv-player' --no-deploy",
@@ -361,7 +363,7 @@ def run(
             result = runner.apply(the_plan)
     _audit(g, "run", book, the_plan, result)
     if g.json:
-        _emit_json(result.to_dict())
+        emit_json(result.to_dict())
     else:
         render.results(out, result)
     sys.exit(result.exit_code)
@@ -372,7 +374,7 @@ def run(
 
 @main.group(
     help="The local lab fleet: real sshd hosts in mount namespaces (needs root)."
-    + _examples(
+    + examples(
         "infratool lab up", "infratool lab up --hosts 32", "infratool lab status", "infratool lab down"
     )
 )
@@ -408,7 +410,7 @@ def lab_up(g: Globals, count: int | None) -> None:
 
     provision(the_lab)
     if g.json:
-        _emit_json([{"name": h.name, "address": h.address} for h in started])
+        emit_json([{"name": h.name, "address": h.address} for h in started])
     else:
         click.echo(f"{len(started)} lab host(s) up; inventory: {the_lab.inventory_path}")
         click.echo(f"operator age key: {key_file} (export SOPS_AGE_KEY_FILE={key_file})")
@@ -425,7 +427,7 @@ def lab_down() -> None:
 def lab_status(g: Globals) -> None:
     rows = _lab().status()
     if g.json:
-        _emit_json([vars(r) if hasattr(r, "__dict__") else r._asdict() for r in rows])
+        emit_json([vars(r) if hasattr(r, "__dict__") else r._asdict() for r in rows])
         return
     for r in rows:
         click.echo(f"{r.name:16} {r.address:15} {'running' if r.running else 'stopped'}")

@@ -1,0 +1,43 @@
+"""What every command module of the CLI shares: global options and small helpers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+@dataclass
+class Globals:
+    """Options shared by every command."""
+
+    inventory: str | None
+    json: bool
+    verbosity: int
+    audit_log: Path | None
+
+
+pass_globals = click.make_pass_decorator(Globals)
+"""Decorator giving a command the :class:`Globals`."""
+
+
+def examples(*lines: str) -> str:
+    """Help text ending with an Examples block (click keeps it unwrapped)."""
+    return "\n\n\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def load_inventory(g: Globals):
+    """The inventory chosen by -i / $INFRATOOL_INVENTORY / ./hosts.yaml."""
+    from infratool import inventory
+
+    return inventory.load(inventory.resolve_path(g.inventory))
+
+
+def emit_json(data: Any) -> None:
+    """Print ``data`` as redacted JSON on stdout."""
+    from infratool.hidden import REDACTOR
+
+    click.echo(REDACTOR.redact(json.dumps(data, indent=2, default=str)))
