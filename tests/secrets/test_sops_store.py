@@ -122,6 +122,22 @@ def test_set_adds_a_nested_key_keeping_the_others(repo: Repo) -> None:
     assert len(repo.calls()) == before
 
 
+def test_cache_follows_changes_made_by_someone_else(repo: Repo) -> None:
+    mine, theirs = repo.store(), repo.store()
+    mine.write("secrets/app.yaml", {"a": Secret("mine-value-1")})
+    theirs.write("secrets/app.yaml", {"b": Secret("their-value")})
+    mine.set("secrets/app.yaml", "c", Secret("mine-value-2"))
+    expected = {"a": "mine-value-1", "b": "their-value", "c": "mine-value-2"}
+    assert plain(mine.read("secrets/app.yaml")) == expected
+    theirs.write("secrets/app.yaml", {"a": None})
+    mine.write("secrets/app.yaml", {"d": Secret("mine-value-3")})  # re-reads: keeps their delete
+    assert plain(repo.store().read("secrets/app.yaml")) == {
+        "b": "their-value",
+        "c": "mine-value-2",
+        "d": "mine-value-3",
+    }
+
+
 def test_set_creates_a_missing_file(repo: Repo) -> None:
     store = repo.store()
     store.set("secrets/new.yaml", "x/y", Secret("brand-new-value"))
