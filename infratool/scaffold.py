@@ -7,6 +7,7 @@ public recipient appears in ``.sops.yaml``.
 
 from __future__ import annotations
 
+import io
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,3 +72,60 @@ def ensure_operator_repo(flake: Path, key_file: Path) -> str:
     recipient = recipient_of_key_file(key_file) if key_file.exists() else new_age_key(key_file)
     init_secrets(flake / "secrets", [recipient])
     return recipient
+
+
+def sops_recipients(config: Path) -> list[str]:
+    """The age recipients of the first creation rule of a ``.sops.yaml``."""
+    from ruamel.yaml import YAML
+
+    data = YAML().load(config.read_text()) or {}
+    rules = data.get("creation_rules") or []
+    age = (rules[0].get("age") if rules else "") or ""
+    return [r.strip() for r in str(age).replace("\n", ",").split(",") if r.strip()]
+
+
+def set_sops_recipients(config: Path, recipients: list[str]) -> None:
+    """Make every creation rule of ``.sops.yaml`` use ``recipients`` (comments kept)."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    data = yaml.load(config.read_text())
+    for rule in data.get("creation_rules") or []:
+        rule["age"] = ",".join(dict.fromkeys(recipients))
+    buf = io.StringIO()
+    yaml.dump(data, buf)
+    write_atomic(config, buf.getvalue().encode())
+
+
+def add_sops_recipient(config: Path, recipient: str) -> bool:
+    """Add ``recipient`` to ``.sops.yaml`` (idempotent); whether it changed."""
+    current = sops_recipients(config)
+    if recipient in current:
+        return False
+    set_sops_recipients(config, [*current, recipient])
+    return True
+
+
+def remove_sops_recipient(config: Path, recipient: str) -> bool:
+    """Remove ``recipient`` from ``.sops.yaml``; whether it changed."""
+    current = sops_recipients(config)
+    if recipient not in current:
+        return False
+    set_sops_recipients(config, [r for r in current if r != recipient])
+    return True
+
+
+def sops_files(secrets_dir: Path) -> list[Path]:
+    """Every sops-encrypted YAML file under ``secrets_dir`` (files with a ``sops:`` block)."""
+    found = []
+    for path in sorted(secrets_dir.rglob("*.y*ml")):
+        if path.name.startswith("."):
+            continue
+        try:
+            head = path.read_text(errors="replace")
+        except OSError:
+            continue
+        if "\nsops:\n" in head or head.startswith("sops:\n"):
+            found.append(path)
+    return found

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from infratool import __version__
-from infratool.cli.common import Globals, emit_json, examples, load_inventory, pass_globals
+from infratool.cli.common import Globals, audit_run, emit_json, examples, load_inventory, pass_globals
 from infratool.errors import EXIT_FAILED, EXIT_INPUT, InfratoolError, InputError
 
 # Command groups living in their own modules, imported only when used (fast --help).
@@ -247,25 +247,6 @@ def _prepare(g: Globals, playbook_path: str, **opts: Any):
     return inv, book, options, Runner
 
 
-def _audit(g: Globals, command: str, book, plan, result=None) -> None:
-    from infratool import log
-
-    record: dict[str, Any] = {
-        "command": command,
-        "playbook": str(book.path),
-        "hosts": plan.hosts,
-        "changes": [{"host": c.host, "task": c.task, "description": c.description} for c in plan.changes],
-        "plan_failures": plan.failures,
-    }
-    if result is not None:
-        record["outcome"] = {
-            r.host: {"status": r.status, "applied": r.applied, "error": r.error}
-            for r in result.hosts.values()
-        }
-        record["exit_code"] = result.exit_code
-    log.audit(record, g.audit_log)
-
-
 @main.command(
     help="Show what a playbook would change, touching nothing."
     + examples(
@@ -301,7 +282,7 @@ def plan(
     progress = render.Progress(render.console(stderr=True), enabled=g.verbosity >= 0 and not g.json)
     with Runner(inv, book, options, on_event=progress) as runner, progress:
         the_plan = runner.plan()
-    _audit(g, "plan", book, the_plan)
+    audit_run(g, "plan", book, the_plan)
     if g.json:
         emit_json(the_plan.to_dict())
     else:
@@ -356,12 +337,12 @@ def run(
         if not g.json:
             render.plan(out, the_plan, show_diff=not no_diff)
         if the_plan.changes and not yes and not click.confirm("Apply these changes?", default=False):
-            _audit(g, "run (declined)", book, the_plan)
+            audit_run(g, "run (declined)", book, the_plan)
             click.echo("Nothing applied.", err=True)
             sys.exit(EXIT_FAILED)
         with progress:
             result = runner.apply(the_plan)
-    _audit(g, "run", book, the_plan, result)
+    audit_run(g, "run", book, the_plan, result)
     if g.json:
         emit_json(result.to_dict())
     else:

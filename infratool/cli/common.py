@@ -41,3 +41,23 @@ def emit_json(data: Any) -> None:
     from infratool.hidden import REDACTOR
 
     click.echo(REDACTOR.redact(json.dumps(data, indent=2, default=str)))
+
+
+def audit_run(g: Globals, command: str, book, plan, result=None) -> None:
+    """Append one audit record for a plan or run (descriptions only, never values)."""
+    from infratool import log
+
+    record: dict[str, Any] = {
+        "command": command,
+        "playbook": str(book.path),
+        "hosts": plan.hosts,
+        "changes": [{"host": c.host, "task": c.task, "description": c.description} for c in plan.changes],
+        "plan_failures": plan.failures,
+    }
+    if result is not None:
+        record["outcome"] = {
+            r.host: {"status": r.status, "applied": r.applied, "error": r.error}
+            for r in result.hosts.values()
+        }
+        record["exit_code"] = result.exit_code
+    log.audit(record, g.audit_log)

@@ -35,6 +35,7 @@ import subprocess
 import threading
 import urllib.request
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -327,7 +328,11 @@ class RotateSecrets(Task):
                 decisions.append(Decision(spec, "requested"))
             elif entry.is_due(spec.max_age):
                 age = entry.age()
-                why = "never rotated" if age is None else f"age {_days(age)} ≥ max_age {_days(spec.max_age)}"
+                why = (
+                    "never rotated"
+                    if age is None
+                    else f"age {format_age(age)} ≥ max_age {format_age(spec.max_age)}"
+                )
                 decisions.append(Decision(spec, why))
         return decisions
 
@@ -399,7 +404,8 @@ class RotateSecrets(Task):
             raise
 
 
-def _days(delta) -> str:
+def format_age(delta: timedelta | None) -> str:
+    """A duration as the largest whole unit: 3d, 5h, 40s."""
     if delta is None:
         return "none"
     seconds = int(delta.total_seconds())
