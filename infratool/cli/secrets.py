@@ -279,10 +279,9 @@ def recover_check(g: Globals) -> None:
 
 
 def _timer_options(g: Globals, on_calendar: str, delay: str, age_key_file: str | None, flake: str | None):
+    from infratool.inventory import resolve_path
     from infratool.scaffold import default_key_file
     from infratool.systemd import TimerOptions
-
-    from infratool.inventory import resolve_path
 
     inventory = resolve_path(g.inventory).resolve()
     flake_dir = Path(flake).resolve() if flake else load_inventory(g).flake.resolve()
