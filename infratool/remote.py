@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import shlex
 import threading
 from dataclasses import dataclass
 
-from infratool.errors import CommandFailed, ConnectError, HostKeyError
+from infratool.errors import CommandFailed, ConnectError, HostKeyError, InputError
 from infratool.hidden import REDACTOR, Secret
 from infratool.inventory import Host
 
@@ -48,6 +49,59 @@ def fingerprint(key_line: str) -> str:
 
 def _pkey_fingerprint(key) -> str:
     return fingerprint(f"{key.get_name()} {key.get_base64()}")
+
+
+_SILENT_LOG = "infratool.remote.keyscan"
+logging.getLogger(_SILENT_LOG).addHandler(logging.NullHandler())
+logging.getLogger(_SILENT_LOG).propagate = False
+
+
+def offered_host_key(
+    address: str, port: int = 22, timeout: float = 10.0, key_type: str = "ssh-ed25519"
+) -> str:
+    """The host key ``address:port`` offers, as ``"ssh-ed25519 AAAA..."``, trusting nothing.
+
+    For explicit trust on first use (``infratool host add``): only the key
+    exchange runs, which proves the server holds the private half of the key
+    it offers; no authentication is attempted and no command runs, so the
+    result is safe to *show* an operator, who then decides whether to pin it.
+    Only ``key_type`` is negotiated (default ssh-ed25519: the key sops-nix
+    hosts decrypt with), so a host that has other keys too offers that one.
+    """
+    import socket
+
+    import paramiko
+
+    try:
+        sock = socket.create_connection((address, port), timeout=timeout)
+    except TimeoutError:
+        raise ConnectError(address, f"timed out connecting to {address}:{port}") from None
+    except OSError as exc:
+        raise ConnectError(address, f"cannot connect to {address}:{port}: {exc.strerror or exc}") from None
+    transport = paramiko.Transport(sock)
+    # paramiko logs a refused negotiation with a traceback; the error raised
+    # below says it in one line, so this probe's transport logs nowhere.
+    transport.set_log_channel(_SILENT_LOG)
+    try:
+        transport.banner_timeout = timeout
+        transport.handshake_timeout = timeout
+        try:
+            transport.get_security_options().key_types = (key_type,)
+        except ValueError:
+            raise InputError(f"unsupported host key type {key_type!r}") from None
+        try:
+            transport.start_client(timeout=timeout)
+        except paramiko.SSHException as exc:
+            if "host key" in str(exc).lower():
+                raise ConnectError(address, f"{address}:{port} offers no {key_type} host key") from None
+            raise ConnectError(address, f"SSH handshake with {address}:{port} failed: {exc}") from None
+        except (OSError, EOFError) as exc:
+            raise ConnectError(address, f"SSH handshake with {address}:{port} failed: {exc}") from None
+        key = transport.get_remote_server_key()
+        return f"{key.get_name()} {key.get_base64()}"
+    finally:
+        transport.close()
+        sock.close()
 
 
 class Remote:
