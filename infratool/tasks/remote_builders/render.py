@@ -219,7 +219,8 @@ def builder_module(topo: Topology, builder: Builder, publics: Mapping[str, str])
         for c in publics
     ]
     config = {
-        "nix.settings.trusted-users": [builder.user],
+        # Defining the option replaces NixOS's default ["root"]: keep root trusted.
+        "nix.settings.trusted-users": list(dict.fromkeys(["root", builder.user])),
         f"users.users.{builder.user}.openssh.authorizedKeys.keys": keys,
     }
     return nixgen.module(config, args="{ config, ... }:")

@@ -39,12 +39,13 @@ from infratool.tasks.remote_builders import render, spec
 from infratool.tasks.remote_builders.keys import ClientKey, new_key, store_key, stored_key
 from infratool.tasks.remote_builders.render import CLIENT_KNOWN_HOSTS, MACHINES, NIX_CONF
 from infratool.tasks.remote_builders.spec import Builder, Topology
-from infratool.tasks.remote_builders.verify import check_clients, check_pair
+from infratool.tasks.remote_builders.verify import check_client, check_clients
 
 PHASE_STORE, PHASE_BUILDER, PHASE_CLIENT, PHASE_REVOKE = 0, 1, 2, 3
+# Nix splits this file on ';' before it strips comments: none may appear here.
 MACHINES_HEADER = (
     "# Remote builders for this host's Nix. Lines ending in '# infratool:remote-builders:<builder>'\n"
-    "# are managed by infratool (playbooks/remote-builders.yaml); other lines are kept as they are."
+    "# are managed by infratool (playbooks/remote-builders.yaml). Other lines are kept as they are."
 )
 
 
@@ -413,6 +414,6 @@ class Check(_TopologyTask):
         return changes
 
     def _check(self, cctx: HostContext, client: Host, builders: list[tuple[Builder, Any]]) -> None:
-        problems = [p for b, bctx in builders for p in check_pair(cctx, client, b, bctx, self.topology)]
+        problems = check_client(cctx, client, builders, self.topology)
         if problems:
             raise VerifyError(f"{client.name}: " + "; ".join(problems))

@@ -5,10 +5,11 @@ From each client, for each builder:
 1. ``nix store ping --store ssh-ng://user@builder?ssh-key=KEY`` — the client
    key logs in, sshd forces ``nix-daemon --stdio``, root's known_hosts pins
    the builder (no first-use trust: without a TTY OpenSSH refuses unknown keys).
-2. ``nix-build --max-jobs 0 --builders '<the installed machines line>'`` of a
-   derivation with a fresh nonce: with no local build slots it must build
-   remotely, through exactly the line the client has installed (its host key
-   field included).
+2. ``nix-build --max-jobs 0`` of a derivation with a fresh nonce, through the
+   client's installed configuration (nix.conf ``builders = @/etc/nix/machines``,
+   the machines line's pinned host key): with no local build slots it must
+   build remotely. With several builders, each one Nix did not pick gets a
+   build through its own installed line (``--builders '<line>'``).
 3. ``nix-store --check-validity OUT`` on the builder: the output exists in the
    builder's own store, so the build really ran there.
 """
@@ -60,11 +61,7 @@ def _last_line(text: str) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
-def check_pair(
-    cctx: HostContext, client: Host, builder: Builder, bctx: HostContext | None, topo: Topology
-) -> list[str]:
-    """Problems found checking that ``client`` builds on ``builder`` (empty: it works)."""
-    problems: list[str] = []
+def _ping(cctx: HostContext, client: Host, builder: Builder, topo: Topology) -> str | None:
     uri = store_uri(topo.protocol, builder)
     key = topo.client_key_path(client)
     ping = cctx.run(
@@ -74,29 +71,76 @@ def check_pair(
         what=f"nix store ping {uri}",
         timeout=PING_TIMEOUT,
     )
-    if not ping.ok:
-        problems.append(f"nix store ping {uri} with {key} failed: {_last_line(ping.stderr)}")
-    machines = (cctx.read_file(MACHINES) or b"").decode(errors="replace")
-    line = installed_line(machines, uri)
-    if line is None:
-        problems.append(f"{MACHINES} has no line for {uri}")
-        return problems
+    return None if ping.ok else f"nix store ping {uri} with {key} failed: {_last_line(ping.stderr)}"
+
+
+def _build(cctx: HostContext, builder: Builder, line: str | None) -> tuple[str | None, str | None]:
+    """Build a fresh derivation with no local slots; ``(output path, problem)``.
+
+    ``line`` None builds through the client's installed configuration
+    (nix.conf ``builders = @/etc/nix/machines``) exactly as any build would.
+    """
     expr = check_derivation(builder, secrets.token_hex(6))
+    override = f"--builders {shlex.quote(line)} " if line is not None else ""
     built = cctx.run(
-        f"nix-build --no-out-link --max-jobs 0 --builders {shlex.quote(line)} -E {shlex.quote(expr)}",
+        f"nix-build --no-out-link --max-jobs 0 {override}-E {shlex.quote(expr)}",
         check=False,
         what=f"remote build on {builder.name}",
         timeout=BUILD_TIMEOUT,
     )
     if not built.ok:
-        problems.append(f"build on {builder.name} (--max-jobs 0) failed: {_last_line(built.stderr)}")
+        how = "its own machines line" if line is not None else "the installed configuration"
+        return None, f"a --max-jobs 0 build through {how} failed: {_last_line(built.stderr)}"
+    return _last_line(built.stdout), None
+
+
+def _built_on(out: str, builders: list[tuple[Builder, HostContext | None]]) -> list[str]:
+    """The builders whose own store holds ``out`` (where the build ran)."""
+    found = []
+    for builder, bctx in builders:
+        if bctx is not None:
+            res = bctx.run(
+                f"nix-store --check-validity {shlex.quote(out)}", check=False, what="check the build"
+            )
+            if res.ok:
+                found.append(builder.name)
+    return found
+
+
+def check_client(
+    cctx: HostContext, client: Host, builders: list[tuple[Builder, HostContext | None]], topo: Topology
+) -> list[str]:
+    """Problems found checking that ``client`` builds on ``builders`` (empty: it works).
+
+    Every builder is pinged. One build goes through the installed
+    configuration as is; with several builders, Nix picks one, so each
+    builder it did not pick also gets a build through its own installed line.
+    """
+    problems = [p for b, _ in builders if (p := _ping(cctx, client, b, topo))]
+    machines = (cctx.read_file(MACHINES) or b"").decode(errors="replace")
+    lines: dict[str, str] = {}
+    for builder, _ in builders:
+        line = installed_line(machines, store_uri(topo.protocol, builder))
+        if line is None:
+            problems.append(f"{MACHINES} has no line for {store_uri(topo.protocol, builder)}")
+        else:
+            lines[builder.name] = line
+    if not builders or problems:
         return problems
-    out = _last_line(built.stdout)
-    if bctx is not None:
-        there = bctx.run(
-            f"nix-store --check-validity {shlex.quote(out)}", check=False, what="check the build output"
-        )
-        if not there.ok:
+    first, _ = builders[0]
+    out, problem = _build(cctx, first, None)
+    if problem or out is None:
+        return [*problems, problem or "no build output"]
+    proven = set(_built_on(out, builders))
+    if not proven:
+        return [*problems, f"{out} is in no builder's store: the build did not run on a builder"]
+    for builder, bctx in builders:
+        if builder.name in proven:
+            continue
+        out, problem = _build(cctx, builder, lines[builder.name])
+        if problem or out is None:
+            problems.append(f"{builder.name}: {problem}")
+        elif not _built_on(out, [(builder, bctx)]):
             problems.append(f"{out} is not in {builder.name}'s store: the build did not run there")
     return problems
 
@@ -106,14 +150,11 @@ def check_clients(
     builders: list[tuple[Builder, HostContext | None]],
     topo: Topology,
 ) -> dict[str, str]:
-    """Check every (client, builder) pair, clients in parallel; client name → problems."""
+    """Check every client against every builder, clients in parallel; client name → problems."""
 
     def one(item: tuple[HostContext, Host]) -> tuple[str, list[str]]:
         cctx, client = item
-        found: list[str] = []
-        for builder, bctx in builders:
-            found += check_pair(cctx, client, builder, bctx, topo)
-        return client.name, found
+        return client.name, check_client(cctx, client, builders, topo)
 
     if not clients or not builders:
         return {}
