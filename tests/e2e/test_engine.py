@@ -13,14 +13,14 @@ import yaml
 from conftest import PLAYBOOKS, files_containing, sample_ps
 
 
-def test_site_plans_runs_and_converges(lab, cli):
+def test_baseline_plans_runs_and_converges(lab, cli):
     inv = lab.inventory_path
-    first = cli("-i", inv, "plan", PLAYBOOKS / "site.yaml", "--detailed-exitcode")
+    first = cli("-i", inv, "plan", PLAYBOOKS / "baseline.yaml", "--detailed-exitcode")
     assert first.returncode == 2, first.stderr
     assert "Plan: 8 change(s) on 4 of 4 target(s)" in first.stdout
     assert "+experimental-features = nix-command flakes" in first.stdout
 
-    run = cli("-i", inv, "run", PLAYBOOKS / "site.yaml", "--yes")
+    run = cli("-i", inv, "run", PLAYBOOKS / "baseline.yaml", "--yes")
     assert run.returncode == 0, run.stdout + run.stderr
     for host in lab.hosts():
         conf = host.path("/etc/nix/nix.conf").read_text()
@@ -28,11 +28,11 @@ def test_site_plans_runs_and_converges(lab, cli):
         assert "sandbox = false" in conf  # lines it does not manage are kept
         assert host.path("/var/lib/infratool/managed-by").stat().st_mode & 0o777 == 0o644
 
-    again = cli("-i", inv, "plan", PLAYBOOKS / "site.yaml", "--detailed-exitcode")
+    again = cli("-i", inv, "plan", PLAYBOOKS / "baseline.yaml", "--detailed-exitcode")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "Plan: 0 change(s)" in again.stdout
 
-    as_json = json.loads(cli("-i", inv, "--json", "plan", PLAYBOOKS / "site.yaml").stdout)
+    as_json = json.loads(cli("-i", inv, "--json", "plan", PLAYBOOKS / "baseline.yaml").stdout)
     assert as_json["changes"] == [] and len(as_json["hosts"]) == 4
 
 
