@@ -212,6 +212,11 @@ def test_hand_edits_are_shown_and_restored_other_lines_kept(fleet, cli):
     theirs = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHandAddedKeyHandAddedKeyHandAddedKey0000 someone@else\n"
     authorized.write_text(text.replace('restrict,command="nix-daemon --stdio" ', "", 1) + theirs)
 
+    # --limit brix: brix and the builder it needs are planned, slax is not looked at.
+    limited = cli("-i", inv, "plan", PLAYBOOK, "--limit", "brix")
+    assert "brix: no changes" in limited.stdout and "snix: 1 change(s)" in limited.stdout
+    assert "slax:" not in limited.stdout  # no section: slax was not planned
+
     plan = cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode")
     assert plan.returncode == 2
     assert f"-ssh-ng://root@{snix.address} x86_64-linux {KEY} 1 2" in plan.stdout
@@ -269,6 +274,7 @@ def test_bad_input_exits_3_with_file_line_and_touches_nothing(lab, cli, tmp_path
         "builders: [{host: snix, systems: [x86_64-windows]}]": (6, "unknown system 'x86_64-windows'"),
         "builders: [{host: snix, max_jobs: -1}]": (6, "max_jobs must be 0 or more"),
         "speed_factor: 0": (8, "speed_factor must be 1 or more"),
+        "rotate_keys: [snix]": (8, "rotate_keys: 'snix' is not a client"),
     }
     for override, (line, message) in cases.items():
         body = {"builders": "builders: [snix]", "clients": "clients: [slax, brix]", "extra": ""}

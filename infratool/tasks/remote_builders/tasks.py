@@ -27,7 +27,7 @@ from typing import Any
 
 from infratool.changes import LOCAL, Change
 from infratool.context import HostContext
-from infratool.errors import HostError, VerifyError
+from infratool.errors import HostError, SecretsFileError, VerifyError
 from infratool.facts import FACTS, FactRequest
 from infratool.hidden import REDACTOR
 from infratool.inventory import Host
@@ -154,6 +154,12 @@ class Setup(_TopologyTask):
         topo = self.topology
         store = ctx.secrets()
         keys, store_changes = self._keys(store)
+        if store_changes and not store.config.is_file():
+            # Found now, not half-way through applying: new keys need recipients.
+            raise SecretsFileError(
+                f"no {store.config} to encrypt new builder keys to: run `infratool init` first",
+                file=store.config,
+            )
         installed = {c.name: self._installed(ctx, c, keys[c.name]) for c in topo.clients}
         publics = {name: key.public for name, key in keys.items()}
         fresh = (LOCAL,) if store_changes else ()
