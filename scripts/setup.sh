@@ -41,6 +41,10 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+# pip's output goes to a log (this machine's pip config is chatty); shown on failure.
+log=$(mktemp)
+if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e '.[test]'; } >"$log" 2>&1; then
+  cat "$log" >&2; rm -f "$log"; exit 1
+fi
+rm -f "$log"
 echo "setup.sh: ready ($(.venv/bin/infratool --version); $(nix-store --version); sops $(.venv/bin/sops --disable-version-check --version 2>/dev/null | head -n1 | awk '{print $2}'))"
