@@ -1,0 +1,322 @@
+"""Commands ``init``, ``host add|remove`` and ``completion``: parse, call :mod:`infratool.onboard`, print.
+
+The logic (scaffolding, hosts.yaml and .sops.yaml edits, re-encryption)
+lives in :mod:`infratool.onboard`; this module only turns options into a
+request, asks the operator to confirm a host key, and renders the result.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from infratool.cli.common import Globals, emit_json, examples, pass_globals
+
+SHELLS = ("bash", "zsh", "fish")
+
+
+def _out():
+    """A rich console on stdout (honours NO_COLOR, plain when not a terminal)."""
+    from infratool import render
+
+    return render.console()
+
+
+def _esc(text: object) -> str:
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
+# -- init ----------------------------------------------------------------------
+
+
+@click.command(
+    help="Start a fleet repo in DIR (default: the current directory): a commented hosts.yaml, "
+    "playbooks/site.yaml (with a baseline playbook), secrets/.sops.yaml and a README. "
+    "The operator's age key is created (0600) at sops's standard location, or reused if one is "
+    "there; its path and public recipient are printed, never the key. Existing files are never "
+    "overwritten."
+    + examples(
+        "infratool init fleet && cd fleet",
+        "infratool init . --ssh-key ~/.ssh/id_admin --os linux",
+        "SOPS_AGE_KEY_FILE=~/keys/ops.txt infratool init fleet",
+    )
+)
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=".")
+@click.option(
+    "--ssh-key",
+    default="~/.ssh/id_ed25519",
+    show_default=True,
+    help="Identity infratool logs in with (defaults.ssh_key).",
+)
+@click.option(
+    "--os",
+    "os_kind",
+    type=click.Choice(["nixos", "linux"]),
+    default="nixos",
+    show_default=True,
+    help="Default host OS (defaults.os).",
+)
+@click.option(
+    "--age-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Operator age key [default: $SOPS_AGE_KEY_FILE, else ~/.config/sops/age/keys.txt].",
+)
+@pass_globals
+def init(g: Globals, directory: Path, ssh_key: str, os_kind: str, age_key_file: Path | None) -> None:
+    from infratool.onboard import init_repo
+    from infratool.scaffold import default_key_file
+
+    result = init_repo(directory, age_key_file or default_key_file(), ssh_key=ssh_key, os_kind=os_kind)
+    if g.json:
+        emit_json(
+            {
+                "directory": str(result.directory),
+                "created": [str(p) for p in result.created],
+                "age_key_file": str(result.key_file),
+                "age_key_created": result.key_created,
+                "age_recipient": result.recipient,
+            }
+        )
+        return
+    con = _out()
+    for path in result.created:
+        con.print(f"created {_esc(path)}")
+    state = "new, mode 0600 — back it up" if result.key_created else "existing key reused"
+    con.print(f"operator age key: {_esc(result.key_file)} ({state}); the private key is never printed")
+    con.print(f"operator age recipient: {_esc(result.recipient)}")
+    where = "" if directory == Path(".") else f"cd {directory} && "
+    con.print(f"next: {_esc(where)}infratool host add NAME --address ADDRESS")
+
+
+# -- host add / remove ------------------------------------------------------------
+
+
+def _host_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion for host names: the inventory's hosts (nothing on any error)."""
+    try:
+        import yaml
+
+        from infratool.inventory import resolve_path
+
+        g = ctx.find_root().params.get("inventory")
+        data = yaml.safe_load(resolve_path(g).read_text())
+        return [str(n) for n in (data.get("hosts") or {}) if str(n).startswith(incomplete)]
+    except Exception:  # completion must never print a traceback into the shell
+        return []
+
+
+@click.group(
+    help="Pin a host's SSH key and enrol it as a sops recipient (add), or take it out (remove)."
+    + examples(
+        "infratool host add web1 --address web1.home.arpa --tags server",
+        "infratool host add web1 --address 10.0.0.5 --fingerprint SHA256:abc...",
+        "infratool host remove web1",
+    )
+)
+def host() -> None:
+    """Host onboarding commands."""
+
+
+def _split_tags(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(t.strip() for v in values for t in v.split(",") if t.strip()))
+
+
+@host.command(
+    "add",
+    help="Add host NAME to hosts.yaml with its SSH host key pinned, after you confirm the key. "
+    "Connects once (key exchange only), shows the ssh-ed25519 key the host offers and asks; "
+    "--fingerprint or --host-key check it instead (unattended). Then the host's age recipient — "
+    "its host key converted as ssh-to-age does, what sops-nix decrypts with — is added to "
+    "secrets/.sops.yaml (secrets/NAME.yaml and secrets/common.yaml) and those files are "
+    "re-encrypted (sops updatekeys). Comments and order in hosts.yaml are kept."
+    + examples(
+        "infratool host add web1 --address web1.home.arpa --tags server,db",
+        "echo yes | infratool host add web1 --address 10.0.0.5",
+        "infratool host add web1 --address 10.0.0.5 --fingerprint SHA256:Xm3...",
+        "infratool host add web1 --address 10.0.0.5 --replace   # re-pin after a reinstall",
+        'infratool host add new1 --address 10.0.0.9 --offline --host-key "$(cat ssh_host_ed25519_key.pub)"',
+    ),
+)
+@click.argument("name")
+@click.option("--address", "-a", required=True, help="DNS name or IP address to reach the host.")
+@click.option("--port", "-p", type=click.IntRange(1, 65535), default=None, help="SSH port [default: 22].")
+@click.option("--user", "-u", default=None, help="Login user, if not the inventory default.")
+@click.option("--ssh-key", default=None, help="Login identity, if not the inventory default.")
+@click.option(
+    "--tags", "-t", multiple=True, metavar="TAG[,TAG]", help="Tags for --limit tag:NAME (repeatable)."
+)
+@click.option(
+    "--os",
+    "os_kind",
+    type=click.Choice(["nixos", "linux"]),
+    default=None,
+    help="nixos (declarative) or linux (files over SSH) [default: the inventory's].",
+)
+@click.option("--system", default=None, help="Nix system, e.g. aarch64-linux [default: the inventory's].")
+@click.option(
+    "--fingerprint",
+    default=None,
+    metavar="SHA256:...",
+    help="Pin only if the offered key has this fingerprint.",
+)
+@click.option(
+    "--host-key", default=None, metavar="'ssh-ed25519 AAAA...'", help="Pin only if the host offers this key."
+)
+@click.option("--offline", is_flag=True, help="Do not contact the host: pin --host-key as given.")
+@click.option("--replace", is_flag=True, help="Re-pin a host already in hosts.yaml (after a reinstall).")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the host.")
+@pass_globals
+def host_add(
+    g: Globals,
+    name: str,
+    address: str,
+    port: int | None,
+    user: str | None,
+    ssh_key: str | None,
+    tags: tuple[str, ...],
+    os_kind: str | None,
+    system: str | None,
+    fingerprint: str | None,
+    host_key: str | None,
+    offline: bool,
+    replace: bool,
+    timeout: float,
+) -> None:
+    from infratool.inventory import resolve_path
+    from infratool.onboard import HostRequest, add_host
+
+    request = HostRequest(
+        name=name,
+        address=address,
+        port=port,
+        user=user,
+        ssh_key=ssh_key,
+        os=os_kind,
+        system=system,
+        tags=_split_tags(tags),
+        fingerprint=fingerprint,
+        host_key=host_key,
+        offline=offline,
+        replace=replace,
+        timeout=timeout,
+    )
+    shown_port = f":{port}" if port else ""
+
+    def confirm(key_line: str, fp: str) -> bool:
+        # The question goes to stderr so --json output on stdout stays parseable;
+        # the answer may come from a pipe (`echo yes | ...`), never by default.
+        click.echo(f"{name} ({address}{shown_port}) offers host key {key_line.split()[0]} {fp}", err=True)
+        click.echo(
+            "Compare it with the host's own `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`.", err=True
+        )
+        return _ask(f"Pin this key for {name}?")
+
+    result = add_host(resolve_path(g.inventory), request, confirm)
+    if g.json:
+        emit_json(result.to_dict())
+        return
+    _render(result, "pinned" if result.inventory_changed else "already pinned")
+
+
+@host.command(
+    "remove",
+    help="Take host NAME out of the sops creation rules, re-encrypt the files it could read "
+    "without it (sops updatekeys), then remove its entry from hosts.yaml (other lines and "
+    "comments kept). Rotate the secrets it could read afterwards: it has seen their values."
+    + examples("infratool host remove web1", "infratool -i fleet/hosts.yaml host remove web1 --yes"),
+)
+@click.argument("name", shell_complete=_host_names)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_globals
+def host_remove(g: Globals, name: str, yes: bool) -> None:
+    from infratool.errors import RefusedError
+    from infratool.inventory import resolve_path
+    from infratool.onboard import remove_host
+
+    path = resolve_path(g.inventory)
+    if not yes:
+        try:
+            ok = click.confirm(
+                f"Remove {name} from {path} and its secrets' recipients?", default=False, err=True
+            )
+        except click.Abort:
+            ok = False
+        if not ok:
+            raise RefusedError(f"{name} not removed (not confirmed; --yes to skip the question)")
+    result = remove_host(path, name)
+    if g.json:
+        emit_json(result.to_dict())
+        return
+    _render(result, "removed")
+
+
+def _ask(question: str) -> bool:
+    """Ask on stderr; the answer may be piped in (`echo yes | ...`); no answer means no."""
+    try:
+        answer = click.confirm(question, default=False, err=True)
+    except click.Abort:
+        answer = False
+    if not sys.stdin.isatty():
+        # A piped answer is not echoed by the terminal: show it, so logs read right.
+        click.echo("yes" if answer else "no", err=True)
+    return answer
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current directory when below it (as the operator typed it)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _render(result, verb: str) -> None:
+    con = _out()
+    if result.fingerprint:
+        con.print(
+            f"{verb} {_esc(result.name)}: {_esc(result.host_key.split()[0])} {_esc(result.fingerprint)}"
+        )
+    else:
+        con.print(f"{verb} {_esc(result.name)}")
+    if result.inventory_changed:
+        con.print(f"  {_esc(_shown(result.inventory))} updated")
+    if result.recipient:
+        con.print(f"  age recipient (ssh-to-age of the host key): {_esc(result.recipient)}")
+    if result.sops_config:
+        con.print(f"  {_esc(_shown(result.sops_config))} updated")
+        if result.reencrypted:
+            for path in result.reencrypted:
+                con.print(f"  re-encrypted {_esc(_shown(path))}")
+        else:
+            con.print("  no secrets file needed re-encrypting")
+    for note in result.notes:
+        con.print(f"  note: {_esc(note)}")
+
+
+# -- completion ------------------------------------------------------------------
+
+
+@click.command(
+    help="Print the shell completion script for SHELL (click's completion for `infratool`)."
+    + examples(
+        "infratool completion bash > /etc/bash_completion.d/infratool",
+        'eval "$(infratool completion zsh)"            # in ~/.zshrc',
+        "infratool completion fish > ~/.config/fish/completions/infratool.fish",
+    )
+)
+@click.argument("shell", type=click.Choice(SHELLS))
+def completion(shell: str) -> None:
+    from click.shell_completion import get_completion_class
+
+    from infratool.cli import main
+
+    cls = get_completion_class(shell)
+    assert cls is not None  # every name in SHELLS is one click knows
+    # Exactly what `_INFRATOOL_COMPLETE=<shell>_source infratool` prints.
+    script = cls(main, {}, "infratool", "_INFRATOOL_COMPLETE").source()
+    sys.stdout.write(script if script.endswith("\n") else script + "\n")
