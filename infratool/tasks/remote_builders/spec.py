@@ -215,13 +215,6 @@ def _builder(entry: Any, i: int, args: dict[str, Any], source: Source, inventory
     if not isinstance(spec.get("host"), str):
         raise source.error(f"builders[{i}] needs 'host: <inventory name>'", "builders", i)
     host = _known(spec["host"], "builder", source, inventory, ("builders", i, "host"))
-    if not host.host_keys:
-        raise source.error(
-            f"builder {host.name!r} has no pinned host key in the inventory; clients must never "
-            "learn it on first use (pin it with `infratool host add`)",
-            "builders",
-            i,
-        )
     if host.port != 22:
         raise source.error(
             f"builder {host.name!r} listens on port {host.port}: Nix's ssh-ng:// URIs cannot carry "

@@ -27,7 +27,7 @@ from typing import Any
 
 from infratool.changes import LOCAL, Change
 from infratool.context import HostContext
-from infratool.errors import HostError, SecretsFileError, VerifyError
+from infratool.errors import HostError, InputError, SecretsFileError, VerifyError
 from infratool.facts import FACTS, FactRequest
 from infratool.hidden import REDACTOR
 from infratool.inventory import Host
@@ -82,6 +82,22 @@ class _TopologyTask(Task):
         if any(c.name in names for c in topo.clients):
             chosen |= {b.name for b in topo.builders}
         return [h for h in self.inventory if h.name in chosen]
+
+    def require_pinned_builders(self) -> None:
+        """Refuse to plan while a builder has no pinned host key (checked at plan time).
+
+        Not at load time: the fleet inventory may list hosts not pinned yet,
+        and the playbook must still validate. Clients must never learn a
+        builder's key on first use, so nothing is planned until it is pinned.
+        """
+        for builder in self.topology.builders:
+            if not builder.host.host_keys:
+                raise InputError(
+                    f"builder {builder.name!r} has no pinned host key: clients must never learn it "
+                    "on first use; pin it first (`infratool host add`)",
+                    file=self.inventory.path,
+                    line=builder.host.line,
+                )
 
     def label(self) -> str:
         topo = self.topology
@@ -151,6 +167,7 @@ class Setup(_TopologyTask):
     # -- plan ---------------------------------------------------------------------
 
     def plan(self, ctx: PlanContext) -> list[Change]:
+        self.require_pinned_builders()
         topo = self.topology
         store = ctx.secrets()
         keys, store_changes = self._keys(store)
@@ -402,6 +419,7 @@ class Check(_TopologyTask):
         return []  # a check reads nothing up front: it asks the hosts themselves
 
     def plan(self, ctx: PlanContext) -> list[Change]:
+        self.require_pinned_builders()
         topo = self.topology
         clients, builders = self._pairs(ctx, list(topo.clients))
         names = ", ".join(b.name for b, _ in builders)
