@@ -13,7 +13,9 @@ change, so two tasks editing one file (say, two ``nix.settings`` entries in
 
 from __future__ import annotations
 
+import base64
 import os
+import shlex
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -86,12 +88,8 @@ class HostContext:
 
     def read_file(self, path: str) -> bytes | None:
         """Current content of a remote file, or None if absent."""
-        res = self.remote.run(f"base64 -w0 -- {_q(path)}", check=False, what=f"read {path}")
-        if not res.ok:
-            return None
-        import base64
-
-        return base64.b64decode(res.stdout)
+        res = self.remote.run(f"base64 -w0 -- {shlex.quote(path)}", check=False, what=f"read {path}")
+        return base64.b64decode(res.stdout) if res.ok else None
 
 
 @dataclass
@@ -153,9 +151,3 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _q(path: str) -> str:
-    import shlex
-
-    return shlex.quote(path)
