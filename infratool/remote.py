@@ -19,6 +19,7 @@ import hashlib
 import logging
 import shlex
 import threading
+import time
 from dataclasses import dataclass
 
 from infratool.errors import CommandFailed, ConnectError, HostKeyError, InputError
@@ -211,7 +212,10 @@ class Remote:
 
         ``check`` raises :class:`CommandFailed` on a non-zero exit. ``what``
         names the command in errors instead of the command text (so error
-        messages stay short and never quote a script).
+        messages stay short and never quote a script). ``timeout`` (else the
+        connection's ``command_timeout``) bounds the whole command: it is
+        killed on the host when it runs out (see :func:`with_deadline`) and
+        always raises :class:`CommandFailed` "timed out", whatever ``check``.
         """
         self.connect()
         if isinstance(stdin, Secret):
@@ -219,54 +223,96 @@ class Remote:
         if isinstance(stdin, str):
             stdin = stdin.encode()
         self.commands_run += 1
+        limit = timeout or self.command_timeout
+        wire = command if limit is None else with_deadline(command, limit)
+        name = what or _short(command)
+        started = time.monotonic()
         try:
-            exited, out, err = self._exec(command, stdin, timeout or self.command_timeout)
+            # The controller waits a little longer than the host's own deadline,
+            # so a live host reports the timeout itself (and has killed the
+            # command); the controller's deadline catches a host that went silent.
+            exited, out, err = self._exec(wire, stdin, None if limit is None else limit + _REPORT_GRACE)
         except TimeoutError:
-            raise CommandFailed(self.host.name, what or _short(command), 124, "timed out") from None
+            raise CommandFailed(self.host.name, name, 124, f"timed out after {limit:g} s") from None
         except Exception as exc:
             # The transport died under us (socket or paramiko error).
             if isinstance(exc, OSError | EOFError) or type(exc).__module__.startswith("paramiko"):
                 self.close()
                 raise ConnectError(self.host.name, f"connection lost: {exc}") from None
             raise
+        if exited is None:
+            self.close()
+            raise ConnectError(self.host.name, f"connection lost during {name}")
+        if limit is not None and exited == _TIMED_OUT and time.monotonic() - started >= limit:
+            raise CommandFailed(self.host.name, name, exited, f"timed out after {limit:g} s")
+        if exited == -1 and not err:
+            err = "killed by a signal (no exit status)"
         result = Result(exited, REDACTOR.redact(out), REDACTOR.redact(err))
         if check and not result.ok:
-            raise CommandFailed(self.host.name, what or _short(command), result.exited, result.stderr)
+            raise CommandFailed(self.host.name, name, result.exited, result.stderr)
         return result
 
-    def _exec(self, command: str, stdin: bytes | None, timeout: float | None) -> tuple[int, str, str]:
-        """One exec channel on the shared transport.
+    def _exec(self, command: str, stdin: bytes | None, timeout: float | None) -> tuple[int | None, str, str]:
+        """One exec channel on the shared transport; ``exited`` is None when the connection died.
 
         invoke's runner (behind ``Connection.run``) feeds ``in_stream`` one
         byte per 10 ms poll, far too slow for file contents, so commands run
         on a raw session channel of Fabric's client instead: stdin is written
         and stderr drained by a helper thread while stdout is read here, so
-        neither side can block the other on a full window.
+        neither side can block the other on a full window. ``timeout`` is a
+        deadline for the whole exchange (a chatty command cannot extend it);
+        it raises TimeoutError.
         """
         transport = self._conn.client.get_transport()
+        deadline = None if timeout is None else time.monotonic() + timeout
         chan = transport.open_session(timeout=self.connect_timeout)
         try:
-            chan.settimeout(timeout)
             chan.exec_command(command)
             err_chunks: list[bytes] = []
+            problems: list[BaseException] = []
 
             def feed_and_drain() -> None:
-                if stdin:
-                    chan.sendall(stdin)
-                chan.shutdown_write()
-                err_chunks.append(chan.makefile_stderr("rb").read())
+                # Errors are handed to the reading thread, which raises them:
+                # an exception escaping here would only print a traceback.
+                try:
+                    if stdin:
+                        chan.sendall(stdin)
+                    chan.shutdown_write()
+                    while chunk := chan.recv_stderr(_CHUNK):
+                        err_chunks.append(chunk)
+                except BaseException as exc:
+                    problems.append(exc)
 
             helper = threading.Thread(target=feed_and_drain, daemon=True)
             helper.start()
-            out = chan.makefile("rb").read()
-            helper.join(timeout)
+            out = bytearray()
+            # paramiko's channel timeout bounds each read, not the sum, so it
+            # is set to what is left before every read. The helper's reads use
+            # the value set before they started, so they never end early.
+            while True:
+                chan.settimeout(_left(deadline))
+                chunk = chan.recv(_CHUNK)
+                if not chunk:
+                    break
+                out += chunk
+            helper.join(_left(deadline))
             if helper.is_alive():
                 raise TimeoutError
-            exited = chan.recv_exit_status()
+            if problems:
+                raise problems[0]
+            # recv_exit_status() would wait forever on a host that closed its
+            # output but keeps running.
+            if not chan.status_event.wait(_left(deadline)):
+                raise TimeoutError
+            # paramiko leaves exit_status at -1 when the channel closed without
+            # one: the process died of a signal, or the connection did.
+            exited: int | None = chan.exit_status
+            if exited == -1 and not transport.is_active():
+                exited = None
         finally:
             chan.close()
         err = b"".join(err_chunks)
-        return exited, out.decode(errors="replace"), err.decode(errors="replace")
+        return exited, bytes(out).decode(errors="replace"), err.decode(errors="replace")
 
     def put_file(
         self,
@@ -290,6 +336,34 @@ class Remote:
         self.run(
             put_file_script(path, mode, owner, group), stdin=base64.b64encode(data), what=f"write {path}"
         )
+
+
+_CHUNK = 65536
+_TIMED_OUT = 124
+"""GNU timeout's exit status when the deadline passed."""
+_KILL_AFTER = 5
+"""Seconds a timed-out command gets to exit on SIGTERM before SIGKILL."""
+_REPORT_GRACE = 3.0
+"""How much longer the controller waits than the host's own deadline."""
+
+
+def with_deadline(command: str, seconds: float) -> str:
+    """``command`` wrapped so the host itself kills it after ``seconds``.
+
+    Closing the SSH channel does not stop a command that has no pty (it
+    only loses its pipes), and sshd refuses "signal" requests for root
+    sessions, so a timed-out command would otherwise go on running — and
+    finish its change — after the run reported it failed. GNU ``timeout``
+    puts the command in its own process group and signals the whole group
+    (TERM, then KILL after a grace period). The command still runs under the
+    user's login shell, exactly as sshd would have run it.
+    """
+    return f'exec timeout -k {_KILL_AFTER} {seconds:.3f} "${{SHELL:-/bin/sh}}" -c {shlex.quote(command)}'
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (None: no deadline), never below a tick."""
+    return None if deadline is None else max(0.001, deadline - time.monotonic())
 
 
 def put_file_script(path: str, mode: int | None, owner: str | None, group: str | None) -> str:
