@@ -14,12 +14,13 @@ the next setup run installs it and revokes the old one. See
 
 Modules: :mod:`.spec` (parameters → topology), :mod:`.render` (file lines,
 NixOS modules), :mod:`.keys` (sops), :mod:`.verify` (ping and build),
-:mod:`.tasks` (plan and phases).
+:mod:`.common` (what both tasks share), :mod:`.setup` (plan and phases), :mod:`.check`.
 """
 
+from infratool.tasks.remote_builders.check import Check
 from infratool.tasks.remote_builders.keys import ClientKey, rotate_client_key, stored_key
+from infratool.tasks.remote_builders.setup import Setup
 from infratool.tasks.remote_builders.spec import SECRETS_FILE, Builder, Topology, secret_key
-from infratool.tasks.remote_builders.tasks import Check, Setup
 
 __all__ = [
     "SECRETS_FILE",

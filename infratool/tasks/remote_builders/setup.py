@@ -1,4 +1,4 @@
-"""The ``remote_builders.setup`` and ``remote_builders.check`` tasks.
+"""The ``remote_builders.setup`` task.
 
 ``setup`` spans hosts in ordered phases (one playbook entry):
 
@@ -22,24 +22,22 @@ run installs.
 
 from __future__ import annotations
 
-import shlex
-from typing import Any
-
 from infratool.changes import LOCAL, Change
 from infratool.context import HostContext
-from infratool.errors import HostError, InputError, SecretsFileError, VerifyError
+from infratool.errors import HostError, SecretsFileError
 from infratool.facts import FACTS, FactRequest
 from infratool.hidden import REDACTOR
 from infratool.inventory import Host
 from infratool.secrets.store import SopsStore
-from infratool.tasks.base import Param, PlanContext, Task, register
+from infratool.tasks.base import Param, PlanContext, register
 from infratool.tasks.files import file_changes
 from infratool.tasks.nix_settings import edit_conf, generated_path, local_file_change
 from infratool.tasks.remote_builders import render, spec
+from infratool.tasks.remote_builders.common import TopologyTask, home_command
 from infratool.tasks.remote_builders.keys import ClientKey, new_key, store_key, stored_key
 from infratool.tasks.remote_builders.render import CLIENT_KNOWN_HOSTS, MACHINES, NIX_CONF
-from infratool.tasks.remote_builders.spec import Builder, Topology
-from infratool.tasks.remote_builders.verify import check_client, check_clients
+from infratool.tasks.remote_builders.spec import Builder
+from infratool.tasks.remote_builders.verify import check_clients
 
 PHASE_STORE, PHASE_BUILDER, PHASE_CLIENT, PHASE_REVOKE = 0, 1, 2, 3
 # Nix splits this file on ';' before it strips comments: none may appear here.
@@ -47,10 +45,6 @@ MACHINES_HEADER = (
     "# Remote builders for this host's Nix. Lines ending in '# infratool:remote-builders:<builder>'\n"
     "# are managed by infratool (playbooks/remote-builders.yaml). Other lines are kept as they are."
 )
-
-
-def _home_command(user: str) -> str:
-    return f"getent passwd {shlex.quote(user)} | cut -d: -f6"
 
 
 def _tag(changes: list[Change], why: str, phase: int, requires: tuple[str, ...] = ()) -> list[Change]:
@@ -62,78 +56,33 @@ def _tag(changes: list[Change], why: str, phase: int, requires: tuple[str, ...] 
     return changes
 
 
-class _TopologyTask(Task):
-    """Shared by setup and check: the parameters, their validation and the hosts spanned."""
+def _restart_daemon(
+    hctx: HostContext, task: str, setting: str, phase: int, requires: tuple[str, ...]
+) -> list[Change]:
+    """A nix-daemon restart after a nix.conf change, on hosts run by systemd.
 
-    params = spec.SHARED_PARAMS
-
-    def validate(self) -> None:
-        self.topology: Topology = spec.parse(self.args, self.source, self.inventory)
-
-    def targets(self, selected: list[Host]) -> list[Host]:
-        """Selected builders and clients; a selected client brings its builders along.
-
-        A client is useless without its key on the builders, so ``--limit slax``
-        also touches the builders (for slax's key, and to verify).
-        """
-        topo = self.topology
-        names = {h.name for h in selected}
-        chosen = topo.names & names
-        if any(c.name in names for c in topo.clients):
-            chosen |= {b.name for b in topo.builders}
-        return [h for h in self.inventory if h.name in chosen]
-
-    def require_pinned_builders(self) -> None:
-        """Refuse to plan while a builder has no pinned host key (checked at plan time).
-
-        Not at load time: the fleet inventory may list hosts not pinned yet,
-        and the playbook must still validate. Clients must never learn a
-        builder's key on first use, so nothing is planned until it is pinned.
-        """
-        for builder in self.topology.builders:
-            if not builder.host.host_keys:
-                raise InputError(
-                    f"builder {builder.name!r} has no pinned host key: clients must never learn it "
-                    "on first use; pin it first (`infratool host add`)",
-                    file=self.inventory.path,
-                    line=builder.host.line,
-                )
-
-    def label(self) -> str:
-        topo = self.topology
-        return f"{self.name} {','.join(b.name for b in topo.builders)} ← {len(topo.clients)} client(s)"
-
-    def fact_requests(self, host: Host) -> list[FactRequest]:
-        if host.is_nixos:
-            return []
-        topo = self.topology
-        builder = next((b for b in topo.builders if b.name == host.name), None)
-        if builder is not None:
-            reqs = [FactRequest("file", NIX_CONF)]
-            if builder.user == "root":
-                reqs.append(FactRequest("file", "/root/.ssh/authorized_keys"))
-            else:
-                reqs.append(FactRequest("stdout", _home_command(builder.user)))
-            return reqs
-        return [
-            FactRequest("file_meta", topo.key_path),  # the private key's content never travels
-            FactRequest("file", CLIENT_KNOWN_HOSTS),
-            FactRequest("file", MACHINES),
-            FactRequest("file", NIX_CONF),
-        ]
-
-    def _pairs(
-        self, ctx: PlanContext, clients: list[Host]
-    ) -> tuple[list[tuple[HostContext, Host]], list[tuple[Builder, HostContext | None]]]:
-        hosts = ctx.hosts
-        return (
-            [(hosts[c.name], c) for c in clients if c.name in hosts],
-            [(b, hosts[b.name]) for b in self.topology.builders if b.name in hosts],
+    The daemon reads nix.conf only when it starts, and it is the daemon that
+    trusts users and dispatches builds for non-root users. ``try-restart``
+    leaves a stopped daemon stopped. Without systemd (the lab), root's Nix
+    opens the store itself and reads nix.conf on every command.
+    """
+    if not hctx.facts.get("systemd"):
+        return []
+    return [
+        Change(
+            hctx.name,
+            task,
+            f"restart nix-daemon ({setting} changed)",
+            lambda h: h.run("systemctl try-restart nix-daemon.service", what="restart nix-daemon"),
+            phase=phase,
+            requires=requires,
+            action="run",
         )
+    ]
 
 
 @register
-class Setup(_TopologyTask):
+class Setup(TopologyTask):
     """Per-client builder keys, restricted authorized_keys, machines lines; verified by a real build."""
 
     name = "remote_builders.setup"
@@ -254,7 +203,7 @@ class Setup(_TopologyTask):
         """Path of the login user's authorized_keys on a builder (its state made known to ``bctx``)."""
         if builder.user == "root":
             return "/root/.ssh/authorized_keys"
-        home = bctx.facts.get("stdout", _home_command(builder.user))
+        home = bctx.facts.get("stdout", home_command(builder.user))
         if not home or not home.strip():
             raise HostError(
                 builder.name, f"builder login user {builder.user!r} does not exist; create it first"
@@ -289,20 +238,7 @@ class Setup(_TopologyTask):
                 f"make {builder.user} a trusted Nix user",
                 PHASE_BUILDER,
             )
-            if bctx.facts.get("systemd"):
-                # nix-daemon reads trusted-users when it starts.
-                changes.append(
-                    Change(
-                        builder.name,
-                        self.name,
-                        "restart nix-daemon (trusted-users changed)",
-                        lambda h: h.run(
-                            "systemctl try-restart nix-daemon.service", what="restart nix-daemon"
-                        ),
-                        phase=PHASE_BUILDER,
-                        action="run",
-                    )
-                )
+            changes += _restart_daemon(bctx, self.name, "trusted-users", PHASE_BUILDER, ())
         path = self._authorized_keys(bctx, builder)
         state = bctx.file(path)
         if state.exists and state.content is None:
@@ -391,6 +327,7 @@ class Setup(_TopologyTask):
                 PHASE_CLIENT,
                 requires,
             )
+            changes += _restart_daemon(cctx, self.name, "builders", PHASE_CLIENT, requires)
         return changes
 
     # -- verify -------------------------------------------------------------------
@@ -406,38 +343,3 @@ class Setup(_TopologyTask):
         clients, builders = self._pairs(ctx, [c for c in self.topology.clients if not c.is_nixos])
         builders = [(b, bctx) for b, bctx in builders if not b.host.is_nixos]
         return check_clients(clients, builders, self.topology)
-
-
-@register
-class Check(_TopologyTask):
-    """Prove every client builds on every builder (a ping and a real build), changing nothing else."""
-
-    name = "remote_builders.check"
-    summary = "nix store ping + a --max-jobs 0 build from each client on each builder"
-
-    def fact_requests(self, host: Host) -> list[FactRequest]:
-        return []  # a check reads nothing up front: it asks the hosts themselves
-
-    def plan(self, ctx: PlanContext) -> list[Change]:
-        self.require_pinned_builders()
-        topo = self.topology
-        clients, builders = self._pairs(ctx, list(topo.clients))
-        names = ", ".join(b.name for b, _ in builders)
-        changes = []
-        for _cctx, client in clients:
-            changes.append(
-                Change(
-                    client.name,
-                    self.name,
-                    f"check: nix store ping and a --max-jobs 0 build on {names}",
-                    apply=lambda hctx, client=client: self._check(hctx, client, builders),
-                    requires=tuple(b.name for b, _ in builders),
-                    action="run",
-                )
-            )
-        return changes
-
-    def _check(self, cctx: HostContext, client: Host, builders: list[tuple[Builder, Any]]) -> None:
-        problems = check_client(cctx, client, builders, self.topology)
-        if problems:
-            raise VerifyError(f"{client.name}: " + "; ".join(problems))
