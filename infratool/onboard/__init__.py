@@ -224,6 +224,15 @@ def add_host(inventory_path: Path, request: HostRequest, confirm: Callable[[str,
             f"already in {inventory_path} (pinned: {was}); the host offers {fp}. If it was "
             "reinstalled, check the new key out of band, then re-run with --replace",
         )
+    for other, spec in hosts.items() if isinstance(hosts, dict) else ():
+        key = spec.get("host_key") if isinstance(spec, dict) else None
+        if other != name and isinstance(key, str) and _normalise_key(key) == offered:
+            raise HostKeyError(
+                name,
+                f"offers the host key already pinned for {other} ({fp}): a cloned machine? "
+                "Give it its own host keys (ssh-keygen -A after removing them) — hosts sharing "
+                "a key could read each other's secrets",
+            )
     if expected is None and expected_fp is None and not confirm(offered, fp):
         raise HostKeyError(name, f"host key {fp} not confirmed — nothing written")
     recipient = ssh_ed25519_to_age_recipient(offered)
