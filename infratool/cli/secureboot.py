@@ -1,0 +1,216 @@
+"""``infratool secureboot ...``: the fleet's Secure Boot readiness, key restore and guarded enrollment.
+
+Each command runs one ``secureboot.*`` task through the engine (plan, confirm,
+apply, verify), exactly as a playbook entry would; the tasks hold every rule
+(see ``infratool/tasks/secureboot/``). ``status`` only plans: the status task
+changes nothing and leaves its reports in the run's state.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from infratool.cli.common import Globals, audit_run, emit_json, examples, load_inventory, pass_globals
+from infratool.errors import EXIT_FAILED, InputError
+
+_LIMIT_HELP = "Host selection: names, globs, tag:NAME, !name, commas."
+
+
+@click.group(
+    help="Secure Boot with sbctl and lanzaboote: readiness, key restore, enrollment into firmware. "
+    "Keys and their encrypted backup come from playbooks/secureboot.yaml (docs/secure-boot.md)."
+    + examples(
+        "infratool secureboot status",
+        "infratool --json secureboot status --limit snix",
+        "infratool secureboot restore snix",
+        "infratool secureboot enroll snix --confirm enroll-secure-boot-keys-on-snix",
+    )
+)
+def secureboot() -> None:
+    """The secureboot command group."""
+
+
+def _runner(g: Globals, task_name: str, args: dict[str, Any], limit: str | None, **options: Any):
+    """(inventory, playbook, Runner) for one secureboot task over ``limit``, validated before connecting."""
+    from infratool.options import RunOptions
+    from infratool.playbook import Invocation, Playbook
+    from infratool.runner import Runner
+    from infratool.tasks.base import TASKS, Source, check_args, load_all
+
+    inv = load_inventory(g)
+    if limit:
+        inv.select(limit)  # a selection matching nothing is bad input, before any connection
+    load_all()
+    cls = TASKS[task_name]
+    source = Source(file=Path(f"infratool secureboot ({task_name})"), line=None, params=args)
+    task = cls(check_args(cls, args, source), source, inv)
+    book = Playbook(
+        path=source.file,
+        name=task_name,
+        description="",
+        invocations=[Invocation(task=task, selections=("all",), playbook=task_name, label=task.label())],
+    )
+    run_options = RunOptions(limit=limit, audit_log=g.audit_log, **options)
+    return inv, book, Runner(inv, book, run_options, on_event=_progress(g))
+
+
+def _progress(g: Globals):
+    from infratool import render
+
+    return render.Progress(render.console(stderr=True), enabled=g.verbosity >= 0 and not g.json)
+
+
+@secureboot.command(
+    help="Secure Boot readiness per host: sbctl installed, Setup Mode, Secure Boot, vendor keys, keys "
+    "present, unsigned boot files, key backup, and a verdict with the next step. Changes nothing; "
+    "exit 1 when a host cannot be reached."
+    + examples("infratool secureboot status", "infratool secureboot status --json --limit 'tag:laptop'")
+)
+@click.option("--limit", "-l", metavar="SEL", help=_LIMIT_HELP)
+@click.option("--forks", "-f", default=10, show_default=True, type=click.IntRange(1, 256))
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout (like the global --json).")
+@pass_globals
+def status(g: Globals, limit: str | None, forks: int, as_json: bool) -> None:
+    from infratool.tasks.secureboot import unreachable
+
+    inv, _, runner = _runner(g, "secureboot.status", {}, limit, forks=forks)
+    with runner, runner.on_event:
+        plan = runner.plan()
+    state = runner.state.get("secureboot")
+    reports = dict(state.reports) if state is not None else {}
+    rows = [
+        reports.get(h.name) or unreachable(h.name, plan.failures.get(h.name, "not planned"))
+        for h in inv.select(limit)
+    ]
+    if g.json or as_json:
+        emit_json([r.to_dict() for r in rows])
+    else:
+        _table(rows)
+    sys.exit(EXIT_FAILED if any(not r.reachable for r in rows) else 0)
+
+
+def _yes_no(value: bool | None, yes: str = "yes", no: str = "no") -> str:
+    return "?" if value is None else (yes if value else no)
+
+
+def _table(rows: list[Any]) -> None:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from infratool import render
+
+    con = render.console()
+    if not con.is_terminal:
+        con.width = max(con.width, 132)  # logs and pipes: one line per host beats wrapped cells
+    good = {"enabled", "ready-to-enroll"}
+    table = Table(title="Secure Boot", box=box.SIMPLE_HEAD)
+    for col in ("host", "sbctl", "setup mode", "secure boot", "vendor keys", "keys", "backup", "unsigned"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    for r in rows:
+        if not r.reachable:
+            table.add_row(r.host, *["?"] * 7, Text("unreachable", style="bold red"))
+            continue
+        unsigned = "?" if r.unsigned_files is None else str(len(r.unsigned_files))
+        table.add_row(
+            r.host,
+            "yes" if r.sbctl else Text("not installed", style="red"),
+            _yes_no(r.setup_mode, "on", "off"),
+            _yes_no(r.secure_boot, "on", "off"),
+            ", ".join(r.vendors) or ("none" if r.sbctl and r.uefi else "?"),
+            r.pki_bundle if r.keys_present else "none",
+            r.backup.state if r.backup else "?",
+            unsigned,
+            Text(r.verdict, style="green" if r.verdict in good else "yellow"),
+        )
+    con.print(table)
+    for r in rows:
+        con.print(Text(f"{r.host}: ", style="bold") + Text(render.REDACTOR.redact(r.next_step)))
+        for line in ([r.error] if r.error else []) + r.warnings:
+            con.print(Text(f"  {render.REDACTOR.redact(line)}", style="yellow"))
+
+
+def _plan_and_apply(g: Globals, book: Any, runner: Any, yes: bool, question: str, command: str) -> None:
+    """Like `infratool run`: plan, show, confirm, apply, report; exits with the run's code."""
+    from infratool import render
+    from infratool.runner import plan_exit_code
+
+    out = render.console()
+    with runner:
+        with runner.on_event:
+            the_plan = runner.plan()
+        if not g.json:
+            render.plan(out, the_plan)
+        if not the_plan.changes:
+            audit_run(g, command, book, the_plan)
+            if g.json:
+                emit_json(the_plan.to_dict())
+            sys.exit(plan_exit_code(the_plan, detailed=False))
+        if not yes and not click.confirm(question, default=False):
+            audit_run(g, f"{command} (declined)", book, the_plan)
+            click.echo("Nothing applied.", err=True)
+            sys.exit(EXIT_FAILED)
+        with runner.on_event:
+            result = runner.apply(the_plan)
+    audit_run(g, command, book, the_plan, result)
+    emit_json(result.to_dict()) if g.json else render.results(out, result)
+    sys.exit(result.exit_code)
+
+
+def _need_terminal(yes: bool) -> None:
+    if not yes and not sys.stdin.isatty():
+        raise InputError("stdin is not a terminal: refusing to prompt; pass --yes to apply")
+
+
+@secureboot.command(
+    help="Restore HOSTs' Secure Boot keys from secrets/secureboot/<host>.yaml (e.g. after a "
+    "reinstall): bit-for-bit, root-owned, checked by SHA-256. Refuses to overwrite different keys."
+    + examples("infratool secureboot restore snix", "infratool secureboot restore snix --yes")
+)
+@click.argument("hosts", nargs=-1, required=True)
+@click.option("--pki-bundle", metavar="DIR", help="Restore into DIR instead of the backed-up directory.")
+@click.option("--yes", "-y", is_flag=True, help="Apply without asking.")
+@pass_globals
+def restore(g: Globals, hosts: tuple[str, ...], pki_bundle: str | None, yes: bool) -> None:
+    _need_terminal(yes)
+    args = {"pki_bundle": pki_bundle}
+    _, book, runner = _runner(g, "secureboot.restore", args, ",".join(hosts), yes=yes)
+    _plan_and_apply(g, book, runner, yes, "Restore these keys?", "secureboot restore")
+
+
+@secureboot.command(
+    help="Enroll HOSTs' keys into their UEFI firmware (sbctl enroll-keys). Refused unless each host "
+    "is in Setup Mode, its encrypted backup is exactly its keys, and --confirm names it. Microsoft's "
+    "keys are kept unless --no-microsoft (the plan says what that costs)."
+    + examples(
+        "infratool secureboot enroll snix --confirm enroll-secure-boot-keys-on-snix",
+        "infratool secureboot enroll snix slax --confirm enroll-secure-boot-keys-on-snix "
+        "--confirm enroll-secure-boot-keys-on-slax",
+    )
+)
+@click.argument("hosts", nargs=-1, required=True)
+@click.option(
+    "--confirm",
+    "confirm",
+    multiple=True,
+    metavar="PHRASE",
+    help="enroll-secure-boot-keys-on-HOST, once per host (typed on purpose).",
+)
+@click.option(
+    "--microsoft/--no-microsoft",
+    default=True,
+    show_default=True,
+    help="Keep Microsoft's UEFI CAs (option ROMs, Windows, shim need them).",
+)
+@click.option("--yes", "-y", is_flag=True, help="Apply without asking (the confirmation is still needed).")
+@pass_globals
+def enroll(g: Globals, hosts: tuple[str, ...], confirm: tuple[str, ...], microsoft: bool, yes: bool) -> None:
+    _need_terminal(yes)
+    args = {"confirm": list(confirm), "microsoft": microsoft}
+    _, book, runner = _runner(g, "secureboot.enroll", args, ",".join(hosts), yes=yes)
+    _plan_and_apply(g, book, runner, yes, "Write these keys into firmware?", "secureboot enroll")

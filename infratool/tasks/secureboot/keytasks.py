@@ -1,0 +1,318 @@
+"""Tasks for the keys themselves: status, create, back up, check the backup, restore.
+
+None of these writes firmware. Private keys leave a host only inside a
+backup change: read into memory as :class:`Secret` s, written to sops
+(encrypted before it touches disk) and proved by decrypting the file again.
+"""
+
+from __future__ import annotations
+
+from infratool.changes import Change
+from infratool.context import HostContext
+from infratool.errors import InfratoolError, RefusedError, VerifyError
+from infratool.tasks.base import Param, PlanContext, register
+from infratool.tasks.files import check_abs_path
+from infratool.tasks.secureboot import backupfile, report
+from infratool.tasks.secureboot.common import (
+    PKI_BUNDLE,
+    SBCTL_MISSING,
+    SecureBootTask,
+    default_dir,
+    fresh_store,
+    load_backup,
+    require_sbctl,
+    run_state,
+)
+from infratool.tasks.secureboot.hostinfo import KEY_FILES, Bundle, HostView
+from infratool.tasks.secureboot.keyfiles import (
+    check_hashes,
+    host_hashes,
+    is_private,
+    read_bundle,
+    write_bundle,
+)
+
+
+@register
+class Status(SecureBootTask):
+    """Readiness report per host; plans nothing (``infratool secureboot status`` shows it)."""
+
+    name = "secureboot.status"
+    summary = "Secure Boot readiness per host (sbctl status/verify, keys, backup); changes nothing"
+    params = {"pki_bundle": PKI_BUNDLE}
+    uses_bundle_param = True
+
+    def plan_one(self, host: HostContext, ctx: PlanContext) -> list[Change]:
+        view = self.view(host)
+        run_state(ctx).reports[host.name] = report.build(view, ctx.secrets(), self.args["pki_bundle"])
+        return []
+
+
+def _incomplete(view: HostView) -> RefusedError | None:
+    partial = view.partial()
+    if not partial:
+        return None
+    b = partial[0]
+    return RefusedError(
+        f"{b.directory} holds an incomplete key set (missing {', '.join(b.missing())}): restore it "
+        f"from the backup (infratool secureboot restore {view.name}) or move it aside"
+    )
+
+
+@register
+class CreateKeys(SecureBootTask):
+    """``sbctl create-keys`` on hosts that have no keys; never touches existing keys."""
+
+    name = "secureboot.create_keys"
+    summary = "create Secure Boot keys with sbctl on hosts that have none (never overwrites)"
+    params = {}
+
+    def plan_one(self, host: HostContext, ctx: PlanContext) -> list[Change]:
+        view = self.view(host)
+        require_sbctl(view)
+        if view.keys() is not None:
+            return []  # keys exist (in sbctl's or the legacy directory): never replace them
+        problem = _incomplete(view)
+        if problem:
+            raise problem
+        directory = default_dir()
+        run_state(ctx).planned_keys[host.name] = directory
+        diff = "\n".join(
+            f"+ {directory}/{f}"
+            + ("  (private, 0400, never leaves the host unencrypted)" if f.endswith(".key") else "")
+            for f in ("GUID", *KEY_FILES)
+        )
+
+        def apply(h: HostContext) -> None:
+            h.run("sbctl create-keys", what="sbctl create-keys")
+            found = host_hashes(h, directory, list(KEY_FILES))
+            missing = [f for f in KEY_FILES if f not in found]
+            if missing:
+                raise VerifyError(f"sbctl create-keys left no {', '.join(missing)} in {directory}")
+
+        return [
+            Change(
+                host.name,
+                self.name,
+                f"create Secure Boot keys (PK, KEK, db: RSA-4096) with `sbctl create-keys` in {directory}",
+                apply,
+                diff=diff,
+                action="create",
+            )
+        ]
+
+
+@register
+class Backup(SecureBootTask):
+    """Encrypt each host's key directory into ``secrets/secureboot/<host>.yaml`` and prove the copy."""
+
+    name = "secureboot.backup"
+    summary = "back up Secure Boot keys into the flake repo, sops-encrypted, and verify the copy"
+    params = {
+        "pki_bundle": PKI_BUNDLE,
+        "replace": Param(
+            bool,
+            default=False,
+            help="overwrite a backup that holds *different* keys (they may be the enrolled ones)",
+        ),
+    }
+    uses_bundle_param = True
+
+    def plan_one(self, host: HostContext, ctx: PlanContext) -> list[Change]:
+        view = self.view(host)
+        state = run_state(ctx)
+        bundle = view.keys(self.args["pki_bundle"])
+        old = load_backup(ctx.secrets(), host.name)
+        shown = backupfile.shown_file(host.name)
+        expected: dict[str, str] | None
+        if bundle is not None and bundle.complete:
+            hashes = bundle.hashes()
+            if old is not None and not old.problems_against(hashes):
+                return []
+            if old is not None and not old.same_keys(hashes) and not self.args["replace"]:
+                raise RefusedError(
+                    f"{shown} holds a backup of different keys (PK.pem "
+                    f"{backupfile.short(old.hashes().get('keys/PK/PK.pem', ''))} there, "
+                    f"{backupfile.short(hashes['keys/PK/PK.pem'])} on the host). If the backed-up keys "
+                    f"are enrolled in firmware, that file is their only copy: restore it "
+                    f"(infratool secureboot restore {host.name}) or pass replace: true to back up the "
+                    "host's keys over it (git history keeps the old file)"
+                )
+            directory, expected = bundle.directory, hashes
+            lines = [
+                f"+ {p}  sha256:{backupfile.short(d)}" + ("  (private)" if is_private(p, b"") else "")
+                for p, d in sorted(hashes.items())
+            ]
+        elif host.name in state.planned_keys:
+            directory, expected = state.planned_keys[host.name], None
+            lines = ["+ GUID and keys/{PK,KEK,db}/* as secureboot.create_keys makes them"]
+        else:
+            problem = _incomplete(view)
+            if problem:
+                raise problem
+            if not view.sbctl.installed:
+                raise RefusedError(f"no Secure Boot keys to back up; {SBCTL_MISSING}")
+            return []  # no keys yet: nothing to back up (status says "needs-keys")
+        state.planned_backups.add(host.name)
+        repo = ctx.local.root / "secrets"
+
+        def apply(h: HostContext) -> None:
+            self._write(h, fresh_store(ctx), directory, expected)
+
+        return [
+            Change(
+                host.name,
+                self.name,
+                f"back up {directory} into {shown} (sops-encrypted to the recipients of "
+                f"{repo.name}/.sops.yaml), then decrypt it again to prove the copy",
+                apply,
+                diff="\n".join(lines),
+                action="create" if old is None else "update",
+            )
+        ]
+
+    @staticmethod
+    def _write(h: HostContext, store, directory: str, expected: dict[str, str] | None) -> None:
+        files = read_bundle(h, directory)
+        got = {p: f.sha256 for p, f in files.items()}
+        if expected is not None and got != expected:
+            raise RefusedError(f"the keys in {directory} changed since the plan; plan again")
+        missing = [k for k in KEY_FILES if k not in files]
+        if missing:
+            raise RefusedError(f"{directory} has no {', '.join(missing)}: nothing complete to back up")
+        old = load_backup(store, h.name)
+        target = backupfile.backup_file(h.name)
+        store.path(target).parent.mkdir(parents=True, exist_ok=True)  # the store writes files, not dirs
+        store.write(target, backupfile.values_for(h.name, directory, files, old))
+        _prove(h.name, directory, got, store)
+
+    def verify(self, ctx: PlanContext, changed: set[str]) -> dict[str, str]:
+        return _verify_backups(ctx, changed, self.args["pki_bundle"])
+
+
+def _prove(host: str, directory: str, hashes: dict[str, str], store) -> None:
+    """Decrypt the backup from disk (not from cache) and compare it with ``hashes``."""
+    store.invalidate()
+    written = load_backup(store, host)
+    problems = ["nothing was written"] if written is None else written.problems_against(hashes)
+    if problems:
+        raise VerifyError(f"the backup of {directory} does not match the host: {'; '.join(problems)}")
+
+
+def _verify_backups(ctx: PlanContext, hosts: set[str], directory: str | None = None) -> dict[str, str]:
+    """host → problem, for hosts whose backup does not match their keys now (in ``directory``)."""
+    failures: dict[str, str] = {}
+    store = fresh_store(ctx)
+    for name in sorted(hosts):
+        h = ctx.hosts.get(name)
+        if h is None:
+            continue
+        try:
+            backup = load_backup(store, name)
+            if backup is None:
+                raise VerifyError(f"no backup in {backupfile.shown_file(name)}")
+            found = host_hashes(h, directory or backup.bundle, sorted(backup.manifest))
+            problems = backup.problems_against(found)
+            if problems:
+                raise VerifyError("; ".join(problems))
+        except InfratoolError as exc:
+            failures[name] = str(exc)
+    return failures
+
+
+@register
+class CheckBackup(SecureBootTask):
+    """Fail each host whose encrypted backup is not exactly its current keys."""
+
+    name = "secureboot.check_backup"
+    summary = "prove each host's encrypted key backup decrypts to exactly the keys on the host"
+    params = {"pki_bundle": PKI_BUNDLE}
+    uses_bundle_param = True
+
+    def plan_one(self, host: HostContext, ctx: PlanContext) -> list[Change]:
+        problems = backup_problems(self.view(host), ctx, self.args["pki_bundle"])
+        if problems:
+            raise RefusedError(problems)
+        return []
+
+
+def backup_problems(view: HostView, ctx: PlanContext, pki_bundle: str | None = None) -> str | None:
+    """Why the host has no verified backup of exactly its keys (None: it has one)."""
+    bundle: Bundle | None = view.keys(pki_bundle)
+    shown = backupfile.shown_file(view.name)
+    if bundle is None or not bundle.complete:
+        return "no Secure Boot keys on the host to compare a backup with"
+    backup = load_backup(ctx.secrets(), view.name)
+    if backup is None:
+        return f"no key backup in {shown}: run secureboot.backup first"
+    problems = backup.problems_against(bundle.hashes())
+    if problems:
+        return f"{shown} is not a backup of exactly these keys: {'; '.join(problems)}"
+    return None
+
+
+@register
+class Restore(SecureBootTask):
+    """Write the keys from the host's backup back onto it, bit-for-bit; never over different keys."""
+
+    name = "secureboot.restore"
+    summary = "restore Secure Boot keys from the encrypted backup (e.g. after a reinstall)"
+    params = {
+        "pki_bundle": Param(
+            str, help="restore into this directory instead of the backed-up one", check=check_abs_path
+        )
+    }
+    uses_bundle_param = True
+
+    def plan_one(self, host: HostContext, ctx: PlanContext) -> list[Change]:
+        shown = backupfile.shown_file(host.name)
+        backup = load_backup(ctx.secrets(), host.name)
+        if backup is None:
+            raise RefusedError(f"no key backup for {host.name} in {shown}: nothing to restore")
+        damaged = backup.integrity_problems()
+        if damaged:
+            raise RefusedError(f"{shown} is damaged: {'; '.join(damaged)}")
+        directory = self.args["pki_bundle"] or backup.bundle
+        current = self.view(host).bundles.get(directory)
+        if current is not None:
+            on_host = current.hashes()
+            modes = {p: f.mode for p, f in current.files.items()}
+        else:
+            on_host, modes = host_hashes(host, directory, sorted(backup.files)), {}
+        conflicts = [p for p, f in backup.files.items() if p in on_host and on_host[p] != f.sha256]
+        if conflicts:
+            raise RefusedError(
+                f"{directory} already holds different keys ({', '.join(sorted(conflicts))}); refusing to "
+                f"overwrite them. If they are unwanted, move them aside (mv {directory} {directory}.old) "
+                "and run again"
+            )
+        todo = [
+            f
+            for p, f in sorted(backup.files.items())
+            if p not in on_host or (p in modes and modes[p] != f.mode)
+        ]
+        if not todo:
+            return []
+        expected = {p: f.sha256 for p, f in backup.files.items()}
+        diff = "\n".join(
+            f"+ {directory}/{f.path}  mode {f.mode:04o} root:root  sha256:{backupfile.short(f.sha256)}"
+            for f in todo
+        )
+
+        def apply(h: HostContext) -> None:
+            write_bundle(h, directory, todo)
+            check_hashes(h, directory, expected)
+
+        return [
+            Change(
+                host.name,
+                self.name,
+                f"restore {len(todo)} key file(s) from {shown} into {directory} (bit-for-bit, checked by SHA-256)",
+                apply,
+                diff=diff,
+                action="create" if not on_host else "update",
+            )
+        ]
+
+    def verify(self, ctx: PlanContext, changed: set[str]) -> dict[str, str]:
+        return _verify_backups(ctx, changed, self.args["pki_bundle"])
