@@ -1,0 +1,207 @@
+"""Tables of seconds and ratios, for the terminal and for docs/performance.md.
+
+Ratios are infratool's median divided by the peer's median (lower is better
+for infratool); each target is checked against the median ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+# Issue targets: infratool's wall time at most this fraction of the peer's.
+TARGETS = {"pyinfra": 0.7, "ansible": 1 / 3, "fabric": 1.3}
+ORDER = ("infratool", "fabric", "pyinfra", "ansible")
+BEGIN = "<!-- bench:results:begin (written by bench/run.py; edit outside these markers) -->"
+END = "<!-- bench:results:end -->"
+
+
+def _med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _fmt(x: float) -> str:
+    return "—" if x != x else f"{x:.2f}"  # NaN → dash
+
+
+def _ratio_cell(ours: float, theirs: float, target: float | None) -> str:
+    if not theirs or theirs != theirs or ours != ours:
+        return "—"
+    ratio = ours / theirs
+    if target is None:
+        return f"{ratio:.2f}"
+    return f"{ratio:.2f} {'✓' if ratio <= target else '✗'} (≤ {target:.2f})"
+
+
+def rows(record: dict) -> list[list[str]]:
+    """One row per tool: first/no-op median and min, CPU, peak RSS, ratios."""
+    tools = record["tools"]
+    ours = tools["infratool"]
+    out = []
+    for key in ORDER:
+        if key not in tools:
+            continue
+        t = tools[key]
+        target = TARGETS.get(key)
+        first_ratio = (
+            "—" if key == "infratool" else _ratio_cell(_med(ours["first"]), _med(t["first"]), target)
+        )
+        noop_ratio = "—" if key == "infratool" else _ratio_cell(_med(ours["noop"]), _med(t["noop"]), target)
+        out.append(
+            [
+                t["label"],
+                f"{_fmt(_med(t['first']))} / {_fmt(min(t['first'], default=float('nan')))}",
+                f"{_fmt(_med(t['noop']))} / {_fmt(min(t['noop'], default=float('nan')))}",
+                f"{_fmt(_med(t['first_cpu']))} / {_fmt(_med(t['noop_cpu']))}",
+                f"{t['maxrss_kib'] / 1024:.0f}",
+                first_ratio,
+                noop_ratio,
+                str(len(t["first"])) + ("" if not t["problems"] else f" ⚠ {len(t['problems'])} problem(s)"),
+            ]
+        )
+    return out
+
+
+HEADER = [
+    "tool",
+    "first run s (median / min)",
+    "no-op s (median / min)",
+    "CPU s first / no-op",
+    "peak RSS MiB",
+    "infratool ÷ tool, first",
+    "infratool ÷ tool, no-op",
+    "runs",
+]
+
+
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    return "\n".join(lines)
+
+
+def startup_rows(record: dict) -> list[list[str]]:
+    """Start-up command of each tool: median and min of the runs."""
+    labels = {
+        "infratool": "`infratool --help`",
+        "fabric": "`python -c 'import fabric'`",
+        "pyinfra": "`pyinfra --version`",
+        "ansible": "`ansible-playbook --version`",
+    }
+    startup = record.get("startup") or {}
+    return [
+        [labels[k], _fmt(_med(startup[k])), _fmt(min(startup[k])), str(len(startup[k]))]
+        for k in ORDER
+        if k in startup
+    ]
+
+
+def table(record: dict) -> str:
+    """The terminal view of one host count."""
+    parts = [
+        f"\n{record['hosts']} hosts, forks {record['forks']}, {record['repeat']} rounds "
+        f"(load {record['machine']['load']} → {record['machine'].get('load_after', '?')})",
+        markdown_table(HEADER, rows(record)),
+    ]
+    if record.get("startup"):
+        parts += ["", markdown_table(["start-up", "median s", "min s", "runs"], startup_rows(record))]
+    for key, t in record["tools"].items():
+        for problem in t["problems"][:3]:
+            parts.append(f"⚠ {key}: {problem}")
+    return "\n".join(parts)
+
+
+def scaling_rows(records: list[dict]) -> list[list[str]]:
+    """infratool across host counts: time, CPU and memory growth."""
+    out = []
+    for r in records:
+        t = r["tools"]["infratool"]
+        fab = r["tools"].get("fabric")
+        out.append(
+            [
+                str(r["hosts"]),
+                _fmt(_med(t["first"])),
+                _fmt(_med(t["noop"])),
+                _fmt(_med(t["noop"]) / r["hosts"] * 1000) if t["noop"] else "—",
+                _fmt(_med(t["noop_cpu"])),
+                f"{t['maxrss_kib'] / 1024:.0f}",
+                _fmt(_med(fab["noop"])) if fab else "—",
+            ]
+        )
+    return out
+
+
+def docs_block(records: list[dict]) -> str:
+    """The generated part of docs/performance.md."""
+    latest = max(records, key=lambda r: r["when"])
+    m, v = latest["machine"], latest["versions"]
+    lines = [
+        BEGIN,
+        "",
+        "### Machine and versions (latest run)",
+        "",
+        f"- measured {latest['when']} with `{latest['command']}`",
+        f"- {m['cpu']}, {m['memory']} RAM, kernel {m['kernel']}, {m['os']}",
+        f"- infratool {m['infratool']} on Python {m['python (infratool)']}, "
+        f"fabric/paramiko {m['fabric / paramiko (infratool)']} (the raw Fabric loop uses the same)",
+        f"- peers (bench/.venv-peers, Python {v.get('python', '?')}): pyinfra {v.get('pyinfra', '?')}, "
+        f"ansible-core {v.get('ansible-core', '?')} (paramiko {v.get('paramiko', '?')} for pyinfra)",
+        f"- {m['openssh client']} (Ansible's transport); lab sshd {m['sshd (lab hosts)']}",
+        "",
+    ]
+    for r in sorted(records, key=lambda r: r["hosts"]):
+        lines += [
+            f"### {r['hosts']} hosts (forks {r['forks']}, {r['repeat']} rounds, {r['when']}, "
+            f"load {r['machine']['load']} → {r['machine'].get('load_after', '?')})",
+            "",
+            markdown_table(HEADER, rows(r)),
+            "",
+        ]
+        for key, t in r["tools"].items():
+            for problem in t["problems"][:3]:
+                lines.append(f"- ⚠ {key}: {problem}")
+    if latest.get("startup"):
+        lines += [
+            "### Start-up (median of 10)",
+            "",
+            markdown_table(["command", "median s", "min s", "runs"], startup_rows(latest)),
+            "",
+        ]
+    if len(records) > 1:
+        lines += [
+            "### Scaling (infratool)",
+            "",
+            markdown_table(
+                [
+                    "hosts",
+                    "first run s",
+                    "no-op s",
+                    "no-op ms per host",
+                    "no-op CPU s",
+                    "peak RSS MiB",
+                    "raw Fabric no-op s",
+                ],
+                scaling_rows(sorted(records, key=lambda r: r["hosts"])),
+            ),
+            "",
+        ]
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def write_docs(path: Path, result_files: list[Path]) -> None:
+    """Replace the generated block of ``path`` (append one if it has none)."""
+    records = [json.loads(p.read_text()) for p in result_files]
+    if not records:
+        return
+    block = docs_block(records)
+    text = path.read_text() if path.exists() else "# Performance\n\n"
+    if BEGIN in text and END in text:
+        head, _, rest = text.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
