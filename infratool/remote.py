@@ -18,6 +18,7 @@ import base64
 import hashlib
 import logging
 import shlex
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -160,7 +161,21 @@ class Remote:
                 raise HostKeyError(host.name, f"pinned host key is unreadable ({ktype}): {exc}") from None
             keys.add(key_name, ktype, pkey)
         try:
-            conn.open()
+            # Our own socket, so TCP_NODELAY is set before the handshake:
+            # an SSH request is several small packets, and with Nagle on,
+            # each waits for the peer's delayed ACK (40 ms on Linux) — per
+            # command and per handshake step (measured: a no-op command took
+            # 48 ms with Nagle, 3 ms without; see docs/performance.md).
+            sock = _open_socket(host.address, host.port, self.connect_timeout)
+            conn.connect_kwargs["sock"] = sock
+            try:
+                conn.open()
+            except BaseException:
+                # A refused or failed handshake leaves neither the socket nor
+                # paramiko's transport thread behind.
+                client.close()
+                sock.close()
+                raise
         except HostKeyError:
             raise
         except paramiko.BadHostKeyException as exc:
@@ -391,6 +406,13 @@ def put_file_script(path: str, mode: int | None, owner: str | None, group: str |
     # the rename makes it visible.
     lines += ['sync -- "$t" 2>/dev/null || true', 'mv -f -- "$t" "$p"', "trap - EXIT"]
     return "\n".join(lines)
+
+
+def _open_socket(address: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection to ``address:port`` with Nagle's algorithm off."""
+    sock = socket.create_connection((address, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def _short(command: str) -> str:
