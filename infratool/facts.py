@@ -11,6 +11,7 @@ output on a per-run random marker. Planning is then pure computation.
 from __future__ import annotations
 
 import base64
+import hashlib
 import secrets
 import shlex
 from collections.abc import Callable, Iterable
@@ -60,11 +61,19 @@ class FileState:
 
 
 def _file_command(path: str, content: bool = True) -> str:
+    # Few processes per file: every fork+exec on the host costs ~1 ms of CPU,
+    # which adds up over 64 hosts sharing a few cores. `stat` gives metadata;
+    # then either the content (hashed on the controller) or only the hash.
     q = shlex.quote(path)
-    body = f"if [ $(stat -c %s -- {q}) -le {MAX_CONTENT} ]; then base64 -w0 -- {q}; fi; " if content else ""
+    if content:
+        body = (
+            f'if [ "$4" -le {MAX_CONTENT} ]; then echo C; base64 -w0 -- {q}; else echo H; sha256sum < {q}; fi'
+        )
+    else:
+        body = f"sha256sum < {q}"
     return (
-        f"if [ -f {q} ]; then stat -c 'F %a %U %G %s' -- {q}; sha256sum -- {q} | cut -d' ' -f1; "
-        f"{body}elif [ -e {q} ]; then echo O; else echo A; fi"
+        f"if [ -f {q} ]; then s=$(stat -c '%a %U %G %s' -- {q}) || exit 1; echo \"F $s\"; set -- $s; {body}; "
+        f"elif [ -e {q} ]; then echo O; else echo A; fi"
     )
 
 
@@ -75,8 +84,17 @@ def _file_parse(out: str, status: int) -> FileState:
     if lines[0] == "O":
         return FileState(exists=True, is_file=False)
     _, mode, owner, group, size = lines[0].split()
-    sha = lines[1].strip() if len(lines) > 1 else None
-    content = base64.b64decode(lines[2]) if len(lines) > 2 else (b"" if int(size) == 0 else None)
+    content: bytes | None = None
+    sha: str | None = None
+    tag = lines[1] if len(lines) > 1 else ""
+    if tag == "C":  # content sent: hash it here instead of running sha256sum there
+        content = base64.b64decode(lines[2] if len(lines) > 2 else "")
+        sha = hashlib.sha256(content).hexdigest()
+    elif tag == "H":  # too large: hash only
+        sha = lines[2].split()[0] if len(lines) > 2 else None
+    else:  # file_meta: `sha256sum` output only
+        sha = tag.split()[0] if tag else None
+        content = b"" if int(size) == 0 else None
     return FileState(True, True, int(mode, 8), owner, group, int(size), sha, content)
 
 
@@ -98,11 +116,34 @@ def register(fact: Fact) -> Fact:
     return fact
 
 
+# Base facts use shell builtins reading /proc and /etc where they can: a fork
+# per fact is cheap, an exec of a binary is not (see docs/performance.md).
 for _fact in (
-    Fact("hostname", lambda _: "hostname", lambda out, st: out.strip()),
-    Fact("os_release", lambda _: "cat /etc/os-release 2>/dev/null", _kv_parse),
-    Fact("kernel", lambda _: "uname -sr", lambda out, st: out.strip()),
-    Fact("arch", lambda _: "uname -m", lambda out, st: out.strip()),
+    Fact(
+        "hostname",
+        lambda _: 'read -r h < /proc/sys/kernel/hostname && echo "$h"',
+        lambda out, st: out.strip(),
+    ),
+    Fact(
+        "os_release",
+        lambda _: 'while IFS= read -r l || [ -n "$l" ]; do echo "$l"; done < /etc/os-release',
+        _kv_parse,
+    ),
+    Fact(
+        "kernel",
+        lambda _: (
+            "read -r s < /proc/sys/kernel/ostype && read -r r < /proc/sys/kernel/osrelease "
+            '&& echo "$s $r" || uname -sr'
+        ),
+        lambda out, st: out.strip(),
+    ),
+    Fact(
+        "arch",
+        lambda _: 'read -r m < /proc/sys/kernel/arch 2>/dev/null && echo "$m" || uname -m',
+        lambda out, st: out.strip(),
+    ),
+    # The two nix facts start nix (~40-70 ms of CPU each on the host), so they
+    # are not base facts: `infratool facts` shows them, tasks request them.
     Fact(
         "nix_version",
         lambda _: "nix-store --version 2>/dev/null | head -n1",
@@ -118,7 +159,11 @@ for _fact in (
         lambda _: "[ -d /run/systemd/system ] && echo yes || echo no",
         lambda out, st: out.strip() == "yes",
     ),
-    Fact("users", lambda _: "cut -d: -f1 /etc/passwd", lambda out, st: out.split()),
+    Fact(
+        "users",
+        lambda _: 'while IFS=: read -r u _; do echo "$u"; done < /etc/passwd',
+        lambda out, st: out.split(),
+    ),
     Fact("file", _file_command, _file_parse),
     # Metadata and hash only: for files holding secrets, whose content must not travel.
     Fact("file_meta", lambda path: _file_command(path, content=False), _file_parse),
@@ -132,10 +177,11 @@ for _fact in (
 ):
     register(_fact)
 
-BASE_FACTS = [
-    FactRequest(n)
-    for n in ("hostname", "os_release", "kernel", "arch", "nix_version", "nix_store_dir", "systemd", "users")
-]
+BASE_FACTS = [FactRequest(n) for n in ("hostname", "os_release", "kernel", "arch", "systemd", "users")]
+"""Gathered on every host of every run (cheap: no binary started)."""
+
+DESCRIBE_FACTS = [*BASE_FACTS, FactRequest("nix_version"), FactRequest("nix_store_dir")]
+"""What `infratool facts` shows: the base facts plus the ones that start nix."""
 
 
 def build_script(requests: Iterable[FactRequest]) -> tuple[str, str, list[FactRequest]]:

@@ -28,7 +28,7 @@ from infratool.errors import (
     HostKeyError,
     InfratoolError,
 )
-from infratool.facts import BASE_FACTS, FactCache, FactRequest, build_script, parse_output
+from infratool.facts import BASE_FACTS, DESCRIBE_FACTS, FactCache, FactRequest, build_script, parse_output
 from infratool.hidden import REDACTOR
 from infratool.inventory import Host, Inventory
 from infratool.options import RunOptions
@@ -138,7 +138,10 @@ class Runner:
     def gather(self, hosts: Iterable[Host] | None = None) -> dict[str, HostContext]:
         """Connect to ``hosts`` (default: all targets) and gather their facts in parallel."""
         hosts = list(hosts if hosts is not None else self.hosts)
-        requests: dict[str, list[FactRequest]] = {h.name: list(BASE_FACTS) for h in hosts}
+        # A run gathers the cheap base facts plus what its tasks ask for; with
+        # no tasks (`infratool facts`), the full description of each host.
+        base = BASE_FACTS if self._targets else DESCRIBE_FACTS
+        requests: dict[str, list[FactRequest]] = {h.name: list(base) for h in hosts}
         for inv, targets in self._targets:
             for h in targets:
                 requests[h.name].extend(inv.task.fact_requests(h))
