@@ -33,6 +33,7 @@ from infratool.facts import FactRequest
 from infratool.inventory import Host
 from infratool.tasks.base import Param, PlanContext, Task, register
 from infratool.tasks.binary_cache import render, scripts
+from infratool.tasks.binary_cache.install import file_changes
 from infratool.tasks.binary_cache.keys import load_keys
 from infratool.tasks.binary_cache.server import include_changes
 from infratool.tasks.binary_cache.spec import (
@@ -44,7 +45,6 @@ from infratool.tasks.binary_cache.spec import (
     validate_hosts,
     validate_server,
 )
-from infratool.tasks.files import file_changes
 from infratool.tasks.nix_settings import generated_path, local_file_change
 
 FLAKE_NIX = "flake.nix"

@@ -115,19 +115,28 @@ def hook_script(spec: CacheSpec, host: Host) -> str:
 
     The store URL names the key *file*; the key itself never appears in argv.
     """
+    return (
+        "#!/bin/sh\n"
+        f"# {MANAGED.format(task='binary_cache.server')}\n"
+        "# Nix runs this after every local build: push the outputs into the binary cache\n"
+        f"# {spec.name}, signed with the key file named in the store URL.\n"
+        "set -eu\n"
+        f"PATH={HOOK_PATH}\n"
+        "export PATH\n" + _hook_body(spec, host, "")
+    )
+
+
+def _hook_body(spec: CacheSpec, host: Host, bindir: str) -> str:
     url = shlex.quote(spec.push_url(host))
-    return f"""\
-#!/bin/sh
-# {MANAGED.format(task="binary_cache.server")}
-# Nix runs this after every local build: push the outputs into the binary cache
-# {spec.name}, signed with the key file named in the store URL.
-set -eu
-[ -n "${{OUT_PATHS:-}}" ] || exit 0
-PATH={HOOK_PATH}
-export PATH
-# shellcheck disable=SC2086 # OUT_PATHS is a space-separated list of store paths
-exec {NIX} copy --to {url} $OUT_PATHS
-"""
+    return (
+        "# Nix 2.8.0 runs hooks with an empty OUT_PATHS (NixOS/nix#6446): ask the derivation.\n"
+        'if [ -z "${OUT_PATHS:-}" ] && [ -n "${DRV_PATH:-}" ]; then\n'
+        f'  OUT_PATHS=$({bindir}nix-store --query --outputs "$DRV_PATH")\n'
+        "fi\n"
+        '[ -n "${OUT_PATHS:-}" ] || exit 0\n'
+        "# shellcheck disable=SC2086 # OUT_PATHS is a space-separated list of store paths\n"
+        f"exec {bindir}{NIX} copy --to {url} $OUT_PATHS\n"
+    )
 
 
 def hook_conf(spec: CacheSpec) -> str:
@@ -204,18 +213,13 @@ def nixos_server_module(
         (_attr("networking", "firewall", "allowedTCPPorts"), [spec.port]),
     ]
     if post_build_hook:
-        command = f"copy --to {shlex.quote(spec.push_url(host))} $OUT_PATHS"
-        script = (
-            "set -eu\n"
-            '[ -n "${OUT_PATHS:-}" ] || exit 0\n'
-            "exec ${config.nix.package}/bin/" + NIX + " " + command + "\n"
-        )
-        # Nix '' strings keep ${...} for interpolation; the shell's own ${OUT_PATHS:-}
-        # must be escaped as ''${ so Nix leaves it alone.
-        escaped = script.replace("''", "'''").replace("${OUT", "''${OUT")
+        # In a Nix '' string ${...} interpolates: the shell's own ${VAR:-} are
+        # escaped as ''${, and the nix binaries come from config.nix.package.
+        marker = "@NIXBIN@"
+        body = "set -eu\n" + _hook_body(spec, host, marker)
+        body = body.replace("''", "'''").replace("${", "''${").replace(marker, "${config.nix.package}/bin/")
         hook = nixgen.Raw(
-            f"toString (pkgs.writeShellScript {nixgen.string(f'binary-cache-{spec.name}-hook')} "
-            f"''\n{escaped}'')"
+            f"toString (pkgs.writeShellScript {nixgen.string(f'binary-cache-{spec.name}-hook')} ''\n{body}'')"
         )
         lines.append((_attr("nix", "settings", "post-build-hook"), hook))
     return _module(

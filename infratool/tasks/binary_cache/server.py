@@ -27,9 +27,9 @@ from infratool.facts import FactRequest
 from infratool.inventory import Host
 from infratool.tasks.base import Param, PlanContext, Task, register
 from infratool.tasks.binary_cache import render, scripts
+from infratool.tasks.binary_cache.install import file_changes
 from infratool.tasks.binary_cache.keys import CURRENT, NEXT, SOPS_FILE, Keys, key_name, load_keys
 from infratool.tasks.binary_cache.spec import CACHE_PARAMS, NIX_CONF, CacheSpec, cache_spec, validate_server
-from infratool.tasks.files import file_changes
 from infratool.tasks.nix_settings import generated_path, local_file_change
 
 PORT_FACT = "ss -Hltn"

@@ -1,0 +1,433 @@
+"""Binary cache on the lab: snix serves a signed cache over HTTP, the other hosts substitute from it.
+
+Every assertion is about real state: nginx answering on snix's address, paths
+fetched by a client's real Nix into a store of its own (so the lab host's own
+/nix cannot hide the fetch), signatures checked by Nix itself, the key file's
+mode, the sops file, the rotation state file, and processes killed with
+SIGKILL between rotation phases.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import PLAYBOOKS, files_containing, sample_ps
+
+from infratool.hidden import Secret
+from infratool.inventory import Host
+from infratool.secrets.store import SopsStore
+from infratool.tasks.binary_cache import render
+from infratool.tasks.binary_cache.install import END, checked_put_script
+from infratool.tasks.binary_cache.keys import PHASES, STATE_FILE, Keys, public_key
+from infratool.tasks.binary_cache.spec import CacheSpec, check_cache_url, check_key_name
+
+PLAYBOOK = PLAYBOOKS / "binary-cache.yaml"
+CLIENTS = ("slax", "brix", "nixtv-player")
+NIX = "nix --extra-experimental-features nix-command"
+STORE = "/var/lib/nixcache"
+KEY_FILE = "/var/lib/infratool/binary-cache/snix-cache/secret-key"
+NOT_SIGNED = "is not signed by any of the keys in 'trusted-public-keys'"
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """``result`` after asserting it exited 0 (showing its output if not)."""
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out.decode(errors="replace") if isinstance(out, bytes) else out
+    return result
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def build(lab, host: str = "snix", hook: bool = False, dep: bool = False) -> str:
+    """Build a new input-addressed path on ``host`` (with a dependency if ``dep``); its out path.
+
+    Input-addressed on purpose: Nix accepts content-addressed paths without
+    any signature. ``hook`` False keeps the post-build hook from pushing it.
+    """
+    nonce = os.urandom(6).hex()
+    inner = (
+        f'derivation {{ name = "bc-dep-{nonce}"; system = "x86_64-linux"; builder = "/bin/sh"; '
+        f'args = [ "-c" "echo dep > $out" ]; }}'
+    )
+    body = f'echo ${{{inner}}} > $out' if dep else f"echo {nonce} > $out"
+    expr = (
+        f'derivation {{ name = "bc-test-{nonce}"; system = "x86_64-linux"; builder = "/bin/sh"; '
+        f'args = [ "-c" "{body}" ]; }}'
+    )
+    argv = ["nix-build", "--no-out-link", "-E", expr]
+    if not hook:
+        argv += ["--option", "post-build-hook", ""]
+    return ok(lab.exec(host, argv, timeout=120)).stdout.decode().strip()
+
+
+def fetch(lab, client: str, path: str, keys: str | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Substitute ``path`` on ``client`` into a fresh store of its own, with its own nix.conf.
+
+    ``keys`` replaces the trusted public keys (else the client's configured
+    ones). A private narinfo cache, so nothing cached earlier answers.
+    """
+    root = f"/tmp/clientstore-{os.urandom(6).hex()}"
+    extra = f" --option trusted-public-keys '{keys}'" if keys is not None else ""
+    return lab.exec(
+        client,
+        f'XDG_CACHE_HOME={root}/cache nix-store --store "local?root={root}/store" --realise {path}{extra}',
+        timeout=120,
+    )
+
+
+def sigs(lab, client: str, path: str) -> str:
+    """Signatures of ``path`` as the cache serves them (read from the client over HTTP)."""
+    url = f"http://{lab.host('snix').address}"
+    res = ok(lab.exec(client, f"XDG_CACHE_HOME=/tmp/c-{os.urandom(4).hex()} {NIX} path-info --store {url} --sigs {path}"))
+    return res.stdout.decode()
+
+
+def sops_keys(lab) -> dict[str, str]:
+    """The cache's keys from the lab repo's sops file (the test holds the operator age key)."""
+    values = SopsStore(lab.flake_dir / "secrets").read("binary-cache.yaml")
+    return {k.rsplit("/", 1)[-1]: v.reveal() for k, v in values.items() if k.startswith("binary-cache/snix-cache/")}
+
+
+def push_playbook(tmp_path: Path, paths: list[str], chunk: int = 50) -> Path:
+    return write(
+        tmp_path,
+        "push.yaml",
+        "tasks:\n  - task: binary_cache.push\n"
+        f"    with: {{server: snix, name: snix-cache, chunk: {chunk}, paths: {json.dumps(paths)}}}\n",
+    )
+
+
+FLAKE = """\
+{
+  description = "lab fleet";
+  nixConfig = {
+    # infratool:binary-cache snix-cache begin
+    # infratool:binary-cache snix-cache end
+    bash-prompt = "fleet> ";
+  };
+  outputs = { self }: { };
+}
+"""
+
+
+def test_cache_serves_signed_paths_refuses_others_and_leaks_nothing(fleet, cli, tmp_path, _private_audit_log):
+    lab, inv = fleet, fleet.inventory_path
+    snix = lab.host("snix")
+    (lab.flake_dir / "flake.nix").write_text(FLAKE)
+    with sample_ps() as seen:
+        plan = cli("-i", inv, "--json", "plan", PLAYBOOK)
+        run = cli("-i", inv, "-vv", "run", PLAYBOOK, "--yes")
+        again = cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode")
+    ok(run)
+    assert again.returncode == 0 and "Plan: 0 change(s)" in again.stdout, again.stdout + again.stderr
+    assert "generate signing key snix-cache-1" in run.stdout
+
+    keys = sops_keys(lab)
+    secret = keys["secret-key"]
+    public = public_key(Secret(secret))
+    assert secret.startswith("snix-cache-1:") and "next-secret-key" not in keys
+
+    # nginx answers on snix's own address.
+    info = ok(subprocess.run(["curl", "-fsS", f"http://{snix.address}/nix-cache-info"], capture_output=True, text=True))
+    assert "StoreDir: /nix/store" in info.stdout
+
+    # The key: 0600 on the server, identical to sops, nowhere else.
+    key = snix.path(KEY_FILE)
+    assert key.stat().st_mode & 0o777 == 0o600 and key.read_text() == secret
+    for name in CLIENTS:
+        for private in ("/etc/nix", "/etc/ssh", "/var/lib", "/root", "/tmp", "/run", "/nix/var"):
+            assert files_containing(lab.host(name).path(private), secret) == [], f"key on {name}"
+
+    # Clients: a fragment included from nix.conf, trusting only this key for this cache.
+    conf = lab.host("slax").path("/etc/nix/binary-cache-snix-cache.conf").read_text()
+    assert f"extra-trusted-public-keys = {public}\n" in conf
+    assert f"extra-substituters = http://{snix.address}\n" in conf
+    assert "!include /etc/nix/binary-cache-snix-cache.conf" in lab.host("slax").path("/etc/nix/nix.conf").read_text()
+
+    # Push: a path with a dependency, two changes of one path each (progress), then nothing.
+    top = build(lab, dep=True)
+    pb = push_playbook(tmp_path, [top], chunk=1)
+    first = cli("-i", inv, "plan", pb, "--detailed-exitcode")
+    assert first.returncode == 2 and "push paths 1-1 of 2" in first.stdout and "push paths 2-2 of 2" in first.stdout
+    pushed = ok(cli("-i", inv, "run", pb, "--yes"))
+    assert "applying push paths 2-2 of 2" in pushed.stdout + pushed.stderr
+    assert cli("-i", inv, "plan", pb, "--detailed-exitcode").returncode == 0
+
+    # A client fetches it over HTTP into a store of its own; the signature is the cache key's.
+    got = ok(fetch(lab, "brix", top))
+    assert f"from 'http://{snix.address}'" in got.stderr.decode()
+    assert "snix-cache-1:" in sigs(lab, "brix", top)
+    verified = lab.exec(
+        "brix", f"XDG_CACHE_HOME=/tmp/v {NIX} store verify --store http://{snix.address} "
+        f"--trusted-public-keys '{public}' {top}")
+    ok(verified)
+
+    # The post-build hook pushes what snix builds, signed.
+    hooked = build(lab, hook=True)
+    ok(fetch(lab, "nixtv-player", hooked))
+
+    # Unsigned, or signed by another key: Nix on the client refuses, naming the signature problem.
+    unsigned, foreign = build(lab), build(lab)
+    ok(lab.exec("snix", f"{NIX} copy --to file://{STORE} {unsigned}"))
+    ok(lab.exec("snix", "nix-store --generate-binary-cache-key evil-1 /tmp/evil.sk /tmp/evil.pk && "
+                f"{NIX} copy --to 'file://{STORE}?secret-key=/tmp/evil.sk' {foreign}"))
+    for path in (unsigned, foreign):
+        refused = fetch(lab, "slax", path)
+        assert refused.returncode != 0 and NOT_SIGNED in refused.stderr.decode()
+    # ... and accepted when that other key is the trusted one: the refusal was about the key.
+    ok(fetch(lab, "slax", foreign, keys=snix.path("/tmp/evil.pk").read_text().strip()))
+
+    # The flake: generated nixConfig file and the marked block in flake.nix, both valid Nix.
+    generated = lab.flake_dir / "nix/binary-cache/snix-cache.nix"
+    for f in (generated, lab.flake_dir / "flake.nix"):
+        ok(subprocess.run(["nix-instantiate", "--parse", str(f)], capture_output=True, text=True))
+    flake_cfg = json.loads(ok(subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "-E", f"(import {lab.flake_dir}/flake.nix).nixConfig"],
+        capture_output=True, text=True)).stdout)
+    assert flake_cfg == {
+        "extra-substituters": [f"http://{snix.address}"],
+        "extra-trusted-public-keys": [public],
+        "bash-prompt": "fleet> ",
+    }
+    assert json.loads(ok(subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", str(generated)], capture_output=True, text=True)).stdout
+    ) == {"extra-substituters": [f"http://{snix.address}"], "extra-trusted-public-keys": [public]}
+
+    # Still converged after all of that (foreign paths in the cache are not ours to fix).
+    assert cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode").returncode == 0
+
+    # Canary: the key is in no output, argv, log or leftover temp file.
+    for out in (plan.stdout, plan.stderr, run.stdout, run.stderr, again.stdout, pushed.stdout, pushed.stderr):
+        assert secret not in out
+    assert not [a for a in seen if secret in a], "signing key in a process's argv"
+    assert secret not in _private_audit_log.read_text()
+    assert files_containing(tmp_path / "controller-tmp", secret) == []
+    for h in lab.hosts():
+        assert files_containing(h.path("/tmp"), secret) == []
+        assert files_containing(h.path("/var/log"), secret) == []
+    assert [p.name for p in snix.path(KEY_FILE).parent.iterdir() if p.name.startswith(".infratool")] == []
+
+
+def rotation_phase(lab) -> str | None:
+    path = lab.flake_dir / "secrets" / STATE_FILE
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return ((data or {}).get("caches") or {}).get("snix-cache", {}).get("phase")
+
+
+def run_until_phase(lab, tmp_path: Path, pb: Path, phase: str) -> str | None:
+    """Start a rotation run; SIGKILL it as soon as the state file reaches ``phase``; the phase seen."""
+    env = {**os.environ, "NO_COLOR": "1", "TMPDIR": str(tmp_path / "controller-tmp")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infratool", "-i", str(lab.inventory_path), "run", str(pb), "--yes"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path,
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            seen = rotation_phase(lab)
+            if seen == phase:
+                proc.send_signal(signal.SIGKILL)
+                return seen
+            time.sleep(0.002)
+        return None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_key_rotation_with_overlap_survives_kill_9_between_phases(fleet, cli, tmp_path):
+    lab, inv = fleet, fleet.inventory_path
+    ok(cli("-i", inv, "run", PLAYBOOK, "--yes"))
+    old = sops_keys(lab)["secret-key"]
+    before = build(lab)
+    ok(cli("-i", inv, "run", push_playbook(tmp_path, [before]), "--yes"))
+    pb = write(
+        tmp_path, "rotate.yaml",
+        "tasks:\n  - task: binary_cache.rotate_key\n"
+        "    with: {server: snix, name: snix-cache, clients: [slax, brix, nixtv-player], generation: 2}\n",
+    )
+    (tmp_path / "controller-tmp").mkdir(exist_ok=True)
+    assert "start key rotation: store the next signing key snix-cache-2" in cli("-i", inv, "plan", pb).stdout
+
+    for phase in PHASES:
+        assert run_until_phase(lab, tmp_path, pb, phase) == phase
+        # Whatever the kill interrupted: every client, with its own settings, fetches
+        # an old path and one built (and pushed by the hook) just now.
+        fresh = build(lab, hook=True)
+        for client in CLIENTS:
+            ok(fetch(lab, client, before))
+            ok(fetch(lab, client, fresh))
+
+    ok(cli("-i", inv, "run", pb, "--yes"))
+    assert cli("-i", inv, "plan", pb, "--detailed-exitcode").returncode == 0
+    assert cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode").returncode == 0
+    keys = sops_keys(lab)
+    assert keys["secret-key"].startswith("snix-cache-2:") and "next-secret-key" not in keys
+    new_public, old_public = public_key(Secret(keys["secret-key"])), public_key(Secret(old))
+    assert rotation_phase(lab) is None
+    for client in CLIENTS:
+        conf = lab.host(client).path("/etc/nix/binary-cache-snix-cache.conf").read_text()
+        assert f"extra-trusted-public-keys = {new_public}\n" in conf and old_public not in conf
+    assert lab.host("snix").path(KEY_FILE).read_text() == keys["secret-key"]
+    # The whole cache verifies with the new key alone; a new path is not signed by the old one.
+    after = build(lab, hook=True)
+    for path in (before, after):
+        ok(lab.exec("slax", f"XDG_CACHE_HOME=/tmp/v2 {NIX} store verify --store http://{lab.host('snix').address} "
+                    f"--trusted-public-keys '{new_public}' {path}"))
+    assert NOT_SIGNED in fetch(lab, "brix", after, keys=old_public).stderr.decode()
+    generated = (lab.flake_dir / "nix/binary-cache/snix-cache.nix").read_text()
+    assert new_public in generated and old_public not in generated
+
+
+def test_bad_input_exits_3_and_touches_nothing(lab, cli, tmp_path):
+    logs = {h.name: h.sshd_log.read_text() for h in lab.hosts()}
+    cases = {
+        "tasks:\n  - task: binary_cache.server\n    with:\n      server: snix\n      name: 'bad name:1'\n":
+            (5, "invalid key name"),
+        "tasks:\n  - task: binary_cache.client\n    with:\n      server: snix\n      clients: [slax]\n"
+        "      url: ftp://snix/cache\n": (6, "must start with http://"),
+        "tasks:\n  - task: binary_cache.client\n    with:\n      server: snix\n      clients: [slax, nope]\n":
+            (5, "'nope' is not a host"),
+        "tasks:\n  - task: binary_cache.push\n    with:\n      server: nowhere\n      paths: [/nix/store/x]\n":
+            (4, "'nowhere' is not a host"),
+        "tasks:\n  - task: binary_cache.rotate_key\n    with:\n      server: snix\n      clients: [slax]\n"
+        "      max_age: soon\n": (6, "malformed duration"),
+    }
+    for text, (line, message) in cases.items():
+        pb = write(tmp_path, "bad.yaml", text)
+        r = cli("-i", lab.inventory_path, "run", pb, "--yes")
+        assert r.returncode == 3, r.stdout + r.stderr
+        assert f"{pb}:{line}:" in r.stderr and message in r.stderr, r.stderr
+    for h in lab.hosts():
+        assert h.sshd_log.read_text() == logs[h.name], f"{h.name} was contacted"
+    assert not (lab.flake_dir / "secrets").exists()
+
+
+def test_nixos_hosts_get_generated_nix_that_parses(fleet, cli, tmp_path):
+    data = yaml.safe_load(fleet.inventory_path.read_text())
+    data["hosts"]["slax"]["os"] = "nixos"
+    inv = write(tmp_path, "hosts.yaml", yaml.safe_dump(data))
+    ok(cli("-i", inv, "run", PLAYBOOK, "--yes", "--no-deploy"))
+    public = public_key(Secret(sops_keys(fleet)["secret-key"]))
+    client = fleet.flake_dir / "hosts/slax/generated/binary-cache-snix-cache.nix"
+    ok(subprocess.run(["nix-instantiate", "--parse", str(client)], capture_output=True, text=True))
+    settings = json.loads(ok(subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "-E", f"(import {client} {{}}).nix.settings"],
+        capture_output=True, text=True)).stdout)
+    assert settings == {"substituters": [f"http://{fleet.host('snix').address}"], "trusted-public-keys": [public]}
+    # The NixOS client was not touched imperatively; the linux ones were; a rerun plans nothing.
+    assert not fleet.host("slax").path("/etc/nix/binary-cache-snix-cache.conf").exists()
+    assert fleet.host("brix").path("/etc/nix/binary-cache-snix-cache.conf").exists()
+    assert cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode").returncode == 0
+
+    # A NixOS server: sops-nix key, nginx virtual host and the post-build hook, as Nix.
+    data["hosts"]["snix"]["os"] = "nixos"
+    inv = write(tmp_path, "hosts.yaml", yaml.safe_dump(data))
+    server_only = write(tmp_path, "server.yaml", "tasks:\n  - task: binary_cache.server\n"
+                        "    with: {server: snix, name: snix-cache, post_build_hook: true}\n")
+    served = ok(cli("-i", inv, "run", server_only, "--yes", "--no-deploy"))
+    server = fleet.flake_dir / "hosts/snix/generated/binary-cache-snix-cache-server.nix"
+    ok(subprocess.run(["nix-instantiate", "--parse", str(server)], capture_output=True, text=True))
+    stub = "{ config = { nix.package = \"/NIX\"; }; pkgs = { writeShellScript = name: text: text; }; }"
+    module = json.loads(ok(subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "-E",
+         f"let m = import {server} {stub}; s = m.sops.secrets.\"binary-cache/snix-cache/secret-key\"; in "
+         # toString: a path would be copied into the (controller's) store by --json.
+         "{ inherit (m) services; secret = s // { sopsFile = toString s.sopsFile; }; "
+         "hook = m.nix.settings.post-build-hook; }"],
+        capture_output=True, text=True)).stdout)
+    secret = module["secret"]
+    assert secret["key"] == "binary-cache/snix-cache/secret-key" and secret["mode"] == "0600"
+    assert secret["sopsFile"] == str(fleet.flake_dir / "secrets/binary-cache.yaml")
+    vhost = module["services"]["nginx"]["virtualHosts"]["snix-cache"]
+    assert vhost == {"listen": [{"addr": fleet.host("snix").address, "port": 80}], "root": STORE}
+    hook = module["hook"]
+    assert '[ -n "${OUT_PATHS:-}" ] || exit 0' in hook and "/NIX/bin/nix-store --query --outputs" in hook
+    assert "secret-key=/run/secrets/binary-cache/snix-cache/secret-key" in hook
+    # Nothing imperative on the NixOS server either: every change was in the flake repo.
+    assert "local: applying create hosts/snix/generated/" in served.stdout + served.stderr
+    assert "snix: applying" not in served.stdout + served.stderr
+
+
+def test_checked_write_never_installs_a_cut_transfer(tmp_path):
+    target = tmp_path / "key"
+    target.write_text("old")
+    script = checked_put_script(str(target), 0o600, None, None)
+    content = base64.b64encode(b"new-key")
+    for cut in (b"", content, content + b"\n"):  # killed before, during, just before the marker
+        res = subprocess.run(["sh", "-c", script], input=cut, capture_output=True)
+        assert res.returncode != 0 and "incomplete transfer" in res.stderr.decode()
+        assert target.read_text() == "old"
+    ok(subprocess.run(["sh", "-c", script], input=content + f"\n{END}\n".encode(), capture_output=True))
+    assert target.read_text() == "new-key" and target.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]
+
+
+# --- no lab: the pure parts -------------------------------------------------------------
+
+
+def test_keys_by_phase_overlap_then_drop():
+    from infratool.secrets.generators import generate
+
+    old = generate("nix-cache-key", {"name": "c-1"}).value
+    new = generate("nix-cache-key", {"name": "c-2"}).value
+    po, pn = public_key(old), public_key(new)
+    assert Keys(old).trusted == [po] and Keys(old).signer is old
+    assert Keys(old, new, "trust-new").trusted == [po, pn] and Keys(old, new, "trust-new").signer is old
+    assert Keys(old, new, "resign").trusted == [po, pn] and Keys(old, new, "resign").signer is new
+    for phase in ("drop-old", "retire"):
+        assert Keys(old, new, phase).trusted == [pn] and Keys(old, new, phase).signer is new
+    assert Keys(old, new, "retire").finished().trusted == [pn]
+
+
+def test_input_checks():
+    assert check_key_name("cache.example.org") is None and check_key_name("snix-cache") is None
+    for bad in ("", "a b", "a:b", "-x", "é"):
+        assert check_key_name(bad)
+    for good in ("http://h", "https://h:8443/x", "file:///srv/cache", "s3://bucket?region=eu-west-1"):
+        assert check_cache_url(good) is None
+    for bad in ("ftp://h", "h/x", "http://", "file://relative", "http://h x"):
+        assert check_cache_url(bad)
+
+
+def test_flake_block_edit_keeps_the_rest():
+    block = render.flake_block("http://h", ["c-1:AAAA"])
+    edited = render.edit_flake(FLAKE, "snix-cache", block)
+    assert edited is not None and edited.count("\n") == FLAKE.count("\n") + 2
+    assert '    extra-substituters = [ "http://h" ];\n' in edited and 'bash-prompt = "fleet> ";' in edited
+    assert render.edit_flake(edited, "snix-cache", block) == edited
+    assert render.edit_flake(FLAKE, "other-cache", block) is None
+    assert render.edit_flake("{ }\n", "snix-cache", block) is None
+
+
+@pytest.mark.parametrize("address", ["10.0.0.5", "fd00::5"])
+def test_nginx_conf_is_private_and_valid(address, tmp_path):
+    host = Host("snix", address)
+    spec = CacheSpec("c", host, "http://x", 8080, str(tmp_path / "cache"))
+    conf = render.nginx_conf(spec, host)
+    assert "/etc/nginx" not in conf and f"root {tmp_path}/cache;" in conf
+    assert ("listen [fd00::5]:8080;" if ":" in address else "listen 10.0.0.5:8080;") in conf
+    # Parse it with the real nginx (paths rewritten into tmp_path: `-t` opens logs and the pid dir).
+    local = conf.replace("/var/log/", f"{tmp_path}/log/").replace("/run/", f"{tmp_path}/").replace(
+        "/var/lib/", f"{tmp_path}/lib/").replace(f"listen {render.listen_address(host, 8080)}", "listen 127.0.0.1:1")
+    (tmp_path / "log/infratool-binary-cache/c").mkdir(parents=True)
+    (tmp_path / "lib/infratool/binary-cache/c/nginx-tmp").mkdir(parents=True)
+    f = write(tmp_path, "nginx.conf", local)
+    res = subprocess.run(["nginx", "-t", "-q", "-e", f"{tmp_path}/err.log", "-c", str(f)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
