@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from infratool import nixgen
 from infratool.changes import LOCAL, Change
 from infratool.context import HostContext
 from infratool.errors import InputError, RefusedError, SecretsError, VerifyError
@@ -78,7 +79,7 @@ from infratool.tasks.binary_cache.spec import (
     validate_hosts,
     validate_server,
 )
-from infratool.tasks.nix_settings import generated_path
+from infratool.tasks.nix_settings import generated_path, local_file_change
 
 _HELD_LOCKS: dict[Path, contextlib.ExitStack] = {}
 
@@ -223,6 +224,9 @@ def _phases(ctx: PlanContext, rot: Rotation) -> list[Change]:
         add(_verify_clients(ctx, rot, keys.trusted, [old]))
         add([_marker_change(ctx, rot, "retire")])
     add([_retire_change(ctx, rot)])
+    if server.host.is_nixos:  # the module names secret-key again, which now holds the new key
+        add(_server_key(ctx, rot, rot.keys.finished(), server, CURRENT))
+        add(_deploys(ctx, rot, [server.name]))
     return out
 
 
@@ -247,18 +251,24 @@ def _client_config(ctx: PlanContext, rot: Rotation, keys: Keys, forget: bool = F
     return changes
 
 
-def _server_key(ctx: PlanContext, rot: Rotation, keys: Keys, server: HostContext) -> list[Change]:
+def _server_key(
+    ctx: PlanContext, rot: Rotation, keys: Keys, server: HostContext, which: str = NEXT
+) -> list[Change]:
+    """The server signs with ``keys.signer``: its key file (linux), or which sops key its module names (NixOS)."""
     if not server.host.is_nixos:
-        return key_file_changes(server, rot.spec, keys.signer, rot.task)
-    from infratool.tasks.binary_cache import render
-    from infratool.tasks.nix_settings import local_file_change
-
-    module = render.nixos_server_module(
-        rot.spec, server.host, rot.spec.sops_key(NEXT), f"../../../secrets/{SOPS_FILE}", False
-    )
+        return key_file_changes(server, rot.spec, keys.signer, rot.task) if which == NEXT else []
+    # The module's other settings (hook, port) belong to binary_cache.server: only
+    # the sops key it installs is switched here, in the module that task wrote.
     rel = generated_path(server.name, f"binary-cache-{rot.spec.name}-server")
-    changes = local_file_change(ctx.local, rot.task, rel, module, deploy=None)
-    return changes
+    current = ctx.local.current(rel)
+    if current is None:
+        raise RefusedError(f"{rel} does not exist: run binary_cache.server first")
+    other = CURRENT if which == NEXT else NEXT
+    text = current.decode().replace(
+        f"key = {nixgen.string(rot.spec.sops_key(other))};",
+        f"key = {nixgen.string(rot.spec.sops_key(which))};",
+    )
+    return local_file_change(ctx.local, rot.task, rel, text, deploy=None)
 
 
 def _deploys(ctx: PlanContext, rot: Rotation, names: list[str] | None = None) -> list[Change]:
