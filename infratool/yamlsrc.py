@@ -33,6 +33,23 @@ class _LocatedList(list):
 class _Loader(yaml.SafeLoader):
     """SafeLoader that returns :class:`_Located` mappings and sequences."""
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """Construct ``node``; a value its constructor cannot read becomes a located YAML error.
+
+        PyYAML's SafeConstructor lets plain Python errors escape for some
+        malformed scalars (``2001-02-30``, ``0x_``, ``!!int x``, ``!!bool x``,
+        ``!!map [1]``); they would surface as tracebacks without a line.
+        """
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError):
+            value = str(node.value) if isinstance(node, yaml.ScalarNode) else node.id
+            shown = value if len(value) <= 40 else value[:37] + "..."
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {shown!r} as {tag}", node.start_mark
+            ) from None
+
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Located:
     loader.flatten_mapping(node)
@@ -84,6 +101,11 @@ def loads(text: str, path: str | Path = "<string>") -> Any:
         line = mark.line + 1 if mark else None
         problem = exc.problem or exc.context or "invalid YAML"
         raise InputError(f"YAML syntax error: {problem}", file=path, line=line) from None
+    except yaml.reader.ReaderError as exc:
+        # An unacceptable character: the reader knows its offset, not its line.
+        line = text.count("\n", 0, exc.position) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise InputError(f"YAML error: unacceptable character #x{code:04x}", file=path, line=line) from None
     except yaml.YAMLError as exc:
         raise InputError(f"YAML error: {exc}", file=path) from None
     except RecursionError:
