@@ -260,8 +260,18 @@ def _load_known_hosts(defaults: dict, base: Path, path: Path) -> dict[str, list[
     kh = _expand(name, base)
     if not kh.exists():
         return {}
+    try:
+        text = kh.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        # A directory, an unreadable or a binary file: say so, at the setting.
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InputError(
+            f"known_hosts {str(kh)!r} cannot be read: {reason}",
+            file=path,
+            line=yamlsrc.line_of(defaults, "known_hosts"),
+        ) from None
     result: dict[str, list[str]] = {}
-    for lineno, raw in enumerate(kh.read_text().splitlines(), 1):
+    for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

@@ -462,7 +462,12 @@ def parse_policy(
     ctx = _Ctx(path)
     base = Path(root) if root is not None else Path(path).resolve().parent
     if not isinstance(data, dict):
-        raise ctx.err("a rotation policy must be a mapping with a 'secrets' key", data)
+        # A scalar or empty document has no line of its own: point at the top.
+        raise InputError(
+            "a rotation policy must be a mapping with a 'secrets' key",
+            file=ctx.path,
+            line=yamlsrc.line_of(data) or 1,
+        )
     ctx.keys(data, ("notify", "secrets"), "the policy")
     notify = _notify(ctx, data["notify"], data) if data.get("notify") is not None else None
     if "secrets" not in data:

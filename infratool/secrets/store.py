@@ -282,13 +282,19 @@ class SopsStore:
             raise SecretsFileError(
                 "malformed YAML", file=self.display(path), line=mark.line + 1 if mark else None
             ) from None
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+            # PyYAML's constructors raise plain Python errors for some malformed
+            # scalars (a date like 2001-02-30, `!!bool maybe`).
+            raise SecretsFileError(
+                "malformed YAML: a value cannot be read", file=self.display(path)
+            ) from None
         meta = doc.get("sops") if isinstance(doc, dict) else None
         if not isinstance(meta, dict):
             raise SecretsFileError("not a sops-encrypted file (no sops metadata)", file=self.display(path))
-        entries = list(meta.get("age") or [])
-        for group in meta.get("key_groups") or []:
+        entries = _list(meta.get("age"))
+        for group in _list(meta.get("key_groups")):
             if isinstance(group, dict):
-                entries.extend(group.get("age") or [])
+                entries.extend(_list(group.get("age")))
         found: list[str] = []
         for entry in entries:
             r = entry.get("recipient") if isinstance(entry, dict) else None
@@ -475,6 +481,11 @@ class SopsStore:
         if "non-existent file" in lowered:
             return SecretsFileError("secrets file not found", file=shown)
         return SecretsError(f"sops {command} {shown} failed (exit {code}): {last}")
+
+
+def _list(value: Any) -> list[Any]:
+    """``value`` if it is a list, else nothing (metadata of another shape lists no one)."""
+    return list(value) if isinstance(value, list) else []
 
 
 def _signature(path: Path) -> tuple[int, int, int]:
