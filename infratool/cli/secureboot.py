@@ -46,7 +46,7 @@ def _runner(g: Globals, task_name: str, args: dict[str, Any], limit: str | None,
         inv.select(limit)  # a selection matching nothing is bad input, before any connection
     load_all()
     cls = TASKS[task_name]
-    source = Source(file=Path(f"infratool secureboot ({task_name})"), line=None, params=args)
+    source = Source(file=Path("command line"), line=None, params=args)
     task = cls(check_args(cls, args, source), source, inv)
     book = Playbook(
         path=source.file,

@@ -44,6 +44,8 @@ class RunState:
     """Hosts whose keys this run creates → the directory sbctl creates them in."""
     planned_backups: set[str] = field(default_factory=set)
     """Hosts whose backup this run (re)writes."""
+    proven: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
+    """Hosts whose backup was written and decrypted again in this run → (directory, file hashes)."""
     reports: dict[str, object] = field(default_factory=dict)
     """``secureboot.status`` reports by host (read by ``infratool secureboot status``)."""
 

@@ -197,8 +197,11 @@ def firmware_statement(view: HostView, bundle: Bundle, microsoft: bool) -> str:
     def ours(var: str, what: str) -> str:
         cert = bundle.certs.get(var)
         if cert is None:
-            return what
-        return f"{what}: {cert.subject}, sha256:{backupfile.short(cert.sha256)}, valid until {cert.not_after}"
+            return f"this host's {what}"
+        return (
+            f"this host's {what} ({cert.subject}, sha256:{backupfile.short(cert.sha256)}, "
+            f"valid until {cert.not_after})"
+        )
 
     def ms(var: str) -> str:
         if not microsoft or var not in MICROSOFT_CERTS:

@@ -43,16 +43,19 @@ GUID_FILE = "GUID"
 _STATE_SCRIPT = r"""
 sb=$(command -v sbctl 2>/dev/null) || exit 0
 printf 'sbctl\t%s\n' "$sb"
-v=$(sbctl version 2>/dev/null) && printf 'version\t%s\n' "$v"
 if out=$(sbctl status --json 2>/dev/null); then
   printf 'status\t%s\n' "$(printf '%s' "$out" | tr -d '\n')"
   case $out in
     *'"installed": true'*)
+      # sbctl verify creates an empty files database when there is none
+      # (ReadOrCreateFile); a read-only report leaves the host as it found it.
+      db=/var/lib/sbctl/files.json; [ -e "$db" ] && db=
       if vout=$(sbctl verify --json 2>/dev/null); then
         printf 'verify\t%s\n' "$(printf '%s' "$vout" | tr -d '\n')"
       else
         printf 'verify-error\t%s\n' "$(sbctl verify 2>&1 >/dev/null | tail -n 1)"
-      fi ;;
+      fi
+      if [ -n "$db" ] && [ -f "$db" ] && [ ! -s "$db" ]; then rm -f -- "$db"; fi ;;
   esac
 else
   printf 'status-error\t%s\n' "$(sbctl status 2>&1 >/dev/null | tail -n 1)"
@@ -125,7 +128,6 @@ class SbctlState:
     """What ``sbctl`` reports on a host (``path`` None: sbctl is not installed)."""
 
     path: str | None = None
-    version: str | None = None
     status: dict[str, Any] | None = None
     status_error: str | None = None
     verify: list[dict[str, Any]] | None = None
@@ -171,7 +173,6 @@ def _parse_state(out: str, status: int) -> SbctlState:
         return SbctlState()
     return SbctlState(
         path=values["sbctl"],
-        version=values.get("version") or None,
         status=_json(values.get("status"), dict),
         status_error=values.get("status-error") or ("unreadable output" if "status" in values else None),
         verify=_json(values.get("verify"), list),

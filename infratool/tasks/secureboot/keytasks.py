@@ -10,6 +10,7 @@ from __future__ import annotations
 from infratool.changes import Change
 from infratool.context import HostContext
 from infratool.errors import InfratoolError, RefusedError, VerifyError
+from infratool.secrets.store import SopsStore
 from infratool.tasks.base import Param, PlanContext, register
 from infratool.tasks.files import check_abs_path
 from infratool.tasks.secureboot import backupfile, report
@@ -157,7 +158,7 @@ class Backup(SecureBootTask):
         repo = ctx.local.root / "secrets"
 
         def apply(h: HostContext) -> None:
-            self._write(h, fresh_store(ctx), directory, expected)
+            state.proven[h.name] = self._write(h, fresh_store(ctx), directory, expected)
 
         return [
             Change(
@@ -172,7 +173,10 @@ class Backup(SecureBootTask):
         ]
 
     @staticmethod
-    def _write(h: HostContext, store, directory: str, expected: dict[str, str] | None) -> None:
+    def _write(
+        h: HostContext, store: SopsStore, directory: str, expected: dict[str, str] | None
+    ) -> tuple[str, dict[str, str]]:
+        """Read the keys, write the backup, decrypt it again; returns what was proven."""
         files = read_bundle(h, directory)
         got = {p: f.sha256 for p, f in files.items()}
         if expected is not None and got != expected:
@@ -185,12 +189,13 @@ class Backup(SecureBootTask):
         store.path(target).parent.mkdir(parents=True, exist_ok=True)  # the store writes files, not dirs
         store.write(target, backupfile.values_for(h.name, directory, files, old))
         _prove(h.name, directory, got, store)
+        return directory, got
 
     def verify(self, ctx: PlanContext, changed: set[str]) -> dict[str, str]:
         return _verify_backups(ctx, changed, self.args["pki_bundle"])
 
 
-def _prove(host: str, directory: str, hashes: dict[str, str], store) -> None:
+def _prove(host: str, directory: str, hashes: dict[str, str], store: SopsStore) -> None:
     """Decrypt the backup from disk (not from cache) and compare it with ``hashes``."""
     store.invalidate()
     written = load_backup(store, host)
@@ -203,11 +208,18 @@ def _verify_backups(ctx: PlanContext, hosts: set[str], directory: str | None = N
     """host → problem, for hosts whose backup does not match their keys now (in ``directory``)."""
     failures: dict[str, str] = {}
     store = fresh_store(ctx)
+    proven = run_state(ctx).proven
     for name in sorted(hosts):
         h = ctx.hosts.get(name)
         if h is None:
             continue
         try:
+            if name in proven and directory in (None, proven[name][0]):
+                # Decrypted from disk right after writing: only the host side can have moved.
+                where, hashes = proven[name]
+                if host_hashes(h, where, sorted(hashes)) != hashes:
+                    raise VerifyError(f"the keys in {where} changed after the backup")
+                continue
             backup = load_backup(store, name)
             if backup is None:
                 raise VerifyError(f"no backup in {backupfile.shown_file(name)}")

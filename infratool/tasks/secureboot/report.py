@@ -6,7 +6,8 @@ Verdicts, in the order the journey meets them (docs/secure-boot.md)::
     sbctl-missing        install sbctl (the generated lanzaboote module does)
     no-uefi              not booted with UEFI: Secure Boot is impossible
     keys-unclear         keys are incomplete, or two directories hold different keys
-    needs-keys           secureboot.create_keys (or restore a backup)
+    needs-keys           secureboot.create_keys
+    needs-restore        no keys on the host, but a backup of them: infratool secureboot restore
     needs-backup         secureboot.backup (missing, stale or undecryptable backup)
     ready-to-enroll      Setup Mode, keys, verified backup: secureboot-enroll.yaml
     needs-setup-mode     User Mode, Secure Boot off: reset to Setup Mode in firmware setup
@@ -35,7 +36,8 @@ NEXT_STEPS = {
     "sbctl-missing": "install sbctl (pkgs.sbctl; the module secureboot.lanzaboote generates adds it)",
     "no-uefi": "none: the host is not booted with UEFI, so Secure Boot is impossible",
     "keys-unclear": "look at the key directories (see detail), then back up or restore",
-    "needs-keys": "run playbooks/secureboot.yaml (secureboot.create_keys), or restore a backup",
+    "needs-keys": "run playbooks/secureboot.yaml (secureboot.create_keys)",
+    "needs-restore": "restore the keys from the backup: infratool secureboot restore {host}",
     "needs-backup": "run playbooks/secureboot.yaml (secureboot.backup)",
     "ready-to-enroll": "enroll: infratool secureboot enroll {host} --confirm enroll-secure-boot-keys-on-{host}",
     "needs-setup-mode": "reset Secure Boot to Setup Mode in the firmware setup, then enroll",
@@ -51,7 +53,7 @@ class BackupState:
 
     file: str
     state: str
-    """verified | missing | stale | undecryptable | no-keys"""
+    """verified | missing | stale | undecryptable | restorable (keys only in the backup) | no-keys"""
     detail: str = ""
 
 
@@ -64,7 +66,6 @@ class HostReport:
     error: str | None = None
     sbctl: bool = False
     sbctl_path: str | None = None
-    sbctl_version: str | None = None
     uefi: bool | None = None
     installed: bool | None = None
     guid: str | None = None
@@ -105,7 +106,7 @@ def expected_unsigned(path: str) -> bool:
 def build(view: HostView, store: SopsStore | None, pki_bundle: str | None = None) -> HostReport:
     """The report for one reachable host (``store`` None: backups are not looked at)."""
     sb = view.sbctl
-    r = HostReport(view.name, sbctl=sb.installed, sbctl_path=sb.path, sbctl_version=sb.version)
+    r = HostReport(view.name, sbctl=sb.installed, sbctl_path=sb.path)
     r.uefi = sb.uefi
     if sb.status is not None:
         r.installed = bool(sb.status.get("installed"))
@@ -175,7 +176,7 @@ def _backup(
     if backup is None:
         return BackupState(shown, "missing" if bundle else "no-keys"), None
     if bundle is None:
-        return BackupState(shown, "no-keys", f"a backup of keys from {backup.bundle} exists"), backup
+        return BackupState(shown, "restorable", f"keys from {backup.bundle}, not on the host"), backup
     problems = backup.problems_against(bundle.hashes())
     if problems:
         return BackupState(shown, "stale", "; ".join(problems[:3])), backup
@@ -191,7 +192,7 @@ def _verdict(r: HostReport, unclear: str | None) -> str:
     if unclear:
         return "keys-unclear"
     if not r.keys_present:
-        return "needs-keys"
+        return "needs-restore" if r.backup is not None and r.backup.state == "restorable" else "needs-keys"
     ours = bool(r.enrolled) and r.backup is not None and r.backup.state == "verified"
     if r.secure_boot and not r.setup_mode:
         return "enabled" if ours else "enabled-other-keys"

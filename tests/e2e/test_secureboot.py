@@ -1,0 +1,400 @@
+"""Secure Boot on the lab: the real CLI against real sshd hosts running the sbctl emulator.
+
+snix, slax and brix get the emulator (a copy in each host's private
+/usr/local/sbin, run by /usr/bin/python3); nixtv-player has no sbctl. Each
+test sets the emulated firmware through the host's private firmware file, the
+one step real sbctl cannot take, and asserts on real state: key files and
+their hashes, the firmware file's bytes, sops files that decrypt, generated
+Nix that nix-instantiate parses. RSA-4096 key creation takes seconds, so one
+key set is made per worker and copied where a test needs existing keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import PLAYBOOKS, ROOT, files_containing, sample_ps
+
+from infratool.lab.sbctl import LAB_FIRMWARE_FILE, provision_lab, set_lab_firmware
+from infratool.secrets.store import SopsStore
+from infratool.tasks.secureboot import render_flake_input, render_module
+from infratool.tasks.secureboot.hostinfo import Bundle, HostView, KeyFile, SbctlState
+
+PLAYBOOK = PLAYBOOKS / "secureboot.yaml"
+ENROLL_PLAYBOOK = PLAYBOOKS / "secureboot-enroll.yaml"
+DOC = ROOT / "docs" / "secure-boot.md"
+KEYDIR = "/var/lib/sbctl"
+ESP = "/var/lib/sbctl-emulator/esp"
+EFI = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("sbsign") and EFI.exists() and Path("/usr/bin/python3").exists()),
+    reason="needs sbsigntool, systemd-boot-efi and /usr/bin/python3",
+)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    """``result`` after asserting it exited 0 (showing its output if not)."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def digests(directory: Path, keys_only: bool = False) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``directory`` (or just GUID and keys/)."""
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and (not keys_only or p.parts[len(directory.parts)] in ("GUID", "keys"))
+    }
+
+
+@pytest.fixture(scope="session")
+def made_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One sbctl key set (``<root>/var/lib/sbctl``), made once per worker by the emulator itself."""
+    root = tmp_path_factory.mktemp("keys")
+    env = {**os.environ, "SBCTL_EMULATOR_ROOT": str(root), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "infratool.lab.sbctl", "create-keys"], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    return root / "var/lib/sbctl"
+
+
+@pytest.fixture
+def sb(fleet):
+    """The fleet lab with sbctl on snix, slax and brix (fresh machines in Setup Mode)."""
+    provision_lab(fleet)
+    return fleet
+
+
+def give_keys(lab, name: str, made: Path) -> dict[str, str]:
+    """Copy the made key set into ``name``'s /var/lib/sbctl (modes kept); returns its digests."""
+    target = lab.host(name).path(KEYDIR)
+    shutil.copytree(made, target, copy_function=shutil.copy2)
+    return digests(target)
+
+
+def sbctl(lab, name: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """Run sbctl inside a lab host (as an operator at its console would)."""
+    return lab.exec(name, ["sbctl", *args])
+
+
+def status_json(lab, name: str) -> dict[str, Any]:
+    proc = sbctl(lab, name, "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def firmware_bytes(lab, name: str) -> bytes:
+    return lab.host(name).path(LAB_FIRMWARE_FILE).read_bytes()
+
+
+def back_up(cli, lab, hosts: str) -> None:
+    """Run the secureboot playbook on ``hosts`` (keys must exist there already)."""
+    ok(cli("-i", lab.inventory_path, "run", PLAYBOOK, "--yes", "--limit", hosts))
+
+
+# ---------------------------------------------------------------- the emulator on lab hosts
+
+
+def test_emulator_runs_on_lab_hosts_with_the_system_python(sb):
+    wrapper = sb.host("snix").path("/usr/local/sbin/sbctl").read_text()
+    assert "/usr/bin/python3 -I" in wrapper and "sbctl.d" in wrapper
+    certs = sb.host("snix").path("/usr/local/sbin/sbctl.d/sbctl_emulator/sbctl_data/microsoft/db")
+    assert len(list(certs.iterdir())) == 5
+    assert status_json(sb, "snix")["setup_mode"] is True
+    # The firmware is private per host, and the ESP is not the shared /boot.
+    set_lab_firmware(sb, "slax", setup_mode=False)
+    assert status_json(sb, "slax")["setup_mode"] is False
+    assert status_json(sb, "snix")["setup_mode"] is True
+    assert json.loads(firmware_bytes(sb, "snix"))["esp"] == ESP
+    assert sbctl(sb, "nixtv-player", "status").returncode != 0  # not installed there
+
+
+# ---------------------------------------------------------------- status
+
+
+def _documented_fields() -> set[str]:
+    """Field names of the JSON table in docs/secure-boot.md (rows like "| `name` | ... |")."""
+    text = DOC.read_text()
+    section = text[text.index("## `infratool secureboot status --json`") :]
+    section = section[: section.index("\n## ", 5)]
+    return set(re.findall(r"^\| `([a-z_]+)` \|", section, re.M))
+
+
+def test_status_table_and_json_for_all_four_hosts(sb, cli, made_keys):
+    give_keys(sb, "snix", made_keys)  # keys, no backup
+    set_lab_firmware(sb, "slax", setup_mode=False, secure_boot=False)  # factory keys, no sbctl keys
+    set_lab_firmware(sb, "brix", uefi=False)  # legacy BIOS boot
+    inv = sb.inventory_path
+
+    table = ok(cli("-i", inv, "secureboot", "status"))
+    verdicts = {
+        "snix": "needs-backup",
+        "slax": "needs-keys",
+        "brix": "no-uefi",
+        "nixtv-player": "sbctl-missing",
+    }
+    for host, verdict in verdicts.items():
+        row = next(line for line in table.stdout.splitlines() if line.strip().startswith(host + " "))
+        assert verdict in row, row
+    assert "not installed" in table.stdout
+
+    data = json.loads(ok(cli("-i", inv, "--json", "secureboot", "status")).stdout)
+    assert [r["host"] for r in data] == ["snix", "slax", "brix", "nixtv-player"]
+    documented = _documented_fields()
+    for row in data:
+        assert set(row) == documented, set(row) ^ documented
+    by = {r["host"]: r for r in data}
+    assert by["snix"]["keys_present"] and by["snix"]["pki_bundle"] == KEYDIR
+    assert by["snix"]["setup_mode"] is True and by["snix"]["backup"]["state"] == "missing"
+    assert len(by["snix"]["unsigned_files"]) == 2  # the lab ESP's unsigned systemd-boot copies
+    assert by["slax"]["setup_mode"] is False and by["slax"]["keys_present"] is False
+    assert by["brix"]["uefi"] is False and by["nixtv-player"]["sbctl"] is False
+    assert not any(r["ready"] for r in data)
+
+
+# ---------------------------------------------------------------- keys, backup, lanzaboote
+
+
+def test_playbook_creates_missing_keys_backs_up_and_converges(sb, cli, made_keys):
+    inv = sb.inventory_path
+    before = give_keys(sb, "snix", made_keys)
+    give_keys(sb, "brix", made_keys)
+    run = cli("-i", inv, "run", PLAYBOOK, "--yes")
+    assert run.returncode == 1, run.stdout + run.stderr  # nixtv-player has no sbctl
+    assert "snix: 1 change(s)" in run.stdout  # existing keys: backup only, never created
+    assert "slax: 2 change(s)" in run.stdout and "sbctl create-keys" in run.stdout
+    assert "nixtv-player: sbctl is not installed" in run.stdout
+    assert digests(sb.host("snix").path(KEYDIR)) == before, "existing keys must never be touched"
+    slax_key = sb.host("slax").path(KEYDIR + "/keys/db/db.key")
+    assert slax_key.stat().st_mode & 0o777 == 0o400
+
+    store = SopsStore(sb.flake_dir / "secrets")
+    for host in ("snix", "slax", "brix"):
+        values = store.read(f"secureboot/{host}.yaml")
+        stored = base64.b64decode(values["secureboot/files/keys/db/db.key"].reveal_bytes())
+        assert stored == sb.host(host).path(KEYDIR + "/keys/db/db.key").read_bytes()
+        # The repo holds only ciphertext.
+        raw = (sb.flake_dir / f"secrets/secureboot/{host}.yaml").read_text()
+        assert "PRIVATE KEY" not in raw and "ENC[AES256_GCM" in raw
+
+    again = cli("-i", inv, "plan", PLAYBOOK)
+    assert again.returncode == 1 and "Plan: 0 change(s)" in again.stdout, again.stdout
+    assert "nixtv-player: sbctl is not installed" in again.stdout
+
+    for rel in ("hosts/snix/generated/lanzaboote.nix", "generated/lanzaboote-flake-input.nix"):
+        parsed = subprocess.run(
+            ["nix-instantiate", "--parse", str(sb.flake_dir / rel)], capture_output=True, text=True
+        )
+        assert parsed.returncode == 0, parsed.stderr
+    stub = '{ lib = { mkForce = x: { forced = x; }; }; pkgs = { sbctl = "sbctl"; }; }'
+    expr = f"builtins.toJSON (import {sb.flake_dir}/hosts/snix/generated/lanzaboote.nix {stub})"
+    evaluated = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "-E", expr], capture_output=True, text=True
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    module = json.loads(json.loads(evaluated.stdout))
+    assert module["boot"]["lanzaboote"] == {"enable": True, "pkiBundle": KEYDIR}
+    assert module["boot"]["loader"]["systemd-boot"]["enable"] == {"forced": False}
+
+
+# ---------------------------------------------------------------- backup, disk loss, restore, canary
+
+
+def test_backup_wipe_restore_is_bit_for_bit_and_never_leaks(sb, cli, made_keys, tmp_path, _private_audit_log):
+    inv = sb.inventory_path
+    give_keys(sb, "snix", made_keys)
+    efi = f"{ESP}/EFI/BOOT/BOOTX64.EFI"
+    assert sbctl(sb, "snix", "sign", "-s", efi).returncode == 0
+    key_pem = (made_keys / "keys/db/db.key").read_bytes()
+    canaries = [key_pem.decode().splitlines()[5], base64.b64encode(key_pem).decode()[100:160]]
+
+    with sample_ps() as seen:
+        first = cli("-v", "-i", inv, "run", PLAYBOOK, "--yes", "--limit", "snix")
+        ok(first)
+        keys = sb.host("snix").path(KEYDIR)
+        before = digests(keys, keys_only=True)  # sbctl's files.json lists signed files: not keys
+        shutil.rmtree(keys)  # the disk is lost; the backup lives in the repo
+        lost = json.loads(ok(cli("-i", inv, "secureboot", "status", "--json", "--limit", "snix")).stdout)
+        assert lost[0]["verdict"] == "needs-restore"
+        restored = ok(cli("-v", "-i", inv, "secureboot", "restore", "snix", "--yes"))
+    assert digests(keys) == before
+    assert len(before) == 7
+    for rel in ("keys/PK/PK.key", "keys/KEK/KEK.key", "keys/db/db.key"):
+        assert (keys / rel).stat().st_mode & 0o777 == 0o400 and (keys / rel).stat().st_uid == 0
+    verified = json.loads(sbctl(sb, "snix", "verify", "--json").stdout)
+    assert {"file_name": efi, "is_signed": 1} in verified
+    assert ok(cli("-i", inv, "secureboot", "restore", "snix", "--yes")).stdout.count("no changes") == 1
+
+    # Canary: private key material in no output, argv, audit record, repo file or temp file.
+    outputs = first.stdout + first.stderr + restored.stdout + restored.stderr
+    for canary in canaries:
+        assert canary not in outputs
+        assert not [cmd for cmd in seen if canary in cmd]
+        assert canary not in _private_audit_log.read_text()
+        assert files_containing(sb.flake_dir, canary) == []
+        assert files_containing(tmp_path / "controller-tmp", canary) == []
+        for host in ("snix", "slax", "brix", "nixtv-player"):
+            assert files_containing(sb.host(host).path("/tmp"), canary) == []
+    leftovers = [p for p in keys.rglob("*") if p.name.startswith(".")]
+    assert leftovers == []
+
+    # Different keys on the host are never overwritten by a restore.
+    (keys / "keys/db/db.key").chmod(0o600)
+    (keys / "keys/db/db.key").write_bytes(b"someone else's key\n")
+    refused = cli("-i", inv, "secureboot", "restore", "snix", "--yes")
+    assert refused.returncode == 1
+    assert "already holds different keys (keys/db/db.key)" in refused.stdout
+    assert (keys / "keys/db/db.key").read_bytes() == b"someone else's key\n"
+
+
+# ---------------------------------------------------------------- enrollment
+
+
+def test_enroll_refusals_touch_no_firmware(sb, cli, made_keys, tmp_path):
+    inv = sb.inventory_path
+    hosts = ("snix", "slax", "brix")
+    for host in hosts:
+        give_keys(sb, host, made_keys)
+    back_up(cli, sb, ",".join(hosts))
+    set_lab_firmware(sb, "snix", setup_mode=False, secure_boot=False)  # User Mode
+    (sb.flake_dir / "secrets/secureboot/slax.yaml").unlink()  # no backup
+    firmware = {h: firmware_bytes(sb, h) for h in hosts}
+
+    def refused(*args: str, code: int = 1) -> dict[str, str]:
+        result = cli("-i", inv, *args)
+        assert result.returncode == code, result.stdout + result.stderr
+        for host in hosts:
+            assert firmware_bytes(sb, host) == firmware[host], f"firmware of {host} changed"
+        lines = (result.stdout + result.stderr).splitlines()
+        return {h: next((line for line in lines if line.startswith(f"{h}: ")), "") for h in hosts} | {
+            "all": result.stdout + result.stderr
+        }
+
+    # The shipped playbook has `confirm: []`: nothing can be enrolled with it as it is.
+    out = refused("run", ENROLL_PLAYBOOK, "--yes", "--limit", ",".join(hosts))
+    assert "enrollment refused, nothing written to firmware" in out["snix"]
+    assert "not in Setup Mode" in out["snix"] and "not confirmed" in out["snix"]
+    assert "no key backup in secrets/secureboot/slax.yaml" in out["slax"]
+    assert "not confirmed" in out["brix"] and "confirm: [enroll-secure-boot-keys-on-brix]" in out["brix"]
+
+    brix_backup = sb.flake_dir / "secrets/secureboot/brix.yaml"
+    brix_backup.write_text(
+        brix_backup.read_text().replace("ENC[AES256_GCM,data:", "ENC[AES256_GCM,data:AA", 1)
+    )
+    confirm = [arg for h in hosts for arg in ("--confirm", f"enroll-secure-boot-keys-on-{h}")]
+    out = refused("secureboot", "enroll", *hosts, *confirm, "--yes")
+    assert "not in Setup Mode" in out["snix"] and "not confirmed" not in out["snix"]
+    assert "no verified backup of exactly these keys" in out["slax"]
+    assert "secrets/secureboot/brix.yaml cannot be used" in out["brix"] and "tampered" in out["brix"]
+
+    assert "No such option '--yolo'" in refused("secureboot", "enroll", "snix", "--yolo", code=3)["all"]
+    bad = tmp_path / "enroll.yaml"
+    doc = yaml.safe_load(ENROLL_PLAYBOOK.read_text())
+    doc["tasks"][1]["with"]["force"] = True
+    bad.write_text(yaml.safe_dump(doc))
+    out = refused("run", bad, "--yes", code=3)
+    assert f"{bad}:" in out["all"] and "unknown parameter 'force'" in out["all"]
+
+    from infratool import inventory, playbook
+    from infratool.errors import InputError
+    from infratool.options import RunOptions
+    from infratool.runner import Runner
+
+    inv_obj = inventory.load(inv)
+    doc["tasks"][1]["with"] = {"confirm": ["enroll-secure-boot-keys-on-nosuchhost"]}
+    bad.write_text(yaml.safe_dump(doc))
+    with pytest.raises(InputError, match="naming a host of the inventory"):
+        playbook.load(bad, inv_obj)
+
+    # The timer's runs are unattended: enrollment refuses whatever else holds.
+    set_lab_firmware(sb, "snix", setup_mode=True)
+    firmware["snix"] = firmware_bytes(sb, "snix")
+    doc["tasks"][1]["with"] = {"confirm": ["enroll-secure-boot-keys-on-snix"]}
+    bad.write_text(yaml.safe_dump(doc))
+    with Runner(inv_obj, playbook.load(bad, inv_obj), RunOptions(limit="snix", unattended=True)) as runner:
+        the_plan = runner.plan()
+        result = runner.apply(the_plan)
+    assert "never runs unattended" in the_plan.failures["snix"]
+    assert result.exit_code == 1 and firmware_bytes(sb, "snix") == firmware["snix"]
+
+
+def test_enroll_in_setup_mode_keeps_microsoft_keys_unless_opted_out(sb, cli, made_keys, tmp_path):
+    inv = sb.inventory_path
+    for host in ("snix", "slax"):
+        give_keys(sb, host, made_keys)
+    back_up(cli, sb, "snix,slax")
+    # The shipped playbook, confirmed for snix; slax opts out of Microsoft's keys.
+    doc = yaml.safe_load(ENROLL_PLAYBOOK.read_text())
+    doc["tasks"][1]["with"]["confirm"] = ["enroll-secure-boot-keys-on-snix"]
+    doc["tasks"][1]["hosts"] = "snix"
+    opt_out = {"microsoft": False, "confirm": ["enroll-secure-boot-keys-on-slax"]}
+    doc["tasks"].append({"task": "secureboot.enroll", "hosts": "slax", "with": opt_out})
+    book = tmp_path / "enroll.yaml"
+    book.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    run = ok(cli("-i", inv, "run", book, "--yes", "--limit", "snix,slax"))
+    snix_plan, slax_plan = run.stdout.split("\nslax: ")
+    assert "Writes the UEFI Secure Boot variables of snix" in snix_plan
+    assert "`sbctl enroll-keys --microsoft`" in snix_plan and "Microsoft keys: KEPT" in snix_plan
+    assert "+ PK  ← this host's Platform Key (CN=Platform Key" in snix_plan
+    assert "`sbctl enroll-keys`" in slax_plan and "Microsoft keys: NOT enrolled" in slax_plan
+    snix, slax = status_json(sb, "snix"), status_json(sb, "slax")
+    assert snix["setup_mode"] is False and "microsoft" in snix["vendors"]
+    assert slax["setup_mode"] is False and "microsoft" not in slax["vendors"]
+
+    # Converged: the same enrollment plans nothing; after a reboot Secure Boot is on.
+    again = cli("-i", inv, "plan", book, "--limit", "snix,slax", "--detailed-exitcode")
+    assert again.returncode == 0, again.stdout + again.stderr
+    from infratool.lab.sbctl import simulate_reboot
+
+    simulate_reboot(sb.host("snix").path(LAB_FIRMWARE_FILE))
+    rows = json.loads(ok(cli("-i", inv, "secureboot", "status", "--json", "--limit", "snix,slax")).stdout)
+    assert [r["verdict"] for r in rows] == ["enabled", "reboot-pending"]
+    assert rows[0]["secure_boot"] is True and rows[0]["enrolled"]["microsoft"] is True
+
+
+# ---------------------------------------------------------------- pure rules
+
+
+def _bundle(directory: str, seed: str) -> Bundle:
+    files = {
+        p: KeyFile(p, 0o400, "root", "root", hashlib.sha256(f"{seed}{p}".encode()).hexdigest())
+        for p in ("GUID", *(f"keys/{v}/{v}.{e}" for v in ("PK", "KEK", "db") for e in ("key", "pem")))
+    }
+    return Bundle(directory, True, files)
+
+
+def test_key_directory_detection():
+    state = SbctlState(path="/usr/bin/sbctl")
+    legacy_only = HostView(
+        "h", state, {KEYDIR: Bundle(KEYDIR), "/etc/secureboot": _bundle("/etc/secureboot", "a")}
+    )
+    assert legacy_only.keys().directory == "/etc/secureboot"
+    assert 'pkiBundle = "/etc/secureboot";' in render_module(legacy_only.keys().directory)
+    same = HostView(
+        "h", state, {KEYDIR: _bundle(KEYDIR, "a"), "/etc/secureboot": _bundle("/etc/secureboot", "a")}
+    )
+    assert same.keys().directory == KEYDIR
+    different = HostView(
+        "h", state, {KEYDIR: _bundle(KEYDIR, "a"), "/etc/secureboot": _bundle("/etc/secureboot", "b")}
+    )
+    with pytest.raises(Exception, match="hold different Secure Boot keys"):
+        different.keys()
+    assert different.keys("/etc/secureboot").directory == "/etc/secureboot"
+    assert HostView("h", state, {KEYDIR: Bundle(KEYDIR)}).keys() is None
+    assert 'url = "github:nix-community/lanzaboote/' in render_flake_input(
+        "github:nix-community/lanzaboote/v1.0.0"
+    )
