@@ -85,12 +85,12 @@ def init(g: Globals, directory: Path, ssh_key: str, os_kind: str, age_key_file: 
         return
     con = _out()
     for path in result.created:
-        con.print(f"created {_esc(path)}")
+        con.print(f"[green]created[/green] {_esc(path)}")
     state = "new, mode 0600 — back it up" if result.key_created else "existing key reused"
     con.print(f"operator age key: {_esc(result.key_file)} ({state}); the private key is never printed")
     con.print(f"operator age recipient: {_esc(result.recipient)}")
     where = "" if directory == Path(".") else f"cd {directory} && "
-    con.print(f"next: {_esc(where)}infratool host add NAME --address ADDRESS")
+    con.print(f"[bold]next:[/bold] {_esc(where)}infratool host add NAME --address ADDRESS")
 
 
 # -- host add / remove ------------------------------------------------------------
@@ -279,10 +279,11 @@ def _render(result, verb: str) -> None:
     con = _out()
     if result.fingerprint:
         con.print(
-            f"{verb} {_esc(result.name)}: {_esc(result.host_key.split()[0])} {_esc(result.fingerprint)}"
+            f"[green]{verb}[/green] [bold]{_esc(result.name)}[/bold]: "
+            f"{_esc(result.host_key.split()[0])} [bold]{_esc(result.fingerprint)}[/bold]"
         )
     else:
-        con.print(f"{verb} {_esc(result.name)}")
+        con.print(f"[green]{verb}[/green] [bold]{_esc(result.name)}[/bold]")
     if result.inventory_changed:
         con.print(f"  {_esc(_shown(result.inventory))} updated")
     if result.recipient:
@@ -295,7 +296,7 @@ def _render(result, verb: str) -> None:
         else:
             con.print("  no secrets file needed re-encrypting")
     for note in result.notes:
-        con.print(f"  note: {_esc(note)}")
+        con.print(f"  [yellow]note:[/yellow] {_esc(note)}")
 
 
 # -- completion ------------------------------------------------------------------

@@ -106,6 +106,9 @@ def _layout(text: str) -> _HostsLayout:
         for hkey, hvalue in value.value:
             first = hkey.start_mark.line
             last = max(first, _last_line(hvalue))
+            # A block scalar's end mark lies past the blank lines it swallowed.
+            while last > first and not lines[last].strip():
+                last -= 1
             # Comments indented deeper than the host's name, right after its
             # value, are part of that entry.
             col = hkey.start_mark.column
@@ -119,6 +122,14 @@ def _layout(text: str) -> _HostsLayout:
                 nxt += 1
             layout.entries.append((str(hkey.value), first, last))
     return layout
+
+
+def _blank_above(lines: list[str], first: int, col: int) -> bool:
+    """Whether a blank line precedes the entry starting at ``first`` (above its comment block)."""
+    i = first - 1
+    while i >= 0 and lines[i].strip().startswith("#") and _indent(lines[i]) == col:
+        i -= 1
+    return i >= 0 and not lines[i].strip()
 
 
 def _child_step(layout: _HostsLayout, host_col: int) -> int:
@@ -148,7 +159,7 @@ def _text_add(text: str, name: str, fields: dict[str, Any]) -> str | None:
         step = _child_step(layout, col)
         after = layout.entries[-1][2]
         # Keep the file's rhythm: a blank line between hosts if it has them.
-        spaced = len(layout.entries) > 1 and not lines[layout.entries[1][1] - 1].strip()
+        spaced = len(layout.entries) > 1 and _blank_above(lines, layout.entries[-1][1], col)
         new = (["\n"] if spaced else []) + _entry_text(name, fields, col, step)
         return "".join(lines[: after + 1] + new + lines[after + 1 :])
     # No hosts yet: `hosts:` (null), `hosts: ~`, `hosts: {}`.
@@ -182,14 +193,16 @@ def _text_remove(text: str, name: str) -> str | None:
     node = layout.node
     if not isinstance(node, yaml.MappingNode) or node.flow_style:
         return None
-    span = next(((first, last) for entry, first, last in layout.entries if entry == name), None)
-    if span is None:
+    index = next((i for i, (entry, _, _) in enumerate(layout.entries) if entry == name), None)
+    if index is None:
         return None
-    first, last = span
+    _, first, last = layout.entries[index]
     lines = layout.lines
     before, after = lines[:first], lines[last + 1 :]
-    # Drop one separating blank line, so removing a host leaves no double gap.
-    if before and not before[-1].strip() and (not after or not after[0].strip()):
+    # Drop the blank line that separated this host from its neighbours (the
+    # one `add` wrote before it), so no double gap or dangling gap remains.
+    last_of_several = index == len(layout.entries) - 1 and index > 0
+    if before and not before[-1].strip() and (not after or not after[0].strip() or last_of_several):
         before = before[:-1]
     return "".join(before + after)
 

@@ -184,7 +184,10 @@ def edit_sops_config(
         for i in own:
             gone |= set(rules[i].recipients) - set(operators)
     gone.discard(recipient or "")
-    gone -= set(operators)
+    # A host recipient listed by hand in the operator rule goes too: it is the host's.
+    operators = [o for o in operators if o not in gone]
+    if not operators:
+        raise InputError("removing this host would leave the operator rule of .sops.yaml with no recipient")
     # Out of every rule first (a removed or re-keyed host reads nothing more).
     for i, rule in enumerate(rules):
         if gone & set(rule.recipients) and rule.host != host:
@@ -196,7 +199,7 @@ def edit_sops_config(
         labels = {r: "operator" for r in operators} | {recipient: f"{host} (ssh-to-age of its host key)"}
         rule = CommentedMap()
         rule["path_regex"] = host_regex(host)
-        rule["age"] = _age_seq([*operators, recipient], labels)
+        rule["age"] = _age_seq(list(dict.fromkeys([*operators, recipient])), labels)
         rule.yaml_add_eol_comment(f"host {host}: secrets/{host}.yaml, secrets/{host}/", "path_regex")
         position = max((i + 1 for i, r in enumerate(rules) if r.host is not None), default=0)
         seq.insert(position, rule)
