@@ -42,7 +42,7 @@ from infratool.onboard.sopsrules import (
     edit_sops_config,
     parse_rules,
 )
-from infratool.secrets.agekeys import ssh_ed25519_to_age_recipient
+from infratool.secrets.agekeys import ed25519_public_from_ssh, ssh_ed25519_to_age_recipient
 
 __all__ = ["HostRequest", "HostResult", "InitResult", "add_host", "init_repo", "remove_host"]
 
@@ -119,6 +119,20 @@ def _normalise_key(line: str) -> str:
     return " ".join(parts[:2])
 
 
+def _ed25519_key(line: str) -> str:
+    """``--host-key`` as ``ssh-ed25519 AAAA...``; :class:`InputError` unless it is a valid one.
+
+    Only ed25519 host keys can be enrolled: sops-nix derives the host's age
+    identity from that key, and ``host add`` negotiates only that key type.
+    """
+    key = _normalise_key(line)
+    try:
+        ed25519_public_from_ssh(key)
+    except InputError as exc:
+        raise InputError(f"--host-key: {exc.message}") from None
+    return key
+
+
 def _normalise_fingerprint(text: str) -> str:
     text = text.strip()
     if not text.startswith("SHA256:"):
@@ -192,7 +206,7 @@ def add_host(inventory_path: Path, request: HostRequest, confirm: Callable[[str,
         )
     defaults = data.get("defaults") if isinstance(data.get("defaults"), dict) else {}
     port = request.port if request.port is not None else int(defaults.get("port", 22))
-    expected = _normalise_key(request.host_key) if request.host_key else None
+    expected = _ed25519_key(request.host_key) if request.host_key else None
     expected_fp = _normalise_fingerprint(request.fingerprint) if request.fingerprint else None
     if request.offline:
         if expected is None:
