@@ -307,3 +307,34 @@ def test_no_sops_config_pins_only(run, tmp_path):
     )
     assert result.exit_code == 0 and "no secrets enrolment" in result.output
     assert not (tmp_path / "plain" / "secrets").exists()
+
+
+def test_a_crash_before_hosts_yaml_is_finished_by_running_add_again(fleet, run):
+    """.sops.yaml rewritten and secrets re-encrypted, then a crash: the same `host add` completes it."""
+    from infratool.hidden import Secret
+    from infratool.onboard.sopsrules import apply_sops_config, edit_sops_config
+    from infratool.secrets.store import SopsStore
+
+    store = SopsStore(fleet / "secrets")
+    store.write("web1.yaml", {"k": Secret("v")})
+    key = new_host_key()
+    apply_sops_config(
+        store, edit_sops_config(store.config.read_text(), store.config, "web1", libsodium_recipient(key))
+    )
+    config_after_crash = store.config.read_text()
+    result = run(
+        "-i",
+        fleet / "hosts.yaml",
+        "host",
+        "add",
+        "web1",
+        "--address",
+        "192.0.2.1",
+        "--offline",
+        "--host-key",
+        key,
+    )
+    assert result.exit_code == 0, result.output
+    assert "re-encrypted" not in result.output  # that part was already done
+    assert store.config.read_text() == config_after_crash
+    assert yaml.safe_load((fleet / "hosts.yaml").read_text())["hosts"]["web1"]["host_key"] == key
