@@ -476,8 +476,27 @@ class SopsStore:
             "error unmarshalling" in lowered
             or "error unmarshaling" in lowered
             or "could not unmarshal" in lowered
+            or "cannot unmarshal" in lowered
         ):
-            return SecretsFileError(f"malformed sops file: {last}", file=shown)
+            # sops names the line ("yaml: line 6: ..."): keep it for file:line.
+            found = re.search(r"\bline (\d+)\b", last)
+            return SecretsFileError(
+                f"malformed sops file: {last}", file=shown, line=int(found.group(1)) if found else None
+            )
+        if "no keys found in file" in lowered:
+            return SecretsFileError(
+                "malformed sops file: its metadata lists no key to decrypt with", file=shown
+            )
+        if "parsing time" in lowered:
+            return SecretsFileError(f"malformed sops file: bad sops.lastmodified ({last})", file=shown)
+        if re.search(r"(major|minor|patch) number|major\.minor\.patch|version string", lowered):
+            # sops parses sops.version as semver before anything else.
+            return SecretsFileError(f"malformed sops file: bad sops.version ({last})", file=shown)
+        panic = next((ln for ln in lines if ln.startswith("panic:")), None)
+        if panic is not None:
+            # sops crashes (a Go panic) on some malformed files, e.g. a bare
+            # number where an ENC[...] value belongs; the panic line says what.
+            return SecretsFileError(f"malformed sops file: sops crashed reading it ({panic})", file=shown)
         if "non-existent file" in lowered:
             return SecretsFileError("secrets file not found", file=shown)
         return SecretsError(f"sops {command} {shown} failed (exit {code}): {last}")
