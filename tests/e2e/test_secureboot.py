@@ -229,6 +229,8 @@ def test_backup_wipe_restore_is_bit_for_bit_and_never_leaks(sb, cli, made_keys, 
         shutil.rmtree(keys)  # the disk is lost; the backup lives in the repo
         lost = json.loads(ok(cli("-i", inv, "secureboot", "status", "--json", "--limit", "snix")).stdout)
         assert lost[0]["verdict"] == "needs-restore"
+        fresh = cli("-i", inv, "plan", PLAYBOOK, "--limit", "snix")  # never new keys over a backup
+        assert fresh.returncode == 1 and "restore them (infratool secureboot restore snix)" in fresh.stdout
         restored = ok(cli("-v", "-i", inv, "secureboot", "restore", "snix", "--yes"))
     assert digests(keys) == before
     assert len(before) == 7

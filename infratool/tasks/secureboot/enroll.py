@@ -161,7 +161,11 @@ class Enroll(SecureBootTask):
             h = ctx.hosts.get(name)
             if h is None:
                 continue
-            status = json.loads(h.run("sbctl status --json", what="sbctl status").stdout)
+            try:
+                status = json.loads(h.run("sbctl status --json", what="sbctl status").stdout)
+            except ValueError:
+                failures[name] = "sbctl status --json printed no JSON after enrollment"
+                continue
             if status.get("setup_mode"):
                 failures[name] = "the firmware is still in Setup Mode after enrollment"
             elif self.args["microsoft"] and "microsoft" not in (status.get("vendors") or []):

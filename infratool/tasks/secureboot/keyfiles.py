@@ -80,7 +80,10 @@ def read_bundle(host: HostContext, directory: str) -> dict[str, FileData]:
             continue
         _, meta, path = line.split("\t", 2)
         mode, owner, group = meta.split()
-        data = bytes.fromhex(lines[i + 1]) if i + 1 < len(lines) else b""
+        try:
+            data = bytes.fromhex(lines[i + 1])
+        except (IndexError, ValueError):
+            raise CommandFailed(host.name, f"read {directory}/{path}", 0, "unreadable output") from None
         files[path] = FileData(path, int(mode, 8), owner, group, wrap(path, data))
         del data
         i += 2

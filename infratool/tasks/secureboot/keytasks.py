@@ -62,7 +62,7 @@ def _incomplete(view: HostView) -> RefusedError | None:
 
 @register
 class CreateKeys(SecureBootTask):
-    """``sbctl create-keys`` on hosts that have no keys; never touches existing keys."""
+    """``sbctl create-keys`` on hosts that have no keys and no backup of keys; never touches existing keys."""
 
     name = "secureboot.create_keys"
     summary = "create Secure Boot keys with sbctl on hosts that have none (never overwrites)"
@@ -76,6 +76,14 @@ class CreateKeys(SecureBootTask):
         problem = _incomplete(view)
         if problem:
             raise problem
+        if load_backup(ctx.secrets(), host.name) is not None:
+            # After a reinstall the firmware may trust the backed-up keys: new
+            # keys would sign boot files it rejects. Restore; never replace.
+            raise RefusedError(
+                f"no keys on the host, but {backupfile.shown_file(host.name)} holds a backup of its "
+                f"keys: restore them (infratool secureboot restore {host.name}) instead of creating new "
+                "ones; to really start over, move that backup aside first"
+            )
         directory = default_dir()
         run_state(ctx).planned_keys[host.name] = directory
         diff = "\n".join(
