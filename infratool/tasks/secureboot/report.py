@@ -135,6 +135,15 @@ def build(view: HostView, store: SopsStore | None, pki_bundle: str | None = None
     r.verdict = _verdict(r, unclear)
     r.ready = r.verdict == "ready-to-enroll"
     r.next_step = NEXT_STEPS[r.verdict].format(host=view.name)
+    if r.backup.state in ("undecryptable", "stale"):
+        r.warnings.append(f"backup {r.backup.file} is {r.backup.state}: {r.backup.detail}")
+    if r.verdict == "needs-backup" and r.backup.state == "undecryptable":
+        r.next_step = "make the backup readable: set SOPS_AGE_KEY_FILE to an identity among its recipients"
+    elif r.verdict == "needs-backup" and r.backup.state == "stale":
+        r.next_step = (
+            f"the backup holds other keys: restore them (infratool secureboot restore {view.name}) "
+            "or back up these with secureboot.backup replace: true"
+        )
     if r.verdict == "keys-unclear" and unclear:
         r.error = unclear
     if r.unsigned_files:
