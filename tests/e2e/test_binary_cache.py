@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -73,8 +74,8 @@ def build(lab, host: str = "snix", hook: bool = False, dep: bool = False) -> str
     return ok(lab.exec(host, argv, timeout=120)).stdout.decode().strip()
 
 
-def fetch(lab, client: str, path: str, keys: str | None = None) -> subprocess.CompletedProcess[bytes]:
-    """Substitute ``path`` on ``client`` into a fresh store of its own, with its own nix.conf.
+def fetch(lab, client: str, *paths: str, keys: str | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Substitute ``paths`` on ``client`` into a fresh store of its own, with its own nix.conf.
 
     ``keys`` replaces the trusted public keys (else the client's configured
     ones). A private narinfo cache, so nothing cached earlier answers.
@@ -83,7 +84,7 @@ def fetch(lab, client: str, path: str, keys: str | None = None) -> subprocess.Co
     extra = f" --option trusted-public-keys '{keys}'" if keys is not None else ""
     return lab.exec(
         client,
-        f'XDG_CACHE_HOME={root}/cache nix-store --store "local?root={root}/store" --realise {path}{extra}',
+        f'XDG_CACHE_HOME={root}/cache nix-store --store "local?root={root}/store" --realise {" ".join(paths)}{extra}',
         timeout=120,
     )
 
@@ -157,27 +158,14 @@ def test_cache_serves_signed_paths_refuses_others_and_leaks_nothing(fleet, cli, 
     assert f"extra-substituters = http://{snix.address}\n" in conf
     assert "!include /etc/nix/binary-cache-snix-cache.conf" in lab.host("slax").path("/etc/nix/nix.conf").read_text()
 
-    # Push: a path with a dependency, two changes of one path each (progress), then nothing.
-    top = build(lab, dep=True)
-    pb = push_playbook(tmp_path, [top], chunk=1)
-    first = cli("-i", inv, "plan", pb, "--detailed-exitcode")
-    assert first.returncode == 2 and "push paths 1-1 of 2" in first.stdout and "push paths 2-2 of 2" in first.stdout
-    pushed = ok(cli("-i", inv, "run", pb, "--yes"))
-    assert "applying push paths 2-2 of 2" in pushed.stdout + pushed.stderr
-    assert cli("-i", inv, "plan", pb, "--detailed-exitcode").returncode == 0
-
-    # A client fetches it over HTTP into a store of its own; the signature is the cache key's.
-    got = ok(fetch(lab, "brix", top))
-    assert f"from 'http://{snix.address}'" in got.stderr.decode()
-    assert "snix-cache-1:" in sigs(lab, "brix", top)
-    verified = lab.exec(
-        "brix", f"XDG_CACHE_HOME=/tmp/v {NIX} store verify --store http://{snix.address} "
-        f"--trusted-public-keys '{public}' {top}")
-    ok(verified)
-
-    # The post-build hook pushes what snix builds, signed.
+    # The post-build hook pushes what snix builds, signed; a client fetches it over HTTP
+    # into a store of its own, and the signature verifies against the cache key.
     hooked = build(lab, hook=True)
-    ok(fetch(lab, "nixtv-player", hooked))
+    got = ok(fetch(lab, "nixtv-player", hooked))
+    assert f"from 'http://{snix.address}'" in got.stderr.decode()
+    assert "snix-cache-1:" in sigs(lab, "brix", hooked)
+    ok(lab.exec("brix", f"XDG_CACHE_HOME=/tmp/v {NIX} store verify --store http://{snix.address} "
+                f"--trusted-public-keys '{public}' {hooked}"))
 
     # Unsigned, or signed by another key: Nix on the client refuses, naming the signature problem.
     unsigned, foreign = build(lab), build(lab)
@@ -210,7 +198,7 @@ def test_cache_serves_signed_paths_refuses_others_and_leaks_nothing(fleet, cli, 
     assert cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode").returncode == 0
 
     # Canary: the key is in no output, argv, log or leftover temp file.
-    for out in (plan.stdout, plan.stderr, run.stdout, run.stderr, again.stdout, pushed.stdout, pushed.stderr):
+    for out in (plan.stdout, plan.stderr, run.stdout, run.stderr, again.stdout, again.stderr):
         assert secret not in out
     assert not [a for a in seen if secret in a], "signing key in a process's argv"
     assert secret not in _private_audit_log.read_text()
@@ -219,6 +207,41 @@ def test_cache_serves_signed_paths_refuses_others_and_leaks_nothing(fleet, cli, 
         assert files_containing(h.path("/tmp"), secret) == []
         assert files_containing(h.path("/var/log"), secret) == []
     assert [p.name for p in snix.path(KEY_FILE).parent.iterdir() if p.name.startswith(".infratool")] == []
+
+
+def test_push_paths_and_flake_outputs_signed_once(fleet, cli, tmp_path):
+    lab, inv = fleet, fleet.inventory_path
+    snix = lab.host("snix")
+    ok(cli("-i", inv, "run", PLAYBOOK, "--yes"))
+    # Push: a path with a dependency, two changes of one path each (progress), then nothing.
+    top = build(lab, dep=True)
+    pb = push_playbook(tmp_path, [top], chunk=1)
+    first = cli("-i", inv, "plan", pb, "--detailed-exitcode")
+    assert first.returncode == 2 and "push paths 1-1 of 2" in first.stdout and "push paths 2-2 of 2" in first.stdout
+    pushed = ok(cli("-i", inv, "run", pb, "--yes"))
+    assert "applying push paths 2-2 of 2" in pushed.stdout + pushed.stderr
+    assert cli("-i", inv, "plan", pb, "--detailed-exitcode").returncode == 0
+
+    # A flake output, built on the server by the push itself (as CI would ask), then nothing.
+    flake = snix.path("/var/lib/ci/flake/flake.nix")
+    flake.parent.mkdir(parents=True)
+    drv = (f'derivation {{ name = "ci-{os.urandom(4).hex()}"; system = "x86_64-linux"; builder = "/bin/sh"; '
+           'args = [ "-c" "echo ci > $out" ]; }')
+    flake.write_text(f"{{ outputs = {{ self }}: {{ packages.x86_64-linux.default = {drv}; }}; }}\n")
+    ci = write(tmp_path, "ci.yaml", "tasks:\n  - task: binary_cache.push\n"
+               "    with: {server: snix, name: snix-cache, installables: ['path:/var/lib/ci/flake']}\n")
+    assert "build path:/var/lib/ci/flake and push its closure" in cli("-i", inv, "plan", ci).stdout
+    ok(cli("-i", inv, "run", ci, "--yes"))
+    assert cli("-i", inv, "plan", ci, "--detailed-exitcode").returncode == 0
+    built = ok(lab.exec("snix", "nix --extra-experimental-features 'nix-command flakes' path-info "
+                        "path:/var/lib/ci/flake")).stdout.decode().strip()
+    ok(fetch(lab, "slax", built))
+    assert sops_keys(lab)["secret-key"] not in pushed.stdout + pushed.stderr
+
+    # Both pushes are signed by the cache key and fetched over HTTP by clients.
+    ok(fetch(lab, "brix", top))
+    assert "snix-cache-1:" in sigs(lab, "brix", top) and "snix-cache-1:" in sigs(lab, "slax", built)
+
 
 
 def rotation_phase(lab) -> str | None:
@@ -270,9 +293,9 @@ def test_key_rotation_with_overlap_survives_kill_9_between_phases(fleet, cli, tm
         # Whatever the kill interrupted: every client, with its own settings, fetches
         # an old path and one built (and pushed by the hook) just now.
         fresh = build(lab, hook=True)
-        for client in CLIENTS:
-            ok(fetch(lab, client, before))
-            ok(fetch(lab, client, fresh))
+        with ThreadPoolExecutor(len(CLIENTS)) as pool:
+            for result in pool.map(lambda c, fresh=fresh: fetch(lab, c, before, fresh), CLIENTS):
+                ok(result)
 
     ok(cli("-i", inv, "run", pb, "--yes"))
     assert cli("-i", inv, "plan", pb, "--detailed-exitcode").returncode == 0

@@ -220,7 +220,9 @@ def build_and_push(spec: CacheSpec, host: Host, installable: str) -> str:
     return "\n".join(
         [
             "set -e",
-            f"out=$({NIX_FLAKES} build --no-link --print-out-paths {q(installable)})",
+            f"{NIX_FLAKES} build --no-link {q(installable)}",
+            # (`build --print-out-paths` is newer than Nix 2.8)
+            f"out=$({NIX_FLAKES} path-info {q(installable)})",
             f"{NIX} copy --to {q(spec.push_url(host))} $out",
         ]
     )
