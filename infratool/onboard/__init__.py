@@ -256,6 +256,9 @@ def add_host(inventory_path: Path, request: HostRequest, confirm: Callable[[str,
     if existing is None:
         new_text = add_host_text(text, inventory_path, name, fields)
     elif request.replace:
+        # Re-pinning keeps the entry's other settings (tags, os, ...) unless given again.
+        kept = {k: list(v) if isinstance(v, list) else v for k, v in existing.items()}
+        fields = {**kept, **fields, "host_key": offered}
         new_text = replace_host_text(text, inventory_path, name, fields)
     else:
         new_text = text

@@ -344,7 +344,7 @@ def test_comments_survive_add_and_remove(lab, cli, repo):
 
 
 def test_changed_host_key_needs_replace(lab, cli, repo, tmp_path):
-    assert add(cli, repo, lab, "snix", input="yes\n").returncode == 0
+    assert add(cli, repo, lab, "snix", "--tags", "builder", input="yes\n").returncode == 0
     old_recipient = ssh_to_age(lab.host("snix").host_key_public)
     SopsStore(repo / "secrets").write("snix.yaml", {"k": Secret("v")})
     new_key = lab.regenerate_host_key("snix")
@@ -355,7 +355,8 @@ def test_changed_host_key_needs_replace(lab, cli, repo, tmp_path):
 
     replaced = add(cli, repo, lab, "snix", "--replace", "--fingerprint", openssh_fingerprint(new_key))
     assert replaced.returncode == 0, replaced.stdout + replaced.stderr
-    assert yaml.safe_load((repo / "hosts.yaml").read_text())["hosts"]["snix"]["host_key"] == new_key
+    entry = yaml.safe_load((repo / "hosts.yaml").read_text())["hosts"]["snix"]
+    assert entry["host_key"] == new_key and entry["tags"] == ["builder"]  # other settings kept
     config = (repo / "secrets/.sops.yaml").read_text()
     assert old_recipient not in config and ssh_to_age(new_key) in config
     home = tmp_path / "h"

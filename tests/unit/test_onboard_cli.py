@@ -338,3 +338,24 @@ def test_a_crash_before_hosts_yaml_is_finished_by_running_add_again(fleet, run):
     assert "re-encrypted" not in result.output  # that part was already done
     assert store.config.read_text() == config_after_crash
     assert yaml.safe_load((fleet / "hosts.yaml").read_text())["hosts"]["web1"]["host_key"] == key
+
+
+def test_replace_repins_and_keeps_the_other_settings(fleet, run):
+    hosts = fleet / "hosts.yaml"
+    old, new = new_host_key(), new_host_key()
+    first = ("-i", hosts, "host", "add", "a", "--address", "192.0.2.1", "--tags", "db", "--port", "2222")
+    assert run(*first, "--offline", "--host-key", old).exit_code == 0
+    refused = run("-i", hosts, "host", "add", "a", "--address", "192.0.2.1", "--offline", "--host-key", new)
+    assert refused.exit_code == 4 and "--replace" in refused.output
+    result = run(
+        "-i", hosts, "host", "add", "a", "--address", "192.0.2.5", "--replace", "--offline", "--host-key", new
+    )
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(hosts.read_text())["hosts"]["a"] == {
+        "address": "192.0.2.5",
+        "port": 2222,
+        "tags": ["db"],
+        "host_key": new,
+    }
+    config = (fleet / "secrets" / ".sops.yaml").read_text()
+    assert libsodium_recipient(old) not in config and libsodium_recipient(new) in config
