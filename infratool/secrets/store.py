@@ -380,6 +380,7 @@ class SopsStore:
             path,
             stdin=buf.getvalue().encode(),
         )
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, ciphertext)
         self._cache[path] = _Cached(_signature(path), tree, _secrets(tree))
         return True
