@@ -281,6 +281,12 @@ def add_host(inventory_path: Path, request: HostRequest, confirm: Callable[[str,
         store = _store(secrets_dir)
         new_config = edit_sops_config(config.read_text(), config, name, recipient, old_recipients)
         reencrypted = apply_sops_config(store, new_config)
+        if old_recipients and reencrypted:
+            notes.append(
+                f"the old host key could decrypt {', '.join(store.display(p) for p in reencrypted)} "
+                "(sops updatekeys keeps the data key): rotate those secrets if the old machine "
+                "or its disk is not under your control"
+            )
     else:
         notes.append(f"no {config}: host pinned, no secrets enrolment")
     if new_text != text:
