@@ -239,15 +239,8 @@ def host_remove(g: Globals, name: str, yes: bool) -> None:
     from infratool.onboard import remove_host
 
     path = resolve_path(g.inventory)
-    if not yes:
-        try:
-            ok = click.confirm(
-                f"Remove {name} from {path} and its secrets' recipients?", default=False, err=True
-            )
-        except click.Abort:
-            ok = False
-        if not ok:
-            raise RefusedError(f"{name} not removed (not confirmed; --yes to skip the question)")
+    if not yes and not _ask(f"Remove {name} from {path} and its secrets' recipients?"):
+        raise RefusedError(f"{name} not removed (not confirmed; --yes to skip the question)")
     result = remove_host(path, name)
     if g.json:
         emit_json(result.to_dict())
