@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infratool.changes import LOCAL
-from infratool.errors import CommandFailed
+from infratool.errors import CommandFailed, InfratoolError
 from infratool.facts import FactCache, FileState
 from infratool.hidden import REDACTOR, Secret
 from infratool.inventory import Host
-from infratool.remote import Remote, Result
+from infratool.remote import FileWrite, PartialWrite, Remote, Result
 
 
 @dataclass
@@ -90,6 +90,76 @@ class HostContext:
         """Current content of a remote file, or None if absent."""
         res = self.remote.run(f"base64 -w0 -- {shlex.quote(path)}", check=False, what=f"read {path}")
         return base64.b64decode(res.stdout) if res.ok else None
+
+
+class DeferredWriteFailed(Exception):
+    """A deferred write failed; ``tag`` is whoever queued it (the runner's change)."""
+
+    def __init__(self, tag: object, cause: InfratoolError) -> None:
+        self.tag = tag
+        self.cause = cause
+        super().__init__(str(cause))
+
+
+class DeferredWrites:
+    """A :class:`HostContext` whose file writes are queued and sent together.
+
+    The runner applies a host's changes through this view so that a
+    converge writing N files costs one round trip, not N (and one shell on
+    the host, not N). ``put_file`` only queues; any other use of the host
+    (``run``, ``read_file``, the raw ``remote``) first sends the queue, so a
+    change always finds its earlier writes in place. Reading ``host``,
+    ``name``, ``facts`` or planned ``file`` state sends nothing.
+
+    Each queued write carries :attr:`tag` (the change being applied). When a
+    send fails, :attr:`failed_tag` tells whose write it was: the writes
+    queued before it are in place, the rest were not attempted.
+    """
+
+    _PASSIVE = frozenset({"host", "name", "facts", "overlay", "file"})
+
+    def __init__(self, ctx: HostContext) -> None:
+        self._ctx = ctx
+        self._queue: list[tuple[FileWrite, object]] = []
+        self.tag: object = None
+        self.failed_tag: object = None
+
+    def put_file(
+        self,
+        path: str,
+        content: bytes | str | Secret,
+        mode: int | None = None,
+        owner: str | None = None,
+        group: str | None = None,
+    ) -> None:
+        """Queue an atomic write (see :meth:`Remote.put_files`)."""
+        self._queue.append((FileWrite(path, content, mode, owner, group), self.tag))
+
+    def flush(self) -> None:
+        """Send the queued writes; raises :class:`DeferredWriteFailed`."""
+        queue, self._queue = self._queue, []
+        if not queue:
+            return
+        try:
+            self._ctx.remote.put_files([w for w, _ in queue])
+        except PartialWrite as exc:
+            self.failed_tag = queue[min(exc.written, len(queue) - 1)][1]
+            raise DeferredWriteFailed(self.failed_tag, exc) from None
+        except InfratoolError as exc:  # connection lost: nothing is known to be written
+            self.failed_tag = queue[0][1]
+            raise DeferredWriteFailed(self.failed_tag, exc) from None
+
+    def __getattr__(self, name: str):
+        if name not in self._PASSIVE:
+            try:
+                self.flush()
+            except DeferredWriteFailed as exc:
+                # The current change's own write failed: it sees the error its
+                # own put_file would have raised, and may handle it as before.
+                if exc.tag is self.tag:
+                    raise exc.cause from None
+                raise
+        return getattr(self._ctx, name)
 
 
 @dataclass

@@ -21,7 +21,8 @@ import shlex
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from infratool.errors import CommandFailed, ConnectError, HostKeyError, InputError
 from infratool.hidden import REDACTOR, Secret
@@ -352,6 +353,28 @@ class Remote:
             put_file_script(path, mode, owner, group), stdin=base64.b64encode(data), what=f"write {path}"
         )
 
+    def put_files(self, writes: Sequence[FileWrite]) -> None:
+        """Write several files in one round trip, each atomically, in order.
+
+        Each file gets what :meth:`put_file` gives it (temp file in the same
+        directory, fsync, mode/owner, rename). Contents travel raw on stdin,
+        each followed by a newline the script must read before the rename, so
+        a stream cut short never replaces a file. Stops at the first failure:
+        raises :class:`PartialWrite`, whose ``written`` files are in place and
+        the rest untouched.
+        """
+        if not writes:
+            return
+        payload = bytearray()
+        for w in writes:
+            data = w.content.reveal_bytes() if isinstance(w.content, Secret) else w.content
+            payload += (data.encode() if isinstance(data, str) else data) + b"\n"
+        res = self.run(put_files_script(writes, payload_sizes(writes)), stdin=bytes(payload), check=False)
+        written = res.stdout.count("ok\n")
+        if not res.ok:
+            failed = writes[min(written, len(writes) - 1)].path
+            raise PartialWrite(self.host.name, f"write {failed}", res.exited, res.stderr, written)
+
 
 _CHUNK = 65536
 _TIMED_OUT = 124
@@ -414,6 +437,73 @@ def put_file_script(path: str, mode: int | None, owner: str | None, group: str |
     # coreutils' `sync FILE` fsyncs just that file; the data is on disk before
     # the rename makes it visible.
     lines += ['sync -- "$t" 2>/dev/null || true', 'mv -f -- "$t" "$p"', "trap - EXIT"]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class FileWrite:
+    """One file for :meth:`Remote.put_files`."""
+
+    path: str
+    content: bytes | str | Secret = field(repr=False)
+    mode: int | None = None
+    owner: str | None = None
+    group: str | None = None
+
+
+class PartialWrite(CommandFailed):
+    """:meth:`Remote.put_files` stopped at a file; ``written`` files before it are in place."""
+
+    def __init__(self, host: str, what: str, exited: int, stderr: str, written: int) -> None:
+        self.written = written
+        super().__init__(host, what, exited, stderr)
+
+
+def payload_sizes(writes: Sequence[FileWrite]) -> list[int]:
+    """Byte length of each write's content (as sent)."""
+    sizes = []
+    for w in writes:
+        data = w.content.reveal_bytes() if isinstance(w.content, Secret) else w.content
+        sizes.append(len(data.encode() if isinstance(data, str) else data))
+    return sizes
+
+
+_PUT_FUNCTION = r"""w() {  # path size mode|- owner|-
+  set -e
+  p=$1
+  case $p in */*) d=${p%/*}; d=${d:-/} ;; *) d=. ;; esac
+  [ -d "$d" ] || mkdir -p -- "$d"
+  t=$(mktemp -- "$d/.infratool.XXXXXXXX")
+  trap 'rm -f -- "$t"' EXIT
+  head -c "$2" > "$t"
+  IFS= read -r end
+  [ -z "$end" ]
+  if [ "$3" != - ]; then chmod "$3" "$t"
+  elif [ -e "$p" ]; then chmod --reference="$p" "$t"; else chmod 644 "$t"; fi
+  if [ "$4" != - ]; then chown -- "$4" "$t"
+  elif [ -e "$p" ] && ! { [ -O "$p" ] && [ -G "$p" ] && [ ! -g "$d" ]; }; then chown --reference="$p" "$t"; fi
+  sync -- "$t" 2>/dev/null || true
+  mv -f -- "$t" "$p"
+  trap - EXIT
+}"""
+
+
+def put_files_script(writes: Sequence[FileWrite], sizes: Sequence[int]) -> str:
+    """The script :meth:`Remote.put_files` runs: one subshell per file, "ok" after each.
+
+    Each write runs in its own subshell so that ``set -e`` and the temp-file
+    trap apply to it alone; GNU ``head -c`` never reads past its count, so
+    the next file's content stays on stdin.
+    """
+    lines = [_PUT_FUNCTION]
+    for w, size in zip(writes, sizes, strict=True):
+        mode = "-" if w.mode is None else f"{w.mode:o}"
+        owner = "-"
+        if w.owner or w.group:
+            owner = f"{w.owner or ''}:{w.group or ''}" if w.group else w.owner or ""
+        # Not `( w ... ) || exit`: inside an || list the shell ignores `set -e`.
+        lines.append(f"( w {shlex.quote(w.path)} {size} {mode} {shlex.quote(owner)} ); s=$?")
+        lines.append('[ "$s" = 0 ] || exit "$s"; echo ok')
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from infratool import log
 from infratool.changes import LOCAL, Change, Plan
-from infratool.context import HostContext, LocalContext
+from infratool.context import DeferredWriteFailed, DeferredWrites, HostContext, LocalContext
 from infratool.errors import (
     EXIT_CHANGES,
     EXIT_FAILED,
@@ -34,7 +34,12 @@ from infratool.inventory import Host, Inventory
 from infratool.options import RunOptions
 from infratool.playbook import Playbook
 from infratool.remote import Remote
-from infratool.tasks.base import HostTask, PlanContext
+from infratool.tasks.base import HostTask, PlanContext, Task
+
+HOST_LOCAL_TASKS = frozenset({"files.content", "files.absent", "nix.settings"})
+"""Tasks whose changes touch only their own host (a task class may also say so
+with ``host_local = True``): consecutive entries of them apply back to back on
+each host, without waiting for the whole fleet between entries."""
 
 Event = Callable[[str, str, str], None]
 """``on_event(host, status, message)`` for progress displays."""
@@ -275,54 +280,112 @@ class Runner:
             results[host].status = "refused" if host in plan.host_key_refused else "unreachable"
             results[host].error = message
         failed: dict[str, str] = dict(plan.failures)
-        stages = sorted({(c.stage, c.phase) for c in plan.changes})
-        for i, key in enumerate(stages):
-            group = [c for c in plan.changes if (c.stage, c.phase) == key]
+        by_key: dict[tuple[int, int], list[Change]] = {}
+        for c in plan.changes:
+            by_key.setdefault((c.stage, c.phase), []).append(c)
+        groups: list[list[tuple[int, int]]] = []
+        for key in sorted(by_key):
+            if groups and self._back_to_back(key, by_key) and self._back_to_back(groups[-1][-1], by_key):
+                groups[-1].append(key)
+            else:
+                groups.append([key])
+        last_group = {key[0]: i for i, keys in enumerate(groups) for key in keys}
+        for i, keys in enumerate(groups):
             by_host: dict[str, list[Change]] = {}
-            for c in group:
-                by_host.setdefault(c.host, []).append(c)
+            for key in keys:
+                for c in by_key[key]:
+                    by_host.setdefault(c.host, []).append(c)
             list(
                 self._pool.map(
                     lambda item: self._apply_host(item[0], item[1], failed, results), by_host.items()
                 )
             )
-            last_of_stage = i + 1 == len(stages) or stages[i + 1][0] != key[0]
-            if last_of_stage and key[0] < len(self._targets):
-                self._verify(key[0], plan, failed, results)
+            for stage in sorted({key[0] for key in keys}):
+                if last_group[stage] == i and stage < len(self._targets):
+                    self._verify(stage, plan, failed, results)
         for r in results.values():
             if r.host in failed and r.status not in ("refused", "unreachable"):
                 r.status, r.error = "failed", failed[r.host]
         return RunResult(plan=plan, hosts=results)
+
+    def _back_to_back(self, key: tuple[int, int], by_key: dict[tuple[int, int], list[Change]]) -> bool:
+        """Whether the changes of ``key`` (entry, phase) may run on each host without a fleet-wide barrier.
+
+        Only for entries of host-local tasks (their changes touch their own
+        host only) with nothing to verify, no phases, no cross-host
+        ``requires`` and no deploy: then running a host's entries back to
+        back changes nothing another host could observe, and lets the
+        host's writes go out together.
+        """
+        stage, phase = key
+        if phase != 0 or stage >= len(self._targets):
+            return False
+        task = self._targets[stage][0].task
+        if not getattr(task, "host_local", task.name in HOST_LOCAL_TASKS):
+            return False
+        if type(task).verify is not Task.verify:
+            return False
+        return all(not is_local(c.host) and not c.requires and not c.deploy for c in by_key[key])
 
     def _apply_host(
         self, host: str, changes: list[Change], failed: dict[str, str], results: dict[str, HostResult]
     ) -> None:
         ctx = self.local if is_local(host) else self.contexts.get(host)
         result = results.setdefault(host, HostResult(host))
-        for change in changes:
-            blocked = [h for h in (host, *change.requires) if h in failed]
-            if blocked or ctx is None:
-                self.on_event(
-                    host, "skipped", f"{change.description} (after failure on {', '.join(blocked)})"
-                )
-                continue
-            self.on_event(host, "applying", change.description)
-            try:
-                change.apply(ctx)
-            except Exception as exc:
-                message = (
-                    REDACTOR.redact(str(exc))
-                    if isinstance(exc, InfratoolError)
-                    else f"internal error in {change.task}: {type(exc).__name__}: {REDACTOR.redact(str(exc))}"
-                )
-                failed[host] = message
-                self.log.error("change failed", host=host, change=change.description, error=message)
-                self.on_event(host, "failed", message)
-                return
-            result.applied.append(change.description)
-            result.status = "changed"
+        # On a host, changes go through a view that queues file writes and
+        # sends them in one script (at the end, or before any other command).
+        view = DeferredWrites(ctx) if isinstance(ctx, HostContext) else ctx
+        done: list[Change] = []  # applied, or queued and waiting to be sent
+        current: Change | None = None
+        try:
+            for change in changes:
+                blocked = [h for h in (host, *change.requires) if h in failed]
+                if blocked or ctx is None:
+                    self.on_event(
+                        host, "skipped", f"{change.description} (after failure on {', '.join(blocked)})"
+                    )
+                    continue
+                self.on_event(host, "applying", change.description)
+                current = change
+                if isinstance(view, DeferredWrites):
+                    view.tag = change
+                change.apply(view)
+                if isinstance(view, DeferredWrites) and view.failed_tag is not None:
+                    raise DeferredWriteFailed(view.failed_tag, InfratoolError("write failed"))
+                done.append(change)
+            current = None
+            if isinstance(view, DeferredWrites):
+                view.flush()
+        except Exception as exc:
+            culprit, cause = current, exc
+            if isinstance(exc, DeferredWriteFailed):
+                culprit, cause = exc.tag, exc.cause
+            applied = done
+            for n, c in enumerate(done):
+                if c is culprit:
+                    applied = done[:n]
+                    break
+            self._record_applied(result, applied)
+            task = culprit.task if isinstance(culprit, Change) else "apply"
+            message = (
+                REDACTOR.redact(str(cause))
+                if isinstance(cause, InfratoolError)
+                else f"internal error in {task}: {type(cause).__name__}: {REDACTOR.redact(str(cause))}"
+            )
+            failed[host] = message
+            what = culprit.description if isinstance(culprit, Change) else "apply"
+            self.log.error("change failed", host=host, change=what, error=message)
+            self.on_event(host, "failed", message)
+            return
+        self._record_applied(result, done)
         if result.applied:
             self.on_event(host, "changed", f"{len(result.applied)} change(s) applied")
+
+    @staticmethod
+    def _record_applied(result: HostResult, changes: list[Change]) -> None:
+        for change in changes:
+            result.applied.append(change.description)
+            result.status = "changed"
 
     def _verify(self, stage: int, plan: Plan, failed: dict[str, str], results: dict[str, HostResult]) -> None:
         inv, targets = self._targets[stage]
