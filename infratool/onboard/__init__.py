@@ -169,6 +169,11 @@ def _validate(path: Path, text: str, name: str) -> inv.Host | None:
         raise InputError(f"the new entry for {name!r} would not be valid: {exc.message}") from None
 
 
+def _display(store: Any, path: Path) -> str:
+    """A secrets file as the operator knows it: ``secrets/<file>`` (relative to the fleet repo)."""
+    return f"{store.repo.name}/{store.display(path)}"
+
+
 def _store(secrets_dir: Path):
     from infratool.secrets.store import SopsStore
 
@@ -283,7 +288,7 @@ def add_host(inventory_path: Path, request: HostRequest, confirm: Callable[[str,
         reencrypted = apply_sops_config(store, new_config)
         if old_recipients and reencrypted:
             notes.append(
-                f"the old host key could decrypt {', '.join(store.display(p) for p in reencrypted)} "
+                f"the old host key could decrypt {', '.join(_display(store, p) for p in reencrypted)} "
                 "(sops updatekeys keeps the data key): rotate those secrets if the old machine "
                 "or its disk is not under your control"
             )
@@ -334,7 +339,7 @@ def remove_host(inventory_path: Path, name: str) -> HostResult:
         new_config = edit_sops_config(config.read_text(), config, name, None, recipients)
         reencrypted = apply_sops_config(store, new_config)
         if reencrypted:
-            shown = ", ".join(store.display(p) for p in reencrypted)
+            shown = ", ".join(_display(store, p) for p in reencrypted)
             notes.append(
                 f"{name} could read the values in {shown}: rotate them "
                 "(`infratool secrets rotate`); sops updatekeys keeps the data key"
