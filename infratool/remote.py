@@ -288,12 +288,18 @@ class Remote:
             problems: list[BaseException] = []
 
             def feed_and_drain() -> None:
-                # Errors are handed to the reading thread, which raises them:
-                # an exception escaping here would only print a traceback.
                 try:
                     if stdin:
                         chan.sendall(stdin)
                     chan.shutdown_write()
+                except Exception:
+                    # The command exited or closed stdin without reading all of
+                    # it (like EPIPE in a pipeline): its exit status tells; a
+                    # dead connection shows there too.
+                    pass
+                # Errors are handed to the reading thread, which raises them:
+                # an exception escaping here would only print a traceback.
+                try:
                     while chunk := chan.recv_stderr(_CHUNK):
                         err_chunks.append(chunk)
                 except BaseException as exc:
