@@ -25,6 +25,7 @@ from conftest import PLAYBOOKS, files_containing, sample_ps
 
 from infratool.hidden import Secret
 from infratool.inventory import Host
+from infratool.secrets.generators import generate
 from infratool.secrets.store import SopsStore
 from infratool.tasks.binary_cache import render
 from infratool.tasks.binary_cache.install import END, checked_put_script
@@ -47,6 +48,7 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
+    """Write ``tmp_path/name`` and return its path."""
     path = tmp_path / name
     path.write_text(text)
     return path
@@ -103,6 +105,7 @@ def sops_keys(lab) -> dict[str, str]:
 
 
 def push_playbook(tmp_path: Path, paths: list[str], chunk: int = 50) -> Path:
+    """A playbook pushing ``paths`` (``chunk`` paths per change)."""
     return write(
         tmp_path,
         "push.yaml",
@@ -245,6 +248,7 @@ def test_push_paths_and_flake_outputs_signed_once(fleet, cli, tmp_path):
 
 
 def rotation_phase(lab) -> str | None:
+    """The rotation phase in the lab repo's state file (None: idle or unreadable mid-write)."""
     path = lab.flake_dir / "secrets" / STATE_FILE
     try:
         data = yaml.safe_load(path.read_text())
@@ -316,6 +320,22 @@ def test_key_rotation_with_overlap_survives_kill_9_between_phases(fleet, cli, tm
     assert NOT_SIGNED in fetch(lab, "brix", after, keys=old_public).stderr.decode()
     generated = (lab.flake_dir / "nix/binary-cache/snix-cache.nix").read_text()
     assert new_public in generated and old_public not in generated
+
+
+def test_crash_right_after_storing_the_next_key_resumes_in_the_site_playbook(fleet, cli):
+    """The run that stored next-secret-key died before its phase marker: the normal playbook resumes it."""
+    lab, inv = fleet, fleet.inventory_path
+    ok(cli("-i", inv, "run", PLAYBOOK, "--yes"))
+    store = SopsStore(lab.flake_dir / "secrets")
+    store.write("binary-cache.yaml", {"binary-cache/snix-cache/next-secret-key": generate(
+        "nix-cache-key", {"name": "snix-cache-2"}).value})
+    assert rotation_phase(lab) is None
+    plan = cli("-i", inv, "plan", PLAYBOOK).stdout
+    assert "resume key rotation snix-cache-1 → snix-cache-2 at phase trust-new" in plan
+    ok(cli("-i", inv, "run", PLAYBOOK, "--yes"))  # every verify passes on the way
+    keys = sops_keys(lab)
+    assert keys["secret-key"].startswith("snix-cache-2:") and "next-secret-key" not in keys
+    assert cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode").returncode == 0
 
 
 def test_bad_input_exits_3_and_touches_nothing(lab, cli, tmp_path):
@@ -406,8 +426,6 @@ def test_checked_write_never_installs_a_cut_transfer(tmp_path):
 
 
 def test_keys_by_phase_overlap_then_drop():
-    from infratool.secrets.generators import generate
-
     old = generate("nix-cache-key", {"name": "c-1"}).value
     new = generate("nix-cache-key", {"name": "c-2"}).value
     po, pn = public_key(old), public_key(new)

@@ -116,7 +116,7 @@ def check_client(
     url: str,
     trusted: list[str],
     system: str | None,
-    untrusted: list[str] = (),  # type: ignore[assignment]
+    untrusted: tuple[str, ...] | list[str] = (),
     live_config: bool = True,
 ) -> str | None:
     """Prove a client works with the cache: a real signed fetch, then its effective settings.
@@ -186,6 +186,9 @@ class BinaryCacheClient(Task):
         ),
     }
 
+    planned_trusted: list[str] | None = None
+    """The public keys this task planned with (what verify checks)."""
+
     def validate(self) -> None:
         validate_server(self)
         validate_hosts(self, "clients")
@@ -229,6 +232,9 @@ class BinaryCacheClient(Task):
 
     def plan(self, ctx: PlanContext) -> list[Change]:
         trusted, changes = self.trusted(ctx)
+        # verify() checks these keys: a later task of the run (a rotation) may
+        # already have planned what comes after them.
+        self.planned_trusted = trusted
         url = self.spec.url
         for hctx in ctx.hosts.values():
             for c in plan_client(ctx, hctx, self.spec, url, trusted, self.name):
@@ -238,7 +244,7 @@ class BinaryCacheClient(Task):
         return changes
 
     def verify(self, ctx: PlanContext, changed: set[str]) -> dict[str, str]:
-        trusted, _ = self.trusted(ctx)
+        trusted = self.planned_trusted or self.trusted(ctx)[0]
         system = self.spec.server.system if self.spec.server is not None else None
         return check_clients(
             list(ctx.hosts.values()),

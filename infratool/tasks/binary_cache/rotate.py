@@ -39,6 +39,7 @@ from infratool.changes import LOCAL, Change
 from infratool.context import HostContext
 from infratool.errors import InputError, RefusedError, SecretsError, VerifyError
 from infratool.facts import FactRequest
+from infratool.hidden import Secret
 from infratool.inventory import Host
 from infratool.secrets import generators
 from infratool.secrets.lock import rotation_lock
@@ -96,6 +97,12 @@ class Rotation:
     clients: list[str]
     flake_config: str
     task: str
+
+    @property
+    def new(self) -> Secret:
+        """The key being rotated in."""
+        assert self.keys.next is not None
+        return self.keys.next
 
     @property
     def participants(self) -> tuple[str, ...]:
@@ -194,7 +201,7 @@ def _phases(ctx: PlanContext, rot: Rotation) -> list[Change]:
     _probe, present, _ = probe_info(server, rot.spec)
     if not present:
         raise RefusedError(f"the cache {rot.spec.name} has no probe path yet: run binary_cache.server first")
-    old, new = public_key(rot.keys.current), public_key(rot.keys.next)  # type: ignore[arg-type]
+    old, new = public_key(rot.keys.current), public_key(rot.new)
     if idx <= 0:  # trust-new: clients trust both keys
         keys = rot.keys.at("trust-new")
         add(_client_config(ctx, rot, keys))
@@ -210,7 +217,7 @@ def _phases(ctx: PlanContext, rot: Rotation) -> list[Change]:
                 Change(
                     server.name,
                     rot.task,
-                    f"re-sign the cache with {key_name(rot.keys.next)} and verify it with that key only",  # type: ignore[arg-type]
+                    f"re-sign the cache with {key_name(rot.new)} and verify it with that key only",
                     lambda h: h.run(scripts.resign(rot.spec, h.host, old, new), what="re-sign the cache"),
                     action="run",
                 )
@@ -339,30 +346,37 @@ def _begin_change(ctx: PlanContext, rot: Rotation) -> Change:
     spec = rot.spec
     planned_record = rot.keys.record
     if rot.start is None:
-        desc = (
-            f"start key rotation: store the next signing key {key_name(rot.keys.next)} in secrets/{SOPS_FILE}"  # type: ignore[arg-type]
-        )
+        desc = f"start key rotation: store the next signing key {key_name(rot.new)} in secrets/{SOPS_FILE}"
     else:
-        desc = f"resume key rotation {key_name(rot.keys.current)} → {key_name(rot.keys.next)} at phase {rot.start}"  # type: ignore[arg-type]
+        desc = f"resume key rotation {key_name(rot.keys.current)} → {key_name(rot.new)} at phase {rot.start}"
 
     def apply(_local: Any) -> None:
         _hold_lock(ctx)
         store.invalidate(SOPS_FILE)
         record = read_records(state_path(store)).get(spec.name, CacheRecord())
         stored_next = store.get(SOPS_FILE, spec.sops_key(NEXT))
-        expected_next = rot.keys.next if rot.start is not None else None
+        expected_next = rot.new if rot.start is not None else None
         if record.phase != planned_record.phase or stored_next != expected_next:
             raise SecretsError(f"the rotation of {spec.name} moved on since this plan was made; run again")
         if rot.start is None:
             # Stored (encrypted) before any host hears of it: a crash cannot lose it.
-            store.write(SOPS_FILE, {spec.sops_key(NEXT): rot.keys.next})
+            store.write(SOPS_FILE, {spec.sops_key(NEXT): rot.new})
             update_record(
                 state_path(store),
                 spec.name,
                 current=key_name(rot.keys.current),
-                next=key_name(rot.keys.next),
+                next=key_name(rot.new),
                 phase="trust-new",
-            )  # type: ignore[arg-type]
+            )
+        elif record.phase is None:
+            # The run that stored the next key died before writing the marker.
+            update_record(
+                state_path(store),
+                spec.name,
+                current=key_name(rot.keys.current),
+                next=key_name(rot.new),
+                phase=rot.start,
+            )
 
     return Change(
         LOCAL,
@@ -370,8 +384,8 @@ def _begin_change(ctx: PlanContext, rot: Rotation) -> Change:
         desc,
         apply,
         action="create" if rot.start is None else "run",
-        diff=f"+ next public key {public_key(rot.keys.next)}",
-    )  # type: ignore[arg-type]
+        diff=f"+ next public key {public_key(rot.new)}",
+    )
 
 
 def _marker_change(ctx: PlanContext, rot: Rotation, phase: str) -> Change:
@@ -392,13 +406,13 @@ def _retire_change(ctx: PlanContext, rot: Rotation) -> Change:
     def apply(_local: Any) -> None:
         store.invalidate(SOPS_FILE)
         # One sops write: the new key becomes current and the old one is gone, together.
-        store.write(SOPS_FILE, {spec.sops_key(CURRENT): rot.keys.next, spec.sops_key(NEXT): None})
-        _finish_state(state_path(store), spec.name, key_name(rot.keys.next))  # type: ignore[arg-type]
+        store.write(SOPS_FILE, {spec.sops_key(CURRENT): rot.new, spec.sops_key(NEXT): None})
+        _finish_state(state_path(store), spec.name, key_name(rot.new))
 
     return Change(
         LOCAL,
         rot.task,
-        f"retire {key_name(rot.keys.current)}: {key_name(rot.keys.next)} becomes {spec.sops_key(CURRENT)}; "  # type: ignore[arg-type]
+        f"retire {key_name(rot.keys.current)}: {key_name(rot.new)} becomes {spec.sops_key(CURRENT)}; "
         f"the old secret is deleted from secrets/{SOPS_FILE}",
         apply,
         action="update",

@@ -259,6 +259,8 @@ class BinaryCacheServer(Task):
         **CACHE_PARAMS,
         "post_build_hook": Param(bool, default=False, help="push every build on the server into the cache"),
     }
+    planned_keys: Keys | None = None
+    """The keys this task planned with (what verify checks)."""
 
     def validate(self) -> None:
         validate_server(self)
@@ -278,6 +280,9 @@ class BinaryCacheServer(Task):
         if hctx is None:
             return []  # not selected, or unreachable (already reported)
         keys, changes = load_keys(ctx, self.spec, self.name)
+        # verify() checks against these keys: a later task of the run (a rotation)
+        # may already have planned what comes after them.
+        self.planned_keys = keys
         if hctx.host.is_nixos:
             return changes + plan_nixos_server(
                 ctx, hctx, self.spec, keys, self.name, self.args["post_build_hook"]
@@ -288,7 +293,7 @@ class BinaryCacheServer(Task):
         hctx = ctx.hosts.get(self.args["server"])
         if hctx is None or hctx.host.is_nixos:
             return {}
-        keys, _ = load_keys(ctx, self.spec, self.name)
+        keys = self.planned_keys or load_keys(ctx, self.spec, self.name)[0]
         problem = check_server(hctx, self.spec, keys)
         return {hctx.name: problem} if problem else {}
 
