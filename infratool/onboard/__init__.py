@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from infratool import inventory as inv
 from infratool import yamlsrc
 from infratool.context import write_atomic
@@ -46,6 +48,8 @@ from infratool.secrets.agekeys import ed25519_public_from_ssh, ssh_ed25519_to_ag
 
 __all__ = ["HostRequest", "HostResult", "InitResult", "add_host", "init_repo", "remove_host"]
 
+ROTATION_POLICY = "rotation.yaml"
+"""The rotation policy's default name under ``secrets/`` (see :mod:`infratool.secrets.policy`)."""
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 
@@ -167,6 +171,23 @@ def _validate(path: Path, text: str, name: str) -> inv.Host | None:
         return inv.parse(data, path).hosts.get(name)
     except InputError as exc:
         raise InputError(f"the new entry for {name!r} would not be valid: {exc.message}") from None
+
+
+def _consumed_by(policy: Path, host: str) -> list[str]:
+    """Secrets of the rotation policy that name ``host`` as a consumer (none if it cannot be read)."""
+    try:
+        data = yaml.safe_load(policy.read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    secrets = data.get("secrets") if isinstance(data, dict) else None
+    if not isinstance(secrets, dict):
+        return []
+    return [
+        str(secret)
+        for secret, spec in secrets.items()
+        if isinstance(spec, dict)
+        and any(isinstance(c, dict) and c.get("host") == host for c in spec.get("consumers") or [])
+    ]
 
 
 def _display(store: Any, path: Path) -> str:
@@ -296,6 +317,12 @@ def add_host(inventory_path: Path, request: HostRequest, confirm: Callable[[str,
         notes.append(f"no {config}: host pinned, no secrets enrolment")
     if new_text != text:
         write_atomic(inventory_path, new_text.encode(), inventory_path.stat().st_mode & 0o7777)
+    consumed = _consumed_by(secrets_dir / ROTATION_POLICY, name)
+    if consumed:
+        notes.append(
+            f"secrets/{ROTATION_POLICY} still names {name} as a consumer of {', '.join(consumed)}: "
+            "edit it, or `infratool secrets rotate` will refuse the policy"
+        )
     return HostResult(
         name,
         offered,

@@ -359,3 +359,29 @@ def test_replace_repins_and_keeps_the_other_settings(fleet, run):
     }
     config = (fleet / "secrets" / ".sops.yaml").read_text()
     assert libsodium_recipient(old) not in config and libsodium_recipient(new) in config
+
+
+def test_remove_warns_about_the_rotation_policy(fleet, run):
+    hosts = fleet / "hosts.yaml"
+    assert (
+        run(
+            "-i",
+            hosts,
+            "host",
+            "add",
+            "db1",
+            "--address",
+            "192.0.2.1",
+            "--offline",
+            "--host-key",
+            new_host_key(),
+        ).exit_code
+        == 0
+    )
+    (fleet / "secrets" / "rotation.yaml").write_text(
+        "secrets:\n  pg/app:\n    file: secrets/db1.yaml\n    generator: password\n"
+        "    consumers:\n      - host: db1\n        file: {path: /run/pg}\n"
+    )
+    result = run("-i", hosts, "host", "remove", "db1", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "secrets/rotation.yaml still names db1 as a consumer of pg/app" in result.output
