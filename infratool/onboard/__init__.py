@@ -317,12 +317,6 @@ def add_host(inventory_path: Path, request: HostRequest, confirm: Callable[[str,
         notes.append(f"no {config}: host pinned, no secrets enrolment")
     if new_text != text:
         write_atomic(inventory_path, new_text.encode(), inventory_path.stat().st_mode & 0o7777)
-    consumed = _consumed_by(secrets_dir / ROTATION_POLICY, name)
-    if consumed:
-        notes.append(
-            f"secrets/{ROTATION_POLICY} still names {name} as a consumer of {', '.join(consumed)}: "
-            "edit it, or `infratool secrets rotate` will refuse the policy"
-        )
     return HostResult(
         name,
         offered,
@@ -376,6 +370,12 @@ def remove_host(inventory_path: Path, name: str) -> HostResult:
         new_text = remove_host_text(text, inventory_path, name)
         _validate(inventory_path, new_text, name)
         write_atomic(inventory_path, new_text.encode(), inventory_path.stat().st_mode & 0o7777)
+    consumed = _consumed_by(secrets_dir / ROTATION_POLICY, name)
+    if consumed:
+        notes.append(
+            f"secrets/{ROTATION_POLICY} still names {name} as a consumer of {', '.join(consumed)}: "
+            "edit it, or `infratool secrets rotate` will refuse the policy"
+        )
     return HostResult(
         name,
         key,
