@@ -299,6 +299,22 @@ class RotateSecrets(Task):
                 raise self.source.error(
                     f"unknown secret {name!r} (policy has: {', '.join(self.policy.secrets)})", "names"
                 )
+        self._store = self._read_files(root)
+
+    def _read_files(self, root: Path) -> SopsStore | None:
+        """Decrypt the policy's existing sops files now, while the input is validated.
+
+        A malformed or tampered file is then a SecretsFileError (exit 3) before
+        any host is contacted, instead of a failure of every consumer host
+        after connecting. The store keeps the plaintext cached for the plan.
+        """
+        files = [f for f in self.policy.files() if f.is_file()]
+        if not files:
+            return None
+        store = SopsStore(root / "secrets")
+        for f in files:
+            store.read(f)
+        return store
 
     def selected(self) -> list[SecretPolicy]:
         """The policy's secrets this invocation is about."""
@@ -337,6 +353,8 @@ class RotateSecrets(Task):
         return decisions
 
     def plan(self, ctx: PlanContext) -> list[Change]:
+        if self._store is not None:
+            ctx.state.setdefault("sops", self._store)
         store = ctx.secrets()
         changes = []
         for d in self.decide(store):
