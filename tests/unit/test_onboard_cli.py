@@ -385,3 +385,19 @@ def test_remove_warns_about_the_rotation_policy(fleet, run):
     result = run("-i", hosts, "host", "remove", "db1", "--yes")
     assert result.exit_code == 0, result.output
     assert "secrets/rotation.yaml still names db1 as a consumer of pg/app" in result.output
+
+
+def test_a_stale_known_hosts_pin_is_not_left_trusted(run, tmp_path):
+    inv = tmp_path / "kh" / "hosts.yaml"
+    inv.parent.mkdir()
+    (inv.parent / "known_hosts").write_text(f"192.0.2.1 {new_host_key()}\n")
+    inv.write_text(
+        'defaults: {known_hosts: known_hosts}\nhosts:\n  a: {address: 192.0.2.9, host_key: "ssh-ed25519 AAAA"}\n'
+    )
+    before = inv.read_text()
+    result = run(
+        "-i", inv, "host", "add", "b", "--address", "192.0.2.1", "--offline", "--host-key", new_host_key()
+    )
+    assert result.exit_code == 3, result.output
+    assert "known_hosts" in result.output and "remove that entry first" in result.output
+    assert inv.read_text() == before
