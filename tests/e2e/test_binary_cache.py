@@ -480,3 +480,11 @@ def test_nginx_conf_is_private_and_valid(address, tmp_path):
     f = write(tmp_path, "nginx.conf", local)
     res = subprocess.run(["nginx", "-t", "-q", "-e", f"{tmp_path}/err.log", "-c", str(f)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_systemd_unit_passes_systemd_analyze(tmp_path):
+    spec = CacheSpec("c", Host("snix", "10.0.0.5"), "http://10.0.0.5")
+    unit = write(tmp_path, spec.unit, render.systemd_unit(spec, "/usr/sbin/nginx"))
+    res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert f"ExecStart=/usr/sbin/nginx -e /var/log/infratool-binary-cache/c/error.log -c {spec.nginx_conf}" in unit.read_text()
