@@ -12,7 +12,7 @@ from pathlib import Path
 
 # Issue targets: infratool's wall time at most this fraction of the peer's.
 TARGETS = {"pyinfra": 0.7, "ansible": 1 / 3, "fabric": 1.3}
-ORDER = ("infratool", "fabric", "pyinfra", "ansible")
+ORDER = ("infratool", "proposals", "fabric", "pyinfra", "ansible")
 BEGIN = "<!-- bench:results:begin (written by bench/run.py; edit outside these markers) -->"
 END = "<!-- bench:results:end -->"
 
@@ -31,23 +31,29 @@ def _ratio_cell(ours: float, theirs: float, target: float | None) -> str:
     ratio = ours / theirs
     if target is None:
         return f"{ratio:.2f}"
-    return f"{ratio:.2f} {'✓' if ratio <= target else '✗'} (≤ {target:.2f})"
+    return f"{ratio:.2f} {'✓' if ratio <= target else '✗'}"
 
 
 def rows(record: dict) -> list[list[str]]:
     """One row per tool: first/no-op median and min, CPU, peak RSS, ratios."""
     tools = record["tools"]
     ours = tools["infratool"]
+    patched = tools.get("proposals")
     out = []
     for key in ORDER:
         if key not in tools:
             continue
         t = tools[key]
         target = TARGETS.get(key)
-        first_ratio = (
-            "—" if key == "infratool" else _ratio_cell(_med(ours["first"]), _med(t["first"]), target)
-        )
-        noop_ratio = "—" if key == "infratool" else _ratio_cell(_med(ours["noop"]), _med(t["noop"]), target)
+        cells = []
+        for kind in ("first", "noop"):
+            if key in ("infratool", "proposals"):
+                cells.append("—")
+                continue
+            cell = _ratio_cell(_med(ours[kind]), _med(t[kind]), target)
+            if patched:
+                cell += f"; with proposals {_ratio_cell(_med(patched[kind]), _med(t[kind]), target)}"
+            cells.append(cell + (f" (≤ {target:.2f})" if target else ""))
         out.append(
             [
                 t["label"],
@@ -55,8 +61,7 @@ def rows(record: dict) -> list[list[str]]:
                 f"{_fmt(_med(t['noop']))} / {_fmt(min(t['noop'], default=float('nan')))}",
                 f"{_fmt(_med(t['first_cpu']))} / {_fmt(_med(t['noop_cpu']))}",
                 f"{t['maxrss_kib'] / 1024:.0f}",
-                first_ratio,
-                noop_ratio,
+                *cells,
                 str(len(t["first"])) + ("" if not t["problems"] else f" ⚠ {len(t['problems'])} problem(s)"),
             ]
         )
@@ -69,8 +74,8 @@ HEADER = [
     "no-op s (median / min)",
     "CPU s first / no-op",
     "peak RSS MiB",
-    "infratool ÷ tool, first",
-    "infratool ÷ tool, no-op",
+    "infratool ÷ tool, first (target)",
+    "infratool ÷ tool, no-op (target)",
     "runs",
 ]
 
@@ -86,6 +91,7 @@ def startup_rows(record: dict) -> list[list[str]]:
     """Start-up command of each tool: median and min of the runs."""
     labels = {
         "infratool": "`infratool --help`",
+        "proposals": "`python -m infratool --help` (with bench/proposals)",
         "fabric": "`python -c 'import fabric'`",
         "pyinfra": "`pyinfra --version`",
         "ansible": "`ansible-playbook --version`",
