@@ -344,20 +344,19 @@ class Remote:
         owner: str | None = None,
         group: str | None = None,
     ) -> None:
-        """Write ``content`` to ``path`` atomically.
+        """Write ``content`` to ``path`` atomically (one :meth:`put_files` write).
 
         A temp file is created (0600, by mktemp) in the same directory, filled
-        from stdin, fsynced, given its mode and owner (the given ones, else
-        the existing file's), then renamed over ``path``. A failure at any
-        point removes the temp file and leaves the original untouched.
+        from stdin, checked to be complete, fsynced, given its mode and owner
+        (the given ones, else the existing file's), then renamed over
+        ``path``. A failure at any point — including a controller killed
+        mid-transfer, which ends the host's stdin early — removes the temp
+        file and leaves the original untouched.
         """
-        data = content.reveal_bytes() if isinstance(content, Secret) else content
-        if isinstance(data, str):
-            data = data.encode()
-        # base64 on the wire keeps binary content intact through the shell.
-        self.run(
-            put_file_script(path, mode, owner, group), stdin=base64.b64encode(data), what=f"write {path}"
-        )
+        try:
+            self.put_files([FileWrite(path, content, mode, owner, group)])
+        except PartialWrite as exc:
+            raise CommandFailed(self.host.name, f"write {path}", exc.exited, exc.stderr) from None
 
     def put_files(self, writes: Sequence[FileWrite]) -> None:
         """Write several files in one round trip, each atomically, in order.
@@ -408,42 +407,6 @@ def with_deadline(command: str, seconds: float) -> str:
 def _left(deadline: float | None) -> float | None:
     """Seconds until ``deadline`` (None: no deadline), never below a tick."""
     return None if deadline is None else max(0.001, deadline - time.monotonic())
-
-
-def put_file_script(path: str, mode: int | None, owner: str | None, group: str | None) -> str:
-    """The shell script :meth:`Remote.put_file` runs (content arrives on stdin).
-
-    Shell builtins wherever they do the job: every process started on the
-    host costs about a millisecond of its CPU, per file, per host.
-    """
-    q = shlex.quote(path)
-    lines = [
-        "set -e",
-        f"p={q}",
-        "case $p in */*) d=${p%/*}; d=${d:-/} ;; *) d=. ;; esac",
-        '[ -d "$d" ] || mkdir -p -- "$d"',
-        't=$(mktemp -- "$d/.infratool.XXXXXXXX")',
-        "trap 'rm -f -- \"$t\"' EXIT",
-        'base64 -d > "$t"',
-    ]
-    if mode is not None:
-        lines.append(f'chmod {mode:o} "$t"')
-    else:
-        lines.append('if [ -e "$p" ]; then chmod --reference="$p" "$t"; else chmod 644 "$t"; fi')
-    if owner or group:
-        spec = shlex.quote(f"{owner or ''}:{group or ''}" if group else owner or "")
-        lines.append(f'chown {spec} "$t"')
-    else:
-        # The temp file already has our uid and gid, unless the directory is
-        # setgid; only a file owned by someone else needs a chown.
-        lines.append(
-            'if [ -e "$p" ] && ! { [ -O "$p" ] && [ -G "$p" ] && [ ! -g "$d" ]; }; then '
-            'chown --reference="$p" "$t"; fi'
-        )
-    # coreutils' `sync FILE` fsyncs just that file; the data is on disk before
-    # the rename makes it visible.
-    lines += ['sync -- "$t" 2>/dev/null || true', 'mv -f -- "$t" "$p"', "trap - EXIT"]
-    return "\n".join(lines)
 
 
 @dataclass(frozen=True)

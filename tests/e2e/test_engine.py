@@ -9,7 +9,6 @@ import subprocess
 import time
 
 import yaml
-
 from conftest import PLAYBOOKS, files_containing, sample_ps
 
 
@@ -207,3 +206,22 @@ def test_scale_lab_32_hosts_plan(lab_factory, cli):
     big.down()
     assert shutil.which("pgrep") is None or subprocess.run(
         ["pgrep", "-f", str(big.root)], capture_output=True).stdout == b""
+
+
+def test_a_cut_transfer_never_replaces_a_file(lab):
+    """A controller killed mid-write ends the host's stdin early: the old file must survive."""
+    from infratool.inventory import load
+    from infratool.remote import FileWrite, Remote, payload_sizes, put_files_script
+
+    inv = load(lab.inventory_path)
+    target = lab.host("brix").path("/var/lib/app/conf")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("original\n")
+    write = FileWrite("/var/lib/app/conf", b"n" * 1000)
+    with Remote(inv["brix"]) as remote:
+        cut = remote.run(put_files_script([write], payload_sizes([write])), stdin=b"n" * 400, check=False)
+        assert not cut.ok
+        assert target.read_text() == "original\n"
+        assert [p.name for p in target.parent.iterdir()] == ["conf"]
+        remote.put_file("/var/lib/app/conf", b"new\n")
+    assert target.read_text() == "new\n"
