@@ -74,46 +74,43 @@ def ensure_operator_repo(flake: Path, key_file: Path) -> str:
     return recipient
 
 
-def sops_recipients(config: Path) -> list[str]:
-    """The age recipients of the first creation rule of a ``.sops.yaml``."""
-    from ruamel.yaml import YAML
-
-    data = YAML().load(config.read_text()) or {}
-    rules = data.get("creation_rules") or []
-    age = (rules[0].get("age") if rules else "") or ""
-    return [r.strip() for r in str(age).replace("\n", ",").split(",") if r.strip()]
+def _rule_recipients(rule) -> list[str]:
+    return [r.strip() for r in str(rule.get("age") or "").replace("\n", ",").split(",") if r.strip()]
 
 
-def set_sops_recipients(config: Path, recipients: list[str]) -> None:
-    """Make every creation rule of ``.sops.yaml`` use ``recipients`` (comments kept)."""
+def _edit_rules(config: Path, edit) -> bool:
+    """Apply ``edit(recipients) -> recipients`` to every creation rule; whether anything changed."""
     from ruamel.yaml import YAML
 
     yaml = YAML()
     yaml.preserve_quotes = True
     data = yaml.load(config.read_text())
+    changed = False
     for rule in data.get("creation_rules") or []:
-        rule["age"] = ",".join(dict.fromkeys(recipients))
-    buf = io.StringIO()
-    yaml.dump(data, buf)
-    write_atomic(config, buf.getvalue().encode())
+        before = _rule_recipients(rule)
+        after = list(dict.fromkeys(edit(before)))
+        if after != before:
+            rule["age"] = ",".join(after)
+            changed = True
+    if changed:
+        buf = io.StringIO()
+        yaml.dump(data, buf)
+        write_atomic(config, buf.getvalue().encode())
+    return changed
 
 
 def add_sops_recipient(config: Path, recipient: str) -> bool:
-    """Add ``recipient`` to ``.sops.yaml`` (idempotent); whether it changed."""
-    current = sops_recipients(config)
-    if recipient in current:
-        return False
-    set_sops_recipients(config, [*current, recipient])
-    return True
+    """Add ``recipient`` to every creation rule of ``.sops.yaml`` (idempotent); whether it changed.
+
+    Every rule, because the recipient (the backup identity) must be able to
+    read every file, whichever rule encrypted it (per-host rules included).
+    """
+    return _edit_rules(config, lambda rs: [*rs, recipient])
 
 
 def remove_sops_recipient(config: Path, recipient: str) -> bool:
-    """Remove ``recipient`` from ``.sops.yaml``; whether it changed."""
-    current = sops_recipients(config)
-    if recipient not in current:
-        return False
-    set_sops_recipients(config, [r for r in current if r != recipient])
-    return True
+    """Remove ``recipient`` from every creation rule of ``.sops.yaml``; whether it changed."""
+    return _edit_rules(config, lambda rs: [r for r in rs if r != recipient])
 
 
 def sops_files(secrets_dir: Path) -> list[Path]:

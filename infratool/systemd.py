@@ -38,8 +38,6 @@ class TimerOptions:
     randomized_delay: str = "1h"
     executable: str = ""
     """The infratool binary; default: the one running now."""
-    ssh_key: Path | None = None
-    """Login key for the fleet (passed as a credential too), if not in the inventory's path."""
 
 
 def default_executable() -> str:
@@ -56,8 +54,6 @@ def unit_sections(opts: TimerOptions) -> dict[str, dict[str, dict[str, list[str]
     flake = str(opts.flake)
     command = [exe, "-i", str(opts.inventory), "secrets", "rotate", "--due", "--yes", "--unattended"]
     credentials = [f"{CREDENTIAL}:{opts.age_key_file}"]
-    if opts.ssh_key:
-        credentials.append(f"ssh-key:{opts.ssh_key}")
     service = {
         "Unit": {
             "Description": "infratool: rotate the fleet's secrets that are due",

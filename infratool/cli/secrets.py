@@ -22,7 +22,7 @@ def _policy(g: Globals, policy: str | None):
     path = inv.flake / (policy or DEFAULT_POLICY)
     if not path.exists():
         raise InputError(f"rotation policy {path} not found (see docs/secrets-rotation.md)")
-    return inv, load_policy(path, inv.names, root=inv.flake)
+    return inv, load_policy(path, inv.names, root=inv.flake.resolve())
 
 
 @click.group(
