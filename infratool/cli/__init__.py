@@ -379,20 +379,11 @@ def _lab():
 )
 @pass_globals
 def lab_up(g: Globals, count: int | None) -> None:
-    from infratool.scaffold import ensure_operator_repo
+    from infratool.lab.services import prepare_fleet
 
     the_lab = _lab()
     started = the_lab.up(count)
-    # The lab's flake repo gets secrets/.sops.yaml and an operator age key, like `infratool init`.
-    key_file = the_lab.root / "age.key"
-    ensure_operator_repo(the_lab.flake_dir, key_file)
-    # Real services whose secrets the rotation playbook rotates (PostgreSQL, tokend),
-    # and the sbctl emulator on the hosts that do Secure Boot.
-    from infratool.lab.sbctl import provision_lab
-    from infratool.lab.services import provision
-
-    provision(the_lab)
-    provision_lab(the_lab)
+    key_file = prepare_fleet(the_lab)
     if g.json:
         emit_json([{"name": h.name, "address": h.address} for h in started])
     else:

@@ -145,3 +145,21 @@ def provision(lab: Lab) -> None:
         start_postgres(lab)
         start_tokend(lab)
         write_policy(lab)
+
+
+def prepare_fleet(lab: Lab) -> Path:
+    """Everything `infratool lab up` adds to running hosts; returns the operator's age key file.
+
+    The lab's flake repo gets ``secrets/.sops.yaml`` and an operator age key
+    (like ``infratool init``), the hosts get their services (PostgreSQL,
+    tokend) and the rotation policy naming them, and snix/slax/brix get the
+    sbctl emulator.
+    """
+    from infratool.lab.sbctl import provision_lab
+    from infratool.scaffold import ensure_operator_repo
+
+    key_file = lab.root / "age.key"
+    ensure_operator_repo(lab.flake_dir, key_file)
+    provision(lab)
+    provision_lab(lab)
+    return key_file
