@@ -172,8 +172,15 @@ for _fact in (
         "exists", lambda path: f"[ -e {shlex.quote(path)} ] && echo yes", lambda out, st: out.strip() == "yes"
     ),
     # A guard command (`unless:`) run read-only at plan time; its exit status is the fact.
-    Fact("succeeds", lambda cmd: f"( {cmd} ) >/dev/null 2>&1", lambda out, st: st == 0),
-    Fact("stdout", lambda cmd: f"( {cmd} ) 2>/dev/null", lambda out, st: out if st == 0 else None),
+    # `eval` of the quoted text keeps it one self-contained command: a `#`, an
+    # unbalanced `)` or a here-document in it cannot swallow or reshape the
+    # rest of the facts script (it is still the login shell that runs it).
+    Fact("succeeds", lambda cmd: f"( eval {shlex.quote(cmd)} ) >/dev/null 2>&1", lambda out, st: st == 0),
+    Fact(
+        "stdout",
+        lambda cmd: f"( eval {shlex.quote(cmd)} ) 2>/dev/null",
+        lambda out, st: out if st == 0 else None,
+    ),
 ):
     register(_fact)
 
