@@ -127,7 +127,9 @@ class FileContent(HostTask):
         "mode": Param(str, help="octal mode, e.g. '0644'", check=check_mode),
         "owner": Param(str, check=check_name),
         "group": Param(str, check=check_name),
-        "secret": Param(bool, default=False, help="content is secret: never shown in plans or logs"),
+        "secret": Param(
+            bool, default=False, help="content is secret: never shown in plans or logs; new files get 0600"
+        ),
     }
 
     def validate(self) -> None:
@@ -161,6 +163,10 @@ class FileContent(HostTask):
 
     def plan_host(self, host: HostContext, ctx: PlanContext) -> list[Change]:
         mode = int(self.args["mode"], 8) if self.args["mode"] else None
+        if mode is None and self.args["secret"] and not host.file(self.args["path"]).exists:
+            # A new secret file nobody gave a mode to is private (0600), not the
+            # world-readable 0644 of other new files; an existing one keeps its mode.
+            mode = 0o600
         return file_changes(
             host,
             self.name,
