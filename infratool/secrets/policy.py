@@ -265,6 +265,12 @@ def _file_target(ctx: _Ctx, raw: Any, parent: dict[Any, Any], what: str) -> File
     assert path is not None
     if not path.startswith("/"):
         raise ctx.err(f"{what}: file.path must be absolute, got {path!r}", spec, "path")
+    # As files.content: a '..' hides where the secret lands; a control character
+    # (a newline) in a path is never meant.
+    if ".." in Path(path).parts or any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+        raise ctx.err(
+            f"{what}: file.path must not contain '..' or control characters, got {path!r}", spec, "path"
+        )
     mode = 0o600
     if "mode" in spec:
         text = spec["mode"]
