@@ -13,6 +13,8 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -92,3 +94,40 @@ def lab_factory(tmp_path: Path) -> Iterator[Callable[[int], Lab]]:
 def lab(lab_factory: Callable[[int], Lab]) -> Lab:
     """A fresh, running four-host lab (snix, slax, brix, nixtv-player), torn down after the test."""
     return lab_factory(4)
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``cli(*args, input=None, env=None)``: run ``python -m infratool`` and capture its output.
+
+    Its TMPDIR is ``tmp_path/"controller-tmp"``, so tests can check that
+    nothing secret was left in the controller's temp dir.
+    """
+    controller_tmp = tmp_path / "controller-tmp"
+
+    def run(*args: str, input: str | None = None, env: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        controller_tmp.mkdir(exist_ok=True)
+        full_env = {**os.environ, "NO_COLOR": "1", "TMPDIR": str(controller_tmp), **(env or {})}
+        return subprocess.run(
+            [sys.executable, "-m", "infratool", *map(str, args)],
+            input=input, capture_output=True, text=True, env=full_env, cwd=tmp_path, timeout=timeout,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+
+    return run
+
+
+@pytest.fixture
+def fleet(lab, monkeypatch):
+    """The four-host lab plus its flake repo's secrets: ``secrets/.sops.yaml`` and an operator key.
+
+    ``SOPS_AGE_KEY_FILE`` is set for the test (and every ``cli`` call) to the
+    lab's operator key, as `infratool lab up` tells an operator to do.
+    """
+    from infratool.scaffold import ensure_operator_repo
+
+    key = lab.root / "age.key"
+    ensure_operator_repo(lab.flake_dir, key)
+    monkeypatch.setenv("SOPS_AGE_KEY_FILE", str(key))
+    return lab

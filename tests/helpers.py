@@ -1,0 +1,58 @@
+"""Plain helpers shared by the test suites (importable as ``helpers``: tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAYBOOKS = ROOT / "playbooks"
+
+
+@contextmanager
+def sample_ps(interval: float = 0.02) -> Iterator[list[str]]:
+    """Collect every process command line seen while the block runs.
+
+    Lab hosts share the controller's pid namespace, so one sampler sees the
+    controller's processes and every remote session's at once.
+    """
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if raw:
+                    seen.append(raw.replace(b"\0", b" ").decode(errors="replace"))
+            time.sleep(interval)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join()
+
+
+def files_containing(root: Path, needle: str) -> list[Path]:
+    """Every regular file under ``root`` whose bytes contain ``needle``."""
+    hits = []
+    data = needle.encode()
+    for path in root.rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink() and data in path.read_bytes():
+                hits.append(path)
+        except OSError:
+            continue
+    return hits
