@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 VENV = Path(__file__).resolve().parent / ".venv-peers"
-PACKAGES = ("pyinfra", "ansible-core", "fabric")
+PACKAGES = ("pyinfra", "ansible-core", "fabric", "py-spy")
 
 
 def _version_of(python: str) -> tuple[int, int]:
@@ -49,7 +49,7 @@ def find_python() -> str:
 def ensure(log=print) -> Path:
     """Create the peers' venv if missing or incomplete; return its bin directory."""
     bin_dir = VENV / "bin"
-    if all((bin_dir / exe).exists() for exe in ("pyinfra", "ansible-playbook", "python")):
+    if all((bin_dir / exe).exists() for exe in ("pyinfra", "ansible-playbook", "py-spy", "python")):
         return bin_dir
     python = find_python()
     log(f"bench: creating {VENV} with {python} and installing {' '.join(PACKAGES)}")
