@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from conftest import PLAYBOOKS
 
@@ -28,3 +29,13 @@ def test_site_plans_runs_and_then_plans_nothing(lab, cli, monkeypatch):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
     for host in ("snix", "slax", "brix", "nixtv-player"):
         assert f"{host}: no changes" in again.stdout
+
+    # The pieces work together: a client's remote build on snix, where the cache's
+    # post-build hook now runs (a build for a remote client must not fail on it).
+    nonce = os.urandom(6).hex()
+    drv = f'derivation {{ name = "site-{nonce}"; system = "x86_64-linux"; builder = "/bin/sh"; ' \
+          'args = ["-c" "echo built > $out"]; }'
+    built = lab.exec("slax", ["nix-build", "--max-jobs", "0", "--no-out-link", "-E", drv])
+    assert built.returncode == 0, built.stderr.decode()[-2000:]
+    out = built.stdout.decode().strip()
+    assert lab.host("snix").path(out).exists() or lab.exec("snix", ["test", "-e", out]).returncode == 0

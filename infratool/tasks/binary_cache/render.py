@@ -130,8 +130,14 @@ def _hook_body(spec: CacheSpec, host: Host, bindir: str) -> str:
     url = shlex.quote(spec.push_url(host))
     return (
         "# Nix 2.8.0 runs hooks with an empty OUT_PATHS (NixOS/nix#6446): ask the derivation.\n"
+        "# A build done here for a remote client (ssh-ng) has no .drv in this store: then\n"
+        "# there is nothing to ask, and a failing hook would fail the client's build, so\n"
+        "# the push is skipped (the client can push the result itself).\n"
         'if [ -z "${OUT_PATHS:-}" ] && [ -n "${DRV_PATH:-}" ]; then\n'
-        f'  OUT_PATHS=$({bindir}nix-store --query --outputs "$DRV_PATH")\n'
+        f'  OUT_PATHS=$({bindir}nix-store --query --outputs "$DRV_PATH" 2>/dev/null) || {{\n'
+        '    echo "post-build-hook: $DRV_PATH is not in this store (a remote build?): not pushed" >&2\n'
+        "    exit 0\n"
+        "  }\n"
         "fi\n"
         '[ -n "${OUT_PATHS:-}" ] || exit 0\n'
         "# shellcheck disable=SC2086 # OUT_PATHS is a space-separated list of store paths\n"
