@@ -28,7 +28,7 @@ from infratool.tasks.base import Param, load_all
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOKS = ROOT / "playbooks"
 FUZZ = settings(
-    max_examples=120,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -221,7 +221,7 @@ def task_entry(draw: st.DrawFn) -> str:
     return yaml.safe_dump({"tasks": [entry]}, allow_unicode=True)
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=100)
 @given(task_entry())
 def test_task_parameters_never_crash(repo: Repo, text: str) -> None:
     path = write(repo.root / "playbooks" / "fuzz-task.yaml", text)
