@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,17 @@ class Host:
     def is_nixos(self) -> bool:
         """NixOS hosts are configured declaratively through the flake repo."""
         return self.os == "nixos"
+
+    def deploy_argv(self) -> list[str]:
+        """The deploy command (``deploy_command``) with its placeholders filled in, as argv."""
+        values = {
+            "flake": str(self.flake),
+            "host": self.name,
+            "user": self.user,
+            "address": self.address,
+            "port": str(self.port),
+        }
+        return [part.format(**values) for part in shlex.split(self.deploy_command)]
 
 
 @dataclass(frozen=True)

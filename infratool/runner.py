@@ -256,7 +256,7 @@ class Runner:
             host = self.inventory.hosts.get(name)
             if host is None or not host.is_nixos:
                 continue
-            argv = deploy_argv(host)
+            argv = host.deploy_argv()
             result.append(
                 Change(
                     host=LOCAL,
@@ -418,15 +418,3 @@ class Runner:
 def is_local(target: str) -> bool:
     """Whether a change target is the controller (``local`` or ``local:<unit>``)."""
     return target == LOCAL or target.startswith(LOCAL + ":")
-
-
-def deploy_argv(host: Host) -> list[str]:
-    """The deploy command for a NixOS host, with placeholders filled in."""
-    values = {
-        "flake": str(host.flake),
-        "host": host.name,
-        "user": host.user,
-        "address": host.address,
-        "port": str(host.port),
-    }
-    return [part.format(**values) for part in shlex.split(host.deploy_command)]

@@ -17,7 +17,17 @@ from typing import Any
 import click
 
 from infratool import __version__
-from infratool.cli.common import Globals, audit_run, emit_json, examples, load_inventory, pass_globals
+from infratool.cli.common import (
+    Globals,
+    audit_run,
+    emit_json,
+    examples,
+    forks_option,
+    limit_option,
+    load_inventory,
+    pass_globals,
+    timeout_option,
+)
 from infratool.errors import EXIT_FAILED, EXIT_INPUT, InfratoolError, InputError
 
 # Command groups living in their own modules, imported only when used (fast --help).
@@ -126,10 +136,8 @@ def main(
     + examples("infratool hosts", "infratool hosts --check --limit 'tag:server'")
 )
 @click.option("--check", is_flag=True, help="Connect to each host (pinned key) and report.")
-@click.option(
-    "--limit", "-l", metavar="SEL", help="Host selection: names, globs, tag:NAME, !exclude, commas."
-)
-@click.option("--forks", "-f", default=10, show_default=True, type=click.IntRange(1, 256))
+@limit_option
+@forks_option
 @pass_globals
 def hosts(g: Globals, check: bool, limit: str | None, forks: int) -> None:
     inv = load_inventory(g)
@@ -194,8 +202,8 @@ def hosts(g: Globals, check: bool, limit: str | None, forks: int) -> None:
     help="Gather and show facts per host (one round trip each)."
     + examples("infratool facts --limit snix", "infratool --json facts")
 )
-@click.option("--limit", "-l", metavar="SEL")
-@click.option("--forks", "-f", default=10, show_default=True, type=click.IntRange(1, 256))
+@limit_option
+@forks_option
 @pass_globals
 def facts(g: Globals, limit: str | None, forks: int) -> None:
     from infratool.options import RunOptions
@@ -256,15 +264,11 @@ def _prepare(g: Globals, playbook_path: str, **opts: Any):
     )
 )
 @click.argument("playbook", type=click.Path(dir_okay=False))
-@click.option(
-    "--limit", "-l", metavar="SEL", help="Narrow the playbook's hosts: names, globs, tag:NAME, !name."
-)
-@click.option(
-    "--forks", "-f", default=10, show_default=True, type=click.IntRange(1, 256), help="Hosts handled at once."
-)
+@limit_option
+@forks_option
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when changes are pending (like terraform).")
 @click.option("--no-diff", is_flag=True, help="Descriptions only.")
-@click.option("--timeout", type=float, default=None, help="Seconds one remote command may take.")
+@timeout_option
 @pass_globals
 def plan(
     g: Globals,
@@ -299,18 +303,14 @@ def plan(
     )
 )
 @click.argument("playbook", type=click.Path(dir_okay=False))
-@click.option(
-    "--limit", "-l", metavar="SEL", help="Narrow the playbook's hosts: names, globs, tag:NAME, !name."
-)
+@limit_option
 @click.option(
     "--yes", "-y", is_flag=True, help="Apply without asking (required when stdin is not a terminal)."
 )
-@click.option(
-    "--forks", "-f", default=10, show_default=True, type=click.IntRange(1, 256), help="Hosts handled at once."
-)
+@forks_option
 @click.option("--no-deploy", is_flag=True, help="Skip the deploy step for NixOS hosts.")
 @click.option("--no-diff", is_flag=True, help="Descriptions only.")
-@click.option("--timeout", type=float, default=None, help="Seconds one remote command may take.")
+@timeout_option
 @pass_globals
 def run(
     g: Globals,

@@ -24,6 +24,23 @@ pass_globals = click.make_pass_decorator(Globals)
 """Decorator giving a command the :class:`Globals`."""
 
 
+limit_option = click.option(
+    "--limit", "-l", metavar="SEL", help="Host selection: names, globs, tag:NAME, !exclusion, comma lists."
+)
+"""``--limit``, the same on every command that selects hosts."""
+forks_option = click.option(
+    "--forks", "-f", default=10, show_default=True, type=click.IntRange(1, 256), help="Hosts handled at once."
+)
+"""``--forks``: the size of the bounded pool of hosts handled in parallel."""
+timeout_option = click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="Seconds one remote command may take (the host kills it after).",
+)
+"""``--timeout`` for remote commands."""
+
+
 def examples(*lines: str) -> str:
     """Help text ending with an Examples block (click keeps it unwrapped)."""
     return "\n\n\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)

@@ -8,7 +8,15 @@ from typing import Any
 
 import click
 
-from infratool.cli.common import Globals, audit_run, emit_json, examples, load_inventory, pass_globals
+from infratool.cli.common import (
+    Globals,
+    audit_run,
+    emit_json,
+    examples,
+    forks_option,
+    load_inventory,
+    pass_globals,
+)
 from infratool.errors import EXIT_CHANGES, EXIT_FAILED, InputError
 
 POLICY_HELP = "Rotation policy, relative to the flake repo [default: secrets/rotation.yaml]."
@@ -125,7 +133,7 @@ def status(g: Globals, policy: str | None, notify: bool) -> None:
     show_default=True,
     help="Seconds to wait for another rotation holding the lock.",
 )
-@click.option("--forks", "-f", default=10, show_default=True, type=click.IntRange(1, 256))
+@forks_option
 @click.option("--unattended", is_flag=True, hidden=True, help="Set by the timer.")
 @pass_globals
 def rotate(

@@ -14,10 +14,17 @@ from typing import Any
 
 import click
 
-from infratool.cli.common import Globals, audit_run, emit_json, examples, load_inventory, pass_globals
+from infratool.cli.common import (
+    Globals,
+    audit_run,
+    emit_json,
+    examples,
+    forks_option,
+    limit_option,
+    load_inventory,
+    pass_globals,
+)
 from infratool.errors import EXIT_FAILED, InputError
-
-_LIMIT_HELP = "Host selection: names, globs, tag:NAME, !name, commas."
 
 
 @click.group(
@@ -70,8 +77,8 @@ def _progress(g: Globals):
     "exit 1 when a host cannot be reached."
     + examples("infratool secureboot status", "infratool secureboot status --json --limit 'tag:laptop'")
 )
-@click.option("--limit", "-l", metavar="SEL", help=_LIMIT_HELP)
-@click.option("--forks", "-f", default=10, show_default=True, type=click.IntRange(1, 256))
+@limit_option
+@forks_option
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout (like the global --json).")
 @pass_globals
 def status(g: Globals, limit: str | None, forks: int, as_json: bool) -> None:

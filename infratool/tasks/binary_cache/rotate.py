@@ -283,7 +283,7 @@ def _deploys(ctx: PlanContext, rot: Rotation, names: list[str] | None = None) ->
     for name in names if names is not None else rot.clients:
         host = ctx.hosts[name].host
         if host.is_nixos:
-            argv = _deploy_argv(host)
+            argv = host.deploy_argv()
             result.append(
                 Change(
                     LOCAL,
@@ -294,18 +294,6 @@ def _deploys(ctx: PlanContext, rot: Rotation, names: list[str] | None = None) ->
                 )
             )
     return result
-
-
-def _deploy_argv(host: Host) -> list[str]:
-    # The runner's deploy step, here inline: a rotation must deploy between phases.
-    values = {
-        "flake": str(host.flake),
-        "host": host.name,
-        "user": host.user,
-        "address": host.address,
-        "port": str(host.port),
-    }
-    return [part.format(**values) for part in shlex.split(host.deploy_command)]
 
 
 def _verify_clients(
