@@ -68,6 +68,8 @@ class Plan:
     failures: dict[str, str] = field(default_factory=dict)
     """host → why it could not be planned (unreachable, host key refused, ...)."""
     host_key_refused: set[str] = field(default_factory=set)
+    unreachable: set[str] = field(default_factory=set)
+    """Hosts that could not be connected to (the other failures are plan errors)."""
 
     def for_host(self, host: str) -> list[Change]:
         """Changes on one host, in plan order."""

@@ -24,6 +24,7 @@ from infratool.errors import (
     EXIT_FAILED,
     EXIT_HOSTKEY,
     EXIT_OK,
+    ConnectError,
     HostError,
     HostKeyError,
     InfratoolError,
@@ -115,6 +116,7 @@ class Runner:
         self.state: dict[str, Any] = {}
         self.failures: dict[str, str] = {}
         self.refused: set[str] = set()
+        self.unreachable: set[str] = set()
         self._pool = ThreadPoolExecutor(max_workers=max(1, options.forks), thread_name_prefix="host")
         self._targets = [(inv, inv.hosts(inventory, options.limit)) for inv in playbook.invocations]
 
@@ -180,6 +182,8 @@ class Runner:
         message = REDACTOR.redact(str(exc))
         if isinstance(exc, HostKeyError):
             self.refused.add(host)
+        elif isinstance(exc, ConnectError):
+            self.unreachable.add(host)
         self.failures.setdefault(host, message)
         self.log.info("host failed", host=host, error=message)
         self.on_event(host, "refused" if isinstance(exc, HostKeyError) else "failed", message)
@@ -217,7 +221,11 @@ class Runner:
                 count = sum(1 for c in changes if c.host == name)
                 self.on_event(name, "planned", f"{count} change(s)")
         return Plan(
-            hosts=names, changes=changes, failures=dict(self.failures), host_key_refused=set(self.refused)
+            hosts=names,
+            changes=changes,
+            failures=dict(self.failures),
+            host_key_refused=set(self.refused),
+            unreachable=set(self.unreachable),
         )
 
     def _plan_task(self, task, ctx: PlanContext) -> list[Change]:
@@ -277,7 +285,13 @@ class Runner:
         results = {h: HostResult(h) for h in plan.hosts}
         for host, message in plan.failures.items():
             results.setdefault(host, HostResult(host))
-            results[host].status = "refused" if host in plan.host_key_refused else "unreachable"
+            results[host].status = (
+                "refused"
+                if host in plan.host_key_refused
+                else "unreachable"
+                if host in plan.unreachable
+                else "failed"
+            )
             results[host].error = message
         failed: dict[str, str] = dict(plan.failures)
         by_key: dict[tuple[int, int], list[Change]] = {}
