@@ -329,3 +329,58 @@ def test_sops_metadata_never_crashes(repo: Repo, text: str) -> None:
     # "no sops metadata" is about the whole file: there is no line to point at.
     err = only_input_errors(lambda: store.recipients(path), text, no_line_ok=("no sops metadata",))
     assert err is None or isinstance(err, SecretsFileError)
+
+
+# --- sops files through the real sops binary ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sops_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[SopsStore, str]:
+    """A secrets repo with an operator key and one encrypted file; the store and that file's text."""
+    import os
+
+    from infratool.hidden import Secret
+    from infratool.scaffold import ensure_operator_repo
+
+    root = tmp_path_factory.mktemp("sops-repo")
+    ensure_operator_repo(root, root / "age.key")
+    env = {**os.environ, "SOPS_AGE_KEY_FILE": str(root / "age.key"), "HOME": str(root)}
+    store = SopsStore(root / "secrets", env=env)
+    store.write("db.yaml", {"db/password": Secret("hunter2"), "api/token": Secret("x" * 40)})
+    return store, (root / "secrets" / "db.yaml").read_text()
+
+
+def _sops_regressions(text: str) -> list[str]:
+    """Mutations that were 'sops failed (exit 1)' before: bad lastmodified, bad version, a sops panic."""
+    import re
+
+    return [
+        text[: text.index("lastmodified")],  # truncated
+        re.sub(r'lastmodified: "[^"]+"', 'lastmodified: "yesterday"', text),
+        re.sub(r"version: \S+", "version: 0 x", text),
+        re.sub(r"(api:\n\s+token: )[^\n]+", r"\g<1>.nan", text),  # sops panics on a bare number
+    ]
+
+
+def test_sops_file_regressions_are_input_errors(sops_repo: tuple[SopsStore, str]) -> None:
+    store, good = sops_repo
+    for text in _sops_regressions(good):
+        write(store.repo / "m.yaml", text)
+        store.invalidate()
+        with pytest.raises(SecretsFileError) as err:
+            store.read("m.yaml")
+        assert err.value.file == "m.yaml", err.value
+
+
+@settings(FUZZ, max_examples=20)
+@given(data=st.data())
+def test_sops_file_through_sops_never_crashes(sops_repo: tuple[SopsStore, str], data: st.DataObject) -> None:
+    store, good = sops_repo
+    text = data.draw(text_mutation(good))
+    write(store.repo / "m.yaml", text)
+    store.invalidate()
+    try:
+        store.read("m.yaml")
+    except SecretsFileError as exc:  # exit 3: the file is the problem
+        assert exc.file == "m.yaml"
+        assert "Traceback" not in exc.message
