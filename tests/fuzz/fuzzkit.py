@@ -244,8 +244,16 @@ def _yaml_parses(text: str) -> bool:
     return True
 
 
-NO_LINE_OK = ("include cycle", "nested too deeply")
-"""Errors about the file as a whole, which have no one line to point at."""
+NO_LINE_OK = (
+    "include cycle",
+    "nested too deeply",
+    # A sops file a policy names, read while validating: about that whole file.
+    "not a sops-encrypted file",
+    "has been tampered with",
+    "cannot decrypt",
+    "malformed sops file",
+)
+"""Errors about a file as a whole, which have no one line to point at."""
 
 
 def only_input_errors(
@@ -283,15 +291,26 @@ class Contact(AssertionError):
 
 @contextmanager
 def no_contact() -> Iterator[None]:
-    """Fail on any socket connection or child process while the block runs."""
+    """Fail on any socket connection, or any child process but sops, while the block runs.
+
+    sops is local (validation may decrypt a policy's existing sops files); any
+    other process (ssh, a deploy command) or any socket would mean a host.
+    """
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise Contact(f"parsing tried to connect or run something: {args!r}")
 
     saved = (socket.socket.connect, socket.create_connection, subprocess.Popen.__init__)
+
+    def only_sops(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
+        argv0 = args[0] if isinstance(args, list | tuple) and args else args
+        if Path(str(argv0)).name != "sops":
+            refuse(args)
+        saved[2](self, args, *rest, **kwargs)
+
     socket.socket.connect = refuse  # type: ignore[method-assign]
     socket.create_connection = refuse  # type: ignore[assignment]
-    subprocess.Popen.__init__ = refuse  # type: ignore[method-assign]
+    subprocess.Popen.__init__ = only_sops  # type: ignore[method-assign]
     try:
         yield
     finally:
