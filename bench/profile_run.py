@@ -9,7 +9,7 @@ and grouped by what the code was doing. py-spy comes with the peers' venv.
 
 Usage (root)::
 
-    python bench/profile.py --hosts 16 [--runs 3] [--src CHECKOUT]
+    python bench/profile_run.py --hosts 16 [--runs 3] [--src CHECKOUT]
 
 ``--src`` profiles another checkout (e.g. one with bench/proposals applied).
 """
@@ -34,25 +34,28 @@ import peers  # noqa: E402
 import spec  # noqa: E402
 from run import start_lab  # noqa: E402
 
-# First match wins; a sample inside an import counts as import time of the
-# first non-infratool module being imported (what the import is for).
+# Checked on each frame from the innermost outwards; the first frame that
+# matches names the activity. A sample inside an import counts as import time
+# of the first non-infratool module being imported (what the import is for).
 _RULES = [
-    ("render: plan", r"\(infratool/render\.py.*plan|render\.py:\d+\);.*plan \(infratool/render"),
-    ("render: results table", r"results \(infratool/render\.py"),
-    ("ssh: handshake + auth", r"paramiko/(transport|kex_|auth_handler|ed25519key|pkey)"),
-    ("ssh: channels and packets", r"paramiko/|fabric/|invoke/"),
-    ("facts: build + parse", r"infratool/facts\.py"),
-    ("remote: commands", r"infratool/remote\.py"),
-    ("plan (tasks)", r"infratool/tasks/|infratool/changes\.py"),
-    ("inventory + playbook (YAML)", r"infratool/(inventory|playbook|yamlsrc)\.py|yaml/"),
-    ("audit log", r"infratool/log\.py|audit_run"),
-    ("runner", r"infratool/runner\.py"),
-    ("cli (click)", r"click/"),
+    ("render: plan", r"^plan \(infratool/render\.py"),
+    ("render: results table", r"^results \(infratool/render\.py"),
+    ("render: progress lines", r"\(infratool/render\.py"),
+    ("ssh: handshake + auth", r"\(paramiko/(transport|kex_\w+|auth_handler|ed25519key|pkey|client)\.py"),
+    ("ssh: channels and packets", r"\((paramiko|fabric|invoke)/"),
+    ("facts: build + parse", r"\(infratool/facts\.py"),
+    ("remote: commands", r"\(infratool/remote\.py"),
+    ("context: deferred writes", r"\(infratool/context\.py"),
+    ("plan (tasks, diffs)", r"\(infratool/(tasks/|changes\.py)|\(difflib\.py"),
+    ("inventory + playbook (YAML)", r"\(infratool/(inventory|playbook|yamlsrc)\.py|\(yaml/"),
+    ("audit log", r"\(infratool/log\.py|^audit_run "),
+    ("runner (pool, events)", r"\(infratool/runner\.py|\(concurrent/"),
+    ("cli (click)", r"\((click|infratool/cli)/"),
 ]
 
 
 def classify(stack: str) -> str:
-    """The category of one collapsed stack (``frame;frame;...``)."""
+    """The activity of one collapsed stack (``frame;frame;...``, outermost first)."""
     if not stack.strip():
         return "interpreter (no Python frame: start-up, teardown GC)"
     frames = stack.split(";")
@@ -62,9 +65,10 @@ def classify(stack: str) -> str:
             if not module.startswith("infratool"):
                 return f"import {module.split('/')[0].removesuffix('.py')}"
         return "import infratool (module bodies)"
-    for name, pattern in _RULES:
-        if re.search(pattern, stack):
-            return name
+    for frame in reversed(frames):
+        for name, pattern in _RULES:
+            if re.search(pattern, frame):
+                return name
     return "other"
 
 
