@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from infratool import log
+from infratool import faults, log
 from infratool.changes import LOCAL, Change, Plan
 from infratool.context import DeferredWriteFailed, DeferredWrites, HostContext, LocalContext
 from infratool.errors import (
@@ -399,6 +399,7 @@ class Runner:
     def _record_applied(result: HostResult, changes: list[Change]) -> None:
         for change in changes:
             result.applied.append(change.description)
+            faults.change_applied()
             result.status = "changed"
 
     def _verify(self, stage: int, plan: Plan, failed: dict[str, str], results: dict[str, HostResult]) -> None:

@@ -29,8 +29,6 @@ process with SIGKILL right after that step (``generated``, ``stored``,
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import threading
 import urllib.request
@@ -43,6 +41,7 @@ from infratool import log
 from infratool.changes import LOCAL, Change
 from infratool.context import HostContext
 from infratool.errors import InfratoolError, SecretsError, VerifyError
+from infratool.faults import fault_point
 from infratool.hidden import REDACTOR, Secret
 from infratool.inventory import Host
 from infratool.secrets import generators, state
@@ -54,7 +53,6 @@ from infratool.tasks.base import Param, PlanContext, Task, register
 DEFAULT_POLICY = "secrets/rotation.yaml"
 PENDING = "_rotation/pending/"
 PREVIOUS = "_rotation/previous/"
-FAULT_ENV = "INFRATOOL_FAULT"
 
 
 _THREAD_LOCKS: dict[Path, threading.Lock] = {}
@@ -64,12 +62,6 @@ _THREAD_LOCKS_GUARD = threading.Lock()
 def _thread_lock(path: Path) -> threading.Lock:
     with _THREAD_LOCKS_GUARD:
         return _THREAD_LOCKS.setdefault(path, threading.Lock())
-
-
-def fault_point(step: str) -> None:
-    """Die like a kill -9 right after ``step`` when the chaos tests ask for it."""
-    if os.environ.get(FAULT_ENV) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def pending_key(name: str) -> str:

@@ -1,0 +1,93 @@
+"""kill -9 of the controller in the middle of multi-step operations, then a rerun.
+
+``INFRATOOL_FAULT=after-change-N`` (see ``infratool/faults.py``) makes the
+controller SIGKILL itself after the N-th change it applied, so each operation
+is cut at several of its steps without the task declaring fault points. The
+rotation's own steps are covered in tests/e2e/test_secrets_rotation.py and the
+cache key rotation's phases in tests/e2e/test_binary_cache.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+import yaml
+from helpers import PLAYBOOKS
+
+from infratool.lab.sbctl import provision_lab
+from infratool.secrets.store import SopsStore
+
+BUILDERS = PLAYBOOKS / "remote-builders.yaml"
+CLIENTS = ("slax", "brix", "nixtv-player")
+
+
+def _rotating_playbook(tmp_path):
+    data = yaml.safe_load(BUILDERS.read_text())
+    data["tasks"][0]["with"]["rotate_keys"] = True
+    path = tmp_path / "rotate-builder-keys.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _installed_keys(lab) -> dict[str, str]:
+    return {c: lab.host(c).path("/etc/nix/remote-builders/id_ed25519").read_text() for c in CLIENTS}
+
+
+@pytest.mark.parametrize("after", [1, 3, 4, 6])
+def test_builder_key_rotation_killed_midway_converges(fleet, cli, tmp_path, after):
+    """Cut after: a key stored (1), all stored (3), the builder authorised (4), a client installed (6)."""
+    lab = fleet
+    inv = lab.inventory_path
+    assert cli("-i", inv, "run", BUILDERS, "--yes").returncode == 0
+    before = _installed_keys(lab)
+    rotate = _rotating_playbook(tmp_path)
+    planned = json.loads(cli("-i", inv, "--json", "plan", rotate).stdout)["changes"]
+    assert len(planned) > after, [c["description"] for c in planned]
+
+    killed = cli("-i", inv, "run", rotate, "--yes", env={"INFRATOOL_FAULT": f"after-change-{after}"})
+    assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
+
+    # The rerun of the ordinary playbook finishes the job: whatever keys sops holds
+    # are installed, the builder trusts exactly them, old ones are revoked.
+    rerun = cli("-i", inv, "run", BUILDERS, "--yes")
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-2000:]
+    again = cli("-i", inv, "plan", BUILDERS, "--detailed-exitcode")
+    assert again.returncode == 0, again.stdout[-2000:]
+    stored = SopsStore(lab.flake_dir / "secrets").read("remote-builders.yaml")
+    installed = _installed_keys(lab)
+    for client in CLIENTS:
+        assert installed[client] == str(stored[f"remote-builders/{client}/ssh_key"].reveal())
+    if after >= 3:
+        assert all(installed[c] != before[c] for c in CLIENTS)  # the stored new keys won
+    check = tmp_path / "check.yaml"
+    check.write_text("tasks:\n  - task: remote_builders.check\n"
+                     "    with: {builders: [snix], clients: [slax, brix, nixtv-player]}\n")
+    verified = cli("-i", inv, "run", check, "--yes")
+    assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr[-2000:]
+
+
+def test_secure_boot_restore_killed_then_rerun_converges(fleet, cli):
+    """Restore is one change (all key files in one atomic batch, each file temp+rename):
+    killed right after it, the rerun finds nothing to do; a transfer cut mid-way is
+    test_engine.py::test_a_cut_transfer_never_replaces_a_file."""
+    lab = fleet
+    after = 1
+    inv = lab.inventory_path
+    provision_lab(lab, hosts=["slax"])
+    assert cli("-i", inv, "run", PLAYBOOKS / "secureboot.yaml", "--yes", "--limit", "slax").returncode == 0
+    keydir = lab.host("slax").path("/var/lib/sbctl")
+    want = {str(p.relative_to(keydir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(keydir.rglob("*")) if p.is_file() and p.parts[len(keydir.parts)] in ("GUID", "keys")}
+    shutil.rmtree(keydir / "keys")
+
+    killed = cli("-i", inv, "secureboot", "restore", "slax", "--yes", env={"INFRATOOL_FAULT": f"after-change-{after}"})
+    assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
+    done = cli("-i", inv, "secureboot", "restore", "slax", "--yes")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    got = {str(p.relative_to(keydir)): hashlib.sha256(p.read_bytes()).hexdigest()
+           for p in sorted(keydir.rglob("*")) if p.is_file() and p.parts[len(keydir.parts)] in ("GUID", "keys")}
+    assert got == want
+    assert not list(keydir.rglob(".infratool.*"))
