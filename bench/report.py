@@ -130,7 +130,7 @@ def scaling_rows(records: list[dict]) -> list[list[str]]:
                 str(r["hosts"]),
                 _fmt(_med(t["first"])),
                 _fmt(_med(t["noop"])),
-                _fmt(_med(t["noop"]) / r["hosts"] * 1000) if t["noop"] else "—",
+                f"{_med(t['noop']) / r['hosts'] * 1000:.0f}" if t["noop"] else "—",
                 _fmt(_med(t["noop_cpu"])),
                 f"{t['maxrss_kib'] / 1024:.0f}",
                 _fmt(_med(fab["noop"])) if fab else "—",
@@ -161,6 +161,8 @@ def docs_block(records: list[dict]) -> str:
         lines += [
             f"### {r['hosts']} hosts (forks {r['forks']}, {r['repeat']} rounds, {r['when']}, "
             f"load {r['machine']['load']} → {r['machine'].get('load_after', '?')})",
+            "",
+            f"`{r.get('command', 'python bench/run.py')}`",
             "",
             markdown_table(HEADER, rows(r)),
             "",
