@@ -23,8 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from infratool.hidden import REDACTOR, Secret
 
 _configured = False
@@ -49,10 +47,29 @@ def redact_processor(logger: Any, method: str, event_dict: dict[str, Any]) -> di
     return {k: _redact(v) for k, v in event_dict.items()}
 
 
+_settings: dict[str, Any] = {"level": logging.WARNING, "json_logs": None}
+
+
 def configure(verbosity: int = 0, json_logs: bool | None = None) -> None:
-    """Set up structlog once: level from ``-v``/``-q``, JSON when stderr is not a TTY."""
+    """Set the level from ``-v``/``-q`` (JSON when stderr is not a TTY).
+
+    structlog itself is imported and set up only when an event at or above
+    the level is logged: a quiet run never pays its import (with rich's
+    traceback and pygments behind it, ~20 % of a small run's start-up;
+    docs/performance.md).
+    """
     global _configured
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    _settings.update(level=level, json_logs=json_logs)
+    _configured = False
+    _Logger.ready = False
+
+
+def _setup_structlog() -> None:
+    global _configured
+    import structlog
+
+    json_logs = _settings["json_logs"]
     if json_logs is None:
         json_logs = not sys.stderr.isatty()
     renderer = (
@@ -66,18 +83,51 @@ def configure(verbosity: int = 0, json_logs: bool | None = None) -> None:
             redact_processor,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
+        wrapper_class=structlog.make_filtering_bound_logger(_settings["level"]),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     _configured = True
 
 
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
+class _Logger:
+    """A structlog logger that imports structlog on the first event it must print."""
+
+    ready = False
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, method: str) -> Any:
+        level = _LEVELS.get(method)
+        if level is not None and level < _settings["level"]:
+            return _drop
+        if not _Logger.ready:
+            _setup_structlog()
+            _Logger.ready = True
+        import structlog
+
+        return getattr(structlog.get_logger(self._name), method)
+
+
+def _drop(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
 def get_logger(name: str = "infratool") -> Any:
-    """A structlog logger (configured with defaults if the CLI did not)."""
-    if not _configured:
-        configure()
-    return structlog.get_logger(name)
+    """A structlog logger (structlog is loaded on the first event that gets printed)."""
+    return _Logger(name)
 
 
 def audit_path(explicit: Path | None = None) -> Path:

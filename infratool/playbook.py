@@ -24,7 +24,7 @@ from pathlib import Path
 from infratool import yamlsrc
 from infratool.errors import InputError
 from infratool.inventory import Host, Inventory, select
-from infratool.tasks.base import Source, Task, check_args, load_all
+from infratool.tasks.base import Source, Task, check_args, load_all, load_task
 
 PLAYBOOK_KEYS = {"name", "description", "hosts", "tasks"}
 ENTRY_KEYS = {"task", "include", "with", "hosts", "name"}
@@ -91,7 +91,6 @@ def _load(path: Path, inventory: Inventory, selections: tuple[str, ...], stack: 
         raise InputError(
             "'tasks' must be a non-empty list", file=path, line=yamlsrc.line_of(data, "tasks") or 1
         )
-    registry = load_all()
     invocations: list[Invocation] = []
     for i, entry in enumerate(entries):
         line = yamlsrc.line_of(entries, i)
@@ -126,9 +125,9 @@ def _load(path: Path, inventory: Inventory, selections: tuple[str, ...], stack: 
         task_name = entry.get("task")
         if not isinstance(task_name, str) or not task_name:
             raise InputError("task entry needs 'task: <name>' (or 'include:')", file=path, line=line)
-        cls = registry.get(task_name)
+        cls = load_task(task_name)
         if cls is None:
-            known = ", ".join(sorted(registry))
+            known = ", ".join(sorted(load_all()))
             raise InputError(
                 f"unknown task {task_name!r} (known: {known})", file=path, line=yamlsrc.line_of(entry, "task")
             )

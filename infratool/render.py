@@ -47,27 +47,29 @@ def _r(text: Any) -> str:
 
 def plan(con: Console, plan: Plan, show_diff: bool = True) -> None:
     """Print a plan: per host, its changes and their diffs, then a summary."""
+    # One Text printed once: rich's per-print() overhead made a 100-change
+    # plan cost ~0.3 s, a 600-change one seconds (docs/performance.md).
+    out = Text()
     for host in plan.hosts:
         changes = plan.for_host(host)
         if host in plan.failures:
             message = _r(plan.failures[host]).removeprefix(f"{host}: ")
-            con.print(Text(f"{host}: ", style="bold") + Text(message, style="bold red"))
+            out.append(f"{host}: ", style="bold").append(message, style="bold red").append("\n")
             continue
         if not changes:
-            con.print(Text(f"{host}: ", style="bold") + Text("no changes", style="green"))
+            out.append(f"{host}: ", style="bold").append("no changes", style="bold green").append("\n")
             continue
-        con.print(Text(f"{host}: {len(changes)} change(s)", style="bold"))
+        out.append(f"{host}: {len(changes)} change(s)", style="bold").append("\n")
         for c in changes:
             sign = {"create": "+", "delete": "-", "run": ">", "deploy": "⇒", "rotate": "↻"}.get(c.action, "~")
-            con.print(
-                Text(f"  {sign} ", style="yellow")
-                + Text(_r(c.description))
-                + Text(f"  [{c.task}]", style="dim")
-            )
+            out.append(f"  {sign} {_r(c.description)}", style="yellow")
+            out.append(f"  [{c.task}]", style="yellow dim").append("\n")
             if show_diff and c.diff:
                 for line in _r(c.diff).splitlines():
                     style = "green" if line.startswith("+") else "red" if line.startswith("-") else "dim"
-                    con.print(Text(f"      {line}", style=style))
+                    out.append(f"      {line}", style=style).append("\n")
+    if out:
+        con.print(out, end="")
     summary(con, plan)
 
 

@@ -37,11 +37,6 @@ from infratool.playbook import Playbook
 from infratool.remote import Remote
 from infratool.tasks.base import HostTask, PlanContext, Task
 
-HOST_LOCAL_TASKS = frozenset({"files.content", "files.absent", "nix.settings"})
-"""Tasks whose changes touch only their own host (a task class may also say so
-with ``host_local = True``): consecutive entries of them apply back to back on
-each host, without waiting for the whole fleet between entries."""
-
 Event = Callable[[str, str, str], None]
 """``on_event(host, status, message)`` for progress displays."""
 
@@ -335,7 +330,7 @@ class Runner:
         if phase != 0 or stage >= len(self._targets):
             return False
         task = self._targets[stage][0].task
-        if not getattr(task, "host_local", task.name in HOST_LOCAL_TASKS):
+        if not task.host_local:
             return False
         if type(task).verify is not Task.verify:
             return False

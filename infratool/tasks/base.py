@@ -121,6 +121,10 @@ class Task:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
+    host_local: ClassVar[bool] = False
+    """True when each change touches only its own host (no cross-host order): the
+    runner may then apply consecutive such entries back to back per host, with
+    their file writes batched into one round trip."""
 
     def __init__(self, args: dict[str, Any], source: Source, inventory: Inventory) -> None:
         self.args = args
@@ -174,16 +178,47 @@ def register(cls: type[Task]) -> type[Task]:
     return cls
 
 
+def _import_task_module(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        # A capability module not written yet must not break the others.
+        if exc.name != module:
+            raise
+
+
 def load_all() -> dict[str, type[Task]]:
     """Import every task module (once) and return the registry."""
     for module in TASK_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            # A capability module not written yet must not break the others.
-            if exc.name != module:
-                raise
+        _import_task_module(module)
     return TASKS
+
+
+TASK_MODULE_OF = {
+    "files": "infratool.tasks.files",
+    "command": "infratool.tasks.files",
+    "nix": "infratool.tasks.nix_settings",
+    "secrets_rotation": "infratool.tasks.secrets_rotation",
+    "remote_builders": "infratool.tasks.remote_builders",
+    "binary_cache": "infratool.tasks.binary_cache",
+    "secureboot": "infratool.tasks.secureboot",
+}
+"""Which module registers a task, by the part of its name before the first dot."""
+
+
+def load_task(name: str) -> type[Task] | None:
+    """The task called ``name``, importing only the module that defines it; None if unknown.
+
+    A playbook of file tasks then never imports the secrets, Secure Boot or
+    cache modules (a third of a small run's start-up; docs/performance.md).
+    """
+    if name not in TASKS:
+        module = TASK_MODULE_OF.get(name.split(".", 1)[0])
+        if module is not None:
+            _import_task_module(module)
+        if name not in TASKS:
+            load_all()  # a task registered elsewhere, or an unknown name
+    return TASKS.get(name)
 
 
 def check_args(cls: type[Task], args: Any, source: Source) -> dict[str, Any]:

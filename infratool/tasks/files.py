@@ -120,6 +120,7 @@ class FileContent(HostTask):
 
     name = "files.content"
     summary = "file content, mode and owner (atomic writes; secret content never shown)"
+    host_local = True
     params = {
         "path": Param(str, required=True, help="absolute path on the host", check=check_abs_path),
         "content": Param(str, help="literal content"),
@@ -185,6 +186,7 @@ class FileAbsent(HostTask):
 
     name = "files.absent"
     summary = "remove a file"
+    host_local = True
     params = {"path": Param(str, required=True, check=check_abs_path)}
 
     def label(self) -> str:

@@ -103,6 +103,7 @@ class NixSettings(Task):
 
     name = "nix.settings"
     summary = "nix.conf key = value lines (generated nix.settings module on NixOS)"
+    host_local = True
     params = {
         "settings": Param(dict, required=True, help="setting → value", check=_check_settings),
         "file": Param(str, default=NIX_CONF, help="nix.conf path (os: linux)", check=check_abs_path),

@@ -15,27 +15,14 @@ import pytest
 from infratool import inventory
 from infratool.errors import CommandFailed
 from infratool.hidden import Secret
-from infratool.lab import AddressInUseError, Lab
+from infratool.lab import Lab
 from infratool.remote import FileWrite, PartialWrite, Remote, payload_sizes, put_files_script
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """Two lab hosts on the first free 127.201.x subnet."""
-    root = tmp_path_factory.mktemp("batched") / "lab"
-    for x in range(10, 250):
-        lab = Lab(root, subnet=f"127.201.{x}")
-        try:
-            lab.up(2)
-            break
-        except AddressInUseError:
-            continue
-    else:
-        pytest.skip("no free 127.201.x subnet")
-    try:
-        yield lab
-    finally:
-        lab.down()
+@pytest.fixture
+def lab(lab_factory):
+    """Two lab hosts (snix, slax)."""
+    return lab_factory(2)
 
 
 @pytest.fixture
