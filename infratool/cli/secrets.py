@@ -55,9 +55,9 @@ def secrets() -> None:
 @click.option("--notify", is_flag=True, help="Call the policy's notify command/URL for due secrets.")
 @pass_globals
 def status(g: Globals, policy: str | None, notify: bool) -> None:
+    from infratool.notify import notify as send
     from infratool.secrets import state
     from infratool.tasks.secrets_rotation import format_age
-    from infratool.tasks.secrets_rotation import notify as send
 
     _, pol = _policy(g, policy)
     st = state.load(state.state_path(pol.root / "secrets"))
