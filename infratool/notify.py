@@ -18,7 +18,7 @@ from infratool.secrets.policy import Policy
 def notify(policy: Policy, event: str, message: str) -> None:
     """Tell the policy's notify command/URL about ``event`` (failure|due); never raises."""
     target = policy.notify
-    if target is None or event not in target.on:
+    if target is None or event not in target.events:
         return
     text = REDACTOR.redact(f"infratool: {message}") + "\n"
     logger = log.get_logger("infratool.notify")

@@ -279,3 +279,26 @@ def test_recover_from_the_mnemonic(rot, cli):
     assert again.returncode == 1 and "FAIL extra.yaml" in again.stdout and "ok   lab.yaml" in again.stdout
     garbage = cli("-i", lab.inventory_path, "secrets", "recover", "check", input="not a mnemonic\n")
     assert garbage.returncode == 3
+
+
+def test_notify_on_failure_and_when_due(rot, cli, tmp_path):
+    lab = rot
+    inbox = tmp_path / "inbox"
+    policy = lab.flake_dir / "secrets" / "rotation.yaml"
+    data = yaml.safe_load(policy.read_text())
+    data["notify"] = {"command": f"cat >> {inbox}", "events": ["failure", "due"]}
+    policy.write_text(yaml.safe_dump(data))
+
+    # Never rotated = due: status exits 2 and, with --notify, says so.
+    status = cli("-i", lab.inventory_path, "secrets", "status", "--notify")
+    assert status.returncode == 2
+    assert "due for rotation: postgres/app, tokend/token" in inbox.read_text()
+
+    data["secrets"]["tokend/token"]["consumers"][0]["verify"] = "exit 1"
+    policy.write_text(yaml.safe_dump(data))
+    r = rotate(cli, lab, "tokend/token", "--yes")
+    assert r.returncode == 1
+    text = inbox.read_text()
+    assert "rotation of tokend/token failed" in text
+    token = lab.host("slax").path("/var/lib/tokend/token").read_text()
+    assert token not in text  # the message names the failure, never a value
