@@ -225,3 +225,44 @@ def test_a_cut_transfer_never_replaces_a_file(lab):
         assert [p.name for p in target.parent.iterdir()] == ["conf"]
         remote.put_file("/var/lib/app/conf", b"new\n")
     assert target.read_text() == "new\n"
+
+
+def test_hosts_and_facts_commands(lab, cli):
+    inv = lab.inventory_path
+    listing = cli("-i", inv, "--json", "hosts", "--check")
+    assert listing.returncode == 0, listing.stderr
+    rows = {r["name"]: r for r in json.loads(listing.stdout)}
+    assert set(rows) == {"snix", "slax", "brix", "nixtv-player"}
+    assert all(r["reachable"] == "ok" and r["pinned"] for r in rows.values())
+    assert rows["snix"]["tags"] == ["workstation", "builder", "cache"]
+
+    facts = json.loads(cli("-i", inv, "--json", "facts", "--limit", "snix,brix").stdout)
+    assert set(facts) == {"snix", "brix"}
+    assert facts["brix"]["hostname"] == "brix"
+    assert facts["snix"]["nix_version"].startswith("2.")
+    assert "root" in facts["snix"]["users"]
+
+    lab.stop_host("slax")
+    down = cli("-i", inv, "hosts", "--check")
+    assert down.returncode == 1 and "slax" in down.stdout
+    lab.regenerate_host_key("brix")
+    refused = cli("-i", inv, "facts", "--limit", "brix")
+    assert refused.returncode == 4
+
+
+def test_lab_cli_up_status_down(cli, tmp_path, lab_subnet):
+    from infratool.lab import Lab
+
+    root = tmp_path / "cli-lab"
+    Lab(root, subnet=lab_subnet).up(2)  # choose a free subnet; the CLI reopens the lab on it
+    env = {"INFRATOOL_LAB_DIR": str(root)}
+    try:
+        up = cli("lab", "up", "--hosts", "2", env=env)
+        assert up.returncode == 0, up.stderr
+        assert "SOPS_AGE_KEY_FILE" in up.stdout
+        status = json.loads(cli("--json", "lab", "status", env=env).stdout)
+        assert [s["name"] for s in status] == ["snix", "slax"] and all(s["running"] for s in status)
+    finally:
+        assert cli("lab", "down", env=env).returncode == 0
+    status = json.loads(cli("--json", "lab", "status", env=env).stdout)
+    assert not any(s["running"] for s in status)
