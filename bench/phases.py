@@ -75,7 +75,7 @@ def main() -> None:
     wrap(cli, "audit_run", "audit log")
     wrap(playbook, "load", "playbook load")
     sys.argv = ["infratool", *sys.argv[1:]]
-    cli.main.main()  # not main(): that may leave through os._exit (bench/proposals), skipping report()
+    cli.main.main()  # not main(): that leaves through os._exit, skipping report()
 
 
 if __name__ == "__main__":

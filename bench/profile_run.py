@@ -11,7 +11,7 @@ Usage (root)::
 
     python bench/profile_run.py --hosts 16 [--runs 3] [--src CHECKOUT]
 
-``--src`` profiles another checkout (e.g. one with bench/proposals applied).
+``--src`` profiles another checkout.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from pathlib import Path
 
 # Issue targets: infratool's wall time at most this fraction of the peer's.
 TARGETS = {"pyinfra": 0.7, "ansible": 1 / 3, "fabric": 1.3}
-ORDER = ("infratool", "proposals", "fabric", "pyinfra", "ansible")
+ORDER = ("infratool", "fabric", "pyinfra", "ansible")
 BEGIN = "<!-- bench:results:begin (written by bench/run.py; edit outside these markers) -->"
 END = "<!-- bench:results:end -->"
 
@@ -38,7 +38,6 @@ def rows(record: dict) -> list[list[str]]:
     """One row per tool: first/no-op median and min, CPU, peak RSS, ratios."""
     tools = record["tools"]
     ours = tools["infratool"]
-    patched = tools.get("proposals")
     out = []
     for key in ORDER:
         if key not in tools:
@@ -47,12 +46,10 @@ def rows(record: dict) -> list[list[str]]:
         target = TARGETS.get(key)
         cells = []
         for kind in ("first", "noop"):
-            if key in ("infratool", "proposals"):
+            if key == "infratool":
                 cells.append("—")
                 continue
             cell = _ratio_cell(_med(ours[kind]), _med(t[kind]), target)
-            if patched:
-                cell += f"; with proposals {_ratio_cell(_med(patched[kind]), _med(t[kind]), target)}"
             cells.append(cell + (f" (≤ {target:.2f})" if target else ""))
         out.append(
             [
@@ -91,7 +88,6 @@ def startup_rows(record: dict) -> list[list[str]]:
     """Start-up command of each tool: median and min of the runs."""
     labels = {
         "infratool": "`infratool --help`",
-        "proposals": "`python -m infratool --help` (with bench/proposals)",
         "fabric": "`python -c 'import fabric'`",
         "pyinfra": "`pyinfra --version`",
         "ansible": "`ansible-playbook --version`",

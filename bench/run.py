@@ -49,7 +49,6 @@ from tools import Tool, make_tools  # noqa: E402
 RESULTS = HERE / "results"
 DOCS = HERE.parent / "docs" / "performance.md"
 TOOL_KEYS = ("infratool", "fabric", "pyinfra", "ansible")
-PROPOSALS = HERE / "proposals"
 
 
 def log(message: str) -> None:
@@ -71,28 +70,6 @@ def start_lab(root: Path, count: int, subnet: str | None):
             lab.down()
             continue
     raise SystemExit("bench: no free 127.200.x subnet for the lab")
-
-
-def checkout_with_proposals(target: Path) -> Path:
-    """This commit's infratool (HEAD) in ``target`` with every bench/proposals/*.patch that applies."""
-    import subprocess
-
-    repo = HERE.parent
-    subprocess.run(
-        ["git", "-C", str(repo), "archive", "--format=tar", "-o", str(target) + ".tar", "HEAD"], check=True
-    )
-    target.mkdir(parents=True)
-    subprocess.run(["tar", "-xf", str(target) + ".tar", "-C", str(target)], check=True)
-    for patch in sorted(PROPOSALS.glob("*.patch")):
-        check = subprocess.run(
-            ["git", "apply", "--check", str(patch)], cwd=target, capture_output=True, text=True
-        )
-        if check.returncode == 0:
-            subprocess.run(["git", "apply", str(patch)], cwd=target, check=True)
-            log(f"proposal applied: {patch.name}")
-        else:
-            log(f"proposal skipped (does not apply to HEAD, already in?): {patch.name}")
-    return target
 
 
 def timed_run(tool: Tool, out: Path) -> measure.Sample:
@@ -147,12 +124,7 @@ def bench_hosts(args: argparse.Namespace, count: int, peers_bin: Path, versions:
         targets = [spec.Target(h.name, h.address) for h in lab.hosts()]
         spec.write_inputs(inputs, targets, args.forks)
         hosts = [hoststate.HostFiles(h.name, h.path) for h in lab.hosts()]
-        proposals_src = checkout_with_proposals(workdir / "proposals-src") if args.proposals else None
-        tools = [
-            t
-            for t in make_tools(inputs, peers_bin, args.forks, proposals_src)
-            if t.key in args.tools or t.key == "proposals"
-        ]
+        tools = [t for t in make_tools(inputs, peers_bin, args.forks) if t.key in args.tools]
         logs = workdir / "logs"
         logs.mkdir()
         record: dict = {
@@ -180,7 +152,7 @@ def bench_hosts(args: argparse.Namespace, count: int, peers_bin: Path, versions:
             record["startup"] = startup_times(tools, 10)
         # Warm the page cache and the hosts (sshd, shells) with one unmeasured round of the fast tools.
         for tool in tools:
-            if tool.key in ("infratool", "fabric", "proposals"):
+            if tool.key in ("infratool", "fabric"):
                 bench_tool_round(tool, hosts, logs, -1)
         for rep in range(args.repeat):
             order = tools[rep % len(tools) :] + tools[: rep % len(tools)]
@@ -220,9 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-startup", dest="startup", action="store_false", help="skip start-up timing")
     parser.add_argument("--no-docs", dest="docs", action="store_false", help="do not touch docs/")
     parser.add_argument("--keep", action="store_true", help="keep the lab directory and logs")
-    parser.add_argument(
-        "--proposals", action="store_true", help="also time infratool with bench/proposals/*.patch applied"
-    )
     args = parser.parse_args(argv)
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = set(args.tools) - set(TOOL_KEYS)

@@ -34,12 +34,8 @@ def infratool_bin() -> Path:
     return Path(sys.executable).parent / "infratool"
 
 
-def make_tools(inputs: Inputs, peers_bin: Path, forks: int, proposals_src: Path | None = None) -> list[Tool]:
-    """All four tools for one lab (same hosts, key, known_hosts, forks).
-
-    With ``proposals_src`` (a checkout with bench/proposals/*.patch applied),
-    a fifth row runs infratool from there, to show what the proposals buy.
-    """
+def make_tools(inputs: Inputs, peers_bin: Path, forks: int) -> list[Tool]:
+    """All four tools for one lab (same hosts, key, known_hosts, forks)."""
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "INFRATOOL_"))}
     base_env["NO_COLOR"] = "1"
     control_dir = inputs.root / "ansible-cp"
@@ -54,24 +50,6 @@ def make_tools(inputs: Inputs, peers_bin: Path, forks: int, proposals_src: Path 
                 check=False,
             )
 
-    extra = []
-    if proposals_src is not None:
-        env = {
-            **base_env,
-            "INFRATOOL_AUDIT_LOG": str(inputs.root / "audit.jsonl"),
-            "PYTHONPATH": str(proposals_src),
-        }
-        argv = [sys.executable, "-m", "infratool", *infratool_args(inputs, forks)]
-        extra.append(
-            Tool(
-                "proposals",
-                "infratool + bench/proposals",
-                argv,
-                inputs.root,
-                env,
-                [sys.executable, "-m", "infratool", "--help"],
-            )
-        )
     return [
         Tool(
             "infratool",
@@ -118,7 +96,6 @@ def make_tools(inputs: Inputs, peers_bin: Path, forks: int, proposals_src: Path 
             [str(peers_bin / "ansible-playbook"), "--version"],
             close_ansible_masters,
         ),
-        *extra,
     ]
 
 
