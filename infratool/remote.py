@@ -2,7 +2,7 @@
 
 One :class:`Remote` per host, opened once and reused for the whole run.
 
-Strict host keys: Fabric's ``Connection`` installs ``AutoAddPolicy`` and never
+Strict host keys: Fabric's ``Connection`` installs paramiko's auto-add policy and never
 loads known_hosts, which would trust any key on first use. Here every
 connection gets a policy that refuses unknown keys and only the keys pinned in
 the inventory, so a host presenting an unknown or changed key is refused
