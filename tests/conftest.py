@@ -105,13 +105,19 @@ def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     """
     controller_tmp = tmp_path / "controller-tmp"
 
-    def run(*args: str, input: str | None = None, env: dict[str, str] | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         controller_tmp.mkdir(exist_ok=True)
         full_env = {**os.environ, "NO_COLOR": "1", "TMPDIR": str(controller_tmp), **(env or {})}
         return subprocess.run(
             [sys.executable, "-m", "infratool", *map(str, args)],
-            input=input, capture_output=True, text=True, env=full_env, cwd=tmp_path, timeout=timeout,
+            input=input,
+            capture_output=True,
+            text=True,
+            env=full_env,
+            cwd=tmp_path,
+            timeout=timeout,
             stdin=None if input is not None else subprocess.DEVNULL,
         )
 

@@ -63,8 +63,10 @@ def test_builder_key_rotation_killed_midway_converges(fleet, cli, tmp_path, afte
     if after >= 3:
         assert all(installed[c] != before[c] for c in CLIENTS)  # the stored new keys won
     check = tmp_path / "check.yaml"
-    check.write_text("tasks:\n  - task: remote_builders.check\n"
-                     "    with: {builders: [snix], clients: [slax, brix, nixtv-player]}\n")
+    check.write_text(
+        "tasks:\n  - task: remote_builders.check\n"
+        "    with: {builders: [snix], clients: [slax, brix, nixtv-player]}\n"
+    )
     verified = cli("-i", inv, "run", check, "--yes")
     assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr[-2000:]
 
@@ -79,15 +81,23 @@ def test_secure_boot_restore_killed_then_rerun_converges(fleet, cli):
     provision_lab(lab, hosts=["slax"])
     assert cli("-i", inv, "run", PLAYBOOKS / "secureboot.yaml", "--yes", "--limit", "slax").returncode == 0
     keydir = lab.host("slax").path("/var/lib/sbctl")
-    want = {str(p.relative_to(keydir)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(keydir.rglob("*")) if p.is_file() and p.parts[len(keydir.parts)] in ("GUID", "keys")}
+    want = {
+        str(p.relative_to(keydir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(keydir.rglob("*"))
+        if p.is_file() and p.parts[len(keydir.parts)] in ("GUID", "keys")
+    }
     shutil.rmtree(keydir / "keys")
 
-    killed = cli("-i", inv, "secureboot", "restore", "slax", "--yes", env={"INFRATOOL_FAULT": f"after-change-{after}"})
+    killed = cli(
+        "-i", inv, "secureboot", "restore", "slax", "--yes", env={"INFRATOOL_FAULT": f"after-change-{after}"}
+    )
     assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
     done = cli("-i", inv, "secureboot", "restore", "slax", "--yes")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    got = {str(p.relative_to(keydir)): hashlib.sha256(p.read_bytes()).hexdigest()
-           for p in sorted(keydir.rglob("*")) if p.is_file() and p.parts[len(keydir.parts)] in ("GUID", "keys")}
+    got = {
+        str(p.relative_to(keydir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(keydir.rglob("*"))
+        if p.is_file() and p.parts[len(keydir.parts)] in ("GUID", "keys")
+    }
     assert got == want
     assert not list(keydir.rglob(".infratool.*"))

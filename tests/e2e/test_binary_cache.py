@@ -65,7 +65,7 @@ def build(lab, host: str = "snix", hook: bool = False, dep: bool = False) -> str
         f'derivation {{ name = "bc-dep-{nonce}"; system = "x86_64-linux"; builder = "/bin/sh"; '
         f'args = [ "-c" "echo dep > $out" ]; }}'
     )
-    body = f'echo ${{{inner}}} > $out' if dep else f"echo {nonce} > $out"
+    body = f"echo ${{{inner}}} > $out" if dep else f"echo {nonce} > $out"
     expr = (
         f'derivation {{ name = "bc-test-{nonce}"; system = "x86_64-linux"; builder = "/bin/sh"; '
         f'args = [ "-c" "{body}" ]; }}'
@@ -94,14 +94,22 @@ def fetch(lab, client: str, *paths: str, keys: str | None = None) -> subprocess.
 def sigs(lab, client: str, path: str) -> str:
     """Signatures of ``path`` as the cache serves them (read from the client over HTTP)."""
     url = f"http://{lab.host('snix').address}"
-    res = ok(lab.exec(client, f"XDG_CACHE_HOME=/tmp/c-{os.urandom(4).hex()} {NIX} path-info --store {url} --sigs {path}"))
+    res = ok(
+        lab.exec(
+            client, f"XDG_CACHE_HOME=/tmp/c-{os.urandom(4).hex()} {NIX} path-info --store {url} --sigs {path}"
+        )
+    )
     return res.stdout.decode()
 
 
 def sops_keys(lab) -> dict[str, str]:
     """The cache's keys from the lab repo's sops file (the test holds the operator age key)."""
     values = SopsStore(lab.flake_dir / "secrets").read("binary-cache.yaml")
-    return {k.rsplit("/", 1)[-1]: v.reveal() for k, v in values.items() if k.startswith("binary-cache/snix-cache/")}
+    return {
+        k.rsplit("/", 1)[-1]: v.reveal()
+        for k, v in values.items()
+        if k.startswith("binary-cache/snix-cache/")
+    }
 
 
 def push_playbook(tmp_path: Path, paths: list[str], chunk: int = 50) -> Path:
@@ -145,7 +153,11 @@ def test_cache_serves_signed_paths_refuses_others_and_leaks_nothing(fleet, cli, 
     assert secret.startswith("snix-cache-1:") and "next-secret-key" not in keys
 
     # nginx answers on snix's own address.
-    info = ok(subprocess.run(["curl", "-fsS", f"http://{snix.address}/nix-cache-info"], capture_output=True, text=True))
+    info = ok(
+        subprocess.run(
+            ["curl", "-fsS", f"http://{snix.address}/nix-cache-info"], capture_output=True, text=True
+        )
+    )
     assert "StoreDir: /nix/store" in info.stdout
 
     # The key: 0600 on the server, identical to sops, nowhere else.
@@ -159,7 +171,10 @@ def test_cache_serves_signed_paths_refuses_others_and_leaks_nothing(fleet, cli, 
     conf = lab.host("slax").path("/etc/nix/binary-cache-snix-cache.conf").read_text()
     assert f"extra-trusted-public-keys = {public}\n" in conf
     assert f"extra-substituters = http://{snix.address}\n" in conf
-    assert "!include /etc/nix/binary-cache-snix-cache.conf" in lab.host("slax").path("/etc/nix/nix.conf").read_text()
+    assert (
+        "!include /etc/nix/binary-cache-snix-cache.conf"
+        in lab.host("slax").path("/etc/nix/nix.conf").read_text()
+    )
 
     # The post-build hook pushes what snix builds, signed; a client fetches it over HTTP
     # into a store of its own, and the signature verifies against the cache key.
@@ -167,14 +182,24 @@ def test_cache_serves_signed_paths_refuses_others_and_leaks_nothing(fleet, cli, 
     got = ok(fetch(lab, "nixtv-player", hooked))
     assert f"from 'http://{snix.address}'" in got.stderr.decode()
     assert "snix-cache-1:" in sigs(lab, "brix", hooked)
-    ok(lab.exec("brix", f"XDG_CACHE_HOME=/tmp/v {NIX} store verify --store http://{snix.address} "
-                f"--trusted-public-keys '{public}' {hooked}"))
+    ok(
+        lab.exec(
+            "brix",
+            f"XDG_CACHE_HOME=/tmp/v {NIX} store verify --store http://{snix.address} "
+            f"--trusted-public-keys '{public}' {hooked}",
+        )
+    )
 
     # Unsigned, or signed by another key: Nix on the client refuses, naming the signature problem.
     unsigned, foreign = build(lab), build(lab)
     ok(lab.exec("snix", f"{NIX} copy --to file://{STORE} {unsigned}"))
-    ok(lab.exec("snix", "nix-store --generate-binary-cache-key evil-1 /tmp/evil.sk /tmp/evil.pk && "
-                f"{NIX} copy --to 'file://{STORE}?secret-key=/tmp/evil.sk' {foreign}"))
+    ok(
+        lab.exec(
+            "snix",
+            "nix-store --generate-binary-cache-key evil-1 /tmp/evil.sk /tmp/evil.pk && "
+            f"{NIX} copy --to 'file://{STORE}?secret-key=/tmp/evil.sk' {foreign}",
+        )
+    )
     for path in (unsigned, foreign):
         refused = fetch(lab, "slax", path)
         assert refused.returncode != 0 and NOT_SIGNED in refused.stderr.decode()
@@ -185,16 +210,35 @@ def test_cache_serves_signed_paths_refuses_others_and_leaks_nothing(fleet, cli, 
     generated = lab.flake_dir / "nix/binary-cache/snix-cache.nix"
     for f in (generated, lab.flake_dir / "flake.nix"):
         ok(subprocess.run(["nix-instantiate", "--parse", str(f)], capture_output=True, text=True))
-    flake_cfg = json.loads(ok(subprocess.run(
-        ["nix-instantiate", "--eval", "--strict", "--json", "-E", f"(import {lab.flake_dir}/flake.nix).nixConfig"],
-        capture_output=True, text=True)).stdout)
+    flake_cfg = json.loads(
+        ok(
+            subprocess.run(
+                [
+                    "nix-instantiate",
+                    "--eval",
+                    "--strict",
+                    "--json",
+                    "-E",
+                    f"(import {lab.flake_dir}/flake.nix).nixConfig",
+                ],
+                capture_output=True,
+                text=True,
+            )
+        ).stdout
+    )
     assert flake_cfg == {
         "extra-substituters": [f"http://{snix.address}"],
         "extra-trusted-public-keys": [public],
         "bash-prompt": "fleet> ",
     }
-    assert json.loads(ok(subprocess.run(
-        ["nix-instantiate", "--eval", "--strict", "--json", str(generated)], capture_output=True, text=True)).stdout
+    assert json.loads(
+        ok(
+            subprocess.run(
+                ["nix-instantiate", "--eval", "--strict", "--json", str(generated)],
+                capture_output=True,
+                text=True,
+            )
+        ).stdout
     ) == {"extra-substituters": [f"http://{snix.address}"], "extra-trusted-public-keys": [public]}
 
     # Still converged after all of that (foreign paths in the cache are not ours to fix).
@@ -220,7 +264,11 @@ def test_push_paths_and_flake_outputs_signed_once(fleet, cli, tmp_path):
     top = build(lab, dep=True)
     pb = push_playbook(tmp_path, [top], chunk=1)
     first = cli("-i", inv, "plan", pb, "--detailed-exitcode")
-    assert first.returncode == 2 and "push paths 1-1 of 2" in first.stdout and "push paths 2-2 of 2" in first.stdout
+    assert (
+        first.returncode == 2
+        and "push paths 1-1 of 2" in first.stdout
+        and "push paths 2-2 of 2" in first.stdout
+    )
     pushed = ok(cli("-i", inv, "run", pb, "--yes"))
     assert "applying push paths 2-2 of 2" in pushed.stdout + pushed.stderr
     assert cli("-i", inv, "plan", pb, "--detailed-exitcode").returncode == 0
@@ -228,23 +276,36 @@ def test_push_paths_and_flake_outputs_signed_once(fleet, cli, tmp_path):
     # A flake output, built on the server by the push itself (as CI would ask), then nothing.
     flake = snix.path("/var/lib/ci/flake/flake.nix")
     flake.parent.mkdir(parents=True)
-    drv = (f'derivation {{ name = "ci-{os.urandom(4).hex()}"; system = "x86_64-linux"; builder = "/bin/sh"; '
-           'args = [ "-c" "echo ci > $out" ]; }')
+    drv = (
+        f'derivation {{ name = "ci-{os.urandom(4).hex()}"; system = "x86_64-linux"; builder = "/bin/sh"; '
+        'args = [ "-c" "echo ci > $out" ]; }'
+    )
     flake.write_text(f"{{ outputs = {{ self }}: {{ packages.x86_64-linux.default = {drv}; }}; }}\n")
-    ci = write(tmp_path, "ci.yaml", "tasks:\n  - task: binary_cache.push\n"
-               "    with: {server: snix, name: snix-cache, installables: ['path:/var/lib/ci/flake']}\n")
+    ci = write(
+        tmp_path,
+        "ci.yaml",
+        "tasks:\n  - task: binary_cache.push\n"
+        "    with: {server: snix, name: snix-cache, installables: ['path:/var/lib/ci/flake']}\n",
+    )
     assert "build path:/var/lib/ci/flake and push its closure" in cli("-i", inv, "plan", ci).stdout
     ok(cli("-i", inv, "run", ci, "--yes"))
     assert cli("-i", inv, "plan", ci, "--detailed-exitcode").returncode == 0
-    built = ok(lab.exec("snix", "nix --extra-experimental-features 'nix-command flakes' path-info "
-                        "path:/var/lib/ci/flake")).stdout.decode().strip()
+    built = (
+        ok(
+            lab.exec(
+                "snix",
+                "nix --extra-experimental-features 'nix-command flakes' path-info path:/var/lib/ci/flake",
+            )
+        )
+        .stdout.decode()
+        .strip()
+    )
     ok(fetch(lab, "slax", built))
     assert sops_keys(lab)["secret-key"] not in pushed.stdout + pushed.stderr
 
     # Both pushes are signed by the cache key and fetched over HTTP by clients.
     ok(fetch(lab, "brix", top))
     assert "snix-cache-1:" in sigs(lab, "brix", top) and "snix-cache-1:" in sigs(lab, "slax", built)
-
 
 
 def rotation_phase(lab) -> str | None:
@@ -265,7 +326,11 @@ def run_until_phase(lab, tmp_path: Path, pb: Path, phase: str) -> str | None:
     env = {**os.environ, "NO_COLOR": "1", "TMPDIR": str(tmp_path / "controller-tmp")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "infratool", "-i", str(lab.inventory_path), "run", str(pb), "--yes"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=tmp_path,
     )
     deadline = time.monotonic() + 120
     try:
@@ -288,7 +353,8 @@ def test_key_rotation_with_overlap_survives_kill_9_between_phases(fleet, cli, tm
     before = build(lab)
     ok(cli("-i", inv, "run", push_playbook(tmp_path, [before]), "--yes"))
     pb = write(
-        tmp_path, "rotate.yaml",
+        tmp_path,
+        "rotate.yaml",
         "tasks:\n  - task: binary_cache.rotate_key\n"
         "    with: {server: snix, name: snix-cache, clients: [slax, brix, nixtv-player], generation: 2}\n",
     )
@@ -323,8 +389,13 @@ def test_key_rotation_with_overlap_survives_kill_9_between_phases(fleet, cli, tm
     # The whole cache verifies with the new key alone; a new path is not signed by the old one.
     after = build(lab, hook=True)
     for path in (before, after):
-        ok(lab.exec("slax", f"XDG_CACHE_HOME=/tmp/v2 {NIX} store verify --store http://{lab.host('snix').address} "
-                    f"--trusted-public-keys '{new_public}' {path}"))
+        ok(
+            lab.exec(
+                "slax",
+                f"XDG_CACHE_HOME=/tmp/v2 {NIX} store verify --store http://{lab.host('snix').address} "
+                f"--trusted-public-keys '{new_public}' {path}",
+            )
+        )
     assert NOT_SIGNED in fetch(lab, "brix", after, keys=old_public).stderr.decode()
     generated = (lab.flake_dir / "nix/binary-cache/snix-cache.nix").read_text()
     assert new_public in generated and old_public not in generated
@@ -335,8 +406,14 @@ def test_crash_right_after_storing_the_next_key_resumes_in_the_site_playbook(fle
     lab, inv = fleet, fleet.inventory_path
     ok(cli("-i", inv, "run", PLAYBOOK, "--yes"))
     store = SopsStore(lab.flake_dir / "secrets")
-    store.write("binary-cache.yaml", {"binary-cache/snix-cache/next-secret-key": generate(
-        "nix-cache-key", {"name": "snix-cache-2"}).value})
+    store.write(
+        "binary-cache.yaml",
+        {
+            "binary-cache/snix-cache/next-secret-key": generate(
+                "nix-cache-key", {"name": "snix-cache-2"}
+            ).value
+        },
+    )
     assert rotation_phase(lab) is None
     plan = cli("-i", inv, "plan", PLAYBOOK).stdout
     assert "resume key rotation snix-cache-1 → snix-cache-2 at phase trust-new" in plan
@@ -349,14 +426,20 @@ def test_crash_right_after_storing_the_next_key_resumes_in_the_site_playbook(fle
 def test_bad_input_exits_3_and_touches_nothing(lab, cli, tmp_path):
     logs = {h.name: h.sshd_log.read_text() for h in lab.hosts()}
     cases = {
-        "tasks:\n  - task: binary_cache.server\n    with:\n      server: snix\n      name: 'bad name:1'\n":
-            (5, "invalid key name"),
+        "tasks:\n  - task: binary_cache.server\n    with:\n      server: snix\n      name: 'bad name:1'\n": (
+            5,
+            "invalid key name",
+        ),
         "tasks:\n  - task: binary_cache.client\n    with:\n      server: snix\n      clients: [slax]\n"
         "      url: ftp://snix/cache\n": (6, "must start with http://"),
-        "tasks:\n  - task: binary_cache.client\n    with:\n      server: snix\n      clients: [slax, nope]\n":
-            (5, "'nope' is not a host"),
-        "tasks:\n  - task: binary_cache.push\n    with:\n      server: nowhere\n      paths: [/nix/store/x]\n":
-            (4, "'nowhere' is not a host"),
+        "tasks:\n  - task: binary_cache.client\n    with:\n      server: snix\n      clients: [slax, nope]\n": (
+            5,
+            "'nope' is not a host",
+        ),
+        "tasks:\n  - task: binary_cache.push\n    with:\n      server: nowhere\n      paths: [/nix/store/x]\n": (
+            4,
+            "'nowhere' is not a host",
+        ),
         "tasks:\n  - task: binary_cache.rotate_key\n    with:\n      server: snix\n      clients: [slax]\n"
         "      max_age: soon\n": (6, "malformed duration"),
     }
@@ -378,10 +461,26 @@ def test_nixos_hosts_get_generated_nix_that_parses(fleet, cli, tmp_path):
     public = public_key(Secret(sops_keys(fleet)["secret-key"]))
     client = fleet.flake_dir / "hosts/slax/generated/binary-cache-snix-cache.nix"
     ok(subprocess.run(["nix-instantiate", "--parse", str(client)], capture_output=True, text=True))
-    settings = json.loads(ok(subprocess.run(
-        ["nix-instantiate", "--eval", "--strict", "--json", "-E", f"(import {client} {{}}).nix.settings"],
-        capture_output=True, text=True)).stdout)
-    assert settings == {"substituters": [f"http://{fleet.host('snix').address}"], "trusted-public-keys": [public]}
+    settings = json.loads(
+        ok(
+            subprocess.run(
+                [
+                    "nix-instantiate",
+                    "--eval",
+                    "--strict",
+                    "--json",
+                    "-E",
+                    f"(import {client} {{}}).nix.settings",
+                ],
+                capture_output=True,
+                text=True,
+            )
+        ).stdout
+    )
+    assert settings == {
+        "substituters": [f"http://{fleet.host('snix').address}"],
+        "trusted-public-keys": [public],
+    }
     # The NixOS client was not touched imperatively; the linux ones were; a rerun plans nothing.
     assert not fleet.host("slax").path("/etc/nix/binary-cache-snix-cache.conf").exists()
     assert fleet.host("brix").path("/etc/nix/binary-cache-snix-cache.conf").exists()
@@ -390,19 +489,35 @@ def test_nixos_hosts_get_generated_nix_that_parses(fleet, cli, tmp_path):
     # A NixOS server: sops-nix key, nginx virtual host and the post-build hook, as Nix.
     data["hosts"]["snix"]["os"] = "nixos"
     inv = write(tmp_path, "hosts.yaml", yaml.safe_dump(data))
-    server_only = write(tmp_path, "server.yaml", "tasks:\n  - task: binary_cache.server\n"
-                        "    with: {server: snix, name: snix-cache, post_build_hook: true}\n")
+    server_only = write(
+        tmp_path,
+        "server.yaml",
+        "tasks:\n  - task: binary_cache.server\n"
+        "    with: {server: snix, name: snix-cache, post_build_hook: true}\n",
+    )
     served = ok(cli("-i", inv, "run", server_only, "--yes", "--no-deploy"))
     server = fleet.flake_dir / "hosts/snix/generated/binary-cache-snix-cache-server.nix"
     ok(subprocess.run(["nix-instantiate", "--parse", str(server)], capture_output=True, text=True))
-    stub = "{ config = { nix.package = \"/NIX\"; }; pkgs = { writeShellScript = name: text: text; }; }"
-    module = json.loads(ok(subprocess.run(
-        ["nix-instantiate", "--eval", "--strict", "--json", "-E",
-         f"let m = import {server} {stub}; s = m.sops.secrets.\"binary-cache/snix-cache/secret-key\"; in "
-         # toString: a path would be copied into the (controller's) store by --json.
-         "{ inherit (m) services; secret = s // { sopsFile = toString s.sopsFile; }; "
-         "hook = m.nix.settings.post-build-hook; }"],
-        capture_output=True, text=True)).stdout)
+    stub = '{ config = { nix.package = "/NIX"; }; pkgs = { writeShellScript = name: text: text; }; }'
+    module = json.loads(
+        ok(
+            subprocess.run(
+                [
+                    "nix-instantiate",
+                    "--eval",
+                    "--strict",
+                    "--json",
+                    "-E",
+                    f'let m = import {server} {stub}; s = m.sops.secrets."binary-cache/snix-cache/secret-key"; in '
+                    # toString: a path would be copied into the (controller's) store by --json.
+                    "{ inherit (m) services; secret = s // { sopsFile = toString s.sopsFile; }; "
+                    "hook = m.nix.settings.post-build-hook; }",
+                ],
+                capture_output=True,
+                text=True,
+            )
+        ).stdout
+    )
     secret = module["secret"]
     assert secret["key"] == "binary-cache/snix-cache/secret-key" and secret["mode"] == "0600"
     assert secret["sopsFile"] == str(fleet.flake_dir / "secrets/binary-cache.yaml")
@@ -473,12 +588,18 @@ def test_nginx_conf_is_private_and_valid(address, tmp_path):
     assert "/etc/nginx" not in conf and f"root {tmp_path}/cache;" in conf
     assert ("listen [fd00::5]:8080;" if ":" in address else "listen 10.0.0.5:8080;") in conf
     # Parse it with the real nginx (paths rewritten into tmp_path: `-t` opens logs and the pid dir).
-    local = conf.replace("/var/log/", f"{tmp_path}/log/").replace("/run/", f"{tmp_path}/").replace(
-        "/var/lib/", f"{tmp_path}/lib/").replace(f"listen {render.listen_address(host, 8080)}", "listen 127.0.0.1:1")
+    local = (
+        conf.replace("/var/log/", f"{tmp_path}/log/")
+        .replace("/run/", f"{tmp_path}/")
+        .replace("/var/lib/", f"{tmp_path}/lib/")
+        .replace(f"listen {render.listen_address(host, 8080)}", "listen 127.0.0.1:1")
+    )
     (tmp_path / "log/infratool-binary-cache/c").mkdir(parents=True)
     (tmp_path / "lib/infratool/binary-cache/c/nginx-tmp").mkdir(parents=True)
     f = write(tmp_path, "nginx.conf", local)
-    res = subprocess.run(["nginx", "-t", "-q", "-e", f"{tmp_path}/err.log", "-c", str(f)], capture_output=True, text=True)
+    res = subprocess.run(
+        ["nginx", "-t", "-q", "-e", f"{tmp_path}/err.log", "-c", str(f)], capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stderr
 
 
@@ -487,4 +608,7 @@ def test_systemd_unit_passes_systemd_analyze(tmp_path):
     unit = write(tmp_path, spec.unit, render.systemd_unit(spec, "/usr/sbin/nginx"))
     res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert f"ExecStart=/usr/sbin/nginx -e /var/log/infratool-binary-cache/c/error.log -c {spec.nginx_conf}" in unit.read_text()
+    assert (
+        f"ExecStart=/usr/sbin/nginx -e /var/log/infratool-binary-cache/c/error.log -c {spec.nginx_conf}"
+        in unit.read_text()
+    )

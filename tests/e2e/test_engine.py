@@ -57,7 +57,7 @@ def test_changed_host_key_refuses_that_host_only(lab, cli):
     assert result.returncode == 4, result.stdout + result.stderr
     assert "HOST KEY CHANGED" in result.stdout + result.stderr
     assert "Expected SHA256:" in result.stdout and "offered SHA256:" in result.stdout
-    new_log = brix.sshd_log.read_text()[len(log_before):]
+    new_log = brix.sshd_log.read_text()[len(log_before) :]
     # The key exchange failed before authentication: no login, no command.
     assert "Accepted publickey" not in new_log
     assert "Starting session" not in new_log
@@ -146,10 +146,16 @@ def test_canary_secret_file_never_leaks(lab, cli, tmp_path, _private_audit_log):
 
 def test_atomic_write_keeps_mode_and_owner(lab, cli, tmp_path):
     snix = lab.host("snix")
-    lab.exec("snix", "mkdir -p /var/lib/app && printf old > /var/lib/app/conf && "
-             "chown nobody:nogroup /var/lib/app/conf && chmod 640 /var/lib/app/conf", check=True)
+    lab.exec(
+        "snix",
+        "mkdir -p /var/lib/app && printf old > /var/lib/app/conf && "
+        "chown nobody:nogroup /var/lib/app/conf && chmod 640 /var/lib/app/conf",
+        check=True,
+    )
     pb = tmp_path / "pb.yaml"
-    pb.write_text("hosts: snix\ntasks:\n  - task: files.content\n    with: {path: /var/lib/app/conf, content: new}\n")
+    pb.write_text(
+        "hosts: snix\ntasks:\n  - task: files.content\n    with: {path: /var/lib/app/conf, content: new}\n"
+    )
     assert cli("-i", lab.inventory_path, "run", pb, "--yes").returncode == 0
     st = snix.path("/var/lib/app/conf").stat()
     assert snix.path("/var/lib/app/conf").read_text() == "new"
@@ -167,7 +173,9 @@ def test_nixos_hosts_get_generated_nix_and_a_deploy_step(lab, cli, tmp_path):
     deploy.chmod(0o755)
     data = yaml.safe_load(lab.inventory_path.read_text())
     data["hosts"]["slax"]["os"] = "nixos"
-    data["defaults"]["deploy_command"] = f"{deploy} switch --flake {{flake}}#{{host}} --target-host {{user}}@{{address}}"
+    data["defaults"]["deploy_command"] = (
+        f"{deploy} switch --flake {{flake}}#{{host}} --target-host {{user}}@{{address}}"
+    )
     inv = tmp_path / "hosts.yaml"
     inv.write_text(yaml.safe_dump(data))
     plan = cli("-i", inv, "plan", PLAYBOOKS / "baseline.yaml")
@@ -180,10 +188,14 @@ def test_nixos_hosts_get_generated_nix_and_a_deploy_step(lab, cli, tmp_path):
     parsed = subprocess.run(["nix-instantiate", "--parse", str(generated)], capture_output=True, text=True)
     assert parsed.returncode == 0, parsed.stderr
     evaluated = subprocess.run(
-        ["nix-instantiate", "--eval", "--strict", "--json", "-E",
-         f"(import {generated} {{}}).nix.settings"], capture_output=True, text=True)
-    assert json.loads(evaluated.stdout) == {"auto-optimise-store": True,
-                                            "experimental-features": ["nix-command", "flakes"]}
+        ["nix-instantiate", "--eval", "--strict", "--json", "-E", f"(import {generated} {{}}).nix.settings"],
+        capture_output=True,
+        text=True,
+    )
+    assert json.loads(evaluated.stdout) == {
+        "auto-optimise-store": True,
+        "experimental-features": ["nix-command", "flakes"],
+    }
     # The nixos host's /etc/nix was not touched imperatively.
     assert "experimental-features" not in lab.host("slax").path("/etc/nix/nix.conf").read_text()
 
@@ -191,7 +203,12 @@ def test_nixos_hosts_get_generated_nix_and_a_deploy_step(lab, cli, tmp_path):
     assert cli("-i", inv, "run", PLAYBOOKS / "baseline.yaml", "--yes").returncode == 0
     slax = lab.host("slax")
     assert record.read_text().split() == [
-        "switch", "--flake", f"{lab.flake_dir}#slax", "--target-host", f"root@{slax.address}"]
+        "switch",
+        "--flake",
+        f"{lab.flake_dir}#slax",
+        "--target-host",
+        f"root@{slax.address}",
+    ]
 
 
 def test_scale_lab_32_hosts_plan(lab_factory, cli):
@@ -204,8 +221,10 @@ def test_scale_lab_32_hosts_plan(lab_factory, cli):
     assert len(data["changes"]) == 64
     assert time.monotonic() - start < 120
     big.down()
-    assert shutil.which("pgrep") is None or subprocess.run(
-        ["pgrep", "-f", str(big.root)], capture_output=True).stdout == b""
+    assert (
+        shutil.which("pgrep") is None
+        or subprocess.run(["pgrep", "-f", str(big.root)], capture_output=True).stdout == b""
+    )
 
 
 def test_a_cut_transfer_never_replaces_a_file(lab):

@@ -72,7 +72,11 @@ def remote_build(lab, client: str) -> subprocess.CompletedProcess[bytes]:
 def stored_keys(lab) -> dict[str, str]:
     """client → private key text, read from the lab repo's sops file (the test holds the age key)."""
     values = SopsStore(lab.flake_dir / "secrets").read("remote-builders.yaml")
-    return {c: values[f"remote-builders/{c}/ssh_key"].reveal() for c in CLIENTS if f"remote-builders/{c}/ssh_key" in values}
+    return {
+        c: values[f"remote-builders/{c}/ssh_key"].reveal()
+        for c in CLIENTS
+        if f"remote-builders/{c}/ssh_key" in values
+    }
 
 
 def managed_keys(lab) -> dict[str, list[str]]:
@@ -105,11 +109,19 @@ def test_setup_builds_on_the_builder_converges_and_leaks_nothing(fleet, cli, tmp
         key_file = host.path(KEY)
         assert key_file.read_text() == keys[client]
         assert key_file.stat().st_mode & 0o777 == 0o600
-        public = render.key_blob(subprocess.run(
-            ["ssh-keygen", "-y", "-f", str(key_file)], capture_output=True, text=True, check=True).stdout)
-        assert lines[client] == [f'restrict,command="nix-daemon --stdio" {public} infratool:remote-builders:{client}']
+        public = render.key_blob(
+            subprocess.run(
+                ["ssh-keygen", "-y", "-f", str(key_file)], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        assert lines[client] == [
+            f'restrict,command="nix-daemon --stdio" {public} infratool:remote-builders:{client}'
+        ]
         machines = host.path("/etc/nix/machines").read_text()
-        assert f"ssh-ng://root@{snix.address} x86_64-linux {KEY} 8 2 nixos-test,benchmark,big-parallel - " in machines
+        assert (
+            f"ssh-ng://root@{snix.address} x86_64-linux {KEY} 8 2 nixos-test,benchmark,big-parallel - "
+            in machines
+        )
         conf = host.path("/etc/nix/nix.conf").read_text()
         assert "builders = @/etc/nix/machines" in conf and "builders-use-substitutes = true" in conf
 
@@ -129,10 +141,16 @@ def test_setup_builds_on_the_builder_converges_and_leaks_nothing(fleet, cli, tmp
 
     # The client key opens no shell: sshd forces the daemon, whatever is asked.
     marker = f"/root/pwned-{os.urandom(4).hex()}"
-    shell = lab.exec("slax", f"ssh -i {KEY} -o BatchMode=yes root@{snix.address} 'echo SHELL-OK; touch {marker}'",
-                     input=b"", timeout=30)
+    shell = lab.exec(
+        "slax",
+        f"ssh -i {KEY} -o BatchMode=yes root@{snix.address} 'echo SHELL-OK; touch {marker}'",
+        input=b"",
+        timeout=30,
+    )
     assert b"SHELL-OK" not in shell.stdout and not snix.path(marker).exists()
-    tty = lab.exec("slax", f"ssh -tt -i {KEY} -o BatchMode=yes root@{snix.address} true", input=b"", timeout=30)
+    tty = lab.exec(
+        "slax", f"ssh -tt -i {KEY} -o BatchMode=yes root@{snix.address} true", input=b"", timeout=30
+    )
     assert b"PTY allocation request failed" in tty.stderr
 
     # Canary: no private key text anywhere but the sops file (encrypted) and the 0600 key files.
@@ -228,8 +246,11 @@ def test_hand_edits_are_shown_and_restored_other_lines_kept(fleet, cli):
     assert f"{KEY} 8 2" in machines.read_text() and mine in machines.read_text()
     restored = authorized.read_text()
     assert theirs in restored
-    assert all(line.startswith('restrict,command="nix-daemon --stdio" ') for lines in managed_keys(lab).values()
-               for line in lines)
+    assert all(
+        line.startswith('restrict,command="nix-daemon --stdio" ')
+        for lines in managed_keys(lab).values()
+        for line in lines
+    )
     assert cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode").returncode == 0
 
 
@@ -305,9 +326,20 @@ def test_nixos_client_gets_a_module_that_parses_and_a_sops_secret(fleet, cli, tm
     generated = fleet.flake_dir / "hosts/slax/generated/remote-builders.nix"
     ok(subprocess.run(["nix-instantiate", "--parse", str(generated)], capture_output=True, text=True))
     stub = '{ config = { sops.secrets."remote-builders/slax/ssh_key".path = "/run/secrets/k"; }; }'
-    evaluated = ok(subprocess.run(
-        ["nix-instantiate", "--eval", "--strict", "--json", "-E",
-         f"let m = import {generated} {stub}; in {{ inherit (m) nix; }}"], capture_output=True, text=True))
+    evaluated = ok(
+        subprocess.run(
+            [
+                "nix-instantiate",
+                "--eval",
+                "--strict",
+                "--json",
+                "-E",
+                f"let m = import {generated} {stub}; in {{ inherit (m) nix; }}",
+            ],
+            capture_output=True,
+            text=True,
+        )
+    )
     nix = json.loads(evaluated.stdout)["nix"]
     snix = fleet.host("snix")
     assert nix["distributedBuilds"] is True and nix["settings"] == {"builders-use-substitutes": True}
@@ -326,17 +358,32 @@ def test_nixos_client_gets_a_module_that_parses_and_a_sops_secret(fleet, cli, tm
 
 
 def test_nixos_builder_module_parses_and_keeps_root_trusted(tmp_path):
-    host = Host(name="snix", address="snix.home.arpa", os="nixos",
-                host_keys=("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINpqcOCGR1icrgIP0MxTjoTyLGo7/QBcGbKxQjmmEFGj",))
+    host = Host(
+        name="snix",
+        address="snix.home.arpa",
+        os="nixos",
+        host_keys=("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINpqcOCGR1icrgIP0MxTjoTyLGo7/QBcGbKxQjmmEFGj",),
+    )
     builder = Builder(host, ("x86_64-linux",), 4, 1, (), (), "nixremote")
     topo = Topology((builder,), (), "ssh-ng", "/k")
     public = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBuZeoPyplWLpQcNETESmevWHP4Y2cf3aokrWv0+igTd c"
     path = tmp_path / "builder.nix"
     path.write_text(render.builder_module(topo, builder, {"slax": public}))
     ok(subprocess.run(["nix-instantiate", "--parse", str(path)], capture_output=True, text=True))
-    evaluated = ok(subprocess.run(
-        ["nix-instantiate", "--eval", "--strict", "--json", "-E",
-         f'(import {path} {{ config.nix.package.out = "/nix/store/x-nix"; }})'], capture_output=True, text=True))
+    evaluated = ok(
+        subprocess.run(
+            [
+                "nix-instantiate",
+                "--eval",
+                "--strict",
+                "--json",
+                "-E",
+                f'(import {path} {{ config.nix.package.out = "/nix/store/x-nix"; }})',
+            ],
+            capture_output=True,
+            text=True,
+        )
+    )
     config = json.loads(evaluated.stdout)
     assert config["nix"]["settings"]["trusted-users"] == ["root", "nixremote"]
     assert config["users"]["users"]["nixremote"]["openssh"]["authorizedKeys"]["keys"] == [

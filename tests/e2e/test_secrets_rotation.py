@@ -43,16 +43,23 @@ def values(lab) -> dict[str, str]:
 
 def pg_login(lab, password: str) -> bool:
     address = lab.host("brix").address
-    r = lab.exec("brix", f"read -r PGPASSWORD; export PGPASSWORD; psql 'host={address} user=app dbname=postgres' "
-                         "-tAc 'select 1'", input=password.encode() + b"\n")
+    r = lab.exec(
+        "brix",
+        f"read -r PGPASSWORD; export PGPASSWORD; psql 'host={address} user=app dbname=postgres' "
+        "-tAc 'select 1'",
+        input=password.encode() + b"\n",
+    )
     return r.returncode == 0 and r.stdout.strip() == b"1"
 
 
 def tokend_accepts(lab, token: str) -> bool:
     address = lab.host("slax").address
-    r = lab.exec("slax", f"read -r t; printf 'Authorization: Bearer %s\\n' \"$t\" | "
-                         f"curl -fsS -o /dev/null -H @- http://{address}:{services.TOKEND_PORT}/",
-                 input=token.encode() + b"\n")
+    r = lab.exec(
+        "slax",
+        f"read -r t; printf 'Authorization: Bearer %s\\n' \"$t\" | "
+        f"curl -fsS -o /dev/null -H @- http://{address}:{services.TOKEND_PORT}/",
+        input=token.encode() + b"\n",
+    )
     return r.returncode == 0
 
 
@@ -96,7 +103,8 @@ def test_failed_verify_rolls_every_consumer_back(rot, cli):
     data = yaml.safe_load(policy.read_text())
     # A second consumer of the token whose verify fails: the rotation must not stick anywhere.
     data["secrets"]["tokend/token"]["consumers"].append(
-        {"host": "brix", "file": {"path": "/var/lib/app/token", "mode": "0600"}, "verify": "exit 1"})
+        {"host": "brix", "file": {"path": "/var/lib/app/token", "mode": "0600"}, "verify": "exit 1"}
+    )
     policy.write_text(yaml.safe_dump(data))
     r = rotate(cli, lab, "tokend/token", "--yes")
     assert r.returncode == 1
@@ -117,7 +125,8 @@ def test_kill_9_after_each_step_converges(rot, cli, step):
     data = yaml.safe_load(policy.read_text())
     # Two consumers, so a crash between them is possible: the database and the app's password file.
     data["secrets"]["postgres/app"]["consumers"].append(
-        {"host": "brix", "file": {"path": "/var/lib/app/db-password", "mode": "0600"}})
+        {"host": "brix", "file": {"path": "/var/lib/app/db-password", "mode": "0600"}}
+    )
     policy.write_text(yaml.safe_dump(data))
     assert rotate(cli, lab, "postgres/app", "--yes").returncode == 0
     old = values(lab)["postgres/app"]
@@ -169,9 +178,23 @@ def test_two_concurrent_rotations_never_corrupt(rot, cli):
     lab = rot
     assert rotate(cli, lab, "--due", "--yes").returncode == 0
     env = {**os.environ, "NO_COLOR": "1"}
-    argv = [sys.executable, "-m", "infratool", "-i", str(lab.inventory_path), "secrets", "rotate", "--all", "--yes"]
-    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                              stdin=subprocess.DEVNULL) for _ in range(2)]
+    argv = [
+        sys.executable,
+        "-m",
+        "infratool",
+        "-i",
+        str(lab.inventory_path),
+        "secrets",
+        "rotate",
+        "--all",
+        "--yes",
+    ]
+    procs = [
+        subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes[0] == 0, outs
@@ -220,31 +243,54 @@ def test_bad_input_touches_nothing(rot, cli, tmp_path):
 
 
 def test_timer_units_verify_and_nix_parses(lab, cli, tmp_path):
-    r = cli("-i", lab.inventory_path, "timer", "install", "--dir", tmp_path / "units", "--on-calendar", "Sun 03:00",
-            "--age-key-file", lab.root / "age.key")
+    r = cli(
+        "-i",
+        lab.inventory_path,
+        "timer",
+        "install",
+        "--dir",
+        tmp_path / "units",
+        "--on-calendar",
+        "Sun 03:00",
+        "--age-key-file",
+        lab.root / "age.key",
+    )
     assert r.returncode == 0, r.stderr
     units = sorted((tmp_path / "units").iterdir())
     assert [u.name for u in units] == ["infratool-rotate.service", "infratool-rotate.timer"]
     service = units[0].read_text()
-    for needle in ("LoadCredential=sops-age-key:", "SOPS_AGE_KEY_FILE=%d/sops-age-key", "ProtectSystem=strict",
-                   "NoNewPrivileges=yes", "secrets rotate --due --yes"):
+    for needle in (
+        "LoadCredential=sops-age-key:",
+        "SOPS_AGE_KEY_FILE=%d/sops-age-key",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "secrets rotate --due --yes",
+    ):
         assert needle in service
     timer = units[1].read_text()
     assert "OnCalendar=Sun 03:00" in timer and "Persistent=true" in timer and "RandomizedDelaySec=" in timer
-    verify = subprocess.run(["systemd-analyze", "verify", "--recursive-errors=no", *map(str, units)],
-                            capture_output=True, text=True)
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", "--recursive-errors=no", *map(str, units)],
+        capture_output=True,
+        text=True,
+    )
     assert verify.returncode == 0, verify.stderr
     assert subprocess.run(["systemd-analyze", "calendar", "Sun 03:00"], capture_output=True).returncode == 0
-    security = subprocess.run(["systemd-analyze", "security", "--offline=true", str(units[0])],
-                              capture_output=True, text=True)
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(units[0])], capture_output=True, text=True
+    )
     exposure = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", security.stdout).group(1))
     assert exposure <= 2.0, security.stdout[-500:]  # "OK" starts below 4.0; we hold 1.9
     nix = cli("-i", lab.inventory_path, "timer", "render", "--nixos")
     (tmp_path / "m.nix").write_text(nix.stdout)
-    parsed = subprocess.run(["nix-instantiate", "--parse", str(tmp_path / "m.nix")], capture_output=True, text=True)
+    parsed = subprocess.run(
+        ["nix-instantiate", "--parse", str(tmp_path / "m.nix")], capture_output=True, text=True
+    )
     assert parsed.returncode == 0, parsed.stderr
     assert "OnCalendar" in nix.stdout and "LoadCredential" in nix.stdout
-    assert cli("-i", lab.inventory_path, "timer", "render", "--on-calendar", "every tuesday-ish").returncode == 3
+    assert (
+        cli("-i", lab.inventory_path, "timer", "render", "--on-calendar", "every tuesday-ish").returncode == 3
+    )
 
 
 def test_recover_from_the_mnemonic(rot, cli):

@@ -19,7 +19,9 @@ def test_site_plans_runs_and_then_plans_nothing(lab, cli, monkeypatch):
     assert first.returncode == 2, first.stderr
     planned = json.loads(first.stdout)
     tasks = {c["task"].split(".")[0] for c in planned["changes"]}
-    assert {"nix", "files", "secrets_rotation", "remote_builders", "binary_cache", "secureboot"} <= tasks, tasks
+    assert {"nix", "files", "secrets_rotation", "remote_builders", "binary_cache", "secureboot"} <= tasks, (
+        tasks
+    )
     assert not planned["failures"]
 
     run = cli("-i", inv, "run", site, "--yes")
@@ -33,8 +35,10 @@ def test_site_plans_runs_and_then_plans_nothing(lab, cli, monkeypatch):
     # The pieces work together: a client's remote build on snix, where the cache's
     # post-build hook now runs (a build for a remote client must not fail on it).
     nonce = os.urandom(6).hex()
-    drv = f'derivation {{ name = "site-{nonce}"; system = "x86_64-linux"; builder = "/bin/sh"; ' \
-          'args = ["-c" "echo built > $out"]; }'
+    drv = (
+        f'derivation {{ name = "site-{nonce}"; system = "x86_64-linux"; builder = "/bin/sh"; '
+        'args = ["-c" "echo built > $out"]; }'
+    )
     built = lab.exec("slax", ["nix-build", "--max-jobs", "0", "--no-out-link", "-E", drv])
     assert built.returncode == 0, built.stderr.decode()[-2000:]
     out = built.stdout.decode().strip()

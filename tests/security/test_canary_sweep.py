@@ -35,8 +35,23 @@ MIN_LEN = 16  # shorter values (ports, flags, generation numbers) are not secret
 
 def _canary_playbook(tmp: Path) -> Path:
     p = tmp / "canary-file.yaml"
-    p.write_text(yaml.safe_dump({"tasks": [{"task": "files.content", "with": {
-        "path": "/var/lib/app/canary", "content": CANARY, "secret": True, "mode": "0600"}}]}))
+    p.write_text(
+        yaml.safe_dump(
+            {
+                "tasks": [
+                    {
+                        "task": "files.content",
+                        "with": {
+                            "path": "/var/lib/app/canary",
+                            "content": CANARY,
+                            "secret": True,
+                            "mode": "0600",
+                        },
+                    }
+                ]
+            }
+        )
+    )
     return p
 
 
@@ -71,17 +86,33 @@ def scenario(lab, tmp: Path) -> list[tuple[str, list[str] | Callable[[], None], 
         ("secret file", ["-i", inv, "-vv", "run", str(_canary_playbook(tmp)), "--yes"], None),
         ("rotate all (dry run)", ["-i", inv, "secrets", "rotate", "--all", "--dry-run"], None),
         ("rotate all", ["-i", inv, "-vv", "secrets", "rotate", "--all", "--yes"], None),
-        ("builder key rotation",
-         ["-i", inv, "-vv", "run", str(_variant(tmp, "remote-builders.yaml", _rotate_builder_keys)), "--yes"], None),
-        ("cache key rotation",
-         ["-i", inv, "-vv", "run", str(_variant(tmp, "binary-cache.yaml", _rotate_cache_key)), "--yes"], None),
+        (
+            "builder key rotation",
+            [
+                "-i",
+                inv,
+                "-vv",
+                "run",
+                str(_variant(tmp, "remote-builders.yaml", _rotate_builder_keys)),
+                "--yes",
+            ],
+            None,
+        ),
+        (
+            "cache key rotation",
+            ["-i", inv, "-vv", "run", str(_variant(tmp, "binary-cache.yaml", _rotate_cache_key)), "--yes"],
+            None,
+        ),
         ("wipe slax's Secure Boot keys", wipe_slax_keys, None),
         ("secure boot restore", ["-i", inv, "-vv", "secureboot", "restore", "slax", "--yes"], None),
         ("secure boot status", ["-i", inv, "--json", "secureboot", "status"], None),
         ("recover init", ["-i", inv, "secrets", "recover", "init"], None),
         ("secrets status", ["-i", inv, "--json", "secrets", "status"], None),
-        ("site plan after", ["-i", inv, "--json", "plan", str(PLAYBOOKS / "site.yaml"), "--detailed-exitcode"],
-         None),
+        (
+            "site plan after",
+            ["-i", inv, "--json", "plan", str(PLAYBOOKS / "site.yaml"), "--detailed-exitcode"],
+            None,
+        ),
     ]
 
 
@@ -148,5 +179,7 @@ def test_no_secret_appears_anywhere(lab, cli, tmp_path, _private_audit_log, monk
             hits += [f"{shown} in {p}" for p in files_containing(h.path("/tmp"), value)]
         # The repo holds secrets only inside sops files.
         encrypted = set(sops_files(lab.flake_dir / "secrets"))
-        hits += [f"{shown} in repo file {p}" for p in files_containing(lab.flake_dir, value) if p not in encrypted]
+        hits += [
+            f"{shown} in repo file {p}" for p in files_containing(lab.flake_dir, value) if p not in encrypted
+        ]
     assert hits == []

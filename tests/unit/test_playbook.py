@@ -46,8 +46,11 @@ def test_include_and_selection(tmp_path, inv):
         ("tasks:\n  - task: nope.nothing\n", 2, "unknown task 'nope.nothing'"),
         ("tasks:\n  - task: files.absent\n    with: {paht: /x}\n", 3, "unknown parameter 'paht'"),
         ("tasks:\n  - task: files.absent\n    with: {}\n", 2, "missing required parameter 'path'"),
-        ("tasks:\n  - task: files.content\n    with:\n      path: /x\n      content: 5\n", 5,
-         "must be a string, got an integer"),
+        (
+            "tasks:\n  - task: files.content\n    with:\n      path: /x\n      content: 5\n",
+            5,
+            "must be a string, got an integer",
+        ),
         ("tasks:\n  - task: files.content\n    with: {path: relative, content: x}\n", 3, "absolute path"),
         ("tasks:\n  - task: files.content\n    with: {path: /x, content: x, mode: '999'}\n", 3, "octal"),
         ("tasks:\n  - task: nix.settings\n    with: {settings: {Bad Key: 1}}\n", 3, "invalid setting name"),
