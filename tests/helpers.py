@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAYBOOKS = ROOT / "playbooks"
@@ -56,3 +59,27 @@ def files_containing(root: Path, needle: str) -> list[Path]:
         except OSError:
             continue
     return hits
+
+
+def nix_parse(path: str | Path) -> None:
+    """Assert that ``nix-instantiate --parse`` accepts the Nix file at ``path``."""
+    proc = subprocess.run(["nix-instantiate", "--parse", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def nix_eval(expr: str | Path) -> Any:
+    """Evaluate a Nix expression (a string) or file (a Path) strictly, to Python data.
+
+    ``NIX_PATH`` is emptied so nothing outside the expression (no nixpkgs) can leak in.
+    """
+    target = [str(expr)] if isinstance(expr, Path) else ["-E", expr]
+    proc = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", *target],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ, "NIX_PATH": ""},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import PLAYBOOKS, files_containing, sample_ps
+from helpers import nix_eval, nix_parse
 
 from infratool.hidden import Secret
 from infratool.inventory import Host
@@ -209,37 +210,17 @@ def test_cache_serves_signed_paths_refuses_others_and_leaks_nothing(fleet, cli, 
     # The flake: generated nixConfig file and the marked block in flake.nix, both valid Nix.
     generated = lab.flake_dir / "nix/binary-cache/snix-cache.nix"
     for f in (generated, lab.flake_dir / "flake.nix"):
-        ok(subprocess.run(["nix-instantiate", "--parse", str(f)], capture_output=True, text=True))
-    flake_cfg = json.loads(
-        ok(
-            subprocess.run(
-                [
-                    "nix-instantiate",
-                    "--eval",
-                    "--strict",
-                    "--json",
-                    "-E",
-                    f"(import {lab.flake_dir}/flake.nix).nixConfig",
-                ],
-                capture_output=True,
-                text=True,
-            )
-        ).stdout
-    )
+        nix_parse(f)
+    flake_cfg = nix_eval(f"(import {lab.flake_dir}/flake.nix).nixConfig")
     assert flake_cfg == {
         "extra-substituters": [f"http://{snix.address}"],
         "extra-trusted-public-keys": [public],
         "bash-prompt": "fleet> ",
     }
-    assert json.loads(
-        ok(
-            subprocess.run(
-                ["nix-instantiate", "--eval", "--strict", "--json", str(generated)],
-                capture_output=True,
-                text=True,
-            )
-        ).stdout
-    ) == {"extra-substituters": [f"http://{snix.address}"], "extra-trusted-public-keys": [public]}
+    assert nix_eval(generated) == {
+        "extra-substituters": [f"http://{snix.address}"],
+        "extra-trusted-public-keys": [public],
+    }
 
     # Still converged after all of that (foreign paths in the cache are not ours to fix).
     assert cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode").returncode == 0
@@ -460,23 +441,8 @@ def test_nixos_hosts_get_generated_nix_that_parses(fleet, cli, tmp_path):
     ok(cli("-i", inv, "run", PLAYBOOK, "--yes", "--no-deploy"))
     public = public_key(Secret(sops_keys(fleet)["secret-key"]))
     client = fleet.flake_dir / "hosts/slax/generated/binary-cache-snix-cache.nix"
-    ok(subprocess.run(["nix-instantiate", "--parse", str(client)], capture_output=True, text=True))
-    settings = json.loads(
-        ok(
-            subprocess.run(
-                [
-                    "nix-instantiate",
-                    "--eval",
-                    "--strict",
-                    "--json",
-                    "-E",
-                    f"(import {client} {{}}).nix.settings",
-                ],
-                capture_output=True,
-                text=True,
-            )
-        ).stdout
-    )
+    nix_parse(client)
+    settings = nix_eval(f"(import {client} {{}}).nix.settings")
     assert settings == {
         "substituters": [f"http://{fleet.host('snix').address}"],
         "trusted-public-keys": [public],
@@ -497,26 +463,13 @@ def test_nixos_hosts_get_generated_nix_that_parses(fleet, cli, tmp_path):
     )
     served = ok(cli("-i", inv, "run", server_only, "--yes", "--no-deploy"))
     server = fleet.flake_dir / "hosts/snix/generated/binary-cache-snix-cache-server.nix"
-    ok(subprocess.run(["nix-instantiate", "--parse", str(server)], capture_output=True, text=True))
+    nix_parse(server)
     stub = '{ config = { nix.package = "/NIX"; }; pkgs = { writeShellScript = name: text: text; }; }'
-    module = json.loads(
-        ok(
-            subprocess.run(
-                [
-                    "nix-instantiate",
-                    "--eval",
-                    "--strict",
-                    "--json",
-                    "-E",
-                    f'let m = import {server} {stub}; s = m.sops.secrets."binary-cache/snix-cache/secret-key"; in '
-                    # toString: a path would be copied into the (controller's) store by --json.
-                    "{ inherit (m) services; secret = s // { sopsFile = toString s.sopsFile; }; "
-                    "hook = m.nix.settings.post-build-hook; }",
-                ],
-                capture_output=True,
-                text=True,
-            )
-        ).stdout
+    module = nix_eval(
+        f'let m = import {server} {stub}; s = m.sops.secrets."binary-cache/snix-cache/secret-key"; in '
+        # toString: a path would be copied into the (controller's) store by --json.
+        "{ inherit (m) services; secret = s // { sopsFile = toString s.sopsFile; }; "
+        "hook = m.nix.settings.post-build-hook; }"
     )
     secret = module["secret"]
     assert secret["key"] == "binary-cache/snix-cache/secret-key" and secret["mode"] == "0600"

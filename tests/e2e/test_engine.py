@@ -10,6 +10,7 @@ import time
 
 import yaml
 from conftest import PLAYBOOKS, files_containing, sample_ps
+from helpers import nix_eval, nix_parse
 
 
 def test_baseline_plans_runs_and_converges(lab, cli):
@@ -185,14 +186,8 @@ def test_nixos_hosts_get_generated_nix_and_a_deploy_step(lab, cli, tmp_path):
     assert cli("-i", inv, "run", PLAYBOOKS / "baseline.yaml", "--yes", "--no-deploy").returncode == 0
     assert not record.exists()
     generated = lab.flake_dir / "hosts/slax/generated/nix-settings.nix"
-    parsed = subprocess.run(["nix-instantiate", "--parse", str(generated)], capture_output=True, text=True)
-    assert parsed.returncode == 0, parsed.stderr
-    evaluated = subprocess.run(
-        ["nix-instantiate", "--eval", "--strict", "--json", "-E", f"(import {generated} {{}}).nix.settings"],
-        capture_output=True,
-        text=True,
-    )
-    assert json.loads(evaluated.stdout) == {
+    nix_parse(generated)
+    assert nix_eval(f"(import {generated} {{}}).nix.settings") == {
         "auto-optimise-store": True,
         "experimental-features": ["nix-command", "flakes"],
     }

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import PLAYBOOKS, files_containing, sample_ps
+from helpers import nix_eval, nix_parse
 
 from infratool.inventory import Host
 from infratool.remote import fingerprint
@@ -324,23 +325,10 @@ def test_nixos_client_gets_a_module_that_parses_and_a_sops_secret(fleet, cli, tm
     assert "deploy slax:" in plan.stdout
     ok(cli("-i", inv, "run", PLAYBOOK, "--yes", "--no-deploy"))
     generated = fleet.flake_dir / "hosts/slax/generated/remote-builders.nix"
-    ok(subprocess.run(["nix-instantiate", "--parse", str(generated)], capture_output=True, text=True))
+    nix_parse(generated)
     stub = '{ config = { sops.secrets."remote-builders/slax/ssh_key".path = "/run/secrets/k"; }; }'
-    evaluated = ok(
-        subprocess.run(
-            [
-                "nix-instantiate",
-                "--eval",
-                "--strict",
-                "--json",
-                "-E",
-                f"let m = import {generated} {stub}; in {{ inherit (m) nix; }}",
-            ],
-            capture_output=True,
-            text=True,
-        )
-    )
-    nix = json.loads(evaluated.stdout)["nix"]
+    evaluated = nix_eval(f"let m = import {generated} {stub}; in {{ inherit (m) nix; }}")
+    nix = evaluated["nix"]
     snix = fleet.host("snix")
     assert nix["distributedBuilds"] is True and nix["settings"] == {"builders-use-substitutes": True}
     (machine,) = nix["buildMachines"]
@@ -369,22 +357,9 @@ def test_nixos_builder_module_parses_and_keeps_root_trusted(tmp_path):
     public = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBuZeoPyplWLpQcNETESmevWHP4Y2cf3aokrWv0+igTd c"
     path = tmp_path / "builder.nix"
     path.write_text(render.builder_module(topo, builder, {"slax": public}))
-    ok(subprocess.run(["nix-instantiate", "--parse", str(path)], capture_output=True, text=True))
-    evaluated = ok(
-        subprocess.run(
-            [
-                "nix-instantiate",
-                "--eval",
-                "--strict",
-                "--json",
-                "-E",
-                f'(import {path} {{ config.nix.package.out = "/nix/store/x-nix"; }})',
-            ],
-            capture_output=True,
-            text=True,
-        )
-    )
-    config = json.loads(evaluated.stdout)
+    nix_parse(path)
+    evaluated = nix_eval(f'(import {path} {{ config.nix.package.out = "/nix/store/x-nix"; }})')
+    config = evaluated
     assert config["nix"]["settings"]["trusted-users"] == ["root", "nixremote"]
     assert config["users"]["users"]["nixremote"]["openssh"]["authorizedKeys"]["keys"] == [
         'restrict,command="/nix/store/x-nix/bin/nix-daemon --stdio" ssh-ed25519 '

@@ -16,6 +16,7 @@ import sys
 import pytest
 import yaml
 from conftest import PLAYBOOKS, files_containing, sample_ps
+from helpers import nix_parse
 
 from infratool.lab import services
 from infratool.secrets.store import SopsStore
@@ -283,10 +284,7 @@ def test_timer_units_verify_and_nix_parses(lab, cli, tmp_path):
     assert exposure <= 2.0, security.stdout[-500:]  # "OK" starts below 4.0; we hold 1.9
     nix = cli("-i", lab.inventory_path, "timer", "render", "--nixos")
     (tmp_path / "m.nix").write_text(nix.stdout)
-    parsed = subprocess.run(
-        ["nix-instantiate", "--parse", str(tmp_path / "m.nix")], capture_output=True, text=True
-    )
-    assert parsed.returncode == 0, parsed.stderr
+    nix_parse(tmp_path / "m.nix")
     assert "OnCalendar" in nix.stdout and "LoadCredential" in nix.stdout
     assert (
         cli("-i", lab.inventory_path, "timer", "render", "--on-calendar", "every tuesday-ish").returncode == 3

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import PLAYBOOKS, ROOT, files_containing, sample_ps
+from helpers import nix_eval, nix_parse
 
 from infratool.lab.sbctl import LAB_FIRMWARE_FILE, provision_lab, set_lab_firmware
 from infratool.secrets.store import SopsStore
@@ -195,17 +196,9 @@ def test_playbook_creates_missing_keys_backs_up_and_converges(sb, cli, made_keys
     assert "nixtv-player: sbctl is not installed" in again.stdout
 
     for rel in ("hosts/snix/generated/lanzaboote.nix", "generated/lanzaboote-flake-input.nix"):
-        parsed = subprocess.run(
-            ["nix-instantiate", "--parse", str(sb.flake_dir / rel)], capture_output=True, text=True
-        )
-        assert parsed.returncode == 0, parsed.stderr
+        nix_parse(sb.flake_dir / rel)
     stub = '{ lib = { mkForce = x: { forced = x; }; }; pkgs = { sbctl = "sbctl"; }; }'
-    expr = f"builtins.toJSON (import {sb.flake_dir}/hosts/snix/generated/lanzaboote.nix {stub})"
-    evaluated = subprocess.run(
-        ["nix-instantiate", "--eval", "--strict", "-E", expr], capture_output=True, text=True
-    )
-    assert evaluated.returncode == 0, evaluated.stderr
-    module = json.loads(json.loads(evaluated.stdout))
+    module = nix_eval(f"import {sb.flake_dir}/hosts/snix/generated/lanzaboote.nix {stub}")
     assert module["boot"]["lanzaboote"] == {"enable": True, "pkiBundle": KEYDIR}
     assert module["boot"]["loader"]["systemd-boot"]["enable"] == {"forced": False}
 

@@ -24,6 +24,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from helpers import nix_eval, nix_parse
 
 from infratool import nixgen
 from infratool.systemd import SERVICE, TIMER, TimerOptions, default_executable, render_units, unit_sections
@@ -87,20 +88,6 @@ def rotation_units_nix() -> str:
     return HEADER + nixgen.to_nix(data) + "\n"
 
 
-def nix_eval(expr: str) -> object:
-    """Evaluate a Nix expression strictly, in the repo root, to Python data."""
-    proc = subprocess.run(
-        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        env={**os.environ, "NIX_PATH": ""},
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
-
-
 def nix_string(value: str) -> str:
     """A Nix string literal."""
     return nixgen.string(value)
@@ -128,8 +115,7 @@ def units_via_nix(exe: str, flake: str, inventory: str, key: str, on_calendar: s
     "rel", ["flake.nix", "nix/module.nix", "nix/package.nix", "nix/units.nix", "nix/rotation-units.nix"]
 )
 def test_nix_files_parse(rel):
-    proc = subprocess.run(["nix-instantiate", "--parse", ROOT / rel], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    nix_parse(ROOT / rel)
 
 
 def test_rotation_units_nix_is_generated_from_systemd_py():
