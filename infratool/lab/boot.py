@@ -33,7 +33,9 @@ _SCRIPT = r"""
 set -e
 tree=$1 name=$2 sshd=$3
 shift 3
-for dir in "$@"; do mount --bind "$tree$dir" "$dir"; done
+# A fresh machine may lack a mount point (Debian's nix-bin ships no /etc/nix):
+# create it, empty, so the bind has somewhere to land.
+for dir in "$@"; do mkdir -p "$dir"; mount --bind "$tree$dir" "$dir"; done
 printf '%s\n' "$name" > /proc/sys/kernel/hostname
 exec "$sshd" -D -f /etc/ssh/sshd_config -E /var/log/sshd.log
 """
