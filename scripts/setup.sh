@@ -13,6 +13,7 @@ APT_PACKAGES=(
   nginx-light                     # the binary cache's HTTP server in the lab
   postgresql                      # a real service whose password gets rotated
   util-linux procps iproute2 curl git
+  debootstrap                     # the Debian rootfs a real systemd boots from (tests/realsystemd.py)
   python3 python3-venv python3-dev gcc
   python3-cryptography            # lab hosts run helper scripts (sbctl emulator) with the system Python
 )
