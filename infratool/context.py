@@ -82,9 +82,10 @@ class HostContext:
         mode: int | None = None,
         owner: str | None = None,
         group: str | None = None,
+        expect: str | None = None,
     ) -> None:
-        """Write a file on the host atomically."""
-        self.remote.put_file(path, content, mode=mode, owner=owner, group=group)
+        """Write a file on the host atomically (``expect``: see :class:`~infratool.remote.FileWrite`)."""
+        self.remote.put_file(path, content, mode=mode, owner=owner, group=group, expect=expect)
 
     def read_file(self, path: str) -> bytes | None:
         """Current content of a remote file, or None if absent."""
@@ -131,9 +132,10 @@ class DeferredWrites:
         mode: int | None = None,
         owner: str | None = None,
         group: str | None = None,
+        expect: str | None = None,
     ) -> None:
         """Queue an atomic write (see :meth:`Remote.put_files`)."""
-        self._queue.append((FileWrite(path, content, mode, owner, group), self.tag))
+        self._queue.append((FileWrite(path, content, mode, owner, group, expect), self.tag))
 
     def flush(self) -> None:
         """Send the queued writes; raises :class:`DeferredWriteFailed`."""

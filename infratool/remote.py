@@ -343,30 +343,37 @@ class Remote:
         mode: int | None = None,
         owner: str | None = None,
         group: str | None = None,
+        expect: str | None = None,
     ) -> None:
         """Write ``content`` to ``path`` atomically (one :meth:`put_files` write).
 
-        A temp file is created (0600, by mktemp) in the same directory, filled
-        from stdin, checked to be complete, fsynced, given its mode and owner
-        (the given ones, else the existing file's), then renamed over
-        ``path``. A failure at any point — including a controller killed
-        mid-transfer, which ends the host's stdin early — removes the temp
-        file and leaves the original untouched.
+        See :meth:`put_files` for how; a failure at any point (a controller
+        killed mid-transfer ends the host's stdin early) leaves the original
+        untouched and nothing behind.
         """
         try:
-            self.put_files([FileWrite(path, content, mode, owner, group)])
+            self.put_files([FileWrite(path, content, mode, owner, group, expect)])
         except PartialWrite as exc:
             raise CommandFailed(self.host.name, f"write {path}", exc.exited, exc.stderr) from None
 
     def put_files(self, writes: Sequence[FileWrite]) -> None:
         """Write several files in one round trip, each atomically, in order.
 
-        Each file gets what :meth:`put_file` gives it (temp file in the same
-        directory, fsync, mode/owner, rename). Contents travel raw on stdin,
-        each followed by a newline the script must read before the rename, so
-        a stream cut short never replaces a file. Stops at the first failure:
-        raises :class:`PartialWrite`, whose ``written`` files are in place and
-        the rest untouched.
+        Safe against whoever owns the destination directory (a service user
+        owning ``/var/lib/app``), with only sh and coreutils on the host: the
+        script walks to the directory without following symlinks (a
+        symlinked parent is refused, naming it), refuses a destination that
+        is a directory, writes the temp file inside a fresh root-only (0700)
+        directory there, gives it its mode and owner (the given ones, else
+        the existing regular file's) by names nobody else can swap, fsyncs
+        it, and renames it over the destination (``mv -T``: a symlink there
+        is replaced, never followed). With ``expect`` set, the write is
+        refused when the destination no longer holds what the plan read.
+
+        Contents travel raw on stdin, each followed by a newline the script
+        must read before the rename, so a stream cut short never replaces a
+        file. Stops at the first failure: raises :class:`PartialWrite`, whose
+        ``written`` files are in place and the rest untouched.
         """
         if not writes:
             return
@@ -418,6 +425,26 @@ class FileWrite:
     mode: int | None = None
     owner: str | None = None
     group: str | None = None
+    expect: str | None = None
+    """What the plan saw at ``path`` (see :func:`expected_state`); the write is
+    refused when the host has something else there now. None: no check."""
+
+
+def expected_state(
+    exists: bool, is_file: bool = True, is_symlink: bool = False, sha256: str | None = None
+) -> str:
+    """The token the write script compares with what is at the path now.
+
+    ``A`` absent, ``L`` a symlink, ``O`` another non-regular file, else the
+    regular file's sha256; ``-`` (no check) when the plan did not know the hash.
+    """
+    if not exists:
+        return "A"
+    if is_symlink:
+        return "L"
+    if not is_file:
+        return "O"
+    return sha256 or "-"
 
 
 class PartialWrite(CommandFailed):
@@ -437,23 +464,65 @@ def payload_sizes(writes: Sequence[FileWrite]) -> list[int]:
     return sizes
 
 
-_PUT_FUNCTION = r"""w() {  # path size mode|- owner|-
+_PUT_FUNCTION = r"""w() {  # path size mode|- owner|- expect|-
   set -e
-  p=$1
-  case $p in */*) d=${p%/*}; d=${d:-/} ;; *) d=. ;; esac
-  [ -d "$d" ] || mkdir -p -- "$d"
-  t=$(mktemp -- "$d/.infratool.XXXXXXXX")
-  trap 'rm -f -- "$t"' EXIT
-  head -c "$2" > "$t"
+  p=$1 n=${1##*/} d=${1%/*} r= rest= CDPATH=
+  err() { echo "infratool: $p: $*" >&2; exit 1; }
+  case $p in /*) ;; *) err "not an absolute path" ;; esac
+  case $n in ''|.|..) err "not a file name" ;; esac
+  # Walk to the directory from / one name at a time, never through a
+  # symlink: after each cd -P, $PWD is the physical path, so a component
+  # that is (or was just swapped for) a symlink shows as a mismatch.
+  cd -P /
+  rest=${d#/}
+  while [ -n "$rest" ]; do
+    c=${rest%%/*}
+    case $rest in */*) rest=${rest#*/} ;; *) rest= ;; esac
+    case $c in ''|.) continue ;; esac
+    r=$r/$c
+    [ ! -L "$c" ] || err "refusing to write through a symlink: $r is a symlink"
+    [ -d "$c" ] || mkdir -m 755 -- "$c" 2>/dev/null || [ -d "$c" ] || err "cannot create directory $r"
+    cd -P -- "$c"
+    [ "$PWD" = "$r" ] || err "refusing to write through a symlink: $r resolves to $PWD"
+  done
+  [ ! -d "$n" ] || [ -L "$n" ] || err "is a directory, not a file: nothing written"
+  # The temp file lives in a directory of its own that only root can enter,
+  # so the directory's owner can rename that directory but never swap a name
+  # inside it: every step below works on names only root controls, and the
+  # rename into place (relative to the temp directory's parent, which its
+  # owner cannot change) replaces the destination without following it.
+  t= f=
+  trap 'if [ -n "$f" ]; then rm -f -- f; cd ..; fi; [ -z "$t" ] || rmdir -- "$t" 2>/dev/null || :' EXIT
+  t=$(mktemp -d -- .infratool.XXXXXXXX)
+  cd -P -- "$t"
+  f=1
+  [ "$PWD" = "$r/$t" ] || err "temp directory $r/$t was swapped"
+  case $(stat -c %u:%a .) in 0:700|0:2700) ;; *) err "temp directory $r/$t was swapped" ;; esac
+  umask 077
+  head -c "$2" > f
   IFS= read -r end
-  [ -z "$end" ]
-  if [ "$3" != - ]; then chmod "$3" "$t"
-  elif [ -e "$p" ]; then chmod --reference="$p" "$t"; else chmod 644 "$t"; fi
-  if [ "$4" != - ]; then chown -- "$4" "$t"
-  elif [ -e "$p" ] && ! { [ -O "$p" ] && [ -G "$p" ] && [ ! -g "$d" ]; }; then chown --reference="$p" "$t"; fi
-  sync -- "$t" 2>/dev/null || true
-  mv -f -- "$t" "$p"
-  trap - EXIT
+  [ -z "$end" ] || err "content cut short: nothing written"
+  ref=
+  if [ "$3" = - ] || [ "$4" = - ]; then
+    ref=$(stat -c '%a %u:%g %F' -- "../$n" 2>/dev/null) || ref=
+    case $ref in *" regular file"|*" regular empty file") set -- "$@" $ref ;; *) ref= ;; esac
+  fi
+  if [ "$3" != - ]; then chmod "$3" f
+  elif [ -n "$ref" ]; then chmod "$6" f
+  else chmod 644 f; fi
+  if [ "$4" != - ]; then chown -h -- "$4" f
+  elif [ -n "$ref" ] && { [ "$7" != 0:0 ] || [ -g .. ]; }; then chown -h -- "$7" f; fi
+  sync -- f 2>/dev/null || :
+  if [ "$5" != - ]; then
+    if [ -L "../$n" ]; then now=L
+    elif [ -f "../$n" ]; then now=$(sha256sum < "../$n"); now=${now%% *}
+    elif [ -e "../$n" ]; then now=O
+    else now=A; fi
+    [ "$now" = "$5" ] || err "changed on the host since the plan read it (stale plan): not written; plan again"
+  fi
+  mv -T -- f "../$n"
+  f=
+  cd ..
 }"""
 
 
@@ -471,7 +540,8 @@ def put_files_script(writes: Sequence[FileWrite], sizes: Sequence[int]) -> str:
         if w.owner or w.group:
             owner = f"{w.owner or ''}:{w.group or ''}" if w.group else w.owner or ""
         # Not `( w ... ) || exit`: inside an || list the shell ignores `set -e`.
-        lines.append(f"( w {shlex.quote(w.path)} {size} {mode} {shlex.quote(owner)} ); s=$?")
+        expect = shlex.quote(w.expect or "-")
+        lines.append(f"( w {shlex.quote(w.path)} {size} {mode} {shlex.quote(owner)} {expect} ); s=$?")
         lines.append('[ "$s" = 0 ] || exit "$s"; echo ok')
     return "\n".join(lines)
 
