@@ -87,6 +87,12 @@ class HostContext:
         """Write a file on the host atomically (``expect``: see :class:`~infratool.remote.FileWrite`)."""
         self.remote.put_file(path, content, mode=mode, owner=owner, group=group, expect=expect)
 
+    def set_meta(
+        self, path: str, mode: int | None, owner: str | None = None, group: str | None = None
+    ) -> None:
+        """Set mode/owner of an existing file without following a symlink (see :meth:`Remote.set_meta`)."""
+        self.remote.set_meta(path, mode, owner, group)
+
     def read_file(self, path: str) -> bytes | None:
         """Current content of a remote file, or None if absent."""
         res = self.remote.run(f"base64 -w0 -- {shlex.quote(path)}", check=False, what=f"read {path}")

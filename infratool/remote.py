@@ -356,6 +356,17 @@ class Remote:
         except PartialWrite as exc:
             raise CommandFailed(self.host.name, f"write {path}", exc.exited, exc.stderr) from None
 
+    def set_meta(
+        self, path: str, mode: int | None, owner: str | None = None, group: str | None = None
+    ) -> None:
+        """Set the mode and/or owner of the existing regular file ``path``, safely.
+
+        chmod follows symlinks, so it never acts on ``path`` by name: the file
+        gets a second (hard) link inside a root-only directory, checked to be
+        a regular file with no other links, and that name is changed.
+        """
+        self.run(set_meta_script(path, mode, owner, group), what=f"set mode/owner of {path}")
+
     def put_files(self, writes: Sequence[FileWrite]) -> None:
         """Write several files in one round trip, each atomically, in order.
 
@@ -464,17 +475,17 @@ def payload_sizes(writes: Sequence[FileWrite]) -> list[int]:
     return sizes
 
 
-_PUT_FUNCTION = r"""w() {  # path size mode|- owner|- expect|-
-  set -e
-  p=$1 n=${1##*/} d=${1%/*} r= rest= CDPATH=
-  err() { echo "infratool: $p: $*" >&2; exit 1; }
+_WALK_FUNCTION = r"""err() { echo "infratool: $p: $*" >&2; exit 1; }
+walk() {  # cd into the directory of $p; sets n (the file name) and r (the directory)
+  n=${p##*/} r= CDPATH=
   case $p in /*) ;; *) err "not an absolute path" ;; esac
   case $n in ''|.|..) err "not a file name" ;; esac
-  # Walk to the directory from / one name at a time, never through a
-  # symlink: after each cd -P, $PWD is the physical path, so a component
-  # that is (or was just swapped for) a symlink shows as a mismatch.
+  # From / one name at a time, never through a symlink: after each cd -P,
+  # $PWD is the physical path, so a component that is (or was just swapped
+  # for) a symlink shows as a mismatch.
   cd -P /
-  rest=${d#/}
+  rest=${p%/*}
+  rest=${rest#/}
   while [ -n "$rest" ]; do
     c=${rest%%/*}
     case $rest in */*) rest=${rest#*/} ;; *) rest= ;; esac
@@ -483,21 +494,33 @@ _PUT_FUNCTION = r"""w() {  # path size mode|- owner|- expect|-
     [ ! -L "$c" ] || err "refusing to write through a symlink: $r is a symlink"
     [ -d "$c" ] || mkdir -m 755 -- "$c" 2>/dev/null || [ -d "$c" ] || err "cannot create directory $r"
     cd -P -- "$c"
-    [ "$PWD" = "$r" ] || err "refusing to write through a symlink: $r resolves to $PWD"
+    [ "$PWD" = "${r:-/}" ] || err "refusing to write through a symlink: $r resolves to $PWD"
   done
+}
+private_dir() {  # make and enter a fresh root-only directory here; sets t
+  t=$(mktemp -d -- .infratool.XXXXXXXX)
+  cd -P -- "$t"
+  f=1
+  [ "$PWD" = "$r/$t" ] || err "temp directory $r/$t was swapped"
+  case $(stat -c %u:%a .) in 0:700|0:2700) ;; *) err "temp directory $r/$t was swapped" ;; esac
+}
+cleanup() {
+  if [ -n "$f" ]; then rm -f -- f; cd ..; fi
+  [ -z "$t" ] || rmdir -- "$t" 2>/dev/null || :
+}"""
+
+_PUT_FUNCTION = r"""w() {  # path size mode|- owner|- expect|-
+  set -e
+  p=$1 t= f=
+  walk
   [ ! -d "$n" ] || [ -L "$n" ] || err "is a directory, not a file: nothing written"
   # The temp file lives in a directory of its own that only root can enter,
   # so the directory's owner can rename that directory but never swap a name
   # inside it: every step below works on names only root controls, and the
   # rename into place (relative to the temp directory's parent, which its
   # owner cannot change) replaces the destination without following it.
-  t= f=
-  trap 'if [ -n "$f" ]; then rm -f -- f; cd ..; fi; [ -z "$t" ] || rmdir -- "$t" 2>/dev/null || :' EXIT
-  t=$(mktemp -d -- .infratool.XXXXXXXX)
-  cd -P -- "$t"
-  f=1
-  [ "$PWD" = "$r/$t" ] || err "temp directory $r/$t was swapped"
-  case $(stat -c %u:%a .) in 0:700|0:2700) ;; *) err "temp directory $r/$t was swapped" ;; esac
+  trap cleanup EXIT
+  private_dir
   umask 077
   head -c "$2" > f
   IFS= read -r end
@@ -526,6 +549,38 @@ _PUT_FUNCTION = r"""w() {  # path size mode|- owner|- expect|-
 }"""
 
 
+_META_FUNCTION = r"""m() {  # path mode|- owner|-
+  set -e
+  p=$1 t= f=
+  walk
+  trap cleanup EXIT
+  private_dir
+  # A second name for the file, in a directory only root controls: whatever
+  # is swapped in at the path afterwards, chmod and chown act on this inode.
+  # A symlink (ln -P links the link itself) or a file with other hard links
+  # (say, a link to /etc/shadow) is refused.
+  ln -P -- "../$n" f || err "cannot change mode/owner: not a file"
+  [ -f f ] && [ ! -L f ] || err "is not a regular file (a symlink?): mode/owner not changed"
+  [ "$(stat -c %h f)" = 2 ] || err "has other hard links: mode/owner not changed"
+  [ "$2" = - ] || chmod "$2" f
+  [ "$3" = - ] || chown -h -- "$3" f
+}"""
+
+
+def owner_spec(owner: str | None, group: str | None) -> str:
+    """``owner:group`` as chown takes it (``-``: keep both)."""
+    if not (owner or group):
+        return "-"
+    return f"{owner or ''}:{group}" if group else owner or ""
+
+
+def set_meta_script(path: str, mode: int | None, owner: str | None, group: str | None) -> str:
+    """The script :meth:`Remote.set_meta` runs."""
+    mode_arg = "-" if mode is None else f"{mode:o}"
+    call = f"( m {shlex.quote(path)} {mode_arg} {shlex.quote(owner_spec(owner, group))} )"
+    return "\n".join([_WALK_FUNCTION, _META_FUNCTION, call])
+
+
 def put_files_script(writes: Sequence[FileWrite], sizes: Sequence[int]) -> str:
     """The script :meth:`Remote.put_files` runs: one subshell per file, "ok" after each.
 
@@ -533,12 +588,10 @@ def put_files_script(writes: Sequence[FileWrite], sizes: Sequence[int]) -> str:
     trap apply to it alone; GNU ``head -c`` never reads past its count, so
     the next file's content stays on stdin.
     """
-    lines = [_PUT_FUNCTION]
+    lines = [_WALK_FUNCTION, _PUT_FUNCTION]
     for w, size in zip(writes, sizes, strict=True):
         mode = "-" if w.mode is None else f"{w.mode:o}"
-        owner = "-"
-        if w.owner or w.group:
-            owner = f"{w.owner or ''}:{w.group or ''}" if w.group else w.owner or ""
+        owner = owner_spec(w.owner, w.group)
         # Not `( w ... ) || exit`: inside an || list the shell ignores `set -e`.
         expect = shlex.quote(w.expect or "-")
         lines.append(f"( w {shlex.quote(w.path)} {size} {mode} {shlex.quote(owner)} {expect} ); s=$?")

@@ -102,14 +102,8 @@ def file_changes(
 
 def _meta_change(ctx, task, path, mode, owner, group, bits) -> Change:
     def apply(hctx: HostContext) -> None:
-        cmds = []
-        if mode is not None:
-            cmds.append(f"chmod {mode:o} -- {shlex.quote(path)}")
-        if owner or group:
-            cmds.append(
-                f"chown {shlex.quote((owner or '') + (':' + group if group else ''))} -- {shlex.quote(path)}"
-            )
-        hctx.run(" && ".join(cmds), what=f"set mode/owner of {path}")
+        # Never `chmod PATH` by name: chmod follows a symlink swapped in there.
+        hctx.set_meta(path, mode, owner, group)
 
     return Change(ctx.name, task, f"update {path} ({', '.join(bits)})", apply, action="update")
 

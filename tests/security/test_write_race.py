@@ -159,3 +159,23 @@ def test_a_destination_symlink_is_replaced_not_followed(lab, remote):
     assert _victims(lab) == before
     out = lab.exec("snix", f"stat -c '%U:%G %a %F' {APP}/token; cat {APP}/token", check=True).stdout
     assert out.decode() == "root:root 644 regular file\nnew\n"
+
+
+@pytest.mark.parametrize("plant", ["ln -s", "ln"])
+def test_a_mode_change_never_reaches_a_file_swapped_in(lab, remote, plant):
+    """chmod/chown of an existing consumer file: a symlink or hard link planted there is refused."""
+    _setup(lab)
+    lab.exec("snix", f"rm -f {APP}/token && {plant} {VICTIM} {APP}/token", check=True)
+    before = _victims(lab)
+    with pytest.raises(CommandFailed) as err:
+        remote.set_meta(f"{APP}/token", 0o644, "nobody", "nogroup")
+    assert f"{APP}/token" in str(err.value)
+    assert _victims(lab) == before
+    assert ".infratool" not in lab.exec("snix", f"ls -A {APP}", check=True).stdout.decode()
+
+
+def test_a_mode_change_of_a_plain_file_applies(lab, remote):
+    _setup(lab)
+    remote.set_meta(f"{APP}/token", 0o640, None, "root")
+    out = lab.exec("snix", f"stat -c '%U:%G %a %h' {APP}/token; ls -A {APP}", check=True).stdout.decode()
+    assert out == "nobody:root 640 1\ntoken\n"
