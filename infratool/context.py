@@ -47,17 +47,32 @@ class HostContext:
         """The file at ``path`` as it will be after the changes planned so far."""
         return self.overlay.get(path) or self.facts.file(path)
 
-    def plan_write(self, path: str, content: bytes, mode: int | None = None, owner=None, group=None) -> None:
-        """Record that a planned change will leave ``path`` with ``content``."""
+    def plan_write(
+        self,
+        path: str,
+        content: bytes,
+        mode: int | None = None,
+        owner: str | None = None,
+        group: str | None = None,
+        secret: bool = False,
+    ) -> None:
+        """Record that a planned change will leave ``path`` with ``content``.
+
+        The mode is what the write gives it: the given one, else the existing
+        regular file's, else 0644. ``secret`` content is never shown in a
+        later change's diff.
+        """
         before = self.file(path)
+        keep = before.exists and before.is_file
         self.overlay[path] = FileState(
             exists=True,
             is_file=True,
-            mode=mode if mode is not None else before.mode,
-            owner=owner or before.owner,
-            group=group or before.group,
+            mode=mode if mode is not None else (before.mode if keep else 0o644),
+            owner=owner or (before.owner if keep else None),
+            group=group or (before.group if keep else None),
             size=len(content),
             content=content,
+            hidden=secret or before.hidden,
         )
 
     def plan_remove(self, path: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from infratool import faults, log
@@ -224,23 +224,40 @@ class Runner:
         )
 
     def _plan_task(self, task, ctx: PlanContext) -> list[Change]:
+        """Plan one playbook entry; any exception fails the host(s) it came from, not the run.
+
+        Host-local tasks plan each host on its own (a :class:`HostTask` in the
+        pool, others with a context narrowed to that host), so an exception,
+        whatever its type, drops exactly the host being planned. A task
+        spanning hosts fails the host a HostError names, else all its hosts.
+        """
         if isinstance(task, HostTask):
 
             def one(hctx: HostContext) -> list[Change]:
                 try:
                     return task.plan_host(hctx, ctx)
-                except InfratoolError as exc:
-                    self._drop(hctx.name, exc)
+                except Exception as exc:
+                    self._drop(hctx.name, _planning_error(hctx.name, task, exc))
                     return []
 
             return [c for chunk in self._pool.map(one, list(ctx.hosts.values())) for c in chunk]
+        if task.host_local:
+            changes: list[Change] = []
+            for name, hctx in ctx.hosts.items():
+                narrow = replace(ctx, hosts={name: hctx}, failures={})
+                try:
+                    changes += task.plan(narrow)
+                except Exception as exc:
+                    self._drop(name, _planning_error(name, task, exc))
+                ctx.failures.update(narrow.failures)
+            return changes
         try:
             return task.plan(ctx)
         except HostError as exc:
             self._drop(exc.host, exc)
-        except InfratoolError as exc:
+        except Exception as exc:
             for name in ctx.hosts:
-                self._drop(name, exc)
+                self._drop(name, _planning_error(name, task, exc))
         return []
 
     def _drop(self, host: str, exc: BaseException) -> None:
@@ -423,6 +440,13 @@ class Runner:
         if plan.changes and not self.options.yes and confirm is not None and not confirm(plan):
             return RunResult(plan=plan, hosts={h: HostResult(h, status="skipped") for h in plan.hosts})
         return self.apply(plan)
+
+
+def _planning_error(host: str, task: Task, exc: BaseException) -> InfratoolError:
+    """``exc`` from planning ``task`` on ``host`` as an error that fails that host."""
+    if isinstance(exc, InfratoolError):
+        return exc
+    return HostError(host, f"internal error planning {task.label()}: {type(exc).__name__}: {exc}")
 
 
 def is_local(target: str) -> bool:
