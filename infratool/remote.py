@@ -21,7 +21,7 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from infratool.errors import CommandFailed, ConnectError, HostKeyError, InputError
@@ -356,6 +356,52 @@ class Remote:
         except PartialWrite as exc:
             raise CommandFailed(self.host.name, f"write {path}", exc.exited, exc.stderr) from None
 
+    def hold(self, command: str, until: Callable[[str], bool], timeout: float, what: str) -> Held:
+        """Start ``command`` and return once it printed a line ``until`` accepts, leaving it running.
+
+        The command keeps running on its own channel of this connection until
+        :meth:`Held.release` closes its stdin (or the connection goes away,
+        which closes it too): for holding something on the host for as long
+        as this run lives, such as the run lock. Raises
+        :class:`CommandFailed` when no such line comes within ``timeout``
+        seconds or the command exits first.
+        """
+        self.connect()
+        self.commands_run += 1
+        transport = self._conn.client.get_transport()
+        chan = None
+        try:
+            chan = transport.open_session(timeout=self.connect_timeout)
+            chan.settimeout(timeout)
+            chan.exec_command(command)
+            lines = chan.makefile("rb")
+            deadline = time.monotonic() + timeout
+            while True:
+                chan.settimeout(_left(deadline))
+                raw = lines.readline()
+                if not raw:
+                    chan.status_event.wait(_left(deadline))
+                    err = (
+                        chan.recv_stderr(_CHUNK).decode(errors="replace") if chan.recv_stderr_ready() else ""
+                    )
+                    raise CommandFailed(self.host.name, what, chan.exit_status, REDACTOR.redact(err))
+                line = raw.decode(errors="replace").strip()
+                if until(line):
+                    return Held(chan, line)
+        except TimeoutError:
+            chan.close()
+            raise CommandFailed(self.host.name, what, 124, f"timed out after {timeout:g} s") from None
+        except CommandFailed:
+            chan.close()
+            raise
+        except Exception as exc:
+            if chan is not None:
+                chan.close()
+            if isinstance(exc, OSError | EOFError) or type(exc).__module__.startswith("paramiko"):
+                self.close()
+                raise ConnectError(self.host.name, f"connection lost: {exc}") from None
+            raise
+
     def set_meta(
         self, path: str, mode: int | None, owner: str | None = None, group: str | None = None
     ) -> None:
@@ -456,6 +502,25 @@ def expected_state(
     if not is_file:
         return "O"
     return sha256 or "-"
+
+
+class Held:
+    """A command left running on the host by :meth:`Remote.hold`."""
+
+    def __init__(self, chan, line: str) -> None:
+        self._chan = chan
+        self.line = line
+        """The line that :meth:`Remote.hold` waited for."""
+
+    def release(self, timeout: float = 10.0) -> None:
+        """Close the command's stdin and wait (up to ``timeout``) for it to finish."""
+        try:
+            self._chan.shutdown_write()
+            self._chan.status_event.wait(timeout)
+        except Exception:
+            pass  # the connection is gone: the host saw its stdin close anyway
+        finally:
+            self._chan.close()
 
 
 class PartialWrite(CommandFailed):

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from infratool import faults, log
+from infratool import faults, hostlock, log
 from infratool.changes import LOCAL, Change, Plan
 from infratool.context import DeferredWriteFailed, DeferredWrites, HostContext, LocalContext
 from infratool.errors import (
@@ -34,7 +34,7 @@ from infratool.hidden import REDACTOR
 from infratool.inventory import Host, Inventory
 from infratool.options import RunOptions
 from infratool.playbook import Playbook
-from infratool.remote import Remote
+from infratool.remote import Held, Remote
 from infratool.tasks.base import HostTask, PlanContext, Task
 
 Event = Callable[[str, str, str], None]
@@ -306,6 +306,48 @@ class Runner:
             )
             results[host].error = message
         failed: dict[str, str] = dict(plan.failures)
+        held = self._lock_hosts(plan, failed)
+        try:
+            self._apply_plan(plan, failed, results)
+        finally:
+            for lock in held.values():
+                lock.release()
+        for r in results.values():
+            if r.host in failed and r.status not in ("refused", "unreachable"):
+                r.status, r.error = "failed", failed[r.host]
+        return RunResult(plan=plan, hosts=results)
+
+    def _lock_hosts(self, plan: Plan, failed: dict[str, str]) -> dict[str, Held]:
+        """Take the run lock on every host the plan changes; a host whose lock is refused fails.
+
+        Without a wait, all at once (a busy host is refused immediately, so
+        two runs cannot deadlock); with ``--wait``, one host after the other
+        in name order, so two waiting runs queue instead of each holding
+        what the other waits for.
+        """
+        names = sorted({c.host for c in plan.changes if c.host in self.contexts and c.host not in failed})
+        held: dict[str, Held] = {}
+        holder = hostlock.describe_run(f"run {self.playbook.name}")
+
+        def take(name: str) -> None:
+            try:
+                if self.options.lock_wait:
+                    self.on_event(name, "locking", "waiting for the run lock")
+                held[name] = hostlock.acquire(self.contexts[name].remote, self.options.lock_wait, holder)
+            except InfratoolError as exc:
+                message = REDACTOR.redact(str(exc))
+                failed[name] = message
+                self.log.error("run lock refused", host=name, error=message)
+                self.on_event(name, "failed", message)
+
+        if self.options.lock_wait:
+            for name in names:
+                take(name)
+        else:
+            list(self._pool.map(take, names))
+        return held
+
+    def _apply_plan(self, plan: Plan, failed: dict[str, str], results: dict[str, HostResult]) -> None:
         by_key: dict[tuple[int, int], list[Change]] = {}
         for c in plan.changes:
             by_key.setdefault((c.stage, c.phase), []).append(c)
@@ -329,10 +371,6 @@ class Runner:
             for stage in sorted({key[0] for key in keys}):
                 if last_group[stage] == i and stage < len(self._targets):
                     self._verify(stage, plan, failed, results)
-        for r in results.values():
-            if r.host in failed and r.status not in ("refused", "unreachable"):
-                r.status, r.error = "failed", failed[r.host]
-        return RunResult(plan=plan, hosts=results)
 
     def _back_to_back(self, key: tuple[int, int], by_key: dict[tuple[int, int], list[Change]]) -> bool:
         """Whether the changes of ``key`` (entry, phase) may run on each host without a fleet-wide barrier.

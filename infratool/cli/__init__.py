@@ -339,6 +339,14 @@ def plan(
 @forks_option
 @click.option("--no-deploy", is_flag=True, help="Skip the deploy step for NixOS hosts.")
 @click.option("--no-diff", is_flag=True, help="Descriptions only.")
+@click.option(
+    "--wait",
+    "lock_wait",
+    type=click.FloatRange(0, 86400),
+    default=0,
+    metavar="SECONDS",
+    help="Queue up to SECONDS behind another run applying to a host (default: refuse that host at once).",
+)
 @timeout_option
 @pass_globals
 def run(
@@ -349,12 +357,20 @@ def run(
     forks: int,
     no_deploy: bool,
     no_diff: bool,
+    lock_wait: float,
     timeout: float | None,
 ) -> None:
     from infratool import render
 
     inv, book, options, Runner = _prepare(
-        g, playbook, limit=limit, forks=forks, yes=yes, deploy=not no_deploy, command_timeout=timeout
+        g,
+        playbook,
+        limit=limit,
+        forks=forks,
+        yes=yes,
+        deploy=not no_deploy,
+        command_timeout=timeout,
+        lock_wait=lock_wait,
     )
     if not yes and not sys.stdin.isatty():
         raise InputError("stdin is not a terminal: refusing to prompt; pass --yes to apply unattended")
