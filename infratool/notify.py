@@ -11,6 +11,7 @@ import subprocess
 import urllib.request
 
 from infratool import log
+from infratool.localenv import minimal_env
 from infratool.hidden import REDACTOR
 from infratool.secrets.policy import Policy
 
@@ -27,6 +28,7 @@ def notify(policy: Policy, event: str, message: str) -> None:
             subprocess.run(
                 ["/bin/sh", "-c", target.command],
                 input=text.encode(),
+                env=minimal_env(),  # never the operator's SOPS_AGE_KEY or tokens
                 timeout=30,
                 capture_output=True,
                 check=True,
