@@ -11,8 +11,8 @@ import subprocess
 import urllib.request
 
 from infratool import log
-from infratool.localenv import minimal_env
 from infratool.hidden import REDACTOR
+from infratool.localenv import minimal_env
 from infratool.secrets.policy import Policy
 
 
