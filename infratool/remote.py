@@ -55,8 +55,14 @@ def _pkey_fingerprint(key) -> str:
 
 
 _SILENT_LOG = "infratool.remote.keyscan"
-logging.getLogger(_SILENT_LOG).addHandler(logging.NullHandler())
-logging.getLogger(_SILENT_LOG).propagate = False
+_TRANSPORT_LOG = "infratool.remote.transport"
+# paramiko's transport thread logs every failed handshake (a port that accepts
+# and hangs up, a banner that never comes) as a 20-line traceback on stderr.
+# connect() maps those failures to a one-line ConnectError, so its transports
+# log nowhere either.
+for _name in (_SILENT_LOG, _TRANSPORT_LOG):
+    logging.getLogger(_name).addHandler(logging.NullHandler())
+    logging.getLogger(_name).propagate = False
 
 
 def offered_host_key(
@@ -112,7 +118,9 @@ class Remote:
 
     def __init__(self, host: Host, connect_timeout: float = 10.0, command_timeout: float | None = None):
         self.host = host
-        self.connect_timeout = connect_timeout
+        # `--timeout` bounds the whole exchange with a host: connecting (TCP,
+        # banner, key exchange, auth) must not take longer than a command may.
+        self.connect_timeout = min(connect_timeout, command_timeout) if command_timeout else connect_timeout
         self.command_timeout = command_timeout
         self._conn = None
         self.commands_run = 0
@@ -152,6 +160,7 @@ class Remote:
         )
         client = conn.client
         client.set_missing_host_key_policy(_RefuseUnknownKey(host))
+        client.set_log_channel(_TRANSPORT_LOG)
         keys = client.get_host_keys()
         key_name = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
         for line in host.host_keys:

@@ -28,7 +28,7 @@ from infratool.cli.common import (
     pass_globals,
     timeout_option,
 )
-from infratool.errors import EXIT_FAILED, EXIT_INPUT, InfratoolError, InputError
+from infratool.errors import EXIT_FAILED, EXIT_HOSTKEY, EXIT_INPUT, InfratoolError, InputError
 
 # Command groups living in their own modules, imported only when used (fast --help).
 LAZY_COMMANDS = {
@@ -167,26 +167,29 @@ def main(
 @click.option("--check", is_flag=True, help="Connect to each host (pinned key) and report.")
 @limit_option
 @forks_option
+@timeout_option
 @pass_globals
-def hosts(g: Globals, check: bool, limit: str | None, forks: int) -> None:
+def hosts(g: Globals, check: bool, limit: str | None, forks: int, timeout: float | None) -> None:
     inv = load_inventory(g)
     selected = inv.select(limit)
     status: dict[str, str] = {}
+    codes: dict[str, int] = {}
     if check:
         from concurrent.futures import ThreadPoolExecutor
 
         from infratool.remote import Remote
 
-        def probe(host) -> tuple[str, str]:
+        def probe(host) -> tuple[str, str, int]:
             try:
-                with Remote(host) as r:
+                with Remote(host, command_timeout=timeout) as r:
                     r.run("true", what="probe")
-                return host.name, "ok"
+                return host.name, "ok", 0
             except InfratoolError as exc:
-                return host.name, str(exc)
+                return host.name, str(exc), exc.exit_code
 
         with ThreadPoolExecutor(max_workers=forks) as pool:
-            status = dict(pool.map(probe, selected))
+            for name, text, code in pool.map(probe, selected):
+                status[name], codes[name] = text, code
     rows = [
         {
             "name": h.name,
@@ -223,8 +226,9 @@ def hosts(g: Globals, check: bool, limit: str | None, forks: int) -> None:
                 cells.append(r["reachable"])
             table.add_row(*cells)
         render.console().print(table)
-    if check and any(v != "ok" for v in status.values()):
-        sys.exit(EXIT_FAILED)
+    if check and any(codes.values()):
+        # As plan/run: a refused host key (4) outranks an unreachable host (1).
+        sys.exit(EXIT_HOSTKEY if EXIT_HOSTKEY in codes.values() else EXIT_FAILED)
 
 
 @main.command(
