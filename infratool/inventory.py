@@ -46,6 +46,10 @@ DEFAULT_KEYS = {"user", "port", "ssh_key", "known_hosts", "flake", "deploy_comma
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 _ADDRESS_RE = re.compile(r"^[A-Za-z0-9.:-]+$")
 _SYSTEM_RE = re.compile(r"^[a-z0-9_]+-[a-z0-9_]+$")
+# Paths end up in generated files (systemd units, ssh options, Nix): a newline
+# or other control character there would inject a line of its own.
+PATH_KEYS = ("ssh_key", "known_hosts", "flake")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,7 @@ def parse(data: object, path: Path) -> Inventory:
                 file=path,
                 line=yamlsrc.line_of(defaults, key),
             )
+    _check_paths(defaults, "defaults", path, yamlsrc.line_of(data, "defaults"))
     hosts_data = data.get("hosts")
     if not isinstance(hosts_data, dict) or not hosts_data:
         raise InputError(
@@ -193,6 +198,7 @@ def _parse_host(
                 file=path,
                 line=where(key),
             )
+    _check_paths(spec, f"host {name!r}", path, line)
     merged = {**defaults, **spec}
     address = merged.get("address")
     if not address:
@@ -253,6 +259,20 @@ def _parse_host(
         deploy_command=deploy,
         line=line,
     )
+
+
+def _check_paths(settings: dict, where: str, path: Path, line: int | None) -> None:
+    """Refuse a path setting that is not a string or holds a control character."""
+    for key in PATH_KEYS:
+        value = settings.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or _CONTROL_RE.search(value):
+            raise InputError(
+                f"{where}: {key} must be a path without control characters (newline...), got {value!r}",
+                file=path,
+                line=yamlsrc.line_of(settings, key) or line,
+            )
 
 
 def _expand(value: object, base: Path) -> Path:

@@ -34,7 +34,7 @@ from infratool.errors import EXIT_FAILED, EXIT_HOSTKEY, EXIT_INPUT, InfratoolErr
 LAZY_COMMANDS = {
     "lab": "infratool.cli.lab:lab",
     "secrets": "infratool.cli.secrets:secrets",
-    "timer": "infratool.cli.secrets:timer",
+    "timer": "infratool.cli.timer:timer",
     "secureboot": "infratool.cli.secureboot:secureboot",
     "init": "infratool.cli.onboard:init",
     "host": "infratool.cli.onboard:host",
