@@ -230,17 +230,26 @@ def test_bad_input_touches_nothing(rot, cli, tmp_path):
         assert h.sshd_log.read_text() == logs[h.name]
     assert sops_file.read_text() == cipher
 
-    # Tampered ciphertext: sops's MAC check fails; the file is named, nothing is delivered.
-    sops_file.write_text(cipher.replace("ENC[AES256_GCM,data:", "ENC[AES256_GCM,data:AAAA", 1))
+    # Tampered ciphertext: sops's MAC check fails. Exit 3 naming the file; nothing
+    # reached any host (sshd logs unchanged: not even a login); the file is untouched.
+    tampered = cipher.replace("ENC[AES256_GCM,data:", "ENC[AES256_GCM,data:AAAA", 1)
+    assert tampered != cipher
+    sops_file.write_text(tampered)
     r = rotate(cli, lab, "--all", "--yes")
-    assert r.returncode != 0 and "lab.yaml" in r.stdout + r.stderr
-    assert "tamper" in (r.stdout + r.stderr).lower() or "mac" in (r.stdout + r.stderr).lower()
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "lab.yaml: has been tampered with" in r.stderr, r.stderr
+    assert sops_file.read_text() == tampered
+    for h in lab.hosts():
+        assert h.sshd_log.read_text() == logs[h.name], f"{h.name} was contacted"
     sops_file.write_text(cipher)
 
-    # No decryption key.
+    # No decryption key: the same promises.
     r = rotate(cli, lab, "--all", "--yes", env={"SOPS_AGE_KEY_FILE": str(tmp_path / "none.txt")})
-    assert r.returncode != 0 and "cannot decrypt" in r.stdout + r.stderr and "lab.yaml" in r.stdout + r.stderr
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "lab.yaml" in r.stderr and "cannot decrypt" in r.stderr, r.stderr
     assert sops_file.read_text() == cipher
+    for h in lab.hosts():
+        assert h.sshd_log.read_text() == logs[h.name], f"{h.name} was contacted"
 
 
 def test_timer_units_verify_and_nix_parses(lab, cli, tmp_path):
