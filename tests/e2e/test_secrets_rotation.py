@@ -347,11 +347,15 @@ def test_notify_on_failure_and_when_due(rot, cli, tmp_path):
     assert status.returncode == 2
     assert "due for rotation: postgres/app, tokend/token" in inbox.read_text()
 
-    data["secrets"]["tokend/token"]["consumers"][0]["verify"] = "exit 1"
+    # The verify sees the new value on stdin: it keeps a copy (to check the message
+    # against the rejected value itself) and fails, so the rotation is rejected.
+    data["secrets"]["tokend/token"]["consumers"][0]["verify"] = "cat >> /var/lib/tokend/seen; exit 1"
     policy.write_text(yaml.safe_dump(data))
     r = rotate(cli, lab, "tokend/token", "--yes")
     assert r.returncode == 1
     text = inbox.read_text()
     assert "rotation of tokend/token failed" in text
-    token = lab.host("slax").path("/var/lib/tokend/token").read_text()
-    assert token not in text  # the message names the failure, never a value
+    rejected = lab.host("slax").path("/var/lib/tokend/seen").read_text().splitlines()[0]
+    assert len(rejected) >= 32
+    assert rejected not in text  # the message names the failure, never the rejected value
+    assert not any(k.startswith("_rotation/pending/") for k in values(lab))
