@@ -16,12 +16,11 @@ from __future__ import annotations
 import itertools
 import os
 import random
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import Cli
 
 from infratool.lab import AddressInUseError, Lab, LabUnavailable
 
@@ -139,31 +138,14 @@ def lab(lab_factory: Callable[[int], Lab]) -> Lab:
 
 
 @pytest.fixture
-def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+def cli(tmp_path: Path) -> Cli:
     """``cli(*args, input=None, env=None)``: run ``python -m infratool`` and capture its output.
 
-    Its TMPDIR is ``tmp_path/"controller-tmp"``, so tests can check that
-    nothing secret was left in the controller's temp dir.
+    ``cli.start(*args, env=None)`` starts it in the background (a Popen). Its
+    TMPDIR is ``tmp_path/"controller-tmp"``, so tests can check that nothing
+    secret was left in the controller's temp dir.
     """
-    controller_tmp = tmp_path / "controller-tmp"
-
-    def run(
-        *args: str, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 300
-    ) -> subprocess.CompletedProcess[str]:
-        controller_tmp.mkdir(exist_ok=True)
-        full_env = {**os.environ, "NO_COLOR": "1", "TMPDIR": str(controller_tmp), **(env or {})}
-        return subprocess.run(
-            [sys.executable, "-m", "infratool", *map(str, args)],
-            input=input,
-            capture_output=True,
-            text=True,
-            env=full_env,
-            cwd=tmp_path,
-            timeout=timeout,
-            stdin=None if input is not None else subprocess.DEVNULL,
-        )
-
-    return run
+    return Cli(tmp_path)
 
 
 @pytest.fixture
