@@ -36,15 +36,38 @@ def cli_env(workdir: Path, env: dict[str, str] | None = None) -> dict[str, str]:
 class Cli:
     """Runs the CLI from ``workdir``: ``cli(*args)`` waits for it, ``cli.start(*args)`` does not."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, trace_dir: Path | None = None) -> None:
         self.workdir = workdir
+        self.trace_dir = trace_dir
+        self._traced = 0
+
+    def traced(self, trace_dir: Path) -> Cli:
+        """This CLI runner, with every run under strace (see tests/exectrace.py); read with :meth:`trace`."""
+        trace_dir.mkdir(parents=True, exist_ok=True)
+        return Cli(self.workdir, trace_dir)
+
+    def trace(self) -> Any:
+        """Every exec of every run so far (an ``exectrace.Trace``); only for a :meth:`traced` runner."""
+        from exectrace import Trace
+
+        assert self.trace_dir is not None, "not a traced CLI runner"
+        return Trace.read(sorted(self.trace_dir.glob("cli-*.strace")))
+
+    def argv(self, *args: object) -> list[str]:
+        """The command line of one run: ``python -m infratool *args``, under strace when tracing."""
+        if self.trace_dir is None:
+            return cli_argv(*args)
+        from exectrace import traced
+
+        self._traced += 1
+        return traced(cli_argv(*args), self.trace_dir / f"cli-{self._traced}.strace")
 
     def __call__(
         self, *args: object, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
         """Run ``infratool *args`` to the end; its output captured (text)."""
         return subprocess.run(
-            cli_argv(*args),
+            self.argv(*args),
             input=input,
             capture_output=True,
             text=True,
@@ -57,7 +80,7 @@ class Cli:
     def start(self, *args: object, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         """Start ``infratool *args`` in the background, stdout/stderr piped (read with communicate())."""
         return subprocess.Popen(
-            cli_argv(*args),
+            self.argv(*args),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
