@@ -13,6 +13,7 @@ APT_PACKAGES=(
   nginx-light                     # the binary cache's HTTP server in the lab
   postgresql                      # a real service whose password gets rotated
   util-linux procps iproute2 curl git
+  strace                          # the tests record every exec (argv, env) on both ends of a run
   python3 python3-venv python3-dev gcc
   python3-cryptography            # lab hosts run helper scripts (sbctl emulator) with the system Python
 )
