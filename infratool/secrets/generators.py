@@ -157,6 +157,9 @@ class Generator:
                 result[p.name] = p.default
                 continue
             value = params[p.name]
+            if value is None and p.default is None and not p.required:
+                result[p.name] = None  # an optional parameter left unset (as validate() fills it)
+                continue
             # bool is an int in Python; a length of `true` is a mistake, not 1.
             if not isinstance(value, p.kind) or (p.kind is int and isinstance(value, bool)):
                 raise ParamError(
