@@ -12,6 +12,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -82,21 +84,106 @@ def summary(con: Console, plan: Plan) -> None:
     con.print(Text(text, style="bold red" if plan.failures else "bold"))
 
 
+@dataclass(frozen=True)
+class Column:
+    """One column of a :func:`records` table."""
+
+    header: str
+    keep: bool = False
+    """Never cut or wrap: host names, keys, fingerprints, verdicts."""
+    justify: str = "left"
+
+
+Cell = str | Text
+
+
+def _plain(cell: Cell) -> str:
+    return cell.plain if isinstance(cell, Text) else str(cell)
+
+
+def records(
+    con: Console, title: str | None, columns: Sequence[Column], rows: Sequence[Sequence[Cell]]
+) -> None:
+    """Print rows as a table, or as one record per line when a table would cut something.
+
+    On a terminal wide enough, a rich table whose ``keep`` columns never wrap
+    and whose other columns wrap (fold) instead of being cut. When even the
+    narrowest such table does not fit, or output is not a terminal (pipes,
+    CI, journals), one line per record, ``first-column  header=value ...``:
+    nothing is ever replaced by ``…``, and a pipe gets lines grep and awk
+    can read whatever its width.
+    """
+    rows = [[_redact_cell(c) for c in row] for row in rows]
+    if con.is_terminal:
+        table = Table(title=title, show_lines=False)
+        for col in columns:
+            table.add_column(
+                col.header,
+                justify=col.justify,  # type: ignore[arg-type]
+                no_wrap=col.keep,
+                overflow="fold",
+                min_width=len(col.header) if col.keep else None,
+            )
+        for row in rows:
+            table.add_row(*row)
+        if _fits(con, table, columns, rows):
+            con.print(table)
+            return
+    out = Text()
+    if title:
+        out.append(f"{title}\n", style="bold")
+    for row in rows:
+        first, *rest = row
+        out.append_text(first if isinstance(first, Text) else Text(first, style="bold"))
+        for col, cell in zip(columns[1:], rest, strict=True):
+            value = " ".join(_plain(cell).splitlines())  # one line per record, whatever the cell
+            if value == "":
+                continue
+            shown = f'"{value}"' if " " in value else value
+            out.append(f"  {col.header.replace(' ', '_')}=")
+            out.append(shown, style=cell.style if isinstance(cell, Text) else "")
+        out.append("\n")
+    con.print(out, end="", soft_wrap=True)
+
+
+def _redact_cell(cell: Cell) -> Cell:
+    if isinstance(cell, Text):
+        redacted = _r(cell.plain)
+        return cell if redacted == cell.plain else Text(redacted, style=cell.style)
+    return _r(cell)
+
+
+def _fits(con: Console, table: Table, columns: Sequence[Column], rows: Sequence[Sequence[Cell]]) -> bool:
+    """Whether every ``keep`` cell gets its full width in ``table`` at the console's width."""
+    from rich.measure import Measurement
+
+    needed = Measurement.get(con, con.options, table).minimum
+    if needed > con.width:
+        return False
+    # rich shrinks no_wrap columns too when the total is too wide: check each one.
+    widths = table._calculate_column_widths(con, con.options.update_width(con.width))
+    for width, col, i in zip(widths, columns, range(len(columns)), strict=True):
+        if col.keep and any(len(_plain(row[i])) > width for row in rows):
+            return False
+    return True
+
+
 def results(con: Console, result: Any) -> None:
     """Per-host outcome table after a run."""
-    table = Table(title="Result", show_lines=False)
-    table.add_column("host")
-    table.add_column("status")
-    table.add_column("applied", justify="right")
-    table.add_column("detail", overflow="fold")
-    for r in result.hosts.values():
-        table.add_row(
-            r.host,
-            Text(r.status, style=STATUS_STYLE.get(r.status, "")),
-            str(len(r.applied)),
-            _r(r.error or ""),
-        )
-    con.print(table)
+    records(
+        con,
+        "Result",
+        [
+            Column("host", keep=True),
+            Column("status", keep=True),
+            Column("applied", justify="right"),
+            Column("detail"),
+        ],
+        [
+            [r.host, Text(r.status, style=STATUS_STYLE.get(r.status, "")), str(len(r.applied)), r.error or ""]
+            for r in result.hosts.values()
+        ],
+    )
 
 
 class Progress:
