@@ -114,21 +114,22 @@ def records(
     can read whatever its width.
     """
     rows = [[_redact_cell(c) for c in row] for row in rows]
-    if con.is_terminal:
+    widths = _min_widths(columns, rows)
+    # 1 for the left border; each column adds its padding (2) and a border.
+    if con.is_terminal and 1 + sum(w + 3 for w in widths) <= con.width:
         table = Table(title=title, show_lines=False)
-        for col in columns:
+        for col, width in zip(columns, widths, strict=True):
             table.add_column(
                 col.header,
                 justify=col.justify,  # type: ignore[arg-type]
                 no_wrap=col.keep,
                 overflow="fold",
-                min_width=len(col.header) if col.keep else None,
+                min_width=width,  # rich would otherwise break words to even columns out
             )
         for row in rows:
             table.add_row(*row)
-        if _fits(con, table, columns, rows):
-            con.print(table)
-            return
+        con.print(table)
+        return
     out = Text()
     if title:
         out.append(f"{title}\n", style="bold")
@@ -153,19 +154,23 @@ def _redact_cell(cell: Cell) -> Cell:
     return _r(cell)
 
 
-def _fits(con: Console, table: Table, columns: Sequence[Column], rows: Sequence[Sequence[Cell]]) -> bool:
-    """Whether every ``keep`` cell gets its full width in ``table`` at the console's width."""
-    from rich.measure import Measurement
+def _min_widths(columns: Sequence[Column], rows: Sequence[Sequence[Cell]]) -> list[int]:
+    """The narrowest each column may be with no cell cut and no word broken.
 
-    needed = Measurement.get(con, con.options, table).minimum
-    if needed > con.width:
-        return False
-    # rich shrinks no_wrap columns too when the total is too wide: check each one.
-    widths = table._calculate_column_widths(con, con.options.update_width(con.width))
-    for width, col, i in zip(widths, columns, range(len(columns)), strict=True):
-        if col.keep and any(len(_plain(row[i])) > width for row in rows):
-            return False
-    return True
+    A ``keep`` column needs its longest cell, any other column its longest
+    word (header included): narrower than that, rich would break words
+    letter by letter, and one record per line reads better.
+    """
+
+    def longest_word(text: str) -> int:
+        return max((len(w) for w in text.split()), default=0)
+
+    widths = []
+    for i, col in enumerate(columns):
+        cells = [_plain(row[i]) for row in rows]
+        measure = len if col.keep else longest_word
+        widths.append(max([longest_word(col.header), *map(measure, cells)]))
+    return widths
 
 
 def results(con: Console, result: Any) -> None:
