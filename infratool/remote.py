@@ -273,6 +273,7 @@ class Remote:
         if exited == -1 and not err:
             err = "killed by a signal (no exit status)"
         result = Result(exited, REDACTOR.redact(out), REDACTOR.redact(err))
+        _log_command(self.host.name, name, command, result, time.monotonic() - started)
         if check and not result.ok:
             raise CommandFailed(self.host.name, name, result.exited, result.stderr)
         return result
@@ -702,3 +703,22 @@ class _RefuseUnknownKey:
             f"host key not pinned — refusing to connect. Offered {key.get_name()} "
             f"{_pkey_fingerprint(key)}; expected {expected}.",
         )
+
+
+def _log_command(host: str, what: str, command: str, result: Result, seconds: float) -> None:
+    """``-vv``: each remote command (masked; stdin, where secrets travel, never); ``-vvv``: its output."""
+    from infratool import log
+
+    level = log.verbosity()
+    if level < 2:
+        return
+    fields: dict[str, object] = {
+        "host": host,
+        "what": what,
+        "command": REDACTOR.redact(command),
+        "exit": result.exited,
+        "seconds": round(seconds, 3),
+    }
+    if level >= 3:
+        fields.update(stdout=result.stdout, stderr=result.stderr)
+    log.get_logger("infratool.remote").debug("remote command", **fields)
