@@ -113,7 +113,6 @@ def offered_host_key(
         sock.close()
 
 
-
 def _connect_failure(host: Host, exc: BaseException, started: float, timeout: float) -> str:
     """A one-line reason for a failed SSH handshake, in words an operator can act on.
 
@@ -129,6 +128,7 @@ def _connect_failure(host: Host, exc: BaseException, started: float, timeout: fl
     if str(exc) in ("No existing session", "") or isinstance(exc, EOFError):
         return f"SSH handshake with {where} failed: the peer closed the connection"
     return f"cannot connect to {where}: {exc}"
+
 
 class Remote:
     """A lazily opened, reused SSH connection to one inventory host."""
@@ -219,7 +219,9 @@ class Remote:
         except TimeoutError:
             raise ConnectError(host.name, f"timed out connecting to {host.address}:{host.port}") from None
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise ConnectError(host.name, _connect_failure(host, exc, started, self.connect_timeout)) from None
+            raise ConnectError(
+                host.name, _connect_failure(host, exc, started, self.connect_timeout)
+            ) from None
         transport = client.get_transport()
         if transport is not None:
             # Detect a dead peer instead of hanging on it for the TCP timeout.
