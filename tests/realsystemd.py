@@ -6,14 +6,18 @@ PID, mount, UTS, IPC and cgroup namespace; ``/lib/systemd/systemd --system``
 exec'd in a chroot. The network namespace is the host's, so the lab hosts on
 127.x stay reachable.
 
-Cost is kept bounded by caching. The rootfs (about 35 s of debootstrap plus
-a venv with infratool's dependencies, installed from wheels built on the
-host) is built once per machine under :data:`CACHE` (outside the clone, keyed
-by the recipe and pyproject's dependencies) and never written to again: each
-boot runs on an overlayfs whose writable layer is private to that boot and
-goes away with it. Per boot, only infratool itself is reinstalled from a wheel
-of the tree under test, as an operator would (``pip install`` into
-``/opt/infratool``).
+Cost is kept bounded by caching, in two layers under :data:`CACHE` (outside
+the clone), built once per machine and never written to again: the
+debootstrapped base (about 35 s on an idle machine, several minutes on a busy
+one), keyed by the recipe and the packages; and over it a layer with a venv
+in ``/opt/infratool`` holding infratool's dependencies (and setuptools to build
+it), installed from wheels
+built on the host, keyed by pyproject's dependencies (a new dependency
+rebuilds only this layer). Each boot runs on an overlayfs of both whose
+writable layer is private to that boot and goes away with it. Per boot, only
+infratool itself is (re)installed from a copy of the tree under test, as an
+operator would (``pip install`` into ``/opt/infratool``, built inside the
+container: no wheel round trip through an isolated build env on the host).
 
 Two things this container needs that a plain ``chroot`` does not give, both
 found the hard way:
@@ -72,7 +76,11 @@ SUITE = "bookworm"
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv")
 VENV = "/opt/infratool"
 RECIPE = 1
-"""Bump when the build steps change, so stale caches are not reused."""
+"""Bump when the base's build steps change, so stale caches are not reused."""
+VENV_RECIPE = 2
+"""The same for the venv layer."""
+SOURCES = ("infratool", "pyproject.toml", "README.md")
+"""What ``pip install`` needs of the tree to build infratool."""
 CGROUP2 = Path("/sys/fs/cgroup/unified")
 
 
@@ -100,10 +108,15 @@ def find_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def dependency_key() -> str:
-    """What the cached rootfs depends on: the recipe, the packages, pyproject's dependencies."""
+def base_key() -> str:
+    """What the debootstrapped base depends on: the recipe and the packages."""
+    return hashlib.sha256(repr((RECIPE, SUITE, PACKAGES)).encode()).hexdigest()[:16]
+
+
+def venv_key() -> str:
+    """What the venv layer depends on: the base, pyproject's dependencies, the Python version."""
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    text = repr((RECIPE, SUITE, PACKAGES, sorted(deps), sys.version_info[:2]))
+    text = repr((VENV_RECIPE, base_key(), sorted(deps), sys.version_info[:2]))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -121,18 +134,34 @@ def _run(argv: list[str], timeout: float = 900, **kw) -> subprocess.CompletedPro
     return proc
 
 
-def build_wheels(dest: Path, *, deps: bool) -> list[Path]:
-    """Wheels of infratool (and, with ``deps``, of everything it needs) from the tree under test."""
+def build_wheels(dest: Path) -> None:
+    """Wheels of everything infratool needs to run and to be built (setuptools), from the host's pip."""
     dest.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(dest), str(REPO)]
-    if not deps:
-        argv.insert(4, "--no-deps")
-    _run(argv, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
-    return sorted(dest.glob("infratool-*.whl"))
+    build_backend = tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(dest), str(REPO), *build_backend],
+        env=env,
+    )
 
 
-def _in_chroot(root: Path, script: str, *, binds: dict[str, Path]) -> None:
-    """Run ``script`` (sh) chrooted in ``root`` with /proc, /dev and ``binds`` mounted, in a throwaway namespace."""
+def copy_sources(dest: Path) -> Path:
+    """A copy of the tree under test that pip can build (without caches or build leftovers)."""
+    junk = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
+    for name in SOURCES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=junk)
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def _in_chroot(root: Path, script: str, *, binds: dict[str, Path], overlay: str = "") -> None:
+    """Run ``script`` (sh) chrooted in ``root`` with /proc, /dev and ``binds`` mounted, in a throwaway namespace.
+
+    ``overlay``: mount options for an overlayfs to mount on ``root`` first.
+    """
     mounts = "".join(
         f'mkdir -p "$R{inside}" && mount --bind "{outside}" "$R{inside}"\n'
         for inside, outside in binds.items()
@@ -140,7 +169,8 @@ def _in_chroot(root: Path, script: str, *, binds: dict[str, Path]) -> None:
     wrapper = (
         "set -e\n"
         f'R="{root}"\n'
-        'mount -t proc proc "$R/proc"\n'
+        + (f'mount -t overlay overlay -o "{overlay}" "$R"\n' if overlay else "")
+        + 'mount -t proc proc "$R/proc"\n'
         'mount --rbind /dev "$R/dev"\n'
         f"{mounts}"
         'exec chroot "$R" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root /bin/sh -ec "$1"\n'
@@ -170,60 +200,79 @@ def _cache_lock() -> Iterator[None]:
         yield
 
 
-def rootfs() -> Path:
-    """The cached rootfs for this tree's dependencies; built (about a minute) when missing."""
+def rootfs() -> list[Path]:
+    """The cached layers (top first) of the rootfs for this tree; built when missing.
+
+    Two layers, so a new dependency in pyproject.toml rebuilds only the venv
+    (a minute), not the debootstrapped base (several minutes on a busy machine).
+    """
     if os.geteuid() != 0:
         raise RootfsUnavailable("needs root (debootstrap, chroot, namespaces)")
-    key = dependency_key()
-    final = CACHE / key / "root"
-    if (final / "etc" / "infratool-rootfs-ok").exists():
-        return final
+    base = CACHE / f"base-{base_key()}" / "root"
+    layer = CACHE / f"venv-{venv_key()}" / "layer"
+    if not (base / "etc" / "infratool-base-ok").exists() or not (layer / ".infratool-venv-ok").exists():
+        with _cache_lock():
+            _build_base(base)
+            _build_venv(layer, base)
+    return [layer, base]
+
+
+def _build_base(final: Path) -> None:
+    if (final / "etc" / "infratool-base-ok").exists():
+        return
     if shutil.which("debootstrap") is None:
         raise RootfsUnavailable("debootstrap is not installed (scripts/setup.sh installs it)")
-    with _cache_lock():
-        if (final / "etc" / "infratool-rootfs-ok").exists():
-            return final
-        started = time.monotonic()
-        work = CACHE / f".build-{key}-{os.getpid()}"
+    started = time.monotonic()
+    work = final.parent.with_name(f".build-{final.parent.name}-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    mirror = find_mirror()
+    log(f"building the test rootfs base ({SUITE} from {mirror}) in {final.parent}")
+    try:
+        # Reuse the .debs apt already fetched for this machine (systemd, python3...).
+        apt_cache = Path("/var/cache/apt/archives")
+        reuse = [f"--cache-dir={apt_cache}"] if apt_cache.is_dir() else []
+        include = f"--include={','.join(PACKAGES)}"
+        _run(["debootstrap", "--variant=minbase", *reuse, include, SUITE, str(work / "root"), mirror])
+        (work / "root" / "etc" / "infratool-base-ok").touch()
+        shutil.rmtree(final.parent, ignore_errors=True)
+        final.parent.mkdir(parents=True)
+        (work / "root").rename(final)
+    finally:
         shutil.rmtree(work, ignore_errors=True)
-        mirror = find_mirror()
-        log(f"building the test rootfs ({SUITE} from {mirror}) in {CACHE / key}")
-        try:
-            # Reuse the .debs apt already fetched for this machine (systemd, python3...).
-            apt_cache = Path("/var/cache/apt/archives")
-            reuse = [f"--cache-dir={apt_cache}"] if apt_cache.is_dir() else []
-            _run(
-                [
-                    "debootstrap",
-                    "--variant=minbase",
-                    *reuse,
-                    f"--include={','.join(PACKAGES)}",
-                    SUITE,
-                    str(work / "root"),
-                    mirror,
-                ]
+    log(f"base built in {time.monotonic() - started:.1f} s (debootstrap)")
+
+
+def _build_venv(final: Path, base: Path) -> None:
+    if (final / ".infratool-venv-ok").exists():
+        return
+    started = time.monotonic()
+    work = final.parent.with_name(f".build-{final.parent.name}-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        for sub in ("upper", "ovl", "merged"):
+            (work / sub).mkdir(parents=True)
+        build_wheels(work / "wheels")
+        _in_chroot(
+            work / "merged",
+            f"python3 -m venv {VENV}\n"
+            f"{VENV}/bin/pip install -q --no-cache-dir --no-index --find-links /mnt/wheels infratool "
+            + " ".join(
+                f"'{r}'"
+                for r in tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]
             )
-            t_debootstrap = time.monotonic() - started
-            build_wheels(work / "wheels", deps=True)
-            _in_chroot(
-                work / "root",
-                f"python3 -m venv {VENV}\n"
-                f"{VENV}/bin/pip install -q --no-index --find-links /mnt/wheels infratool\n"
-                # The tree under test is reinstalled at every boot; the dependencies stay.
-                "touch /etc/infratool-rootfs-ok\n",
-                binds={"/mnt/wheels": work / "wheels"},
-            )
-            (work / "root" / "mnt" / "wheels").rmdir()
-            shutil.rmtree(final.parent, ignore_errors=True)
-            final.parent.mkdir(parents=True)
-            (work / "root").rename(final)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        log(
-            f"rootfs built in {time.monotonic() - started:.1f} s "
-            f"(debootstrap {t_debootstrap:.1f} s, venv with infratool's dependencies the rest)"
+            + "\n",
+            binds={"/mnt/wheels": work / "wheels"},
+            overlay=f"lowerdir={base},upperdir={work / 'upper'},workdir={work / 'ovl'}",
         )
-    return final
+        # The tree under test is reinstalled at every boot; the dependencies stay.
+        (work / "upper" / "mnt" / "wheels").rmdir()
+        (work / "upper" / ".infratool-venv-ok").touch()
+        shutil.rmtree(final.parent, ignore_errors=True)
+        final.parent.mkdir(parents=True)
+        (work / "upper").rename(final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"venv layer (infratool's dependencies) built in {time.monotonic() - started:.1f} s")
 
 
 @dataclass
@@ -306,12 +355,12 @@ def _remove_cgroup(path: Path) -> None:
 
 _BOOT = r"""
 set -e
-M="$1/merged"; SHARE="$2"; WHEEL="$3"
+M="$1/merged"; SHARE="$2"; SRC="$3"
 # Own cgroup namespace root: see the module docstring.
 mount -t overlay overlay -o "lowerdir=$4,upperdir=$1/upper,workdir=$1/work" "$M"
-mkdir -p "$M$SHARE" "$M/mnt/wheel"
+mkdir -p "$M$SHARE" "$M/mnt/src"
 mount --bind "$SHARE" "$M$SHARE"
-mount --bind "$(dirname "$WHEEL")" "$M/mnt/wheel"
+mount --bind "$SRC" "$M/mnt/src"
 mount -t proc proc "$M/proc"
 mount --rbind /sys "$M/sys"
 mount -t cgroup2 cgroup2 "$M/sys/fs/cgroup"
@@ -320,14 +369,15 @@ mount -t tmpfs -o mode=0755 tmpfs "$M/run"
 # Credentials need shared propagation (module docstring); our own namespace's peers only.
 mount --make-rshared "$M"
 chroot "$M" /usr/bin/env -i PATH=/usr/bin:/bin \
-    /opt/infratool/bin/pip install -q --no-index --no-deps --force-reinstall "/mnt/wheel/$(basename "$WHEEL")"
-umount "$M/mnt/wheel"
+    /opt/infratool/bin/pip install -q --no-cache-dir --no-index --no-deps --no-build-isolation \
+    --force-reinstall /mnt/src
+umount "$M/mnt/src"
 exec chroot "$M" /usr/bin/env -i container=unshare /lib/systemd/systemd --system --log-target=journal
 """
 
 
-def boot(root: Path, wheel: Path, *, timeout: float = 90) -> Container:
-    """Boot systemd over an overlay of ``root`` with infratool from ``wheel``; wait until it runs."""
+def boot(layers: list[Path], *, timeout: float = 120) -> Container:
+    """Boot systemd over an overlay of ``layers`` (top first) with infratool from this tree; wait until it runs."""
     if not CGROUP2.is_dir() and Path("/sys/fs/cgroup/cgroup.controllers").exists():
         cgroup_root = Path("/sys/fs/cgroup")
     else:
@@ -335,7 +385,7 @@ def boot(root: Path, wheel: Path, *, timeout: float = 90) -> Container:
     started = time.monotonic()
     run_dir = RUNS / uuid.uuid4().hex[:12]
     share = run_dir / "share"
-    for sub in ("upper", "work", "merged", "share"):
+    for sub in ("upper", "work", "merged", "share", "src"):
         (run_dir / sub).mkdir(parents=True)
     cgroup = cgroup_root / f"infratool-test-{run_dir.name}"
     cgroup.mkdir()
@@ -356,8 +406,8 @@ def boot(root: Path, wheel: Path, *, timeout: float = 90) -> Container:
             "boot",
             str(run_dir),
             str(share),
-            str(wheel),
-            str(root),
+            str(copy_sources(run_dir / "src")),
+            ":".join(map(str, layers)),
         ],
         stdin=subprocess.DEVNULL,
         stdout=log_file,
@@ -420,15 +470,11 @@ def main() -> int:
         print("usage: python tests/realsystemd.py build", file=sys.stderr)
         return 2
     t0 = time.monotonic()
-    root = rootfs()
-    log(f"rootfs ready: {root} ({time.monotonic() - t0:.1f} s, cached when ~0)")
-    t1 = time.monotonic()
-    wheels = build_wheels(RUNS / "wheels-cli", deps=False)
-    container = boot(root, wheels[-1])
+    layers = rootfs()
+    log(f"rootfs ready: {' over '.join(map(str, layers))} ({time.monotonic() - t0:.1f} s; ~0 when cached)")
+    container = boot(layers)
     try:
-        log(
-            f"infratool wheel {time.monotonic() - t1 - container.boot_seconds:.1f} s; boot {container.boot_seconds:.1f} s"
-        )
+        log(f"boot (infratool installed from this tree, then systemd up): {container.boot_seconds:.1f} s")
         check = container.run(
             "systemd-run", "--wait", "--quiet", "--pipe", "-p", "SetCredential=probe:ok",
             "/bin/sh", "-c", 'cat "$CREDENTIALS_DIRECTORY/probe"',
@@ -437,7 +483,6 @@ def main() -> int:
         return 0 if check.stdout.strip() == "ok" else 1
     finally:
         container.stop()
-        shutil.rmtree(RUNS / "wheels-cli", ignore_errors=True)
 
 
 if __name__ == "__main__":

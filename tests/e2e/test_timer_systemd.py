@@ -52,12 +52,11 @@ def _unavailable(reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def systemd_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[realsystemd.Container]:
+def systemd_host() -> Iterator[realsystemd.Container]:
     """systemd 252 as PID 1 over the cached rootfs, infratool from this tree in /opt/infratool."""
     try:
-        root = realsystemd.rootfs()
-        wheel = realsystemd.build_wheels(tmp_path_factory.mktemp("wheel"), deps=False)[-1]
-        container = realsystemd.boot(root, wheel)
+        layers = realsystemd.rootfs()
+        container = realsystemd.boot(layers)
     except realsystemd.RootfsUnavailable as exc:
         _unavailable(str(exc))
     realsystemd.log(f"systemd booted in {container.boot_seconds:.1f} s (pid {container.pid})")
