@@ -26,6 +26,7 @@ from infratool.errors import CommandFailed, InfratoolError
 from infratool.facts import FactCache, FileState
 from infratool.hidden import REDACTOR, Secret
 from infratool.inventory import Host
+from infratool.localenv import DEPLOY, minimal_env
 from infratool.remote import FileWrite, PartialWrite, Remote, Result
 
 
@@ -221,8 +222,13 @@ class LocalContext:
     def run(
         self, argv: list[str], stdin: bytes | None = None, check: bool = True, what: str | None = None
     ) -> subprocess.CompletedProcess:
-        """Run a local command (argv form: no shell) in the repo."""
-        proc = subprocess.run(argv, input=stdin, capture_output=True, cwd=self.root)
+        """Run a local command (argv form: no shell) in the repo, with a minimal environment.
+
+        Deploys need ssh and Nix settings, not the operator's age key or tokens
+        (:mod:`infratool.localenv`).
+        """
+        env = minimal_env(DEPLOY)
+        proc = subprocess.run(argv, input=stdin, capture_output=True, cwd=self.root, env=env)
         if check and proc.returncode != 0:
             raise CommandFailed(
                 LOCAL, what or argv[0], proc.returncode, REDACTOR.redact(proc.stderr.decode(errors="replace"))
