@@ -20,11 +20,13 @@ from infratool import __version__
 from infratool.cli.common import (
     Globals,
     audit_run,
+    audit_started,
     emit_json,
     examples,
     forks_option,
     limit_option,
     load_inventory,
+    open_audit,
     pass_globals,
     timeout_option,
 )
@@ -280,6 +282,7 @@ def _prepare(g: Globals, playbook_path: str, **opts: Any):
     if opts.get("limit"):
         inv.select(opts["limit"])  # a --limit that matches nothing is bad input, before connecting
     book = pb.load(playbook_path, inv)
+    open_audit(g)  # an unusable audit log is bad input: exit 3 before connecting
     options = RunOptions(audit_log=g.audit_log, **opts)
     return inv, book, options, Runner
 
@@ -369,6 +372,8 @@ def run(
             audit_run(g, "run (declined)", book, the_plan)
             click.echo("Nothing applied.", err=True)
             sys.exit(EXIT_FAILED)
+        if the_plan.changes:
+            audit_started(g, "run", book, the_plan)
         with progress:
             result = runner.apply(the_plan)
     audit_run(g, "run", book, the_plan, result)

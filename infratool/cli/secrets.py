@@ -11,10 +11,12 @@ import click
 from infratool.cli.common import (
     Globals,
     audit_run,
+    audit_started,
     emit_json,
     examples,
     forks_option,
     load_inventory,
+    open_audit,
     pass_globals,
 )
 from infratool.errors import EXIT_CHANGES, EXIT_FAILED, InputError
@@ -181,6 +183,7 @@ def rotate(
             )
         ],
     )
+    open_audit(g)  # an unusable audit log is bad input: exit 3 before connecting
     options = RunOptions(forks=forks, yes=yes, audit_log=g.audit_log, unattended=unattended)
     out = render.console()
     progress = render.Progress(render.console(stderr=True), enabled=g.verbosity >= 0 and not g.json)
@@ -196,6 +199,8 @@ def rotate(
         if the_plan.changes and not yes and not click.confirm("Rotate these secrets?", default=False):
             click.echo("Nothing rotated.", err=True)
             sys.exit(EXIT_FAILED)
+        if the_plan.changes:
+            audit_started(g, "secrets rotate", book, the_plan)
         with progress:
             result = runner.apply(the_plan)
     audit_run(g, "secrets rotate", book, the_plan, result)
