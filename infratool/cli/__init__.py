@@ -177,7 +177,10 @@ def hosts(g: Globals, check: bool, limit: str | None, forks: int) -> None:
     if check:
         from concurrent.futures import ThreadPoolExecutor
 
+        from infratool.preflight import check_hosts
         from infratool.remote import Remote
+
+        check_hosts(inv, selected)  # a missing ssh_key or a malformed pin: exit 3, nothing opened
 
         def probe(host) -> tuple[str, str]:
             try:

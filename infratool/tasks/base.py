@@ -112,6 +112,10 @@ class PlanContext:
             from infratool.secrets.store import SopsStore
 
             store = self.state["sops"] = SopsStore(self.local.root / "secrets")
+        from infratool.secrets import identity
+
+        # Once per run, before the first change: can we read (and read back) these files?
+        identity.ensure(store)
         return store
 
 
