@@ -114,7 +114,8 @@ class PlanContext:
             store = self.state["sops"] = SopsStore(self.local.root / "secrets")
         from infratool.secrets import identity
 
-        # Once per run, before the first change: can we read (and read back) these files?
+        # Once per run (memoised on the store), at planning, before the first
+        # change: can we read these files, and read back the ones we create?
         identity.ensure(store)
         return store
 
