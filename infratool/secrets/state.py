@@ -16,6 +16,7 @@ It NEVER holds a value: only names, times, counters and (redacted) messages.
         last_result: rotated                   # short outcome word/phrase
         last_error: null                       # redacted message of the last failure
         updated: "2024-05-01T12:00:03Z"        # when this entry last changed
+        lease_ttl: null                        # seconds: a Vault lease's duration (caps max_age)
 
 Writes are atomic (temp file, fsync, rename), so a crash leaves the previous
 state or the new one. Every change is a read-modify-write under the state
@@ -88,6 +89,15 @@ class SecretState:
     last_result: str | None = None
     last_error: str | None = None
     updated: datetime | None = None
+    lease_ttl: int | None = None
+    """Duration (s) of the current value's lease (``generator: vault``); caps the max age."""
+
+    def max_age(self, policy_max_age: timedelta | None) -> timedelta | None:
+        """The effective max age: the policy's, or the lease's duration if that is shorter."""
+        if self.lease_ttl is None:
+            return policy_max_age
+        lease = timedelta(seconds=self.lease_ttl)
+        return lease if policy_max_age is None else min(policy_max_age, lease)
 
     def age(self, now: datetime | None = None) -> timedelta | None:
         """Time since the last rotation (``None`` if never rotated)."""
@@ -153,6 +163,8 @@ class RotationState:
                 "last_error": REDACTOR.redact(s.last_error) if s.last_error else None,
                 "updated": format_time(s.updated),
             }
+            if s.lease_ttl is not None:
+                out[name]["lease_ttl"] = s.lease_ttl
         return {"version": VERSION, "secrets": out}
 
 
@@ -187,6 +199,10 @@ def _entry(name: str, raw: Any, path: Path, secrets: Any) -> SecretState:
         if status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}")
         st.status = status
+        ttl = raw.get("lease_ttl")
+        if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0):
+            raise ValueError("lease_ttl must be a positive number of seconds")
+        st.lease_ttl = ttl
         for key in ("phase", "last_result", "last_error"):
             value = raw.get(key)
             if value is not None and not isinstance(value, str):
