@@ -104,3 +104,24 @@ def test_hostile_policy_owner_is_refused_before_a_pending_value_is_stored(fleet,
     assert r.returncode == 3 and f"{policy}:8:" in r.stderr and "is reserved" in r.stderr, r.stderr
     assert not (lab.flake_dir / "secrets" / "app.yaml").exists()
     assert_not_contacted(lab, before)
+
+
+def test_a_planted_lock_symlink_is_refused_before_connecting(fleet, cli, tmp_path):
+    """Issue 13.8, end to end: a committed `.app.yaml.lock -> victim` is exit 3; the victim keeps its bytes."""
+    lab = fleet
+    secrets = lab.flake_dir / "secrets"
+    (secrets / "rotation.yaml").write_text(
+        "secrets:\n  app/token:\n    file: secrets/app.yaml\n    generator: hex\n"
+        "    consumers:\n      - host: brix\n        file: {path: /var/lib/app/token}\n"
+    )
+    victim = tmp_path / "victim"
+    victim.write_text("root's file\n")
+    before = sshd_logs(lab)
+    for lock in (secrets / ".app.yaml.lock", secrets / ".rotation-state.yaml.lock"):
+        lock.symlink_to(victim)
+        r = cli("-i", lab.inventory_path, "secrets", "rotate", "--all", "--yes")
+        assert r.returncode == 3 and f"lock file {lock} is a symlink" in r.stderr, r.stderr
+        lock.unlink()
+    assert victim.read_text() == "root's file\n"
+    assert not (secrets / "app.yaml").exists()
+    assert_not_contacted(lab, before)
