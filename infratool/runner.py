@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from infratool import faults, hostlock, log
+from infratool import faults, hostlock, log, preflight
 from infratool.changes import LOCAL, Change, Plan
 from infratool.context import DeferredWriteFailed, DeferredWrites, HostContext, LocalContext
 from infratool.errors import (
@@ -28,6 +28,7 @@ from infratool.errors import (
     HostError,
     HostKeyError,
     InfratoolError,
+    InputError,
 )
 from infratool.facts import BASE_FACTS, DESCRIBE_FACTS, FactCache, FactRequest, build_script, parse_output
 from infratool.hidden import REDACTOR
@@ -140,6 +141,7 @@ class Runner:
     def gather(self, hosts: Iterable[Host] | None = None) -> dict[str, HostContext]:
         """Connect to ``hosts`` (default: all targets) and gather their facts in parallel."""
         hosts = list(hosts if hosts is not None else self.hosts)
+        preflight.check_hosts(self.inventory, hosts)  # local mistakes: exit 3 before any connection
         # A run gathers the cheap base facts plus what its tasks ask for; with
         # no tasks (`infratool facts`), the full description of each host.
         base = BASE_FACTS if self._targets else DESCRIBE_FACTS
@@ -236,6 +238,8 @@ class Runner:
             def one(hctx: HostContext) -> list[Change]:
                 try:
                     return task.plan_host(hctx, ctx)
+                except InputError:
+                    raise  # bad input (say, no usable age identity) stops the run once: exit 3
                 except Exception as exc:
                     self._drop(hctx.name, _planning_error(hctx.name, task, exc))
                     return []
@@ -247,12 +251,16 @@ class Runner:
                 narrow = replace(ctx, hosts={name: hctx}, failures={})
                 try:
                     changes += task.plan(narrow)
+                except InputError:
+                    raise  # bad input stops the run once (exit 3), not once per host
                 except Exception as exc:
                     self._drop(name, _planning_error(name, task, exc))
                 ctx.failures.update(narrow.failures)
             return changes
         try:
             return task.plan(ctx)
+        except InputError:
+            raise  # bad input stops the run once (exit 3), not once per host
         except HostError as exc:
             self._drop(exc.host, exc)
         except Exception as exc:

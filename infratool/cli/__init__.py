@@ -21,6 +21,7 @@ from infratool.cli import globalopts
 from infratool.cli.common import (
     Globals,
     audit_run,
+    audit_started,
     command_name,
     emit_json,
     emit_json_error,
@@ -28,6 +29,7 @@ from infratool.cli.common import (
     forks_option,
     limit_option,
     load_inventory,
+    open_audit,
     pass_globals,
     timeout_option,
 )
@@ -250,7 +252,10 @@ def hosts(g: Globals, check: bool, limit: str | None, forks: int, timeout: float
         from concurrent.futures import ThreadPoolExecutor
 
         from infratool.errors import EXIT_OK
+        from infratool.preflight import check_hosts
         from infratool.remote import Remote
+
+        check_hosts(inv, selected)  # a missing ssh_key or a malformed pin: exit 3, nothing opened
 
         def probe(host) -> tuple[str, tuple[bool, str | None, int]]:
             try:
@@ -445,6 +450,7 @@ def _prepare(g: Globals, playbook_path: str, **opts: Any):
         # A plan of "0 changes on 0 targets" would read as "all converged".
         what = f"--limit {opts['limit']!r} and " if opts.get("limit") else ""
         raise InputError(f"{what}the playbook's 'hosts:' select no host: nothing to do", file=book.path)
+    open_audit(g)  # an unusable audit log is bad input: exit 3 before connecting
     options = RunOptions(audit_log=g.audit_log, **opts)
     return inv, book, options, Runner
 
@@ -550,6 +556,8 @@ def run(
             audit_run(g, "run (declined)", book, the_plan)
             click.echo("Nothing applied.", err=True)
             sys.exit(EXIT_FAILED)
+        if the_plan.changes:
+            audit_started(g, "run", book, the_plan)
         with progress:
             result = runner.apply(the_plan)
     audit_run(g, "run", book, the_plan, result)

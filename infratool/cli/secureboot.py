@@ -17,11 +17,13 @@ import click
 from infratool.cli.common import (
     Globals,
     audit_run,
+    audit_started,
     emit_json,
     examples,
     forks_option,
     limit_option,
     load_inventory,
+    open_audit,
     pass_globals,
 )
 from infratool.errors import EXIT_FAILED, InputError
@@ -147,6 +149,7 @@ def _plan_and_apply(g: Globals, book: Any, runner: Any, yes: bool, question: str
     from infratool import render
     from infratool.runner import plan_exit_code
 
+    open_audit(g)  # an unusable audit log is bad input: exit 3 before connecting
     out = render.console()
     with runner:
         with runner.on_event:
@@ -162,6 +165,7 @@ def _plan_and_apply(g: Globals, book: Any, runner: Any, yes: bool, question: str
             audit_run(g, f"{command} (declined)", book, the_plan)
             click.echo("Nothing applied.", err=True)
             sys.exit(EXIT_FAILED)
+        audit_started(g, command, book, the_plan)
         with runner.on_event:
             result = runner.apply(the_plan)
     audit_run(g, command, book, the_plan, result)

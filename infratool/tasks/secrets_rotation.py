@@ -41,6 +41,7 @@ from infratool.hidden import Secret
 from infratool.inventory import Host, Inventory
 from infratool.notify import notify
 from infratool.secrets import deps, generators, state
+from infratool.secrets.lock import check_lock_file, lock_path
 from infratool.secrets.policy import SecretPolicy, load_policy, parse_policy
 from infratool.secrets.store import SopsStore
 from infratool.tasks.base import Param, PlanContext, Source, Task, register
@@ -123,6 +124,9 @@ class RotateSecrets(Task):
                 raise self.source.error(
                     f"unknown secret {name!r} (policy has: {', '.join(self.policy.secrets)})", "names"
                 )
+        # A lock planted as a symlink or FIFO is refused now, not mid-rotation.
+        for lock in [lock_path(f) for f in self.policy.files()] + [state.lock_file(self.state_file())]:
+            check_lock_file(lock)
         self._store = self._read_files(root)
 
     def _read_files(self, root: Path) -> SopsStore | None:

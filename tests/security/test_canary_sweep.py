@@ -106,7 +106,7 @@ def scenario(lab, tmp: Path) -> list[tuple[str, list[str] | Callable[[], None], 
         ("wipe slax's Secure Boot keys", wipe_slax_keys, None),
         ("secure boot restore", ["-i", inv, "-vv", "secureboot", "restore", "slax", "--yes"], None),
         ("secure boot status", ["-i", inv, "--json", "secureboot", "status"], None),
-        ("recover init", ["-i", inv, "secrets", "recover", "init"], None),
+        ("recover init", ["-i", inv, "secrets", "recover", "init", "--to-stdout"], None),
         ("secrets status", ["-i", inv, "--json", "secrets", "status"], None),
         (
             "site plan after",
