@@ -186,6 +186,18 @@ def test_nix_cache_key_signs_paths_that_nix_verifies(tmp_path: Path) -> None:
 
 
 def test_registry_is_complete() -> None:
-    assert set(GENERATORS) == {"password", "hex", "base64", "ssh-ed25519", "age", "nix-cache-key"}
+    assert set(GENERATORS) == {
+        "password",
+        "hex",
+        "base64",
+        "ssh-ed25519",
+        "age",
+        "nix-cache-key",
+        "wireguard",
+        "command",
+        "derive",
+        "prompt",
+        "vault",
+    }
     for gen in GENERATORS.values():
         assert gen.doc and gen.name
