@@ -33,6 +33,7 @@ from infratool.errors import (
 from infratool.facts import BASE_FACTS, DESCRIBE_FACTS, FactCache, FactRequest, build_script, parse_output
 from infratool.hidden import REDACTOR
 from infratool.inventory import Host, Inventory
+from infratool.nixssh import nix_ssh_env
 from infratool.options import RunOptions
 from infratool.playbook import Playbook
 from infratool.remote import Held, Remote
@@ -285,13 +286,20 @@ class Runner:
             if host is None or not host.is_nixos:
                 continue
             argv = host.deploy_argv()
+
+            def deploy(ctx, argv=argv, host=host):
+                # The deploy's ssh and nix copy get the inventory's port, key and
+                # pinned host key through NIX_SSHOPTS, never ~/.ssh/known_hosts.
+                with nix_ssh_env(host) as env:
+                    return ctx.run(argv, what=f"deploy {host.name}", env=env)
+
             result.append(
                 Change(
                     host=LOCAL,
                     task="deploy",
                     action="deploy",
                     description=f"deploy {name}: {shlex.join(argv)}",
-                    apply=lambda ctx, argv=argv, name=name: ctx.run(argv, what=f"deploy {name}"),
+                    apply=deploy,
                     stage=len(self._targets),
                     requires=(LOCAL,),
                 )
