@@ -113,7 +113,7 @@ def _table(rows: list[Any]) -> None:
 
     con = render.console()
     if not con.is_terminal:
-        con.width = max(con.width, 132)  # logs and pipes: one line per host beats wrapped cells
+        con.width = max(con.width, 160)  # logs and pipes: one line per host beats wrapped cells
     good = {"enabled", "ready-to-enroll"}
     table = Table(title="Secure Boot", box=box.SIMPLE_HEAD)
     for col in ("host", "sbctl", "setup mode", "secure boot", "vendor keys", "keys", "backup", "unsigned"):
@@ -193,7 +193,9 @@ def restore(g: Globals, hosts: tuple[str, ...], pki_bundle: str | None, yes: boo
 @secureboot.command(
     help="Enroll HOSTs' keys into their UEFI firmware (sbctl enroll-keys). Refused unless each host "
     "is in Setup Mode, its encrypted backup is exactly its keys, and --confirm names it. Microsoft's "
-    "keys are kept unless --no-microsoft (the plan says what that costs)."
+    "keys are kept unless --no-microsoft (the plan says what that costs, and lists every certificate "
+    "the firmware holds now that enrollment drops). Immutable efivarfs files are handled with sbctl's "
+    "--ignore-immutable."
     + examples(
         "infratool secureboot enroll snix --confirm enroll-secure-boot-keys-on-snix",
         "infratool secureboot enroll snix slax --confirm enroll-secure-boot-keys-on-snix "
@@ -214,10 +216,35 @@ def restore(g: Globals, hosts: tuple[str, ...], pki_bundle: str | None, yes: boo
     show_default=True,
     help="Keep Microsoft's UEFI CAs (option ROMs, Windows, shim need them).",
 )
+@click.option(
+    "--tpm-eventlog",
+    is_flag=True,
+    help="Also enroll the checksums of the option ROMs the TPM event log records (sbctl --tpm-eventlog).",
+)
+@click.option(
+    "--firmware-builtin",
+    "firmware_builtin",
+    multiple=True,
+    type=click.Choice(["db", "KEK"]),
+    help="Keep the firmware's built-in certificates of this variable (sbctl --firmware-builtin); repeatable.",
+)
 @click.option("--yes", "-y", is_flag=True, help="Apply without asking (the confirmation is still needed).")
 @pass_globals
-def enroll(g: Globals, hosts: tuple[str, ...], confirm: tuple[str, ...], microsoft: bool, yes: bool) -> None:
+def enroll(
+    g: Globals,
+    hosts: tuple[str, ...],
+    confirm: tuple[str, ...],
+    microsoft: bool,
+    tpm_eventlog: bool,
+    firmware_builtin: tuple[str, ...],
+    yes: bool,
+) -> None:
     _need_terminal(yes)
-    args = {"confirm": list(confirm), "microsoft": microsoft}
+    args = {
+        "confirm": list(confirm),
+        "microsoft": microsoft,
+        "tpm_eventlog": tpm_eventlog,
+        "firmware_builtin": list(firmware_builtin),
+    }
     _, book, runner = _runner(g, "secureboot.enroll", args, ",".join(hosts), yes=yes)
     _plan_and_apply(g, book, runner, yes, "Write these keys into firmware?", "secureboot enroll")

@@ -20,6 +20,7 @@ the lab, so it must not be the ESP of any lab host.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -192,6 +193,40 @@ def set_lab_firmware(lab: Lab, name: str, **fields: Any) -> Path:
     current.update(fields)
     write_firmware_state(path, FirmwareState.from_json(current))
     return path
+
+
+LAB_ETC_SECUREBOOT = "/var/lib/sbctl-emulator/etc-secureboot"
+"""Where a lab host's ``/etc/secureboot`` really is (private to the host, see :func:`etc_secureboot`)."""
+ETC_SECUREBOOT = Path("/etc/secureboot")
+
+
+def etc_secureboot(lab: Lab, name: str, create: bool = True) -> Path:
+    """Give lab host ``name`` its own ``/etc/secureboot``; return its controller-side path.
+
+    Lab hosts share the controller's /etc, and for nixpkgs' sbctl the mere
+    existence of /etc/secureboot matters, so it cannot be a shared directory
+    nor a bind-mount point (which would exist on every host). Instead
+    ``/etc/secureboot`` on the controller is a symlink to
+    :data:`LAB_ETC_SECUREBOOT`, which each host resolves in its own private
+    ``/var/lib``: it exists exactly on the hosts whose target exists
+    (``create``), and on the controller it dangles. A real directory there
+    is never replaced.
+    """
+    if ETC_SECUREBOOT.is_symlink():
+        if os.readlink(ETC_SECUREBOOT) != LAB_ETC_SECUREBOOT:
+            raise RuntimeError(f"{ETC_SECUREBOOT} is a symlink elsewhere; the lab will not replace it")
+    elif ETC_SECUREBOOT.exists():
+        raise RuntimeError(
+            f"{ETC_SECUREBOOT} is a real directory on this machine; the lab will not replace it"
+        )
+    else:
+        # Another worker may make it at the same moment.
+        with contextlib.suppress(FileExistsError):
+            ETC_SECUREBOOT.symlink_to(LAB_ETC_SECUREBOOT)
+    target = lab.host(name).path(LAB_ETC_SECUREBOOT)
+    if create:
+        target.mkdir(mode=0o755, parents=True, exist_ok=True)
+    return target
 
 
 def provision_lab(lab: Lab, hosts: Iterable[str] = LAB_SBCTL_HOSTS) -> list[Path]:
