@@ -220,7 +220,9 @@ def test_backup_wipe_restore_is_bit_for_bit_and_never_leaks(sb, cli, made_keys, 
         keys = sb.host("snix").path(KEYDIR)
         before = digests(keys, keys_only=True)  # sbctl's files.json lists signed files: not keys
         shutil.rmtree(keys)  # the disk is lost; the backup lives in the repo
-        lost = json.loads(ok(cli("-i", inv, "secureboot", "status", "--json", "--limit", "snix")).stdout)["hosts"]
+        lost = json.loads(ok(cli("-i", inv, "secureboot", "status", "--json", "--limit", "snix")).stdout)[
+            "hosts"
+        ]
         assert lost[0]["verdict"] == "needs-restore"
         fresh = cli("-i", inv, "plan", PLAYBOOK, "--limit", "snix")  # never new keys over a backup
         assert fresh.returncode == 1 and "restore them (infratool secureboot restore snix)" in fresh.stdout
@@ -361,7 +363,9 @@ def test_enroll_in_setup_mode_keeps_microsoft_keys_unless_opted_out(sb, cli, mad
     from infratool.lab.sbctl import simulate_reboot
 
     simulate_reboot(sb.host("snix").path(LAB_FIRMWARE_FILE))
-    rows = json.loads(ok(cli("-i", inv, "secureboot", "status", "--json", "--limit", "snix,slax")).stdout)["hosts"]
+    rows = json.loads(ok(cli("-i", inv, "secureboot", "status", "--json", "--limit", "snix,slax")).stdout)[
+        "hosts"
+    ]
     assert [r["verdict"] for r in rows] == ["enabled", "reboot-pending"]
     assert rows[0]["secure_boot"] is True and rows[0]["enrolled"]["microsoft"] is True
 
@@ -510,7 +514,7 @@ def test_nixpkgs_sbctl_uses_etc_secureboot_then_migrates(sb, cli, made_keys, tmp
     (legacy / "files.db").write_text("{}")
     old_keys = digests(legacy, keys_only=True)
 
-    rows = json.loads(ok(cli("-i", inv, "secureboot", "status", "--json", "--limit", "snix")).stdout)
+    rows = json.loads(ok(cli("-i", inv, "secureboot", "status", "--json", "--limit", "snix")).stdout)["hosts"]
     assert rows[0]["sbctl_dir"] == "/etc/secureboot" and rows[0]["sbctl_build"] == "nixpkgs"
     assert rows[0]["pki_bundle"] == "/etc/secureboot" and rows[0]["installed"] is True
     assert any("old configuration detected" in w for w in rows[0]["warnings"])
@@ -518,16 +522,15 @@ def test_nixpkgs_sbctl_uses_etc_secureboot_then_migrates(sb, cli, made_keys, tmp
     module = (sb.flake_dir / "hosts/snix/generated/lanzaboote.nix").read_text()
     assert 'pkiBundle = "/etc/secureboot";' in module
 
-    # The operator migrates, as sbctl asks on every run; the replan follows the move.
-    moved = sbctl(sb, "snix", "setup", "--migrate")
-    assert moved.returncode == 0, moved.stderr
+    # infratool migrates, as sbctl asks on every run, and replans what must follow the move.
+    moved = ok(cli("-i", inv, "secureboot", "migrate", "snix", "--yes"))
+    assert "`sbctl setup --migrate`" in moved.stdout
     assert not legacy.exists() and digests(sb.host("snix").path(KEYDIR), keys_only=True) == old_keys
-    replan = cli("-i", inv, "plan", PLAYBOOK, "--limit", "snix")
-    assert "~ bundle: /etc/secureboot → /var/lib/sbctl (same files: the keys moved)" in replan.stdout
-    assert (
-        '+     pkiBundle = "/var/lib/sbctl";' in replan.stdout
-        or 'pkiBundle = "/var/lib/sbctl"' in replan.stdout
-    )
+    replan = moved.stdout[moved.stdout.index("After the migration") :]
+    assert "~ bundle: /etc/secureboot → /var/lib/sbctl (same files: the keys moved)" in replan
+    assert 'pkiBundle = "/var/lib/sbctl"' in replan
+    again = ok(cli("-i", inv, "secureboot", "migrate", "snix", "--yes")).stdout
+    assert "snix: no changes" in again.split("After the migration")[0]
     ok(cli("-i", inv, "run", PLAYBOOK, "--yes", "--limit", "snix"))
     assert (
         'pkiBundle = "/var/lib/sbctl";' in (sb.flake_dir / "hosts/snix/generated/lanzaboote.nix").read_text()
