@@ -596,3 +596,25 @@ def test_restore_refuses_entries_outside_the_key_layout(sb, cli, made_keys):
     assert "bundle '/root/.ssh' is not an sbctl key directory" in result.stdout + result.stderr
     restore = cli("-i", sb.inventory_path, "secureboot", "restore", "snix", "--yes")
     assert restore.returncode == 3 and "bundle '/root/.ssh'" in restore.stdout + restore.stderr
+
+
+def test_restore_goes_where_the_hosts_sbctl_looks(sb, cli, made_keys):
+    """A backup made from /etc/secureboot, restored on a host whose sbctl uses /var/lib/sbctl."""
+    from infratool.lab.sbctl import NIXPKGS, UPSTREAM, etc_secureboot, install_on_lab_host
+
+    inv = sb.inventory_path
+    install_on_lab_host(sb, "brix", build=NIXPKGS)
+    legacy = etc_secureboot(sb, "brix")
+    shutil.copytree(made_keys, legacy, dirs_exist_ok=True, copy_function=shutil.copy2)
+    back_up(cli, sb, "brix")
+    manifest = SopsStore(sb.flake_dir / "secrets").read("secureboot/brix.yaml")["secureboot/manifest"]
+    assert json.loads(manifest.reveal_bytes())["bundle"] == "/etc/secureboot"
+    # Reinstalled without /etc/secureboot, with upstream's sbctl: it looks in /var/lib/sbctl.
+    shutil.rmtree(legacy)
+    install_on_lab_host(sb, "brix", build=UPSTREAM)
+    restored = ok(cli("-i", inv, "secureboot", "restore", "brix", "--yes"))
+    assert "~ backed up from /etc/secureboot; restored into /var/lib/sbctl" in restored.stdout
+    keys = sb.host("brix").path(KEYDIR)
+    assert digests(keys, keys_only=True) == digests(made_keys, keys_only=True)
+    assert status_json(sb, "brix")["installed"] is True
+    assert not legacy.exists()

@@ -53,6 +53,8 @@ class RunState:
     """Hosts whose backup this run (re)writes."""
     proven: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
     """Hosts whose backup was written and decrypted again in this run → (directory, file hashes)."""
+    restored: dict[str, str] = field(default_factory=dict)
+    """Hosts a restore in this run writes to → the directory it writes into."""
     reports: dict[str, object] = field(default_factory=dict)
     """``secureboot.status`` reports by host (read by ``infratool secureboot status``)."""
 

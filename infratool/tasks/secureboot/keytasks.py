@@ -352,6 +352,8 @@ class Restore(SecureBootTask):
         ]
         diff = "\n".join(lines)
 
+        run_state(ctx).restored[host.name] = directory
+
         def apply(h: HostContext) -> None:
             write_bundle(h, directory, todo)
             check_hashes(h, directory, expected)
@@ -368,4 +370,9 @@ class Restore(SecureBootTask):
         ]
 
     def verify(self, ctx: PlanContext, changed: set[str]) -> dict[str, str]:
-        return _verify_backups(ctx, changed, self.args["pki_bundle"])
+        failures: dict[str, str] = {}
+        for name in sorted(changed):
+            # Where this run restored to, which may not be the backed-up directory.
+            where = run_state(ctx).restored.get(name) or self.args["pki_bundle"]
+            failures.update(_verify_backups(ctx, {name}, where))
+        return failures
