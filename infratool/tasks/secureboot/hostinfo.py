@@ -2,9 +2,12 @@
 
 Two facts, gathered in the host's one round trip (``facts.py``):
 
-* ``sbctl_state`` — whether ``sbctl`` is on PATH, ``sbctl status --json``
-  and, when sbctl sees keys, ``sbctl verify --json``. Both are read-only; a
-  failure keeps the last line sbctl printed (``--json`` silences errors, so
+* ``sbctl_state`` — whether ``sbctl`` is on PATH, ``sbctl version`` (0.15+),
+  whether sbctl prints its "old configuration detected" notice (it then uses
+  its DatabasePath, ``/etc/secureboot`` in nixpkgs' build), ``sbctl status
+  --json``, ``sbctl list-enrolled-keys --json`` (hex-encoded) and, when sbctl
+  sees keys, ``sbctl verify --json``. All read-only; a failure keeps the last
+  line sbctl printed other than the notice (``--json`` silences errors, so
   the command is repeated without it to get the message).
 * ``sbctl_bundle <dir>`` — the key files under a PKI bundle directory (the
   directory lanzaboote's ``pkiBundle`` names, holding ``GUID`` and
