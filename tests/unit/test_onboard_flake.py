@@ -323,7 +323,9 @@ def test_module_refuses_values_that_would_inject_into_a_unit(setting, value):
         "randomizedDelay": "1h",
         setting: value,
     }
-    cfg = " ".join(f"{k} = {nixgen.string(v) if isinstance(v, str) else 'true'};" for k, v in settings.items())
+    cfg = " ".join(
+        f"{k} = {nixgen.string(v) if isinstance(v, str) else 'true'};" for k, v in settings.items()
+    )
     expr = f"""
       let {STUB_LIB}
           m = import ./nix/module.nix {{ inherit lib; pkgs = {{ }};
