@@ -16,7 +16,8 @@ import time
 
 import pytest
 import yaml
-from conftest import PLAYBOOKS, files_containing, sample_ps
+from conftest import PLAYBOOKS, files_containing
+from exectrace import both_ends
 from helpers import nix_parse, wait_stopped
 
 from infratool.lab import services
@@ -157,11 +158,14 @@ def test_kill_9_after_each_step_converges(rot, cli, step):
 
 def test_canary_value_never_leaks(rot, cli, tmp_path, _private_audit_log):
     lab = rot
-    with sample_ps() as seen:
-        plan = rotate(cli, lab, "--all", "--dry-run")
-        run = cli("-i", lab.inventory_path, "-vv", "secrets", "rotate", "--all", "--yes")
-        run2 = cli("-i", lab.inventory_path, "-vv", "secrets", "rotate", "--all", "--yes")
+    with both_ends(lab, cli, tmp_path / "execs") as seen:
+        plan = rotate(seen.cli, lab, "--all", "--dry-run")
+        run = seen.cli("-i", lab.inventory_path, "-vv", "secrets", "rotate", "--all", "--yes")
+        run2 = seen.cli("-i", lab.inventory_path, "-vv", "secrets", "rotate", "--all", "--yes")
     assert run.returncode == 0 and run2.returncode == 0, run.stderr + run2.stderr
+    seen.assert_recorded(min_sessions=4)
+    assert seen.controller.containing("sops")  # the recorder saw the tools the values pass through
+    assert [x for x in seen.hosts.execs if x.argv[0].endswith(b"psql")]
     vals = values(lab)
     canaries = [vals["postgres/app"], vals["tokend/token"], vals["_rotation/previous/postgres/app"]]
     outputs = [plan.stdout, plan.stderr, run.stdout, run.stderr, run2.stdout, run2.stderr]
@@ -169,7 +173,7 @@ def test_canary_value_never_leaks(rot, cli, tmp_path, _private_audit_log):
     for canary in canaries:
         assert len(canary) >= 32
         assert not [o for o in outputs + logs if canary in o]
-        assert not [a for a in seen if canary in a], "a secret in some process's argv"
+        assert seen.hits(canary) == [], "a secret in some process's argv or environment"
         assert files_containing(tmp_path / "controller-tmp", canary) == []
         for h in lab.hosts():
             assert files_containing(h.path("/tmp"), canary) == []
