@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PLAYBOOKS, files_containing, sample_ps
+from conftest import PLAYBOOKS, files_containing
+from exectrace import both_ends
 from helpers import nix_eval, nix_parse
 
 from infratool.inventory import Host
@@ -88,10 +89,11 @@ def managed_keys(lab) -> dict[str, list[str]]:
 def test_setup_builds_on_the_builder_converges_and_leaks_nothing(fleet, cli, tmp_path, _private_audit_log):
     lab, inv = fleet, fleet.inventory_path
     snix = lab.host("snix")
-    with sample_ps() as seen:
-        plan = cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode")
-        run = cli("-i", inv, "-vv", "run", PLAYBOOK, "--yes")
-        again = cli("-i", inv, "--json", "plan", PLAYBOOK, "--detailed-exitcode")
+    with both_ends(lab, cli, tmp_path / "execs") as seen:
+        plan = seen.cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode")
+        run = seen.cli("-i", inv, "-vv", "run", PLAYBOOK, "--yes")
+        again = seen.cli("-i", inv, "--json", "plan", PLAYBOOK, "--detailed-exitcode")
+    seen.assert_recorded(min_sessions=len(CLIENTS) + 1)
     assert plan.returncode == 2, plan.stdout + plan.stderr
     assert "generate builder key of slax" in plan.stdout
     assert "(secret content: not shown)" in plan.stdout
@@ -159,7 +161,7 @@ def test_setup_builds_on_the_builder_converges_and_leaks_nothing(fleet, cli, tmp
     for client, private in keys.items():
         for needle in [line for line in private.splitlines() if len(line) > 20]:
             assert not any(needle in out for out in outputs), f"{client} key in CLI output"
-            assert not [args for args in seen if needle in args], f"{client} key in a process's argv"
+            assert seen.hits(needle) == [], f"{client} key in a process's argv or environment"
             assert needle not in _private_audit_log.read_text()
             assert files_containing(tmp_path / "controller-tmp", needle) == []
             assert files_containing(lab.flake_dir, needle) == []
