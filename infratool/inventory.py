@@ -21,8 +21,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infratool import yamlsrc
+from infratool import knownhosts, yamlsrc
 from infratool.errors import InputError
+from infratool.suggest import did_you_mean
 
 DEFAULT_INVENTORY = "hosts.yaml"
 DEFAULT_DEPLOY = "nixos-rebuild switch --flake {flake}#{host} --target-host {user}@{address}"
@@ -46,6 +47,10 @@ DEFAULT_KEYS = {"user", "port", "ssh_key", "known_hosts", "flake", "deploy_comma
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 _ADDRESS_RE = re.compile(r"^[A-Za-z0-9.:-]+$")
 _SYSTEM_RE = re.compile(r"^[a-z0-9_]+-[a-z0-9_]+$")
+# Paths end up in generated files (systemd units, ssh options, Nix): a newline
+# or other control character there would inject a line of its own.
+PATH_KEYS = ("ssh_key", "known_hosts", "flake")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -135,7 +140,8 @@ def parse(data: object, path: Path) -> Inventory:
     if unknown:
         key = sorted(unknown, key=str)[0]
         raise InputError(
-            f"unknown top-level key {key!r} (expected 'defaults', 'hosts')",
+            f"unknown top-level key {key!r}{did_you_mean(str(key), ('defaults', 'hosts'))}"
+            " (expected 'defaults', 'hosts')",
             file=path,
             line=yamlsrc.line_of(data, key),
         )
@@ -145,10 +151,12 @@ def parse(data: object, path: Path) -> Inventory:
     for key in defaults:
         if key not in DEFAULT_KEYS:
             raise InputError(
-                f"unknown key {key!r} in defaults (expected one of {', '.join(sorted(DEFAULT_KEYS))})",
+                f"unknown key {key!r} in defaults{did_you_mean(str(key), DEFAULT_KEYS)}"
+                f" (expected one of {', '.join(sorted(DEFAULT_KEYS))})",
                 file=path,
                 line=yamlsrc.line_of(defaults, key),
             )
+    _check_paths(defaults, "defaults", path, yamlsrc.line_of(data, "defaults"))
     hosts_data = data.get("hosts")
     if not isinstance(hosts_data, dict) or not hosts_data:
         raise InputError(
@@ -169,7 +177,7 @@ def _parse_host(
     name: str,
     spec: object,
     defaults: dict,
-    known_hosts: dict[str, list[str]],
+    known_hosts: list[knownhosts.Entry],
     base: Path,
     path: Path,
     line: int | None,
@@ -189,10 +197,12 @@ def _parse_host(
     for key in spec:
         if key not in HOST_KEYS:
             raise InputError(
-                f"unknown key {key!r} for host {name!r} (expected one of {', '.join(sorted(HOST_KEYS))})",
+                f"unknown key {key!r} for host {name!r}{did_you_mean(str(key), HOST_KEYS)}"
+                f" (expected one of {', '.join(sorted(HOST_KEYS))})",
                 file=path,
                 line=where(key),
             )
+    _check_paths(spec, f"host {name!r}", path, line)
     merged = {**defaults, **spec}
     address = merged.get("address")
     if not address:
@@ -231,9 +241,9 @@ def _parse_host(
                 line=where("host_key"),
             )
         host_keys.append(" ".join(inline.split()[:2]))
-    host_keys.extend(known_hosts.get(address, []))
-    if port != 22:
-        host_keys.extend(known_hosts.get(f"[{address}]:{port}", []))
+    pinned, revoked = knownhosts.keys_for(known_hosts, address, port)
+    # @revoked wins over every pin, the inline one too (as in OpenSSH).
+    host_keys = [k for k in (*host_keys, *pinned) if k not in revoked]
     deploy = merged.get("deploy_command", DEFAULT_DEPLOY)
     if not isinstance(deploy, str):
         raise InputError(
@@ -255,23 +265,36 @@ def _parse_host(
     )
 
 
+def _check_paths(settings: dict, where: str, path: Path, line: int | None) -> None:
+    """Refuse a path setting that is not a string or holds a control character."""
+    for key in PATH_KEYS:
+        value = settings.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or _CONTROL_RE.search(value):
+            raise InputError(
+                f"{where}: {key} must be a path without control characters (newline...), got {value!r}",
+                file=path,
+                line=yamlsrc.line_of(settings, key) or line,
+            )
+
+
 def _expand(value: object, base: Path) -> Path:
     p = Path(os.path.expanduser(str(value)))
     return p if p.is_absolute() else (base / p)
 
 
-def _load_known_hosts(defaults: dict, base: Path, path: Path) -> dict[str, list[str]]:
-    """Parse the pinned known_hosts file into ``{host pattern: ["type base64", ...]}``.
+def _load_known_hosts(defaults: dict, base: Path, path: Path) -> list[knownhosts.Entry]:
+    """Parse the pinned known_hosts file (see :mod:`infratool.knownhosts`).
 
-    Hashed entries (``|1|...``) are not supported on purpose: pins should be
-    readable in review. A missing file is fine (hosts may pin inline).
+    A missing file is fine (hosts may pin inline).
     """
     name = defaults.get("known_hosts")
     if not name:
-        return {}
+        return []
     kh = _expand(name, base)
     if not kh.exists():
-        return {}
+        return []
     try:
         text = kh.read_text()
     except (OSError, UnicodeDecodeError) as exc:
@@ -282,55 +305,78 @@ def _load_known_hosts(defaults: dict, base: Path, path: Path) -> dict[str, list[
             file=path,
             line=yamlsrc.line_of(defaults, "known_hosts"),
         ) from None
-    result: dict[str, list[str]] = {}
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split()
-        if len(parts) < 3 or parts[0].startswith("|"):
-            raise InputError(
-                "expected 'host[,host] keytype base64' (hashed entries are not supported)",
-                file=kh,
-                line=lineno,
-            )
-        for pattern in parts[0].split(","):
-            result.setdefault(pattern, []).append(f"{parts[1]} {parts[2]}")
-    return result
+    return knownhosts.parse(text, kh)
 
 
 def select(inventory: Inventory, pattern: str | Iterable[str] | None) -> list[Host]:
     """Hosts matching a ``--limit`` expression, in inventory order.
 
-    The expression is a comma list of terms: a host name, a glob (``nix*``),
-    ``tag:NAME``, or ``all``; a term starting with ``!`` excludes. Only
-    exclusions → everything but those. A term matching nothing is an error
-    (a typo must not silently select nothing).
+    The expression is a list of terms separated by ``,`` (or Ansible's
+    ``:&``/``:!``): a host name, a glob (``nix*``), ``tag:NAME`` or colmena's
+    ``@NAME``, or ``all``. Plain terms add hosts; a term starting with ``&``
+    keeps only hosts it also matches (intersection); one starting with ``!``
+    removes hosts. Only ``&``/``!`` terms → they apply to every host. A term
+    matching nothing is an error with a did-you-mean hint (a typo must not
+    silently select nothing), and so is an empty result.
     """
     if pattern is None:
         return list(inventory)
-    terms = [pattern] if isinstance(pattern, str) else list(pattern)
-    terms = [t.strip() for term in terms for t in term.split(",") if t.strip()]
-    include = [t for t in terms if not t.startswith("!")]
+    given = [pattern] if isinstance(pattern, str) else list(pattern)
+    terms = [t.strip() for text in given for t in _split_terms(text) if t.strip()]
+    include = [t for t in terms if t[0] not in "!&"]
+    intersect = [t[1:] for t in terms if t.startswith("&")]
     exclude = [t[1:] for t in terms if t.startswith("!")]
     chosen: set[str] = set() if include else set(inventory.hosts)
-    for term in include:
-        matched = _match(inventory, term)
-        if not matched:
-            raise InputError(f"--limit {term!r} matches no host in {inventory.path}")
-        chosen |= matched
-    for term in exclude:
-        matched = _match(inventory, term)
-        if not matched:
-            raise InputError(f"--limit '!{term}' matches no host in {inventory.path}")
-        chosen -= matched
+    for sign, group in (("", include), ("&", intersect), ("!", exclude)):
+        for term in group:
+            matched = _match(inventory, term)
+            if not matched:
+                raise InputError(
+                    f"--limit '{sign}{term}' matches no host in {inventory.path}{_hint(inventory, term)}"
+                )
+            if sign == "":
+                chosen |= matched
+            elif sign == "&":
+                chosen &= matched
+            else:
+                chosen -= matched
+    if not chosen:
+        raise InputError(f"--limit {', '.join(given)!r} selects no host in {inventory.path}")
     return [h for h in inventory if h.name in chosen]
+
+
+def _split_terms(text: str) -> list[str]:
+    # Ansible spells intersection and exclusion ':&x' and ':!x'; a ':' alone
+    # belongs to 'tag:NAME'.
+    return text.replace(":&", ",&").replace(":!", ",!").split(",")
+
+
+def _tag_of(term: str) -> str | None:
+    if term.startswith("tag:"):
+        return term[4:]
+    if term.startswith("@"):
+        return term[1:]
+    return None
+
+
+def tags(inventory: Inventory) -> set[str]:
+    """Every tag used in the inventory."""
+    return {t for h in inventory for t in h.tags}
+
+
+def _hint(inventory: Inventory, term: str) -> str:
+    tag = _tag_of(term)
+    if tag is not None:
+        prefix = "@" if term.startswith("@") else "tag:"
+        hint = did_you_mean(tag, tags(inventory), fmt=f"'{prefix}{{}}'")
+        return hint or f" (tags: {', '.join(sorted(tags(inventory))) or 'none'})"
+    return did_you_mean(term, inventory.hosts) or did_you_mean(term, tags(inventory), fmt="'@{}'")
 
 
 def _match(inventory: Inventory, term: str) -> set[str]:
     if term == "all":
         return set(inventory.hosts)
-    if term.startswith("tag:"):
-        tag = term[4:]
+    tag = _tag_of(term)
+    if tag is not None:
         return {h.name for h in inventory if tag in h.tags}
     return {h.name for h in inventory if fnmatch.fnmatchcase(h.name, term)}

@@ -90,7 +90,7 @@ def test_rotation_end_to_end(rot, cli):
 
     status = cli("-i", lab.inventory_path, "--json", "secrets", "status")
     assert status.returncode == 0, status.stderr
-    rows = {r["name"]: r for r in json.loads(status.stdout)}
+    rows = {r["name"]: r for r in json.loads(status.stdout)["secrets"]}
     assert rows["postgres/app"]["age_seconds"] < 60 and rows["postgres/app"]["generation"] == 2
     assert rows["postgres/app"]["due"] is False and rows["postgres/app"]["consumers"] == ["brix"]
 
@@ -118,7 +118,7 @@ def test_failed_verify_rolls_every_consumer_back(rot, cli):
     assert not any(k.startswith("_rotation/pending/") for k in after)
     assert tokend_accepts(lab, before["tokend/token"])
     assert lab.host("brix").path("/var/lib/app/token").read_text() == before["tokend/token"]
-    status = json.loads(cli("-i", lab.inventory_path, "--json", "secrets", "status").stdout)
+    status = json.loads(cli("-i", lab.inventory_path, "--json", "secrets", "status").stdout)["secrets"]
     assert {r["name"]: r["status"] for r in status}["tokend/token"] == "failed"
 
 
@@ -151,7 +151,7 @@ def test_kill_9_after_each_step_converges(rot, cli, step):
     if step == "promoted":
         # A promotion the crash kept from being recorded is recorded, not redone.
         assert "record rotation of postgres/app" in again.stdout
-    status = json.loads(cli("-i", lab.inventory_path, "--json", "secrets", "status").stdout)
+    status = json.loads(cli("-i", lab.inventory_path, "--json", "secrets", "status").stdout)["secrets"]
     assert {r["name"]: r["status"] for r in status}["postgres/app"] == "ok"
     assert lab.flake_dir.joinpath("secrets", "lab.yaml").read_text().count("ENC[") >= 2
 
