@@ -184,3 +184,27 @@ def nix_eval(expr: str | Path) -> Any:
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+class SshdLogs:
+    """A snapshot of every lab host's sshd log, to see what a command did to the hosts since.
+
+    ``LogLevel VERBOSE`` logs every connection, login and session, so an
+    unchanged log proves a host was not contacted at all.
+    """
+
+    def __init__(self, lab: Any) -> None:
+        self.lab = lab
+        self.before = {h.name: h.sshd_log.read_text() for h in lab.hosts()}
+
+    def since(self, name: str) -> str:
+        """What host ``name``'s sshd logged after the snapshot."""
+        return self.lab.host(name).sshd_log.read_text()[len(self.before[name]) :]
+
+    def contacted(self) -> list[str]:
+        """The hosts whose sshd logged anything since the snapshot (a refused key exchange too)."""
+        return [name for name in self.before if self.since(name)]
+
+    def assert_no_contact(self) -> None:
+        """Fail naming the hosts that were contacted since the snapshot."""
+        assert self.contacted() == [], {name: self.since(name)[-500:] for name in self.contacted()}

@@ -24,7 +24,9 @@ from delivery (deliver all, verify, promote — or roll back on failure).
 
 Fault injection for the chaos tests: ``INFRATOOL_FAULT=<step>`` kills the
 process with SIGKILL right after that step (``generated``, ``stored``,
-``delivered-one``, ``delivered``, ``verified``, ``promoted``).
+``delivered-one``, ``delivered``, ``verified``, ``promoting`` — the state file
+says "promoting", sops not yet written — and ``promoted``), or of a rollback
+(``rolled-back-one``, ``rolled-back``, ``discarded``).
 """
 
 from __future__ import annotations
@@ -123,6 +125,9 @@ class RotateSecrets(Task):
                 raise self.source.error(
                     f"unknown secret {name!r} (policy has: {', '.join(self.policy.secrets)})", "names"
                 )
+        # Parsed now (and again, fresh, when deciding): a malformed state file is
+        # then exit 3 before any host is contacted, not a failure on every host.
+        state.load(self.state_file())
         self._store = self._read_files(root)
 
     def _read_files(self, root: Path) -> SopsStore | None:
