@@ -38,6 +38,10 @@ STRACE_OPTIONS = ("-f", "-q", "-ttt", "-v", "-xx", "-s", "1048576", "-e", "trace
 # but a file. /proc/<pid>/environ is readable only by the process's owner (root
 # here), unlike argv; docs/security.md says so.
 HOST_ENV_ALLOWED = ("PGPASSWORD",)
+# And on the controller: `secrets recover check` gives sops the backup identity
+# in SOPS_AGE_KEY (sops takes an identity from its environment or a file, and a
+# file would be plaintext on disk); the process is the operator's own.
+CONTROLLER_ENV_ALLOWED = ("SOPS_AGE_KEY",)
 
 _LINE = re.compile(rb"^(\d+)\s+([\d.]+)\s+(.*)$")
 _EXECVE = re.compile(rb'^execve\("((?:\\x[0-9a-f]{2})*)", \[(.*?)\], \[(.*)\]\) = 0$')
@@ -197,28 +201,43 @@ class BothEnds:
     controller: Trace | None = None
     hosts: Trace | None = None
 
-    def hits(self, value: str | bytes, host_env_allowed: Sequence[str] = HOST_ENV_ALLOWED) -> list[str]:
+    def hits(
+        self,
+        value: str | bytes,
+        host_env_allowed: Sequence[str] = HOST_ENV_ALLOWED,
+        controller_env_allowed: Sequence[str] = CONTROLLER_ENV_ALLOWED,
+    ) -> list[str]:
         """Where ``value`` appeared in an argv or environment, one line per exec (empty: nowhere).
 
-        ``host_env_allowed`` names environment variables a host-side command may
-        carry the value in (see :data:`HOST_ENV_ALLOWED`); argv is never allowed.
+        The ``*_env_allowed`` names are environment variables a command on that
+        end may carry the value in (see :data:`HOST_ENV_ALLOWED`); argv is never
+        allowed.
         """
         assert self.controller is not None and self.hosts is not None, "read after the with block"
         needle = value.encode() if isinstance(value, str) else value
-        allowed = tuple(f"{name}=".encode() for name in host_env_allowed)
-        found = [f"controller: {x.command[:120]}" for x in self.controller.containing(needle)]
-        for x in self.hosts.execs:
-            if any(needle in a for a in x.argv):
-                found.append(f"host argv: {x.command[:120]}")
-            elif any(needle in e and not e.startswith(allowed) for e in x.env):
-                found.append(f"host environment: {x.command[:120]}")
-        return found
+        return _hits(self.controller, needle, "controller", controller_env_allowed) + _hits(
+            self.hosts, needle, "host", host_env_allowed
+        )
 
     def assert_recorded(self, min_sessions: int = 1) -> None:
         """Fail unless both ends recorded something: a sweep over nothing proves nothing."""
         assert self.controller is not None and self.hosts is not None, "read after the with block"
         assert self.controller.execs, "no exec recorded on the controller"
         assert len(self.hosts.session_shells()) >= min_sessions, "too few SSH session shells recorded"
+
+
+def _hits(trace: Trace, needle: bytes, end: str, env_allowed: Sequence[str]) -> list[str]:
+    allowed = tuple(f"{name}=".encode() for name in env_allowed)
+    found = []
+    for x in trace.execs:
+        if any(needle in a for a in x.argv):
+            found.append(f"{end} argv: {x.command[:120]}")
+        for e in x.env:
+            if needle in e and not e.startswith(allowed):
+                found.append(
+                    f"{end} environment ({e.split(b'=', 1)[0].decode(errors='replace')}): {x.command[:120]}"
+                )
+    return found
 
 
 @contextmanager
