@@ -23,7 +23,7 @@ import pytest
 import yaml
 from conftest import PLAYBOOKS, files_containing
 from exectrace import both_ends
-from helpers import nix_eval, nix_parse
+from helpers import nix_eval, nix_parse, ok
 
 from infratool.hidden import Secret
 from infratool.inventory import Host
@@ -40,13 +40,6 @@ NIX = "nix --extra-experimental-features nix-command"
 STORE = "/var/lib/nixcache"
 KEY_FILE = "/var/lib/infratool/binary-cache/snix-cache/secret-key"
 NOT_SIGNED = "is not signed by any of the keys in 'trusted-public-keys'"
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    """``result`` after asserting it exited 0 (showing its output if not)."""
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out.decode(errors="replace") if isinstance(out, bytes) else out
-    return result
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

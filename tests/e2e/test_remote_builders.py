@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import PLAYBOOKS, files_containing
 from exectrace import both_ends
-from helpers import nix_eval, nix_parse
+from helpers import SshdLogs, nix_eval, nix_parse
 
 from infratool.inventory import Host
 from infratool.remote import fingerprint
@@ -142,8 +142,10 @@ def test_setup_builds_on_the_builder_converges_and_leaks_nothing(fleet, cli, tmp
             assert b"Accepted publickey for root from 127.0.0.1 port" in (session := log.read())
         assert f"ED25519 {fingerprint(public)}".encode() in session  # this client's key, this build
 
-    # The client key opens no shell: sshd forces the daemon, whatever is asked.
+    # The client key opens no shell: sshd forces the daemon, whatever is asked. The
+    # login itself must succeed (sshd's log says so), or this would pass on any failure.
     marker = f"/root/pwned-{os.urandom(4).hex()}"
+    logs = SshdLogs(lab)
     shell = lab.exec(
         "slax",
         f"ssh -i {KEY} -o BatchMode=yes root@{snix.address} 'echo SHELL-OK; touch {marker}'",
@@ -151,6 +153,18 @@ def test_setup_builds_on_the_builder_converges_and_leaks_nothing(fleet, cli, tmp
         timeout=30,
     )
     assert b"SHELL-OK" not in shell.stdout and not snix.path(marker).exists()
+    attempt = logs.since("snix")
+    slax_key = render.key_blob(
+        subprocess.run(
+            ["ssh-keygen", "-y", "-f", str(lab.host("slax").path(KEY))],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert f"ED25519 {fingerprint(slax_key)}" in attempt and "Accepted publickey for root" in attempt, attempt
+    assert "Starting session: forced-command (key-option) 'nix-daemon --stdio'" in attempt, attempt
+    assert "Starting session: command" not in attempt and "Starting session: shell" not in attempt
     tty = lab.exec(
         "slax", f"ssh -tt -i {KEY} -o BatchMode=yes root@{snix.address} true", input=b"", timeout=30
     )

@@ -26,8 +26,9 @@ import pytest
 import yaml
 from conftest import PLAYBOOKS, ROOT, files_containing
 from exectrace import both_ends
-from helpers import nix_eval, nix_parse
+from helpers import digests, nix_eval, nix_parse, ok
 
+from infratool.errors import RefusedError
 from infratool.lab.sbctl import LAB_FIRMWARE_FILE, provision_lab, set_lab_firmware
 from infratool.secrets.store import SopsStore
 from infratool.tasks.secureboot import render_flake_input, render_module
@@ -44,21 +45,6 @@ pytestmark = pytest.mark.skipif(
     not (shutil.which("sbsign") and EFI.exists() and Path("/usr/bin/python3").exists()),
     reason="needs sbsigntool, systemd-boot-efi and /usr/bin/python3",
 )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    """``result`` after asserting it exited 0 (showing its output if not)."""
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
-def digests(directory: Path, keys_only: bool = False) -> dict[str, str]:
-    """``{relative path: sha256}`` of every file under ``directory`` (or just GUID and keys/)."""
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and (not keys_only or p.parts[len(directory.parts)] in ("GUID", "keys"))
-    }
 
 
 @pytest.fixture(scope="session")
@@ -392,7 +378,7 @@ def test_key_directory_detection():
     different = HostView(
         "h", state, {KEYDIR: _bundle(KEYDIR, "a"), "/etc/secureboot": _bundle("/etc/secureboot", "b")}
     )
-    with pytest.raises(Exception, match="hold different Secure Boot keys"):
+    with pytest.raises(RefusedError, match="hold different Secure Boot keys"):
         different.keys()
     assert different.keys("/etc/secureboot").directory == "/etc/secureboot"
     assert HostView("h", state, {KEYDIR: Bundle(KEYDIR)}).keys() is None
