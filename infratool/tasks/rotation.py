@@ -179,10 +179,12 @@ class Rotator:
                 problem = REDACTOR.redact(str(exc))
                 self._in_effect = current_values(values, self.specs)
                 rollback = "; ".join(self._rollback(spec, current[spec.name]) for spec in group)
+                fault_point("rolled-back")
                 new_leases = {k: values.get(k) or staged.get(k) for k in map(pending_lease_key, _keys(group))}
                 discard: dict[str, Secret | None] = {pending_key(k): None for k in _keys(group)}
                 discard.update({k: None for k in new_leases})
                 self.store.write(file, discard)
+                fault_point("discarded")
                 self._retire_new(group, new_leases)
                 for spec in group:
                     self._save(spec.name, status="failed", result="rolled back", error=problem)
@@ -205,6 +207,7 @@ class Rotator:
             # as a finished promotion (not rotated a second time).
             for spec in group:
                 self._save(spec.name, status="pending", result="promoting", phase="promoting")
+            fault_point("promoting")
             self.store.write(file, update)
             fault_point("promoted")
             for spec in group:
@@ -373,13 +376,15 @@ class Rotator:
         if current is None:
             return "no previous value to roll back to (first rotation)"
         broken = []
-        for consumer in spec.consumers:
+        for i, consumer in enumerate(spec.consumers):
             try:
                 self.deliver(spec, consumer, current)
                 if self.check(spec, consumer, current):
                     broken.append(consumer.host)
             except InfratoolError:
                 broken.append(consumer.host)
+            if i == 0:
+                fault_point("rolled-back-one")
         if broken:
             return f"ROLLBACK INCOMPLETE on {', '.join(broken)}: the current value does not verify there"
         return "every consumer is back on the current value"

@@ -24,7 +24,9 @@ from delivery (deliver all, verify, promote — or roll back on failure).
 
 Fault injection for the chaos tests: ``INFRATOOL_FAULT=<step>`` kills the
 process with SIGKILL right after that step (``generated``, ``stored``,
-``delivered-one``, ``delivered``, ``verified``, ``promoted``).
+``delivered-one``, ``delivered``, ``verified``, ``promoting`` — the state file
+says "promoting", sops not yet written — and ``promoted``), or of a rollback
+(``rolled-back-one``, ``rolled-back``, ``discarded``).
 """
 
 from __future__ import annotations
@@ -127,6 +129,9 @@ class RotateSecrets(Task):
         # A lock planted as a symlink or FIFO is refused now, not mid-rotation.
         for lock in [lock_path(f) for f in self.policy.files()] + [state.lock_file(self.state_file())]:
             check_lock_file(lock)
+        # Parsed now (and again, fresh, when deciding): a malformed state file is
+        # then exit 3 before any host is contacted, not a failure on every host.
+        state.load(self.state_file())
         self._store = self._read_files(root)
 
     def _read_files(self, root: Path) -> SopsStore | None:

@@ -24,9 +24,11 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import PLAYBOOKS, ROOT, files_containing, sample_ps
-from helpers import nix_eval, nix_parse
+from conftest import PLAYBOOKS, ROOT, files_containing
+from exectrace import both_ends
+from helpers import digests, nix_eval, nix_parse, ok
 
+from infratool.errors import RefusedError
 from infratool.lab.sbctl import LAB_FIRMWARE_FILE, provision_lab, set_lab_firmware
 from infratool.secrets.store import SopsStore
 from infratool.tasks.secureboot import render_flake_input, render_module
@@ -43,21 +45,6 @@ pytestmark = pytest.mark.skipif(
     not (shutil.which("sbsign") and EFI.exists() and Path("/usr/bin/python3").exists()),
     reason="needs sbsigntool, systemd-boot-efi and /usr/bin/python3",
 )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    """``result`` after asserting it exited 0 (showing its output if not)."""
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
-def digests(directory: Path, keys_only: bool = False) -> dict[str, str]:
-    """``{relative path: sha256}`` of every file under ``directory`` (or just GUID and keys/)."""
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and (not keys_only or p.parts[len(directory.parts)] in ("GUID", "keys"))
-    }
 
 
 @pytest.fixture(scope="session")
@@ -214,19 +201,20 @@ def test_backup_wipe_restore_is_bit_for_bit_and_never_leaks(sb, cli, made_keys, 
     key_pem = (made_keys / "keys/db/db.key").read_bytes()
     canaries = [key_pem.decode().splitlines()[5], base64.b64encode(key_pem).decode()[100:160]]
 
-    with sample_ps() as seen:
-        first = cli("-v", "-i", inv, "run", PLAYBOOK, "--yes", "--limit", "snix")
+    with both_ends(sb, cli, tmp_path / "execs") as seen:
+        first = seen.cli("-v", "-i", inv, "run", PLAYBOOK, "--yes", "--limit", "snix")
         ok(first)
         keys = sb.host("snix").path(KEYDIR)
         before = digests(keys, keys_only=True)  # sbctl's files.json lists signed files: not keys
         shutil.rmtree(keys)  # the disk is lost; the backup lives in the repo
-        lost = json.loads(ok(cli("-i", inv, "secureboot", "status", "--json", "--limit", "snix")).stdout)[
-            "hosts"
-        ]
+        lost = json.loads(
+            ok(seen.cli("-i", inv, "secureboot", "status", "--json", "--limit", "snix")).stdout
+        )["hosts"]
         assert lost[0]["verdict"] == "needs-restore"
-        fresh = cli("-i", inv, "plan", PLAYBOOK, "--limit", "snix")  # never new keys over a backup
+        fresh = seen.cli("-i", inv, "plan", PLAYBOOK, "--limit", "snix")  # never new keys over a backup
         assert fresh.returncode == 1 and "restore them (infratool secureboot restore snix)" in fresh.stdout
-        restored = ok(cli("-v", "-i", inv, "secureboot", "restore", "snix", "--yes"))
+        restored = ok(seen.cli("-v", "-i", inv, "secureboot", "restore", "snix", "--yes"))
+    seen.assert_recorded(min_sessions=4)
     assert digests(keys) == before
     assert len(before) == 7
     for rel in ("keys/PK/PK.key", "keys/KEK/KEK.key", "keys/db/db.key"):
@@ -239,7 +227,7 @@ def test_backup_wipe_restore_is_bit_for_bit_and_never_leaks(sb, cli, made_keys, 
     outputs = first.stdout + first.stderr + restored.stdout + restored.stderr
     for canary in canaries:
         assert canary not in outputs
-        assert not [cmd for cmd in seen if canary in cmd]
+        assert seen.hits(canary) == []
         assert canary not in _private_audit_log.read_text()
         assert files_containing(sb.flake_dir, canary) == []
         assert files_containing(tmp_path / "controller-tmp", canary) == []
@@ -395,7 +383,7 @@ def test_key_directory_detection():
     different = HostView(
         "h", state, {KEYDIR: _bundle(KEYDIR, "a"), "/etc/secureboot": _bundle("/etc/secureboot", "b")}
     )
-    with pytest.raises(Exception, match="hold different Secure Boot keys"):
+    with pytest.raises(RefusedError, match="hold different Secure Boot keys"):
         different.keys()
     assert different.keys("/etc/secureboot").directory == "/etc/secureboot"
     assert HostView("h", state, {KEYDIR: Bundle(KEYDIR)}).keys() is None
