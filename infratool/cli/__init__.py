@@ -28,13 +28,13 @@ from infratool.cli.common import (
     pass_globals,
     timeout_option,
 )
-from infratool.errors import EXIT_FAILED, EXIT_INPUT, InfratoolError, InputError
+from infratool.errors import EXIT_FAILED, EXIT_HOSTKEY, EXIT_INPUT, InfratoolError, InputError
 
 # Command groups living in their own modules, imported only when used (fast --help).
 LAZY_COMMANDS = {
     "lab": "infratool.cli.lab:lab",
     "secrets": "infratool.cli.secrets:secrets",
-    "timer": "infratool.cli.secrets:timer",
+    "timer": "infratool.cli.timer:timer",
     "secureboot": "infratool.cli.secureboot:secureboot",
     "init": "infratool.cli.onboard:init",
     "host": "infratool.cli.onboard:host",
@@ -167,26 +167,29 @@ def main(
 @click.option("--check", is_flag=True, help="Connect to each host (pinned key) and report.")
 @limit_option
 @forks_option
+@timeout_option
 @pass_globals
-def hosts(g: Globals, check: bool, limit: str | None, forks: int) -> None:
+def hosts(g: Globals, check: bool, limit: str | None, forks: int, timeout: float | None) -> None:
     inv = load_inventory(g)
     selected = inv.select(limit)
     status: dict[str, str] = {}
+    codes: dict[str, int] = {}
     if check:
         from concurrent.futures import ThreadPoolExecutor
 
         from infratool.remote import Remote
 
-        def probe(host) -> tuple[str, str]:
+        def probe(host) -> tuple[str, str, int]:
             try:
-                with Remote(host) as r:
+                with Remote(host, command_timeout=timeout) as r:
                     r.run("true", what="probe")
-                return host.name, "ok"
+                return host.name, "ok", 0
             except InfratoolError as exc:
-                return host.name, str(exc)
+                return host.name, str(exc), exc.exit_code
 
         with ThreadPoolExecutor(max_workers=forks) as pool:
-            status = dict(pool.map(probe, selected))
+            for name, text, code in pool.map(probe, selected):
+                status[name], codes[name] = text, code
     rows = [
         {
             "name": h.name,
@@ -223,8 +226,9 @@ def hosts(g: Globals, check: bool, limit: str | None, forks: int) -> None:
                 cells.append(r["reachable"])
             table.add_row(*cells)
         render.console().print(table)
-    if check and any(v != "ok" for v in status.values()):
-        sys.exit(EXIT_FAILED)
+    if check and any(codes.values()):
+        # As plan/run: a refused host key (4) outranks an unreachable host (1).
+        sys.exit(EXIT_HOSTKEY if EXIT_HOSTKEY in codes.values() else EXIT_FAILED)
 
 
 @main.command(
@@ -339,6 +343,14 @@ def plan(
 @forks_option
 @click.option("--no-deploy", is_flag=True, help="Skip the deploy step for NixOS hosts.")
 @click.option("--no-diff", is_flag=True, help="Descriptions only.")
+@click.option(
+    "--wait",
+    "lock_wait",
+    type=click.FloatRange(0, 86400),
+    default=0,
+    metavar="SECONDS",
+    help="Queue up to SECONDS behind another run applying to a host (default: refuse that host at once).",
+)
 @timeout_option
 @pass_globals
 def run(
@@ -349,12 +361,20 @@ def run(
     forks: int,
     no_deploy: bool,
     no_diff: bool,
+    lock_wait: float,
     timeout: float | None,
 ) -> None:
     from infratool import render
 
     inv, book, options, Runner = _prepare(
-        g, playbook, limit=limit, forks=forks, yes=yes, deploy=not no_deploy, command_timeout=timeout
+        g,
+        playbook,
+        limit=limit,
+        forks=forks,
+        yes=yes,
+        deploy=not no_deploy,
+        command_timeout=timeout,
+        lock_wait=lock_wait,
     )
     if not yes and not sys.stdin.isatty():
         raise InputError("stdin is not a terminal: refusing to prompt; pass --yes to apply unattended")

@@ -1,9 +1,8 @@
-"""``infratool secrets ...`` and ``infratool timer ...``: rotation, status, recovery, scheduling."""
+"""``infratool secrets ...``: rotation, status, recovery (the timer lives in cli/timer.py)."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
@@ -395,115 +394,3 @@ def recover_check(g: Globals) -> None:
         click.echo(f"error: the backup identity cannot recover: {', '.join(bad)}", err=True)
         sys.exit(EXIT_FAILED)
     click.echo(f"the backup identity recovers all {len(results)} secrets file(s)", err=True)
-
-
-# -- timer -------------------------------------------------------------------
-
-
-def _timer_options(g: Globals, on_calendar: str, delay: str, age_key_file: str | None, flake: str | None):
-    from infratool.inventory import resolve_path
-    from infratool.scaffold import default_key_file
-    from infratool.systemd import TimerOptions
-
-    inventory = resolve_path(g.inventory).resolve()
-    flake_dir = Path(flake).resolve() if flake else load_inventory(g).flake.resolve()
-    return TimerOptions(
-        flake=flake_dir,
-        inventory=inventory,
-        age_key_file=Path(age_key_file or default_key_file()),
-        on_calendar=on_calendar,
-        randomized_delay=delay,
-    )
-
-
-def _timer_params(f):
-    f = click.option("--flake", metavar="DIR", help="Fleet repo [default: the inventory's flake].")(f)
-    f = click.option(
-        "--age-key-file", metavar="FILE", help="age identity for sops [default: sops's standard path]."
-    )(f)
-    f = click.option("--randomized-delay", default="1h", show_default=True, help="RandomizedDelaySec=.")(f)
-    return click.option(
-        "--on-calendar",
-        default="daily",
-        show_default=True,
-        metavar="EXPR",
-        help="systemd OnCalendar= expression.",
-    )(f)
-
-
-def _check_calendar(expr: str) -> None:
-    import shutil
-    import subprocess
-
-    if shutil.which("systemd-analyze"):
-        proc = subprocess.run(["systemd-analyze", "calendar", expr], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise InputError(f"--on-calendar {expr!r} is not a valid systemd calendar expression")
-
-
-@click.group(
-    help="The scheduled rotation: a hardened systemd service + timer running "
-    "`secrets rotate --due --yes`."
-    + examples(
-        "infratool timer render --on-calendar 'Sun 03:00'",
-        "infratool timer render --nixos",
-        "infratool timer install --dir /etc/systemd/system",
-    )
-)
-def timer() -> None:
-    """The timer command group."""
-
-
-@timer.command(
-    "render",
-    help="Print the service and timer (or with --nixos, the NixOS module)."
-    + examples("infratool timer render", "infratool timer render --nixos > rotation.nix"),
-)
-@_timer_params
-@click.option("--nixos", is_flag=True, help="Print the equivalent NixOS module instead.")
-@pass_globals
-def timer_render(
-    g: Globals,
-    on_calendar: str,
-    randomized_delay: str,
-    age_key_file: str | None,
-    flake: str | None,
-    nixos: bool,
-) -> None:
-    from infratool.systemd import render_nixos_module, render_units
-
-    _check_calendar(on_calendar)
-    opts = _timer_options(g, on_calendar, randomized_delay, age_key_file, flake)
-    if nixos:
-        click.echo(render_nixos_module(opts), nl=False)
-        return
-    for text in render_units(opts).values():
-        click.echo(text)
-
-
-@timer.command(
-    "install",
-    help="Write the units into a directory (non-NixOS hosts); then "
-    "`systemctl daemon-reload && systemctl enable --now infratool-rotate.timer`."
-    + examples("infratool timer install", "infratool timer install --dir /tmp/units"),
-)
-@_timer_params
-@click.option("--dir", "directory", default="/etc/systemd/system", show_default=True, type=click.Path())
-@pass_globals
-def timer_install(
-    g: Globals,
-    on_calendar: str,
-    randomized_delay: str,
-    age_key_file: str | None,
-    flake: str | None,
-    directory: str,
-) -> None:
-    from infratool.context import write_atomic
-    from infratool.systemd import render_units
-
-    _check_calendar(on_calendar)
-    opts = _timer_options(g, on_calendar, randomized_delay, age_key_file, flake)
-    for name, text in render_units(opts).items():
-        write_atomic(Path(directory) / name, text.encode(), 0o644)
-        click.echo(f"wrote {Path(directory) / name}")
-    click.echo("now: systemctl daemon-reload && systemctl enable --now infratool-rotate.timer", err=True)

@@ -67,6 +67,14 @@ _NAME_PART = re.compile(r"[A-Za-z0-9_.-]+")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _PLACEHOLDERS = ("value", "public")
 _ROOT_MARKERS = ("hosts.yaml", "flake.nix", ".git")
+# Top-level keys of a sops file that are not the policy's: ``sops`` is the
+# file's metadata, ``_rotation`` holds pending/previous values
+# (tasks/rotation.py). A secret named ``_rotation/pending/foo`` would be
+# read as foo's pending value and corrupt foo's rotation.
+RESERVED_NAMES = ("_rotation", "sops")
+# A user or group name as useradd(8) and NixOS accept it, or a numeric id:
+# the value reaches a shell on the host (chown), so nothing else gets through.
+_ACCOUNT = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10}")
 NOTIFY_EVENTS = ("failure", "due")
 Part = Literal["value", "public"]
 
@@ -297,6 +305,13 @@ def _file_target(ctx: _Ctx, raw: Any, parent: dict[Any, Any], what: str) -> File
             raise ctx.err(f"{what}: file.mode {text!r} is out of range", spec, "mode")
     owner = ctx.string(spec, "owner", f"{what}: file") or "root"
     group = ctx.string(spec, "group", f"{what}: file") or owner
+    for key, value in (("owner", owner), ("group", group)):
+        if not _ACCOUNT.fullmatch(value):
+            raise ctx.err(
+                f"{what}: file.{key} {value!r} is not a user/group name (letters, digits, _ . -) or id",
+                spec,
+                key if key in spec else "owner",
+            )
     return FileTarget(path, mode, owner, group)
 
 
@@ -368,6 +383,13 @@ def _secret(
             secrets,
             name,
         )
+    if name.split("/")[0] in RESERVED_NAMES:
+        raise ctx.err(
+            f"secret name {name!r} is reserved: {', '.join(RESERVED_NAMES)} are infratool's and "
+            "sops's own keys in a secrets file",
+            secrets,
+            name,
+        )
     what = f"secret {name!r}"
     data = ctx.mapping(raw, what, secrets, name)
     ctx.keys(data, ("file", "generator", "params", "max_age", "consumers", "from"), what)
@@ -378,7 +400,12 @@ def _secret(
     assert file_text is not None
     if not file_text.endswith((".yaml", ".yml")):
         raise ctx.err(f"{what}: file must be a sops YAML file (.yaml/.yml)", data, "file")
-    file = (root / file_text).resolve() if not file_text.startswith("/") else Path(file_text)
+    file = (root / file_text).resolve()
+    # The repo is what operators review; a policy must not make infratool
+    # read or rewrite a sops file elsewhere (`../../etc/x.yaml`, an absolute
+    # path, a symlink out of the repo: resolve() follows it before the check).
+    if not file.is_relative_to(root.resolve()):
+        raise ctx.err(f"{what}: file {file_text!r} is outside the repo {root}", data, "file")
     gen_name = ctx.string(data, "generator", what, required=True)
     assert gen_name is not None
     if gen_name not in generators.GENERATORS:

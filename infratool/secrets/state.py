@@ -19,11 +19,19 @@ It NEVER holds a value: only names, times, counters and (redacted) messages.
         lease_ttl: null                        # seconds: a Vault lease's duration (caps max_age)
 
 Writes are atomic (temp file, fsync, rename), so a crash leaves the previous
-state or the new one.
+state or the new one. Every change is a read-modify-write under the state
+file's own ``flock`` (:func:`locked`, on ``.rotation-state.yaml.lock``): the
+rotation locks are per *sops file*, so two rotations of secrets in two files
+run at once, and without this lock each saves the state it read before the
+other's update (issue 13.10: one secret left "pending stored").
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +42,7 @@ import yaml
 from infratool import yamlsrc
 from infratool.errors import InputError
 from infratool.hidden import REDACTOR
+from infratool.safeopen import open_regular
 from infratool.secrets.store import atomic_write
 
 STATE_FILE = ".rotation-state.yaml"
@@ -232,3 +241,26 @@ def save(path: str | Path, state: RotationState) -> None:
     text = "# infratool rotation state: no secret values here, only when and how.\n"
     text += yaml.safe_dump(state.to_dict(), sort_keys=False, default_flow_style=False)
     atomic_write(Path(path), text.encode(), mode=0o644)
+
+
+@contextlib.contextmanager
+def locked(path: str | Path) -> Iterator[RotationState]:
+    """Read-modify-write the state at ``path``: yields the current state, saves it after.
+
+    The ``flock`` on ``.<name>.lock`` beside it is held from the read to the
+    rename, and only for that (milliseconds), so waiting for it blocks
+    without a timeout; the kernel drops it if the holder is killed. The
+    lock file is opened like the rotation locks: no symlinks, regular only.
+    If the block raises, nothing is saved.
+    """
+    path = Path(path)
+    hidden = path.name if path.name.startswith(".") else f".{path.name}"
+    lock = path.with_name(f"{hidden}.lock")
+    fd = open_regular(lock, os.O_RDWR | os.O_CREAT, 0o644, what="state lock file")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        current = load(path)
+        yield current
+        save(path, current)
+    finally:
+        os.close(fd)  # closing the last descriptor releases the flock

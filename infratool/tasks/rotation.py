@@ -104,16 +104,16 @@ class Rotator:
         self.log = log.get_logger("infratool.rotation")
 
     def _save(self, name: str, **record: Any) -> None:
-        # Reload under the lock: another file's rotation may have saved meanwhile.
-        st = state.load(self.state_file)
-        entry = st.get(name)
-        if "lease_ttl" in record:
-            entry.lease_ttl = record.pop("lease_ttl")
-        if record.pop("promoted", False):
-            entry.promoted()
-        else:
-            entry.record(**record)
-        state.save(self.state_file, st)
+        # A read-modify-write under the state file's own lock: rotations of
+        # secrets in other sops files (other locks) save here too.
+        with state.locked(self.state_file) as st:
+            entry = st.get(name)
+            if "lease_ttl" in record:
+                entry.lease_ttl = record.pop("lease_ttl")
+            if record.pop("promoted", False):
+                entry.promoted()
+            else:
+                entry.record(**record)
 
     def rotate(self, spec: SecretPolicy, provided: Mapping[str, Secret] | None = None) -> str:
         """Rotate (or resume rotating) ``spec``; returns a one-line outcome; raises on failure."""

@@ -282,9 +282,8 @@ class RotateSecrets(Task):
         return changes
 
     def _record_promoted(self, name: str) -> None:
-        st = state.load(self.state_file())
-        st.get(name).promoted(result="rotated (recorded after an interrupted run)")
-        state.save(self.state_file(), st)
+        with state.locked(self.state_file()) as st:
+            st.get(name).promoted(result="rotated (recorded after an interrupted run)")
 
     def _rotator(self, store: SopsStore, hosts: dict[str, HostContext]) -> Rotator:
         return Rotator(
