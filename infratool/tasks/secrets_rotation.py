@@ -167,12 +167,12 @@ class RotateSecrets(Task):
         for spec in self.selected():
             entry = st.get(spec.name)
             held = store.read(spec.file) if store.exists(spec.file) else {}
-            if pending_key(spec.key) in held:
+            if spec.name in self.provided:
+                reasons[spec.name] = ("a new value was given", False)
+            elif pending_key(spec.key) in held:
                 reasons[spec.name] = ("a previous rotation was interrupted: resume", True)
             elif entry.status == "pending" and entry.phase == "promoting":
                 singles.append(Decision(spec, "record a promotion interrupted by a crash", finalize=True))
-            elif spec.name in self.provided:
-                reasons[spec.name] = ("a new value was given", False)
             elif spec.needs_person and (
                 spec.name in (self.args["names"] or []) or entry.is_due(entry.max_age(spec.max_age))
             ):
