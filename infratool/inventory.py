@@ -23,6 +23,7 @@ from pathlib import Path
 
 from infratool import knownhosts, yamlsrc
 from infratool.errors import InputError
+from infratool.suggest import did_you_mean
 
 DEFAULT_INVENTORY = "hosts.yaml"
 DEFAULT_DEPLOY = "nixos-rebuild switch --flake {flake}#{host} --target-host {user}@{address}"
@@ -139,7 +140,8 @@ def parse(data: object, path: Path) -> Inventory:
     if unknown:
         key = sorted(unknown, key=str)[0]
         raise InputError(
-            f"unknown top-level key {key!r} (expected 'defaults', 'hosts')",
+            f"unknown top-level key {key!r}{did_you_mean(str(key), ('defaults', 'hosts'))}"
+            " (expected 'defaults', 'hosts')",
             file=path,
             line=yamlsrc.line_of(data, key),
         )
@@ -149,7 +151,8 @@ def parse(data: object, path: Path) -> Inventory:
     for key in defaults:
         if key not in DEFAULT_KEYS:
             raise InputError(
-                f"unknown key {key!r} in defaults (expected one of {', '.join(sorted(DEFAULT_KEYS))})",
+                f"unknown key {key!r} in defaults{did_you_mean(str(key), DEFAULT_KEYS)}"
+                f" (expected one of {', '.join(sorted(DEFAULT_KEYS))})",
                 file=path,
                 line=yamlsrc.line_of(defaults, key),
             )
@@ -194,7 +197,8 @@ def _parse_host(
     for key in spec:
         if key not in HOST_KEYS:
             raise InputError(
-                f"unknown key {key!r} for host {name!r} (expected one of {', '.join(sorted(HOST_KEYS))})",
+                f"unknown key {key!r} for host {name!r}{did_you_mean(str(key), HOST_KEYS)}"
+                f" (expected one of {', '.join(sorted(HOST_KEYS))})",
                 file=path,
                 line=where(key),
             )
@@ -307,35 +311,72 @@ def _load_known_hosts(defaults: dict, base: Path, path: Path) -> list[knownhosts
 def select(inventory: Inventory, pattern: str | Iterable[str] | None) -> list[Host]:
     """Hosts matching a ``--limit`` expression, in inventory order.
 
-    The expression is a comma list of terms: a host name, a glob (``nix*``),
-    ``tag:NAME``, or ``all``; a term starting with ``!`` excludes. Only
-    exclusions → everything but those. A term matching nothing is an error
-    (a typo must not silently select nothing).
+    The expression is a list of terms separated by ``,`` (or Ansible's
+    ``:&``/``:!``): a host name, a glob (``nix*``), ``tag:NAME`` or colmena's
+    ``@NAME``, or ``all``. Plain terms add hosts; a term starting with ``&``
+    keeps only hosts it also matches (intersection); one starting with ``!``
+    removes hosts. Only ``&``/``!`` terms → they apply to every host. A term
+    matching nothing is an error with a did-you-mean hint (a typo must not
+    silently select nothing), and so is an empty result.
     """
     if pattern is None:
         return list(inventory)
-    terms = [pattern] if isinstance(pattern, str) else list(pattern)
-    terms = [t.strip() for term in terms for t in term.split(",") if t.strip()]
-    include = [t for t in terms if not t.startswith("!")]
+    given = [pattern] if isinstance(pattern, str) else list(pattern)
+    terms = [t.strip() for text in given for t in _split_terms(text) if t.strip()]
+    include = [t for t in terms if t[0] not in "!&"]
+    intersect = [t[1:] for t in terms if t.startswith("&")]
     exclude = [t[1:] for t in terms if t.startswith("!")]
     chosen: set[str] = set() if include else set(inventory.hosts)
-    for term in include:
-        matched = _match(inventory, term)
-        if not matched:
-            raise InputError(f"--limit {term!r} matches no host in {inventory.path}")
-        chosen |= matched
-    for term in exclude:
-        matched = _match(inventory, term)
-        if not matched:
-            raise InputError(f"--limit '!{term}' matches no host in {inventory.path}")
-        chosen -= matched
+    for sign, group in (("", include), ("&", intersect), ("!", exclude)):
+        for term in group:
+            matched = _match(inventory, term)
+            if not matched:
+                raise InputError(
+                    f"--limit '{sign}{term}' matches no host in {inventory.path}{_hint(inventory, term)}"
+                )
+            if sign == "":
+                chosen |= matched
+            elif sign == "&":
+                chosen &= matched
+            else:
+                chosen -= matched
+    if not chosen:
+        raise InputError(f"--limit {', '.join(given)!r} selects no host in {inventory.path}")
     return [h for h in inventory if h.name in chosen]
+
+
+def _split_terms(text: str) -> list[str]:
+    # Ansible spells intersection and exclusion ':&x' and ':!x'; a ':' alone
+    # belongs to 'tag:NAME'.
+    return text.replace(":&", ",&").replace(":!", ",!").split(",")
+
+
+def _tag_of(term: str) -> str | None:
+    if term.startswith("tag:"):
+        return term[4:]
+    if term.startswith("@"):
+        return term[1:]
+    return None
+
+
+def tags(inventory: Inventory) -> set[str]:
+    """Every tag used in the inventory."""
+    return {t for h in inventory for t in h.tags}
+
+
+def _hint(inventory: Inventory, term: str) -> str:
+    tag = _tag_of(term)
+    if tag is not None:
+        prefix = "@" if term.startswith("@") else "tag:"
+        hint = did_you_mean(tag, tags(inventory), fmt=f"'{prefix}{{}}'")
+        return hint or f" (tags: {', '.join(sorted(tags(inventory))) or 'none'})"
+    return did_you_mean(term, inventory.hosts) or did_you_mean(term, tags(inventory), fmt="'@{}'")
 
 
 def _match(inventory: Inventory, term: str) -> set[str]:
     if term == "all":
         return set(inventory.hosts)
-    if term.startswith("tag:"):
-        tag = term[4:]
+    tag = _tag_of(term)
+    if tag is not None:
         return {h.name for h in inventory if tag in h.tags}
     return {h.name for h in inventory if fnmatch.fnmatchcase(h.name, term)}

@@ -47,11 +47,30 @@ def redact_processor(logger: Any, method: str, event_dict: dict[str, Any]) -> di
     return {k: _redact(v) for k, v in event_dict.items()}
 
 
-_settings: dict[str, Any] = {"level": logging.WARNING, "json_logs": None}
+_settings: dict[str, Any] = {"level": logging.WARNING, "json_logs": None, "log_file": None, "verbosity": 0}
 
 
-def configure(verbosity: int = 0, json_logs: bool | None = None) -> None:
-    """Set the level from ``-v``/``-q`` (JSON when stderr is not a TTY).
+def verbosity() -> int:
+    """How many ``-v`` were given (-1 for ``-q``): ``-v`` verify steps and results,
+    ``-vv`` each remote command, ``-vvv`` also its output (all masked)."""
+    return _settings["verbosity"]
+
+
+LOG_FILE_LEVEL = logging.INFO
+"""A --log-file gets at least INFO, whatever -v/-q say about stderr."""
+
+
+def _min_level() -> int:
+    if _settings["log_file"] is not None:
+        return min(_settings["level"], LOG_FILE_LEVEL)
+    return _settings["level"]
+
+
+def configure(verbosity: int = 0, json_logs: bool | None = None, log_file: Path | None = None) -> None:
+    """Set the level from ``-v``/``-q`` (JSON when stderr is not a TTY), and an optional log file.
+
+    ``log_file`` receives every event at INFO or above as one JSON object per
+    line (appended, 0600), redacted like stderr.
 
     structlog itself is imported and set up only when an event at or above
     the level is logged: a quiet run never pays its import (with rich's
@@ -60,7 +79,7 @@ def configure(verbosity: int = 0, json_logs: bool | None = None) -> None:
     """
     global _configured
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
-    _settings.update(level=level, json_logs=json_logs)
+    _settings.update(level=level, json_logs=json_logs, log_file=log_file, verbosity=verbosity)
     _configured = False
     _Logger.ready = False
 
@@ -75,19 +94,47 @@ def _setup_structlog() -> None:
     renderer = (
         structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=False)
     )
+    processors: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        redact_processor,
+    ]
+    if _settings["log_file"] is not None:
+        processors.append(_FileWriter(Path(_settings["log_file"])))
+    processors += [_stderr_gate, renderer]
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            redact_processor,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(_settings["level"]),
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_min_level()),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     _configured = True
+
+
+class _FileWriter:
+    """structlog processor appending each (already redacted) event to the --log-file as JSON."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        line = json.dumps(event_dict, default=str) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+        return event_dict
+
+
+def _stderr_gate(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Drop, for stderr, an event that was let through only for the log file."""
+    import structlog
+
+    if _LEVELS.get(str(event_dict.get("level", "")), logging.CRITICAL) < _settings["level"]:
+        raise structlog.DropEvent
+    return event_dict
 
 
 _LEVELS = {
@@ -111,7 +158,7 @@ class _Logger:
 
     def __getattr__(self, method: str) -> Any:
         level = _LEVELS.get(method)
-        if level is not None and level < _settings["level"]:
+        if level is not None and level < _min_level():
             return _drop
         if not _Logger.ready:
             _setup_structlog()

@@ -24,6 +24,7 @@ from pathlib import Path
 from infratool import yamlsrc
 from infratool.errors import InputError
 from infratool.inventory import Host, Inventory, select
+from infratool.suggest import did_you_mean
 from infratool.tasks.base import Source, Task, check_args, load_all, load_task
 
 PLAYBOOK_KEYS = {"name", "description", "hosts", "tasks"}
@@ -78,7 +79,8 @@ def _load(path: Path, inventory: Inventory, selections: tuple[str, ...], stack: 
     for key in data:
         if key not in PLAYBOOK_KEYS:
             raise InputError(
-                f"unknown key {key!r} (expected one of {', '.join(sorted(PLAYBOOK_KEYS))})",
+                f"unknown key {key!r}{did_you_mean(str(key), PLAYBOOK_KEYS)}"
+                f" (expected one of {', '.join(sorted(PLAYBOOK_KEYS))})",
                 file=path,
                 line=yamlsrc.line_of(data, key),
             )
@@ -101,7 +103,8 @@ def _load(path: Path, inventory: Inventory, selections: tuple[str, ...], stack: 
         for key in entry:
             if key not in ENTRY_KEYS:
                 raise InputError(
-                    f"unknown key {key!r} in task entry (expected one of {', '.join(sorted(ENTRY_KEYS))})",
+                    f"unknown key {key!r} in task entry{did_you_mean(str(key), ENTRY_KEYS)}"
+                    f" (expected one of {', '.join(sorted(ENTRY_KEYS))})",
                     file=path,
                     line=yamlsrc.line_of(entry, key),
                 )
@@ -129,7 +132,9 @@ def _load(path: Path, inventory: Inventory, selections: tuple[str, ...], stack: 
         if cls is None:
             known = ", ".join(sorted(load_all()))
             raise InputError(
-                f"unknown task {task_name!r} (known: {known})", file=path, line=yamlsrc.line_of(entry, "task")
+                f"unknown task {task_name!r}{did_you_mean(task_name, load_all())} (known: {known})",
+                file=path,
+                line=yamlsrc.line_of(entry, "task"),
             )
         source = Source(file=path, line=line, params=entry.get("with"))
         args = check_args(cls, entry.get("with"), source)

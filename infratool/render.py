@@ -12,6 +12,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -82,21 +84,111 @@ def summary(con: Console, plan: Plan) -> None:
     con.print(Text(text, style="bold red" if plan.failures else "bold"))
 
 
+@dataclass(frozen=True)
+class Column:
+    """One column of a :func:`records` table."""
+
+    header: str
+    keep: bool = False
+    """Never cut or wrap: host names, keys, fingerprints, verdicts."""
+    justify: str = "left"
+
+
+Cell = str | Text
+
+
+def _plain(cell: Cell) -> str:
+    return cell.plain if isinstance(cell, Text) else str(cell)
+
+
+def records(
+    con: Console, title: str | None, columns: Sequence[Column], rows: Sequence[Sequence[Cell]]
+) -> None:
+    """Print rows as a table, or as one record per line when a table would cut something.
+
+    On a terminal wide enough, a rich table whose ``keep`` columns never wrap
+    and whose other columns wrap (fold) instead of being cut. When even the
+    narrowest such table does not fit, or output is not a terminal (pipes,
+    CI, journals), one line per record, ``first-column  header=value ...``:
+    nothing is ever replaced by ``…``, and a pipe gets lines grep and awk
+    can read whatever its width.
+    """
+    rows = [[_redact_cell(c) for c in row] for row in rows]
+    widths = _min_widths(columns, rows)
+    # 1 for the left border; each column adds its padding (2) and a border.
+    if con.is_terminal and 1 + sum(w + 3 for w in widths) <= con.width:
+        table = Table(title=title, show_lines=False)
+        for col, width in zip(columns, widths, strict=True):
+            table.add_column(
+                col.header,
+                justify=col.justify,  # type: ignore[arg-type]
+                no_wrap=col.keep,
+                overflow="fold",
+                min_width=width,  # rich would otherwise break words to even columns out
+            )
+        for row in rows:
+            table.add_row(*row)
+        con.print(table)
+        return
+    out = Text()
+    if title:
+        out.append(f"{title}\n", style="bold")
+    for row in rows:
+        first, *rest = row
+        out.append_text(first if isinstance(first, Text) else Text(first, style="bold"))
+        for col, cell in zip(columns[1:], rest, strict=True):
+            value = " ".join(_plain(cell).splitlines())  # one line per record, whatever the cell
+            if value == "":
+                continue
+            shown = f'"{value}"' if " " in value else value
+            out.append(f"  {col.header.replace(' ', '_')}=")
+            out.append(shown, style=cell.style if isinstance(cell, Text) else "")
+        out.append("\n")
+    con.print(out, end="", soft_wrap=True)
+
+
+def _redact_cell(cell: Cell) -> Cell:
+    if isinstance(cell, Text):
+        redacted = _r(cell.plain)
+        return cell if redacted == cell.plain else Text(redacted, style=cell.style)
+    return _r(cell)
+
+
+def _min_widths(columns: Sequence[Column], rows: Sequence[Sequence[Cell]]) -> list[int]:
+    """The narrowest each column may be with no cell cut and no word broken.
+
+    A ``keep`` column needs its longest cell, any other column its longest
+    word (header included): narrower than that, rich would break words
+    letter by letter, and one record per line reads better.
+    """
+
+    def longest_word(text: str) -> int:
+        return max((len(w) for w in text.split()), default=0)
+
+    widths = []
+    for i, col in enumerate(columns):
+        cells = [_plain(row[i]) for row in rows]
+        measure = len if col.keep else longest_word
+        widths.append(max([longest_word(col.header), *map(measure, cells)]))
+    return widths
+
+
 def results(con: Console, result: Any) -> None:
     """Per-host outcome table after a run."""
-    table = Table(title="Result", show_lines=False)
-    table.add_column("host")
-    table.add_column("status")
-    table.add_column("applied", justify="right")
-    table.add_column("detail", overflow="fold")
-    for r in result.hosts.values():
-        table.add_row(
-            r.host,
-            Text(r.status, style=STATUS_STYLE.get(r.status, "")),
-            str(len(r.applied)),
-            _r(r.error or ""),
-        )
-    con.print(table)
+    records(
+        con,
+        "Result",
+        [
+            Column("host", keep=True),
+            Column("status", keep=True),
+            Column("applied", justify="right"),
+            Column("detail"),
+        ],
+        [
+            [r.host, Text(r.status, style=STATUS_STYLE.get(r.status, "")), str(len(r.applied)), r.error or ""]
+            for r in result.hosts.values()
+        ],
+    )
 
 
 class Progress:

@@ -463,11 +463,16 @@ class Runner:
         ctx = PlanContext(
             hosts=hosts, local=self.local, inventory=self.inventory, options=self.options, state=self.state
         )
+        # -v: which check runs on which hosts, and what it proved.
+        self.log.info("verify", task=inv.task.name, step=inv.label, hosts=sorted(changed))
         try:
             problems = inv.task.verify(ctx, changed)
         except InfratoolError as exc:
             problems = {h: str(exc) for h in changed}
+        for host in sorted(changed - set(problems)):
+            self.log.info("verified", task=inv.task.name, step=inv.label, host=host)
         for host, message in problems.items():
+            self.log.warning("verify failed", task=inv.task.name, step=inv.label, host=host, error=message)
             message = REDACTOR.redact(f"verify failed: {message}")
             failed.setdefault(host, message)
             self.on_event(host, "failed", message)

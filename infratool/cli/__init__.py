@@ -17,10 +17,13 @@ from typing import Any
 import click
 
 from infratool import __version__
+from infratool.cli import globalopts
 from infratool.cli.common import (
     Globals,
     audit_run,
+    command_name,
     emit_json,
+    emit_json_error,
     examples,
     forks_option,
     limit_option,
@@ -42,6 +45,10 @@ LAZY_COMMANDS = {
 }
 
 
+ARGS_KEY = "infratool.args"
+"""ctx.meta key of the words given to the program (to find --json after a usage error)."""
+
+
 class InfratoolGroup(click.Group):
     """Maps infratool errors to messages and exit codes, in one place; loads command modules lazily."""
 
@@ -50,7 +57,28 @@ class InfratoolGroup(click.Group):
         return sorted({*super().list_commands(ctx), *lazy})
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        return super().get_command(ctx, name) or self._lazy(name)
+        command = super().get_command(ctx, name) or self._lazy(name)
+        return globalopts.attach(command) if command is not None else None
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Bare `infratool`: the help, exit 0. click's default exits 2, which
+        # here means "changes pending".
+        if not args and not ctx.resilient_parsing:  # (resilient: shell completion)
+            click.echo(ctx.get_help())
+            ctx.exit(0)
+        ctx.meta[ARGS_KEY] = list(args)
+        return super().parse_args(ctx, args)
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        # A usage error on the top level (unknown option, no such command) is
+        # bad input: exit 3, as JSON too when --json is on the line.
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            _usage_error(exc, as_json=_json_in(args))
+            sys.exit(EXIT_INPUT)
 
     @staticmethod
     def _lazy(name: str) -> click.Command | None:
@@ -102,12 +130,40 @@ class InfratoolGroup(click.Group):
             from infratool.hidden import REDACTOR
 
             click.echo(f"error: {REDACTOR.redact(str(exc))}", err=True)
+            if _wants_json(ctx):
+                emit_json_error(exc, exc.exit_code, _failed_command(ctx))
             ctx.exit(exc.exit_code)
         except click.UsageError as exc:
             # Usage errors are bad input too: exit 3, not click's 2 (2 means
             # "changes pending" for plan --detailed-exitcode).
-            exc.show()
+            _usage_error(exc, as_json=_wants_json(ctx), command=_failed_command(ctx, exc))
             ctx.exit(EXIT_INPUT)
+
+
+def _wants_json(ctx: click.Context) -> bool:
+    g = ctx.find_object(Globals)
+    if g is not None and g.json:
+        return True
+    # An error while parsing a subcommand's options: its --json may not have
+    # been processed yet, so look at the words of the line themselves.
+    return _json_in(ctx.find_root().meta.get(ARGS_KEY, []))
+
+
+def _json_in(words: list[str]) -> bool:
+    return "--json" in (words[: words.index("--")] if "--" in words else words)
+
+
+def _failed_command(ctx: click.Context, exc: click.UsageError | None = None) -> str:
+    if exc is not None and exc.ctx is not None:
+        return command_name(exc.ctx)
+    g = ctx.find_object(Globals)
+    return g.command if g is not None else ""
+
+
+def _usage_error(exc: click.UsageError, as_json: bool, command: str = "") -> None:
+    exc.show()
+    if as_json:
+        emit_json_error(exc, EXIT_INPUT, command or (command_name(exc.ctx) if exc.ctx else ""))
 
 
 @click.group(
@@ -137,6 +193,18 @@ class InfratoolGroup(click.Group):
     envvar="INFRATOOL_AUDIT_LOG",
     help="Audit log file [env INFRATOOL_AUDIT_LOG; default ~/.local/state/infratool/audit.jsonl].",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(globalopts.LOG_FORMATS),
+    default=None,
+    help="Log lines on stderr as JSON or text [default: text on a terminal, JSON otherwise].",
+)
+@click.option(
+    "--log-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Also append the log (JSON lines, at least INFO) to FILE.",
+)
 @click.version_option(__version__, "-V", "--version", prog_name="infratool")
 @click.pass_context
 def main(
@@ -146,15 +214,20 @@ def main(
     verbose: int,
     quiet: bool,
     audit_log: Path | None,
+    log_format: str | None,
+    log_file: Path | None,
 ) -> None:
     """Entry point (see --help)."""
     ctx.obj = Globals(
-        inventory=inventory, json=as_json, verbosity=-1 if quiet else verbose, audit_log=audit_log
+        inventory=inventory,
+        json=as_json,
+        verbosity=-1 if quiet else verbose,
+        audit_log=audit_log,
+        log_format=log_format,
+        log_file=log_file,
     )
     if ctx.invoked_subcommand not in (None, "completion"):
-        from infratool import log
-
-        log.configure(ctx.obj.verbosity)
+        ctx.obj.configure_logging()
 
 
 # -- hosts / facts -----------------------------------------------------------
@@ -172,24 +245,23 @@ def main(
 def hosts(g: Globals, check: bool, limit: str | None, forks: int, timeout: float | None) -> None:
     inv = load_inventory(g)
     selected = inv.select(limit)
-    status: dict[str, str] = {}
-    codes: dict[str, int] = {}
+    status: dict[str, tuple[bool, str | None, int]] = {}
     if check:
         from concurrent.futures import ThreadPoolExecutor
 
+        from infratool.errors import EXIT_OK
         from infratool.remote import Remote
 
-        def probe(host) -> tuple[str, str, int]:
+        def probe(host) -> tuple[str, tuple[bool, str | None, int]]:
             try:
                 with Remote(host, command_timeout=timeout) as r:
                     r.run("true", what="probe")
-                return host.name, "ok", 0
+                return host.name, (True, None, EXIT_OK)
             except InfratoolError as exc:
-                return host.name, str(exc), exc.exit_code
+                return host.name, (False, str(exc).removeprefix(f"{host.name}: "), exc.exit_code)
 
         with ThreadPoolExecutor(max_workers=forks) as pool:
-            for name, text, code in pool.map(probe, selected):
-                status[name], codes[name] = text, code
+            status = dict(pool.map(probe, selected))
     rows = [
         {
             "name": h.name,
@@ -200,22 +272,29 @@ def hosts(g: Globals, check: bool, limit: str | None, forks: int, timeout: float
             "system": h.system,
             "tags": list(h.tags),
             "pinned": len(h.host_keys) > 0,
-            **({"reachable": status[h.name]} if check else {}),
+            **({"reachable": status[h.name][0], "error": status[h.name][1]} if check else {}),
         }
         for h in selected
     ]
     if g.json:
         emit_json(rows)
     else:
-        from rich.table import Table
+        from rich.text import Text
 
         from infratool import render
 
-        table = Table()
-        for col in ("name", "address", "os", "tags", "pinned") + (("reachable",) if check else ()):
-            table.add_column(col)
+        columns = [
+            render.Column("name", keep=True),
+            render.Column("address", keep=True),
+            render.Column("os"),
+            render.Column("tags"),
+            render.Column("pinned"),
+        ]
+        if check:
+            columns += [render.Column("reachable", keep=True), render.Column("error")]
+        table_rows = []
         for r in rows:
-            cells = [
+            cells: list = [
                 r["name"],
                 f"{r['address']}:{r['port']}",
                 r["os"],
@@ -223,12 +302,14 @@ def hosts(g: Globals, check: bool, limit: str | None, forks: int, timeout: float
                 "yes" if r["pinned"] else "NO",
             ]
             if check:
-                cells.append(r["reachable"])
-            table.add_row(*cells)
-        render.console().print(table)
-    if check and any(codes.values()):
-        # As plan/run: a refused host key (4) outranks an unreachable host (1).
-        sys.exit(EXIT_HOSTKEY if EXIT_HOSTKEY in codes.values() else EXIT_FAILED)
+                ok = r["reachable"]
+                cells += [Text("yes" if ok else "no", style="green" if ok else "bold red"), r["error"] or ""]
+            table_rows.append(cells)
+        render.records(render.console(), None, columns, table_rows)
+    codes = [code for _, _, code in status.values() if code]
+    if codes:
+        # A refused host key (4) says more than "unreachable" (1).
+        sys.exit(EXIT_HOSTKEY if EXIT_HOSTKEY in codes else EXIT_FAILED)
 
 
 @main.command(
@@ -272,6 +353,82 @@ def facts(g: Globals, limit: str | None, forks: int) -> None:
         sys.exit(4 if runner.refused else EXIT_FAILED)
 
 
+# -- tasks -------------------------------------------------------------------
+
+
+@main.command(
+    "tasks",
+    help="List every task a playbook can use; with NAME, its parameters, types, defaults and an example."
+    + examples(
+        "infratool tasks",
+        "infratool tasks files.content",
+        "infratool tasks --markdown > docs/tasks.md",
+    ),
+)
+@click.argument("name", required=False)
+@click.option("--markdown", is_flag=True, help="The reference page docs/tasks.md, generated from the tasks.")
+@pass_globals
+def tasks_command(g: Globals, name: str | None, markdown: bool) -> None:
+    from infratool import taskdoc
+    from infratool.suggest import did_you_mean
+
+    docs = taskdoc.all_tasks()
+    if markdown:
+        click.echo(taskdoc.markdown(docs), nl=False)
+        return
+    if name is None:
+        if g.json:
+            emit_json([{"name": d.name, "summary": d.summary} for d in docs])
+            return
+        from infratool import render
+
+        render.records(
+            render.console(),
+            None,
+            [render.Column("task", keep=True), render.Column("summary")],
+            [[d.name, d.summary] for d in docs],
+        )
+        return
+    by_name = {d.name: d for d in docs}
+    if name not in by_name:
+        raise InputError(f"unknown task {name!r}{did_you_mean(name, by_name)} (see `infratool tasks`)")
+    doc = by_name[name]
+    if g.json:
+        emit_json(doc.to_dict())
+        return
+    from infratool import render
+
+    con = render.console()
+    click.echo(f"{doc.name}: {doc.summary}\n")
+    if doc.description and doc.description != doc.summary:
+        click.echo(doc.description + "\n")
+    if doc.params:
+        render.records(
+            con,
+            "Parameters",
+            [
+                render.Column("parameter", keep=True),
+                render.Column("type", keep=True),
+                render.Column("required"),
+                render.Column("default"),
+                render.Column("description"),
+            ],
+            [
+                [
+                    p.name,
+                    p.type,
+                    "yes" if p.required else "no",
+                    "" if p.default is None else repr(p.default),
+                    p.help,
+                ]
+                for p in doc.params
+            ],
+        )
+    else:
+        click.echo("No parameters.")
+    click.echo("\nExample:\n" + "\n".join(f"  {line}" for line in doc.example.splitlines()))
+
+
 # -- plan / run --------------------------------------------------------------
 
 
@@ -284,6 +441,10 @@ def _prepare(g: Globals, playbook_path: str, **opts: Any):
     if opts.get("limit"):
         inv.select(opts["limit"])  # a --limit that matches nothing is bad input, before connecting
     book = pb.load(playbook_path, inv)
+    if not any(invocation.hosts(inv, opts.get("limit")) for invocation in book.invocations):
+        # A plan of "0 changes on 0 targets" would read as "all converged".
+        what = f"--limit {opts['limit']!r} and " if opts.get("limit") else ""
+        raise InputError(f"{what}the playbook's 'hosts:' select no host: nothing to do", file=book.path)
     options = RunOptions(audit_log=g.audit_log, **opts)
     return inv, book, options, Runner
 

@@ -12,12 +12,24 @@ import click
 
 @dataclass
 class Globals:
-    """Options shared by every command."""
+    """Options shared by every command (they may stand anywhere on the line)."""
 
     inventory: str | None
     json: bool
     verbosity: int
     audit_log: Path | None
+    log_format: str | None = None
+    """``json`` or ``text``; None: JSON when stderr is not a terminal."""
+    log_file: Path | None = None
+    command: str = ""
+    """The command being run (``"secrets status"``), for JSON error documents."""
+
+    def configure_logging(self) -> None:
+        """Apply the verbosity and log destination (again, after a late global flag)."""
+        from infratool import log
+
+        json_logs = None if self.log_format is None else self.log_format == "json"
+        log.configure(self.verbosity, json_logs=json_logs, log_file=self.log_file)
 
 
 pass_globals = click.make_pass_decorator(Globals)
@@ -53,11 +65,65 @@ def load_inventory(g: Globals):
     return inventory.load(inventory.resolve_path(g.inventory))
 
 
+JSON_VERSION = 1
+"""Version of every ``--json`` document (docs/json.md); bumped on an incompatible change."""
+
+# Commands whose records are a list: the key the list goes under in the document.
+_LIST_KEYS = {
+    "hosts": "hosts",
+    "secrets status": "secrets",
+    "secureboot status": "hosts",
+    "lab status": "hosts",
+    "tasks": "tasks",
+}
+
+
+def command_name(ctx: click.Context | None = None) -> str:
+    """The command path without the program name (``"secrets status"``)."""
+    ctx = ctx or click.get_current_context(silent=True)
+    names: list[str] = []
+    while ctx is not None and ctx.parent is not None:  # the root's name is the program's
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(names))
+
+
+def json_document(data: Any, command: str) -> dict[str, Any]:
+    """Wrap a command's data in its versioned document: ``{"version", "command", ...}``.
+
+    A mapping gets the two fields added in front; a list goes under the
+    command's key (``hosts``, ``secrets``...), so every document is an object
+    a consumer can check the version of before reading on.
+    """
+    head = {"version": JSON_VERSION, "command": command}
+    if isinstance(data, dict):
+        return {**head, **{k: v for k, v in data.items() if k not in head}}
+    return {**head, _LIST_KEYS.get(command, "items"): data}
+
+
 def emit_json(data: Any) -> None:
-    """Print ``data`` as redacted JSON on stdout."""
+    """Print ``data`` as a redacted, versioned JSON document on stdout (see :func:`json_document`)."""
     from infratool.hidden import REDACTOR
 
-    click.echo(REDACTOR.redact(json.dumps(data, indent=2, default=str)))
+    doc = json_document(data, command_name())
+    click.echo(REDACTOR.redact(json.dumps(doc, indent=2, default=str)))
+
+
+def emit_json_error(exc: BaseException, exit_code: int, command: str) -> None:
+    """The JSON document of a failed command: what went wrong and the exit code."""
+    from infratool.hidden import REDACTOR
+
+    error: dict[str, Any] = {
+        "kind": type(exc).__name__,
+        "message": getattr(exc, "message", None) or str(exc),
+        "exit_code": exit_code,
+    }
+    for attr in ("file", "line", "host"):
+        value = getattr(exc, attr, None)
+        if value is not None:
+            error[attr] = value
+    doc = {"version": JSON_VERSION, "command": command, "error": error}
+    click.echo(REDACTOR.redact(json.dumps(doc, indent=2, default=str)))
 
 
 def audit_run(g: Globals, command: str, book, plan, result=None) -> None:

@@ -20,13 +20,21 @@ def lab() -> None:
     """Lab commands."""
 
 
-def _lab():
+def _lab(subnet: str | None = None):
     from infratool.lab.fleet import Lab
 
-    return Lab(Path(os.environ.get("INFRATOOL_LAB_DIR") or ".infratool-lab"))
+    return Lab(Path(os.environ.get("INFRATOOL_LAB_DIR") or ".infratool-lab"), subnet=subnet)
 
 
-@lab.command("up", help="Start the lab hosts (idempotent) and write their inventory.")
+@lab.command(
+    "up",
+    help="Start the lab hosts (idempotent), write their inventory and print the `export` lines "
+    "that make the next commands use it."
+    + examples(
+        'eval "$(infratool lab up | grep ^export)"',
+        "infratool lab up --subnet 127.0.5   # a second lab next to the first",
+    ),
+)
 @click.option(
     "--hosts",
     "count",
@@ -34,18 +42,37 @@ def _lab():
     default=None,
     help="Number of hosts (default: the four fleet hosts).",
 )
+@click.option(
+    "--subnet",
+    metavar="A.B.C",
+    default=None,
+    help="Loopback subnet of the hosts (<subnet>.10, .11, ...) [default: the last one used, else 127.0.0].",
+)
 @pass_globals
-def lab_up(g: Globals, count: int | None) -> None:
+def lab_up(g: Globals, count: int | None, subnet: str | None) -> None:
+    import shlex
+
     from infratool.lab.services import prepare_fleet
 
-    the_lab = _lab()
+    the_lab = _lab(subnet)
     started = the_lab.up(count)
     key_file = prepare_fleet(the_lab)
+    inventory = the_lab.inventory_path.resolve()
+    key = Path(key_file).resolve()
     if g.json:
-        emit_json([{"name": h.name, "address": h.address} for h in started])
+        emit_json(
+            {
+                "hosts": [{"name": h.name, "address": h.address} for h in started],
+                "subnet": the_lab.subnet,
+                "inventory": str(inventory),
+                "age_key_file": str(key),
+            }
+        )
     else:
-        click.echo(f"{len(started)} lab host(s) up; inventory: {the_lab.inventory_path}")
-        click.echo(f"operator age key: {key_file} (export SOPS_AGE_KEY_FILE={key_file})")
+        click.echo(f"{len(started)} lab host(s) up on {the_lab.subnet}.x; inventory: {inventory}")
+        click.echo(f"operator age key: {key}")
+        click.echo(f"export INFRATOOL_INVENTORY={shlex.quote(str(inventory))}")
+        click.echo(f"export SOPS_AGE_KEY_FILE={shlex.quote(str(key))}")
 
 
 @lab.command("down", help="Stop every lab process (by pid).")

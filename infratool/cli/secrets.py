@@ -94,25 +94,31 @@ def status(g: Globals, policy: str | None, notify: bool) -> None:
     if g.json:
         emit_json(rows)
     else:
-        from rich.table import Table
         from rich.text import Text
 
         from infratool import render
 
-        table = Table(title=f"Secrets of {pol.path}")
-        for col in ("secret", "age", "max age", "due", "consumers", "status", "last result"):
-            table.add_column(col)
-        for r in rows:
-            table.add_row(
-                r["name"],
-                r["age"],
-                r["max_age"] or "-",
-                _due_cell(r),
-                ", ".join(r["consumers"]),
-                Text(r["status"], style="red" if r["status"] != "ok" else "green"),
-                r["last_error"] or r["last_result"] or "-",
-            )
-        render.console().print(table)
+        keep = ("secret", "due", "status")  # never cut: names and verdicts
+        render.records(
+            render.console(),
+            f"Secrets of {pol.path}",
+            [
+                render.Column(c, keep=c in keep)
+                for c in ("secret", "age", "max age", "due", "consumers", "status", "last result")
+            ],
+            [
+                [
+                    r["name"],
+                    r["age"],
+                    r["max_age"] or "-",
+                    _due_cell(r),
+                    ", ".join(r["consumers"]),
+                    Text(r["status"], style="red" if r["status"] != "ok" else "green"),
+                    r["last_error"] or r["last_result"] or "-",
+                ]
+                for r in rows
+            ],
+        )
     if due_names or any(r["status"] != "ok" for r in rows):
         sys.exit(EXIT_CHANGES)
 

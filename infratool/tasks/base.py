@@ -24,6 +24,7 @@ from infratool import yamlsrc
 from infratool.errors import InputError
 from infratool.facts import FactRequest
 from infratool.inventory import Host, Inventory
+from infratool.suggest import did_you_mean
 
 if TYPE_CHECKING:
     from infratool.changes import Change
@@ -230,7 +231,8 @@ def check_args(cls: type[Task], args: Any, source: Source) -> dict[str, Any]:
     for key in args:
         if key not in cls.params:
             known = ", ".join(sorted(cls.params)) or "none"
-            raise source.error(f"{cls.name}: unknown parameter {key!r} (known: {known})", key)
+            hint = did_you_mean(str(key), cls.params)
+            raise source.error(f"{cls.name}: unknown parameter {key!r}{hint} (known: {known})", key)
     result: dict[str, Any] = {}
     for key, spec in cls.params.items():
         if key not in args or args[key] is None:

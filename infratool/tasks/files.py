@@ -12,6 +12,7 @@ import string
 from pathlib import Path
 from typing import Any
 
+from infratool import log
 from infratool.changes import Change, text_diff
 from infratool.context import HostContext
 from infratool.errors import HostError
@@ -284,6 +285,13 @@ class Command(HostTask):
         if self.args["unless"] and host.facts.get("succeeds", self.args["unless"]):
             return []
         cmd = self.args["command"]
-        return [
-            Change(host.name, self.name, f"run: {cmd}", lambda h: h.run(cmd, what="command"), action="run")
-        ]
+        return [Change(host.name, self.name, f"run: {cmd}", lambda h: _run_shown(h, cmd), action="run")]
+
+
+def _run_shown(host: Any, cmd: str) -> None:
+    """Run a ``command`` task's command; its output is shown at ``-v`` (masked, like every log line)."""
+    result = host.run(cmd, what="command")
+    if result.stdout or result.stderr:
+        log.get_logger("infratool.tasks.command").info(
+            "command output", host=host.name, command=cmd, stdout=result.stdout, stderr=result.stderr
+        )

@@ -245,12 +245,12 @@ def test_hosts_and_facts_commands(lab, cli):
     inv = lab.inventory_path
     listing = cli("-i", inv, "--json", "hosts", "--check")
     assert listing.returncode == 0, listing.stderr
-    rows = {r["name"]: r for r in json.loads(listing.stdout)}
+    rows = {r["name"]: r for r in json.loads(listing.stdout)["hosts"]}
     assert set(rows) == {"snix", "slax", "brix", "nixtv-player"}
-    assert all(r["reachable"] == "ok" and r["pinned"] for r in rows.values())
+    assert all(r["reachable"] is True and r["error"] is None and r["pinned"] for r in rows.values())
     assert rows["snix"]["tags"] == ["workstation", "builder", "cache"]
 
-    facts = json.loads(cli("-i", inv, "--json", "facts", "--limit", "snix,brix").stdout)
+    facts = json.loads(cli("-i", inv, "--json", "facts", "--limit", "snix,brix").stdout)["hosts"]
     assert set(facts) == {"snix", "brix"}
     assert facts["brix"]["hostname"] == "brix"
     assert facts["snix"]["nix_version"].startswith("2.")
@@ -274,9 +274,9 @@ def test_lab_cli_up_status_down(cli, tmp_path, lab_subnet):
         up = cli("lab", "up", "--hosts", "2", env=env)
         assert up.returncode == 0, up.stderr
         assert "SOPS_AGE_KEY_FILE" in up.stdout
-        status = json.loads(cli("--json", "lab", "status", env=env).stdout)
+        status = json.loads(cli("--json", "lab", "status", env=env).stdout)["hosts"]
         assert [s["name"] for s in status] == ["snix", "slax"] and all(s["running"] for s in status)
     finally:
         assert cli("lab", "down", env=env).returncode == 0
-    status = json.loads(cli("--json", "lab", "status", env=env).stdout)
+    status = json.loads(cli("--json", "lab", "status", env=env).stdout)["hosts"]
     assert not any(s["running"] for s in status)

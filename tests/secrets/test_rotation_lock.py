@@ -29,8 +29,17 @@ def test_second_lock_attempt_is_refused_naming_file_and_pid(tmp_path: Path) -> N
 
 
 def test_locks_are_per_file(tmp_path: Path) -> None:
-    with rotation_lock(tmp_path / "a.yaml"), rotation_lock(tmp_path / "b.yaml"):
-        pass
+    """Holding a.yaml's lock does not block b.yaml's, and each still refuses a second holder."""
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    with rotation_lock(a) as held_a, rotation_lock(b) as held_b:
+        assert held_a != held_b
+        assert held_a.read_text() == held_b.read_text() == f"{os.getpid()}\n"
+        for file in (a, b):
+            with (
+                pytest.raises(LockedError, match=f"another rotation of {file} is running"),
+                rotation_lock(file),
+            ):
+                pass
 
 
 def test_waiting_for_a_holder_that_finishes(tmp_path: Path) -> None:

@@ -1,0 +1,223 @@
+"""Command-line conventions (issue 17): exit codes, global flags anywhere, JSON documents,
+--limit spellings and did-you-mean. The real program runs in a subprocess; nothing
+here needs a host, so every case is bad input or local.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from infratool import inventory, taskdoc
+from infratool.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+INVENTORY = """\
+hosts:
+  snix: {address: 192.0.2.1, tags: [workstation, builder, cache]}
+  slax: {address: 192.0.2.2, tags: [laptop, builder]}
+  brix: {address: 192.0.2.3, tags: [server, cache]}
+  nixtv-player: {address: 192.0.2.4, tags: [media]}
+"""
+
+
+@pytest.fixture
+def inv(tmp_path: Path) -> Path:
+    # Not ./hosts.yaml of the cli's cwd (tmp_path): that is the default inventory.
+    path = tmp_path / "fleet" / "inventory.yaml"
+    path.parent.mkdir()
+    path.write_text(INVENTORY)
+    return path
+
+
+def test_no_arguments_prints_help_and_exits_0(cli):
+    proc = cli()
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage:" in proc.stdout and "Commands:" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--bogus"],  # unknown option of the program
+        ["nosuchcommand"],  # unknown command
+        ["hosts", "--bogus"],  # unknown option of a command
+        ["secrets", "rotate", "--bogus"],  # ... of a sub-subcommand
+        ["plan"],  # missing argument
+    ],
+)
+def test_usage_errors_exit_3_not_2(cli, args):
+    # 2 means "changes pending" (plan --detailed-exitcode): a typo must not read as that.
+    proc = cli(*args)
+    assert proc.returncode == 3, (proc.stdout, proc.stderr)
+    assert "Error" in proc.stderr
+
+
+def test_global_flags_anywhere_on_the_line(cli, inv):
+    before = cli("-i", inv, "--json", "hosts")
+    after = cli("hosts", "--json", "-i", inv)
+    assert before.returncode == after.returncode == 0, after.stderr
+    assert json.loads(after.stdout) == json.loads(before.stdout)
+    # In a nested group too, and with the command's own options around them.
+    nested = cli("tasks", "command", "--json")
+    assert json.loads(nested.stdout)["name"] == "command"
+    # Without -i the default ./hosts.yaml (absent in the test's cwd) is used: the
+    # late -i really took effect.
+    assert cli("hosts").returncode == 3
+    assert cli("hosts", "--limit", "@media", "--inventory", inv).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        (["hosts"], "hosts"),
+        (["tasks"], "tasks"),
+    ],
+)
+def test_json_documents_are_versioned_objects(cli, inv, args, key):
+    proc = cli("-i", inv, *args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["version"] == 1
+    assert doc["command"] == args[0]
+    assert isinstance(doc[key], list) and doc[key]
+
+
+def test_errors_come_as_json_with_json(cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("hosts:\n  snix: {address: 192.0.2.1, tagz: [x]}\n")
+    proc = cli("hosts", "-i", bad, "--json")
+    assert proc.returncode == 3
+    doc = json.loads(proc.stdout)
+    assert doc["version"] == 1 and doc["command"] == "hosts"
+    err = doc["error"]
+    assert err["kind"] == "InputError" and err["exit_code"] == 3
+    assert err["file"] == str(bad) and err["line"] == 2
+    assert "did you mean 'tags'?" in err["message"]
+    # A usage error too, wherever --json stands.
+    usage = cli("plan", "--json", "--bogus")
+    assert usage.returncode == 3
+    assert json.loads(usage.stdout)["error"]["exit_code"] == 3
+
+
+@pytest.mark.parametrize(
+    ("limit", "expected"),
+    [
+        ("@builder", ["snix", "slax"]),
+        ("tag:builder,&tag:cache", ["snix"]),
+        ("tag:builder:&tag:cache", ["snix"]),  # Ansible's spelling
+        ("@builder,&@cache", ["snix"]),
+        ("@cache,!brix", ["snix"]),
+        ("tag:cache:!brix", ["snix"]),
+        ("&@cache", ["snix", "brix"]),  # only an intersection: of everything
+        ("all,!@builder", ["brix", "nixtv-player"]),
+    ],
+)
+def test_limit_spellings(tmp_path, limit, expected):
+    path = tmp_path / "hosts.yaml"
+    path.write_text(INVENTORY)
+    assert [h.name for h in inventory.load(path).select(limit)] == expected
+
+
+@pytest.mark.parametrize(
+    ("limit", "message"),
+    [
+        ("snx", "did you mean 'snix'?"),
+        ("@buildr", "did you mean '@builder'?"),
+        ("tag:lapto", "did you mean 'tag:laptop'?"),
+        ("!slx", "did you mean 'slax'?"),
+        ("@builder,&@medai", "did you mean '@media'?"),
+        ("@nothing-like-it", "tags: builder, cache, laptop, media, server, workstation"),
+        ("@laptop,&@server", "selects no host"),  # empty intersection: warn, exit 3
+    ],
+)
+def test_limit_mistakes_are_bad_input_with_a_hint(tmp_path, limit, message):
+    path = tmp_path / "hosts.yaml"
+    path.write_text(INVENTORY)
+    with pytest.raises(InputError) as err:
+        inventory.load(path).select(limit)
+    assert message in str(err.value)
+
+
+def test_empty_selection_exits_3_before_connecting(cli, inv, tmp_path):
+    book = tmp_path / "book.yaml"
+    book.write_text("hosts: tag:laptop\ntasks:\n  - task: command\n    with: {command: 'true'}\n")
+    proc = cli("-i", inv, "plan", book, "--limit", "@server")
+    assert proc.returncode == 3, (proc.stdout, proc.stderr)
+    assert "select no host" in proc.stderr
+    assert "Plan:" not in proc.stdout
+    empty = cli("-i", inv, "plan", book, "--limit", "@laptop,&@server")
+    assert empty.returncode == 3 and "selects no host" in empty.stderr
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            "  - task: comand\n    with: {command: 'true'}\n",
+            "unknown task 'comand' (did you mean 'command'?)",
+        ),
+        (
+            "  - task: command\n    with: {comand: 'true'}\n",
+            "unknown parameter 'comand' (did you mean 'command'?)",
+        ),
+        (
+            "  - task: command\n    wiht: {command: 'true'}\n",
+            "unknown key 'wiht' in task entry (did you mean 'with'?)",
+        ),
+    ],
+)
+def test_playbook_mistakes_suggest_a_correction(cli, inv, tmp_path, entry, message):
+    book = tmp_path / "book.yaml"
+    book.write_text("tasks:\n" + entry)
+    proc = cli("-i", inv, "plan", book)
+    assert proc.returncode == 3
+    assert message in proc.stderr
+    assert f"{book}:2:" in proc.stderr or f"{book}:3:" in proc.stderr
+
+
+def test_inventory_key_typo_suggests_a_correction(tmp_path):
+    path = tmp_path / "hosts.yaml"
+    path.write_text("defaults:\n  usr: root\nhosts:\n  a: {address: 192.0.2.1}\n")
+    with pytest.raises(InputError, match=r"did you mean 'user'\?") as err:
+        inventory.load(path)
+    assert err.value.line == 2
+
+
+def test_tasks_lists_and_describes(cli):
+    listing = cli("tasks")
+    assert listing.returncode == 0
+    for name in ("files.content", "command", "secrets_rotation.rotate", "secureboot.enroll"):
+        assert name in listing.stdout
+    one = cli("tasks", "files.content")
+    assert one.returncode == 0
+    assert "path" in one.stdout and "required" in one.stdout and "Example:" in one.stdout
+    assert "- task: files.content" in one.stdout
+    wrong = cli("tasks", "file.content")
+    assert wrong.returncode == 3 and "did you mean 'files.content'?" in wrong.stderr
+
+
+def test_tasks_reference_page_is_generated_from_the_tasks():
+    page = (ROOT / "docs" / "tasks.md").read_text()
+    assert page == taskdoc.markdown(), (
+        "docs/tasks.md is stale: run `infratool tasks --markdown > docs/tasks.md`"
+    )
+
+
+def test_every_task_example_is_a_valid_playbook_entry(inv, tmp_path):
+    """The generated examples parse and validate as playbook entries (placeholders and all)."""
+    from infratool import playbook
+
+    loaded = inventory.load(inv)
+    for doc in taskdoc.all_tasks():
+        book = tmp_path / f"{doc.name}.yaml"
+        body = "\n".join(f"  {line}" for line in doc.example.splitlines())
+        book.write_text(f"tasks:\n{body}\n")
+        try:
+            playbook.load(book, loaded)
+        except InputError as exc:
+            # Placeholders may fail a task's own value checks, never the schema.
+            assert "unknown" not in exc.message and "missing required" not in exc.message, (doc.name, exc)
