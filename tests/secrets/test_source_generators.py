@@ -357,6 +357,36 @@ def test_a_cycle_exits_3_from_the_cli_before_any_connection(tmp_path: Path) -> N
     assert "rotation.yaml:2:" in r.stderr and "cycle" in r.stderr
 
 
+def test_secrets_set_refuses_a_short_value_before_connecting(tmp_path: Path) -> None:
+    """min_length is bad input (exit 3) checked before the rotation starts; 192.0.2.7 is never dialled."""
+    import sys
+
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "hosts.yaml").write_text(
+        yaml.safe_dump({"defaults": {"known_hosts": "kh"}, "hosts": {"brix": {"address": "192.0.2.7"}}})
+    )
+    (tmp_path / "kh").write_text("")
+    (tmp_path / "secrets" / "rotation.yaml").write_text(
+        "secrets:\n"
+        "  api/key:\n"
+        "    file: secrets/x.yaml\n"
+        "    generator: prompt\n"
+        "    params: {min_length: 20}\n"
+        "    consumers: [{host: brix, file: {path: /var/lib/app/key}}]\n"
+    )
+    base = [sys.executable, "-m", "infratool", "-i", str(tmp_path / "hosts.yaml"), "secrets", "set"]
+    r = subprocess.run(
+        [*base, "api/key", "--stdin"], input="too-short\n", capture_output=True, text=True, cwd=tmp_path
+    )
+    assert r.returncode == 3 and "shorter than min_length 20" in r.stderr, r.stdout + r.stderr
+    assert "too-short" not in r.stdout + r.stderr
+    assert not (tmp_path / "secrets" / "x.yaml").exists()
+    r = subprocess.run(
+        [*base, "nope", "--stdin"], input="whatever-value\n", capture_output=True, text=True, cwd=tmp_path
+    )
+    assert r.returncode == 3 and "unknown secret 'nope'" in r.stderr
+
+
 # --- vault -------------------------------------------------------------------------------
 
 
