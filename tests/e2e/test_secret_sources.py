@@ -291,7 +291,7 @@ def test_pass_bcrypt_htpasswd_and_wireguard(lab3, cli, tmp_path):
 
 def status_rows(cli, lab) -> tuple[int, dict[str, dict]]:
     r = cli("-i", lab.inventory_path, "--json", "secrets", "status")
-    return r.returncode, {row["name"]: row for row in json.loads(r.stdout)}
+    return r.returncode, {row["name"]: row for row in json.loads(r.stdout)["secrets"]}
 
 
 def test_prompted_value_is_set_delivered_and_then_needs_a_person(lab3, cli, tmp_path):
