@@ -220,7 +220,9 @@ def test_backup_wipe_restore_is_bit_for_bit_and_never_leaks(sb, cli, made_keys, 
         keys = sb.host("snix").path(KEYDIR)
         before = digests(keys, keys_only=True)  # sbctl's files.json lists signed files: not keys
         shutil.rmtree(keys)  # the disk is lost; the backup lives in the repo
-        lost = json.loads(ok(cli("-i", inv, "secureboot", "status", "--json", "--limit", "snix")).stdout)["hosts"]
+        lost = json.loads(ok(cli("-i", inv, "secureboot", "status", "--json", "--limit", "snix")).stdout)[
+            "hosts"
+        ]
         assert lost[0]["verdict"] == "needs-restore"
         fresh = cli("-i", inv, "plan", PLAYBOOK, "--limit", "snix")  # never new keys over a backup
         assert fresh.returncode == 1 and "restore them (infratool secureboot restore snix)" in fresh.stdout
@@ -356,7 +358,9 @@ def test_enroll_in_setup_mode_keeps_microsoft_keys_unless_opted_out(sb, cli, mad
     from infratool.lab.sbctl import simulate_reboot
 
     simulate_reboot(sb.host("snix").path(LAB_FIRMWARE_FILE))
-    rows = json.loads(ok(cli("-i", inv, "secureboot", "status", "--json", "--limit", "snix,slax")).stdout)["hosts"]
+    rows = json.loads(ok(cli("-i", inv, "secureboot", "status", "--json", "--limit", "snix,slax")).stdout)[
+        "hosts"
+    ]
     assert [r["verdict"] for r in rows] == ["enabled", "reboot-pending"]
     assert rows[0]["secure_boot"] is True and rows[0]["enrolled"]["microsoft"] is True
 
