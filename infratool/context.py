@@ -26,6 +26,7 @@ from infratool.errors import CommandFailed, InfratoolError
 from infratool.facts import FactCache, FileState
 from infratool.hidden import REDACTOR, Secret
 from infratool.inventory import Host
+from infratool.localenv import DEPLOY, minimal_env
 from infratool.remote import FileWrite, PartialWrite, Remote, Result
 
 
@@ -47,17 +48,32 @@ class HostContext:
         """The file at ``path`` as it will be after the changes planned so far."""
         return self.overlay.get(path) or self.facts.file(path)
 
-    def plan_write(self, path: str, content: bytes, mode: int | None = None, owner=None, group=None) -> None:
-        """Record that a planned change will leave ``path`` with ``content``."""
+    def plan_write(
+        self,
+        path: str,
+        content: bytes,
+        mode: int | None = None,
+        owner: str | None = None,
+        group: str | None = None,
+        secret: bool = False,
+    ) -> None:
+        """Record that a planned change will leave ``path`` with ``content``.
+
+        The mode is what the write gives it: the given one, else the existing
+        regular file's, else 0644. ``secret`` content is never shown in a
+        later change's diff.
+        """
         before = self.file(path)
+        keep = before.exists and before.is_file
         self.overlay[path] = FileState(
             exists=True,
             is_file=True,
-            mode=mode if mode is not None else before.mode,
-            owner=owner or before.owner,
-            group=group or before.group,
+            mode=mode if mode is not None else (before.mode if keep else 0o644),
+            owner=owner or (before.owner if keep else None),
+            group=group or (before.group if keep else None),
             size=len(content),
             content=content,
+            hidden=secret or before.hidden,
         )
 
     def plan_remove(self, path: str) -> None:
@@ -82,9 +98,16 @@ class HostContext:
         mode: int | None = None,
         owner: str | None = None,
         group: str | None = None,
+        expect: str | None = None,
     ) -> None:
-        """Write a file on the host atomically."""
-        self.remote.put_file(path, content, mode=mode, owner=owner, group=group)
+        """Write a file on the host atomically (``expect``: see :class:`~infratool.remote.FileWrite`)."""
+        self.remote.put_file(path, content, mode=mode, owner=owner, group=group, expect=expect)
+
+    def set_meta(
+        self, path: str, mode: int | None, owner: str | None = None, group: str | None = None
+    ) -> None:
+        """Set mode/owner of an existing file without following a symlink (see :meth:`Remote.set_meta`)."""
+        self.remote.set_meta(path, mode, owner, group)
 
     def read_file(self, path: str) -> bytes | None:
         """Current content of a remote file, or None if absent."""
@@ -131,9 +154,10 @@ class DeferredWrites:
         mode: int | None = None,
         owner: str | None = None,
         group: str | None = None,
+        expect: str | None = None,
     ) -> None:
         """Queue an atomic write (see :meth:`Remote.put_files`)."""
-        self._queue.append((FileWrite(path, content, mode, owner, group), self.tag))
+        self._queue.append((FileWrite(path, content, mode, owner, group, expect), self.tag))
 
     def flush(self) -> None:
         """Send the queued writes; raises :class:`DeferredWriteFailed`."""
@@ -198,8 +222,13 @@ class LocalContext:
     def run(
         self, argv: list[str], stdin: bytes | None = None, check: bool = True, what: str | None = None
     ) -> subprocess.CompletedProcess:
-        """Run a local command (argv form: no shell) in the repo."""
-        proc = subprocess.run(argv, input=stdin, capture_output=True, cwd=self.root)
+        """Run a local command (argv form: no shell) in the repo, with a minimal environment.
+
+        Deploys need ssh and Nix settings, not the operator's age key or tokens
+        (:mod:`infratool.localenv`).
+        """
+        env = minimal_env(DEPLOY)
+        proc = subprocess.run(argv, input=stdin, capture_output=True, cwd=self.root, env=env)
         if check and proc.returncode != 0:
             raise CommandFailed(
                 LOCAL, what or argv[0], proc.returncode, REDACTOR.redact(proc.stderr.decode(errors="replace"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import posixpath
 import secrets
 import shlex
 from collections.abc import Callable, Iterable
@@ -53,6 +54,17 @@ class FileState:
     sha256: str | None = None
     content: bytes | None = None
     """``None`` when absent, not a regular file, or larger than MAX_CONTENT."""
+    is_symlink: bool = False
+    """The path is a symlink (never followed: nothing of its target is read)."""
+    via_symlink: bool = False
+    """The path resolves through a symlinked parent directory (nothing is read)."""
+    hidden: bool = False
+    """Planned content that is secret (never shown, whatever the mode)."""
+
+    @property
+    def world_readable(self) -> bool:
+        """Whether any user on the host may read this file (its content may then be shown)."""
+        return self.is_file and self.mode is not None and bool(self.mode & 0o004)
 
     @property
     def text(self) -> str | None:
@@ -61,18 +73,23 @@ class FileState:
 
 
 def _file_command(path: str, content: bool = True) -> str:
+    # Nothing is read through a symlink: a symlink at the path reports "L";
+    # a regular file is opened once (fd 3) and everything after acts on that
+    # descriptor, whose real path (readlink /dev/fd/3) must be the path asked
+    # for, so a name swapped for a symlink in between, or a symlinked parent
+    # directory, reports "L"/"R" instead of another file's content.
     # Few processes per file: every fork+exec on the host costs ~1 ms of CPU,
-    # which adds up over 64 hosts sharing a few cores. `stat` gives metadata;
-    # then either the content (hashed on the controller) or only the hash.
+    # which adds up over 64 hosts sharing a few cores.
     q = shlex.quote(path)
+    real = shlex.quote(posixpath.normpath(path))
     if content:
-        body = (
-            f'if [ "$4" -le {MAX_CONTENT} ]; then echo C; base64 -w0 -- {q}; else echo H; sha256sum < {q}; fi'
-        )
+        body = f'if [ "$4" -le {MAX_CONTENT} ]; then echo C; base64 -w0 <&3; else echo H; sha256sum <&3; fi'
     else:
-        body = f"sha256sum < {q}"
+        body = "sha256sum <&3"
     return (
-        f"if [ -f {q} ]; then s=$(stat -c '%a %U %G %s' -- {q}) || exit 1; echo \"F $s\"; set -- $s; {body}; "
+        f"if [ -L {q} ]; then echo L; elif [ -f {q} ]; then {{ "
+        f"s=$(stat -L -c '%a %U %G %s' /dev/fd/3) && l=$(readlink /dev/fd/3) || exit 1; "
+        f'if [ "$l" != {real} ]; then echo R; else echo "F $s"; set -- $s; {body}; fi; }} 3< {q}; '
         f"elif [ -e {q} ]; then echo O; else echo A; fi"
     )
 
@@ -83,6 +100,10 @@ def _file_parse(out: str, status: int) -> FileState:
         return FileState(exists=False)
     if lines[0] == "O":
         return FileState(exists=True, is_file=False)
+    if lines[0] == "L":
+        return FileState(exists=True, is_file=False, is_symlink=True)
+    if lines[0] == "R":
+        return FileState(exists=True, is_file=False, via_symlink=True)
     _, mode, owner, group, size = lines[0].split()
     content: bytes | None = None
     sha: str | None = None

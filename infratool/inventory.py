@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infratool import yamlsrc
+from infratool import knownhosts, yamlsrc
 from infratool.errors import InputError
 from infratool.suggest import did_you_mean
 
@@ -47,6 +47,10 @@ DEFAULT_KEYS = {"user", "port", "ssh_key", "known_hosts", "flake", "deploy_comma
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 _ADDRESS_RE = re.compile(r"^[A-Za-z0-9.:-]+$")
 _SYSTEM_RE = re.compile(r"^[a-z0-9_]+-[a-z0-9_]+$")
+# Paths end up in generated files (systemd units, ssh options, Nix): a newline
+# or other control character there would inject a line of its own.
+PATH_KEYS = ("ssh_key", "known_hosts", "flake")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,7 @@ def parse(data: object, path: Path) -> Inventory:
                 file=path,
                 line=yamlsrc.line_of(defaults, key),
             )
+    _check_paths(defaults, "defaults", path, yamlsrc.line_of(data, "defaults"))
     hosts_data = data.get("hosts")
     if not isinstance(hosts_data, dict) or not hosts_data:
         raise InputError(
@@ -172,7 +177,7 @@ def _parse_host(
     name: str,
     spec: object,
     defaults: dict,
-    known_hosts: dict[str, list[str]],
+    known_hosts: list[knownhosts.Entry],
     base: Path,
     path: Path,
     line: int | None,
@@ -197,6 +202,7 @@ def _parse_host(
                 file=path,
                 line=where(key),
             )
+    _check_paths(spec, f"host {name!r}", path, line)
     merged = {**defaults, **spec}
     address = merged.get("address")
     if not address:
@@ -235,9 +241,9 @@ def _parse_host(
                 line=where("host_key"),
             )
         host_keys.append(" ".join(inline.split()[:2]))
-    host_keys.extend(known_hosts.get(address, []))
-    if port != 22:
-        host_keys.extend(known_hosts.get(f"[{address}]:{port}", []))
+    pinned, revoked = knownhosts.keys_for(known_hosts, address, port)
+    # @revoked wins over every pin, the inline one too (as in OpenSSH).
+    host_keys = [k for k in (*host_keys, *pinned) if k not in revoked]
     deploy = merged.get("deploy_command", DEFAULT_DEPLOY)
     if not isinstance(deploy, str):
         raise InputError(
@@ -259,23 +265,36 @@ def _parse_host(
     )
 
 
+def _check_paths(settings: dict, where: str, path: Path, line: int | None) -> None:
+    """Refuse a path setting that is not a string or holds a control character."""
+    for key in PATH_KEYS:
+        value = settings.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or _CONTROL_RE.search(value):
+            raise InputError(
+                f"{where}: {key} must be a path without control characters (newline...), got {value!r}",
+                file=path,
+                line=yamlsrc.line_of(settings, key) or line,
+            )
+
+
 def _expand(value: object, base: Path) -> Path:
     p = Path(os.path.expanduser(str(value)))
     return p if p.is_absolute() else (base / p)
 
 
-def _load_known_hosts(defaults: dict, base: Path, path: Path) -> dict[str, list[str]]:
-    """Parse the pinned known_hosts file into ``{host pattern: ["type base64", ...]}``.
+def _load_known_hosts(defaults: dict, base: Path, path: Path) -> list[knownhosts.Entry]:
+    """Parse the pinned known_hosts file (see :mod:`infratool.knownhosts`).
 
-    Hashed entries (``|1|...``) are not supported on purpose: pins should be
-    readable in review. A missing file is fine (hosts may pin inline).
+    A missing file is fine (hosts may pin inline).
     """
     name = defaults.get("known_hosts")
     if not name:
-        return {}
+        return []
     kh = _expand(name, base)
     if not kh.exists():
-        return {}
+        return []
     try:
         text = kh.read_text()
     except (OSError, UnicodeDecodeError) as exc:
@@ -286,21 +305,7 @@ def _load_known_hosts(defaults: dict, base: Path, path: Path) -> dict[str, list[
             file=path,
             line=yamlsrc.line_of(defaults, "known_hosts"),
         ) from None
-    result: dict[str, list[str]] = {}
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split()
-        if len(parts) < 3 or parts[0].startswith("|"):
-            raise InputError(
-                "expected 'host[,host] keytype base64' (hashed entries are not supported)",
-                file=kh,
-                line=lineno,
-            )
-        for pattern in parts[0].split(","):
-            result.setdefault(pattern, []).append(f"{parts[1]} {parts[2]}")
-    return result
+    return knownhosts.parse(text, kh)
 
 
 def select(inventory: Inventory, pattern: str | Iterable[str] | None) -> list[Host]:

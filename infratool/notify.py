@@ -12,6 +12,7 @@ import urllib.request
 
 from infratool import log
 from infratool.hidden import REDACTOR
+from infratool.localenv import minimal_env
 from infratool.secrets.policy import Policy
 
 
@@ -27,6 +28,7 @@ def notify(policy: Policy, event: str, message: str) -> None:
             subprocess.run(
                 ["/bin/sh", "-c", target.command],
                 input=text.encode(),
+                env=minimal_env(),  # never the operator's SOPS_AGE_KEY or tokens
                 timeout=30,
                 capture_output=True,
                 check=True,

@@ -25,6 +25,8 @@ class RunOptions:
     connect_timeout: float = 10.0
     command_timeout: float | None = None
     """Seconds a single remote command may take (None: no limit)."""
+    lock_wait: float = 0.0
+    """Seconds to queue behind another run holding a host's run lock (0: refuse at once)."""
     unattended: bool = False
     """Set by the timer: guarded operations (firmware writes) refuse."""
     audit_log: Path | None = None

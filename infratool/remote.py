@@ -21,7 +21,7 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from infratool.errors import CommandFailed, ConnectError, HostKeyError, InputError
@@ -55,8 +55,14 @@ def _pkey_fingerprint(key) -> str:
 
 
 _SILENT_LOG = "infratool.remote.keyscan"
-logging.getLogger(_SILENT_LOG).addHandler(logging.NullHandler())
-logging.getLogger(_SILENT_LOG).propagate = False
+_TRANSPORT_LOG = "infratool.remote.transport"
+# paramiko's transport thread logs every failed handshake (a port that accepts
+# and hangs up, a banner that never comes) as a 20-line traceback on stderr.
+# connect() maps those failures to a one-line ConnectError, so its transports
+# log nowhere either.
+for _name in (_SILENT_LOG, _TRANSPORT_LOG):
+    logging.getLogger(_name).addHandler(logging.NullHandler())
+    logging.getLogger(_name).propagate = False
 
 
 def offered_host_key(
@@ -112,7 +118,9 @@ class Remote:
 
     def __init__(self, host: Host, connect_timeout: float = 10.0, command_timeout: float | None = None):
         self.host = host
-        self.connect_timeout = connect_timeout
+        # `--timeout` bounds the whole exchange with a host: connecting (TCP,
+        # banner, key exchange, auth) must not take longer than a command may.
+        self.connect_timeout = min(connect_timeout, command_timeout) if command_timeout else connect_timeout
         self.command_timeout = command_timeout
         self._conn = None
         self.commands_run = 0
@@ -152,6 +160,7 @@ class Remote:
         )
         client = conn.client
         client.set_missing_host_key_policy(_RefuseUnknownKey(host))
+        client.set_log_channel(_TRANSPORT_LOG)
         keys = client.get_host_keys()
         key_name = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
         for line in host.host_keys:
@@ -344,30 +353,94 @@ class Remote:
         mode: int | None = None,
         owner: str | None = None,
         group: str | None = None,
+        expect: str | None = None,
     ) -> None:
         """Write ``content`` to ``path`` atomically (one :meth:`put_files` write).
 
-        A temp file is created (0600, by mktemp) in the same directory, filled
-        from stdin, checked to be complete, fsynced, given its mode and owner
-        (the given ones, else the existing file's), then renamed over
-        ``path``. A failure at any point — including a controller killed
-        mid-transfer, which ends the host's stdin early — removes the temp
-        file and leaves the original untouched.
+        See :meth:`put_files` for how; a failure at any point (a controller
+        killed mid-transfer ends the host's stdin early) leaves the original
+        untouched and nothing behind.
         """
         try:
-            self.put_files([FileWrite(path, content, mode, owner, group)])
+            self.put_files([FileWrite(path, content, mode, owner, group, expect)])
         except PartialWrite as exc:
             raise CommandFailed(self.host.name, f"write {path}", exc.exited, exc.stderr) from None
+
+    def hold(self, command: str, until: Callable[[str], bool], timeout: float, what: str) -> Held:
+        """Start ``command`` and return once it printed a line ``until`` accepts, leaving it running.
+
+        The command keeps running on its own channel of this connection until
+        :meth:`Held.release` closes its stdin (or the connection goes away,
+        which closes it too): for holding something on the host for as long
+        as this run lives, such as the run lock. Raises
+        :class:`CommandFailed` when no such line comes within ``timeout``
+        seconds or the command exits first.
+        """
+        self.connect()
+        self.commands_run += 1
+        transport = self._conn.client.get_transport()
+        chan = None
+        try:
+            chan = transport.open_session(timeout=self.connect_timeout)
+            chan.settimeout(timeout)
+            chan.exec_command(command)
+            lines = chan.makefile("rb")
+            deadline = time.monotonic() + timeout
+            while True:
+                chan.settimeout(_left(deadline))
+                raw = lines.readline()
+                if not raw:
+                    chan.status_event.wait(_left(deadline))
+                    err = (
+                        chan.recv_stderr(_CHUNK).decode(errors="replace") if chan.recv_stderr_ready() else ""
+                    )
+                    raise CommandFailed(self.host.name, what, chan.exit_status, REDACTOR.redact(err))
+                line = raw.decode(errors="replace").strip()
+                if until(line):
+                    return Held(chan, line)
+        except TimeoutError:
+            chan.close()
+            raise CommandFailed(self.host.name, what, 124, f"timed out after {timeout:g} s") from None
+        except CommandFailed:
+            chan.close()
+            raise
+        except Exception as exc:
+            if chan is not None:
+                chan.close()
+            if isinstance(exc, OSError | EOFError) or type(exc).__module__.startswith("paramiko"):
+                self.close()
+                raise ConnectError(self.host.name, f"connection lost: {exc}") from None
+            raise
+
+    def set_meta(
+        self, path: str, mode: int | None, owner: str | None = None, group: str | None = None
+    ) -> None:
+        """Set the mode and/or owner of the existing regular file ``path``, safely.
+
+        chmod follows symlinks, so it never acts on ``path`` by name: the file
+        gets a second (hard) link inside a root-only directory, checked to be
+        a regular file with no other links, and that name is changed.
+        """
+        self.run(set_meta_script(path, mode, owner, group), what=f"set mode/owner of {path}")
 
     def put_files(self, writes: Sequence[FileWrite]) -> None:
         """Write several files in one round trip, each atomically, in order.
 
-        Each file gets what :meth:`put_file` gives it (temp file in the same
-        directory, fsync, mode/owner, rename). Contents travel raw on stdin,
-        each followed by a newline the script must read before the rename, so
-        a stream cut short never replaces a file. Stops at the first failure:
-        raises :class:`PartialWrite`, whose ``written`` files are in place and
-        the rest untouched.
+        Safe against whoever owns the destination directory (a service user
+        owning ``/var/lib/app``), with only sh and coreutils on the host: the
+        script walks to the directory without following symlinks (a
+        symlinked parent is refused, naming it), refuses a destination that
+        is a directory, writes the temp file inside a fresh root-only (0700)
+        directory there, gives it its mode and owner (the given ones, else
+        the existing regular file's) by names nobody else can swap, fsyncs
+        it, and renames it over the destination (``mv -T``: a symlink there
+        is replaced, never followed). With ``expect`` set, the write is
+        refused when the destination no longer holds what the plan read.
+
+        Contents travel raw on stdin, each followed by a newline the script
+        must read before the rename, so a stream cut short never replaces a
+        file. Stops at the first failure: raises :class:`PartialWrite`, whose
+        ``written`` files are in place and the rest untouched.
         """
         if not writes:
             return
@@ -419,6 +492,45 @@ class FileWrite:
     mode: int | None = None
     owner: str | None = None
     group: str | None = None
+    expect: str | None = None
+    """What the plan saw at ``path`` (see :func:`expected_state`); the write is
+    refused when the host has something else there now. None: no check."""
+
+
+def expected_state(
+    exists: bool, is_file: bool = True, is_symlink: bool = False, sha256: str | None = None
+) -> str:
+    """The token the write script compares with what is at the path now.
+
+    ``A`` absent, ``L`` a symlink, ``O`` another non-regular file, else the
+    regular file's sha256; ``-`` (no check) when the plan did not know the hash.
+    """
+    if not exists:
+        return "A"
+    if is_symlink:
+        return "L"
+    if not is_file:
+        return "O"
+    return sha256 or "-"
+
+
+class Held:
+    """A command left running on the host by :meth:`Remote.hold`."""
+
+    def __init__(self, chan, line: str) -> None:
+        self._chan = chan
+        self.line = line
+        """The line that :meth:`Remote.hold` waited for."""
+
+    def release(self, timeout: float = 10.0) -> None:
+        """Close the command's stdin and wait (up to ``timeout``) for it to finish."""
+        try:
+            self._chan.shutdown_write()
+            self._chan.status_event.wait(timeout)
+        except Exception:
+            pass  # the connection is gone: the host saw its stdin close anyway
+        finally:
+            self._chan.close()
 
 
 class PartialWrite(CommandFailed):
@@ -438,24 +550,110 @@ def payload_sizes(writes: Sequence[FileWrite]) -> list[int]:
     return sizes
 
 
-_PUT_FUNCTION = r"""w() {  # path size mode|- owner|-
-  set -e
-  p=$1
-  case $p in */*) d=${p%/*}; d=${d:-/} ;; *) d=. ;; esac
-  [ -d "$d" ] || mkdir -p -- "$d"
-  t=$(mktemp -- "$d/.infratool.XXXXXXXX")
-  trap 'rm -f -- "$t"' EXIT
-  head -c "$2" > "$t"
-  IFS= read -r end
-  [ -z "$end" ]
-  if [ "$3" != - ]; then chmod "$3" "$t"
-  elif [ -e "$p" ]; then chmod --reference="$p" "$t"; else chmod 644 "$t"; fi
-  if [ "$4" != - ]; then chown -- "$4" "$t"
-  elif [ -e "$p" ] && ! { [ -O "$p" ] && [ -G "$p" ] && [ ! -g "$d" ]; }; then chown --reference="$p" "$t"; fi
-  sync -- "$t" 2>/dev/null || true
-  mv -f -- "$t" "$p"
-  trap - EXIT
+_WALK_FUNCTION = r"""err() { echo "infratool: $p: $*" >&2; exit 1; }
+walk() {  # cd into the directory of $p; sets n (the file name) and r (the directory)
+  n=${p##*/} r= CDPATH=
+  case $p in /*) ;; *) err "not an absolute path" ;; esac
+  case $n in ''|.|..) err "not a file name" ;; esac
+  # From / one name at a time, never through a symlink: after each cd -P,
+  # $PWD is the physical path, so a component that is (or was just swapped
+  # for) a symlink shows as a mismatch.
+  cd -P /
+  rest=${p%/*}
+  rest=${rest#/}
+  while [ -n "$rest" ]; do
+    c=${rest%%/*}
+    case $rest in */*) rest=${rest#*/} ;; *) rest= ;; esac
+    case $c in ''|.) continue ;; esac
+    r=$r/$c
+    [ ! -L "$c" ] || err "refusing to write through a symlink: $r is a symlink"
+    [ -d "$c" ] || mkdir -m 755 -- "$c" 2>/dev/null || [ -d "$c" ] || err "cannot create directory $r"
+    cd -P -- "$c"
+    [ "$PWD" = "${r:-/}" ] || err "refusing to write through a symlink: $r resolves to $PWD"
+  done
+}
+private_dir() {  # make and enter a fresh root-only directory here; sets t
+  t=$(mktemp -d -- .infratool.XXXXXXXX)
+  cd -P -- "$t"
+  f=1
+  [ "$PWD" = "$r/$t" ] || err "temp directory $r/$t was swapped"
+  case $(stat -c %u:%a .) in 0:700|0:2700) ;; *) err "temp directory $r/$t was swapped" ;; esac
+}
+cleanup() {
+  if [ -n "$f" ]; then rm -f -- f; cd ..; fi
+  [ -z "$t" ] || rmdir -- "$t" 2>/dev/null || :
 }"""
+
+_PUT_FUNCTION = r"""w() {  # path size mode|- owner|- expect|-
+  set -e
+  p=$1 t= f=
+  walk
+  [ ! -d "$n" ] || [ -L "$n" ] || err "is a directory, not a file: nothing written"
+  # The temp file lives in a directory of its own that only root can enter,
+  # so the directory's owner can rename that directory but never swap a name
+  # inside it: every step below works on names only root controls, and the
+  # rename into place (relative to the temp directory's parent, which its
+  # owner cannot change) replaces the destination without following it.
+  trap cleanup EXIT
+  private_dir
+  umask 077
+  head -c "$2" > f
+  IFS= read -r end
+  [ -z "$end" ] || err "content cut short: nothing written"
+  ref=
+  if [ "$3" = - ] || [ "$4" = - ]; then
+    ref=$(stat -c '%a %u:%g %F' -- "../$n" 2>/dev/null) || ref=
+    case $ref in *" regular file"|*" regular empty file") set -- "$@" $ref ;; *) ref= ;; esac
+  fi
+  if [ "$3" != - ]; then chmod "$3" f
+  elif [ -n "$ref" ]; then chmod "$6" f
+  else chmod 644 f; fi
+  if [ "$4" != - ]; then chown -h -- "$4" f
+  elif [ -n "$ref" ] && { [ "$7" != 0:0 ] || [ -g .. ]; }; then chown -h -- "$7" f; fi
+  sync -- f 2>/dev/null || :
+  if [ "$5" != - ]; then
+    if [ -L "../$n" ]; then now=L
+    elif [ -f "../$n" ]; then now=$(sha256sum < "../$n"); now=${now%% *}
+    elif [ -e "../$n" ]; then now=O
+    else now=A; fi
+    [ "$now" = "$5" ] || err "changed on the host since the plan read it (stale plan): not written; plan again"
+  fi
+  mv -T -- f "../$n"
+  f=
+  cd ..
+}"""
+
+
+_META_FUNCTION = r"""m() {  # path mode|- owner|-
+  set -e
+  p=$1 t= f=
+  walk
+  trap cleanup EXIT
+  private_dir
+  # A second name for the file, in a directory only root controls: whatever
+  # is swapped in at the path afterwards, chmod and chown act on this inode.
+  # A symlink (ln -P links the link itself) or a file with other hard links
+  # (say, a link to /etc/shadow) is refused.
+  ln -P -- "../$n" f || err "cannot change mode/owner: not a file"
+  [ -f f ] && [ ! -L f ] || err "is not a regular file (a symlink?): mode/owner not changed"
+  [ "$(stat -c %h f)" = 2 ] || err "has other hard links: mode/owner not changed"
+  [ "$2" = - ] || chmod "$2" f
+  [ "$3" = - ] || chown -h -- "$3" f
+}"""
+
+
+def owner_spec(owner: str | None, group: str | None) -> str:
+    """``owner:group`` as chown takes it (``-``: keep both)."""
+    if not (owner or group):
+        return "-"
+    return f"{owner or ''}:{group}" if group else owner or ""
+
+
+def set_meta_script(path: str, mode: int | None, owner: str | None, group: str | None) -> str:
+    """The script :meth:`Remote.set_meta` runs."""
+    mode_arg = "-" if mode is None else f"{mode:o}"
+    call = f"( m {shlex.quote(path)} {mode_arg} {shlex.quote(owner_spec(owner, group))} )"
+    return "\n".join([_WALK_FUNCTION, _META_FUNCTION, call])
 
 
 def put_files_script(writes: Sequence[FileWrite], sizes: Sequence[int]) -> str:
@@ -465,14 +663,13 @@ def put_files_script(writes: Sequence[FileWrite], sizes: Sequence[int]) -> str:
     trap apply to it alone; GNU ``head -c`` never reads past its count, so
     the next file's content stays on stdin.
     """
-    lines = [_PUT_FUNCTION]
+    lines = [_WALK_FUNCTION, _PUT_FUNCTION]
     for w, size in zip(writes, sizes, strict=True):
         mode = "-" if w.mode is None else f"{w.mode:o}"
-        owner = "-"
-        if w.owner or w.group:
-            owner = f"{w.owner or ''}:{w.group or ''}" if w.group else w.owner or ""
+        owner = owner_spec(w.owner, w.group)
         # Not `( w ... ) || exit`: inside an || list the shell ignores `set -e`.
-        lines.append(f"( w {shlex.quote(w.path)} {size} {mode} {shlex.quote(owner)} ); s=$?")
+        expect = shlex.quote(w.expect or "-")
+        lines.append(f"( w {shlex.quote(w.path)} {size} {mode} {shlex.quote(owner)} {expect} ); s=$?")
         lines.append('[ "$s" = 0 ] || exit "$s"; echo ok')
     return "\n".join(lines)
 

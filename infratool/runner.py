@@ -13,10 +13,10 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from infratool import faults, log
+from infratool import faults, hostlock, log
 from infratool.changes import LOCAL, Change, Plan
 from infratool.context import DeferredWriteFailed, DeferredWrites, HostContext, LocalContext
 from infratool.errors import (
@@ -34,7 +34,7 @@ from infratool.hidden import REDACTOR
 from infratool.inventory import Host, Inventory
 from infratool.options import RunOptions
 from infratool.playbook import Playbook
-from infratool.remote import Remote
+from infratool.remote import Held, Remote
 from infratool.tasks.base import HostTask, PlanContext, Task
 
 Event = Callable[[str, str, str], None]
@@ -224,23 +224,40 @@ class Runner:
         )
 
     def _plan_task(self, task, ctx: PlanContext) -> list[Change]:
+        """Plan one playbook entry; any exception fails the host(s) it came from, not the run.
+
+        Host-local tasks plan each host on its own (a :class:`HostTask` in the
+        pool, others with a context narrowed to that host), so an exception,
+        whatever its type, drops exactly the host being planned. A task
+        spanning hosts fails the host a HostError names, else all its hosts.
+        """
         if isinstance(task, HostTask):
 
             def one(hctx: HostContext) -> list[Change]:
                 try:
                     return task.plan_host(hctx, ctx)
-                except InfratoolError as exc:
-                    self._drop(hctx.name, exc)
+                except Exception as exc:
+                    self._drop(hctx.name, _planning_error(hctx.name, task, exc))
                     return []
 
             return [c for chunk in self._pool.map(one, list(ctx.hosts.values())) for c in chunk]
+        if task.host_local:
+            changes: list[Change] = []
+            for name, hctx in ctx.hosts.items():
+                narrow = replace(ctx, hosts={name: hctx}, failures={})
+                try:
+                    changes += task.plan(narrow)
+                except Exception as exc:
+                    self._drop(name, _planning_error(name, task, exc))
+                ctx.failures.update(narrow.failures)
+            return changes
         try:
             return task.plan(ctx)
         except HostError as exc:
             self._drop(exc.host, exc)
-        except InfratoolError as exc:
+        except Exception as exc:
             for name in ctx.hosts:
-                self._drop(name, exc)
+                self._drop(name, _planning_error(name, task, exc))
         return []
 
     def _drop(self, host: str, exc: BaseException) -> None:
@@ -289,6 +306,48 @@ class Runner:
             )
             results[host].error = message
         failed: dict[str, str] = dict(plan.failures)
+        held = self._lock_hosts(plan, failed)
+        try:
+            self._apply_plan(plan, failed, results)
+        finally:
+            for lock in held.values():
+                lock.release()
+        for r in results.values():
+            if r.host in failed and r.status not in ("refused", "unreachable"):
+                r.status, r.error = "failed", failed[r.host]
+        return RunResult(plan=plan, hosts=results)
+
+    def _lock_hosts(self, plan: Plan, failed: dict[str, str]) -> dict[str, Held]:
+        """Take the run lock on every host the plan changes; a host whose lock is refused fails.
+
+        Without a wait, all at once (a busy host is refused immediately, so
+        two runs cannot deadlock); with ``--wait``, one host after the other
+        in name order, so two waiting runs queue instead of each holding
+        what the other waits for.
+        """
+        names = sorted({c.host for c in plan.changes if c.host in self.contexts and c.host not in failed})
+        held: dict[str, Held] = {}
+        holder = hostlock.describe_run(f"run {self.playbook.name}")
+
+        def take(name: str) -> None:
+            try:
+                if self.options.lock_wait:
+                    self.on_event(name, "locking", "waiting for the run lock")
+                held[name] = hostlock.acquire(self.contexts[name].remote, self.options.lock_wait, holder)
+            except InfratoolError as exc:
+                message = REDACTOR.redact(str(exc))
+                failed[name] = message
+                self.log.error("run lock refused", host=name, error=message)
+                self.on_event(name, "failed", message)
+
+        if self.options.lock_wait:
+            for name in names:
+                take(name)
+        else:
+            list(self._pool.map(take, names))
+        return held
+
+    def _apply_plan(self, plan: Plan, failed: dict[str, str], results: dict[str, HostResult]) -> None:
         by_key: dict[tuple[int, int], list[Change]] = {}
         for c in plan.changes:
             by_key.setdefault((c.stage, c.phase), []).append(c)
@@ -312,10 +371,6 @@ class Runner:
             for stage in sorted({key[0] for key in keys}):
                 if last_group[stage] == i and stage < len(self._targets):
                     self._verify(stage, plan, failed, results)
-        for r in results.values():
-            if r.host in failed and r.status not in ("refused", "unreachable"):
-                r.status, r.error = "failed", failed[r.host]
-        return RunResult(plan=plan, hosts=results)
 
     def _back_to_back(self, key: tuple[int, int], by_key: dict[tuple[int, int], list[Change]]) -> bool:
         """Whether the changes of ``key`` (entry, phase) may run on each host without a fleet-wide barrier.
@@ -428,6 +483,13 @@ class Runner:
         if plan.changes and not self.options.yes and confirm is not None and not confirm(plan):
             return RunResult(plan=plan, hosts={h: HostResult(h, status="skipped") for h in plan.hosts})
         return self.apply(plan)
+
+
+def _planning_error(host: str, task: Task, exc: BaseException) -> InfratoolError:
+    """``exc`` from planning ``task`` on ``host`` as an error that fails that host."""
+    if isinstance(exc, InfratoolError):
+        return exc
+    return HostError(host, f"internal error planning {task.label()}: {type(exc).__name__}: {exc}")
 
 
 def is_local(target: str) -> bool:

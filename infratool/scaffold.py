@@ -82,9 +82,13 @@ def _edit_rules(config: Path, edit) -> bool:
     """Apply ``edit(recipients) -> recipients`` to every creation rule; whether anything changed."""
     from ruamel.yaml import YAML
 
+    from infratool import yamlsrc
+
+    text = config.read_text()
+    yamlsrc.load_plain(text, config)  # aliases and bad YAML: InputError at file:line, nothing written
     yaml = YAML()
     yaml.preserve_quotes = True
-    data = yaml.load(config.read_text())
+    data = yaml.load(text)
     changed = False
     for rule in data.get("creation_rules") or []:
         before = _rule_recipients(rule)

@@ -6,6 +6,12 @@ builds ordinary dicts/lists/scalars and records the line of each mapping,
 sequence and mapping key in a side table, queried with :func:`line_of`.
 
 Values stay plain Python types, so the rest of the code never sees a wrapper.
+
+Aliases (``*name``) are refused, whatever the file: nine nested aliases make
+a 437-byte "billion laughs" document that expands to gigabytes as soon as
+anything walks it (validation, ``str()``, JSON), and no file infratool reads
+needs them. The composer stops at the first alias, so a bomb costs nothing
+but the parse of its first lines.
 """
 
 from __future__ import annotations
@@ -30,7 +36,21 @@ class _LocatedList(list):
     __slots__ = ("item_lines", "line")
 
 
-class _Loader(yaml.SafeLoader):
+ALIAS_MESSAGE = "YAML aliases (*name) are not accepted: write the value out"
+
+
+class NoAliasLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses aliases (``*name``) and merge keys built from them."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        """Compose the next node; an alias is a located error (see the module docstring)."""
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, ALIAS_MESSAGE, event.start_mark)
+        return super().compose_node(parent, index)
+
+
+class _Loader(NoAliasLoader):
     """SafeLoader that returns :class:`_Located` mappings and sequences."""
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
@@ -78,6 +98,12 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
+def _problem(exc: yaml.MarkedYAMLError) -> str:
+    if exc.problem == ALIAS_MESSAGE:
+        return ALIAS_MESSAGE
+    return f"YAML syntax error: {exc.problem or exc.context or 'invalid YAML'}"
+
+
 def load(path: str | Path) -> Any:
     """Parse the YAML file at ``path``; syntax errors become :class:`InputError` with file:line."""
     path = Path(path)
@@ -99,8 +125,7 @@ def loads(text: str, path: str | Path = "<string>") -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise InputError(f"YAML syntax error: {problem}", file=path, line=line) from None
+        raise InputError(_problem(exc), file=path, line=line) from None
     except yaml.reader.ReaderError as exc:
         # An unacceptable character: the reader knows its offset, not its line.
         line = text.count("\n", 0, exc.position) + 1
@@ -110,6 +135,36 @@ def loads(text: str, path: str | Path = "<string>") -> Any:
         raise InputError(f"YAML error: {exc}", file=path) from None
     except RecursionError:
         raise InputError("YAML nested too deeply", file=path) from None
+
+
+def load_plain(text: str | bytes, path: str | Path = "<string>") -> Any:
+    """Parse YAML into plain dicts/lists (no line table), refusing aliases like :func:`loads`.
+
+    For files read only for a few fields (sops metadata, ``.sops.yaml``):
+    errors are :class:`InputError` with ``file:line``.
+    """
+    try:
+        return yaml.load(text, Loader=NoAliasLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise InputError(_problem(exc), file=path, line=mark.line + 1 if mark else None) from None
+    except (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        raise InputError(f"YAML error: {exc}", file=path) from None
+    except RecursionError:
+        raise InputError("YAML nested too deeply", file=path) from None
+
+
+def has_alias(text: str | bytes) -> bool:
+    """Whether the YAML ``text`` uses an alias (events only: nothing is built or expanded).
+
+    For documents another parser (ruamel) then loads; a text that is not
+    YAML at all is left for that parser to report.
+    """
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        return any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=loader))
+    except yaml.YAMLError:
+        return False
 
 
 def line_of(container: Any, key: Any = None) -> int | None:

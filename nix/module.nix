@@ -20,9 +20,13 @@
 }:
 let
   cfg = config.services.infratool.rotation;
-  # Characters shlex.quote leaves alone: a path made of them appears verbatim in
-  # ExecStart=, exactly as `infratool timer render` would write it.
-  plainPath = p: builtins.match "/[A-Za-z0-9@%+=:,./_-]*" p != null;
+  # Characters systemd takes literally in every setting the path goes into (no
+  # quoting, no %-specifier, no $-variable): such a path appears verbatim in the
+  # units, exactly as `infratool timer render` writes it (infratool/systemd.py).
+  plainPath = p: builtins.match "/[A-Za-z0-9@+=:,./_-]*" p != null && builtins.match ".*/\\.\\.(/.*)?" p == null;
+  # A newline would start a new directive, a trailing backslash join the next
+  # line, a % expand as a specifier: `infratool timer render` refuses them too.
+  plainValue = v: builtins.match "[^[:cntrl:]%\\]*" v != null && v != "";
   units = import ./units.nix {
     exe = "${cfg.package}/bin/infratool";
     inherit (cfg)
@@ -95,11 +99,15 @@ in
           cfg.inventory
           cfg.ageKeyFile
         ];
-        message = "services.infratool.rotation: flake, inventory and ageKeyFile must be absolute paths of plain characters ([A-Za-z0-9@%+=:,./_-]).";
+        message = "services.infratool.rotation: flake, inventory and ageKeyFile must be absolute paths of plain characters ([A-Za-z0-9@+=:,./_-]) without '..'.";
       }
       {
         assertion = !(lib.hasPrefix builtins.storeDir cfg.ageKeyFile);
         message = "services.infratool.rotation.ageKeyFile must not be in the Nix store (it is world-readable there).";
+      }
+      {
+        assertion = plainValue cfg.onCalendar && plainValue cfg.randomizedDelay;
+        message = "services.infratool.rotation: onCalendar and randomizedDelay must not be empty nor contain control characters (newline...), '%' or a backslash.";
       }
     ];
 

@@ -12,7 +12,9 @@ APT_PACKAGES=(
   sbsigntool systemd-boot-efi efitools   # real Secure Boot signatures for the sbctl emulator
   nginx-light                     # the binary cache's HTTP server in the lab
   postgresql                      # a real service whose password gets rotated
+  pass gnupg                      # a real password store behind `generator: command` (tests)
   util-linux procps iproute2 curl git
+  strace                          # the tests record every exec (argv, env) on both ends of a run
   python3 python3-venv python3-dev gcc
   python3-cryptography            # lab hosts run helper scripts (sbctl emulator) with the system Python
 )

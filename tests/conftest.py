@@ -1,7 +1,10 @@
 """Fixtures for the whole suite: a real lab fleet per test, and a private audit log.
 
 The lab fixtures start real sshd hosts (see ``infratool.lab``); they skip, with
-the reason, on a machine that cannot run them (not root, no sshd). Every lab
+the reason, on a machine that cannot run them (not root, no sshd) — except in
+CI (``CI=true``), where every skip is turned into a failure: a green CI run
+must mean the real parts ran. The session ends with the number of skipped
+tests (printed just before pytest's own summary line, which stays last). Every lab
 gets its own loopback subnet so tests can run in parallel under pytest-xdist:
 ``127.<10 + worker>.<n>``, where ``n`` starts at a random point per process so
 two pytest sessions on one machine rarely meet, and a collision that does
@@ -13,16 +16,16 @@ from __future__ import annotations
 import itertools
 import os
 import random
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import Cli
 
 from infratool.lab import AddressInUseError, Lab, LabUnavailable
 
 LAB_FIXTURES = frozenset({"lab", "lab_factory"})
+CI_TRUE = ("1", "true", "yes")
 _SUBNET_ATTEMPTS = 32
 
 _third_octet = itertools.count(random.SystemRandom().randrange(256))
@@ -36,6 +39,42 @@ def _worker_number() -> int:
 def next_subnet() -> str:
     """A loopback subnet this process has not handed out recently (unique per xdist worker)."""
     return f"127.{10 + _worker_number() % 240}.{next(_third_octet) % 256}"
+
+
+def in_ci() -> bool:
+    """True when the suite runs in CI (``CI=true``), where nothing may be skipped."""
+    return os.environ.get("CI", "").strip().lower() in CI_TRUE
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    """In CI, a skipped test is a failed one: its reason becomes the failure message.
+
+    Skips happen when a real part is missing (no lab, no sbsign, no nix); on the
+    CI machine ``scripts/setup.sh`` installs all of them, so a skip there means
+    the suite silently stopped testing something. ``-m``/``-k`` deselection is
+    not a skip and is unaffected.
+    """
+    report: pytest.TestReport = yield
+    if report.skipped and in_ci() and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI (CI=true), which counts as a failure: {reason}"
+    return report
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterator[None]:
+    """Say how many tests were skipped, also when none were (pytest omits a zero count).
+
+    The outermost wrapper, so the line comes after pytest's short summary; a
+    plain line, not a ``===`` separator, so pytest's own result line stays the
+    last line of the output (the CI runner judges that one).
+    """
+    yield
+    skipped = len(terminalreporter.stats.get("skipped", []))
+    terminalreporter.write_line(f"skipped tests: {skipped}" + (" (CI=true: skips fail)" if in_ci() else ""))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -74,6 +113,8 @@ def lab_factory(tmp_path: Path) -> Iterator[Callable[[int], Lab]]:
         try:
             Lab(root).preflight()
         except LabUnavailable as exc:
+            if in_ci():
+                pytest.fail(f"no lab on this CI machine (CI=true, so this fails): {exc}")
             pytest.skip(f"no lab on this machine: {exc}")
         for _ in range(_SUBNET_ATTEMPTS):
             lab = Lab(root, subnet=next_subnet())
@@ -97,31 +138,14 @@ def lab(lab_factory: Callable[[int], Lab]) -> Lab:
 
 
 @pytest.fixture
-def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+def cli(tmp_path: Path) -> Cli:
     """``cli(*args, input=None, env=None)``: run ``python -m infratool`` and capture its output.
 
-    Its TMPDIR is ``tmp_path/"controller-tmp"``, so tests can check that
-    nothing secret was left in the controller's temp dir.
+    ``cli.start(*args, env=None)`` starts it in the background (a Popen). Its
+    TMPDIR is ``tmp_path/"controller-tmp"``, so tests can check that nothing
+    secret was left in the controller's temp dir.
     """
-    controller_tmp = tmp_path / "controller-tmp"
-
-    def run(
-        *args: str, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 300
-    ) -> subprocess.CompletedProcess[str]:
-        controller_tmp.mkdir(exist_ok=True)
-        full_env = {**os.environ, "NO_COLOR": "1", "TMPDIR": str(controller_tmp), **(env or {})}
-        return subprocess.run(
-            [sys.executable, "-m", "infratool", *map(str, args)],
-            input=input,
-            capture_output=True,
-            text=True,
-            env=full_env,
-            cwd=tmp_path,
-            timeout=timeout,
-            stdin=None if input is not None else subprocess.DEVNULL,
-        )
-
-    return run
+    return Cli(tmp_path)
 
 
 @pytest.fixture

@@ -5,15 +5,116 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAYBOOKS = ROOT / "playbooks"
+
+
+def cli_argv(*args: object) -> list[str]:
+    """The command line of ``python -m infratool`` with ``args`` (the venv's Python)."""
+    return [sys.executable, "-m", "infratool", *map(str, args)]
+
+
+def cli_env(workdir: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The CLI's environment: no colour, TMPDIR ``workdir/"controller-tmp"`` (created), plus ``env``.
+
+    A private TMPDIR lets a test check that nothing secret was left in the
+    controller's temp dir.
+    """
+    controller_tmp = workdir / "controller-tmp"
+    controller_tmp.mkdir(exist_ok=True)
+    return {**os.environ, "NO_COLOR": "1", "TMPDIR": str(controller_tmp), **(env or {})}
+
+
+class Cli:
+    """Runs the CLI from ``workdir``: ``cli(*args)`` waits for it, ``cli.start(*args)`` does not."""
+
+    def __init__(self, workdir: Path, trace_dir: Path | None = None) -> None:
+        self.workdir = workdir
+        self.trace_dir = trace_dir
+        self._traced = 0
+
+    def traced(self, trace_dir: Path) -> Cli:
+        """This CLI runner, with every run under strace (see tests/exectrace.py); read with :meth:`trace`."""
+        trace_dir.mkdir(parents=True, exist_ok=True)
+        return Cli(self.workdir, trace_dir)
+
+    def trace(self) -> Any:
+        """Every exec of every run so far (an ``exectrace.Trace``); only for a :meth:`traced` runner."""
+        from exectrace import Trace
+
+        assert self.trace_dir is not None, "not a traced CLI runner"
+        return Trace.read(sorted(self.trace_dir.glob("cli-*.strace")))
+
+    def argv(self, *args: object) -> list[str]:
+        """The command line of one run: ``python -m infratool *args``, under strace when tracing."""
+        if self.trace_dir is None:
+            return cli_argv(*args)
+        from exectrace import traced
+
+        self._traced += 1
+        return traced(cli_argv(*args), self.trace_dir / f"cli-{self._traced}.strace")
+
+    def __call__(
+        self, *args: object, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``infratool *args`` to the end; its output captured (text)."""
+        return subprocess.run(
+            self.argv(*args),
+            input=input,
+            capture_output=True,
+            text=True,
+            env=cli_env(self.workdir, env),
+            cwd=self.workdir,
+            timeout=timeout,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+
+    def start(self, *args: object, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """Start ``infratool *args`` in the background, stdout/stderr piped (read with communicate())."""
+        return subprocess.Popen(
+            self.argv(*args),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(self.workdir, env),
+            cwd=self.workdir,
+        )
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll ``condition`` every 20 ms until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state of ``pid`` from /proc (``T``: stopped); ``""`` once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def wait_stopped(proc: subprocess.Popen[str], timeout: float = 120.0) -> None:
+    """Wait until ``proc`` has stopped itself (an ``INFRATOOL_FAULT=<point>:stop`` fault point)."""
+    wait_for(
+        lambda: process_state(proc.pid) == "T" or proc.poll() is not None,
+        timeout,
+        "the fault point's SIGSTOP",
+    )
+    assert proc.poll() is None, f"exited ({proc.returncode}) instead of stopping: {proc.communicate()}"
 
 
 @contextmanager

@@ -37,7 +37,7 @@ from infratool.errors import EXIT_FAILED, EXIT_HOSTKEY, EXIT_INPUT, InfratoolErr
 LAZY_COMMANDS = {
     "lab": "infratool.cli.lab:lab",
     "secrets": "infratool.cli.secrets:secrets",
-    "timer": "infratool.cli.secrets:timer",
+    "timer": "infratool.cli.timer:timer",
     "secureboot": "infratool.cli.secureboot:secureboot",
     "init": "infratool.cli.onboard:init",
     "host": "infratool.cli.onboard:host",
@@ -240,8 +240,9 @@ def main(
 @click.option("--check", is_flag=True, help="Connect to each host (pinned key) and report.")
 @limit_option
 @forks_option
+@timeout_option
 @pass_globals
-def hosts(g: Globals, check: bool, limit: str | None, forks: int) -> None:
+def hosts(g: Globals, check: bool, limit: str | None, forks: int, timeout: float | None) -> None:
     inv = load_inventory(g)
     selected = inv.select(limit)
     status: dict[str, tuple[bool, str | None, int]] = {}
@@ -253,7 +254,7 @@ def hosts(g: Globals, check: bool, limit: str | None, forks: int) -> None:
 
         def probe(host) -> tuple[str, tuple[bool, str | None, int]]:
             try:
-                with Remote(host) as r:
+                with Remote(host, command_timeout=timeout) as r:
                     r.run("true", what="probe")
                 return host.name, (True, None, EXIT_OK)
             except InfratoolError as exc:
@@ -503,6 +504,14 @@ def plan(
 @forks_option
 @click.option("--no-deploy", is_flag=True, help="Skip the deploy step for NixOS hosts.")
 @click.option("--no-diff", is_flag=True, help="Descriptions only.")
+@click.option(
+    "--wait",
+    "lock_wait",
+    type=click.FloatRange(0, 86400),
+    default=0,
+    metavar="SECONDS",
+    help="Queue up to SECONDS behind another run applying to a host (default: refuse that host at once).",
+)
 @timeout_option
 @pass_globals
 def run(
@@ -513,12 +522,20 @@ def run(
     forks: int,
     no_deploy: bool,
     no_diff: bool,
+    lock_wait: float,
     timeout: float | None,
 ) -> None:
     from infratool import render
 
     inv, book, options, Runner = _prepare(
-        g, playbook, limit=limit, forks=forks, yes=yes, deploy=not no_deploy, command_timeout=timeout
+        g,
+        playbook,
+        limit=limit,
+        forks=forks,
+        yes=yes,
+        deploy=not no_deploy,
+        command_timeout=timeout,
+        lock_wait=lock_wait,
     )
     if not yes and not sys.stdin.isatty():
         raise InputError("stdin is not a terminal: refusing to prompt; pass --yes to apply unattended")

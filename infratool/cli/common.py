@@ -48,7 +48,7 @@ timeout_option = click.option(
     "--timeout",
     type=float,
     default=None,
-    help="Seconds one remote command may take (the host kills it after).",
+    help="Seconds one remote command may take (the host kills it after); also bounds connecting.",
 )
 """``--timeout`` for remote commands."""
 

@@ -99,12 +99,11 @@ def init(g: Globals, directory: Path, ssh_key: str, os_kind: str, age_key_file: 
 def _host_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
     """Shell completion for host names: the inventory's hosts (nothing on any error)."""
     try:
-        import yaml
-
+        from infratool import yamlsrc
         from infratool.inventory import resolve_path
 
         g = ctx.find_root().params.get("inventory")
-        data = yaml.safe_load(resolve_path(g).read_text())
+        data = yamlsrc.load_plain(resolve_path(g).read_text())
         return [str(n) for n in (data.get("hosts") or {}) if str(n).startswith(incomplete)]
     except Exception:  # completion must never print a traceback into the shell
         return []

@@ -1,9 +1,8 @@
-"""``infratool secrets ...`` and ``infratool timer ...``: rotation, status, recovery, scheduling."""
+"""``infratool secrets ...``: rotation, status, recovery (the timer lives in cli/timer.py)."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
@@ -39,6 +38,7 @@ def _policy(g: Globals, policy: str | None):
         "infratool secrets status",
         "infratool secrets rotate --due --yes",
         "infratool secrets rotate postgres/app --dry-run",
+        "infratool secrets set stripe/api-key",
         "infratool secrets recover check",
     )
 )
@@ -57,7 +57,7 @@ def secrets() -> None:
 def status(g: Globals, policy: str | None, notify: bool) -> None:
     from infratool.notify import notify as send
     from infratool.secrets import state
-    from infratool.tasks.secrets_rotation import format_age
+    from infratool.tasks.secrets_rotation import NEEDS_PERSON, format_age
 
     _, pol = _policy(g, policy)
     st = state.load(state.state_path(pol.root / "secrets"))
@@ -65,7 +65,8 @@ def status(g: Globals, policy: str | None, notify: bool) -> None:
     for name, spec in pol.secrets.items():
         entry = st.get(name)
         age = entry.age()
-        due = entry.is_due(spec.max_age)
+        max_age = entry.max_age(spec.max_age)
+        due = entry.is_due(max_age)
         rows.append(
             {
                 "name": name,
@@ -73,8 +74,9 @@ def status(g: Globals, policy: str | None, notify: bool) -> None:
                 "generator": spec.generator,
                 "age": format_age(age) if age is not None else "never",
                 "age_seconds": int(age.total_seconds()) if age is not None else None,
-                "max_age": format_age(spec.max_age) if spec.max_age else None,
+                "max_age": format_age(max_age) if max_age else None,
                 "due": due,
+                "needs_person": spec.needs_person,
                 "consumers": sorted({c.host for c in spec.consumers}),
                 "status": entry.status,
                 "generation": entry.generation,
@@ -84,7 +86,11 @@ def status(g: Globals, policy: str | None, notify: bool) -> None:
         )
     due_names = [r["name"] for r in rows if r["due"]]
     if notify and due_names:
-        send(pol, "due", f"{len(due_names)} secret(s) due for rotation: {', '.join(due_names)}")
+        shown = [
+            f"{n} ({NEEDS_PERSON}: infratool secrets set {n})" if pol.secrets[n].needs_person else n
+            for n in due_names
+        ]
+        send(pol, "due", f"{len(due_names)} secret(s) due for rotation: {', '.join(shown)}")
     if g.json:
         emit_json(rows)
     else:
@@ -105,7 +111,7 @@ def status(g: Globals, policy: str | None, notify: bool) -> None:
                     r["name"],
                     r["age"],
                     r["max_age"] or "-",
-                    Text("DUE", style="bold yellow") if r["due"] else "no",
+                    _due_cell(r),
                     ", ".join(r["consumers"]),
                     Text(r["status"], style="red" if r["status"] != "ok" else "green"),
                     r["last_error"] or r["last_result"] or "-",
@@ -115,6 +121,16 @@ def status(g: Globals, policy: str | None, notify: bool) -> None:
         )
     if due_names or any(r["status"] != "ok" for r in rows):
         sys.exit(EXIT_CHANGES)
+
+
+def _due_cell(row: dict[str, Any]) -> Any:
+    from rich.text import Text
+
+    from infratool.tasks.secrets_rotation import NEEDS_PERSON
+
+    if not row["due"]:
+        return "no"
+    return Text(NEEDS_PERSON if row["needs_person"] else "DUE", style="bold yellow")
 
 
 @secrets.command(
@@ -154,10 +170,6 @@ def rotate(
     forks: int,
     unattended: bool,
 ) -> None:
-    from infratool import render
-    from infratool.options import RunOptions
-    from infratool.playbook import Invocation, Playbook
-    from infratool.runner import Runner, plan_exit_code
     from infratool.tasks.base import Source
     from infratool.tasks.secrets_rotation import DEFAULT_POLICY, RotateSecrets
 
@@ -177,6 +189,33 @@ def rotate(
     }
     source = Source(file=inv.flake / (policy or DEFAULT_POLICY), line=None, params={})
     task = RotateSecrets(args, source, inv)
+    _run_rotation(g, inv, task, dry_run=dry_run, yes=yes, forks=forks, unattended=unattended)
+
+
+def _run_rotation(
+    g: Globals,
+    inv: Any,
+    task: Any,
+    *,
+    dry_run: bool,
+    yes: bool,
+    forks: int,
+    unattended: bool,
+    command: str = "secrets rotate",
+) -> None:
+    """Plan, confirm and apply one RotateSecrets task; exits with the run's code.
+
+    Due ``prompt`` secrets that only a person can rotate are listed (and
+    notified); with nothing else failing the exit code is then 2, not 0 or 1.
+    """
+    from infratool import render
+    from infratool.notify import notify as send
+    from infratool.options import RunOptions
+    from infratool.playbook import Invocation, Playbook
+    from infratool.runner import Runner, plan_exit_code
+    from infratool.tasks.secrets_rotation import NEEDS_PERSON
+
+    source = task.source
     book = Playbook(
         path=source.file,
         name="secrets rotate",
@@ -194,9 +233,10 @@ def rotate(
         with progress:
             the_plan = runner.plan()
         if dry_run:
-            audit_run(g, "secrets rotate --dry-run", book, the_plan)
+            audit_run(g, f"{command} --dry-run", book, the_plan)
             emit_json(the_plan.to_dict()) if g.json else render.plan(out, the_plan)
-            sys.exit(plan_exit_code(the_plan, detailed=False))
+            _skipped(task)
+            sys.exit(plan_exit_code(the_plan, detailed=False) or (EXIT_CHANGES if task.needs_person else 0))
         if not g.json:
             render.plan(out, the_plan)
         if the_plan.changes and not yes and not click.confirm("Rotate these secrets?", default=False):
@@ -204,9 +244,82 @@ def rotate(
             sys.exit(EXIT_FAILED)
         with progress:
             result = runner.apply(the_plan)
-    audit_run(g, "secrets rotate", book, the_plan, result)
+    audit_run(g, command, book, the_plan, result)
     emit_json(result.to_dict()) if g.json else render.results(out, result)
-    sys.exit(result.exit_code)
+    if _skipped(task):
+        send(
+            task.policy, "due", f"{', '.join(task.needs_person)}: {NEEDS_PERSON} (infratool secrets set NAME)"
+        )
+    sys.exit(result.exit_code or (EXIT_CHANGES if task.needs_person else 0))
+
+
+def _skipped(task: Any) -> bool:
+    """Say which due secrets only a person can rotate; whether there were any."""
+    from infratool.tasks.secrets_rotation import NEEDS_PERSON
+
+    for name in task.needs_person:
+        click.echo(f"skipped {name}: {NEEDS_PERSON} (run `infratool secrets set {name}`)", err=True)
+    return bool(task.needs_person)
+
+
+@secrets.command(
+    "set",
+    help="Give a `generator: prompt` secret its value, typed without echo (or piped with "
+    "--stdin; never argv), then deliver and verify it like any rotation. Secrets derived from "
+    "it are re-derived and delivered with it."
+    + examples(
+        "infratool secrets set stripe/api-key",
+        "pass show stripe | infratool secrets set stripe/api-key --stdin",
+    ),
+)
+@click.argument("name")
+@click.option(
+    "--stdin", "from_stdin", is_flag=True, help="Read the value from stdin (one trailing newline dropped)."
+)
+@click.option("--policy", metavar="FILE", help=POLICY_HELP)
+@forks_option
+@pass_globals
+def set_(g: Globals, name: str, from_stdin: bool, policy: str | None, forks: int) -> None:
+    from infratool.hidden import Secret
+    from infratool.tasks.base import Source
+    from infratool.tasks.secrets_rotation import DEFAULT_POLICY, RotateSecrets
+
+    inv, pol = _policy(g, policy)
+    spec = pol.secrets.get(name)
+    if spec is None:
+        raise InputError(f"unknown secret {name!r}; the policy has: {', '.join(pol.secrets)}", file=pol.path)
+    if not spec.needs_person:
+        raise InputError(
+            f"{name} is made by generator {spec.generator!r}, not typed: use `infratool secrets rotate {name}`",
+            file=pol.path,
+            line=spec.line,
+        )
+    if from_stdin:
+        raw = sys.stdin.buffer.read()
+        raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
+    elif sys.stdin.isatty():
+        raw = click.prompt(f"Value for {name}", hide_input=True, confirmation_prompt=True).encode()
+    else:
+        raise InputError("stdin is not a terminal: pipe the value with --stdin (never as an argument)")
+    if not raw.strip():
+        raise InputError(f"no value given for {name}")
+    try:
+        value = Secret(raw.decode())
+    except UnicodeDecodeError:
+        raise InputError(f"the value for {name} is not UTF-8 text") from None
+    args = {
+        "policy": policy or DEFAULT_POLICY,
+        "secrets": None,
+        "notify": None,
+        "names": [name],
+        "due": False,
+        "force": True,
+        "lock_wait": 0,
+    }
+    source = Source(file=inv.flake / (policy or DEFAULT_POLICY), line=None, params={})
+    task = RotateSecrets(args, source, inv)
+    task.provide(name, value)
+    _run_rotation(g, inv, task, dry_run=False, yes=True, forks=forks, unattended=False, command="secrets set")
 
 
 @secrets.group(
@@ -287,115 +400,3 @@ def recover_check(g: Globals) -> None:
         click.echo(f"error: the backup identity cannot recover: {', '.join(bad)}", err=True)
         sys.exit(EXIT_FAILED)
     click.echo(f"the backup identity recovers all {len(results)} secrets file(s)", err=True)
-
-
-# -- timer -------------------------------------------------------------------
-
-
-def _timer_options(g: Globals, on_calendar: str, delay: str, age_key_file: str | None, flake: str | None):
-    from infratool.inventory import resolve_path
-    from infratool.scaffold import default_key_file
-    from infratool.systemd import TimerOptions
-
-    inventory = resolve_path(g.inventory).resolve()
-    flake_dir = Path(flake).resolve() if flake else load_inventory(g).flake.resolve()
-    return TimerOptions(
-        flake=flake_dir,
-        inventory=inventory,
-        age_key_file=Path(age_key_file or default_key_file()),
-        on_calendar=on_calendar,
-        randomized_delay=delay,
-    )
-
-
-def _timer_params(f):
-    f = click.option("--flake", metavar="DIR", help="Fleet repo [default: the inventory's flake].")(f)
-    f = click.option(
-        "--age-key-file", metavar="FILE", help="age identity for sops [default: sops's standard path]."
-    )(f)
-    f = click.option("--randomized-delay", default="1h", show_default=True, help="RandomizedDelaySec=.")(f)
-    return click.option(
-        "--on-calendar",
-        default="daily",
-        show_default=True,
-        metavar="EXPR",
-        help="systemd OnCalendar= expression.",
-    )(f)
-
-
-def _check_calendar(expr: str) -> None:
-    import shutil
-    import subprocess
-
-    if shutil.which("systemd-analyze"):
-        proc = subprocess.run(["systemd-analyze", "calendar", expr], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise InputError(f"--on-calendar {expr!r} is not a valid systemd calendar expression")
-
-
-@click.group(
-    help="The scheduled rotation: a hardened systemd service + timer running "
-    "`secrets rotate --due --yes`."
-    + examples(
-        "infratool timer render --on-calendar 'Sun 03:00'",
-        "infratool timer render --nixos",
-        "infratool timer install --dir /etc/systemd/system",
-    )
-)
-def timer() -> None:
-    """The timer command group."""
-
-
-@timer.command(
-    "render",
-    help="Print the service and timer (or with --nixos, the NixOS module)."
-    + examples("infratool timer render", "infratool timer render --nixos > rotation.nix"),
-)
-@_timer_params
-@click.option("--nixos", is_flag=True, help="Print the equivalent NixOS module instead.")
-@pass_globals
-def timer_render(
-    g: Globals,
-    on_calendar: str,
-    randomized_delay: str,
-    age_key_file: str | None,
-    flake: str | None,
-    nixos: bool,
-) -> None:
-    from infratool.systemd import render_nixos_module, render_units
-
-    _check_calendar(on_calendar)
-    opts = _timer_options(g, on_calendar, randomized_delay, age_key_file, flake)
-    if nixos:
-        click.echo(render_nixos_module(opts), nl=False)
-        return
-    for text in render_units(opts).values():
-        click.echo(text)
-
-
-@timer.command(
-    "install",
-    help="Write the units into a directory (non-NixOS hosts); then "
-    "`systemctl daemon-reload && systemctl enable --now infratool-rotate.timer`."
-    + examples("infratool timer install", "infratool timer install --dir /tmp/units"),
-)
-@_timer_params
-@click.option("--dir", "directory", default="/etc/systemd/system", show_default=True, type=click.Path())
-@pass_globals
-def timer_install(
-    g: Globals,
-    on_calendar: str,
-    randomized_delay: str,
-    age_key_file: str | None,
-    flake: str | None,
-    directory: str,
-) -> None:
-    from infratool.context import write_atomic
-    from infratool.systemd import render_units
-
-    _check_calendar(on_calendar)
-    opts = _timer_options(g, on_calendar, randomized_delay, age_key_file, flake)
-    for name, text in render_units(opts).items():
-        write_atomic(Path(directory) / name, text.encode(), 0o644)
-        click.echo(f"wrote {Path(directory) / name}")
-    click.echo("now: systemctl daemon-reload && systemctl enable --now infratool-rotate.timer", err=True)

@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from infratool import inventory as inv
 from infratool import yamlsrc
 from infratool.context import write_atomic
@@ -176,8 +174,8 @@ def _validate(path: Path, text: str, name: str) -> inv.Host | None:
 def _consumed_by(policy: Path, host: str) -> list[str]:
     """Secrets of the rotation policy that name ``host`` as a consumer (none if it cannot be read)."""
     try:
-        data = yaml.safe_load(policy.read_text())
-    except (OSError, yaml.YAMLError):
+        data = yamlsrc.load_plain(policy.read_text(), policy)
+    except (OSError, InputError):
         return []
     secrets = data.get("secrets") if isinstance(data, dict) else None
     if not isinstance(secrets, dict):

@@ -238,7 +238,7 @@ def sops_files(secrets_dir: Path) -> list[Path]:
         if path.name == SOPS_CONFIG_NAME or path.suffix not in (".yaml", ".yml") or not path.is_file():
             continue
         try:
-            doc = yaml.load(path.read_bytes(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            doc = yaml.load(path.read_bytes(), Loader=yamlsrc.NoAliasLoader)  # no alias bombs
         except (yaml.YAMLError, OSError):
             continue
         meta = doc.get("sops") if isinstance(doc, dict) else None

@@ -13,7 +13,25 @@ age             (none)                                                 ``AGE-SEC
                                                                        ``age1...``
 nix-cache-key   name (required: ``[A-Za-z0-9._-]+``)                  ``name:base64(seed+pub)``
                                                                        / ``name:base64(pub)``
+wireguard       (none)                                                 base64 X25519 private key
+                                                                       / its public key (``wg``)
+command         run (required), timeout (30), env ([])                 a local command's stdout
+                                                                       (:mod:`.command`)
+derive          function (required), user, hash, cost (12), template   computed from the
+                                                                       ``from:`` secrets
+                                                                       (:mod:`.derive`)
+prompt          min_length (1)                                         typed by a person:
+                                                                       ``secrets set NAME``
+vault           path (required), field (password), template, addr,     a dynamic secret and its
+                ca_cert, timeout (30)                                  lease (:mod:`.vault`)
 ==============  =====================================================  ==========================
+
+The last four are *sources*: they take more than params, through a
+:class:`GenContext` (the secret's name, its previous value, the new values of
+its dependencies, a value a person typed). Each generator says what it needs
+(:attr:`Generator.needs_person`, :attr:`Generator.derived`) and how to retire
+a value it made (:attr:`Generator.retire`: Vault revokes the old lease), so the
+rotation engine asks the registry, never a generator's name.
 
 All randomness comes from the OS CSPRNG (``secrets``, ``cryptography``, pyrage).
 Parameters are validated before anything is generated; a bad one raises
@@ -35,13 +53,15 @@ import string
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
-from infratool.errors import InputError
+from infratool.errors import InputError, SecretsError
 from infratool.hidden import Secret
-from infratool.secrets import agekeys
+from infratool.secrets import agekeys, command, derive, vault
 
 
 class ParamError(InputError):
@@ -53,11 +73,41 @@ class ParamError(InputError):
 
 
 @dataclass(frozen=True)
+class Lease:
+    """A secret store's lease on a generated value (Vault): its id and duration in seconds."""
+
+    id: Secret
+    ttl: int
+
+
+@dataclass(frozen=True)
 class Generated:
     """A freshly generated value and, for key pairs, its public part (safe to print)."""
 
     value: Secret
     public: str | None = None
+    lease: Lease | None = None
+
+
+@dataclass(frozen=True)
+class GenContext:
+    """What a source may need beyond its params (plain generators ignore it)."""
+
+    name: str = ""
+    previous: Secret | None = None
+    """The secret's current value (``None`` on a first generation)."""
+    deps: Mapping[str, Secret] = field(default_factory=dict)
+    """The ``from:`` secrets' values, new ones where they rotate in the same run."""
+    dep_publics: Mapping[str, str | None] = field(default_factory=dict)
+    order: tuple[str, ...] = ()
+    """The ``from:`` names in policy order."""
+    provided: Secret | None = None
+    """A value a person gave (``secrets set``), for ``prompt``."""
+    cwd: Path | None = None
+
+
+class NeedsPerson(SecretsError):
+    """A ``prompt`` secret cannot be generated: someone has to run ``secrets set``."""
 
 
 @dataclass(frozen=True)
@@ -78,9 +128,15 @@ class Generator:
 
     name: str
     doc: str
-    make: Callable[[dict[str, Any]], Generated]
+    make: Callable[[dict[str, Any], GenContext], Generated]
     params: tuple[Param, ...] = ()
     public: Callable[[Secret], str] | None = field(default=None)
+    needs_person: bool = False
+    """Values come from a person (``secrets set``); a timer cannot rotate them."""
+    derived: bool = False
+    """Values are computed from the secrets named in the policy's ``from:``."""
+    retire: Callable[[dict[str, Any], Lease], None] | None = None
+    """Called with the previous value's lease once a new value is promoted."""
 
     def validate(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
         """Check ``params`` and return them with defaults filled in; :class:`ParamError` if bad."""
@@ -101,6 +157,9 @@ class Generator:
                 result[p.name] = p.default
                 continue
             value = params[p.name]
+            if value is None and p.default is None and not p.required:
+                result[p.name] = None  # an optional parameter left unset (as validate() fills it)
+                continue
             # bool is an int in Python; a length of `true` is a mistake, not 1.
             if not isinstance(value, p.kind) or (p.kind is int and isinstance(value, bool)):
                 raise ParamError(
@@ -114,9 +173,9 @@ class Generator:
             result[p.name] = value
         return result
 
-    def generate(self, params: Mapping[str, Any] | None = None) -> Generated:
+    def generate(self, params: Mapping[str, Any] | None = None, ctx: GenContext | None = None) -> Generated:
         """Validate ``params`` and make a new value."""
-        return self.make(self.validate(params))
+        return self.make(self.validate(params), ctx or GenContext())
 
 
 def _between(lo: int, hi: int) -> Callable[[Any], str | None]:
@@ -133,7 +192,7 @@ ALPHABETS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _password(p: dict[str, Any]) -> Generated:
+def _password(p: dict[str, Any], _ctx: GenContext | None = None) -> Generated:
     classes = ALPHABETS[p["alphabet"]]
     chars = "".join(classes)
     while True:
@@ -142,11 +201,11 @@ def _password(p: dict[str, Any]) -> Generated:
             return Generated(Secret(pw))
 
 
-def _hex(p: dict[str, Any]) -> Generated:
+def _hex(p: dict[str, Any], _ctx: GenContext | None = None) -> Generated:
     return Generated(Secret(secrets.token_hex(p["bytes"])))
 
 
-def _base64(p: dict[str, Any]) -> Generated:
+def _base64(p: dict[str, Any], _ctx: GenContext | None = None) -> Generated:
     raw = secrets.token_bytes(p["bytes"])
     enc = base64.urlsafe_b64encode(raw) if p["urlsafe"] else base64.b64encode(raw)
     return Generated(Secret(enc.decode()))
@@ -261,7 +320,7 @@ def _comment_ok(v: str) -> str | None:
     return "must be one line" if "\n" in v or "\r" in v else None
 
 
-def _ssh(p: dict[str, Any]) -> Generated:
+def _ssh(p: dict[str, Any], _ctx: GenContext | None = None) -> Generated:
     seed = secrets.token_bytes(32)
     private = Secret(openssh_private_key(seed, p["comment"]))
     return Generated(private, public_from_private(private))
@@ -270,7 +329,7 @@ def _ssh(p: dict[str, Any]) -> Generated:
 # --- age -----------------------------------------------------------------------------
 
 
-def _age(p: dict[str, Any]) -> Generated:
+def _age(p: dict[str, Any], _ctx: GenContext | None = None) -> Generated:
     import pyrage  # lazily: a compiled extension that start-up should not load
 
     identity = pyrage.x25519.Identity.generate()
@@ -322,9 +381,82 @@ def nix_public_key(secret_key: Secret | str) -> str:
     return f"{name}:{base64.b64encode(public).decode()}"
 
 
-def _nix(p: dict[str, Any]) -> Generated:
+def _nix(p: dict[str, Any], _ctx: GenContext | None = None) -> Generated:
     value = Secret(nix_cache_key(p["name"], secrets.token_bytes(32)))
     return Generated(value, nix_public_key(value))
+
+
+# --- wireguard ---------------------------------------------------------------------------
+# `wg genkey` / `wg pubkey`: base64 of the raw 32-byte Curve25519 keys. The
+# private key is clamped as wg genkey does (X25519 clamps anyway, but a clamped
+# key reads the same in every tool).
+
+
+def wireguard_public_key(private: Secret | str) -> str:
+    """The WireGuard public key (base64) of a base64 private key; :class:`InputError` if malformed."""
+    raw = private.reveal() if isinstance(private, Secret) else private
+    if isinstance(raw, bytes):
+        raw = raw.decode(errors="replace")
+    try:
+        key = base64.b64decode(raw.strip(), validate=True)
+    except ValueError:
+        raise InputError("not a WireGuard private key (expected base64)") from None
+    if len(key) != 32:
+        raise InputError("not a WireGuard private key (32 bytes)")
+    public = x25519.X25519PrivateKey.from_private_bytes(key).public_key()
+    return base64.b64encode(
+        public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    ).decode()
+
+
+def _wireguard(_p: dict[str, Any], _ctx: GenContext | None = None) -> Generated:
+    key = bytearray(
+        x25519.X25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+    )
+    key[0] &= 248
+    key[31] = (key[31] & 127) | 64
+    value = Secret(base64.b64encode(bytes(key)).decode())
+    return Generated(value, wireguard_public_key(value))
+
+
+# --- sources: command, derive, prompt, vault ---------------------------------------------
+
+
+def _command(p: dict[str, Any], ctx: GenContext) -> Generated:
+    return Generated(command.run(p, ctx.name, ctx.previous, ctx.cwd))
+
+
+def _derive(p: dict[str, Any], ctx: GenContext) -> Generated:
+    return Generated(derive.derive(p, ctx.deps, ctx.dep_publics, list(ctx.order)))
+
+
+def _prompt(p: dict[str, Any], ctx: GenContext) -> Generated:
+    if ctx.provided is None:
+        raise NeedsPerson(f"{ctx.name} is typed by a person: run `infratool secrets set {ctx.name}`")
+    raw = ctx.provided.reveal_bytes()
+    if len(raw) < p["min_length"]:
+        raise InputError(f"the value for {ctx.name} is shorter than {p['min_length']} bytes")
+    return Generated(ctx.provided)
+
+
+def _vault(p: dict[str, Any], ctx: GenContext) -> Generated:
+    issued = vault.read(p, ctx.name)
+    return Generated(issued.value, lease=Lease(issued.lease_id, issued.ttl))
+
+
+def _vault_retire(p: dict[str, Any], lease: Lease) -> None:
+    vault.revoke(p, lease.id)
+
+
+def _vault_path_ok(v: str) -> str | None:
+    ok = v.strip("/") and not v.startswith("/") and ".." not in v.split("/") and " " not in v
+    return None if ok else f"must be a Vault path like database/creds/app, got {v!r}"
+
+
+def _http_url_ok(v: str) -> str | None:
+    return None if v.startswith(("http://", "https://")) else f"must be http(s)://..., got {v!r}"
 
 
 # --- registry ------------------------------------------------------------------------
@@ -372,6 +504,53 @@ GENERATORS: dict[str, Generator] = {
             (Param("name", str, required=True, check=_nix_name_ok),),
             public=nix_public_key,
         ),
+        Generator(
+            "wireguard", "WireGuard (Curve25519) key pair", _wireguard, (), public=wireguard_public_key
+        ),
+        Generator(
+            "command",
+            "a local command's stdout (pass, vault kv get, op read, bw get)",
+            _command,
+            (
+                Param("run", str, required=True, check=command.check_run),
+                Param("timeout", int, 30, check=_between(1, 3600)),
+                Param("env", list, [], check=command.check_env),
+            ),
+        ),
+        Generator(
+            "derive",
+            "computed from other secrets (from:)",
+            _derive,
+            (
+                Param("function", str, required=True, check=derive.check_function),
+                Param("user", str, None, check=derive.check_user),
+                Param("hash", str, "bcrypt", check=derive.check_hash),
+                Param("cost", int, 12, check=_between(4, 31)),
+                Param("template", str, None),
+            ),
+            derived=True,
+        ),
+        Generator(
+            "prompt",
+            "typed by a person (secrets set NAME)",
+            _prompt,
+            (Param("min_length", int, 1, check=_between(1, 4096)),),
+            needs_person=True,
+        ),
+        Generator(
+            "vault",
+            "a Vault dynamic secret (lease TTL = max age; old lease revoked after promote)",
+            _vault,
+            (
+                Param("path", str, required=True, check=_vault_path_ok),
+                Param("field", str, "password"),
+                Param("template", str, None),
+                Param("addr", str, None, check=_http_url_ok),
+                Param("ca_cert", str, None),
+                Param("timeout", int, 30, check=_between(1, 600)),
+            ),
+            retire=_vault_retire,
+        ),
     )
 }
 
@@ -384,9 +563,9 @@ def get(name: str) -> Generator:
         raise InputError(f"unknown generator {name!r} (known: {', '.join(GENERATORS)})") from None
 
 
-def generate(name: str, params: Mapping[str, Any] | None = None) -> Generated:
-    """A fresh value from generator ``name`` with ``params``."""
-    return get(name).generate(params)
+def generate(name: str, params: Mapping[str, Any] | None = None, ctx: GenContext | None = None) -> Generated:
+    """A fresh value from generator ``name`` with ``params`` (``ctx``: see :class:`GenContext`)."""
+    return get(name).generate(params, ctx)
 
 
 def public_part(name: str, value: Secret) -> str | None:

@@ -13,6 +13,11 @@
   for the error message; it is an empty-ish dotfile worth a ``.gitignore``
   line (``*.lock``).
 * Waiting polls with ``LOCK_NB``, because ``flock`` itself has no timeout.
+* The lock file is opened with ``O_NOFOLLOW`` and must be a regular file:
+  the lock lives in the fleet repo, so a symlink committed there
+  (``.db.yaml.lock -> /etc/shadow``) would otherwise be opened and truncated
+  as root. A FIFO would block the open, hence ``O_NONBLOCK`` until the
+  ``fstat`` has said what it is.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from infratool.errors import LockedError
+from infratool.safeopen import open_regular
 
 _POLL = 0.05
 
@@ -54,7 +60,7 @@ def rotation_lock(
     holder's pid.
     """
     path = lock_path(file, lock_dir)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = open_regular(path, os.O_RDWR | os.O_CREAT, 0o644, what="lock file")
     try:
         deadline = None if wait is None else time.monotonic() + max(wait, 0.0)
         while True:

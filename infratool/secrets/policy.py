@@ -29,6 +29,11 @@ runs; every mistake is an :class:`InputError` pointing at ``file:line``.
             stdin_template: "ALTER ROLE app PASSWORD '{value}';"
             reload: ["systemctl reload app"] # str or list; run after delivery
             verify: "psql-check"             # str or {run: ..., stdin: ...}; must exit 0
+      web/htpasswd:                          # a derived secret (see docs/secret-sources.md)
+        file: secrets/db.yaml                # the same sops file as its sources
+        generator: derive
+        from: postgres/app                   # a name or a list; rotates with its sources
+        params: {function: htpasswd, user: admin}
 
 A command is fed its secret on **stdin**, never in argv: by default the bare
 value (or public part, with ``part: public``); a ``stdin`` template (for
@@ -54,7 +59,7 @@ from typing import Any, Literal
 from infratool import yamlsrc
 from infratool.errors import InputError
 from infratool.hidden import Secret
-from infratool.secrets import generators
+from infratool.secrets import deps, derive, generators
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+)([smhdw])")
@@ -62,6 +67,14 @@ _NAME_PART = re.compile(r"[A-Za-z0-9_.-]+")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _PLACEHOLDERS = ("value", "public")
 _ROOT_MARKERS = ("hosts.yaml", "flake.nix", ".git")
+# Top-level keys of a sops file that are not the policy's: ``sops`` is the
+# file's metadata, ``_rotation`` holds pending/previous values
+# (tasks/rotation.py). A secret named ``_rotation/pending/foo`` would be
+# read as foo's pending value and corrupt foo's rotation.
+RESERVED_NAMES = ("_rotation", "sops")
+# A user or group name as useradd(8) and NixOS accept it, or a numeric id:
+# the value reaches a shell on the host (chown), so nothing else gets through.
+_ACCOUNT = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10}")
 NOTIFY_EVENTS = ("failure", "due")
 Part = Literal["value", "public"]
 
@@ -147,6 +160,13 @@ class SecretPolicy:
     max_age: timedelta | None
     consumers: tuple[Consumer, ...] = ()
     line: int | None = None
+    depends: tuple[str, ...] = ()
+    """The secrets this one is derived from (``from:``), in policy order."""
+
+    @property
+    def needs_person(self) -> bool:
+        """Whether only a person can give this secret a new value (``prompt``)."""
+        return generators.GENERATORS[self.generator].needs_person
 
     @property
     def key(self) -> str:
@@ -285,6 +305,13 @@ def _file_target(ctx: _Ctx, raw: Any, parent: dict[Any, Any], what: str) -> File
             raise ctx.err(f"{what}: file.mode {text!r} is out of range", spec, "mode")
     owner = ctx.string(spec, "owner", f"{what}: file") or "root"
     group = ctx.string(spec, "group", f"{what}: file") or owner
+    for key, value in (("owner", owner), ("group", group)):
+        if not _ACCOUNT.fullmatch(value):
+            raise ctx.err(
+                f"{what}: file.{key} {value!r} is not a user/group name (letters, digits, _ . -) or id",
+                spec,
+                key if key in spec else "owner",
+            )
     return FileTarget(path, mode, owner, group)
 
 
@@ -356,9 +383,16 @@ def _secret(
             secrets,
             name,
         )
+    if name.split("/")[0] in RESERVED_NAMES:
+        raise ctx.err(
+            f"secret name {name!r} is reserved: {', '.join(RESERVED_NAMES)} are infratool's and "
+            "sops's own keys in a secrets file",
+            secrets,
+            name,
+        )
     what = f"secret {name!r}"
     data = ctx.mapping(raw, what, secrets, name)
-    ctx.keys(data, ("file", "generator", "params", "max_age", "consumers"), what)
+    ctx.keys(data, ("file", "generator", "params", "max_age", "consumers", "from"), what)
     for required in ("file", "generator"):
         if data.get(required) is None:
             raise ctx.err(f"{what} needs {required!r}", secrets, name)
@@ -366,7 +400,12 @@ def _secret(
     assert file_text is not None
     if not file_text.endswith((".yaml", ".yml")):
         raise ctx.err(f"{what}: file must be a sops YAML file (.yaml/.yml)", data, "file")
-    file = (root / file_text).resolve() if not file_text.startswith("/") else Path(file_text)
+    file = (root / file_text).resolve()
+    # The repo is what operators review; a policy must not make infratool
+    # read or rewrite a sops file elsewhere (`../../etc/x.yaml`, an absolute
+    # path, a symlink out of the repo: resolve() follows it before the check).
+    if not file.is_relative_to(root.resolve()):
+        raise ctx.err(f"{what}: file {file_text!r} is outside the repo {root}", data, "file")
     gen_name = ctx.string(data, "generator", what, required=True)
     assert gen_name is not None
     if gen_name not in generators.GENERATORS:
@@ -389,6 +428,7 @@ def _secret(
         else:
             where = (data, "params" if "params" in data else "generator")
         raise ctx.err(f"{what}: {exc.message}", *where) from None
+    depends = _from(ctx, data, what, gen, params)
     max_age = parse_duration_at(ctx, data, "max_age") if data.get("max_age") is not None else None
     consumers_raw = data.get("consumers") or []
     if not isinstance(consumers_raw, list):
@@ -405,7 +445,100 @@ def _secret(
         max_age=max_age,
         consumers=consumers,
         line=yamlsrc.line_of(secrets, name),
+        depends=depends,
     )
+
+
+# --- derived secrets (from:) ----------------------------------------------------
+
+# Functions reading one source; `template` reads any number of them.
+_SINGLE_SOURCE = ("public-key", "bcrypt", "argon2id", "sha512-crypt", "htpasswd")
+
+
+def _from(
+    ctx: _Ctx, data: dict[Any, Any], what: str, gen: generators.Generator, params: dict[str, Any]
+) -> tuple[str, ...]:
+    """The ``from:`` names of a secret, checked against its generator and derive params."""
+    raw = data.get("from")
+    if raw is None:
+        if gen.derived:
+            raise ctx.err(
+                f"{what}: generator {gen.name!r} needs 'from' (the secret(s) it is derived from)",
+                data,
+                "generator",
+            )
+        return ()
+    if not gen.derived:
+        raise ctx.err(f"{what}: 'from' is only for generator: derive", data, "from")
+    names = [raw] if isinstance(raw, str) else raw
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise ctx.err(f"{what}: from must be a secret name or a list of them", data, "from")
+    if len(set(names)) != len(names):
+        raise ctx.err(f"{what}: from names a secret twice", data, "from")
+    function = params["function"]
+    p = data.get("params") or {}
+    if function in _SINGLE_SOURCE and len(names) != 1:
+        raise ctx.err(
+            f"{what}: derive function {function!r} takes exactly one secret in 'from'", data, "from"
+        )
+    if function == "htpasswd" and params["user"] is None:
+        raise ctx.err(
+            f"{what}: derive function 'htpasswd' needs params.user", p or data, "function" if p else "params"
+        )
+    if function == "template":
+        if params["template"] is None:
+            raise ctx.err(f"{what}: derive function 'template' needs params.template", p, "function")
+        for ph in derive.placeholders(params["template"]):
+            if ph != "value" and ph not in names:
+                raise ctx.err(
+                    f"{what}: template placeholder {{{ph}}} is not in 'from' ({', '.join(names)})",
+                    p,
+                    "template",
+                )
+    return tuple(names)
+
+
+def _check_dependencies(ctx: _Ctx, found: dict[str, SecretPolicy], secrets: dict[Any, Any]) -> None:
+    """``from:`` names exist, share their dependant's sops file, fit its function; no cycles."""
+    for spec in found.values():
+        raw = secrets[spec.name]
+        for dep in spec.depends:
+            other = found.get(dep)
+            if other is None:
+                close = difflib.get_close_matches(dep, list(found), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ctx.err(f"secret {spec.name!r}: from names unknown secret {dep!r}{hint}", raw, "from")
+            if other.file != spec.file:
+                # One sops file means one lock and one write that promotes them together.
+                raise ctx.err(
+                    f"secret {spec.name!r} must be in the same sops file as {dep!r}, which it is derived from",
+                    raw,
+                    "file",
+                )
+            function = spec.params["function"]
+            if function == "public-key" and not other.has_public:
+                raise ctx.err(
+                    f"secret {spec.name!r}: {dep!r} ({other.generator}) has no public key to derive",
+                    raw,
+                    "from",
+                )
+            if (
+                function in ("bcrypt", "htpasswd")
+                and (function == "bcrypt" or spec.params["hash"] == "bcrypt")
+                and other.generator == "password"
+                and other.params["length"] > derive.BCRYPT_MAX_BYTES
+            ):
+                raise ctx.err(
+                    f"secret {spec.name!r}: bcrypt reads only {derive.BCRYPT_MAX_BYTES} bytes, "
+                    f"but {dep!r} is {other.params['length']} long",
+                    raw,
+                    "from",
+                )
+    cycle = deps.find_cycle({s.name: s.depends for s in found.values()})
+    if cycle:
+        raise ctx.err(
+            f"secrets derive from each other in a cycle: {' -> '.join(cycle)}", secrets[cycle[0]], "from"
+        )
 
 
 def _notify(ctx: _Ctx, raw: Any, parent: dict[Any, Any]) -> Notify:
@@ -481,6 +614,7 @@ def parse_policy(
     secrets = ctx.mapping(data["secrets"] or {}, "secrets", data, "secrets")
     found = {str(n): _secret(ctx, n, raw, secrets, base, host_names) for n, raw in secrets.items()}
     _check_conflicts(ctx, found, secrets)
+    _check_dependencies(ctx, found, secrets)
     return Policy(path=Path(path), root=base, secrets=found, notify=notify)
 
 

@@ -16,13 +16,22 @@ It NEVER holds a value: only names, times, counters and (redacted) messages.
         last_result: rotated                   # short outcome word/phrase
         last_error: null                       # redacted message of the last failure
         updated: "2024-05-01T12:00:03Z"        # when this entry last changed
+        lease_ttl: null                        # seconds: a Vault lease's duration (caps max_age)
 
 Writes are atomic (temp file, fsync, rename), so a crash leaves the previous
-state or the new one.
+state or the new one. Every change is a read-modify-write under the state
+file's own ``flock`` (:func:`locked`, on ``.rotation-state.yaml.lock``): the
+rotation locks are per *sops file*, so two rotations of secrets in two files
+run at once, and without this lock each saves the state it read before the
+other's update (issue 13.10: one secret left "pending stored").
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +42,7 @@ import yaml
 from infratool import yamlsrc
 from infratool.errors import InputError
 from infratool.hidden import REDACTOR
+from infratool.safeopen import open_regular
 from infratool.secrets.store import atomic_write
 
 STATE_FILE = ".rotation-state.yaml"
@@ -79,6 +89,15 @@ class SecretState:
     last_result: str | None = None
     last_error: str | None = None
     updated: datetime | None = None
+    lease_ttl: int | None = None
+    """Duration (s) of the current value's lease (``generator: vault``); caps the max age."""
+
+    def max_age(self, policy_max_age: timedelta | None) -> timedelta | None:
+        """The effective max age: the policy's, or the lease's duration if that is shorter."""
+        if self.lease_ttl is None:
+            return policy_max_age
+        lease = timedelta(seconds=self.lease_ttl)
+        return lease if policy_max_age is None else min(policy_max_age, lease)
 
     def age(self, now: datetime | None = None) -> timedelta | None:
         """Time since the last rotation (``None`` if never rotated)."""
@@ -144,6 +163,8 @@ class RotationState:
                 "last_error": REDACTOR.redact(s.last_error) if s.last_error else None,
                 "updated": format_time(s.updated),
             }
+            if s.lease_ttl is not None:
+                out[name]["lease_ttl"] = s.lease_ttl
         return {"version": VERSION, "secrets": out}
 
 
@@ -178,6 +199,10 @@ def _entry(name: str, raw: Any, path: Path, secrets: Any) -> SecretState:
         if status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}")
         st.status = status
+        ttl = raw.get("lease_ttl")
+        if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0):
+            raise ValueError("lease_ttl must be a positive number of seconds")
+        st.lease_ttl = ttl
         for key in ("phase", "last_result", "last_error"):
             value = raw.get(key)
             if value is not None and not isinstance(value, str):
@@ -216,3 +241,26 @@ def save(path: str | Path, state: RotationState) -> None:
     text = "# infratool rotation state: no secret values here, only when and how.\n"
     text += yaml.safe_dump(state.to_dict(), sort_keys=False, default_flow_style=False)
     atomic_write(Path(path), text.encode(), mode=0o644)
+
+
+@contextlib.contextmanager
+def locked(path: str | Path) -> Iterator[RotationState]:
+    """Read-modify-write the state at ``path``: yields the current state, saves it after.
+
+    The ``flock`` on ``.<name>.lock`` beside it is held from the read to the
+    rename, and only for that (milliseconds), so waiting for it blocks
+    without a timeout; the kernel drops it if the holder is killed. The
+    lock file is opened like the rotation locks: no symlinks, regular only.
+    If the block raises, nothing is saved.
+    """
+    path = Path(path)
+    hidden = path.name if path.name.startswith(".") else f".{path.name}"
+    lock = path.with_name(f"{hidden}.lock")
+    fd = open_regular(lock, os.O_RDWR | os.O_CREAT, 0o644, what="state lock file")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        current = load(path)
+        yield current
+        save(path, current)
+    finally:
+        os.close(fd)  # closing the last descriptor releases the flock

@@ -51,8 +51,11 @@ from typing import Any
 
 import yaml
 
+from infratool import yamlsrc
 from infratool.errors import SecretsError, SecretsFileError
 from infratool.hidden import REDACTOR, Secret
+
+ALIAS_REFUSED = "the decrypted document uses YAML aliases (*name): not accepted"
 
 SOPS_TIMEOUT = 120.0
 # Characters that would break sops's ["a"]["b"] index syntax or make a key
@@ -276,11 +279,15 @@ class SopsStore:
         """The age recipients in ``file``'s sops metadata (read without decrypting)."""
         path = self._existing(file)
         try:
-            doc = yaml.load(path.read_bytes(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            # No aliases: a "billion laughs" file would expand when walked.
+            doc = yaml.load(path.read_bytes(), Loader=yamlsrc.NoAliasLoader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
+            problem = getattr(exc, "problem", None)
             raise SecretsFileError(
-                "malformed YAML", file=self.display(path), line=mark.line + 1 if mark else None
+                f"malformed YAML: {problem}" if problem else "malformed YAML",
+                file=self.display(path),
+                line=mark.line + 1 if mark else None,
             ) from None
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
             # PyYAML's constructors raise plain Python errors for some malformed
@@ -410,7 +417,14 @@ class SopsStore:
             return cached
         out = self._run(["decrypt", "--input-type", "yaml", "--output-type", "yaml", str(path)], path)
         try:
+            # A committed sops file may carry aliases in its structure (anyone with
+            # the public recipients can write one): refuse them before ruamel
+            # builds a tree that _secrets() would walk exponentially.
+            if yamlsrc.has_alias(out):
+                raise SecretsFileError(ALIAS_REFUSED, file=self.display(path))
             tree = _yaml().load(out.decode())
+        except SecretsFileError:
+            raise
         except Exception as exc:  # ruamel has no single base error; sops wrote this YAML
             raise SecretsFileError(
                 f"sops produced YAML that cannot be parsed ({type(exc).__name__})",

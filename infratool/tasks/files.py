@@ -15,9 +15,11 @@ from typing import Any
 from infratool import log
 from infratool.changes import Change, text_diff
 from infratool.context import HostContext
-from infratool.facts import FactRequest
+from infratool.errors import HostError
+from infratool.facts import FactRequest, FileState
 from infratool.hidden import Secret
 from infratool.inventory import Host
+from infratool.remote import expected_state
 from infratool.tasks.base import HostTask, Param, PlanContext, register
 
 
@@ -57,11 +59,23 @@ def file_changes(
     group: str | None,
     secret: bool = False,
 ) -> list[Change]:
-    """Changes to make ``path`` hold ``content`` with mode/owner/group (shared by tasks)."""
+    """Changes to make ``path`` hold ``content`` with mode/owner/group (shared by tasks).
+
+    A path that resolves through a symlinked parent, or is a directory (or
+    any other non-file), fails the host: it is never written. A symlink at
+    the path is replaced by the file, never followed. The plan's diff shows
+    old content only when every user on the host may read it: a private
+    file's or a symlink target's content is not shown. The write carries what
+    the plan saw, so the host refuses it if the file changed since.
+    """
     current = ctx.file(path)
     raw = content.reveal_bytes() if isinstance(content, Secret) else content
-    if current.exists and not current.is_file:
-        raise ValueError(f"{path} exists and is not a regular file")
+    if current.via_symlink:
+        raise HostError(ctx.name, f"{path}: a parent directory is a symlink: refusing to write through it")
+    if current.exists and not current.is_file and not current.is_symlink:
+        raise HostError(ctx.name, f"{path} exists and is not a regular file (a directory?): not written")
+    if current.is_symlink and raw is None:
+        raise HostError(ctx.name, f"{path} is a symlink: refusing to change the mode/owner of its target")
     desc_bits = []
     if raw is None or not current.exists:
         content_differs = raw is not None
@@ -72,6 +86,9 @@ def file_changes(
         content_differs = current.content != raw
     if not current.exists:
         action = "create"
+    elif current.is_symlink:
+        action = "update"
+        desc_bits.append("replace symlink with a file")
     else:
         action = "update"
         if content_differs:
@@ -87,30 +104,57 @@ def file_changes(
     if raw is None:  # metadata only, on a file that exists
         return [_meta_change(ctx, task, path, mode, owner, group, desc_bits)]
     desc = f"{action} {path}" + (f" ({', '.join(desc_bits)})" if desc_bits else "")
-    if action == "create":
+    if action == "create" or current.is_symlink:
         desc += f" (mode {mode if mode is not None else 0o644:04o})"
     diff = ""
     if content_differs:
-        diff = text_diff(current.text if current.exists else None, raw.decode(errors="replace"), path, secret)
-    ctx.plan_write(path, raw, mode, owner, group)
+        hidden = None if secret else unshown_reason(current)
+        if hidden:
+            diff = f"--- {path}\n+++ {path}\n{hidden}"
+        else:
+            old = current.text if current.exists else None
+            diff = text_diff(old, raw.decode(errors="replace"), path, secret)
+    expect = expected_state(current.exists, current.is_file, current.is_symlink, _sha256(current))
+    ctx.plan_write(path, raw, mode, owner, group, secret=secret)
     payload = content if secret and isinstance(content, Secret) else raw
 
     def apply(hctx: HostContext) -> None:
-        hctx.put_file(path, payload, mode=mode, owner=owner, group=group)
+        hctx.put_file(path, payload, mode=mode, owner=owner, group=group, expect=expect)
 
     return [Change(ctx.name, task, desc, apply, diff=diff, action=action)]
 
 
+def unshown_reason(current: FileState) -> str | None:
+    """Why the current content of a file must not appear in a plan (None: it may).
+
+    Only what every user on the host may read is shown: a plan is printed,
+    logged and saved as JSON, so it must not become a way to read a private
+    file (a rotated token) or whatever a symlink points to.
+    """
+    if not current.exists:
+        return None
+    if current.is_symlink:
+        return "(content of a symlink target: not shown)"
+    if current.hidden:
+        return "(secret content: not shown)"
+    if not current.world_readable:
+        mode = "private" if current.mode is None else f"{current.mode:04o}"
+        return f"(content of a {mode} file: not shown)"
+    if current.content is None:
+        return "(content not read: larger than 256 KiB)"
+    return None
+
+
+def _sha256(current: FileState) -> str | None:
+    if current.sha256:
+        return current.sha256
+    return None if current.content is None else hashlib.sha256(current.content).hexdigest()
+
+
 def _meta_change(ctx, task, path, mode, owner, group, bits) -> Change:
     def apply(hctx: HostContext) -> None:
-        cmds = []
-        if mode is not None:
-            cmds.append(f"chmod {mode:o} -- {shlex.quote(path)}")
-        if owner or group:
-            cmds.append(
-                f"chown {shlex.quote((owner or '') + (':' + group if group else ''))} -- {shlex.quote(path)}"
-            )
-        hctx.run(" && ".join(cmds), what=f"set mode/owner of {path}")
+        # Never `chmod PATH` by name: chmod follows a symlink swapped in there.
+        hctx.set_meta(path, mode, owner, group)
 
     return Change(ctx.name, task, f"update {path} ({', '.join(bits)})", apply, action="update")
 

@@ -29,20 +29,22 @@ process with SIGKILL right after that step (``generated``, ``stored``,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from infratool.changes import LOCAL, Change
 from infratool.context import HostContext
 from infratool.errors import InfratoolError
-from infratool.inventory import Host
+from infratool.hidden import Secret
+from infratool.inventory import Host, Inventory
 from infratool.notify import notify
-from infratool.secrets import state
+from infratool.secrets import deps, generators, state
 from infratool.secrets.policy import SecretPolicy, load_policy, parse_policy
 from infratool.secrets.store import SopsStore
-from infratool.tasks.base import Param, PlanContext, Task, register
-from infratool.tasks.rotation import Rotator, pending_key
+from infratool.tasks.base import Param, PlanContext, Source, Task, register
+from infratool.tasks.rotation import Rotator, pending_key, retire_key
 
 DEFAULT_POLICY = "secrets/rotation.yaml"
 
@@ -56,6 +58,18 @@ class Decision:
     resume: bool = False
     finalize: bool = False
     """Only record a promotion that a crash interrupted before it was recorded."""
+    group: list[SecretPolicy] = field(default_factory=list)
+    """Everything rotating together: the secret(s) and those derived from them, sources first."""
+    retire_only: bool = False
+    """Only revoke a previous lease an earlier run could not revoke."""
+
+    @property
+    def members(self) -> list[SecretPolicy]:
+        """The secrets this decision rotates."""
+        return self.group or [self.secret]
+
+
+NEEDS_PERSON = "due — needs a person"
 
 
 def _check_names(value: list) -> str | None:
@@ -77,6 +91,20 @@ class RotateSecrets(Task):
         "force": Param(bool, default=False, help="rotate the selected secrets even if not due"),
         "lock_wait": Param((int, float), default=0, help="seconds to wait for another rotation's lock"),
     }
+
+    provided: dict[str, Secret]
+    """Values a person gave for ``prompt`` secrets (``secrets set``), by name."""
+    needs_person: list[str]
+    """Due ``prompt`` secrets this run skipped: only a person can rotate them."""
+
+    def provide(self, name: str, value: Secret) -> None:
+        """Give the ``prompt`` secret ``name`` the value a person typed (it then rotates)."""
+        self.provided[name] = value
+
+    def __init__(self, args: dict[str, Any], source: Source, inventory: Inventory) -> None:
+        super().__init__(args, source, inventory)
+        self.provided = {}
+        self.needs_person = []
 
     def validate(self) -> None:
         root = self.inventory.flake
@@ -126,26 +154,56 @@ class RotateSecrets(Task):
         return state.state_path(self.policy.root / "secrets")
 
     def decide(self, store: SopsStore) -> list[Decision]:
-        """Which secrets rotate now, and why (read-only: reads state and sops pending markers)."""
+        """Which secrets rotate now, and why (read-only: reads state and sops pending markers).
+
+        A secret that rotates takes along every secret derived from it; the
+        ones linked by ``from:`` become one decision (one staged rotation).
+        A due ``prompt`` secret is not rotated but listed in :attr:`needs_person`.
+        """
         st = state.load(self.state_file())
-        decisions = []
+        self.needs_person = []
+        singles: list[Decision] = []
+        reasons: dict[str, tuple[str, bool]] = {}
         for spec in self.selected():
             entry = st.get(spec.name)
-            pending = store.exists(spec.file) and pending_key(spec.key) in store.read(spec.file)
-            if pending:
-                decisions.append(Decision(spec, "a previous rotation was interrupted: resume", resume=True))
+            held = store.read(spec.file) if store.exists(spec.file) else {}
+            if pending_key(spec.key) in held:
+                reasons[spec.name] = ("a previous rotation was interrupted: resume", True)
             elif entry.status == "pending" and entry.phase == "promoting":
-                decisions.append(Decision(spec, "record a promotion interrupted by a crash", finalize=True))
+                singles.append(Decision(spec, "record a promotion interrupted by a crash", finalize=True))
+            elif spec.name in self.provided:
+                reasons[spec.name] = ("a new value was given", False)
+            elif spec.needs_person and (
+                spec.name in (self.args["names"] or []) or entry.is_due(entry.max_age(spec.max_age))
+            ):
+                self.needs_person.append(spec.name)
             elif self.args["force"] or (self.args["names"] and not self.args["due"]):
-                decisions.append(Decision(spec, "requested"))
-            elif entry.is_due(spec.max_age):
+                reasons[spec.name] = ("requested", False)
+            elif entry.is_due(entry.max_age(spec.max_age)):
                 age = entry.age()
+                limit = entry.max_age(spec.max_age)
                 why = (
-                    "never rotated"
-                    if age is None
-                    else f"age {format_age(age)} ≥ max_age {format_age(spec.max_age)}"
+                    "never rotated" if age is None else f"age {format_age(age)} ≥ max_age {format_age(limit)}"
                 )
-                decisions.append(Decision(spec, why))
+                reasons[spec.name] = (why, False)
+            elif retire_key(spec.key) in held:
+                singles.append(Decision(spec, "revoke the previous lease", retire_only=True))
+        edges = {n: s.depends for n, s in self.policy.secrets.items()}
+        finalizing = {d.secret.name for d in singles if d.finalize}
+        rotating = deps.with_dependents(reasons, edges) - finalizing
+        # A prompt secret only ever rotates with a value a person gave.
+        rotating = {n for n in rotating if n in reasons or not self.policy.secrets[n].needs_person}
+        decisions = [d for d in singles if not (d.retire_only and d.secret.name in rotating)]
+        for names in deps.groups(rotating, edges, list(self.policy.secrets)):
+            members = [self.policy.secrets[n] for n in names]
+            why = [
+                f"{n}: {reasons[n][0]}" if len(names) > 1 else reasons[n][0] for n in names if n in reasons
+            ]
+            derived = [n for n in names if n not in reasons]
+            if derived:
+                why.append(f"re-derive {', '.join(derived)}")
+            resume = any(reasons.get(n, ("", False))[1] for n in names)
+            decisions.append(Decision(members[0], "; ".join(why), resume=resume, group=members))
         return decisions
 
     def plan(self, ctx: PlanContext) -> list[Change]:
@@ -155,7 +213,8 @@ class RotateSecrets(Task):
         changes = []
         for d in self.decide(store):
             spec = d.secret
-            missing = [c.host for c in spec.consumers if c.host not in ctx.hosts]
+            members = d.members
+            missing = sorted({c.host for m in members for c in m.consumers if c.host not in ctx.hosts})
             if missing:
                 # The other secrets still rotate; this one waits for its hosts.
                 ctx.fail(
@@ -173,10 +232,26 @@ class RotateSecrets(Task):
                     )
                 )
                 continue
-            steps = [f"generate ({spec.generator}) and store as pending in {store.display(spec.file)}"]
+            if d.retire_only:
+                changes.append(
+                    Change(
+                        f"{LOCAL}:{spec.name}",
+                        self.name,
+                        f"{d.reason} of {spec.name} (left by an earlier run)",
+                        apply=lambda local, spec=spec: self._retire(store, spec),
+                        action="update",
+                    )
+                )
+                continue
+            steps = [
+                f"generate {m.name} ({m.generator}"
+                + (f" from {', '.join(m.depends)}" if m.depends else "")
+                + f") and store as pending in {store.display(m.file)}"
+                for m in members
+            ]
             if d.resume:
-                steps = [f"resume the pending value in {store.display(spec.file)}"]
-            for c in spec.consumers:
+                steps = [f"resume the pending value(s) in {store.display(spec.file)}"]
+            for c in (c for m in members for c in m.consumers):
                 how = []
                 if c.file:
                     how.append(f"file {c.file.path} ({c.file.mode:04o} {c.file.owner}:{c.file.group})")
@@ -189,33 +264,46 @@ class RotateSecrets(Task):
                 if c.verify:
                     steps.append(f"verify on {c.host}")
             steps.append("promote: current ← new, previous ← old (rollback to current if any verify fails)")
+            if any(generators.get(m.generator).retire for m in members):
+                steps.append("revoke the previous lease")
             diff = "\n".join(f"  {i}. {s}" for i, s in enumerate(steps, 1))
             rotator_hosts = ctx.hosts
             changes.append(
                 Change(
                     f"{LOCAL}:{spec.name}",
                     self.name,
-                    f"rotate {spec.name} ({d.reason})",
-                    apply=lambda local, spec=spec, hosts=rotator_hosts: self._apply(store, spec, hosts),
+                    f"rotate {' + '.join(m.name for m in members)} ({d.reason})",
+                    apply=lambda local, group=members, hosts=rotator_hosts: self._apply(store, group, hosts),
                     diff=diff,
                     action="rotate",
-                    requires=tuple(sorted({c.host for c in spec.consumers})),
+                    requires=tuple(sorted({c.host for m in members for c in m.consumers})),
                 )
             )
         return changes
 
     def _record_promoted(self, name: str) -> None:
-        st = state.load(self.state_file())
-        st.get(name).promoted(result="rotated (recorded after an interrupted run)")
-        state.save(self.state_file(), st)
+        with state.locked(self.state_file()) as st:
+            st.get(name).promoted(result="rotated (recorded after an interrupted run)")
 
-    def _apply(self, store: SopsStore, spec: SecretPolicy, hosts: dict[str, HostContext]) -> None:
-        rotator = Rotator(store, self.state_file(), hosts, lock_wait=self.args["lock_wait"])
+    def _rotator(self, store: SopsStore, hosts: dict[str, HostContext]) -> Rotator:
+        return Rotator(
+            store,
+            self.state_file(),
+            hosts,
+            lock_wait=self.args["lock_wait"],
+            specs=self.policy.secrets,
+            cwd=self.policy.root,
+        )
+
+    def _apply(self, store: SopsStore, group: list[SecretPolicy], hosts: dict[str, HostContext]) -> None:
         try:
-            rotator.rotate(spec)
+            self._rotator(store, hosts).rotate_group(group, self.provided)
         except InfratoolError as exc:
             notify(self.policy, "failure", str(exc))
             raise
+
+    def _retire(self, store: SopsStore, spec: SecretPolicy) -> None:
+        self._rotator(store, {}).retire_leftovers(spec)
 
 
 def format_age(delta: timedelta | None) -> str:

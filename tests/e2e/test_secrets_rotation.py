@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
-import sys
+import time
 
 import pytest
 import yaml
 from conftest import PLAYBOOKS, files_containing, sample_ps
-from helpers import nix_parse
+from helpers import nix_parse, wait_stopped
 
 from infratool.lab import services
+from infratool.secrets.lock import lock_path
 from infratool.secrets.store import SopsStore
 
 STEPS = ["generated", "stored", "delivered-one", "delivered", "verified", "promoted"]
@@ -175,34 +177,48 @@ def test_canary_value_never_leaks(rot, cli, tmp_path, _private_audit_log):
         assert canary not in (lab.flake_dir / "secrets" / "lab.yaml").read_text()
 
 
-def test_two_concurrent_rotations_never_corrupt(rot, cli):
+def test_two_concurrent_rotations_overlap_one_refuses_one_waits(rot, cli):
+    """Two rotations of one file, forced to overlap: the first is stopped while it holds the lock."""
     lab = rot
     assert rotate(cli, lab, "--due", "--yes").returncode == 0
-    env = {**os.environ, "NO_COLOR": "1"}
-    argv = [
-        sys.executable,
-        "-m",
-        "infratool",
-        "-i",
-        str(lab.inventory_path),
-        "secrets",
-        "rotate",
-        "--all",
-        "--yes",
-    ]
-    procs = [
-        subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL
+    before = values(lab)
+    sops_file = lab.flake_dir / "secrets" / "lab.yaml"
+    inv = lab.inventory_path
+    # The first stops itself right after storing its pending value: mid-rotation, lock held.
+    first = cli.start(
+        "-i", inv, "secrets", "rotate", "postgres/app", "--yes", env={"INFRATOOL_FAULT": "stored:stop"}
+    )
+    try:
+        wait_stopped(first)
+        held = values(lab)
+        assert "_rotation/pending/postgres/app" in held  # really mid-way
+        assert lock_path(sops_file).read_text().strip() == str(first.pid)
+
+        refused = rotate(cli, lab, "--all", "--yes")
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert (
+            f"another rotation of {sops_file} is running (pid {first.pid})" in refused.stdout + refused.stderr
         )
-        for _ in range(2)
-    ]
-    outs = [p.communicate(timeout=300) for p in procs]
-    codes = sorted(p.returncode for p in procs)
-    assert codes[0] == 0, outs
-    assert codes[1] in (0, 1)
-    if codes[1] == 1:
-        assert any("another rotation of" in o + e for o, e in outs)
+        assert values(lab) == held  # the refused run changed nothing
+
+        waiter = cli.start("-i", inv, "secrets", "rotate", "tokend/token", "--yes", "--wait", "120")
+        time.sleep(1)
+        assert waiter.poll() is None  # waiting for the lock, not refused
+        os.kill(first.pid, signal.SIGCONT)
+        out, err = first.communicate(timeout=300)
+        assert first.returncode == 0, out + err
+        w_out, w_err = waiter.communicate(timeout=300)
+        assert waiter.returncode == 0, w_out + w_err
+    finally:
+        for proc in (first,):
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+                proc.wait()
     final = values(lab)  # decrypts: not corrupted
+    assert final["postgres/app"] == held["_rotation/pending/postgres/app"]  # the first's value, promoted
+    assert final["_rotation/previous/postgres/app"] == before["postgres/app"]
+    assert final["_rotation/previous/tokend/token"] == before["tokend/token"]  # the waiter's, after
     assert pg_login(lab, final["postgres/app"]) and tokend_accepts(lab, final["tokend/token"])
     assert not any(k.startswith("_rotation/pending/") for k in final)
 
@@ -230,17 +246,26 @@ def test_bad_input_touches_nothing(rot, cli, tmp_path):
         assert h.sshd_log.read_text() == logs[h.name]
     assert sops_file.read_text() == cipher
 
-    # Tampered ciphertext: sops's MAC check fails; the file is named, nothing is delivered.
-    sops_file.write_text(cipher.replace("ENC[AES256_GCM,data:", "ENC[AES256_GCM,data:AAAA", 1))
+    # Tampered ciphertext: sops's MAC check fails. Exit 3 naming the file; nothing
+    # reached any host (sshd logs unchanged: not even a login); the file is untouched.
+    tampered = cipher.replace("ENC[AES256_GCM,data:", "ENC[AES256_GCM,data:AAAA", 1)
+    assert tampered != cipher
+    sops_file.write_text(tampered)
     r = rotate(cli, lab, "--all", "--yes")
-    assert r.returncode != 0 and "lab.yaml" in r.stdout + r.stderr
-    assert "tamper" in (r.stdout + r.stderr).lower() or "mac" in (r.stdout + r.stderr).lower()
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "lab.yaml: has been tampered with" in r.stderr, r.stderr
+    assert sops_file.read_text() == tampered
+    for h in lab.hosts():
+        assert h.sshd_log.read_text() == logs[h.name], f"{h.name} was contacted"
     sops_file.write_text(cipher)
 
-    # No decryption key.
+    # No decryption key: the same promises.
     r = rotate(cli, lab, "--all", "--yes", env={"SOPS_AGE_KEY_FILE": str(tmp_path / "none.txt")})
-    assert r.returncode != 0 and "cannot decrypt" in r.stdout + r.stderr and "lab.yaml" in r.stdout + r.stderr
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "lab.yaml" in r.stderr and "cannot decrypt" in r.stderr, r.stderr
     assert sops_file.read_text() == cipher
+    for h in lab.hosts():
+        assert h.sshd_log.read_text() == logs[h.name], f"{h.name} was contacted"
 
 
 def test_timer_units_verify_and_nix_parses(lab, cli, tmp_path):
@@ -338,11 +363,15 @@ def test_notify_on_failure_and_when_due(rot, cli, tmp_path):
     assert status.returncode == 2
     assert "due for rotation: postgres/app, tokend/token" in inbox.read_text()
 
-    data["secrets"]["tokend/token"]["consumers"][0]["verify"] = "exit 1"
+    # The verify sees the new value on stdin: it keeps a copy (to check the message
+    # against the rejected value itself) and fails, so the rotation is rejected.
+    data["secrets"]["tokend/token"]["consumers"][0]["verify"] = "cat >> /var/lib/tokend/seen; exit 1"
     policy.write_text(yaml.safe_dump(data))
     r = rotate(cli, lab, "tokend/token", "--yes")
     assert r.returncode == 1
     text = inbox.read_text()
     assert "rotation of tokend/token failed" in text
-    token = lab.host("slax").path("/var/lib/tokend/token").read_text()
-    assert token not in text  # the message names the failure, never a value
+    rejected = lab.host("slax").path("/var/lib/tokend/seen").read_text().splitlines()[0]
+    assert len(rejected) >= 32
+    assert rejected not in text  # the message names the failure, never the rejected value
+    assert not any(k.startswith("_rotation/pending/") for k in values(lab))

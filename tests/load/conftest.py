@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-MEASURED = ("hosts", "forks", "wall_seconds", "controller_peak_rss_mib")
+MEASURED = ("hosts", "forks", "max_concurrent_sessions", "wall_seconds", "controller_peak_rss_mib")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

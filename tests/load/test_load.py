@@ -1,5 +1,10 @@
 """Load: a full baseline run over 64 lab hosts with ``--forks 16``; every host correct; memory recorded.
 
+``--forks`` is measured, not assumed: strace on every host's sshd records when
+each SSH session's shell starts and ends (tests/exectrace.py), and the most
+sessions open at once across the fleet must be at least 2 (it ran in
+parallel) and at most 16 (the bound held).
+
 The controller's peak RSS comes from ``wait4`` on the CLI's own process (its
 ``ru_maxrss``), so nothing else the test process ever started is counted. It
 is stored with ``record_property`` and printed in the session's terminal
@@ -11,14 +16,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+from exectrace import HostTrace
+from helpers import PLAYBOOKS, cli_argv, cli_env
+
 from infratool.lab import Lab
 
-ROOT = Path(__file__).resolve().parents[2]
-BASELINE = ROOT / "playbooks" / "baseline.yaml"
+BASELINE = PLAYBOOKS / "baseline.yaml"
 HOSTS, FORKS = 64, 16
 MANAGED_BY = (
     "This host is managed by infratool. Local changes to managed files are\n"
@@ -28,9 +34,8 @@ MANAGED_BY = (
 
 def run_measured(lab: Lab, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], float, int]:
     """Run the CLI; return its result, wall seconds and peak RSS in KiB (its own, via wait4)."""
-    (tmp_path / "controller-tmp").mkdir(exist_ok=True)
-    env = {**os.environ, "NO_COLOR": "1", "TMPDIR": str(tmp_path / "controller-tmp")}
-    argv = [sys.executable, "-m", "infratool", "-i", str(lab.inventory_path), *args]
+    env = cli_env(tmp_path)
+    argv = cli_argv("-i", lab.inventory_path, *args)
     # Output to files, not pipes: communicate() would reap the child before wait4 sees it.
     with open(tmp_path / "out", "w+") as out, open(tmp_path / "err", "w+") as err:
         start = time.monotonic()
@@ -72,8 +77,17 @@ def test_baseline_over_64_hosts_with_16_forks(lab_factory, tmp_path, record_prop
         logins = host.sshd_log.read_text().count("Accepted publickey") - logins_before[host.name]
         assert logins == 1, (host.name, logins)
 
-    # Converged at scale: a second look plans nothing anywhere.
-    again, _, _ = run_measured(lab, tmp_path, "--json", "plan", str(BASELINE), "--forks", str(FORKS))
+    # Converged at scale: a second look plans nothing anywhere. This run is traced
+    # (strace slows it, so it is not the one timed): every host's facts session is
+    # recorded, and never more than --forks of them are open at once.
+    with HostTrace(lab, tmp_path / "strace") as sessions:
+        again, _, _ = run_measured(lab, tmp_path, "--json", "plan", str(BASELINE), "--forks", str(FORKS))
+    shells = sessions.trace.session_shells()
+    concurrent = sessions.trace.max_concurrent(shells)
+    record_property("max_concurrent_sessions", concurrent)
+    assert set(sessions.pids) == {h.name for h in hosts}
+    assert len(shells) >= HOSTS, len(shells)
+    assert 2 <= concurrent <= FORKS, concurrent
     assert again.returncode == 0, again.stderr[-3000:]
     plan = json.loads(again.stdout)
     assert len(plan["hosts"]) == HOSTS and plan["changes"] == [] and not plan["failures"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from infratool.errors import LockedError
+from infratool.errors import InputError, LockedError
 from infratool.secrets.lock import lock_path, rotation_lock
 
 
@@ -29,8 +29,17 @@ def test_second_lock_attempt_is_refused_naming_file_and_pid(tmp_path: Path) -> N
 
 
 def test_locks_are_per_file(tmp_path: Path) -> None:
-    with rotation_lock(tmp_path / "a.yaml"), rotation_lock(tmp_path / "b.yaml"):
-        pass
+    """Holding a.yaml's lock does not block b.yaml's, and each still refuses a second holder."""
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    with rotation_lock(a) as held_a, rotation_lock(b) as held_b:
+        assert held_a != held_b
+        assert held_a.read_text() == held_b.read_text() == f"{os.getpid()}\n"
+        for file in (a, b):
+            with (
+                pytest.raises(LockedError, match=f"another rotation of {file} is running"),
+                rotation_lock(file),
+            ):
+                pass
 
 
 def test_waiting_for_a_holder_that_finishes(tmp_path: Path) -> None:
@@ -90,3 +99,32 @@ def test_lock_dir_override(tmp_path: Path) -> None:
     locks.mkdir()
     with rotation_lock(tmp_path / "db.yaml", lock_dir=locks) as held:
         assert held == locks / ".db.yaml.lock"
+
+
+def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    """Issue 13.8: a `.db.yaml.lock -> victim` committed to the repo must not truncate the victim."""
+    victim = tmp_path / "victim"
+    victim.write_text("root's precious file\n")
+    file = tmp_path / "db.yaml"
+    lock_path(file).symlink_to(victim)
+    with pytest.raises(InputError, match="symlink"), rotation_lock(file):
+        pass
+    assert victim.read_text() == "root's precious file\n"
+    # A dangling link (the target does not exist yet) must not be created either.
+    dangling = tmp_path / "created-by-the-link"
+    other = tmp_path / "other.yaml"
+    lock_path(other).symlink_to(dangling)
+    with pytest.raises(InputError, match="symlink"), rotation_lock(other):
+        pass
+    assert not dangling.exists()
+
+
+def test_a_lock_file_that_is_not_a_regular_file_is_refused_without_hanging(tmp_path: Path) -> None:
+    fifo_file, dir_file = tmp_path / "fifo.yaml", tmp_path / "dir.yaml"
+    os.mkfifo(lock_path(fifo_file))
+    lock_path(dir_file).mkdir()
+    start = time.monotonic()
+    for file in (fifo_file, dir_file):
+        with pytest.raises(InputError, match="not a regular file"), rotation_lock(file):
+            pass
+    assert time.monotonic() - start < 2

@@ -126,6 +126,14 @@ def replace(old: str, new: str) -> str:
         (replace("file: secrets/api.yaml", "file: secrets/api.json"), 32, "sops YAML file"),
         (replace("    generator: hex\n", ""), 31, "needs 'generator'"),
         (replace("  api/token:\n", "  api//token:\n"), 31, "secret name 'api//token'"),
+        # Issue 13.6: names colliding with internal keys, shell in owner/group, files outside the repo.
+        (replace("  api/token:\n", "  _rotation/pending/postgres/app:\n"), 31, "is reserved"),
+        (replace("  api/token:\n", "  _rotation:\n"), 31, "is reserved"),
+        (replace("  api/token:\n", "  sops/mac:\n"), 31, "is reserved"),
+        (replace("owner: app}", "owner: \"$(touch /tmp/pwned)\"}"), 12, "not a user/group name"),
+        (replace("owner: app}", "owner: app, group: \"a;b\"}"), 12, "file.group 'a;b' is not a user/group name"),
+        (replace("file: secrets/api.yaml", "file: ../outside.yaml"), 32, "outside the repo"),
+        (replace("file: secrets/api.yaml", "file: /etc/outside.yaml"), 32, "outside the repo"),
         (replace("max_age: 1w3d", "max_ag: 1w3d"), 24, "unknown key 'max_ag' in secret 'builders/slax' (did you mean 'max_age'?)"),
         (replace("stdin: \"{value}\"", "stdin: \"{valeu}\""), 19, "unknown placeholder {valeu}"),
         (replace("        part: public\n", "        part: publik\n"), 29, "part must be 'value' or 'public'"),
@@ -193,3 +201,21 @@ def test_templates_render_in_one_pass_into_a_secret() -> None:
     assert Command("cat").render_stdin(value).reveal() == value.reveal()
     with pytest.raises(InputError, match="no public part"):
         render_template("{public}", value, None)
+
+
+def test_a_policy_file_symlinked_out_of_the_repo_is_refused(tmp_path: Path) -> None:
+    repo, elsewhere = tmp_path / "repo", tmp_path / "elsewhere"
+    (repo / "secrets").mkdir(parents=True)
+    elsewhere.mkdir()
+    (repo / "secrets" / "linked").symlink_to(elsewhere)
+    text = "secrets:\n  a/b:\n    file: secrets/linked/x.yaml\n    generator: hex\n"
+    with pytest.raises(InputError) as exc:
+        parse_policy(yamlsrc.loads(text, "p.yaml"), "p.yaml", HOSTS, root=repo)
+    assert exc.value.line == 3 and "outside the repo" in exc.value.message
+
+
+def test_account_names_people_use_still_pass(tmp_path: Path) -> None:
+    text = GOOD.replace("owner: app}", 'owner: "nginx-cache", group: "1001"}', 1)
+    policy = load_policy(write(tmp_path, text), HOSTS)
+    target = policy.secrets["postgres/app"].consumers[0].file
+    assert target is not None and (target.owner, target.group) == ("nginx-cache", "1001")

@@ -85,3 +85,53 @@ def test_time_helpers() -> None:
     assert st.parse_time("2024-05-01T14:00:00+02:00") == NOW
     with pytest.raises(ValueError):
         st.format_time(datetime(2024, 1, 1))  # naive on purpose
+
+
+# The rotation engine's own save (Rotator._save), run by real processes at once.
+_SAVER = """
+import sys
+from pathlib import Path
+from infratool.tasks.rotation import Rotator
+
+rotator = Rotator(None, Path(sys.argv[1]), {})
+for i in range(int(sys.argv[3])):
+    rotator._save(sys.argv[2], status="pending", result=f"step {i}", phase="stored")
+rotator._save(sys.argv[2], promoted=True)
+"""
+
+
+def test_concurrent_rotations_in_two_files_never_lose_a_state_update(tmp_path: Path) -> None:
+    """Issue 13.10: secrets of two sops files (two rotation locks) save one state file at once.
+
+    Without the state file's own lock each process wrote back the state it had
+    read before the other's update, and one secret stayed "pending stored".
+    """
+    import subprocess
+    import sys
+
+    path = st.state_path(tmp_path)
+    names = [f"db{i}/password" for i in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _SAVER, str(path), name, "40"], stderr=subprocess.PIPE)
+        for name in names
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+    final = st.load(path)
+    for name in names:
+        entry = final.secrets.get(name)
+        assert entry is not None, f"{name}'s updates were lost"
+        assert (entry.status, entry.generation, entry.last_result) == ("ok", 1, "rotated"), name
+    # The rename left no temp file; only the state and its lock remain.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".rotation-state.yaml", ".rotation-state.yaml.lock"]
+
+
+def test_the_state_lock_is_not_followed_through_a_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    path = st.state_path(tmp_path)
+    (tmp_path / ".rotation-state.yaml.lock").symlink_to(victim)
+    with pytest.raises(InputError, match="symlink"), st.locked(path):
+        pass
+    assert victim.read_text() == "keep me\n" and not path.exists()

@@ -160,7 +160,9 @@ def test_nix_cache_key_signs_paths_that_nix_verifies(tmp_path: Path) -> None:
         f' args = ["-c" "echo {os.urandom(4).hex()} > $out"]; }}\n'
     )
     build = subprocess.run(
+        # build-users-group empty: a fresh machine has no nixbld group, and root builds itself.
         ["nix-build", "--store", tmp_path / "store", "--option", "substituters", "",
+         "--option", "build-users-group", "",
          "--option", "sandbox-paths", "/bin /lib /lib64 /usr", "--no-out-link", drv],
         capture_output=True, text=True, env=env, timeout=120,
     )  # fmt: skip
@@ -184,6 +186,18 @@ def test_nix_cache_key_signs_paths_that_nix_verifies(tmp_path: Path) -> None:
 
 
 def test_registry_is_complete() -> None:
-    assert set(GENERATORS) == {"password", "hex", "base64", "ssh-ed25519", "age", "nix-cache-key"}
+    assert set(GENERATORS) == {
+        "password",
+        "hex",
+        "base64",
+        "ssh-ed25519",
+        "age",
+        "nix-cache-key",
+        "wireguard",
+        "command",
+        "derive",
+        "prompt",
+        "vault",
+    }
     for gen in GENERATORS.values():
         assert gen.doc and gen.name

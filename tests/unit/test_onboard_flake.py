@@ -296,7 +296,41 @@ def test_module_refuses_a_key_in_the_store():
                   onCalendar = "daily"; randomizedDelay = "1h"; }}; }};
       in map (a: a.assertion) m.config.content.assertions
     """
-    assert nix_eval(expr) == [True, False]
+    assert nix_eval(expr) == [True, False, True]
+
+
+@needs_nix
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("onCalendar", "daily\nExecStartPre=+/bin/sh -c 'touch /tmp/pwned'"),
+        ("randomizedDelay", "1h\\"),
+        ("onCalendar", "%i"),
+        ("flake", "/srv/f\nExecStartPre=+/bin/true"),
+        ("flake", "/srv/100%"),
+        ("flake", "/srv/../etc"),
+    ],
+)
+def test_module_refuses_values_that_would_inject_into_a_unit(setting, value):
+    """Issue 22.3 on the NixOS side: the module asserts what `timer render` checks."""
+    settings = {
+        "enable": True,
+        "package": "/p",
+        "flake": "/srv/f",
+        "inventory": "/srv/f/hosts.yaml",
+        "ageKeyFile": "/var/lib/k",
+        "onCalendar": "daily",
+        "randomizedDelay": "1h",
+        setting: value,
+    }
+    cfg = " ".join(f"{k} = {nixgen.string(v) if isinstance(v, str) else 'true'};" for k, v in settings.items())
+    expr = f"""
+      let {STUB_LIB}
+          m = import ./nix/module.nix {{ inherit lib; pkgs = {{ }};
+                config.services.infratool.rotation = {{ {cfg} }}; }};
+      in builtins.all (a: a.assertion) m.config.content.assertions
+    """
+    assert nix_eval(expr) is False
 
 
 @needs_nix

@@ -37,12 +37,18 @@ def check_store_paths(value: list) -> str | None:
 
 def survey(hctx, spec: CacheSpec, args: dict) -> tuple[list[str], list[str], list[str]]:
     """(missing paths in push order, paths already present, installables not built yet)."""
-    out = hctx.facts.get("stdout", _survey_script(spec, args))
+    out = hctx.facts.get("stdout", _survey_script(spec, hctx.host, args))
     if out is None:
         raise HostError(hctx.name, "could not survey the store paths to push (is nix installed?)")
     missing, present, unbuilt = [], [], []
+    refused: list[str] = []
     for line in out.splitlines():
         kind, _, value = line.partition(" ")
+        if kind == "uncheckable":
+            raise HostError(hctx.name, "cannot check who vouches for the paths to push: nothing pushed")
+        if kind == "refused":
+            root, _, bad = value.partition(" ")
+            refused.append(f"{root} (reaches {bad.strip()})")
         if kind == "invalid":
             raise HostError(
                 hctx.name, f"{value} is not a valid path in this host's Nix store: nothing to push"
@@ -55,11 +61,21 @@ def survey(hctx, spec: CacheSpec, args: dict) -> tuple[list[str], list[str], lis
             missing.append(value)
         elif kind == "present":
             present.append(value)
+    if refused:
+        # Signing would vouch for content a builder client may have chosen.
+        raise HostError(
+            hctx.name,
+            "REFUSED to sign "
+            + "; ".join(refused)
+            + ": neither built on this host nor signed by a trusted key; nothing pushed",
+        )
     return missing, present, unbuilt
 
 
-def _survey_script(spec: CacheSpec, args: dict) -> str:
-    return scripts.push_survey(spec, args["paths"] or [], args["paths_file"], args["installables"] or [])
+def _survey_script(spec: CacheSpec, host: Host, args: dict) -> str:
+    return scripts.push_survey(
+        spec, spec.key_file(host), args["paths"] or [], args["paths_file"], args["installables"] or []
+    )
 
 
 def push_changes(
@@ -131,7 +147,7 @@ class BinaryCachePush(Task):
 
     def fact_requests(self, host: Host) -> list[FactRequest]:
         return [
-            FactRequest("stdout", _survey_script(self.spec, self.args)),
+            FactRequest("stdout", _survey_script(self.spec, host, self.args)),
             FactRequest("file_meta", self.spec.key_file(host)),
         ]
 
@@ -165,6 +181,8 @@ class BinaryCachePush(Task):
         hctx = ctx.hosts.get(self.args["server"])
         if hctx is None or hctx.name not in changed:
             return {}
-        res = hctx.run(_survey_script(self.spec, self.args), check=False, what="survey pushed paths")
+        res = hctx.run(
+            _survey_script(self.spec, hctx.host, self.args), check=False, what="survey pushed paths"
+        )
         left = [ln for ln in res.stdout.splitlines() if ln.startswith(("missing ", "unbuilt "))]
         return {hctx.name: f"{len(left)} path(s) still not in the cache: {left[0]}"} if left else {}

@@ -11,6 +11,7 @@ import shlex
 
 from infratool import nixgen
 from infratool.inventory import Host
+from infratool.tasks.binary_cache import trust
 from infratool.tasks.binary_cache.spec import CacheSpec
 
 MANAGED = "Managed by infratool ({task}); local edits are overwritten on the next run."
@@ -126,8 +127,14 @@ def hook_script(spec: CacheSpec, host: Host) -> str:
     )
 
 
+def refused_log(spec: CacheSpec) -> str:
+    """Where the server records every path the cache refused to sign (one line each)."""
+    return f"{spec.log_dir}/refused.log"
+
+
 def _hook_body(spec: CacheSpec, host: Host, bindir: str) -> str:
     url = shlex.quote(spec.push_url(host))
+    log = shlex.quote(refused_log(spec))
     return (
         "# Nix 2.8.0 runs hooks with an empty OUT_PATHS (NixOS/nix#6446): ask the derivation.\n"
         "# A build done here for a remote client (ssh-ng) has no .drv in this store: then\n"
@@ -140,8 +147,31 @@ def _hook_body(spec: CacheSpec, host: Host, bindir: str) -> str:
         "  }\n"
         "fi\n"
         '[ -n "${OUT_PATHS:-}" ] || exit 0\n'
-        "# shellcheck disable=SC2086 # OUT_PATHS is a space-separated list of store paths\n"
-        f"exec {bindir}{NIX} copy --to {url} $OUT_PATHS\n"
+        "# Sign only what this host vouches for (see infratool/tasks/binary_cache/trust.py):\n"
+        "# the outputs' closure and everything the build read must be built here, content-\n"
+        "# addressed or signed by a trusted key. A path a builder client imported is none of\n"
+        "# these: the build is not pushed, and the refusal is logged. The build itself stands.\n"
+        + trust.untrusted_function(spec.key_file(host), bindir)
+        + "\n"
+        + trust.reach_function(bindir)
+        + "\n"
+        "t=$(mktemp -d /tmp/infratool-hook.XXXXXXXX)\n"
+        "trap 'rm -rf \"$t\"' EXIT\n"
+        'printf "%s\\n" $OUT_PATHS > "$t/roots"  # shellcheck disable=SC2086\n'
+        'if ! reach "$t/roots" "$t/paths" || ! untrusted "$t/paths" "$t/bad"; then\n'
+        '  echo "cannot check who vouches for $OUT_PATHS: not pushed" >&2\n'
+        "  exit 0\n"
+        "fi\n"
+        'if [ -s "$t/bad" ]; then\n'
+        '  bad=$(tr "\\n" " " < "$t/bad"); bad=${bad% }\n'
+        '  echo "REFUSED to sign $OUT_PATHS: built from or referring to $bad'
+        ' (neither built on this host nor signed by a trusted key)" >&2\n'
+        f'  {{ mkdir -p "$(dirname {log})" && printf "%s refused %s untrusted %s\\n" '
+        f'"$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$OUT_PATHS" "$bad" >> {log}; }} 2>/dev/null || true\n'
+        "  exit 0\n"
+        "fi\n"
+        "# shellcheck disable=SC2086\n"
+        f"{bindir}{NIX} copy --to {url} $OUT_PATHS\n"
     )
 
 

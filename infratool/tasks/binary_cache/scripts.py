@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 
 from infratool.inventory import Host
-from infratool.tasks.binary_cache import render
+from infratool.tasks.binary_cache import render, trust
 from infratool.tasks.binary_cache.spec import CacheSpec
 
 NIX = render.NIX
@@ -175,11 +175,15 @@ def resign(spec: CacheSpec, host: Host, old_public: str, new_public: str) -> str
     )
 
 
-def push_survey(spec: CacheSpec, paths: list[str], paths_file: str | None, installables: list[str]) -> str:
+def push_survey(
+    spec: CacheSpec, key_file: str, paths: list[str], paths_file: str | None, installables: list[str]
+) -> str:
     """Read-only: which requested roots exist, and which paths of their closure the cache lacks.
 
     Output lines: ``invalid P`` (not in this store), ``nofile F``, ``unbuilt I``,
-    then ``present P`` / ``missing P`` for the closure, dependencies first.
+    ``refused ROOT BAD...`` (ROOT reaches paths the server cannot vouch for, see
+    :mod:`.trust`), ``uncheckable`` (that check failed), then ``present P`` /
+    ``missing P`` for the closure of the other roots, dependencies first.
     """
     lines = [
         "set -u",
@@ -202,6 +206,20 @@ def push_survey(spec: CacheSpec, paths: list[str], paths_file: str | None, insta
         )
     lines += [
         '[ -s "$t/roots" ] || exit 0',
+        # Refuse (and name) every root that reaches a path the server cannot vouch for.
+        trust.untrusted_function(key_file),
+        trust.reach_function(),
+        'reach "$t/roots" "$t/reach" && untrusted "$t/reach" "$t/bad" || { echo "uncheckable"; exit 0; }',
+        'if [ -s "$t/bad" ]; then',
+        '  : > "$t/ok"',
+        "  while read -r r; do",
+        '    echo "$r" > "$t/one"; reach "$t/one" "$t/r1"',
+        '    if grep -Fxq -f "$t/bad" "$t/r1"; then echo "refused $r $(grep -Fx -f "$t/bad" "$t/r1" | tr "\\n" " ")"; '
+        'else echo "$r" >> "$t/ok"; fi',
+        '  done < "$t/roots"',
+        '  mv "$t/ok" "$t/roots"',
+        "fi",
+        '[ -s "$t/roots" ] || exit 0',
         "xargs nix-store --query --requisites < \"$t/roots\" | awk '!seen[$0]++' | while read -r p; do",
         "  h=${p##*/}; h=${h%%-*}",
         f'  if [ -f {q(spec.store_dir)}/"$h".narinfo ]; then echo "present $p"; else echo "missing $p"; fi',
@@ -211,8 +229,21 @@ def push_survey(spec: CacheSpec, paths: list[str], paths_file: str | None, insta
 
 
 def push_paths(spec: CacheSpec, host: Host) -> str:
-    """Copy the store paths given on stdin (one a line) into the cache, signed; present ones are skipped."""
-    return f"set -e\nxargs -r {NIX} copy --to {q(spec.push_url(host))}"
+    """Copy the store paths given on stdin (one a line) into the cache, signed; present ones are skipped.
+
+    Checked again here, not only when planning: between the two a trusted
+    builder client could have deleted a path and imported a forgery under
+    its name.
+    """
+    return "\n".join(
+        [
+            "set -e",
+            _TMP,
+            'cat > "$t/roots"',
+            trust.guard(spec.key_file(host), '"$t/roots"', "these paths"),
+            f'xargs -r {NIX} copy --to {q(spec.push_url(host))} < "$t/roots"',
+        ]
+    )
 
 
 def build_and_push(spec: CacheSpec, host: Host, installable: str) -> str:
@@ -223,6 +254,9 @@ def build_and_push(spec: CacheSpec, host: Host, installable: str) -> str:
             f"{NIX_FLAKES} build --no-link {q(installable)}",
             # (`build --print-out-paths` is newer than Nix 2.8)
             f"out=$({NIX_FLAKES} path-info {q(installable)})",
+            _TMP,
+            'printf "%s\\n" $out > "$t/roots"',
+            trust.guard(spec.key_file(host), '"$t/roots"', installable),
             f"{NIX} copy --to {q(spec.push_url(host))} $out",
         ]
     )
