@@ -143,3 +143,19 @@ def test_lab_up_subnet_prints_exports_that_work(cli, tmp_path, lab_subnet):
         assert "reachable=yes" in check.stdout
     finally:
         assert cli("lab", "down", env=env).returncode == 0
+
+
+def test_secureboot_status_never_cuts_a_verdict(lab, cli):
+    """The lab hosts have no sbctl: 'sbctl-missing' was printed 'sbctl-mis…' at 80 columns."""
+    inv = lab.inventory_path
+    for env in ({}, {"COLUMNS": "60", "FORCE_COLOR": "1"}, {"COLUMNS": "80", "FORCE_COLOR": "1"}):
+        proc = cli("-i", inv, "secureboot", "status", env=env)
+        out = ANSI.sub("", proc.stdout)
+        assert "…" not in out, out
+        verdicts = {
+            name: next(
+                line for line in out.splitlines() if line.startswith(name + " ") or f" {name} " in line
+            )
+            for name in ("snix", "slax", "brix", "nixtv-player")
+        }
+        assert all("sbctl-missing" in line for line in verdicts.values()), out
