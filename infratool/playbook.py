@@ -28,7 +28,7 @@ from infratool.suggest import did_you_mean
 from infratool.tasks.base import Source, Task, check_args, load_all, load_task
 
 PLAYBOOK_KEYS = {"name", "description", "hosts", "tasks"}
-ENTRY_KEYS = {"task", "include", "with", "hosts", "name"}
+ENTRY_KEYS = {"task", "include", "with", "hosts", "name", "tags"}
 
 
 @dataclass
@@ -40,6 +40,8 @@ class Invocation:
     """Host selections that all apply (playbook's, include's, task's)."""
     playbook: str
     label: str
+    tags: tuple[str, ...] = ()
+    """The entry's ``tags:`` plus those of the includes it came through (for --tags/--skip-tags)."""
 
     def hosts(self, inventory: Inventory, limit: str | None) -> list[Host]:
         """The hosts this invocation runs on after every selection and ``--limit``."""
@@ -68,7 +70,13 @@ def load(path: str | Path, inventory: Inventory) -> Playbook:
     return _load(path, inventory, (), stack=())
 
 
-def _load(path: Path, inventory: Inventory, selections: tuple[str, ...], stack: tuple[Path, ...]) -> Playbook:
+def _load(
+    path: Path,
+    inventory: Inventory,
+    selections: tuple[str, ...],
+    stack: tuple[Path, ...],
+    tags: tuple[str, ...] = (),
+) -> Playbook:
     resolved = path.resolve()
     if resolved in stack:
         chain = " → ".join(p.name for p in (*stack, resolved))
@@ -114,6 +122,7 @@ def _load(path: Path, inventory: Inventory, selections: tuple[str, ...], stack: 
                 *selections,
                 _selection(entry["hosts"], inventory, path, yamlsrc.line_of(entry, "hosts")),
             )
+        entry_tags = (*tags, *_tags(entry.get("tags"), path, yamlsrc.line_of(entry, "tags") or line))
         if "include" in entry:
             if "task" in entry or "with" in entry:
                 raise InputError("an entry is either 'include:' or 'task:', not both", file=path, line=line)
@@ -123,7 +132,7 @@ def _load(path: Path, inventory: Inventory, selections: tuple[str, ...], stack: 
             sub = path.parent / target
             if not sub.exists():
                 raise InputError(f"included playbook {target!r} not found", file=path, line=line)
-            invocations.extend(_load(sub, inventory, entry_sel, (*stack, resolved)).invocations)
+            invocations.extend(_load(sub, inventory, entry_sel, (*stack, resolved), entry_tags).invocations)
             continue
         task_name = entry.get("task")
         if not isinstance(task_name, str) or not task_name:
@@ -140,10 +149,50 @@ def _load(path: Path, inventory: Inventory, selections: tuple[str, ...], stack: 
         args = check_args(cls, entry.get("with"), source)
         task = cls(args, source, inventory)
         label = entry.get("name") or task.label()
-        invocations.append(Invocation(task=task, selections=entry_sel, playbook=str(name), label=str(label)))
+        invocations.append(
+            Invocation(task=task, selections=entry_sel, playbook=str(name), label=str(label), tags=entry_tags)
+        )
     return Playbook(
         path=path, name=str(name), description=str(data.get("description") or ""), invocations=invocations
     )
+
+
+def _tags(value: object, path: Path, line: int | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(t, str) and t.strip() for t in value):
+        raise InputError("'tags' must be a tag or a list of tags", file=path, line=line)
+    return tuple(t.strip() for t in value)
+
+
+def filter_tags(book: Playbook, only: str | None, skip: str | None) -> Playbook:
+    """The playbook keeping entries tagged with one of ``only`` and none of ``skip`` (comma lists).
+
+    As in Ansible: without ``only`` every entry is kept, and an entry with
+    no tags is kept only when ``only`` is not given. A tag no entry carries
+    is an error with a did-you-mean hint, as is a selection left empty.
+    """
+    known = {t for inv in book.invocations for t in inv.tags}
+    wanted = _tag_list(only, "--tags", known, book.path)
+    unwanted = _tag_list(skip, "--skip-tags", known, book.path)
+    kept = [
+        inv
+        for inv in book.invocations
+        if (not wanted or wanted & set(inv.tags)) and not unwanted & set(inv.tags)
+    ]
+    if not kept:
+        raise InputError("--tags/--skip-tags leave no task to run", file=book.path)
+    return Playbook(path=book.path, name=book.name, description=book.description, invocations=kept)
+
+
+def _tag_list(text: str | None, option: str, known: set[str], path: Path) -> set[str]:
+    tags = {t.strip() for t in (text or "").split(",") if t.strip()}
+    for tag in sorted(tags - known):
+        hint = did_you_mean(tag, known) or f" (tags in this playbook: {', '.join(sorted(known)) or 'none'})"
+        raise InputError(f"{option} {tag!r}: no task has this tag{hint}", file=path)
+    return tags
 
 
 def _selection(value: object, inventory: Inventory, path: Path, line: int | None) -> str:

@@ -221,3 +221,80 @@ def test_every_task_example_is_a_valid_playbook_entry(inv, tmp_path):
         except InputError as exc:
             # Placeholders may fail a task's own value checks, never the schema.
             assert "unknown" not in exc.message and "missing required" not in exc.message, (doc.name, exc)
+
+
+TAGGED = """\
+tasks:
+  - task: command
+    name: build step
+    tags: [build]
+    with: {command: 'true'}
+  - task: command
+    name: deploy step
+    tags: [deploy, slow]
+    hosts: '@laptop'
+    with: {command: 'true'}
+  - task: command
+    name: untagged step
+    with: {command: 'true'}
+"""
+
+
+@pytest.fixture
+def tagged(tmp_path: Path) -> Path:
+    book = tmp_path / "tagged.yaml"
+    book.write_text(TAGGED)
+    return book
+
+
+def _labels(proc) -> list[str]:
+    assert proc.returncode == 0, proc.stderr
+    return [t["label"] for t in json.loads(proc.stdout)["tasks"]]
+
+
+def test_list_tasks_and_hosts_touch_nothing(cli, inv, tagged):
+    # The inventory's addresses are TEST-NET: any connection attempt would fail.
+    everything = _labels(cli("-i", inv, "plan", tagged, "--list-tasks", "--json"))
+    assert everything == ["build step", "deploy step", "untagged step"]
+    hosts = cli("-i", inv, "run", tagged, "--list-hosts", "--limit", "@builder")
+    assert hosts.returncode == 0, hosts.stderr
+    assert hosts.stdout.split() == ["playbook:", str(tagged), "(2", "host(s))", "snix", "slax"]
+    table = cli("-i", inv, "plan", tagged, "--list-tasks")
+    assert "deploy step" in table.stdout and "slax" in table.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--tags", "build"], ["build step"]),
+        (["--tags", "build,slow"], ["build step", "deploy step"]),
+        (["--skip-tags", "slow"], ["build step", "untagged step"]),
+        (["--tags", "deploy", "--skip-tags", "slow"], None),  # nothing left: exit 3
+    ],
+)
+def test_tags_and_skip_tags(cli, inv, tagged, flags, expected):
+    proc = cli("-i", inv, "plan", tagged, "--list-tasks", "--json", *flags)
+    if expected is None:
+        assert proc.returncode == 3 and "leave no task" in proc.stderr
+    else:
+        assert _labels(proc) == expected
+
+
+def test_unknown_tag_suggests_one(cli, inv, tagged):
+    proc = cli("-i", inv, "plan", tagged, "--tags", "buidl")
+    assert proc.returncode == 3
+    assert "--tags 'buidl': no task has this tag (did you mean 'build'?)" in proc.stderr
+
+
+def test_site_playbook_parts_by_tag(cli):
+    proc = cli(
+        "-i",
+        ROOT / "hosts.yaml",
+        "plan",
+        ROOT / "playbooks" / "site.yaml",
+        "--tags",
+        "cache",
+        "--list-tasks",
+        "--json",
+    )
+    assert {t["task"].split(".")[0] for t in json.loads(proc.stdout)["tasks"]} == {"binary_cache"}
