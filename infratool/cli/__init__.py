@@ -42,6 +42,7 @@ LAZY_COMMANDS = {
     "init": "infratool.cli.onboard:init",
     "host": "infratool.cli.onboard:host",
     "completion": "infratool.cli.onboard:completion",
+    "exec": "infratool.cli.adhoc:exec_command",
 }
 
 

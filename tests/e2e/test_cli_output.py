@@ -159,3 +159,29 @@ def test_secureboot_status_never_cuts_a_verdict(lab, cli):
             for name in ("snix", "slax", "brix", "nixtv-player")
         }
         assert all("sbctl-missing" in line for line in verdicts.values()), out
+
+
+def test_exec_runs_ad_hoc_commands_per_host(lab, cli):
+    inv = lab.inventory_path
+    ok = cli("-i", inv, "exec", "--json", "--", "echo hello-$((6*7))")
+    assert ok.returncode == 0, ok.stderr
+    doc = json.loads(ok.stdout)
+    assert doc["version"] == 1 and doc["command"] == "exec"
+    assert {h["host"]: (h["exit"], h["stdout"]) for h in doc["hosts"]} == {
+        name: (0, "hello-42\n") for name in ("snix", "slax", "brix", "nixtv-player")
+    }
+    # Several words are quoted exactly as given; an exit code is reported per host.
+    failing = cli(
+        "-i", inv, "exec", "--limit", "snix,slax", "--json", "--", "sh", "-c", "echo oops >&2; exit 3"
+    )
+    assert failing.returncode == 1
+    assert [(h["exit"], h["stderr"]) for h in json.loads(failing.stdout)["hosts"]] == [(3, "oops\n")] * 2
+    # A host down fails alone; a changed host key is refused (exit 4), the others still run.
+    lab.stop_host("slax")
+    lab.regenerate_host_key("brix")
+    mixed = cli("-i", inv, "exec", "--", "true")
+    assert mixed.returncode == 4, mixed.stdout + mixed.stderr
+    lines = {line.split(":")[0]: line for line in mixed.stdout.splitlines() if ":" in line}
+    assert "exit 0" in lines["snix"] and "exit 0" in lines["nixtv-player"]
+    assert "not run" in lines["slax"] and "not run" in lines["brix"]
+    assert "exit 0 on 2 of 4 host(s)" in mixed.stdout
