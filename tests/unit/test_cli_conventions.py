@@ -298,3 +298,56 @@ def test_site_playbook_parts_by_tag(cli):
         "--json",
     )
     assert {t["task"].split(".")[0] for t in json.loads(proc.stdout)["tasks"]} == {"binary_cache"}
+
+
+def _all_commands():
+    import click
+
+    from infratool.cli import main
+
+    def walk(cmd, path):
+        yield path, cmd
+        if isinstance(cmd, click.Group):
+            ctx = click.Context(cmd, info_name=path[-1])
+            for name in cmd.list_commands(ctx):
+                yield from walk(cmd.get_command(ctx, name), [*path, name])
+
+    return list(walk(main, ["infratool"]))
+
+
+def test_every_command_has_help_with_examples():
+    import click
+
+    missing = [
+        " ".join(path)
+        for path, cmd in _all_commands()
+        if "Examples:" not in cmd.get_help(click.Context(cmd, info_name=path[-1]))
+    ]
+    assert not missing, missing
+
+
+def test_completion_of_limit_offers_hosts_and_tags(inv, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def complete(*words: str) -> list[str]:
+        env = {
+            **os.environ,
+            "_INFRATOOL_COMPLETE": "bash_complete",
+            "COMP_WORDS": " ".join(["infratool", "-i", str(inv), *words]),
+            "COMP_CWORD": str(len(words) + 2),
+        }
+        out = subprocess.run(
+            [str(Path(sys.executable).parent / "infratool")],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        ).stdout
+        return [line.split(",", 1)[1] for line in out.splitlines()]
+
+    assert complete("plan", "x.yaml", "--limit", "s") == ["snix", "slax"]
+    assert complete("hosts", "--limit", "snix,@b") == ["snix,@builder"]
+    assert complete("exec", "--limit", "@cache,!b") == ["@cache,!brix"]
+    assert complete("run", "x.yaml", "--limit", "tag:me") == ["tag:media"]
