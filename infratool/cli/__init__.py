@@ -198,7 +198,9 @@ def _usage_error(exc: click.UsageError, as_json: bool, command: str = "") -> Non
     "--log-format",
     type=click.Choice(globalopts.LOG_FORMATS),
     default=None,
-    help="Log lines on stderr as JSON or text [default: text on a terminal, JSON otherwise].",
+    envvar="INFRATOOL_LOG_FORMAT",
+    help="Log and progress lines on stderr as JSON or text [env INFRATOOL_LOG_FORMAT; "
+    "default: text on a terminal, JSON otherwise].",
 )
 @click.option(
     "--log-file",
