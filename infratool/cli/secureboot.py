@@ -219,6 +219,13 @@ def restore(g: Globals, hosts: tuple[str, ...], pki_bundle: str | None, yes: boo
 @click.option("--yes", "-y", is_flag=True, help="Apply without asking (the confirmation is still needed).")
 @pass_globals
 def enroll(g: Globals, hosts: tuple[str, ...], confirm: tuple[str, ...], microsoft: bool, yes: bool) -> None:
+    from infratool.tasks.secureboot.enroll import CONFIRM_PREFIX
+
+    # The missing confirmation is the real problem, whatever stdin is: say so
+    # first (it used to read "pass --yes", which would not have been enough).
+    missing = [f"--confirm {CONFIRM_PREFIX}{h}" for h in hosts if f"{CONFIRM_PREFIX}{h}" not in confirm]
+    if missing:
+        raise InputError(f"enrolling writes firmware: type {' '.join(missing)} (nothing was touched)")
     _need_terminal(yes)
     args = {"confirm": list(confirm), "microsoft": microsoft}
     _, book, runner = _runner(g, "secureboot.enroll", args, ",".join(hosts), yes=yes)

@@ -351,3 +351,16 @@ def test_completion_of_limit_offers_hosts_and_tags(inv, tmp_path):
     assert complete("hosts", "--limit", "snix,@b") == ["snix,@builder"]
     assert complete("exec", "--limit", "@cache,!b") == ["@cache,!brix"]
     assert complete("run", "x.yaml", "--limit", "tag:me") == ["tag:media"]
+
+
+def test_enroll_without_confirmation_names_the_phrase_not_yes(cli, inv):
+    # Piped stdin used to get "pass --yes", which would not have been enough.
+    proc = cli(
+        "-i", inv, "secureboot", "enroll", "snix", "slax", "--confirm", "enroll-secure-boot-keys-on-snix"
+    )
+    assert proc.returncode == 3
+    assert "--confirm enroll-secure-boot-keys-on-slax" in proc.stderr
+    assert "enroll-secure-boot-keys-on-snix" not in proc.stderr.replace(
+        "--confirm enroll-secure-boot-keys-on-slax", ""
+    )
+    assert "--yes" not in proc.stderr
