@@ -364,3 +364,34 @@ def test_enroll_without_confirmation_names_the_phrase_not_yes(cli, inv):
         "--confirm enroll-secure-boot-keys-on-slax", ""
     )
     assert "--yes" not in proc.stderr
+
+
+def test_every_json_command_is_documented():
+    """docs/json.md has a row for each command that prints a JSON document."""
+    import re
+
+    page = (ROOT / "docs" / "json.md").read_text()
+    documented = {
+        c for row in re.findall(r"^\| (`[^|]+`) \|", page, re.M) for c in re.findall(r"`([^`]+)`", row)
+    }
+    emitting = {
+        "hosts",
+        "facts",
+        "plan",
+        "run",
+        "exec",
+        "tasks",
+        "tasks NAME",
+        "secrets status",
+        "secureboot status",
+    }
+    emitting |= {
+        "init",
+        "host add",
+        "host remove",
+        "lab up",
+        "lab status",
+        "secrets rotate",
+        "secureboot enroll",
+    }
+    assert emitting <= documented, emitting - documented
