@@ -185,10 +185,17 @@ def results(con: Console, result: Any) -> None:
             Column("host", keep=True),
             Column("status", keep=True),
             Column("applied", justify="right"),
+            Column("verified"),
             Column("detail"),
         ],
         [
-            [r.host, Text(r.status, style=STATUS_STYLE.get(r.status, "")), str(len(r.applied)), r.error or ""]
+            [
+                r.host,
+                Text(r.status, style=STATUS_STYLE.get(r.status, "")),
+                str(len(r.applied)),
+                "; ".join(r.verified),
+                r.error or "",
+            ]
             for r in result.hosts.values()
         ],
     )

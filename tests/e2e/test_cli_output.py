@@ -77,13 +77,19 @@ def test_verbosity_levels_show_more_and_never_the_secret(lab, cli, tmp_path):
 def test_verify_steps_show_at_v(fleet, cli):
     from helpers import PLAYBOOKS
 
-    proc = cli("-i", fleet.inventory_path, "run", PLAYBOOKS / "binary-cache.yaml", "--yes", "-v", timeout=900)
+    book = PLAYBOOKS / "binary-cache.yaml"
+    proc = cli("-i", fleet.inventory_path, "run", book, "--yes", "-v", "--json", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = _events(proc.stderr)
     steps = [e for e in events if e.get("event") == "verify"]
     proved = [e for e in events if e.get("event") == "verified"]
     assert steps and proved, [e.get("event") for e in events]
     assert {e["task"] for e in proved} <= {e["task"] for e in steps}
+    # The result says what was proven where: a real signed fetch on each linux client.
+    results = {r["host"]: r for r in json.loads(proc.stdout)["results"]}
+    clients = [h for h, r in results.items() if any("substituted from" in v for v in r["verified"])]
+    assert clients, results
+    assert all(results[h]["status"] in ("ok", "changed") for h in clients)
 
 
 def test_log_format_and_log_file(lab, cli, tmp_path):
