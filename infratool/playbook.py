@@ -20,14 +20,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from infratool import yamlsrc
+from infratool import template, yamlsrc
 from infratool.errors import InputError
 from infratool.inventory import Host, Inventory, select
 from infratool.suggest import did_you_mean
 from infratool.tasks.base import Source, Task, check_args, load_all, load_task
 
-PLAYBOOK_KEYS = {"name", "description", "hosts", "tasks"}
+PLAYBOOK_KEYS = {"name", "description", "hosts", "tasks", "vars"}
 ENTRY_KEYS = {"task", "include", "with", "hosts", "name", "tags"}
 
 
@@ -64,10 +65,14 @@ class Playbook:
     invocations: list[Invocation]
 
 
-def load(path: str | Path, inventory: Inventory) -> Playbook:
-    """Load, validate and expand a playbook and its includes."""
+def load(path: str | Path, inventory: Inventory, extra_vars: dict[str, Any] | None = None) -> Playbook:
+    """Load, validate and expand a playbook and its includes.
+
+    ``extra_vars`` (``-e``) override the playbooks' ``vars:``; an included
+    playbook sees its includer's variables over its own.
+    """
     path = Path(path)
-    return _load(path, inventory, (), stack=())
+    return _load(path, inventory, (), stack=(), extra=dict(extra_vars or {}))
 
 
 def _load(
@@ -76,6 +81,7 @@ def _load(
     selections: tuple[str, ...],
     stack: tuple[Path, ...],
     tags: tuple[str, ...] = (),
+    extra: dict[str, Any] | None = None,
 ) -> Playbook:
     resolved = path.resolve()
     if resolved in stack:
@@ -92,6 +98,10 @@ def _load(
                 file=path,
                 line=yamlsrc.line_of(data, key),
             )
+    variables = {
+        **template.check_vars(data.get("vars"), path, yamlsrc.line_of(data, "vars")),
+        **(extra or {}),
+    }
     name = data.get("name") or path.stem
     hosts = data.get("hosts", "all")
     sel = _selection(hosts, inventory, path, yamlsrc.line_of(data, "hosts"))
@@ -132,7 +142,9 @@ def _load(
             sub = path.parent / target
             if not sub.exists():
                 raise InputError(f"included playbook {target!r} not found", file=path, line=line)
-            invocations.extend(_load(sub, inventory, entry_sel, (*stack, resolved), entry_tags).invocations)
+            invocations.extend(
+                _load(sub, inventory, entry_sel, (*stack, resolved), entry_tags, variables).invocations
+            )
             continue
         task_name = entry.get("task")
         if not isinstance(task_name, str) or not task_name:
@@ -146,7 +158,16 @@ def _load(
                 line=yamlsrc.line_of(entry, "task"),
             )
         source = Source(file=path, line=line, params=entry.get("with"))
-        args = check_args(cls, entry.get("with"), source)
+        given = entry.get("with")
+        if given is not None:
+            given = template.render(
+                given,
+                variables,
+                lambda msg, e=entry, at=line: InputError(
+                    msg, file=path, line=yamlsrc.line_of(e, "with") or at
+                ),
+            )
+        args = check_args(cls, given, source)
         task = cls(args, source, inventory)
         label = entry.get("name") or task.label()
         invocations.append(

@@ -468,6 +468,17 @@ def selection_options(f: Any) -> Any:
             help="Print the hosts each entry would run on; connect to none.",
         ),
         click.option(
+            "-e",
+            "--extra-vars",
+            "extra_vars",
+            metavar="KEY=VALUE|@FILE",
+            multiple=True,
+            expose_value=False,
+            callback=_remember,
+            help="Playbook variable (repeatable; VALUE read as YAML), or a YAML file of them; "
+            "overrides the playbook's vars:.",
+        ),
+        click.option(
             "--list-tasks",
             is_flag=True,
             expose_value=False,
@@ -489,7 +500,9 @@ def _prepare(g: Globals, playbook_path: str, **opts: Any):
     inv = load_inventory(g)
     if opts.get("limit"):
         inv.select(opts["limit"])  # a --limit that matches nothing is bad input, before connecting
-    book = pb.load(playbook_path, inv)
+    from infratool.template import parse_extra_vars
+
+    book = pb.load(playbook_path, inv, parse_extra_vars(chosen.get("extra_vars") or ()))
     if chosen.get("tags") or chosen.get("skip_tags"):
         book = pb.filter_tags(book, chosen.get("tags"), chosen.get("skip_tags"))
     targets = [(invocation, invocation.hosts(inv, opts.get("limit"))) for invocation in book.invocations]

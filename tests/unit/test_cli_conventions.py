@@ -395,3 +395,51 @@ def test_every_json_command_is_documented():
         "secureboot enroll",
     }
     assert emitting <= documented, emitting - documented
+
+
+VARS_BOOK = """\
+vars:
+  target: /var/lib/app/greeting
+  who: world
+tasks:
+  - task: files.content
+    with:
+      path: "{{ target }}"
+      content: "hello {{ who }}\\n"
+"""
+
+
+def _vars_labels(cli, inv, book, *flags):
+    proc = cli("-i", inv, "plan", book, "--list-tasks", "--json", *flags)
+    return proc, (json.loads(proc.stdout)["tasks"] if proc.returncode == 0 else None)
+
+
+def test_vars_and_extra_vars_fill_task_parameters(cli, inv, tmp_path):
+    book = tmp_path / "vars.yaml"
+    book.write_text(VARS_BOOK)
+    _, tasks = _vars_labels(cli, inv, book)
+    assert tasks[0]["label"] == "files.content /var/lib/app/greeting"
+    _, tasks = _vars_labels(cli, inv, book, "-e", "target=/etc/motd")  # -e wins over vars:
+    assert tasks[0]["label"] == "files.content /etc/motd"
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("target: /etc/issue\n")
+    _, tasks = _vars_labels(cli, inv, book, "--extra-vars", f"@{extra}")
+    assert tasks[0]["label"] == "files.content /etc/issue"
+    # A typo in a variable name: bad input at the entry's line, with a hint.
+    book.write_text(VARS_BOOK.replace("{{ who }}", "{{ woh }}"))
+    proc, _ = _vars_labels(cli, inv, book)
+    assert proc.returncode == 3
+    assert f"{book}:6:" in proc.stderr and "unknown variable 'woh' (did you mean 'who'?)" in proc.stderr
+    bad = cli("-i", inv, "plan", book, "-e", "not a pair")
+    assert bad.returncode == 3 and "expected KEY=VALUE or @FILE.yaml" in bad.stderr
+
+
+def test_a_whole_placeholder_keeps_the_value_type():
+    from infratool.template import parse_extra_vars, render
+
+    variables = parse_extra_vars(["clients=[slax, brix]", "n=3", "flag=true", "text=a b"])
+    assert variables == {"clients": ["slax", "brix"], "n": 3, "flag": True, "text": "a b"}
+    rendered = render(
+        {"c": "{{ clients }}", "n": "{{n}}", "s": "n={{ n }}", "l": ["{{ text }}"]}, variables, InputError
+    )
+    assert rendered == {"c": ["slax", "brix"], "n": 3, "s": "n=3", "l": ["a b"]}
