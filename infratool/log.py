@@ -96,15 +96,18 @@ def configure(verbosity: int = 0, json_logs: bool | None = None, log_file: Path 
     _Logger.ready = False
 
 
+def json_logs() -> bool:
+    """Whether stderr carries JSON lines (``--log-format json``, or stderr is not a terminal)."""
+    chosen = _settings["json_logs"]
+    return (not sys.stderr.isatty()) if chosen is None else bool(chosen)
+
+
 def _setup_structlog() -> None:
     global _configured
     import structlog
 
-    json_logs = _settings["json_logs"]
-    if json_logs is None:
-        json_logs = not sys.stderr.isatty()
     renderer = (
-        structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer() if json_logs() else structlog.dev.ConsoleRenderer(colors=False)
     )
     processors: list[Any] = [
         structlog.processors.add_log_level,

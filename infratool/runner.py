@@ -52,10 +52,18 @@ class HostResult:
     """ok | changed | failed | unreachable | refused"""
     applied: list[str] = field(default_factory=list)
     error: str | None = None
+    verified: list[str] = field(default_factory=list)
+    """What the verify steps proved on this host after the change (``PlanContext.prove``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view."""
-        return {"host": self.host, "status": self.status, "applied": self.applied, "error": self.error}
+        return {
+            "host": self.host,
+            "status": self.status,
+            "applied": self.applied,
+            "verified": self.verified,
+            "error": self.error,
+        }
 
 
 @dataclass
@@ -486,7 +494,12 @@ class Runner:
         except InfratoolError as exc:
             problems = {h: str(exc) for h in changed}
         for host in sorted(changed - set(problems)):
-            self.log.info("verified", task=inv.task.name, step=inv.label, host=host)
+            self.log.info(
+                "verified", task=inv.task.name, step=inv.label, host=host, proved=ctx.proven.get(host)
+            )
+        for host, proofs in ctx.proven.items():
+            if host not in problems and host in results:
+                results[host].verified.extend(proofs)
         for host, message in problems.items():
             self.log.warning("verify failed", task=inv.task.name, step=inv.label, host=host, error=message)
             message = REDACTOR.redact(f"verify failed: {message}")

@@ -111,37 +111,39 @@ def _yes_no(value: bool | None, yes: str = "yes", no: str = "no") -> str:
 
 
 def _table(rows: list[Any]) -> None:
-    from rich import box
-    from rich.table import Table
     from rich.text import Text
 
     from infratool import render
 
     con = render.console()
-    if not con.is_terminal:
-        con.width = max(con.width, 160)  # logs and pipes: one line per host beats wrapped cells
     good = {"enabled", "ready-to-enroll"}
-    table = Table(title="Secure Boot", box=box.SIMPLE_HEAD)
-    for col in ("host", "sbctl", "setup mode", "secure boot", "vendor keys", "keys", "backup", "unsigned"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("verdict", no_wrap=True)
+    # Host and verdict are never cut: a table only when they fit, else one line per host.
+    columns = [render.Column("host", keep=True)]
+    columns += [
+        render.Column(c)
+        for c in ("sbctl", "setup mode", "secure boot", "vendor keys", "keys", "backup", "unsigned")
+    ]
+    columns.append(render.Column("verdict", keep=True))
+    table_rows: list[list[Any]] = []
     for r in rows:
         if not r.reachable:
-            table.add_row(r.host, *["?"] * 7, Text("unreachable", style="bold red"))
+            table_rows.append([r.host, *["?"] * 7, Text("unreachable", style="bold red")])
             continue
         unsigned = "?" if r.unsigned_files is None else str(len(r.unsigned_files))
-        table.add_row(
-            r.host,
-            "yes" if r.sbctl else Text("not installed", style="red"),
-            _yes_no(r.setup_mode, "on", "off"),
-            _yes_no(r.secure_boot, "on", "off"),
-            ", ".join(r.vendors) or ("none" if r.sbctl and r.uefi else "?"),
-            r.pki_bundle if r.keys_present else "none",
-            r.backup.state if r.backup else "?",
-            unsigned,
-            Text(r.verdict, style="green" if r.verdict in good else "yellow"),
+        table_rows.append(
+            [
+                r.host,
+                "yes" if r.sbctl else Text("not installed", style="red"),
+                _yes_no(r.setup_mode, "on", "off"),
+                _yes_no(r.secure_boot, "on", "off"),
+                ", ".join(r.vendors) or ("none" if r.sbctl and r.uefi else "?"),
+                r.pki_bundle if r.keys_present else "none",
+                r.backup.state if r.backup else "?",
+                unsigned,
+                Text(r.verdict, style="green" if r.verdict in good else "yellow"),
+            ]
         )
-    con.print(table)
+    render.records(con, "Secure Boot", columns, table_rows)
     for r in rows:
         con.print(Text(f"{r.host}: ", style="bold") + Text(render.REDACTOR.redact(r.next_step)))
         for line in ([r.error] if r.error else []) + r.warnings:
@@ -247,6 +249,13 @@ def enroll(
     firmware_builtin: tuple[str, ...],
     yes: bool,
 ) -> None:
+    from infratool.tasks.secureboot.enroll import CONFIRM_PREFIX
+
+    # The missing confirmation is the real problem, whatever stdin is: say so
+    # first (it used to read "pass --yes", which would not have been enough).
+    missing = [f"--confirm {CONFIRM_PREFIX}{h}" for h in hosts if f"{CONFIRM_PREFIX}{h}" not in confirm]
+    if missing:
+        raise InputError(f"enrolling writes firmware: type {' '.join(missing)} (nothing was touched)")
     _need_terminal(yes)
     args = {
         "confirm": list(confirm),
