@@ -343,6 +343,23 @@ class Container:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
+def _remove_stale(cgroup_root: Path, min_age: float = 600) -> None:
+    """Remove what a killed test session left behind: run dirs whose cgroup holds no process."""
+    if not RUNS.is_dir():
+        return
+    for run_dir in RUNS.iterdir():
+        cgroup = cgroup_root / f"infratool-test-{run_dir.name}"
+        try:
+            if time.time() - run_dir.stat().st_mtime < min_age:
+                continue  # maybe a boot that has not entered its cgroup yet
+        except OSError:
+            continue
+        if cgroup.is_dir() and any(p.read_text().strip() for p in cgroup.rglob("cgroup.procs")):
+            continue  # a live container
+        _remove_cgroup(cgroup)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def _remove_cgroup(path: Path) -> None:
     if not path.is_dir():
         return
@@ -383,6 +400,7 @@ def boot(layers: list[Path], *, timeout: float = 120) -> Container:
     else:
         cgroup_root = CGROUP2
     started = time.monotonic()
+    _remove_stale(cgroup_root)
     run_dir = RUNS / uuid.uuid4().hex[:12]
     share = run_dir / "share"
     for sub in ("upper", "work", "merged", "share", "src"):
