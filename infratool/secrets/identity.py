@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from infratool import yamlsrc
-from infratool.errors import InputError, SecretsFileError
+from infratool.errors import InputError, NoIdentityError, SecretsFileError
 from infratool.hidden import REDACTOR, Secret
 from infratool.secrets import agekeys
 
@@ -132,7 +132,15 @@ def check(store: Any, ids: Identities | None = None) -> None:
             print(f"warning: {REDACTOR.redact(warning)}", file=sys.stderr, flush=True)
     for path in _sops_files(store.repo):
         if store.path(path) not in store._cache:  # a file already read was decrypted just now
-            store.check_decrypt(path)
+            try:
+                store.check_decrypt(path)
+            except NoIdentityError:
+                raise
+            except SecretsFileError:
+                # Tampered or malformed is not an identity problem, and this run
+                # may never read that file: the task that does reports it, on
+                # its own host, and the rest of the fleet goes on.
+                continue
     if ids.opaque or not store.config.is_file():
         return
     hint = (

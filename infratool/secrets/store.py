@@ -52,7 +52,7 @@ from typing import Any
 import yaml
 
 from infratool import yamlsrc
-from infratool.errors import SecretsError, SecretsFileError
+from infratool.errors import NoIdentityError, SecretsError, SecretsFileError
 from infratool.hidden import REDACTOR, Secret
 
 ALIAS_REFUSED = "the decrypted document uses YAML aliases (*name): not accepted"
@@ -506,7 +506,7 @@ class SopsStore:
             or "failed to get the data key" in lowered
             or "could not decrypt data key" in lowered
         ):
-            return SecretsFileError(
+            return NoIdentityError(
                 "cannot decrypt: no matching age identity (set SOPS_AGE_KEY_FILE or "
                 "SOPS_AGE_KEY to an identity that is a recipient of this file)",
                 file=shown,
