@@ -516,6 +516,8 @@ class SopsStore:
             return SecretsFileError(f"has been tampered with ({why})", file=shown)
         if "sops metadata not found" in lowered:
             return SecretsFileError("not a sops-encrypted file (no sops metadata)", file=shown)
+        if "no matching creation rules" in lowered:
+            return SecretsFileError(f"no creation rule in {self.config} matches this file", file=shown)
         if "error loading config" in lowered:
             # The repo's .sops.yaml, not the secrets file, is what sops could not read.
             found = re.search(r"\bline (\d+)\b", last)
@@ -524,8 +526,6 @@ class SopsStore:
                 file=self.config,
                 line=int(found.group(1)) if found else None,
             )
-        if "no matching creation rules" in lowered:
-            return SecretsFileError(f"no creation rule in {self.config} matches this file", file=shown)
         if (
             "error unmarshalling" in lowered
             or "error unmarshaling" in lowered
