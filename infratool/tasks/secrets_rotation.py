@@ -185,10 +185,10 @@ class RotateSecrets(Task):
                 reasons[spec.name] = ("a previous rotation was interrupted: resume", True)
             elif entry.status == "pending" and entry.phase == "promoting":
                 singles.append(Decision(spec, "record a promotion interrupted by a crash", finalize=True))
-            elif spec.needs_person and (
-                spec.name in (self.args["names"] or []) or entry.is_due(entry.max_age(spec.max_age))
-            ):
-                self.needs_person.append(spec.name)
+            elif spec.needs_person:
+                # Only a person can rotate it: named or due, say so; under --all, not due, skip quietly.
+                if spec.name in (self.args["names"] or []) or entry.is_due(entry.max_age(spec.max_age)):
+                    self.needs_person.append(spec.name)
             elif self.args["force"] or (self.args["names"] and not self.args["due"]):
                 reasons[spec.name] = ("requested", False)
             elif entry.is_due(entry.max_age(spec.max_age)):
@@ -202,9 +202,8 @@ class RotateSecrets(Task):
                 singles.append(Decision(spec, "revoke the previous lease", retire_only=True))
         edges = {n: s.depends for n, s in self.policy.secrets.items()}
         finalizing = {d.secret.name for d in singles if d.finalize}
+        # A prompt secret is never derived, so only a value a person gave brings one in here.
         rotating = deps.with_dependents(reasons, edges) - finalizing
-        # A prompt secret only ever rotates with a value a person gave.
-        rotating = {n for n in rotating if n in reasons or not self.policy.secrets[n].needs_person}
         decisions = [d for d in singles if not (d.retire_only and d.secret.name in rotating)]
         for names in deps.groups(rotating, edges, list(self.policy.secrets)):
             members = [self.policy.secrets[n] for n in names]

@@ -337,6 +337,10 @@ def test_prompted_value_is_set_delivered_and_then_needs_a_person(lab3, cli, tmp_
     code, rows = status_rows(cli, lab)
     row = rows["stripe/api-key"]
     assert code == 0 and not row["due"] and row["generation"] == 1 and row["age_seconds"] < 120
+    # --all rotates what a machine can; a prompted secret that is not due is left alone, quietly.
+    r = cli("-i", lab.inventory_path, "secrets", "rotate", "--all", "--yes")
+    assert r.returncode == 0 and "needs a person" not in r.stderr, r.stdout + r.stderr
+    assert values(lab)["stripe/api-key"] == value
 
     # 100 days later: due, and it says who has to act.
     state_path = lab.flake_dir / "secrets" / ".rotation-state.yaml"
