@@ -9,7 +9,6 @@ SIGKILL between rotation phases.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -27,10 +26,10 @@ from helpers import nix_eval, nix_parse, ok
 
 from infratool.hidden import Secret
 from infratool.inventory import Host
+from infratool.remote import FileWrite, put_files_script
 from infratool.secrets.generators import generate
 from infratool.secrets.store import SopsStore
 from infratool.tasks.binary_cache import render
-from infratool.tasks.binary_cache.install import END, checked_put_script
 from infratool.tasks.binary_cache.keys import PHASES, STATE_FILE, Keys, public_key
 from infratool.tasks.binary_cache.spec import CacheSpec, check_cache_url, check_key_name
 
@@ -480,15 +479,16 @@ def test_nixos_hosts_get_generated_nix_that_parses(fleet, cli, tmp_path):
 
 
 def test_checked_write_never_installs_a_cut_transfer(tmp_path):
+    """The cache's files go through the engine's write, which never installs a cut transfer."""
     target = tmp_path / "key"
     target.write_text("old")
-    script = checked_put_script(str(target), 0o600, None, None)
-    content = base64.b64encode(b"new-key")
-    for cut in (b"", content, content + b"\n"):  # killed before, during, just before the marker
+    content = b"new-key"
+    script = put_files_script([FileWrite(str(target), content, 0o600)], [len(content)])
+    for cut in (b"", content[:3], content):  # killed before, during, just before the final newline
         res = subprocess.run(["sh", "-c", script], input=cut, capture_output=True)
-        assert res.returncode != 0 and "incomplete transfer" in res.stderr.decode()
+        assert res.returncode != 0
         assert target.read_text() == "old"
-    ok(subprocess.run(["sh", "-c", script], input=content + f"\n{END}\n".encode(), capture_output=True))
+    ok(subprocess.run(["sh", "-c", script], input=content + b"\n", capture_output=True))
     assert target.read_text() == "new-key" and target.stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]
 
