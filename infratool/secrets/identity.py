@@ -7,16 +7,17 @@ called the first time a run opens the sops store (before the first change)
 and raises a :class:`~infratool.errors.SecretsFileError` (exit 3) that names
 the file:
 
-* every existing sops file under the secrets dir is decrypted by the real
-  sops, with the environment sops will see (the authoritative test; the
-  plaintext is discarded);
+* every existing sops file under the secrets dir must list one of our
+  identities' recipients in its sops metadata (read without decrypting, so a
+  file this run does not read, tampered or not, costs nothing and blocks
+  nothing; a file it does read is decrypted and MAC-checked when it is read);
 * every creation rule of ``.sops.yaml`` must list a recipient of one of our
   identities, or the files it creates could not be read back. Our
   identities are found where sops looks: ``SOPS_AGE_KEY``,
   ``SOPS_AGE_KEY_FILE`` (default ``$XDG_CONFIG_HOME/sops/age/keys.txt``) and
   the SSH key sops converts (``SOPS_AGE_SSH_PRIVATE_KEY_FILE``, default
   ``~/.ssh/id_ed25519``). With ``SOPS_AGE_KEY_CMD`` the identities are not
-  known without running it, so the rules are not checked.
+  known without running it, so neither is checked.
 
 A key file that group or others can read gets a warning on stderr.
 """
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from infratool import yamlsrc
-from infratool.errors import InputError, NoIdentityError, SecretsFileError
+from infratool.errors import InputError, SecretsError, SecretsFileError
 from infratool.hidden import REDACTOR, Secret
 from infratool.secrets import agekeys
 
@@ -130,24 +131,25 @@ def check(store: Any, ids: Identities | None = None) -> None:
     for warning in ids.warnings:
         with contextlib.suppress(OSError, ValueError):
             print(f"warning: {REDACTOR.redact(warning)}", file=sys.stderr, flush=True)
-    for path in _sops_files(store.repo):
-        if store.path(path) not in store._cache:  # a file already read was decrypted just now
-            try:
-                store.check_decrypt(path)
-            except NoIdentityError:
-                raise
-            except SecretsFileError:
-                # Tampered or malformed is not an identity problem, and this run
-                # may never read that file: the task that does reports it, on
-                # its own host, and the rest of the fleet goes on.
-                continue
-    if ids.opaque or not store.config.is_file():
+    if ids.opaque:
         return
     hint = (
         f"set SOPS_AGE_KEY_FILE to an identity whose recipient is listed there ({ids.key_file} has none)"
         if not ids.recipients
         else "add one of your recipients to it, or set SOPS_AGE_KEY_FILE to the right identity"
     )
+    for path in _sops_files(store.repo):
+        try:
+            listed = set(store.recipients(path))
+        except (InputError, SecretsError):
+            continue  # malformed metadata: reported when (if) this run reads the file
+        if listed and not ids.recipients & listed:
+            raise SecretsFileError(
+                f"none of your age identities is a recipient of this file, so it cannot be decrypted; {hint}",
+                file=store.display(path),
+            )
+    if not store.config.is_file():
+        return
     for line, recipients in _rules(store.config):
         if not ids.recipients & set(recipients):
             raise SecretsFileError(
