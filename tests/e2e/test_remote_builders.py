@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PLAYBOOKS, files_containing, sample_ps
-from helpers import nix_eval, nix_parse
+from conftest import PLAYBOOKS, files_containing
+from exectrace import both_ends
+from helpers import SshdLogs, nix_eval, nix_parse
 
 from infratool.inventory import Host
 from infratool.remote import fingerprint
@@ -103,10 +104,11 @@ def managed_keys(lab) -> dict[str, list[str]]:
 def test_setup_builds_on_the_builder_converges_and_leaks_nothing(fleet, cli, tmp_path, _private_audit_log):
     lab, inv = fleet, fleet.inventory_path
     snix = lab.host("snix")
-    with sample_ps() as seen:
-        plan = cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode")
-        run = cli("-i", inv, "-vv", "run", PLAYBOOK, "--yes")
-        again = cli("-i", inv, "--json", "plan", PLAYBOOK, "--detailed-exitcode")
+    with both_ends(lab, cli, tmp_path / "execs") as seen:
+        plan = seen.cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode")
+        run = seen.cli("-i", inv, "-vv", "run", PLAYBOOK, "--yes")
+        again = seen.cli("-i", inv, "--json", "plan", PLAYBOOK, "--detailed-exitcode")
+    seen.assert_recorded(min_sessions=len(CLIENTS) + 1)
     assert plan.returncode == 2, plan.stdout + plan.stderr
     assert "generate builder key of slax" in plan.stdout
     assert "(secret content: not shown)" in plan.stdout
@@ -157,10 +159,24 @@ def test_setup_builds_on_the_builder_converges_and_leaks_nothing(fleet, cli, tmp
             assert f"Accepted publickey for {USER} from 127.0.0.1 port".encode() in (session := log.read())
         assert f"ED25519 {fingerprint(public)}".encode() in session  # this client's key, this build
 
-    # The client key opens no shell: sshd forces the daemon, whatever is asked.
+    # The client key opens no shell: sshd forces the daemon, whatever is asked. The
+    # login itself must succeed (sshd's log says so), or this would pass on any failure.
     marker = f"/tmp/pwned-{os.urandom(4).hex()}"
+    logs = SshdLogs(lab)
     shell = lab.exec("slax", f"ssh {ALIAS} 'echo SHELL-OK; touch {marker}'", input=b"", timeout=30)
     assert b"SHELL-OK" not in shell.stdout and not snix.path(marker).exists()
+    attempt = logs.since("snix")
+    slax_key = render.key_blob(
+        subprocess.run(
+            ["ssh-keygen", "-y", "-f", str(lab.host("slax").path(KEY))],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert f"ED25519 {fingerprint(slax_key)}" in attempt and f"Accepted publickey for {USER}" in attempt, attempt
+    assert "Starting session: forced-command (key-option) 'nix-daemon --stdio'" in attempt, attempt
+    assert "Starting session: command" not in attempt and "Starting session: shell" not in attempt
     tty = lab.exec("slax", f"ssh -tt {ALIAS} true", input=b"", timeout=30)
     assert b"PTY allocation request failed" in tty.stderr
 
@@ -169,7 +185,7 @@ def test_setup_builds_on_the_builder_converges_and_leaks_nothing(fleet, cli, tmp
     for client, private in keys.items():
         for needle in [line for line in private.splitlines() if len(line) > 20]:
             assert not any(needle in out for out in outputs), f"{client} key in CLI output"
-            assert not [args for args in seen if needle in args], f"{client} key in a process's argv"
+            assert seen.hits(needle) == [], f"{client} key in a process's argv or environment"
             assert needle not in _private_audit_log.read_text()
             assert files_containing(tmp_path / "controller-tmp", needle) == []
             assert files_containing(lab.flake_dir, needle) == []

@@ -444,4 +444,10 @@ class Setup(TopologyTask):
             return {}
         clients, builders = self._pairs(ctx, [c for c in self.topology.clients if not c.is_nixos])
         builders = [(b, bctx) for b, bctx in builders if not b.host.is_nixos]
-        return check_clients(clients, builders, self.topology)
+        problems = check_clients(clients, builders, self.topology)
+        if builders:
+            names = ", ".join(b.host.name for b, _ in builders)
+            for _, client in clients:
+                if client.name not in problems:
+                    ctx.prove(client.name, f"a build ran on {names}")
+        return problems
