@@ -485,16 +485,17 @@ class SopsStore:
             return SecretsFileError(f"has been tampered with ({why})", file=shown)
         if "sops metadata not found" in lowered:
             return SecretsFileError("not a sops-encrypted file (no sops metadata)", file=shown)
+        if "no matching creation rules" in lowered:
+            return SecretsFileError(f"no creation rule in {self.config} matches this file", file=shown)
         if "error loading config" in lowered:
-            # The repo's .sops.yaml, not the secrets file, is what sops could not read.
+            # The repo's .sops.yaml, not the secrets file, is what sops could not read
+            # (checked after the creation-rule case, which sops words the same way).
             found = re.search(r"\bline (\d+)\b", last)
             return SecretsFileError(
                 f"malformed sops config: {last}",
                 file=self.config,
                 line=int(found.group(1)) if found else None,
             )
-        if "no matching creation rules" in lowered:
-            return SecretsFileError(f"no creation rule in {self.config} matches this file", file=shown)
         if (
             "error unmarshalling" in lowered
             or "error unmarshaling" in lowered
