@@ -47,6 +47,9 @@
                 pyrage
                 mnemonic
                 ruamel-yaml
+                hvac
+                bcrypt
+                argon2-cffi
                 pytest
                 pytest-xdist
                 hypothesis

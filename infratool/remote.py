@@ -113,6 +113,23 @@ def offered_host_key(
         sock.close()
 
 
+def _connect_failure(host: Host, exc: BaseException, started: float, timeout: float) -> str:
+    """A one-line reason for a failed SSH handshake, in words an operator can act on.
+
+    paramiko reports a handshake that ran out of time from whichever thread
+    noticed first: "Error reading SSH protocol banner", "Negotiation timed
+    out", or — when its transport thread died while the caller was already
+    authenticating — "No existing session". The elapsed time says which
+    one really happened.
+    """
+    where = f"{host.address}:{host.port}"
+    if time.monotonic() - started >= timeout * 0.9:
+        return f"timed out after {timeout:g} s waiting for the SSH handshake with {where}"
+    if str(exc) in ("No existing session", "") or isinstance(exc, EOFError):
+        return f"SSH handshake with {where} failed: the peer closed the connection"
+    return f"cannot connect to {where}: {exc}"
+
+
 class Remote:
     """A lazily opened, reused SSH connection to one inventory host."""
 
@@ -176,6 +193,7 @@ class Remote:
             # each waits for the peer's delayed ACK (40 ms on Linux) — per
             # command and per handshake step (measured: a no-op command took
             # 48 ms with Nagle, 3 ms without; see docs/performance.md).
+            started = time.monotonic()
             sock = _open_socket(host.address, host.port, self.connect_timeout)
             conn.connect_kwargs["sock"] = sock
             try:
@@ -201,7 +219,9 @@ class Remote:
         except TimeoutError:
             raise ConnectError(host.name, f"timed out connecting to {host.address}:{host.port}") from None
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise ConnectError(host.name, f"cannot connect to {host.address}:{host.port}: {exc}") from None
+            raise ConnectError(
+                host.name, _connect_failure(host, exc, started, self.connect_timeout)
+            ) from None
         transport = client.get_transport()
         if transport is not None:
             # Detect a dead peer instead of hanging on it for the TCP timeout.
@@ -399,7 +419,8 @@ class Remote:
                 if until(line):
                     return Held(chan, line)
         except TimeoutError:
-            chan.close()
+            if chan is not None:
+                chan.close()
             raise CommandFailed(self.host.name, what, 124, f"timed out after {timeout:g} s") from None
         except CommandFailed:
             chan.close()

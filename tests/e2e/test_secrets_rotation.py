@@ -433,7 +433,7 @@ def test_timer_units_verify_and_nix_parses(lab, cli, tmp_path):
 def test_recover_from_the_mnemonic(rot, cli):
     lab = rot
     assert rotate(cli, lab, "--due", "--yes").returncode == 0
-    init = cli("-i", lab.inventory_path, "secrets", "recover", "init")
+    init = cli("-i", lab.inventory_path, "secrets", "recover", "init", "--to-stdout")
     assert init.returncode == 0, init.stderr
     words = init.stdout.strip()
     assert len(words.split()) == 24

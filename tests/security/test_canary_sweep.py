@@ -91,9 +91,10 @@ def scenario(lab, tmp: Path) -> list[tuple[str, list[str] | Callable[[], None], 
     return [
         ("site plan", ["-i", inv, "--json", "plan", str(PLAYBOOKS / "site.yaml")], None),
         ("site run", ["-i", inv, "-vv", "run", str(PLAYBOOKS / "site.yaml"), "--yes"], None),
-        ("secret file", ["-i", inv, "-vv", "run", str(_canary_playbook(tmp)), "--yes"], None),
+        # -vvv: every remote command and its output (masked) go to stderr, which is swept.
+        ("secret file", ["-i", inv, "-vvv", "run", str(_canary_playbook(tmp)), "--yes"], None),
         ("rotate all (dry run)", ["-i", inv, "secrets", "rotate", "--all", "--dry-run"], None),
-        ("rotate all", ["-i", inv, "-vv", "secrets", "rotate", "--all", "--yes"], None),
+        ("rotate all", ["-i", inv, "-vvv", "secrets", "rotate", "--all", "--yes"], None),
         (
             "builder key rotation",
             [
@@ -114,7 +115,7 @@ def scenario(lab, tmp: Path) -> list[tuple[str, list[str] | Callable[[], None], 
         ("wipe slax's Secure Boot keys", wipe_slax_keys, None),
         ("secure boot restore", ["-i", inv, "-vv", "secureboot", "restore", "slax", "--yes"], None),
         ("secure boot status", ["-i", inv, "--json", "secureboot", "status"], None),
-        ("recover init", ["-i", inv, "secrets", "recover", "init"], None),
+        ("recover init", ["-i", inv, "secrets", "recover", "init", "--to-stdout"], None),
         ("secrets status", ["-i", inv, "--json", "secrets", "status"], None),
         (
             "site plan after",

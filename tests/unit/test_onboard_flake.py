@@ -390,6 +390,9 @@ def test_package_has_pyprojects_dependencies_and_sops_on_path():
         "pyrage",
         "mnemonic",
         "ruamel-yaml",
+        "hvac",
+        "bcrypt",
+        "argon2-cffi",
         "setuptools",
     ]
     py = " ".join(f"{n} = {json.dumps(n)};" for n in names)
