@@ -174,7 +174,9 @@ def test_setup_builds_on_the_builder_converges_and_leaks_nothing(fleet, cli, tmp
             check=True,
         ).stdout
     )
-    assert f"ED25519 {fingerprint(slax_key)}" in attempt and f"Accepted publickey for {USER}" in attempt, attempt
+    assert f"ED25519 {fingerprint(slax_key)}" in attempt and f"Accepted publickey for {USER}" in attempt, (
+        attempt
+    )
     assert "Starting session: forced-command (key-option) 'nix-daemon --stdio'" in attempt, attempt
     assert "Starting session: command" not in attempt and "Starting session: shell" not in attempt
     tty = lab.exec("slax", f"ssh -tt {ALIAS} true", input=b"", timeout=30)
