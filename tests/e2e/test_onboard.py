@@ -10,7 +10,6 @@ decrypted with the lab host's own SSH host key converted to an age identity.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import subprocess
@@ -21,6 +20,7 @@ import bech32
 import nacl.bindings
 import pytest
 import yaml
+from helpers import openssh_fingerprint
 
 from infratool.hidden import Secret
 from infratool.secrets.store import SopsStore
@@ -38,12 +38,6 @@ def ssh_to_age(public_line: str) -> str:
     key = blob[19:]
     x25519 = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(key)
     return bech32.bech32_encode("age", bech32.convertbits(list(x25519), 8, 5))
-
-
-def openssh_fingerprint(public_line: str) -> str:
-    """What `ssh-keygen -lf` prints for the key: SHA256 of the blob, unpadded base64."""
-    digest = hashlib.sha256(base64.b64decode(public_line.split()[1])).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
 def new_public_key() -> str:
