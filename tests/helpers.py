@@ -243,3 +243,17 @@ def digests(directory: Path, keys_only: bool = False) -> dict[str, str]:
         for p in sorted(directory.rglob("*"))
         if p.is_file() and (not keys_only or p.parts[len(directory.parts)] in ("GUID", "keys"))
     }
+
+
+def openssh_fingerprint(public_line: str) -> str:
+    """The ``SHA256:...`` fingerprint OpenSSH itself gives ``type base64 [comment]`` (as sshd logs it).
+
+    Computed by ``ssh-keygen -lf -``, not by infratool's code, so a test that
+    compares against it checks that code against the real thing.
+    """
+    line = " ".join(public_line.split()[:2]) + "\n"
+    r = subprocess.run(
+        ["ssh-keygen", "-l", "-E", "sha256", "-f", "-"], input=line, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()[1]

@@ -519,7 +519,8 @@ class SopsStore:
         if "no matching creation rules" in lowered:
             return SecretsFileError(f"no creation rule in {self.config} matches this file", file=shown)
         if "error loading config" in lowered:
-            # The repo's .sops.yaml, not the secrets file, is what sops could not read.
+            # The repo's .sops.yaml, not the secrets file, is what sops could not read
+            # (checked after the creation-rule case, which sops words the same way).
             found = re.search(r"\bline (\d+)\b", last)
             return SecretsFileError(
                 f"malformed sops config: {last}",

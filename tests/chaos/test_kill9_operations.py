@@ -19,6 +19,7 @@ from helpers import PLAYBOOKS, digests
 
 from infratool.lab.sbctl import provision_lab
 from infratool.secrets.store import SopsStore
+from infratool.tasks.remote_builders.spec import DEFAULT_USER
 
 BUILDERS = PLAYBOOKS / "remote-builders.yaml"
 CLIENTS = ("slax", "brix", "nixtv-player")
@@ -42,18 +43,23 @@ def _installed_keys(lab) -> dict[str, str]:
 ROTATION_CHANGES = 8
 
 
-def _refused_by_snix(lab, tmp_path, private: str) -> bool:
-    """Does snix's real sshd refuse a login with ``private`` (publickey)?"""
-    key = tmp_path / "old-key"
+def _login_to_snix(lab, tmp_path, private: str) -> subprocess.CompletedProcess[str]:
+    """Log in to snix's real sshd as the builder user with ``private`` (publickey only)."""
+    key = tmp_path / "try-key"
     key.write_text(private)
     key.chmod(0o600)
-    r = subprocess.run(
-        ["ssh", "-F", "/dev/null", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-         "-o", f"UserKnownHostsFile={lab.known_hosts_path}", "-o", "ConnectTimeout=20",
-         f"root@{lab.host('snix').address}", "nix-daemon", "--version"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    key.unlink()
+    try:
+        return subprocess.run(
+            ["ssh", "-F", "/dev/null", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+             "-o", f"UserKnownHostsFile={lab.known_hosts_path}", "-o", "ConnectTimeout=20",
+             f"{DEFAULT_USER}@{lab.host('snix').address}", "nix-daemon", "--version"],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    finally:
+        key.unlink()
+
+
+def _refused(r: subprocess.CompletedProcess[str]) -> bool:
     return r.returncode == 255 and "Permission denied (publickey)" in r.stderr
 
 
@@ -87,8 +93,12 @@ def test_builder_key_rotation_killed_after_any_change_converges_and_old_keys_are
     replaced = [c for c in CLIENTS if installed[c] != before[c]]
     assert replaced, "the cut left no key rotated: nothing to prove"
     for client in replaced:
-        # The real sshd on the builder: the client's old key gets no login at all.
-        assert _refused_by_snix(lab, tmp_path, before[client]), f"{client}'s old key still logs in"
+        # The real sshd on the builder: the client's old key gets no login at all,
+        # while its new key (same user, same way in) does.
+        assert _refused(_login_to_snix(lab, tmp_path, before[client])), f"{client}'s old key still logs in"
+        assert not _refused(_login_to_snix(lab, tmp_path, installed[client])), (
+            f"{client}'s new key is refused"
+        )
     check = tmp_path / "check.yaml"
     check.write_text(
         "tasks:\n  - task: remote_builders.check\n"

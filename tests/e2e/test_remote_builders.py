@@ -16,10 +16,9 @@ import pytest
 import yaml
 from conftest import PLAYBOOKS, files_containing
 from exectrace import both_ends
-from helpers import SshdLogs, nix_eval, nix_parse
+from helpers import SshdLogs, nix_eval, nix_parse, openssh_fingerprint
 
 from infratool.inventory import Host
-from infratool.remote import fingerprint
 from infratool.secrets.store import SopsStore
 from infratool.tasks.remote_builders import render, rotate_client_key
 from infratool.tasks.remote_builders.spec import Builder, Topology
@@ -157,7 +156,7 @@ def test_setup_builds_on_the_builder_converges_and_leaks_nothing(fleet, cli, tmp
         with open(snix.sshd_log, "rb") as log:
             log.seek(log_before)
             assert f"Accepted publickey for {USER} from 127.0.0.1 port".encode() in (session := log.read())
-        assert f"ED25519 {fingerprint(public)}".encode() in session  # this client's key, this build
+        assert f"ED25519 {openssh_fingerprint(public)}".encode() in session  # this client's key, this build
 
     # The client key opens no shell: sshd forces the daemon, whatever is asked. The
     # login itself must succeed (sshd's log says so), or this would pass on any failure.
@@ -174,7 +173,9 @@ def test_setup_builds_on_the_builder_converges_and_leaks_nothing(fleet, cli, tmp
             check=True,
         ).stdout
     )
-    assert f"ED25519 {fingerprint(slax_key)}" in attempt and f"Accepted publickey for {USER}" in attempt, attempt
+    assert (
+        f"ED25519 {openssh_fingerprint(slax_key)}" in attempt and f"Accepted publickey for {USER}" in attempt
+    ), attempt
     assert "Starting session: forced-command (key-option) 'nix-daemon --stdio'" in attempt, attempt
     assert "Starting session: command" not in attempt and "Starting session: shell" not in attempt
     tty = lab.exec("slax", f"ssh -tt {ALIAS} true", input=b"", timeout=30)
