@@ -43,6 +43,29 @@ class Entry:
     line: int
 
 
+def key_problem(keytype: str, data: str) -> str | None:
+    """Why ``keytype data`` is not a usable public key, or ``None``.
+
+    As OpenSSH's sshkey_from_blob begins: the base64 must decode, and the
+    blob must start with its own type name, the one written before it. A
+    malformed pin is bad input (exit 3), not a refused host key (exit 4).
+    """
+    try:
+        blob = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return f"the {keytype} key is not valid base64"
+    if len(blob) < 4:
+        return f"the {keytype} key is truncated"
+    size = int.from_bytes(blob[:4], "big")
+    inner = blob[4 : 4 + size]
+    if len(inner) != size or len(blob) <= 4 + size:
+        return f"the {keytype} key is truncated"
+    if inner != keytype.encode():
+        shown = inner.decode("ascii", "replace")[:40]
+        return f"the key says it is {shown!r}, not {keytype!r}"
+    return None
+
+
 def lookup_name(address: str, port: int) -> str:
     """The name OpenSSH looks up for ``address:port``: bare on port 22, else ``[address]:port``."""
     return address if port == 22 else f"[{address}]:{port}"

@@ -9,21 +9,33 @@ The audit log is append-only JSONL (default
 ``~/.local/state/infratool/audit.jsonl``; ``$INFRATOOL_AUDIT_LOG`` or
 ``--audit-log`` override): who ran what, when, on which hosts, which changes
 and the outcome — descriptions only, never values.
+
+The log is opened once, before anything connects (:meth:`AuditLog.open`):
+``O_NOFOLLOW|O_APPEND``, created 0600 (an existing 0644 log is tightened),
+and it must be a regular file — a symlink would append to its target, a FIFO
+hangs the run, ``/dev/full`` fails only after the changes were applied. A run
+writes a ``started`` record before its first change, so even a ``kill -9``
+leaves a trace, then its outcome. A write that fails later is reported on
+stderr and never changes the run's result or exit code: the hosts were
+changed either way, and the operator must hear about both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import logging
 import os
 import socket
+import stat
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from infratool.hidden import REDACTOR, Secret
+from infratool.safeopen import open_regular
 
 _configured = False
 
@@ -195,23 +207,80 @@ def audit_path(explicit: Path | None = None) -> Path:
     return state / "infratool" / "audit.jsonl"
 
 
-def audit(record: dict[str, Any], path: Path | None = None) -> None:
-    """Append one redacted record to the audit log (O_APPEND: safe across processes)."""
-    target = audit_path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _user() -> str:
     try:
-        user = getpass.getuser()
+        return getpass.getuser()
     except Exception:  # no passwd entry for the uid (containers)
-        user = str(os.getuid())
-    full = {
-        "time": datetime.now(UTC).isoformat(timespec="seconds"),
-        "user": user,
-        "controller": socket.gethostname(),
-        **record,
-    }
-    line = json.dumps(_redact(full), sort_keys=False, default=str) + "\n"
-    fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        return str(os.getuid())
+
+
+class AuditLog:
+    """The audit log, opened once for a command; :meth:`write` appends one redacted JSON line."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd = fd
+        self.failed = False
+        """Whether a write failed (already reported on stderr)."""
+
+    @classmethod
+    def open(cls, path: Path | None = None) -> AuditLog:
+        """Open (create 0600) the log at ``path``; :class:`~infratool.errors.InputError` if unusable.
+
+        Called before any connection, so a bad ``--audit-log`` is exit 3 with
+        nothing touched.
+        """
+        target = audit_path(path)
+        with contextlib.suppress(OSError):  # an unusable parent fails in open_regular, named
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = open_regular(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600, what="audit log")
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077:
+            # Records name hosts, secrets and outcomes: the operator's eyes only.
+            try:
+                os.fchmod(fd, mode & 0o700)
+            except OSError as exc:
+                _warn(f"audit log {target} is mode {mode:04o} and cannot be tightened: {exc.strerror}")
+        return cls(target, fd)
+
+    def write(self, record: dict[str, Any]) -> bool:
+        """Append ``record`` (with time, user, controller); report a failure on stderr, never raise."""
+        full = {
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "user": _user(),
+            "controller": socket.gethostname(),
+            **record,
+        }
+        line = (json.dumps(_redact(full), sort_keys=False, default=str) + "\n").encode()
+        try:
+            # One write(2) of the whole line: O_APPEND keeps lines of concurrent runs whole.
+            written = os.write(self._fd, line)
+            if written != len(line):
+                raise OSError(0, f"short write ({written} of {len(line)} bytes)")
+        except OSError as exc:
+            self.failed = True
+            _warn(
+                f"audit log {self.path}: cannot write the {record.get('event', 'run')} record: {exc.strerror}"
+            )
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close the descriptor (idempotent)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _warn(message: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        print(f"warning: {REDACTOR.redact(message)}", file=sys.stderr, flush=True)
+
+
+def audit(record: dict[str, Any], path: Path | None = None) -> None:
+    """Append one redacted record to the audit log at ``path`` (opened and closed for it)."""
+    log = AuditLog.open(path)
     try:
-        os.write(fd, line.encode())
+        log.write(record)
     finally:
-        os.close(fd)
+        log.close()

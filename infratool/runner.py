@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from infratool import faults, hostlock, log
+from infratool import faults, hostlock, log, preflight
 from infratool.changes import LOCAL, Change, Plan
 from infratool.context import DeferredWriteFailed, DeferredWrites, HostContext, LocalContext
 from infratool.errors import (
@@ -28,10 +28,12 @@ from infratool.errors import (
     HostError,
     HostKeyError,
     InfratoolError,
+    InputError,
 )
 from infratool.facts import BASE_FACTS, DESCRIBE_FACTS, FactCache, FactRequest, build_script, parse_output
 from infratool.hidden import REDACTOR
 from infratool.inventory import Host, Inventory
+from infratool.nixssh import nix_ssh_env
 from infratool.options import RunOptions
 from infratool.playbook import Playbook
 from infratool.remote import Held, Remote
@@ -148,6 +150,7 @@ class Runner:
     def gather(self, hosts: Iterable[Host] | None = None) -> dict[str, HostContext]:
         """Connect to ``hosts`` (default: all targets) and gather their facts in parallel."""
         hosts = list(hosts if hosts is not None else self.hosts)
+        preflight.check_hosts(self.inventory, hosts)  # local mistakes: exit 3 before any connection
         # A run gathers the cheap base facts plus what its tasks ask for; with
         # no tasks (`infratool facts`), the full description of each host.
         base = BASE_FACTS if self._targets else DESCRIBE_FACTS
@@ -244,6 +247,8 @@ class Runner:
             def one(hctx: HostContext) -> list[Change]:
                 try:
                     return task.plan_host(hctx, ctx)
+                except InputError:
+                    raise  # bad input (say, no usable age identity) stops the run once: exit 3
                 except Exception as exc:
                     self._drop(hctx.name, _planning_error(hctx.name, task, exc))
                     return []
@@ -255,12 +260,16 @@ class Runner:
                 narrow = replace(ctx, hosts={name: hctx}, failures={})
                 try:
                     changes += task.plan(narrow)
+                except InputError:
+                    raise  # bad input stops the run once (exit 3), not once per host
                 except Exception as exc:
                     self._drop(name, _planning_error(name, task, exc))
                 ctx.failures.update(narrow.failures)
             return changes
         try:
             return task.plan(ctx)
+        except InputError:
+            raise  # bad input stops the run once (exit 3), not once per host
         except HostError as exc:
             self._drop(exc.host, exc)
         except Exception as exc:
@@ -285,13 +294,20 @@ class Runner:
             if host is None or not host.is_nixos:
                 continue
             argv = host.deploy_argv()
+
+            def deploy(ctx, argv=argv, host=host):
+                # The deploy's ssh and nix copy get the inventory's port, key and
+                # pinned host key through NIX_SSHOPTS, never ~/.ssh/known_hosts.
+                with nix_ssh_env(host) as env:
+                    return ctx.run(argv, what=f"deploy {host.name}", env=env)
+
             result.append(
                 Change(
                     host=LOCAL,
                     task="deploy",
                     action="deploy",
                     description=f"deploy {name}: {shlex.join(argv)}",
-                    apply=lambda ctx, argv=argv, name=name: ctx.run(argv, what=f"deploy {name}"),
+                    apply=deploy,
                     stage=len(self._targets),
                     requires=(LOCAL,),
                 )

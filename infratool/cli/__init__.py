@@ -21,6 +21,7 @@ from infratool.cli import globalopts
 from infratool.cli.common import (
     Globals,
     audit_run,
+    audit_started,
     command_name,
     emit_json,
     emit_json_error,
@@ -28,6 +29,7 @@ from infratool.cli.common import (
     forks_option,
     limit_option,
     load_inventory,
+    open_audit,
     pass_globals,
     timeout_option,
 )
@@ -253,7 +255,10 @@ def hosts(g: Globals, check: bool, limit: str | None, forks: int, timeout: float
         from concurrent.futures import ThreadPoolExecutor
 
         from infratool.errors import EXIT_OK
+        from infratool.preflight import check_hosts
         from infratool.remote import Remote
+
+        check_hosts(inv, selected)  # a missing ssh_key or a malformed pin: exit 3, nothing opened
 
         def probe(host) -> tuple[str, tuple[bool, str | None, int]]:
             try:
@@ -513,6 +518,7 @@ def _prepare(g: Globals, playbook_path: str, **opts: Any):
     if chosen.get("list_hosts") or chosen.get("list_tasks"):
         _list(g, book, targets, tasks=bool(chosen.get("list_tasks")))
         sys.exit(0)
+    open_audit(g)  # an unusable audit log is bad input: exit 3 before connecting
     options = RunOptions(audit_log=g.audit_log, **opts)
     return inv, book, options, Runner
 
@@ -657,6 +663,8 @@ def run(
             audit_run(g, "run (declined)", book, the_plan)
             click.echo("Nothing applied.", err=True)
             sys.exit(EXIT_FAILED)
+        if the_plan.changes:
+            audit_started(g, "run", book, the_plan)
         with progress:
             result = runner.apply(the_plan)
     audit_run(g, "run", book, the_plan, result)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,10 @@ class Globals:
     log_file: Path | None = None
     command: str = ""
     """The command being run (``"secrets status"``), for JSON error documents."""
+    audit: Any = None
+    """The open :class:`~infratool.log.AuditLog` (see :func:`open_audit`)."""
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    """Ties a run's ``started`` record to its outcome in the audit log."""
 
     def configure_logging(self) -> None:
         """Apply the verbosity and log destination (again, after a late global flag)."""
@@ -156,21 +161,43 @@ def emit_json_error(exc: BaseException, exit_code: int, command: str) -> None:
     click.echo(REDACTOR.redact(json.dumps(doc, indent=2, default=str)))
 
 
-def audit_run(g: Globals, command: str, book, plan, result=None) -> None:
-    """Append one audit record for a plan or run (descriptions only, never values)."""
+def open_audit(g: Globals) -> Any:
+    """Open the audit log now, before any connection: a symlink, FIFO or device is exit 3."""
     from infratool import log
 
-    record: dict[str, Any] = {
+    if g.audit is None:
+        g.audit = log.AuditLog.open(g.audit_log)
+    return g.audit
+
+
+def _plan_record(g: Globals, command: str, book, plan, event: str) -> dict[str, Any]:
+    return {
+        "event": event,
+        "run": g.run_id,
         "command": command,
         "playbook": str(book.path),
         "hosts": plan.hosts,
         "changes": [{"host": c.host, "task": c.task, "description": c.description} for c in plan.changes],
         "plan_failures": plan.failures,
     }
+
+
+def audit_started(g: Globals, command: str, book, plan) -> None:
+    """Record that ``plan`` is about to be applied (before the first change: a kill -9 leaves this)."""
+    open_audit(g).write(_plan_record(g, command, book, plan, "started"))
+
+
+def audit_run(g: Globals, command: str, book, plan, result=None) -> None:
+    """Append one audit record for a plan, or a run's outcome (descriptions only, never values).
+
+    A write failure is reported on stderr by the log; the command's result and
+    exit code stand.
+    """
+    record = _plan_record(g, command, book, plan, "finished" if result is not None else "planned")
     if result is not None:
         record["outcome"] = {
             r.host: {"status": r.status, "applied": r.applied, "error": r.error}
             for r in result.hosts.values()
         }
         record["exit_code"] = result.exit_code
-    log.audit(record, g.audit_log)
+    open_audit(g).write(record)

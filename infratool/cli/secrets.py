@@ -10,10 +10,12 @@ import click
 from infratool.cli.common import (
     Globals,
     audit_run,
+    audit_started,
     emit_json,
     examples,
     forks_option,
     load_inventory,
+    open_audit,
     pass_globals,
 )
 from infratool.errors import EXIT_CHANGES, EXIT_FAILED, InputError
@@ -226,6 +228,7 @@ def _run_rotation(
             )
         ],
     )
+    open_audit(g)  # an unusable audit log is bad input: exit 3 before connecting
     options = RunOptions(forks=forks, yes=yes, audit_log=g.audit_log, unattended=unattended)
     out = render.console()
     progress = render.Progress(render.console(stderr=True), enabled=g.verbosity >= 0 and not g.json)
@@ -242,6 +245,8 @@ def _run_rotation(
         if the_plan.changes and not yes and not click.confirm("Rotate these secrets?", default=False):
             click.echo("Nothing rotated.", err=True)
             sys.exit(EXIT_FAILED)
+        if the_plan.changes:
+            audit_started(g, command, book, the_plan)
         with progress:
             result = runner.apply(the_plan)
     audit_run(g, command, book, the_plan, result)
@@ -303,6 +308,9 @@ def set_(g: Globals, name: str, from_stdin: bool, policy: str | None, forks: int
         raise InputError("stdin is not a terminal: pipe the value with --stdin (never as an argument)")
     if not raw.strip():
         raise InputError(f"no value given for {name}")
+    if len(raw) < spec.params["min_length"]:
+        # Refused here, before any connection, not half-way through a rotation.
+        raise InputError(f"the value for {name} is shorter than min_length {spec.params['min_length']}")
     try:
         value = Secret(raw.decode())
     except UnicodeDecodeError:
@@ -332,32 +340,73 @@ def recover() -> None:
 
 @recover.command(
     "init",
-    help="Make a new 24-word mnemonic (printed once: write it down), add its age "
-    "recipient to .sops.yaml and re-encrypt every secrets file for it."
-    + examples("infratool secrets recover init"),
+    help="Make a new 24-word mnemonic (shown once, on the terminal: write it down), add its age "
+    "recipient to .sops.yaml and re-encrypt every secrets file for it. A second init replaces "
+    "the first backup recipient (after asking, or with --replace)."
+    + examples(
+        "infratool secrets recover init",
+        "infratool secrets recover init --replace   # new words; the old ones stop working",
+    ),
 )
+@click.option(
+    "--to-stdout",
+    is_flag=True,
+    help="Print the words even when stdout is not a terminal (a file, a pipe, a log): on purpose only.",
+)
+@click.option("--replace", is_flag=True, help="Replace an existing backup recipient without asking.")
 @pass_globals
-def recover_init(g: Globals) -> None:
+def recover_init(g: Globals, to_stdout: bool, replace: bool) -> None:
     from infratool import scaffold
+    from infratool.onboard.sopsrules import parse_rules
     from infratool.secrets import recovery
     from infratool.secrets.store import SopsStore
 
+    # Where the words would go is checked first: refusing must leave everything as it was.
+    if g.json:
+        raise InputError(
+            "recover init does not print its 24 words as JSON (output that is kept ends up in logs); "
+            "run it without --json at a terminal"
+        )
+    if not to_stdout and not sys.stdout.isatty():
+        raise InputError(
+            "stdout is not a terminal: the 24 words would land in a file or a log. Run this at a "
+            "terminal, or pass --to-stdout if that is really where they should go"
+        )
     inv = load_inventory(g)
     secrets_dir = inv.flake / "secrets"
     config = secrets_dir / ".sops.yaml"
     if not config.exists():
         raise InputError(f"{config} not found: run `infratool init` first")
+    listed = {r for rule in parse_rules(config.read_text(), config) for r in rule.recipients}
+    old = recovery.recorded_recipient(secrets_dir, listed)
+    if old is not None and not replace:
+        question = (
+            f"A backup recipient already exists ({old}). Replace it? Its words stop working: it is "
+            "removed from .sops.yaml and every secrets file is re-encrypted without it"
+        )
+        if not sys.stdin.isatty():
+            raise InputError(f"a backup recipient already exists ({old}); pass --replace to replace it")
+        if not click.confirm(question, default=False):
+            click.echo("Nothing changed.", err=True)
+            sys.exit(EXIT_FAILED)
     words = recovery.new_mnemonic()
     _, recipient = recovery.derive_identity(words)
     scaffold.add_sops_recipient(config, recipient)
+    if old is not None:
+        scaffold.remove_sops_recipient(config, old)
+    recovery.record_recipient(secrets_dir, recipient)
     store = SopsStore(secrets_dir)
     files = scaffold.sops_files(secrets_dir)
     for f in files:
         store.updatekeys(f)
-    # The one place the words are shown: to the operator's terminal, once.
+    # The one place the words are shown: to the operator's terminal (or where --to-stdout says), once.
     click.echo("Write these 24 words on paper and keep them offline. They are shown only now:\n", err=True)
     click.echo(f"    {words.reveal()}\n")
-    click.echo(f"backup recipient {recipient} added to {config}; {len(files)} file(s) re-encrypted", err=True)
+    replaced = f"; the old backup recipient {old} was removed" if old else ""
+    click.echo(
+        f"backup recipient {recipient} added to {config}{replaced}; {len(files)} file(s) re-encrypted",
+        err=True,
+    )
 
 
 @recover.command(

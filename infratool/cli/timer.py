@@ -127,9 +127,12 @@ def timer_install(
     directory: str,
     force: bool,
 ) -> None:
+    from infratool.secrets.store import find_sops
     from infratool.systemd import plan_install, render_units, write_unit
 
     opts = _timer_options(g, on_calendar, randomized_delay, age_key_file, flake)
+    # The service cannot set sops's executable bit itself (read-only /usr, /opt): do it now.
+    find_sops()
     plans = plan_install(Path(directory), render_units(opts))
     edited = [p for p in plans if p.edited]
     for plan in edited:

@@ -25,11 +25,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from infratool.errors import LockedError
+from infratool.errors import InputError, LockedError
 from infratool.safeopen import open_regular
 
 _POLL = 0.05
@@ -47,6 +48,21 @@ def _holder(fd: int) -> str:
         if text.isdigit():
             return f" (pid {int(text)})"
     return ""
+
+
+def check_lock_file(path: Path) -> None:
+    """:class:`InputError` if a lock file exists at ``path`` and is not a regular file.
+
+    For validation, before any connection: the lock itself refuses such a
+    file too, but only when the rotation reaches it.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = "a symlink" if stat.S_ISLNK(mode) else "not a regular file"
+        raise InputError(f"lock file {path} is {kind}: remove it (infratool never creates one)")
 
 
 @contextlib.contextmanager

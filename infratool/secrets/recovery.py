@@ -166,3 +166,30 @@ def check(store: SopsStore, files: Iterable[str | Path], words: Secret | str) ->
                 continue
             results.append(CheckResult(shown, True, True))
     return results
+
+
+RECIPIENT_FILE = ".backup-recipient"
+"""Beside ``.sops.yaml``: the backup recipient ``recover init`` added (public, one line).
+
+``.sops.yaml`` lists it among the operators' recipients with nothing to tell
+them apart; this file is how a second ``recover init`` knows which one to
+replace.
+"""
+
+
+def recorded_recipient(secrets_dir: Path, listed: Iterable[str]) -> str | None:
+    """The backup recipient of an earlier ``recover init``, if ``.sops.yaml`` still lists it."""
+    try:
+        lines = (Path(secrets_dir) / RECIPIENT_FILE).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    found = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+    return found[0] if found and found[0] in set(listed) else None
+
+
+def record_recipient(secrets_dir: Path, recipient: str) -> None:
+    """Remember ``recipient`` as the backup recipient (see :data:`RECIPIENT_FILE`)."""
+    from infratool.context import write_atomic
+
+    body = f"# age recipient of the backup identity (infratool secrets recover init)\n{recipient}\n"
+    write_atomic(Path(secrets_dir) / RECIPIENT_FILE, body.encode(), 0o644)

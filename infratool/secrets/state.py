@@ -243,6 +243,13 @@ def save(path: str | Path, state: RotationState) -> None:
     atomic_write(Path(path), text.encode(), mode=0o644)
 
 
+def lock_file(path: str | Path) -> Path:
+    """The lock of the state file at ``path``: ``.rotation-state.yaml.lock`` beside it."""
+    path = Path(path)
+    hidden = path.name if path.name.startswith(".") else f".{path.name}"
+    return path.with_name(f"{hidden}.lock")
+
+
 @contextlib.contextmanager
 def locked(path: str | Path) -> Iterator[RotationState]:
     """Read-modify-write the state at ``path``: yields the current state, saves it after.
@@ -253,9 +260,7 @@ def locked(path: str | Path) -> Iterator[RotationState]:
     lock file is opened like the rotation locks: no symlinks, regular only.
     If the block raises, nothing is saved.
     """
-    path = Path(path)
-    hidden = path.name if path.name.startswith(".") else f".{path.name}"
-    lock = path.with_name(f"{hidden}.lock")
+    lock = lock_file(path)
     fd = open_regular(lock, os.O_RDWR | os.O_CREAT, 0o644, what="state lock file")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -120,6 +120,11 @@ class PlanContext:
             from infratool.secrets.store import SopsStore
 
             store = self.state["sops"] = SopsStore(self.local.root / "secrets")
+        from infratool.secrets import identity
+
+        # Once per run (memoised on the store), at planning, before the first
+        # change: can we read these files, and read back the ones we create?
+        identity.ensure(store)
         return store
 
 

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PLAYBOOKS, files_containing, sample_ps
-from helpers import nix_eval, nix_parse
+from conftest import PLAYBOOKS, files_containing
+from exectrace import both_ends
+from helpers import nix_eval, nix_parse, ok
 
 from infratool.hidden import Secret
 from infratool.inventory import Host
@@ -39,13 +40,6 @@ NIX = "nix --extra-experimental-features nix-command"
 STORE = "/var/lib/nixcache"
 KEY_FILE = "/var/lib/infratool/binary-cache/snix-cache/secret-key"
 NOT_SIGNED = "is not signed by any of the keys in 'trusted-public-keys'"
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    """``result`` after asserting it exited 0 (showing its output if not)."""
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out.decode(errors="replace") if isinstance(out, bytes) else out
-    return result
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -140,11 +134,12 @@ def test_cache_serves_signed_paths_refuses_others_and_leaks_nothing(fleet, cli, 
     lab, inv = fleet, fleet.inventory_path
     snix = lab.host("snix")
     (lab.flake_dir / "flake.nix").write_text(FLAKE)
-    with sample_ps() as seen:
-        plan = cli("-i", inv, "--json", "plan", PLAYBOOK)
-        run = cli("-i", inv, "-vv", "run", PLAYBOOK, "--yes")
-        again = cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode")
+    with both_ends(lab, cli, tmp_path / "execs") as seen:
+        plan = seen.cli("-i", inv, "--json", "plan", PLAYBOOK)
+        run = seen.cli("-i", inv, "-vv", "run", PLAYBOOK, "--yes")
+        again = seen.cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode")
     ok(run)
+    seen.assert_recorded(min_sessions=len(CLIENTS) + 1)
     assert again.returncode == 0 and "Plan: 0 change(s)" in again.stdout, again.stdout + again.stderr
     assert "generate signing key snix-cache-1" in run.stdout
 
@@ -228,7 +223,7 @@ def test_cache_serves_signed_paths_refuses_others_and_leaks_nothing(fleet, cli, 
     # Canary: the key is in no output, argv, log or leftover temp file.
     for out in (plan.stdout, plan.stderr, run.stdout, run.stderr, again.stdout, again.stderr):
         assert secret not in out
-    assert not [a for a in seen if secret in a], "signing key in a process's argv"
+    assert seen.hits(secret) == [], "signing key in a process's argv or environment"
     assert secret not in _private_audit_log.read_text()
     assert files_containing(tmp_path / "controller-tmp", secret) == []
     for h in lab.hosts():

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from fuzzkit import HOSTILE, dump, malformed, only_input_errors, text_mutation, values, write
+from helpers import ROOT
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +26,6 @@ from infratool.secrets import policy
 from infratool.secrets.store import SopsStore
 from infratool.tasks.base import Param, load_all
 
-ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOKS = ROOT / "playbooks"
 FUZZ = settings(
     max_examples=60,

@@ -9,11 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from infratool import inventory, taskdoc
 from infratool.errors import InputError
-
-ROOT = Path(__file__).resolve().parents[2]
 
 INVENTORY = """\
 hosts:
