@@ -201,8 +201,8 @@ def _usage_error(exc: click.UsageError, as_json: bool, command: str = "") -> Non
     type=click.Choice(globalopts.LOG_FORMATS),
     default=None,
     envvar="INFRATOOL_LOG_FORMAT",
-    help="Log and progress lines on stderr as JSON or text [env INFRATOOL_LOG_FORMAT; "
-    "default: text on a terminal, JSON otherwise].",
+    help="Log and progress lines on stderr as text or JSON lines (for log collectors) "
+    "[env INFRATOOL_LOG_FORMAT; default: text].",
 )
 @click.option(
     "--log-file",
@@ -346,7 +346,7 @@ def facts(g: Globals, limit: str | None, forks: int) -> None:
             for h in selected
         }
     if g.json:
-        emit_json(data)
+        emit_json({"hosts": data})  # under a key: host names never mix with version/command
     else:
         from infratool import render
 

@@ -52,10 +52,10 @@ def test_verbosity_levels_show_more_and_never_the_secret(lab, cli, tmp_path):
     levels = {}
     for flags in ([], ["-v"], ["-vv"], ["-vvv"]):
         # Flags after the subcommand, as users type them.
-        proc = cli("run", book, "--yes", "-i", inv, *flags)
+        proc = cli("run", book, "--yes", "-i", inv, "--log-format", "json", *flags)
         assert proc.returncode == 0, proc.stderr
         assert CANARY not in proc.stdout + proc.stderr
-        levels[len(flags[0]) - 1 if flags else 0] = _events(proc.stderr)  # piped stderr: JSON lines
+        levels[len(flags[0]) - 1 if flags else 0] = _events(proc.stderr)
 
     def named(level: int, event: str) -> list[dict]:
         return [e for e in levels[level] if e.get("event") == event]
@@ -78,7 +78,9 @@ def test_verify_steps_show_at_v(fleet, cli):
     from helpers import PLAYBOOKS
 
     book = PLAYBOOKS / "binary-cache.yaml"
-    proc = cli("-i", fleet.inventory_path, "run", book, "--yes", "-v", "--json", timeout=900)
+    proc = cli(
+        "-i", fleet.inventory_path, "run", book, "--yes", "-v", "--json", "--log-format", "json", timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = _events(proc.stderr)
     steps = [e for e in events if e.get("event") == "verify"]
@@ -94,7 +96,7 @@ def test_verify_steps_show_at_v(fleet, cli):
 
 def test_log_format_and_log_file(lab, cli, tmp_path):
     inv, book = lab.inventory_path, _book(tmp_path)
-    text = cli("-i", inv, "--log-format", "text", "-v", "run", book, "--yes")
+    text = cli("-i", inv, "-v", "run", book, "--yes")  # piped, yet text by default
     assert text.returncode == 0, text.stderr
     assert "command output" in text.stderr
     assert not any(line.startswith("{") for line in text.stderr.splitlines())
