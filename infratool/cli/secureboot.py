@@ -282,6 +282,7 @@ def migrate(g: Globals, hosts: tuple[str, ...], yes: bool) -> None:
     _need_terminal(yes)
     limit = ",".join(hosts)
     _, book, runner = _runner(g, "secureboot.migrate", {}, limit, yes=yes)
+    open_audit(g)  # an unusable audit log is bad input: exit 3 before connecting
     out = render.console()
     with runner:
         with runner.on_event:
@@ -294,6 +295,7 @@ def migrate(g: Globals, hosts: tuple[str, ...], yes: bool) -> None:
             sys.exit(EXIT_FAILED)
         result = None
         if the_plan.changes:
+            audit_started(g, "secureboot migrate", book, the_plan)
             with runner.on_event:
                 result = runner.apply(the_plan)
     audit_run(g, "secureboot migrate", book, the_plan, result)
