@@ -64,7 +64,10 @@ def start_lab(root: Path, count: int, subnet: str | None):
     for candidate in candidates:
         lab = Lab(root, subnet=candidate)
         try:
+            start = time.monotonic()
             lab.up(count)
+            # Measured here, not asserted in tests/test_lab.py: a time bound flakes under load.
+            log(f"lab up: {count} hosts in {time.monotonic() - start:.1f} s")
             return lab
         except AddressInUseError:
             lab.down()

@@ -18,6 +18,7 @@ import os
 import shlex
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,14 +221,19 @@ class LocalContext:
         self.path(rel).unlink(missing_ok=True)
 
     def run(
-        self, argv: list[str], stdin: bytes | None = None, check: bool = True, what: str | None = None
+        self,
+        argv: list[str],
+        stdin: bytes | None = None,
+        check: bool = True,
+        what: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess:
         """Run a local command (argv form: no shell) in the repo, with a minimal environment.
 
         Deploys need ssh and Nix settings, not the operator's age key or tokens
-        (:mod:`infratool.localenv`).
+        (:mod:`infratool.localenv`). ``env`` adds to it (a deploy's ``NIX_SSHOPTS``).
         """
-        env = minimal_env(DEPLOY)
+        env = {**minimal_env(DEPLOY), **(env or {})}
         proc = subprocess.run(argv, input=stdin, capture_output=True, cwd=self.root, env=env)
         if check and proc.returncode != 0:
             raise CommandFailed(

@@ -71,6 +71,10 @@ class SecretsFileError(InputError):
     """A sops file that cannot be decrypted, is tampered with, or is malformed."""
 
 
+class NoIdentityError(SecretsFileError):
+    """None of the controller's age identities is a recipient of a sops file."""
+
+
 class HostError(InfratoolError):
     """Something went wrong on one host; the rest of the fleet goes on."""
 

@@ -88,7 +88,8 @@ def _file_command(path: str, content: bool = True) -> str:
         body = "sha256sum <&3"
     return (
         f"if [ -L {q} ]; then echo L; elif [ -f {q} ]; then {{ "
-        f"s=$(stat -L -c '%a %U %G %s' /dev/fd/3) && l=$(readlink /dev/fd/3) || exit 1; "
+        # `; echo x` and `${l%?x}`: $(...) would strip a newline the path ends with.
+        f"s=$(stat -L -c '%a %U %G %s' /dev/fd/3) && l=$(readlink /dev/fd/3 && echo x) || exit 1; l=${{l%?x}}; "
         f'if [ "$l" != {real} ]; then echo R; else echo "F $s"; set -- $s; {body}; fi; }} 3< {q}; '
         f"elif [ -e {q} ]; then echo O; else echo A; fi"
     )

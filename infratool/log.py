@@ -3,7 +3,7 @@
 Every log event passes :func:`redact_processor`, which masks every value
 registered with :data:`~infratool.hidden.REDACTOR` (and any ``Secret``), so a
 secret that slips into an event — even inside an exception's text — prints as
-``***``. Logs are human-readable on a terminal and JSON otherwise.
+``***``. Logs are text unless ``--log-format json`` asks for JSON lines.
 
 The audit log is append-only JSONL (default
 ``~/.local/state/infratool/audit.jsonl``; ``$INFRATOOL_AUDIT_LOG`` or
@@ -79,7 +79,7 @@ def _min_level() -> int:
 
 
 def configure(verbosity: int = 0, json_logs: bool | None = None, log_file: Path | None = None) -> None:
-    """Set the level from ``-v``/``-q`` (JSON when stderr is not a TTY), and an optional log file.
+    """Set the level from ``-v``/``-q``, the stderr format (``json_logs``), and an optional log file.
 
     ``log_file`` receives every event at INFO or above as one JSON object per
     line (appended, 0600), redacted like stderr.
@@ -96,15 +96,22 @@ def configure(verbosity: int = 0, json_logs: bool | None = None, log_file: Path 
     _Logger.ready = False
 
 
+def json_logs() -> bool:
+    """Whether stderr carries JSON lines (``--log-format json``); text otherwise, piped or not.
+
+    Text by default even through a pipe: CI logs and ``2>&1 | less`` are read
+    by people, and scripts that grep progress lines keep working; a log
+    collector asks for JSON explicitly.
+    """
+    return bool(_settings["json_logs"])
+
+
 def _setup_structlog() -> None:
     global _configured
     import structlog
 
-    json_logs = _settings["json_logs"]
-    if json_logs is None:
-        json_logs = not sys.stderr.isatty()
     renderer = (
-        structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer() if json_logs() else structlog.dev.ConsoleRenderer(colors=False)
     )
     processors: list[Any] = [
         structlog.processors.add_log_level,

@@ -20,15 +20,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from infratool import yamlsrc
+from infratool import template, yamlsrc
 from infratool.errors import InputError
 from infratool.inventory import Host, Inventory, select
 from infratool.suggest import did_you_mean
 from infratool.tasks.base import Source, Task, check_args, load_all, load_task
 
-PLAYBOOK_KEYS = {"name", "description", "hosts", "tasks"}
-ENTRY_KEYS = {"task", "include", "with", "hosts", "name"}
+PLAYBOOK_KEYS = {"name", "description", "hosts", "tasks", "vars"}
+ENTRY_KEYS = {"task", "include", "with", "hosts", "name", "tags"}
 
 
 @dataclass
@@ -40,6 +41,8 @@ class Invocation:
     """Host selections that all apply (playbook's, include's, task's)."""
     playbook: str
     label: str
+    tags: tuple[str, ...] = ()
+    """The entry's ``tags:`` plus those of the includes it came through (for --tags/--skip-tags)."""
 
     def hosts(self, inventory: Inventory, limit: str | None) -> list[Host]:
         """The hosts this invocation runs on after every selection and ``--limit``."""
@@ -62,13 +65,24 @@ class Playbook:
     invocations: list[Invocation]
 
 
-def load(path: str | Path, inventory: Inventory) -> Playbook:
-    """Load, validate and expand a playbook and its includes."""
+def load(path: str | Path, inventory: Inventory, extra_vars: dict[str, Any] | None = None) -> Playbook:
+    """Load, validate and expand a playbook and its includes.
+
+    ``extra_vars`` (``-e``) override the playbooks' ``vars:``; an included
+    playbook sees its includer's variables over its own.
+    """
     path = Path(path)
-    return _load(path, inventory, (), stack=())
+    return _load(path, inventory, (), stack=(), extra=dict(extra_vars or {}))
 
 
-def _load(path: Path, inventory: Inventory, selections: tuple[str, ...], stack: tuple[Path, ...]) -> Playbook:
+def _load(
+    path: Path,
+    inventory: Inventory,
+    selections: tuple[str, ...],
+    stack: tuple[Path, ...],
+    tags: tuple[str, ...] = (),
+    extra: dict[str, Any] | None = None,
+) -> Playbook:
     resolved = path.resolve()
     if resolved in stack:
         chain = " → ".join(p.name for p in (*stack, resolved))
@@ -84,6 +98,10 @@ def _load(path: Path, inventory: Inventory, selections: tuple[str, ...], stack: 
                 file=path,
                 line=yamlsrc.line_of(data, key),
             )
+    variables = {
+        **template.check_vars(data.get("vars"), path, yamlsrc.line_of(data, "vars")),
+        **(extra or {}),
+    }
     name = data.get("name") or path.stem
     hosts = data.get("hosts", "all")
     sel = _selection(hosts, inventory, path, yamlsrc.line_of(data, "hosts"))
@@ -114,6 +132,7 @@ def _load(path: Path, inventory: Inventory, selections: tuple[str, ...], stack: 
                 *selections,
                 _selection(entry["hosts"], inventory, path, yamlsrc.line_of(entry, "hosts")),
             )
+        entry_tags = (*tags, *_tags(entry.get("tags"), path, yamlsrc.line_of(entry, "tags") or line))
         if "include" in entry:
             if "task" in entry or "with" in entry:
                 raise InputError("an entry is either 'include:' or 'task:', not both", file=path, line=line)
@@ -123,7 +142,9 @@ def _load(path: Path, inventory: Inventory, selections: tuple[str, ...], stack: 
             sub = path.parent / target
             if not sub.exists():
                 raise InputError(f"included playbook {target!r} not found", file=path, line=line)
-            invocations.extend(_load(sub, inventory, entry_sel, (*stack, resolved)).invocations)
+            invocations.extend(
+                _load(sub, inventory, entry_sel, (*stack, resolved), entry_tags, variables).invocations
+            )
             continue
         task_name = entry.get("task")
         if not isinstance(task_name, str) or not task_name:
@@ -137,13 +158,62 @@ def _load(path: Path, inventory: Inventory, selections: tuple[str, ...], stack: 
                 line=yamlsrc.line_of(entry, "task"),
             )
         source = Source(file=path, line=line, params=entry.get("with"))
-        args = check_args(cls, entry.get("with"), source)
+        given = entry.get("with")
+        if given is not None:
+            given = template.render(
+                given,
+                variables,
+                lambda msg, e=entry, at=line: InputError(
+                    msg, file=path, line=yamlsrc.line_of(e, "with") or at
+                ),
+            )
+        args = check_args(cls, given, source)
         task = cls(args, source, inventory)
         label = entry.get("name") or task.label()
-        invocations.append(Invocation(task=task, selections=entry_sel, playbook=str(name), label=str(label)))
+        invocations.append(
+            Invocation(task=task, selections=entry_sel, playbook=str(name), label=str(label), tags=entry_tags)
+        )
     return Playbook(
         path=path, name=str(name), description=str(data.get("description") or ""), invocations=invocations
     )
+
+
+def _tags(value: object, path: Path, line: int | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(t, str) and t.strip() for t in value):
+        raise InputError("'tags' must be a tag or a list of tags", file=path, line=line)
+    return tuple(t.strip() for t in value)
+
+
+def filter_tags(book: Playbook, only: str | None, skip: str | None) -> Playbook:
+    """The playbook keeping entries tagged with one of ``only`` and none of ``skip`` (comma lists).
+
+    As in Ansible: without ``only`` every entry is kept, and an entry with
+    no tags is kept only when ``only`` is not given. A tag no entry carries
+    is an error with a did-you-mean hint, as is a selection left empty.
+    """
+    known = {t for inv in book.invocations for t in inv.tags}
+    wanted = _tag_list(only, "--tags", known, book.path)
+    unwanted = _tag_list(skip, "--skip-tags", known, book.path)
+    kept = [
+        inv
+        for inv in book.invocations
+        if (not wanted or wanted & set(inv.tags)) and not unwanted & set(inv.tags)
+    ]
+    if not kept:
+        raise InputError("--tags/--skip-tags leave no task to run", file=book.path)
+    return Playbook(path=book.path, name=book.name, description=book.description, invocations=kept)
+
+
+def _tag_list(text: str | None, option: str, known: set[str], path: Path) -> set[str]:
+    tags = {t.strip() for t in (text or "").split(",") if t.strip()}
+    for tag in sorted(tags - known):
+        hint = did_you_mean(tag, known) or f" (tags in this playbook: {', '.join(sorted(known)) or 'none'})"
+        raise InputError(f"{option} {tag!r}: no task has this tag{hint}", file=path)
+    return tags
 
 
 def _selection(value: object, inventory: Inventory, path: Path, line: int | None) -> str:

@@ -419,7 +419,8 @@ class Remote:
                 if until(line):
                     return Held(chan, line)
         except TimeoutError:
-            chan.close()
+            if chan is not None:
+                chan.close()
             raise CommandFailed(self.host.name, what, 124, f"timed out after {timeout:g} s") from None
         except CommandFailed:
             chan.close()

@@ -9,11 +9,13 @@ out, whatever produced it.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
@@ -21,6 +23,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from infratool import log
 from infratool.changes import Plan
 from infratool.hidden import REDACTOR
 
@@ -182,10 +185,17 @@ def results(con: Console, result: Any) -> None:
             Column("host", keep=True),
             Column("status", keep=True),
             Column("applied", justify="right"),
+            Column("verified"),
             Column("detail"),
         ],
         [
-            [r.host, Text(r.status, style=STATUS_STYLE.get(r.status, "")), str(len(r.applied)), r.error or ""]
+            [
+                r.host,
+                Text(r.status, style=STATUS_STYLE.get(r.status, "")),
+                str(len(r.applied)),
+                "; ".join(r.verified),
+                r.error or "",
+            ]
             for r in result.hosts.values()
         ],
     )
@@ -217,7 +227,23 @@ class Progress:
                 self._live.update(self._table())
             elif not self.live_mode:
                 elapsed = time.monotonic() - self._start
-                print(f"[{elapsed:6.2f}s] {host}: {status} {message}".rstrip(), file=sys.stderr, flush=True)
+                if log.json_logs():
+                    # stderr carries JSON log lines: progress is one more event, so
+                    # a consumer can parse every line.
+                    line = json.dumps(
+                        {
+                            "event": "progress",
+                            "host": host,
+                            "status": status,
+                            "message": message,
+                            "elapsed": round(elapsed, 2),
+                            "level": "info",
+                            "timestamp": datetime.now(UTC).isoformat(),
+                        }
+                    )
+                else:
+                    line = f"[{elapsed:6.2f}s] {host}: {status} {message}".rstrip()
+                print(line, file=sys.stderr, flush=True)
 
     def _table(self) -> Table:
         table = Table(show_header=False, box=None)

@@ -33,6 +33,7 @@ from infratool.errors import (
 from infratool.facts import BASE_FACTS, DESCRIBE_FACTS, FactCache, FactRequest, build_script, parse_output
 from infratool.hidden import REDACTOR
 from infratool.inventory import Host, Inventory
+from infratool.nixssh import nix_ssh_env
 from infratool.options import RunOptions
 from infratool.playbook import Playbook
 from infratool.remote import Held, Remote
@@ -51,10 +52,18 @@ class HostResult:
     """ok | changed | failed | unreachable | refused"""
     applied: list[str] = field(default_factory=list)
     error: str | None = None
+    verified: list[str] = field(default_factory=list)
+    """What the verify steps proved on this host after the change (``PlanContext.prove``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view."""
-        return {"host": self.host, "status": self.status, "applied": self.applied, "error": self.error}
+        return {
+            "host": self.host,
+            "status": self.status,
+            "applied": self.applied,
+            "verified": self.verified,
+            "error": self.error,
+        }
 
 
 @dataclass
@@ -285,13 +294,20 @@ class Runner:
             if host is None or not host.is_nixos:
                 continue
             argv = host.deploy_argv()
+
+            def deploy(ctx, argv=argv, host=host):
+                # The deploy's ssh and nix copy get the inventory's port, key and
+                # pinned host key through NIX_SSHOPTS, never ~/.ssh/known_hosts.
+                with nix_ssh_env(host) as env:
+                    return ctx.run(argv, what=f"deploy {host.name}", env=env)
+
             result.append(
                 Change(
                     host=LOCAL,
                     task="deploy",
                     action="deploy",
                     description=f"deploy {name}: {shlex.join(argv)}",
-                    apply=lambda ctx, argv=argv, name=name: ctx.run(argv, what=f"deploy {name}"),
+                    apply=deploy,
                     stage=len(self._targets),
                     requires=(LOCAL,),
                 )
@@ -478,7 +494,12 @@ class Runner:
         except InfratoolError as exc:
             problems = {h: str(exc) for h in changed}
         for host in sorted(changed - set(problems)):
-            self.log.info("verified", task=inv.task.name, step=inv.label, host=host)
+            self.log.info(
+                "verified", task=inv.task.name, step=inv.label, host=host, proved=ctx.proven.get(host)
+            )
+        for host, proofs in ctx.proven.items():
+            if host not in problems and host in results:
+                results[host].verified.extend(proofs)
         for host, message in problems.items():
             self.log.warning("verify failed", task=inv.task.name, step=inv.label, host=host, error=message)
             message = REDACTOR.redact(f"verify failed: {message}")

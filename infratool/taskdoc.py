@@ -19,6 +19,30 @@ DOC_HEADER = """\
 Every task a playbook can use, with its parameters. Generated from the task
 classes by `infratool tasks --markdown > docs/tasks.md` (a test checks it is
 up to date); `infratool tasks NAME` shows the same on the command line.
+
+A playbook is a mapping: `name`, `description`, `hosts` (a `--limit`
+selection, default `all`), `vars` and `tasks`. Each entry of `tasks` is
+either `include: other.yaml` or `task: NAME` with its parameters under
+`with:`; either may have `hosts:` (narrowing the selection), `tags:` (for
+`--tags`/`--skip-tags`) and `name:` (the label shown).
+
+```yaml
+vars:
+  greeting_file: /var/lib/app/greeting
+  who: world
+tasks:
+  - task: files.content
+    name: greeting
+    tags: [app]
+    hosts: "@server"
+    with:
+      path: "{{ greeting_file }}"     # a whole "{{ name }}" keeps the value's type
+      content: "hello {{ who }}\\n"  # inside text, the value as text
+```
+
+`-e KEY=VALUE` (VALUE read as YAML) or `-e @vars.yaml` on `plan`/`run`
+overrides `vars:`. An unknown variable is bad input at its entry's line.
+Variables are not secrets: secrets live in sops.
 """
 
 

@@ -15,6 +15,7 @@ APT_PACKAGES=(
   pass gnupg                      # a real password store behind `generator: command` (tests)
   util-linux procps iproute2 curl git
   strace                          # the tests record every exec (argv, env) on both ends of a run
+  debootstrap                     # the Debian rootfs a real systemd boots from (tests/realsystemd.py)
   python3 python3-venv python3-dev gcc
   python3-cryptography            # lab hosts run helper scripts (sbctl emulator) with the system Python
 )

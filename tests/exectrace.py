@@ -23,12 +23,25 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from helpers import wait_for
 
 STRACE_OPTIONS = ("-f", "-q", "-ttt", "-v", "-xx", "-s", "1048576", "-e", "trace=execve", "-e", "signal=none")
+
+# The one place a value may sit in a host process's environment: the lab's (and
+# the example policy's) PostgreSQL verify command does ``read -r PGPASSWORD &&
+# export PGPASSWORD && psql ...``, as libpq takes a password from nowhere else
+# but a file. /proc/<pid>/environ is readable only by the process's owner (root
+# here), unlike argv; docs/security.md says so.
+HOST_ENV_ALLOWED = ("PGPASSWORD",)
+# And on the controller: `secrets recover check` gives sops the backup identity
+# in SOPS_AGE_KEY (sops takes an identity from its environment or a file, and a
+# file would be plaintext on disk); the process is the operator's own.
+CONTROLLER_ENV_ALLOWED = ("SOPS_AGE_KEY",)
 
 _LINE = re.compile(rb"^(\d+)\s+([\d.]+)\s+(.*)$")
 _EXECVE = re.compile(rb'^execve\("((?:\\x[0-9a-f]{2})*)", \[(.*?)\], \[(.*)\]\) = 0$')
@@ -130,7 +143,7 @@ class HostTrace:
     run) is traced; on exit the tracers detach and :attr:`trace` is parsed.
     """
 
-    def __init__(self, lab, out_dir: Path, names: Sequence[str] | None = None) -> None:
+    def __init__(self, lab: Any, out_dir: Path, names: Sequence[str] | None = None) -> None:
         self.pids = {
             row.name: row.pid for row in lab.status() if row.running and (names is None or row.name in names)
         }
@@ -178,3 +191,60 @@ def iter_values(trace: Trace) -> Iterator[bytes]:
     for x in trace.execs:
         yield from x.argv
         yield from x.env
+
+
+@dataclass
+class BothEnds:
+    """What :func:`both_ends` recorded: the controller's execs and the hosts'."""
+
+    cli: Any
+    controller: Trace | None = None
+    hosts: Trace | None = None
+
+    def hits(
+        self,
+        value: str | bytes,
+        host_env_allowed: Sequence[str] = HOST_ENV_ALLOWED,
+        controller_env_allowed: Sequence[str] = CONTROLLER_ENV_ALLOWED,
+    ) -> list[str]:
+        """Where ``value`` appeared in an argv or environment, one line per exec (empty: nowhere).
+
+        The ``*_env_allowed`` names are environment variables a command on that
+        end may carry the value in (see :data:`HOST_ENV_ALLOWED`); argv is never
+        allowed.
+        """
+        assert self.controller is not None and self.hosts is not None, "read after the with block"
+        needle = value.encode() if isinstance(value, str) else value
+        return _hits(self.controller, needle, "controller", controller_env_allowed) + _hits(
+            self.hosts, needle, "host", host_env_allowed
+        )
+
+    def assert_recorded(self, min_sessions: int = 1) -> None:
+        """Fail unless both ends recorded something: a sweep over nothing proves nothing."""
+        assert self.controller is not None and self.hosts is not None, "read after the with block"
+        assert self.controller.execs, "no exec recorded on the controller"
+        assert len(self.hosts.session_shells()) >= min_sessions, "too few SSH session shells recorded"
+
+
+def _hits(trace: Trace, needle: bytes, end: str, env_allowed: Sequence[str]) -> list[str]:
+    allowed = tuple(f"{name}=".encode() for name in env_allowed)
+    found = []
+    for x in trace.execs:
+        if any(needle in a for a in x.argv):
+            found.append(f"{end} argv: {x.command[:120]}")
+        for e in x.env:
+            if needle in e and not e.startswith(allowed):
+                found.append(
+                    f"{end} environment ({e.split(b'=', 1)[0].decode(errors='replace')}): {x.command[:120]}"
+                )
+    return found
+
+
+@contextmanager
+def both_ends(lab: Any, cli: Any, out_dir: Path) -> Iterator[BothEnds]:
+    """Record every exec on both ends while the block runs the CLI through ``.cli`` (a traced ``cli``)."""
+    seen = BothEnds(cli.traced(out_dir / "controller"))
+    with HostTrace(lab, out_dir / "hosts") as hosts:
+        yield seen
+    seen.controller = seen.cli.trace()
+    seen.hosts = hosts.trace

@@ -119,7 +119,11 @@ def wait_stopped(proc: subprocess.Popen[str], timeout: float = 120.0) -> None:
 
 @contextmanager
 def sample_ps(interval: float = 0.02) -> Iterator[list[str]]:
-    """Collect every process command line seen while the block runs.
+    """Collect every process command line seen while the block runs (sampled: it can miss).
+
+    A process that lives less than ``interval`` can be missed; to prove that a
+    value is in no argv, use :func:`exectrace.both_ends`, which records every
+    exec. Kept for tests that only need to see a long-running process.
 
     Lab hosts share the controller's pid namespace, so one sampler sees the
     controller's processes and every remote session's at once.
@@ -184,3 +188,72 @@ def nix_eval(expr: str | Path) -> Any:
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+class SshdLogs:
+    """A snapshot of every lab host's sshd log, to see what a command did to the hosts since.
+
+    ``LogLevel VERBOSE`` logs every connection, login and session, so an
+    unchanged log proves a host was not contacted at all.
+    """
+
+    def __init__(self, lab: Any) -> None:
+        self.lab = lab
+        self.before = {h.name: h.sshd_log.read_text() for h in lab.hosts()}
+
+    def since(self, name: str) -> str:
+        """What host ``name``'s sshd logged after the snapshot."""
+        return self.lab.host(name).sshd_log.read_text()[len(self.before[name]) :]
+
+    def contacted(self) -> list[str]:
+        """The hosts whose sshd logged anything since the snapshot (a refused key exchange too)."""
+        return [name for name in self.before if self.since(name)]
+
+    def assert_no_contact(self) -> None:
+        """Fail naming the hosts that were contacted since the snapshot."""
+        assert self.contacted() == [], {name: self.since(name)[-500:] for name in self.contacted()}
+
+
+def processes_with(needle: str) -> list[int]:
+    """Pids whose command line contains ``needle`` (lab hosts share the controller's pid namespace)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if needle.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(int(pid))
+            except OSError:
+                continue
+    return found
+
+
+def ok(result: subprocess.CompletedProcess[Any]) -> subprocess.CompletedProcess[Any]:
+    """``result`` after asserting it exited 0 (showing its output, text or bytes, if not)."""
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out.decode(errors="replace") if isinstance(out, bytes) else out
+    return result
+
+
+def digests(directory: Path, keys_only: bool = False) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``directory`` (or just sbctl's GUID and keys/)."""
+    import hashlib
+
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and (not keys_only or p.parts[len(directory.parts)] in ("GUID", "keys"))
+    }
+
+
+def openssh_fingerprint(public_line: str) -> str:
+    """The ``SHA256:...`` fingerprint OpenSSH itself gives ``type base64 [comment]`` (as sshd logs it).
+
+    Computed by ``ssh-keygen -lf -``, not by infratool's code, so a test that
+    compares against it checks that code against the real thing.
+    """
+    line = " ".join(public_line.split()[:2]) + "\n"
+    r = subprocess.run(
+        ["ssh-keygen", "-l", "-E", "sha256", "-f", "-"], input=line, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()[1]

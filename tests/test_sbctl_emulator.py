@@ -59,10 +59,13 @@ class Host:
         env.update(extra)
         return env
 
-    def sbctl(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def sbctl(
+        self, *args: str, cwd: Path | None = None, build: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run sbctl; ``build`` sets what a build bakes in (SBCTL_EMULATOR_VERSION/_DATABASE_PATH)."""
         return subprocess.run(
             [*SBCTL, *args],
-            env=self.env(),
+            env=self.env(**(build or {})),
             cwd=cwd or self.work,
             capture_output=True,
             text=True,
@@ -76,7 +79,12 @@ class Host:
         return json.loads(proc.stdout)
 
     def set_firmware(self, **fields: Any) -> Path:
-        """Prepare the emulated firmware (the one step the real sbctl cannot take)."""
+        """Prepare the emulated firmware (the one step the real sbctl cannot take).
+
+        Nothing enrolled unless ``variables`` is given: the emulator's default
+        machine holds vendor keys (see the tests of the default machine).
+        """
+        fields.setdefault("variables", {})
         path = self.root / FIRMWARE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(fields))
@@ -376,3 +384,152 @@ def test_secure_boot_turns_on_at_the_next_boot_after_enrollment(host: Host) -> N
     simulate_reboot(host.root / FIRMWARE)
     status = host.json("status")
     assert (status["setup_mode"], status["secure_boot"]) == (False, True)
+
+
+# ---------------------------------------------------------------- real firmware (issue 20)
+
+NIXPKGS = {"SBCTL_EMULATOR_DATABASE_PATH": "/etc/secureboot"}
+"""nixpkgs builds sbctl with -X github.com/foxboron/sbctl.DatabasePath=/etc/secureboot."""
+EFIVARS = "/sys/firmware/efi/efivars/"
+
+
+def _copy_keys(created: Created, host: Host, directory: str = "var/lib/sbctl") -> None:
+    shutil.copytree(created.host.root / "var/lib/sbctl", host.root / directory, copy_function=shutil.copy2)
+
+
+def test_default_machine_has_vendor_keys_and_immutable_variables(tmp_path: Path, created: Created) -> None:
+    host = _new_host(tmp_path)  # no firmware file: the emulator's default machine
+    _copy_keys(created, host)
+    status = host.json("status")
+    assert status["setup_mode"] is True
+    assert status["vendors"] == ["microsoft", "builtin-db", "builtin-KEK"]
+    enrolled = host.json("list-enrolled-keys")
+    assert enrolled["PK"] is None  # cleared to enter Setup Mode; KEK and db stay
+    assert {c["Subject"]["CommonName"] for c in enrolled["KEK"]} == {
+        "Microsoft Corporation KEK CA 2011",
+        "Lab OEM KEK CA 2020",
+    }
+
+    proc = host.sbctl("enroll-keys", "--microsoft")
+    assert proc.returncode == 1
+    # util.CheckImmutable warns for each existing immutable file (PK does not exist), then
+    # main.go prints ErrImmutable as advice on stdout.
+    assert proc.stderr.splitlines() == [
+        f"‼ File is immutable: {EFIVARS}KEK-8be4df61-93ca-11d2-aa0d-00e098032b8c",
+        f"‼ File is immutable: {EFIVARS}db-d719b2cb-3d3a-4596-a3bc-dad00e67656f",
+    ]
+    assert proc.stdout == "You need to chattr -i files in efivarfs\n"
+    assert not (host.root / FIRMWARE).exists()  # nothing written
+    assert host.json("status")["setup_mode"] is True
+
+    # -i skips the check; go-uefi clears the flag of each file it writes.
+    done = host.sbctl("enroll-keys", "--microsoft", "--ignore-immutable")
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = host.json("list-enrolled-keys")
+    own_pk = host.key("PK", "pem").read_text()
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    der = x509.load_pem_x509_certificate(own_pk.encode()).public_bytes(Encoding.DER)
+    import base64
+
+    assert [base64.b64decode(c["Raw"]) for c in after["PK"]] == [der]
+    assert len(after["KEK"]) == 3 and len(after["DB"]) == 6  # ours + Microsoft's 2 and 5
+    assert "Lab OEM db CA 2020" not in {c["Subject"]["CommonName"] for c in after["DB"]}  # dropped
+
+
+def test_list_enrolled_keys_json_has_go_certificate_fields(host: Host) -> None:
+    empty = host.json("list-enrolled-keys")
+    assert empty == {"DB": None, "KEK": None, "PK": None}  # a Go map: sorted keys, nil slices
+    assert host.sbctl("enroll-keys", "--microsoft").returncode == 0
+    listed = host.json("list-enrolled-keys")
+    assert list(listed) == ["DB", "KEK", "PK"]
+    pk = listed["PK"][0]
+    assert list(pk)[:15] == [
+        "Raw",
+        "RawTBSCertificate",
+        "RawSubjectPublicKeyInfo",
+        "RawSubject",
+        "RawIssuer",
+        "Signature",
+        "SignatureAlgorithm",
+        "PublicKeyAlgorithm",
+        "PublicKey",
+        "Version",
+        "SerialNumber",
+        "Issuer",
+        "Subject",
+        "NotBefore",
+        "NotAfter",
+    ]
+    assert pk["Subject"]["CommonName"] == "Platform Key" and pk["Version"] == 3
+    assert pk["SignatureAlgorithm"] == 4 and pk["PublicKeyAlgorithm"] == 1  # SHA256WithRSA, RSA
+    assert pk["PublicKey"]["E"] == 65537 and pk["PublicKey"]["N"].bit_length() == 4096
+    assert pk["Subject"]["Names"] == [{"Type": [2, 5, 4, 3], "Value": "Platform Key"}]
+    text = host.sbctl("list-enrolled-keys").stdout
+    assert "PK:\n  Platform Key\n" in text
+
+
+def test_nixpkgs_build_uses_etc_secureboot_and_says_so_every_run(tmp_path: Path, created: Created) -> None:
+    host = _new_host(tmp_path)
+    host.set_firmware(setup_mode=True)
+    (host.root / "etc/secureboot").mkdir(parents=True)
+    _copy_keys(created, host)  # keys in /var/lib/sbctl too: nixpkgs' sbctl still uses /etc/secureboot
+    notice = "old configuration detected. Please use `sbctl setup --migrate`\n"
+
+    status = host.sbctl("status", "--json", build=NIXPKGS)
+    assert status.returncode == 0 and status.stderr == notice  # --json does not silence it
+    assert json.loads(status.stdout)["installed"] is False  # /etc/secureboot/keys: not there
+    made = host.sbctl("create-keys", build=NIXPKGS)
+    assert made.returncode == 0 and made.stderr == notice
+    assert sorted(p.name for p in (host.root / "etc/secureboot/keys").iterdir()) == ["KEK", "PK", "db"]
+    assert (host.root / "etc/secureboot/GUID").exists()
+
+    # An upstream build ignores /etc/secureboot: no notice, /var/lib/sbctl.
+    upstream = host.sbctl("status", "--json")
+    assert upstream.stderr == "" and json.loads(upstream.stdout)["installed"] is True
+
+    # Its real error comes after the notice.
+    failed = host.sbctl("sign", "/nonexistent", build=NIXPKGS)
+    assert failed.returncode == 1
+    assert failed.stderr.splitlines()[0] == notice.strip() and len(failed.stderr.splitlines()) == 2
+
+
+def test_setup_migrate_moves_the_legacy_directory(tmp_path: Path, created: Created) -> None:
+    host = _new_host(tmp_path)
+    host.set_firmware(setup_mode=True)
+    _copy_keys(created, host, "etc/secureboot")
+    (host.root / "etc/secureboot/files.db").write_text("{}")
+    before = _digests(host.root / "etc/secureboot/keys")
+    modes = {p.name: p.stat().st_mode for p in (host.root / "etc/secureboot/keys").rglob("*")}
+
+    proc = host.sbctl("setup", "--migrate", build=NIXPKGS)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout == "Moving files...✓ \n"
+    assert not (host.root / "etc/secureboot").exists()
+    keys = host.root / "var/lib/sbctl/keys"
+    assert _digests(keys) == before
+    assert {p.name: p.stat().st_mode for p in keys.rglob("*")} == modes
+    assert (host.root / "var/lib/sbctl/files.json").read_text() == "{}"
+    after = host.sbctl("status", "--json", build=NIXPKGS)
+    assert after.stderr == "" and json.loads(after.stdout)["installed"] is True
+
+    # Keys in both places: migrate does nothing, and sbctl stays on /etc/secureboot.
+    _copy_keys(created, host, "etc/secureboot")
+    again = host.sbctl("setup", "--migrate", build=NIXPKGS)
+    assert again.returncode == 0 and "sbctl has already been migrated!" in again.stdout
+    assert (host.root / "etc/secureboot/keys").is_dir()
+    assert host.sbctl("setup", build=NIXPKGS).returncode == 1
+
+
+def test_microsoft_certificates_and_commands_depend_on_the_version(host: Host) -> None:
+    old = {"SBCTL_EMULATOR_VERSION": "0.16"}
+    assert host.sbctl("version", build=old).stdout == "0.16\n"
+    assert host.sbctl("enroll-keys", "--microsoft", build=old).returncode == 0
+    listed = host.json("list-enrolled-keys")
+    names = {c["Subject"]["CommonName"] for var in ("KEK", "DB") for c in listed[var]}
+    assert "Microsoft Option ROM UEFI CA 2023" not in names
+    assert len(listed["DB"]) == 3 and len(listed["KEK"]) == 2  # ours + the 2011 certificates
+
+    ancient = host.sbctl("version", build={"SBCTL_EMULATOR_VERSION": "0.14"})
+    assert ancient.returncode == 1 and 'unknown command "version" for "sbctl"' in ancient.stdout

@@ -44,6 +44,7 @@ LAZY_COMMANDS = {
     "init": "infratool.cli.onboard:init",
     "host": "infratool.cli.onboard:host",
     "completion": "infratool.cli.onboard:completion",
+    "exec": "infratool.cli.adhoc:exec_command",
 }
 
 
@@ -199,7 +200,9 @@ def _usage_error(exc: click.UsageError, as_json: bool, command: str = "") -> Non
     "--log-format",
     type=click.Choice(globalopts.LOG_FORMATS),
     default=None,
-    help="Log lines on stderr as JSON or text [default: text on a terminal, JSON otherwise].",
+    envvar="INFRATOOL_LOG_FORMAT",
+    help="Log and progress lines on stderr as text or JSON lines (for log collectors) "
+    "[env INFRATOOL_LOG_FORMAT; default: text].",
 )
 @click.option(
     "--log-file",
@@ -343,7 +346,7 @@ def facts(g: Globals, limit: str | None, forks: int) -> None:
             for h in selected
         }
     if g.json:
-        emit_json(data)
+        emit_json({"hosts": data})  # under a key: host names never mix with version/command
     else:
         from infratool import render
 
@@ -437,22 +440,124 @@ def tasks_command(g: Globals, name: str | None, markdown: bool) -> None:
 # -- plan / run --------------------------------------------------------------
 
 
+SELECTION_KEY = "infratool.selection"
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    ctx.meta.setdefault(SELECTION_KEY, {})[param.name] = value
+    return value
+
+
+def selection_options(f: Any) -> Any:
+    """--tags/--skip-tags/--list-hosts/--list-tasks for plan and run (read by :func:`_prepare`)."""
+    options = [
+        click.option(
+            "--tags",
+            metavar="TAGS",
+            expose_value=False,
+            callback=_remember,
+            help="Only entries with one of these tags (comma list).",
+        ),
+        click.option(
+            "--skip-tags",
+            metavar="TAGS",
+            expose_value=False,
+            callback=_remember,
+            help="Leave out entries with any of these tags.",
+        ),
+        click.option(
+            "--list-hosts",
+            is_flag=True,
+            expose_value=False,
+            callback=_remember,
+            help="Print the hosts each entry would run on; connect to none.",
+        ),
+        click.option(
+            "-e",
+            "--extra-vars",
+            "extra_vars",
+            metavar="KEY=VALUE|@FILE",
+            multiple=True,
+            expose_value=False,
+            callback=_remember,
+            help="Playbook variable (repeatable; VALUE read as YAML), or a YAML file of them; "
+            "overrides the playbook's vars:.",
+        ),
+        click.option(
+            "--list-tasks",
+            is_flag=True,
+            expose_value=False,
+            callback=_remember,
+            help="Print the entries (task, tags, hosts) that would run; connect to none.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 def _prepare(g: Globals, playbook_path: str, **opts: Any):
     from infratool import playbook as pb
     from infratool.options import RunOptions
     from infratool.runner import Runner
 
+    chosen = click.get_current_context().meta.get(SELECTION_KEY, {})
     inv = load_inventory(g)
     if opts.get("limit"):
         inv.select(opts["limit"])  # a --limit that matches nothing is bad input, before connecting
-    book = pb.load(playbook_path, inv)
-    if not any(invocation.hosts(inv, opts.get("limit")) for invocation in book.invocations):
+    from infratool.template import parse_extra_vars
+
+    book = pb.load(playbook_path, inv, parse_extra_vars(chosen.get("extra_vars") or ()))
+    if chosen.get("tags") or chosen.get("skip_tags"):
+        book = pb.filter_tags(book, chosen.get("tags"), chosen.get("skip_tags"))
+    targets = [(invocation, invocation.hosts(inv, opts.get("limit"))) for invocation in book.invocations]
+    if not any(hosts for _, hosts in targets):
         # A plan of "0 changes on 0 targets" would read as "all converged".
         what = f"--limit {opts['limit']!r} and " if opts.get("limit") else ""
         raise InputError(f"{what}the playbook's 'hosts:' select no host: nothing to do", file=book.path)
+    if chosen.get("list_hosts") or chosen.get("list_tasks"):
+        _list(g, book, targets, tasks=bool(chosen.get("list_tasks")))
+        sys.exit(0)
     open_audit(g)  # an unusable audit log is bad input: exit 3 before connecting
     options = RunOptions(audit_log=g.audit_log, **opts)
     return inv, book, options, Runner
+
+
+def _list(g: Globals, book: Any, targets: list[tuple[Any, list[Any]]], tasks: bool) -> None:
+    """--list-hosts / --list-tasks: what would run where, from the files alone."""
+    entries = [
+        {
+            "task": invocation.task.name,
+            "label": invocation.label,
+            "tags": list(invocation.tags),
+            "hosts": [h.name for h in hosts],
+        }
+        for invocation, hosts in targets
+    ]
+    hosts = sorted(
+        {name for e in entries for name in e["hosts"]}, key=[h for e in entries for h in e["hosts"]].index
+    )
+    if g.json:
+        emit_json({"playbook": str(book.path), "hosts": hosts, **({"tasks": entries} if tasks else {})})
+        return
+    if not tasks:
+        click.echo(f"playbook: {book.path} ({len(hosts)} host(s))")
+        for name in hosts:
+            click.echo(f"  {name}")
+        return
+    from infratool import render
+
+    render.records(
+        render.console(),
+        f"playbook: {book.path}",
+        [
+            render.Column("task", keep=True),
+            render.Column("label"),
+            render.Column("tags"),
+            render.Column("hosts", keep=True),
+        ],
+        [[e["task"], e["label"], ", ".join(e["tags"]), ",".join(e["hosts"]) or "-"] for e in entries],
+    )
 
 
 @main.command(
@@ -465,6 +570,7 @@ def _prepare(g: Globals, playbook_path: str, **opts: Any):
 )
 @click.argument("playbook", type=click.Path(dir_okay=False))
 @limit_option
+@selection_options
 @forks_option
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when changes are pending (like terraform).")
 @click.option("--no-diff", is_flag=True, help="Descriptions only.")
@@ -504,6 +610,7 @@ def plan(
 )
 @click.argument("playbook", type=click.Path(dir_okay=False))
 @limit_option
+@selection_options
 @click.option(
     "--yes", "-y", is_flag=True, help="Apply without asking (required when stdin is not a terminal)."
 )

@@ -41,8 +41,38 @@ pass_globals = click.make_pass_decorator(Globals)
 """Decorator giving a command the :class:`Globals`."""
 
 
+def complete_limit(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion for ``--limit``: host names, ``@tag``, ``tag:NAME``, after ``,``/``!``/``&``.
+
+    Reads the inventory as plain YAML (no validation, nothing printed): a
+    half-written inventory still completes, and an unreadable one completes
+    nothing rather than printing a traceback into the shell.
+    """
+    try:
+        from infratool import yamlsrc
+        from infratool.inventory import resolve_path
+
+        data = yamlsrc.load_plain(resolve_path(ctx.find_root().params.get("inventory")).read_text())
+        hosts = data.get("hosts") or {}
+        names = [str(n) for n in hosts]
+        tags = sorted(
+            {str(t) for spec in hosts.values() if isinstance(spec, dict) for t in spec.get("tags") or []}
+        )
+    except Exception:
+        return []
+    head, sep, last = incomplete.rpartition(",")
+    sign = last[:1] if last[:1] in ("!", "&") else ""
+    last = last[len(sign) :]
+    candidates = ["all", *names, *(f"@{t}" for t in tags), *(f"tag:{t}" for t in tags)]
+    return [f"{head}{sep}{sign}{c}" for c in candidates if c.startswith(last)]
+
+
 limit_option = click.option(
-    "--limit", "-l", metavar="SEL", help="Host selection: names, globs, tag:NAME, !exclusion, comma lists."
+    "--limit",
+    "-l",
+    metavar="SEL",
+    shell_complete=complete_limit,
+    help="Host selection: names, globs, tag:NAME or @NAME, '&' intersection, '!' exclusion, comma lists.",
 )
 """``--limit``, the same on every command that selects hosts."""
 forks_option = click.option(

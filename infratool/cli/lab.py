@@ -75,13 +75,21 @@ def lab_up(g: Globals, count: int | None, subnet: str | None) -> None:
         click.echo(f"export SOPS_AGE_KEY_FILE={shlex.quote(str(key))}")
 
 
-@lab.command("down", help="Stop every lab process (by pid).")
+@lab.command(
+    "down",
+    help="Stop every lab process (by pid)."
+    + examples("infratool lab down", "INFRATOOL_LAB_DIR=/tmp/lab2 infratool lab down"),
+)
 def lab_down() -> None:
     _lab().down()
     click.echo("lab down")
 
 
-@lab.command("status", help="Show lab hosts and whether they run.")
+@lab.command(
+    "status",
+    help="Show lab hosts and whether they run."
+    + examples("infratool lab status", "infratool lab status --json"),
+)
 @pass_globals
 def lab_status(g: Globals) -> None:
     rows = _lab().status()

@@ -308,6 +308,9 @@ def set_(g: Globals, name: str, from_stdin: bool, policy: str | None, forks: int
         raise InputError("stdin is not a terminal: pipe the value with --stdin (never as an argument)")
     if not raw.strip():
         raise InputError(f"no value given for {name}")
+    if len(raw) < spec.params["min_length"]:
+        # Refused here, before any connection, not half-way through a rotation.
+        raise InputError(f"the value for {name} is shorter than min_length {spec.params['min_length']}")
     try:
         value = Secret(raw.decode())
     except UnicodeDecodeError:

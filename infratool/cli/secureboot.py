@@ -45,6 +45,11 @@ def secureboot() -> None:
 
 def _runner(g: Globals, task_name: str, args: dict[str, Any], limit: str | None, **options: Any):
     """(inventory, playbook, Runner) for one secureboot task over ``limit``, validated before connecting."""
+    return _tasks_runner(g, [(task_name, args)], limit, **options)
+
+
+def _tasks_runner(g: Globals, tasks: list[tuple[str, dict[str, Any]]], limit: str | None, **options: Any):
+    """(inventory, playbook, Runner) for secureboot tasks run in order over ``limit``."""
     from infratool.options import RunOptions
     from infratool.playbook import Invocation, Playbook
     from infratool.runner import Runner
@@ -54,15 +59,14 @@ def _runner(g: Globals, task_name: str, args: dict[str, Any], limit: str | None,
     if limit:
         inv.select(limit)  # a selection matching nothing is bad input, before any connection
     load_all()
-    cls = TASKS[task_name]
-    source = Source(file=Path("command line"), line=None, params=args)
-    task = cls(check_args(cls, args, source), source, inv)
-    book = Playbook(
-        path=source.file,
-        name=task_name,
-        description="",
-        invocations=[Invocation(task=task, selections=("all",), playbook=task_name, label=task.label())],
-    )
+    invocations = []
+    for task_name, args in tasks:
+        cls = TASKS[task_name]
+        source = Source(file=Path("command line"), line=None, params=args)
+        task = cls(check_args(cls, args, source), source, inv)
+        invocations.append(Invocation(task=task, selections=("all",), playbook=task_name, label=task.label()))
+    name = " + ".join(t for t, _ in tasks)
+    book = Playbook(path=Path("command line"), name=name, description="", invocations=invocations)
     run_options = RunOptions(limit=limit, audit_log=g.audit_log, **options)
     return inv, book, Runner(inv, book, run_options, on_event=_progress(g))
 
@@ -107,37 +111,39 @@ def _yes_no(value: bool | None, yes: str = "yes", no: str = "no") -> str:
 
 
 def _table(rows: list[Any]) -> None:
-    from rich import box
-    from rich.table import Table
     from rich.text import Text
 
     from infratool import render
 
     con = render.console()
-    if not con.is_terminal:
-        con.width = max(con.width, 132)  # logs and pipes: one line per host beats wrapped cells
     good = {"enabled", "ready-to-enroll"}
-    table = Table(title="Secure Boot", box=box.SIMPLE_HEAD)
-    for col in ("host", "sbctl", "setup mode", "secure boot", "vendor keys", "keys", "backup", "unsigned"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("verdict", no_wrap=True)
+    # Host and verdict are never cut: a table only when they fit, else one line per host.
+    columns = [render.Column("host", keep=True)]
+    columns += [
+        render.Column(c)
+        for c in ("sbctl", "setup mode", "secure boot", "vendor keys", "keys", "backup", "unsigned")
+    ]
+    columns.append(render.Column("verdict", keep=True))
+    table_rows: list[list[Any]] = []
     for r in rows:
         if not r.reachable:
-            table.add_row(r.host, *["?"] * 7, Text("unreachable", style="bold red"))
+            table_rows.append([r.host, *["?"] * 7, Text("unreachable", style="bold red")])
             continue
         unsigned = "?" if r.unsigned_files is None else str(len(r.unsigned_files))
-        table.add_row(
-            r.host,
-            "yes" if r.sbctl else Text("not installed", style="red"),
-            _yes_no(r.setup_mode, "on", "off"),
-            _yes_no(r.secure_boot, "on", "off"),
-            ", ".join(r.vendors) or ("none" if r.sbctl and r.uefi else "?"),
-            r.pki_bundle if r.keys_present else "none",
-            r.backup.state if r.backup else "?",
-            unsigned,
-            Text(r.verdict, style="green" if r.verdict in good else "yellow"),
+        table_rows.append(
+            [
+                r.host,
+                "yes" if r.sbctl else Text("not installed", style="red"),
+                _yes_no(r.setup_mode, "on", "off"),
+                _yes_no(r.secure_boot, "on", "off"),
+                ", ".join(r.vendors) or ("none" if r.sbctl and r.uefi else "?"),
+                r.pki_bundle if r.keys_present else "none",
+                r.backup.state if r.backup else "?",
+                unsigned,
+                Text(r.verdict, style="green" if r.verdict in good else "yellow"),
+            ]
         )
-    con.print(table)
+    render.records(con, "Secure Boot", columns, table_rows)
     for r in rows:
         con.print(Text(f"{r.host}: ", style="bold") + Text(render.REDACTOR.redact(r.next_step)))
         for line in ([r.error] if r.error else []) + r.warnings:
@@ -197,7 +203,9 @@ def restore(g: Globals, hosts: tuple[str, ...], pki_bundle: str | None, yes: boo
 @secureboot.command(
     help="Enroll HOSTs' keys into their UEFI firmware (sbctl enroll-keys). Refused unless each host "
     "is in Setup Mode, its encrypted backup is exactly its keys, and --confirm names it. Microsoft's "
-    "keys are kept unless --no-microsoft (the plan says what that costs)."
+    "keys are kept unless --no-microsoft (the plan says what that costs, and lists every certificate "
+    "the firmware holds now that enrollment drops). Immutable efivarfs files are handled with sbctl's "
+    "--ignore-immutable."
     + examples(
         "infratool secureboot enroll snix --confirm enroll-secure-boot-keys-on-snix",
         "infratool secureboot enroll snix slax --confirm enroll-secure-boot-keys-on-snix "
@@ -218,10 +226,91 @@ def restore(g: Globals, hosts: tuple[str, ...], pki_bundle: str | None, yes: boo
     show_default=True,
     help="Keep Microsoft's UEFI CAs (option ROMs, Windows, shim need them).",
 )
+@click.option(
+    "--tpm-eventlog",
+    is_flag=True,
+    help="Also enroll the checksums of the option ROMs the TPM event log records (sbctl --tpm-eventlog).",
+)
+@click.option(
+    "--firmware-builtin",
+    "firmware_builtin",
+    multiple=True,
+    type=click.Choice(["db", "KEK"]),
+    help="Keep the firmware's built-in certificates of this variable (sbctl --firmware-builtin); repeatable.",
+)
 @click.option("--yes", "-y", is_flag=True, help="Apply without asking (the confirmation is still needed).")
 @pass_globals
-def enroll(g: Globals, hosts: tuple[str, ...], confirm: tuple[str, ...], microsoft: bool, yes: bool) -> None:
+def enroll(
+    g: Globals,
+    hosts: tuple[str, ...],
+    confirm: tuple[str, ...],
+    microsoft: bool,
+    tpm_eventlog: bool,
+    firmware_builtin: tuple[str, ...],
+    yes: bool,
+) -> None:
+    from infratool.tasks.secureboot.enroll import CONFIRM_PREFIX
+
+    # The missing confirmation is the real problem, whatever stdin is: say so
+    # first (it used to read "pass --yes", which would not have been enough).
+    missing = [f"--confirm {CONFIRM_PREFIX}{h}" for h in hosts if f"{CONFIRM_PREFIX}{h}" not in confirm]
+    if missing:
+        raise InputError(f"enrolling writes firmware: type {' '.join(missing)} (nothing was touched)")
     _need_terminal(yes)
-    args = {"confirm": list(confirm), "microsoft": microsoft}
+    args = {
+        "confirm": list(confirm),
+        "microsoft": microsoft,
+        "tpm_eventlog": tpm_eventlog,
+        "firmware_builtin": list(firmware_builtin),
+    }
     _, book, runner = _runner(g, "secureboot.enroll", args, ",".join(hosts), yes=yes)
     _plan_and_apply(g, book, runner, yes, "Write these keys into firmware?", "secureboot enroll")
+
+
+@secureboot.command(
+    help="Move HOSTs' keys from /etc/secureboot to /var/lib/sbctl with `sbctl setup --migrate` (where "
+    "nixpkgs' sbctl says 'old configuration detected'), then replan the backup and the lanzaboote "
+    "module, which must follow the move, and show that plan. Needs a verified backup first."
+    + examples("infratool secureboot migrate snix", "infratool secureboot migrate snix --yes")
+)
+@click.argument("hosts", nargs=-1, required=True)
+@click.option("--yes", "-y", is_flag=True, help="Apply without asking.")
+@pass_globals
+def migrate(g: Globals, hosts: tuple[str, ...], yes: bool) -> None:
+    from infratool import render
+
+    _need_terminal(yes)
+    limit = ",".join(hosts)
+    _, book, runner = _runner(g, "secureboot.migrate", {}, limit, yes=yes)
+    open_audit(g)  # an unusable audit log is bad input: exit 3 before connecting
+    out = render.console()
+    with runner:
+        with runner.on_event:
+            the_plan = runner.plan()
+        if not g.json:
+            render.plan(out, the_plan)
+        if the_plan.changes and not yes and not click.confirm("Migrate these keys?", default=False):
+            audit_run(g, "secureboot migrate (declined)", book, the_plan)
+            click.echo("Nothing applied.", err=True)
+            sys.exit(EXIT_FAILED)
+        result = None
+        if the_plan.changes:
+            audit_started(g, "secureboot migrate", book, the_plan)
+            with runner.on_event:
+                result = runner.apply(the_plan)
+    audit_run(g, "secureboot migrate", book, the_plan, result)
+    if result is not None and not g.json:
+        render.results(out, result)
+    # What must follow the keys: planned afresh against the hosts as they are now.
+    _, _, after = _tasks_runner(g, [("secureboot.backup", {}), ("secureboot.lanzaboote", {})], limit)
+    with after, after.on_event:
+        replan = after.plan()
+    if g.json:
+        emit_json(
+            {"migrate": (result.to_dict() if result else the_plan.to_dict()), "replan": replan.to_dict()}
+        )
+    else:
+        out.print("\nAfter the migration (apply with `infratool run playbooks/secureboot.yaml`):")
+        render.plan(out, replan)
+    code = result.exit_code if result is not None else (EXIT_FAILED if the_plan.failures else 0)
+    sys.exit(code)

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from infratool.cli.common import Globals, examples, load_inventory, pass_globals
-from infratool.errors import InputError, RefusedError
+from infratool.errors import InputError, RefusedError, SecretsError
 
 
 def _timer_options(g: Globals, on_calendar: str, delay: str, age_key_file: str | None, flake: str | None):
@@ -127,9 +127,15 @@ def timer_install(
     directory: str,
     force: bool,
 ) -> None:
+    from infratool.secrets.store import find_sops
     from infratool.systemd import plan_install, render_units, write_unit
 
     opts = _timer_options(g, on_calendar, randomized_delay, age_key_file, flake)
+    # The service cannot set sops's executable bit itself (read-only /usr, /opt): do it now.
+    try:
+        click.echo(f"sops: {find_sops()}", err=True)
+    except SecretsError as exc:
+        click.echo(f"warning: {exc}; the service needs sops to run", err=True)
     plans = plan_install(Path(directory), render_units(opts))
     edited = [p for p in plans if p.edited]
     for plan in edited:

@@ -3,8 +3,10 @@
 ``unshare`` runs *without* ``--fork``: it unshares, execs the boot script,
 which bind-mounts the host's private directories and execs sshd, so the pid
 of the ``Popen`` is sshd's own. The mounts live and die with the namespace.
-A host is ready when its sshd logs ``Server listening on ADDRESS port 22.``
+A host is ready when its sshd logs ``Server listening on ADDRESS port PORT.``
 (logged right after listen()), which costs no probe connection in the log.
+A builder also runs a real ``nix-daemon`` (its clients log in as an
+unprivileged user, whose ``nix-daemon --stdio`` forwards to it).
 """
 
 from __future__ import annotations
@@ -28,15 +30,32 @@ ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READY_TIMEOUT = 30.0
 
 # Runs inside the new namespaces, then becomes sshd (same pid). Arguments:
-# host tree, host name, sshd binary, then the directories to mount in order.
+# host tree, host name, sshd binary, 1 to run a nix-daemon (else 0), then the
+# directories to mount in order.
 _SCRIPT = r"""
 set -e
-tree=$1 name=$2 sshd=$3
-shift 3
+tree=$1 name=$2 sshd=$3 daemon=$4
+shift 4
 # A fresh machine may lack a mount point (Debian's nix-bin ships no /etc/nix):
 # create it, empty, so the bind has somewhere to land.
 for dir in "$@"; do mkdir -p "$dir"; mount --bind "$tree$dir" "$dir"; done
 printf '%s\n' "$name" > /proc/sys/kernel/hostname
+if [ "$daemon" = 1 ]; then
+  # The host's nix-daemon, restarted when /etc/nix/*.conf changes: the daemon
+  # reads its configuration (trusted-users) only when it starts, and a systemd
+  # host gets `systemctl try-restart nix-daemon` from the task that edits it.
+  (
+    conf() { cat /etc/nix/*.conf 2>/dev/null | cksum; }
+    while :; do
+      seen=$(conf)
+      nix-daemon </dev/null >>/var/log/nix-daemon.log 2>&1 &
+      pid=$!
+      while [ "$(conf)" = "$seen" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.5; done
+      kill "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    done
+  ) </dev/null >/dev/null 2>&1 &
+fi
 exec "$sshd" -D -f /etc/ssh/sshd_config -E /var/log/sshd.log
 """
 
@@ -52,8 +71,8 @@ class Booting:
     """The process we started, or None when an existing sshd was sent SIGHUP."""
 
 
-def check_address_free(address: str) -> None:
-    """Raise :class:`AddressInUseError` if something listens on ``address:22``.
+def check_address_free(address: str, port: int = 22) -> None:
+    """Raise :class:`AddressInUseError` if something listens on ``address:port``.
 
     SO_REUSEADDR makes the probe ignore TIME_WAIT leftovers of a previous
     lab (sshd sets it too) and fail only on a real listener.
@@ -61,11 +80,11 @@ def check_address_free(address: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((address, 22))
+            probe.bind((address, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise AddressInUseError(address) from None
-            raise LabError(f"cannot bind {address}:22: {exc.strerror}") from None
+            raise LabError(f"cannot bind {address}:{port}: {exc.strerror}") from None
 
 
 def mount_order(lab_root: Path) -> list[str]:
@@ -106,7 +125,7 @@ def _clear_run(host: LabHost) -> None:
             entry.unlink()
 
 
-def start(host: LabHost, order: Sequence[str], unshare: str, sshd: str) -> Booting:
+def start(host: LabHost, order: Sequence[str], unshare: str, sshd: str, nix_daemon: bool = False) -> Booting:
     """Start the sshd of ``host`` in new namespaces; record its pid in ``sshd.pid``."""
     _clear_run(host)
     offset = log_size(host)
@@ -125,6 +144,7 @@ def start(host: LabHost, order: Sequence[str], unshare: str, sshd: str) -> Booti
                 str(host.root),
                 host.name,
                 sshd,
+                "1" if nix_daemon else "0",
                 *order,
             ],
             stdin=subprocess.DEVNULL,
@@ -148,7 +168,7 @@ def wait_ready(booting: Mapping[str, Booting], timeout: float = READY_TIMEOUT) -
         for name, boot in list(waiting.items()):
             host, child = boot.host, boot.child
             text = _log_since(host, boot.log_offset)
-            if f"Server listening on {host.address} port 22." in text:
+            if f"Server listening on {host.address} port {host.port}." in text:
                 del waiting[name]
             elif child is not None and child.poll() is not None:
                 early = (host.root / "boot.log").read_text(errors="replace")

@@ -117,11 +117,11 @@ def public_key_of(private_path: Path) -> str:
     return f"{fields[0]} {fields[1]}"
 
 
-def sshd_config(address: str) -> str:
-    """The sshd_config of a lab host listening on ``address:22``."""
+def sshd_config(address: str, port: int = 22) -> str:
+    """The sshd_config of a lab host listening on ``address:port``."""
     return f"""\
 # written by infratool's lab; rewritten on every `lab up`
-ListenAddress {address}:22
+ListenAddress {address}:{port}
 HostKey {HOST_KEY_PATH}
 PidFile /run/sshd.pid
 PermitRootLogin prohibit-password
@@ -166,11 +166,17 @@ build-users-group =
 
 @dataclass(frozen=True)
 class HostSpec:
-    """What a lab host should be: its name, loopback address and inventory tags."""
+    """What a lab host should be: its name, loopback address, inventory tags and sshd port."""
 
     name: str
     address: str
     tags: tuple[str, ...]
+    port: int = 22
+
+    @property
+    def runs_nix_daemon(self) -> bool:
+        """Builders run a nix-daemon: their clients log in as an unprivileged user that needs one."""
+        return "builder" in self.tags
 
 
 def prepare_host(root: Path, spec: HostSpec, admin_public: str) -> bool:
@@ -206,7 +212,7 @@ def prepare_host(root: Path, spec: HostSpec, admin_public: str) -> bool:
         atomic_write(keys, f"{present}{sep}{admin_public}\n", 0o600)
 
     config = host_path(root, SSHD_CONFIG_PATH)
-    wanted = sshd_config(spec.address)
+    wanted = sshd_config(spec.address, spec.port)
     if config.exists() and config.read_text() == wanted:
         return False
     atomic_write(config, wanted)
@@ -245,8 +251,9 @@ def render_inventory(hosts: Sequence[tuple[HostSpec, str]], ssh_key: Path, flake
         "hosts:",
     ]
     for spec, host_key in hosts:
+        port = f"port: {spec.port}, " if spec.port != 22 else ""
         lines.append(
-            f"  {_scalar(spec.name)}: {{address: {_scalar(spec.address)}, os: linux, "
+            f"  {_scalar(spec.name)}: {{address: {_scalar(spec.address)}, {port}os: linux, "
             f"system: {_scalar(system)}, tags: {_flow_list(spec.tags)}, "
             f"host_key: {json.dumps(host_key)}}}"
         )
@@ -255,4 +262,8 @@ def render_inventory(hosts: Sequence[tuple[HostSpec, str]], ssh_key: Path, flake
 
 def render_known_hosts(hosts: Sequence[tuple[HostSpec, str]]) -> str:
     """An OpenSSH known_hosts for the lab, for ``ssh -o UserKnownHostsFile=...`` by hand."""
-    return "".join(f"{spec.address} {key}\n" for spec, key in hosts)
+    # OpenSSH names a host on another port [address]:port.
+    return "".join(
+        f"{spec.address if spec.port == 22 else f'[{spec.address}]:{spec.port}'} {key}\n"
+        for spec, key in hosts
+    )

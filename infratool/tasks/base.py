@@ -102,9 +102,16 @@ class PlanContext:
     failures: dict[str, str] = field(default_factory=dict)
     """Targets a task could not plan (e.g. ``local:<secret>``), reported without stopping the task."""
 
+    proven: dict[str, list[str]] = field(default_factory=dict)
+    """Host → what a ``verify`` proved there (the result table's "verified" column)."""
+
     def fail(self, target: str, message: str) -> None:
         """Report that ``target`` cannot be planned; the runner lists it as failed."""
         self.failures[target] = message
+
+    def prove(self, host: str, what: str) -> None:
+        """Record what a passing ``verify`` proved on ``host`` ("built on snix"), for the result."""
+        self.proven.setdefault(host, []).append(what)
 
     def secrets(self) -> SopsStore:
         """The fleet repo's sops store (``<flake>/secrets``), opened once per run."""

@@ -6,6 +6,7 @@ the benchmark's converge is made of.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shlex
 import string
@@ -15,7 +16,7 @@ from typing import Any
 from infratool import log
 from infratool.changes import Change, text_diff
 from infratool.context import HostContext
-from infratool.errors import HostError
+from infratool.errors import HostError, InfratoolError
 from infratool.facts import FactRequest, FileState
 from infratool.hidden import Secret
 from infratool.inventory import Host
@@ -159,6 +160,36 @@ def _meta_change(ctx, task, path, mode, owner, group, bits) -> Change:
     return Change(ctx.name, task, f"update {path} ({', '.join(bits)})", apply, action="update")
 
 
+def consumer_files(flake: Path) -> dict[str, frozenset[str]]:
+    """Host → the files the fleet's rotation policy delivers secrets to (empty without a policy).
+
+    A ``files.content`` over one of them is treated as secret: its content is
+    compared by hash and never shown, whatever the task says.
+    """
+    path = flake / "secrets" / "rotation.yaml"
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return {}
+    return _consumer_files(path, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _consumer_files(path: Path, stamp: int) -> dict[str, frozenset[str]]:
+    from infratool.secrets.policy import load_policy
+
+    try:
+        policy = load_policy(path, root=path.parent.parent.resolve())
+    except InfratoolError:
+        return {}  # a broken policy is reported by the tasks that use it
+    found: dict[str, set[str]] = {}
+    for spec in policy.secrets.values():
+        for consumer in spec.consumers:
+            if consumer.file is not None:
+                found.setdefault(consumer.host, set()).add(consumer.file.path)
+    return {host: frozenset(paths) for host, paths in found.items()}
+
+
 @register
 class FileContent(HostTask):
     """Ensure a file has the given content, mode, owner and group."""
@@ -195,8 +226,14 @@ class FileContent(HostTask):
     def label(self) -> str:
         return f"files.content {self.args['path']}"
 
+    def _private(self, host: Host) -> bool:
+        """Whether this file's content must never travel or show: ``secret``, or a rotation consumer's file."""
+        return self.args["secret"] or self.args["path"] in consumer_files(self.inventory.flake).get(
+            host.name, ()
+        )
+
     def fact_requests(self, host: Host) -> list[FactRequest]:
-        kind = "file_meta" if self.args["secret"] else "file"
+        kind = "file_meta" if self._private(host) else "file"
         return [FactRequest(kind, self.args["path"])]
 
     def render(self, host: Host) -> bytes | Secret:
@@ -221,7 +258,7 @@ class FileContent(HostTask):
             mode,
             self.args["owner"],
             self.args["group"],
-            secret=self.args["secret"],
+            secret=self._private(host.host),
         )
 
 

@@ -141,10 +141,14 @@ class Rotator:
             pending: dict[str, Secret] = {}
             staged: dict[str, Secret | None] = {}
             ttls: dict[str, int] = {}
+            fresh: set[str] = set()
             try:
                 for spec in group:
                     found = values.get(pending_key(spec.key))
-                    if found is None:
+                    # A value a person just gave replaces one an interrupted run left
+                    # pending, and whatever is derived from a new value is derived again.
+                    if found is None or spec.name in provided or fresh.intersection(spec.depends):
+                        fresh.add(spec.name)
                         made = self._generate(spec, values, pending, provided)
                         staged[pending_key(spec.key)] = made.value
                         if made.lease is not None:
@@ -179,10 +183,12 @@ class Rotator:
                 problem = REDACTOR.redact(str(exc))
                 self._in_effect = current_values(values, self.specs)
                 rollback = "; ".join(self._rollback(spec, current[spec.name]) for spec in group)
+                fault_point("rolled-back")
                 new_leases = {k: values.get(k) or staged.get(k) for k in map(pending_lease_key, _keys(group))}
                 discard: dict[str, Secret | None] = {pending_key(k): None for k in _keys(group)}
                 discard.update({k: None for k in new_leases})
                 self.store.write(file, discard)
+                fault_point("discarded")
                 self._retire_new(group, new_leases)
                 for spec in group:
                     self._save(spec.name, status="failed", result="rolled back", error=problem)
@@ -205,6 +211,7 @@ class Rotator:
             # as a finished promotion (not rotated a second time).
             for spec in group:
                 self._save(spec.name, status="pending", result="promoting", phase="promoting")
+            fault_point("promoting")
             self.store.write(file, update)
             fault_point("promoted")
             for spec in group:
@@ -228,7 +235,11 @@ class Rotator:
         for dep in spec.depends:
             value = pending.get(dep) or values.get(dep)
             if value is None:
-                raise SecretsError(f"{spec.name} is derived from {dep}, which has no value yet: rotate {dep}")
+                dep_spec = self.specs.get(dep)
+                how = (
+                    f"infratool secrets set {dep}" if dep_spec and dep_spec.needs_person else f"rotate {dep}"
+                )
+                raise SecretsError(f"{spec.name} is derived from {dep}, which has no value yet: {how}")
             deps[dep] = value
             dep_spec = self.specs.get(dep)
             publics[dep] = generators.public_part(dep_spec.generator, value) if dep_spec else None
@@ -373,13 +384,15 @@ class Rotator:
         if current is None:
             return "no previous value to roll back to (first rotation)"
         broken = []
-        for consumer in spec.consumers:
+        for i, consumer in enumerate(spec.consumers):
             try:
                 self.deliver(spec, consumer, current)
                 if self.check(spec, consumer, current):
                     broken.append(consumer.host)
             except InfratoolError:
                 broken.append(consumer.host)
+            if i == 0:
+                fault_point("rolled-back-one")
         if broken:
             return f"ROLLBACK INCOMPLETE on {', '.join(broken)}: the current value does not verify there"
         return "every consumer is back on the current value"

@@ -24,7 +24,9 @@ from delivery (deliver all, verify, promote — or roll back on failure).
 
 Fault injection for the chaos tests: ``INFRATOOL_FAULT=<step>`` kills the
 process with SIGKILL right after that step (``generated``, ``stored``,
-``delivered-one``, ``delivered``, ``verified``, ``promoted``).
+``delivered-one``, ``delivered``, ``verified``, ``promoting`` — the state file
+says "promoting", sops not yet written — and ``promoted``), or of a rollback
+(``rolled-back-one``, ``rolled-back``, ``discarded``).
 """
 
 from __future__ import annotations
@@ -127,6 +129,9 @@ class RotateSecrets(Task):
         # A lock planted as a symlink or FIFO is refused now, not mid-rotation.
         for lock in [lock_path(f) for f in self.policy.files()] + [state.lock_file(self.state_file())]:
             check_lock_file(lock)
+        # Parsed now (and again, fresh, when deciding): a malformed state file is
+        # then exit 3 before any host is contacted, not a failure on every host.
+        state.load(self.state_file())
         self._store = self._read_files(root)
 
     def _read_files(self, root: Path) -> SopsStore | None:
@@ -150,7 +155,10 @@ class RotateSecrets(Task):
         return [s for n, s in self.policy.secrets.items() if not names or n in names]
 
     def targets(self, selected: list[Host]) -> list[Host]:
-        wanted = {c.host for s in self.selected() for c in s.consumers}
+        # Secrets derived from the selected ones rotate with them: their consumers' hosts too.
+        edges = {n: s.depends for n, s in self.policy.secrets.items()}
+        names = deps.with_dependents([s.name for s in self.selected()], edges)
+        wanted = {c.host for n in names for c in self.policy.secrets[n].consumers}
         return [h for h in selected if h.name in wanted]
 
     def state_file(self) -> Path:
@@ -171,16 +179,16 @@ class RotateSecrets(Task):
         for spec in self.selected():
             entry = st.get(spec.name)
             held = store.read(spec.file) if store.exists(spec.file) else {}
-            if pending_key(spec.key) in held:
+            if spec.name in self.provided:
+                reasons[spec.name] = ("a new value was given", False)
+            elif pending_key(spec.key) in held:
                 reasons[spec.name] = ("a previous rotation was interrupted: resume", True)
             elif entry.status == "pending" and entry.phase == "promoting":
                 singles.append(Decision(spec, "record a promotion interrupted by a crash", finalize=True))
-            elif spec.name in self.provided:
-                reasons[spec.name] = ("a new value was given", False)
-            elif spec.needs_person and (
-                spec.name in (self.args["names"] or []) or entry.is_due(entry.max_age(spec.max_age))
-            ):
-                self.needs_person.append(spec.name)
+            elif spec.needs_person:
+                # Only a person can rotate it: named or due, say so; under --all, not due, skip quietly.
+                if spec.name in (self.args["names"] or []) or entry.is_due(entry.max_age(spec.max_age)):
+                    self.needs_person.append(spec.name)
             elif self.args["force"] or (self.args["names"] and not self.args["due"]):
                 reasons[spec.name] = ("requested", False)
             elif entry.is_due(entry.max_age(spec.max_age)):
@@ -194,9 +202,8 @@ class RotateSecrets(Task):
                 singles.append(Decision(spec, "revoke the previous lease", retire_only=True))
         edges = {n: s.depends for n, s in self.policy.secrets.items()}
         finalizing = {d.secret.name for d in singles if d.finalize}
+        # A prompt secret is never derived, so only a value a person gave brings one in here.
         rotating = deps.with_dependents(reasons, edges) - finalizing
-        # A prompt secret only ever rotates with a value a person gave.
-        rotating = {n for n in rotating if n in reasons or not self.policy.secrets[n].needs_person}
         decisions = [d for d in singles if not (d.retire_only and d.secret.name in rotating)]
         for names in deps.groups(rotating, edges, list(self.policy.secrets)):
             members = [self.policy.secrets[n] for n in names]
@@ -231,7 +238,7 @@ class RotateSecrets(Task):
                         f"{LOCAL}:{spec.name}",
                         self.name,
                         f"record rotation of {spec.name} ({d.reason})",
-                        apply=lambda local, name=spec.name: self._record_promoted(name),
+                        apply=lambda local, spec=spec: self._finalize(store, spec),
                         action="update",
                     )
                 )
@@ -288,6 +295,13 @@ class RotateSecrets(Task):
     def _record_promoted(self, name: str) -> None:
         with state.locked(self.state_file()) as st:
             st.get(name).promoted(result="rotated (recorded after an interrupted run)")
+
+    def _finalize(self, store: SopsStore, spec: SecretPolicy) -> None:
+        """Record an interrupted promotion, then revoke the previous lease it left (if any)."""
+        self._record_promoted(spec.name)
+        store.invalidate(spec.file)
+        if store.exists(spec.file) and retire_key(spec.key) in store.read(spec.file):
+            self._retire(store, spec)
 
     def _rotator(self, store: SopsStore, hosts: dict[str, HostContext]) -> Rotator:
         return Rotator(

@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import yaml
+from helpers import processes_with, wait_for
 
 from infratool.lab import Lab
 
@@ -31,41 +30,6 @@ def playbook(tmp_path: Path, tasks: list[dict], name: str = "pb.yaml") -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump({"tasks": tasks}))
     return path
-
-
-def processes_with(needle: str) -> list[int]:
-    """Pids whose command line contains ``needle`` (lab hosts share the controller's pid namespace)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                if needle.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    found.append(int(pid))
-            except OSError:
-                continue
-    return found
-
-
-def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-def start_cli(lab: Lab, tmp_path: Path, *args: str) -> subprocess.Popen[str]:
-    """The CLI in the background (like the ``cli`` fixture, but not waited for)."""
-    (tmp_path / "controller-tmp").mkdir(exist_ok=True)
-    env = {**os.environ, "NO_COLOR": "1", "TMPDIR": str(tmp_path / "controller-tmp")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "infratool", "-i", str(lab.inventory_path), *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
 
 
 def test_sshd_killed_mid_run_that_host_reported_others_complete_rerun_converges(lab, cli, tmp_path) -> None:
@@ -88,7 +52,7 @@ def test_sshd_killed_mid_run_that_host_reported_others_complete_rerun_converges(
             {"task": "files.content", "with": {"path": "/var/lib/chaos/after", "content": "after it\n"}},
         ],
     )
-    run = start_cli(lab, tmp_path, "run", str(pb), "--yes", "--forks", "4")
+    run = cli.start("-i", lab.inventory_path, "run", str(pb), "--yes", "--forks", "4")
     # Every host is inside the slow command: kill brix's sshd and sessions under the run.
     # (The command text, not just the token: the facts script names the `creates` path too.)
     wait_for(
@@ -213,7 +177,7 @@ def frozen(lab: Lab, name: str) -> Iterator[None]:
                 os.kill(pid, signal.SIGCONT)
 
 
-def test_hung_host_is_given_up_on_by_the_controller_deadline(lab, tmp_path) -> None:
+def test_hung_host_is_given_up_on_by_the_controller_deadline(lab, cli, tmp_path) -> None:
     """A host that stops answering at all (not even its own timeout can report) still fails fast."""
     token = secrets.token_hex(4)
     pb = playbook(
@@ -228,7 +192,7 @@ def test_hung_host_is_given_up_on_by_the_controller_deadline(lab, tmp_path) -> N
             }
         ],
     )
-    run = start_cli(lab, tmp_path, "run", str(pb), "--yes", "--timeout", "3")
+    run = cli.start("-i", lab.inventory_path, "run", str(pb), "--yes", "--timeout", "3")
     wait_for(
         lambda: len(processes_with(f"sleep 2; touch /var/lib/hang-{token}")) >= 4,
         what="the command everywhere",

@@ -9,16 +9,17 @@ cache key rotation's phases in tests/e2e/test_binary_cache.py.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
+import subprocess
 
 import pytest
 import yaml
-from helpers import PLAYBOOKS
+from helpers import PLAYBOOKS, digests
 
 from infratool.lab.sbctl import provision_lab
 from infratool.secrets.store import SopsStore
+from infratool.tasks.remote_builders.spec import DEFAULT_USER
 
 BUILDERS = PLAYBOOKS / "remote-builders.yaml"
 CLIENTS = ("slax", "brix", "nixtv-player")
@@ -36,16 +37,43 @@ def _installed_keys(lab) -> dict[str, str]:
     return {c: lab.host(c).path("/etc/nix/remote-builders/id_ed25519").read_text() for c in CLIENTS}
 
 
-@pytest.mark.parametrize("after", [1, 3, 4, 6])
-def test_builder_key_rotation_killed_midway_converges(fleet, cli, tmp_path, after):
-    """Cut after: a key stored (1), all stored (3), the builder authorised (4), a client installed (6)."""
+# The rotation's changes, in order (the test asserts the plan still has this shape):
+# 1-3 store a new key per client, 4 authorise the new keys on snix, 5-7 install
+# them on the clients, 8 revoke the old keys on snix. Cut after every one but the last.
+ROTATION_CHANGES = 8
+
+
+def _login_to_snix(lab, tmp_path, private: str) -> subprocess.CompletedProcess[str]:
+    """Log in to snix's real sshd as the builder user with ``private`` (publickey only)."""
+    key = tmp_path / "try-key"
+    key.write_text(private)
+    key.chmod(0o600)
+    try:
+        return subprocess.run(
+            ["ssh", "-F", "/dev/null", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+             "-o", f"UserKnownHostsFile={lab.known_hosts_path}", "-o", "ConnectTimeout=20",
+             f"{DEFAULT_USER}@{lab.host('snix').address}", "nix-daemon", "--version"],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    finally:
+        key.unlink()
+
+
+def _refused(r: subprocess.CompletedProcess[str]) -> bool:
+    return r.returncode == 255 and "Permission denied (publickey)" in r.stderr
+
+
+@pytest.mark.parametrize("after", range(1, ROTATION_CHANGES))
+def test_builder_key_rotation_killed_after_any_change_converges_and_old_keys_are_refused(
+    fleet, cli, tmp_path, after
+):
     lab = fleet
     inv = lab.inventory_path
     assert cli("-i", inv, "run", BUILDERS, "--yes").returncode == 0
     before = _installed_keys(lab)
     rotate = _rotating_playbook(tmp_path)
     planned = json.loads(cli("-i", inv, "--json", "plan", rotate).stdout)["changes"]
-    assert len(planned) > after, [c["description"] for c in planned]
+    assert len(planned) == ROTATION_CHANGES, [c["description"] for c in planned]
 
     killed = cli("-i", inv, "run", rotate, "--yes", env={"INFRATOOL_FAULT": f"after-change-{after}"})
     assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
@@ -62,6 +90,15 @@ def test_builder_key_rotation_killed_midway_converges(fleet, cli, tmp_path, afte
         assert installed[client] == str(stored[f"remote-builders/{client}/ssh_key"].reveal())
     if after >= 3:
         assert all(installed[c] != before[c] for c in CLIENTS)  # the stored new keys won
+    replaced = [c for c in CLIENTS if installed[c] != before[c]]
+    assert replaced, "the cut left no key rotated: nothing to prove"
+    for client in replaced:
+        # The real sshd on the builder: the client's old key gets no login at all,
+        # while its new key (same user, same way in) does.
+        assert _refused(_login_to_snix(lab, tmp_path, before[client])), f"{client}'s old key still logs in"
+        assert not _refused(_login_to_snix(lab, tmp_path, installed[client])), (
+            f"{client}'s new key is refused"
+        )
     check = tmp_path / "check.yaml"
     check.write_text(
         "tasks:\n  - task: remote_builders.check\n"
@@ -81,23 +118,17 @@ def test_secure_boot_restore_killed_then_rerun_converges(fleet, cli):
     provision_lab(lab, hosts=["slax"])
     assert cli("-i", inv, "run", PLAYBOOKS / "secureboot.yaml", "--yes", "--limit", "slax").returncode == 0
     keydir = lab.host("slax").path("/var/lib/sbctl")
-    want = {
-        str(p.relative_to(keydir)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(keydir.rglob("*"))
-        if p.is_file() and p.parts[len(keydir.parts)] in ("GUID", "keys")
-    }
+    want = digests(keydir, keys_only=True)
     shutil.rmtree(keydir / "keys")
 
     killed = cli(
         "-i", inv, "secureboot", "restore", "slax", "--yes", env={"INFRATOOL_FAULT": f"after-change-{after}"}
     )
     assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
+    assert "1 change" in killed.stdout, killed.stdout[-2000:]  # after-change-1 is after every change
     done = cli("-i", inv, "secureboot", "restore", "slax", "--yes")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    got = {
-        str(p.relative_to(keydir)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(keydir.rglob("*"))
-        if p.is_file() and p.parts[len(keydir.parts)] in ("GUID", "keys")
-    }
+    assert "no changes" in done.stdout, done.stdout[-2000:]  # the killed run had finished: nothing to do
+    got = digests(keydir, keys_only=True)
     assert got == want
     assert not list(keydir.rglob(".infratool.*"))

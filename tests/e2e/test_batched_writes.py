@@ -132,14 +132,15 @@ def test_a_converge_sends_one_write_script_per_host_and_a_noop_sends_none(lab, t
     for h in lab.hosts():
         assert h.path("/var/lib/pf4/f3").read_text() == "v3"
         assert "max-jobs = 3" in h.path("/etc/nix/nix.conf").read_text().splitlines()
-        # sshd logs each session channel's command start: facts + one write script.
-        assert h.sshd_log.read_text().count("Starting session: command") == 2, h.sshd_log.read_text()[-2000:]
+        # sshd logs each session channel's command start: facts, the run lock
+        # held for the apply phase (issue 13 item 9), and one write script.
+        assert h.sshd_log.read_text().count("Starting session: command") == 3, h.sshd_log.read_text()[-2000:]
     for h in lab.hosts():
         h.sshd_log.write_text("")
     again = run()
     assert again.returncode == 0, again.stderr
     for h in lab.hosts():
-        assert h.sshd_log.read_text().count("Starting session: command") == 1  # facts only
+        assert h.sshd_log.read_text().count("Starting session: command") == 1  # facts only: no lock
 
 
 def test_a_failed_write_fails_its_change_and_keeps_the_earlier_ones(lab, tmp_path):

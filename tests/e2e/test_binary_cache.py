@@ -9,7 +9,6 @@ SIGKILL between rotation phases.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -21,15 +20,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PLAYBOOKS, files_containing, sample_ps
-from helpers import nix_eval, nix_parse
+from conftest import PLAYBOOKS, files_containing
+from exectrace import both_ends
+from helpers import nix_eval, nix_parse, ok
 
 from infratool.hidden import Secret
 from infratool.inventory import Host
+from infratool.remote import FileWrite, put_files_script
 from infratool.secrets.generators import generate
 from infratool.secrets.store import SopsStore
 from infratool.tasks.binary_cache import render
-from infratool.tasks.binary_cache.install import END, checked_put_script
 from infratool.tasks.binary_cache.keys import PHASES, STATE_FILE, Keys, public_key
 from infratool.tasks.binary_cache.spec import CacheSpec, check_cache_url, check_key_name
 
@@ -41,11 +41,17 @@ KEY_FILE = "/var/lib/infratool/binary-cache/snix-cache/secret-key"
 NOT_SIGNED = "is not signed by any of the keys in 'trusted-public-keys'"
 
 
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    """``result`` after asserting it exited 0 (showing its output if not)."""
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out.decode(errors="replace") if isinstance(out, bytes) else out
-    return result
+def applying(result: subprocess.CompletedProcess) -> list[tuple[str, str]]:
+    """(host, description) of every change the run reported applying (JSON progress on a piped stderr)."""
+    found = []
+    for line in result.stderr.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event") == "progress" and event.get("status") == "applying":
+            found.append((event.get("host", ""), event.get("message", "")))
+    return found
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -140,11 +146,12 @@ def test_cache_serves_signed_paths_refuses_others_and_leaks_nothing(fleet, cli, 
     lab, inv = fleet, fleet.inventory_path
     snix = lab.host("snix")
     (lab.flake_dir / "flake.nix").write_text(FLAKE)
-    with sample_ps() as seen:
-        plan = cli("-i", inv, "--json", "plan", PLAYBOOK)
-        run = cli("-i", inv, "-vv", "run", PLAYBOOK, "--yes")
-        again = cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode")
+    with both_ends(lab, cli, tmp_path / "execs") as seen:
+        plan = seen.cli("-i", inv, "--json", "plan", PLAYBOOK)
+        run = seen.cli("-i", inv, "-vv", "run", PLAYBOOK, "--yes")
+        again = seen.cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode")
     ok(run)
+    seen.assert_recorded(min_sessions=len(CLIENTS) + 1)
     assert again.returncode == 0 and "Plan: 0 change(s)" in again.stdout, again.stdout + again.stderr
     assert "generate signing key snix-cache-1" in run.stdout
 
@@ -228,7 +235,7 @@ def test_cache_serves_signed_paths_refuses_others_and_leaks_nothing(fleet, cli, 
     # Canary: the key is in no output, argv, log or leftover temp file.
     for out in (plan.stdout, plan.stderr, run.stdout, run.stderr, again.stdout, again.stderr):
         assert secret not in out
-    assert not [a for a in seen if secret in a], "signing key in a process's argv"
+    assert seen.hits(secret) == [], "signing key in a process's argv or environment"
     assert secret not in _private_audit_log.read_text()
     assert files_containing(tmp_path / "controller-tmp", secret) == []
     for h in lab.hosts():
@@ -251,7 +258,7 @@ def test_push_paths_and_flake_outputs_signed_once(fleet, cli, tmp_path):
         and "push paths 2-2 of 2" in first.stdout
     )
     pushed = ok(cli("-i", inv, "run", pb, "--yes"))
-    assert "applying push paths 2-2 of 2" in pushed.stdout + pushed.stderr
+    assert any(what.startswith("push paths 2-2 of 2") for _, what in applying(pushed)), pushed.stderr
     assert cli("-i", inv, "plan", pb, "--detailed-exitcode").returncode == 0
 
     # A flake output, built on the server by the push itself (as CI would ask), then nothing.
@@ -480,20 +487,24 @@ def test_nixos_hosts_get_generated_nix_that_parses(fleet, cli, tmp_path):
     assert '[ -n "${OUT_PATHS:-}" ] || exit 0' in hook and "/NIX/bin/nix-store --query --outputs" in hook
     assert "secret-key=/run/secrets/binary-cache/snix-cache/secret-key" in hook
     # Nothing imperative on the NixOS server either: every change was in the flake repo.
-    assert "local: applying create hosts/snix/generated/" in served.stdout + served.stderr
-    assert "snix: applying" not in served.stdout + served.stderr
+    applied = applying(served)
+    assert any(h == "local" and w.startswith("create hosts/snix/generated/") for h, w in applied), (
+        served.stderr
+    )
+    assert not [w for h, w in applied if h == "snix"]
 
 
 def test_checked_write_never_installs_a_cut_transfer(tmp_path):
+    """The cache's files go through the engine's write, which never installs a cut transfer."""
     target = tmp_path / "key"
     target.write_text("old")
-    script = checked_put_script(str(target), 0o600, None, None)
-    content = base64.b64encode(b"new-key")
-    for cut in (b"", content, content + b"\n"):  # killed before, during, just before the marker
+    content = b"new-key"
+    script = put_files_script([FileWrite(str(target), content, 0o600)], [len(content)])
+    for cut in (b"", content[:3], content):  # killed before, during, just before the final newline
         res = subprocess.run(["sh", "-c", script], input=cut, capture_output=True)
-        assert res.returncode != 0 and "incomplete transfer" in res.stderr.decode()
+        assert res.returncode != 0
         assert target.read_text() == "old"
-    ok(subprocess.run(["sh", "-c", script], input=content + f"\n{END}\n".encode(), capture_output=True))
+    ok(subprocess.run(["sh", "-c", script], input=content + b"\n", capture_output=True))
     assert target.read_text() == "new-key" and target.stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]
 

@@ -17,15 +17,10 @@ import subprocess
 from pathlib import Path
 
 from conftest import PLAYBOOKS
+from helpers import ok
 
 CACHE = "/var/lib/nixcache"
 REFUSED_LOG = "/var/log/infratool-binary-cache/snix-cache/refused.log"
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out.decode(errors="replace") if isinstance(out, bytes) else out
-    return result
 
 
 def drv(name: str, script: str) -> str:

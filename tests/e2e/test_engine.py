@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import time
 
 import yaml
-from conftest import PLAYBOOKS, files_containing, sample_ps
-from helpers import nix_eval, nix_parse
+from conftest import PLAYBOOKS, files_containing
+from exectrace import both_ends
+from helpers import nix_eval, nix_parse, processes_with
 
 
 def test_baseline_plans_runs_and_converges(lab, cli):
@@ -123,20 +122,21 @@ def test_canary_secret_file_never_leaks(lab, cli, tmp_path, _private_audit_log):
         f"      path: /var/lib/app/token\n      content: {canary}\n      secret: true\n      mode: '0600'\n"
     )
     playbook_text = pb.read_text()
-    with sample_ps() as seen:
-        plan = cli("-i", lab.inventory_path, "--json", "plan", pb)
-        run = cli("-i", lab.inventory_path, "-vv", "run", pb, "--yes")
+    with both_ends(lab, cli, tmp_path / "execs") as seen:
+        plan = seen.cli("-i", lab.inventory_path, "--json", "plan", pb)
+        run = seen.cli("-i", lab.inventory_path, "-vv", "run", pb, "--yes")
         # Change it once more so an update (with an old value) is diffed too.
         pb.write_text(playbook_text.replace(canary, canary + "-v2"))
-        run2 = cli("-i", lab.inventory_path, "-vv", "run", pb, "--yes")
+        run2 = seen.cli("-i", lab.inventory_path, "-vv", "run", pb, "--yes")
     assert run.returncode == 0 and run2.returncode == 0, run.stderr + run2.stderr
+    seen.assert_recorded(min_sessions=2 * len(lab.hosts()))
     token = lab.host("brix").path("/var/lib/app/token")
     assert token.read_text() == canary + "-v2"
     assert token.stat().st_mode & 0o777 == 0o600
     assert "(secret content: not shown)" in run.stdout
     for out in (plan.stdout, plan.stderr, run.stdout, run.stderr, run2.stdout, run2.stderr):
         assert canary not in out
-    assert not [args for args in seen if canary in args], "canary in a process's argv"
+    assert seen.hits(canary) == [], "canary in a process's argv or environment"
     assert canary not in _private_audit_log.read_text()
     assert files_containing(tmp_path / "controller-tmp", canary) == []
     for h in lab.hosts():
@@ -216,10 +216,7 @@ def test_scale_lab_32_hosts_plan(lab_factory, cli):
     assert len(data["changes"]) == 64
     assert time.monotonic() - start < 120
     big.down()
-    assert (
-        shutil.which("pgrep") is None
-        or subprocess.run(["pgrep", "-f", str(big.root)], capture_output=True).stdout == b""
-    )
+    assert processes_with(str(big.root)) == []  # no process of the lab is left
 
 
 def test_a_cut_transfer_never_replaces_a_file(lab):

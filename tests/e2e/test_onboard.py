@@ -10,7 +10,6 @@ decrypted with the lab host's own SSH host key converted to an age identity.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import subprocess
@@ -21,6 +20,7 @@ import bech32
 import nacl.bindings
 import pytest
 import yaml
+from helpers import openssh_fingerprint
 
 from infratool.hidden import Secret
 from infratool.secrets.store import SopsStore
@@ -38,12 +38,6 @@ def ssh_to_age(public_line: str) -> str:
     key = blob[19:]
     x25519 = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(key)
     return bech32.bech32_encode("age", bech32.convertbits(list(x25519), 8, 5))
-
-
-def openssh_fingerprint(public_line: str) -> str:
-    """What `ssh-keygen -lf` prints for the key: SHA256 of the blob, unpadded base64."""
-    digest = hashlib.sha256(base64.b64decode(public_line.split()[1])).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
 def new_public_key() -> str:
@@ -94,7 +88,7 @@ def lab(lab_factory):
 
 
 @pytest.fixture
-def repo(lab, cli, tmp_path, monkeypatch):
+def onboard_repo(lab, cli, tmp_path, monkeypatch):
     """`infratool init fleet` in an empty directory, logging in with the lab's admin key."""
     key = tmp_path / "operator" / "keys.txt"
     monkeypatch.setenv("SOPS_AGE_KEY_FILE", str(key))
@@ -103,11 +97,11 @@ def repo(lab, cli, tmp_path, monkeypatch):
     return tmp_path / "fleet"
 
 
-def add(cli, repo: Path, lab, name: str, *extra: str, input: str | None = None):
+def add(cli, onboard_repo: Path, lab, name: str, *extra: str, input: str | None = None):
     """`infratool -i fleet/hosts.yaml host add NAME --address <lab address> ...`."""
     return cli(
         "-i",
-        repo / "hosts.yaml",
+        onboard_repo / "hosts.yaml",
         "host",
         "add",
         name,
@@ -161,10 +155,10 @@ def test_init_scaffolds_and_keeps_the_key_private(cli, tmp_path, monkeypatch):
 # --- host add: explicit trust on first use ---------------------------------------------------------
 
 
-def test_init_then_host_add_gives_a_working_inventory(lab, cli, repo):
+def test_init_then_host_add_gives_a_working_inventory(lab, cli, onboard_repo):
     snix, slax = lab.host("snix"), lab.host("slax")
     log_before = snix.sshd_log.read_text()
-    confirmed = add(cli, repo, lab, "snix", "--tags", "builder,cache", input="yes\n")
+    confirmed = add(cli, onboard_repo, lab, "snix", "--tags", "builder,cache", input="yes\n")
     assert confirmed.returncode == 0, confirmed.stdout + confirmed.stderr
     fp = openssh_fingerprint(snix.host_key_public)
     assert fp in confirmed.stderr and "Pin this key for snix?" in confirmed.stderr
@@ -172,33 +166,35 @@ def test_init_then_host_add_gives_a_working_inventory(lab, cli, repo):
     new_log = snix.sshd_log.read_text()[len(log_before) :]
     assert "Accepted publickey" not in new_log and "Starting session" not in new_log
 
-    unattended = add(cli, repo, lab, "slax", "--fingerprint", openssh_fingerprint(slax.host_key_public))
+    unattended = add(
+        cli, onboard_repo, lab, "slax", "--fingerprint", openssh_fingerprint(slax.host_key_public)
+    )
     assert unattended.returncode == 0, unattended.stdout + unattended.stderr
     assert "Pin this key" not in unattended.stderr
 
-    hosts = yaml.safe_load((repo / "hosts.yaml").read_text())["hosts"]
+    hosts = yaml.safe_load((onboard_repo / "hosts.yaml").read_text())["hosts"]
     assert list(hosts) == ["snix", "slax"]
     assert hosts["snix"]["host_key"] == snix.host_key_public
     assert hosts["snix"]["tags"] == ["builder", "cache"]
     assert hosts["slax"] == {"address": slax.address, "host_key": slax.host_key_public}
 
-    inv = repo / "hosts.yaml"
+    inv = onboard_repo / "hosts.yaml"
     checked = cli("-i", inv, "hosts", "--check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    plan = cli("-i", inv, "plan", repo / "playbooks/site.yaml", "--detailed-exitcode")
+    plan = cli("-i", inv, "plan", onboard_repo / "playbooks/site.yaml", "--detailed-exitcode")
     assert plan.returncode == 2, plan.stdout + plan.stderr
     assert "Plan: 4 change(s) on 2 of 2 target(s)" in plan.stdout
-    run = cli("-i", inv, "run", repo / "playbooks/site.yaml", "--yes")
+    run = cli("-i", inv, "run", onboard_repo / "playbooks/site.yaml", "--yes")
     assert run.returncode == 0, run.stdout + run.stderr
     assert slax.path("/var/lib/infratool/managed-by").is_file()
-    again = cli("-i", inv, "plan", repo / "playbooks/site.yaml", "--detailed-exitcode")
+    again = cli("-i", inv, "plan", onboard_repo / "playbooks/site.yaml", "--detailed-exitcode")
     assert again.returncode == 0, again.stdout
 
 
-def test_unconfirmed_or_wrong_key_writes_nothing(lab, cli, repo, tmp_path):
-    secrets = SopsStore(repo / "secrets")
+def test_unconfirmed_or_wrong_key_writes_nothing(lab, cli, onboard_repo, tmp_path):
+    secrets = SopsStore(onboard_repo / "secrets")
     secrets.write("slax.yaml", {"db/password": Secret("s3cret")})
-    before, operator_key = snapshot(repo), (tmp_path / "operator" / "keys.txt").read_bytes()
+    before, operator_key = snapshot(onboard_repo), (tmp_path / "operator" / "keys.txt").read_bytes()
     someone_else = lab.host("snix").host_key_public
     cases = [
         (("--fingerprint", "SHA256:" + "A" * 43), None, "not the expected SHA256:AAAA"),
@@ -208,19 +204,19 @@ def test_unconfirmed_or_wrong_key_writes_nothing(lab, cli, repo, tmp_path):
         ((), "", "not confirmed"),  # EOF on stdin is not a yes
     ]
     for args, answer, message in cases:
-        result = add(cli, repo, lab, "slax", *args, input=answer)
+        result = add(cli, onboard_repo, lab, "slax", *args, input=answer)
         assert result.returncode == 4, (args, result.stdout + result.stderr)
         assert message in result.stderr and "nothing written" in result.stderr, args
-        assert snapshot(repo) == before, args
+        assert snapshot(onboard_repo) == before, args
     assert (tmp_path / "operator" / "keys.txt").read_bytes() == operator_key
 
 
-def test_age_recipient_matches_ssh_to_age(lab, cli, repo):
+def test_age_recipient_matches_ssh_to_age(lab, cli, onboard_repo):
     for name in ("snix", "slax"):
         out = cli(
             "--json",
             "-i",
-            repo / "hosts.yaml",
+            onboard_repo / "hosts.yaml",
             "host",
             "add",
             name,
@@ -233,13 +229,13 @@ def test_age_recipient_matches_ssh_to_age(lab, cli, repo):
         reported = json.loads(out.stdout)
         expected = ssh_to_age(lab.host(name).host_key_public)
         assert reported["age_recipient"] == expected
-        rules = yaml.safe_load((repo / "secrets/.sops.yaml").read_text())["creation_rules"]
+        rules = yaml.safe_load((onboard_repo / "secrets/.sops.yaml").read_text())["creation_rules"]
         own = next(r for r in rules if f"){name}(" in r["path_regex"])
         assert own["age"][-1] == expected
 
 
-def test_reencrypted_files_decrypt_with_the_host_key(lab, cli, repo, tmp_path):
-    store = SopsStore(repo / "secrets")
+def test_reencrypted_files_decrypt_with_the_host_key(lab, cli, onboard_repo, tmp_path):
+    store = SopsStore(onboard_repo / "secrets")
     store.write("slax.yaml", {"db/password": Secret("slax-only")})
     store.write("common.yaml", {"wifi/psk": Secret("everyone")})
     store.write("snix.yaml", {"cache/key": Secret("snix-only")})
@@ -248,35 +244,35 @@ def test_reencrypted_files_decrypt_with_the_host_key(lab, cli, repo, tmp_path):
     home.mkdir()
     slax = host_identity(lab, "slax")
     # Before: slax reads nothing.
-    assert decrypt_as(slax, repo / "secrets/slax.yaml", home).returncode != 0
+    assert decrypt_as(slax, onboard_repo / "secrets/slax.yaml", home).returncode != 0
 
-    added = add(cli, repo, lab, "slax", input="y\n")
+    added = add(cli, onboard_repo, lab, "slax", input="y\n")
     assert added.returncode == 0, added.stdout + added.stderr
     assert "re-encrypted fleet/secrets/slax.yaml" in added.stdout
-    assert "slax-only" in decrypt_as(slax, repo / "secrets/slax.yaml", home).stdout
-    assert "everyone" in decrypt_as(slax, repo / "secrets/common.yaml", home).stdout
+    assert "slax-only" in decrypt_as(slax, onboard_repo / "secrets/slax.yaml", home).stdout
+    assert "everyone" in decrypt_as(slax, onboard_repo / "secrets/common.yaml", home).stdout
     for other in ("snix.yaml", "operators.yaml"):
-        refused = decrypt_as(slax, repo / "secrets" / other, home)
+        refused = decrypt_as(slax, onboard_repo / "secrets" / other, home)
         assert refused.returncode != 0, other
 
     # The operator still reads everything.
     store.invalidate()
     assert store.read("slax.yaml")["db/password"].reveal() == "slax-only"
 
-    removed = cli("-i", repo / "hosts.yaml", "host", "remove", "slax", "--yes")
+    removed = cli("-i", onboard_repo / "hosts.yaml", "host", "remove", "slax", "--yes")
     assert removed.returncode == 0, removed.stdout + removed.stderr
     assert "rotate" in removed.stdout
     for gone in ("slax.yaml", "common.yaml"):
-        assert decrypt_as(slax, repo / "secrets" / gone, home).returncode != 0, gone
-    assert yaml.safe_load((repo / "hosts.yaml").read_text())["hosts"] is None
-    assert "slax" not in (repo / "secrets/.sops.yaml").read_text()
+        assert decrypt_as(slax, onboard_repo / "secrets" / gone, home).returncode != 0, gone
+    assert yaml.safe_load((onboard_repo / "hosts.yaml").read_text())["hosts"] is None
+    assert "slax" not in (onboard_repo / "secrets/.sops.yaml").read_text()
     store.invalidate()
     assert store.read("common.yaml")["wifi/psk"].reveal() == "everyone"
 
 
-def test_missing_operator_key_writes_nothing(lab, cli, repo, tmp_path):
-    SopsStore(repo / "secrets").write("slax.yaml", {"token": Secret("t0ken")})
-    before = snapshot(repo)
+def test_missing_operator_key_writes_nothing(lab, cli, onboard_repo, tmp_path):
+    SopsStore(onboard_repo / "secrets").write("slax.yaml", {"token": Secret("t0ken")})
+    before = snapshot(onboard_repo)
     nobody = tmp_path / "nobody"
     env = {
         "SOPS_AGE_KEY_FILE": str(nobody / "missing.txt"),
@@ -285,7 +281,7 @@ def test_missing_operator_key_writes_nothing(lab, cli, repo, tmp_path):
     }
     result = cli(
         "-i",
-        repo / "hosts.yaml",
+        onboard_repo / "hosts.yaml",
         "host",
         "add",
         "slax",
@@ -297,20 +293,20 @@ def test_missing_operator_key_writes_nothing(lab, cli, repo, tmp_path):
     )
     assert result.returncode == 3, result.stdout + result.stderr
     assert "cannot decrypt" in result.stderr
-    assert snapshot(repo) == before
+    assert snapshot(onboard_repo) == before
 
 
-def test_comments_survive_add_and_remove(lab, cli, repo):
-    inv = repo / "hosts.yaml"
+def test_comments_survive_add_and_remove(lab, cli, onboard_repo):
+    inv = onboard_repo / "hosts.yaml"
     original = inv.read_text()
-    assert add(cli, repo, lab, "snix", input="yes\n").returncode == 0
+    assert add(cli, onboard_repo, lab, "snix", input="yes\n").returncode == 0
     # The operator annotates by hand between runs.
     text = inv.read_text().replace(
         "  snix:\n", "  # snix: the workstation, also the builder\n  snix:  # in the study\n"
     )
     text += "# end of hosts: keep me\n"
     inv.write_text(text)
-    assert add(cli, repo, lab, "slax", input="yes\n").returncode == 0
+    assert add(cli, onboard_repo, lab, "slax", input="yes\n").returncode == 0
     # A host not installed yet, whose host key was generated for its installer.
     third = cli(
         "-i",
@@ -343,23 +339,23 @@ def test_comments_survive_add_and_remove(lab, cli, repo):
     assert yaml.safe_load(inv.read_text())["hosts"] is None
 
 
-def test_changed_host_key_needs_replace(lab, cli, repo, tmp_path):
-    assert add(cli, repo, lab, "snix", "--tags", "builder", input="yes\n").returncode == 0
+def test_changed_host_key_needs_replace(lab, cli, onboard_repo, tmp_path):
+    assert add(cli, onboard_repo, lab, "snix", "--tags", "builder", input="yes\n").returncode == 0
     old_recipient = ssh_to_age(lab.host("snix").host_key_public)
-    SopsStore(repo / "secrets").write("snix.yaml", {"k": Secret("v")})
+    SopsStore(onboard_repo / "secrets").write("snix.yaml", {"k": Secret("v")})
     new_key = lab.regenerate_host_key("snix")
-    before = snapshot(repo)
-    refused = add(cli, repo, lab, "snix", input="yes\n")
+    before = snapshot(onboard_repo)
+    refused = add(cli, onboard_repo, lab, "snix", input="yes\n")
     assert refused.returncode == 4 and "--replace" in refused.stderr
-    assert snapshot(repo) == before
+    assert snapshot(onboard_repo) == before
 
-    replaced = add(cli, repo, lab, "snix", "--replace", "--fingerprint", openssh_fingerprint(new_key))
+    replaced = add(cli, onboard_repo, lab, "snix", "--replace", "--fingerprint", openssh_fingerprint(new_key))
     assert replaced.returncode == 0, replaced.stdout + replaced.stderr
-    entry = yaml.safe_load((repo / "hosts.yaml").read_text())["hosts"]["snix"]
+    entry = yaml.safe_load((onboard_repo / "hosts.yaml").read_text())["hosts"]["snix"]
     assert entry["host_key"] == new_key and entry["tags"] == ["builder"]  # other settings kept
-    config = (repo / "secrets/.sops.yaml").read_text()
+    config = (onboard_repo / "secrets/.sops.yaml").read_text()
     assert old_recipient not in config and ssh_to_age(new_key) in config
     home = tmp_path / "h"
     home.mkdir()
-    assert decrypt_as(host_identity(lab, "snix"), repo / "secrets/snix.yaml", home).returncode == 0
-    assert cli("-i", repo / "hosts.yaml", "hosts", "--check").returncode == 0
+    assert decrypt_as(host_identity(lab, "snix"), onboard_repo / "secrets/snix.yaml", home).returncode == 0
+    assert cli("-i", onboard_repo / "hosts.yaml", "hosts", "--check").returncode == 0

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PLAYBOOKS, files_containing, sample_ps
-from helpers import nix_eval, nix_parse
+from conftest import PLAYBOOKS, files_containing
+from exectrace import both_ends
+from helpers import SshdLogs, nix_eval, nix_parse, openssh_fingerprint
 
 from infratool.inventory import Host
-from infratool.remote import fingerprint
 from infratool.secrets.store import SopsStore
 from infratool.tasks.remote_builders import render, rotate_client_key
 from infratool.tasks.remote_builders.spec import Builder, Topology
@@ -26,6 +26,10 @@ from infratool.tasks.remote_builders.spec import Builder, Topology
 PLAYBOOK = PLAYBOOKS / "remote-builders.yaml"
 CLIENTS = ("slax", "brix", "nixtv-player")
 KEY = "/etc/nix/remote-builders/id_ed25519"
+PINNED = f"{KEY}.known_hosts"
+USER = "nixremote"
+ALIAS = "infratool-builder-snix"
+AUTHORIZED = f"/var/lib/{USER}/.ssh/authorized_keys"
 PING = "nix --extra-experimental-features nix-command store ping --store"
 
 
@@ -54,10 +58,21 @@ def check_playbook(tmp_path: Path) -> Path:
     return path
 
 
-def ping(lab, client: str, key: str = KEY) -> subprocess.CompletedProcess[bytes]:
-    """``nix store ping`` from ``client`` to snix with ``key`` (host key from root's known_hosts)."""
-    uri = f"ssh-ng://root@{lab.host('snix').address}?ssh-key={key}"
-    return lab.exec(client, f"{PING} '{uri}'", input=b"", timeout=60)
+def ping(lab, client: str, key: str | None = None) -> subprocess.CompletedProcess[bytes]:
+    """``nix store ping`` from ``client`` to snix.
+
+    Without ``key``: through the alias the playbook wrote in root's ssh_config
+    (address, port, key, pinned host key). With ``key``: that key only, the
+    ssh_config ignored, the host key still pinned from the client's file.
+    """
+    if key is None:
+        return lab.exec(client, f"{PING} 'ssh-ng://{USER}@{ALIAS}'", input=b"", timeout=60)
+    snix = lab.host("snix")
+    opts = (
+        f"-F /dev/null -p {snix.port} -o UserKnownHostsFile={PINNED} -o HostKeyAlias={ALIAS} -o BatchMode=yes"
+    )
+    uri = f"ssh-ng://{USER}@{snix.address}?ssh-key={key}"
+    return lab.exec(client, f"NIX_SSHOPTS='{opts}' {PING} '{uri}'", input=b"", timeout=60)
 
 
 def remote_build(lab, client: str) -> subprocess.CompletedProcess[bytes]:
@@ -82,16 +97,17 @@ def stored_keys(lab) -> dict[str, str]:
 
 def managed_keys(lab) -> dict[str, list[str]]:
     """The managed lines of snix's authorized_keys, by client."""
-    return render.managed_lines(lab.host("snix").path("/root/.ssh/authorized_keys").read_text())
+    return render.managed_lines(lab.host("snix").path(AUTHORIZED).read_text())
 
 
 def test_setup_builds_on_the_builder_converges_and_leaks_nothing(fleet, cli, tmp_path, _private_audit_log):
     lab, inv = fleet, fleet.inventory_path
     snix = lab.host("snix")
-    with sample_ps() as seen:
-        plan = cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode")
-        run = cli("-i", inv, "-vv", "run", PLAYBOOK, "--yes")
-        again = cli("-i", inv, "--json", "plan", PLAYBOOK, "--detailed-exitcode")
+    with both_ends(lab, cli, tmp_path / "execs") as seen:
+        plan = seen.cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode")
+        run = seen.cli("-i", inv, "-vv", "run", PLAYBOOK, "--yes")
+        again = seen.cli("-i", inv, "--json", "plan", PLAYBOOK, "--detailed-exitcode")
+    seen.assert_recorded(min_sessions=len(CLIENTS) + 1)
     assert plan.returncode == 2, plan.stdout + plan.stderr
     assert "generate builder key of slax" in plan.stdout
     assert "(secret content: not shown)" in plan.stdout
@@ -102,9 +118,12 @@ def test_setup_builds_on_the_builder_converges_and_leaks_nothing(fleet, cli, tmp
     keys = stored_keys(lab)
     assert sorted(keys) == sorted(CLIENTS)
     lines = managed_keys(lab)
-    admin = Path(f"{lab.admin_key}.pub").read_text().split()[1]
-    assert admin in snix.path("/root/.ssh/authorized_keys").read_text()  # not ours: kept
-    assert "trusted-users = root" in snix.path("/etc/nix/nix.conf").read_text()
+    # Clients log in as the dedicated user, never root: root's authorized_keys is not ours.
+    root_keys = snix.path("/root/.ssh/authorized_keys").read_text()
+    assert Path(f"{lab.admin_key}.pub").read_text().split()[1] in root_keys
+    assert render.managed_lines(root_keys) == {}
+    assert f"trusted-users = root {USER}" in snix.path("/etc/nix/nix.conf").read_text()
+    assert snix.path(AUTHORIZED).stat().st_mode & 0o777 == 0o600
     for client in CLIENTS:
         host = lab.host(client)
         key_file = host.path(KEY)
@@ -120,8 +139,7 @@ def test_setup_builds_on_the_builder_converges_and_leaks_nothing(fleet, cli, tmp
         ]
         machines = host.path("/etc/nix/machines").read_text()
         assert (
-            f"ssh-ng://root@{snix.address} x86_64-linux {KEY} 8 2 nixos-test,benchmark,big-parallel - "
-            in machines
+            f"ssh-ng://{USER}@{ALIAS} x86_64-linux {KEY} 8 2 nixos-test,benchmark,big-parallel - " in machines
         )
         conf = host.path("/etc/nix/nix.conf").read_text()
         assert "builders = @/etc/nix/machines" in conf and "builders-use-substitutes = true" in conf
@@ -132,26 +150,35 @@ def test_setup_builds_on_the_builder_converges_and_leaks_nothing(fleet, cli, tmp
         log_before = snix.sshd_log.stat().st_size
         built = ok_bytes(remote_build(lab, client))
         out = built.stdout.decode().strip()
-        assert f"on 'ssh-ng://root@{snix.address}'" in built.stderr.decode()
+        assert f"on 'ssh-ng://{USER}@{ALIAS}'" in built.stderr.decode()
         assert snix.path(out).read_text() == "snix\n"
         assert host.path(out).read_text() == "snix\n"
         with open(snix.sshd_log, "rb") as log:
             log.seek(log_before)
-            assert b"Accepted publickey for root from 127.0.0.1 port" in (session := log.read())
-        assert f"ED25519 {fingerprint(public)}".encode() in session  # this client's key, this build
+            assert f"Accepted publickey for {USER} from 127.0.0.1 port".encode() in (session := log.read())
+        assert f"ED25519 {openssh_fingerprint(public)}".encode() in session  # this client's key, this build
 
-    # The client key opens no shell: sshd forces the daemon, whatever is asked.
-    marker = f"/root/pwned-{os.urandom(4).hex()}"
-    shell = lab.exec(
-        "slax",
-        f"ssh -i {KEY} -o BatchMode=yes root@{snix.address} 'echo SHELL-OK; touch {marker}'",
-        input=b"",
-        timeout=30,
-    )
+    # The client key opens no shell: sshd forces the daemon, whatever is asked. The
+    # login itself must succeed (sshd's log says so), or this would pass on any failure.
+    marker = f"/tmp/pwned-{os.urandom(4).hex()}"
+    logs = SshdLogs(lab)
+    shell = lab.exec("slax", f"ssh {ALIAS} 'echo SHELL-OK; touch {marker}'", input=b"", timeout=30)
     assert b"SHELL-OK" not in shell.stdout and not snix.path(marker).exists()
-    tty = lab.exec(
-        "slax", f"ssh -tt -i {KEY} -o BatchMode=yes root@{snix.address} true", input=b"", timeout=30
+    attempt = logs.since("snix")
+    slax_key = render.key_blob(
+        subprocess.run(
+            ["ssh-keygen", "-y", "-f", str(lab.host("slax").path(KEY))],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     )
+    assert (
+        f"ED25519 {openssh_fingerprint(slax_key)}" in attempt and f"Accepted publickey for {USER}" in attempt
+    ), attempt
+    assert "Starting session: forced-command (key-option) 'nix-daemon --stdio'" in attempt, attempt
+    assert "Starting session: command" not in attempt and "Starting session: shell" not in attempt
+    tty = lab.exec("slax", f"ssh -tt {ALIAS} true", input=b"", timeout=30)
     assert b"PTY allocation request failed" in tty.stderr
 
     # Canary: no private key text anywhere but the sops file (encrypted) and the 0600 key files.
@@ -159,7 +186,7 @@ def test_setup_builds_on_the_builder_converges_and_leaks_nothing(fleet, cli, tmp
     for client, private in keys.items():
         for needle in [line for line in private.splitlines() if len(line) > 20]:
             assert not any(needle in out for out in outputs), f"{client} key in CLI output"
-            assert not [args for args in seen if needle in args], f"{client} key in a process's argv"
+            assert seen.hits(needle) == [], f"{client} key in a process's argv or environment"
             assert needle not in _private_audit_log.read_text()
             assert files_containing(tmp_path / "controller-tmp", needle) == []
             assert files_containing(lab.flake_dir, needle) == []
@@ -211,7 +238,7 @@ def test_rotation_revokes_old_keys_and_removed_clients_lose_theirs(fleet, cli, t
     plan = cli("-i", inv, "plan", fewer)
     assert "revoke key of removed client nixtv-player" in plan.stdout
     ok(cli("-i", inv, "run", fewer, "--yes"))
-    authorized = lab.host("snix").path("/root/.ssh/authorized_keys").read_text()
+    authorized = lab.host("snix").path(AUTHORIZED).read_text()
     assert nixtv_public not in authorized and "infratool:remote-builders:nixtv-player" not in authorized
     assert sorted(managed_keys(lab)) == ["brix", "slax"]
     refused = ping(lab, "nixtv-player")
@@ -226,7 +253,7 @@ def test_hand_edits_are_shown_and_restored_other_lines_kept(fleet, cli):
     machines = slax.path("/etc/nix/machines")
     mine = "ssh://nix@other.example x86_64-linux - 1 1 - - -\n"
     machines.write_text(machines.read_text().replace(f"{KEY} 8 2", f"{KEY} 1 2") + mine)
-    authorized = snix.path("/root/.ssh/authorized_keys")
+    authorized = snix.path(AUTHORIZED)
     text = authorized.read_text()
     theirs = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHandAddedKeyHandAddedKeyHandAddedKey0000 someone@else\n"
     authorized.write_text(text.replace('restrict,command="nix-daemon --stdio" ', "", 1) + theirs)
@@ -238,8 +265,8 @@ def test_hand_edits_are_shown_and_restored_other_lines_kept(fleet, cli):
 
     plan = cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode")
     assert plan.returncode == 2
-    assert f"-ssh-ng://root@{snix.address} x86_64-linux {KEY} 1 2" in plan.stdout
-    assert f"+ssh-ng://root@{snix.address} x86_64-linux {KEY} 8 2" in plan.stdout
+    assert f"-ssh-ng://{USER}@{ALIAS} x86_64-linux {KEY} 1 2" in plan.stdout
+    assert f"+ssh-ng://{USER}@{ALIAS} x86_64-linux {KEY} 8 2" in plan.stdout
     assert "slax: 1 change(s)" in plan.stdout and "brix: no changes" in plan.stdout
     assert "snix: 1 change(s)" in plan.stdout  # the unrestricted line is put back, restricted
 
@@ -262,15 +289,15 @@ def test_check_task_and_a_changed_builder_host_key_is_refused(fleet, cli, tmp_pa
     result = ok(cli("-i", inv, "run", check, "--yes"))
     assert "check: nix store ping and a --max-jobs 0 build on snix" in result.stdout
 
-    # The check is real: a builder whose daemon is broken fails it (nothing a plan could see).
+    # The check is real: a builder whose daemon the login user cannot reach fails it
+    # (nothing a plan could see).
     snix = lab.host("snix")
-    broken = snix.path("/usr/local/sbin/nix-daemon")
-    broken.write_text("#!/bin/sh\necho broken daemon >&2\nexit 1\n")
-    broken.chmod(0o755)
+    sockets = snix.path("/nix/var/nix/daemon-socket")
+    sockets.chmod(0o700)
     result = cli("-i", inv, "run", check, "--yes")
-    broken.unlink()
+    sockets.chmod(0o755)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "nix store ping ssh-ng://root@" in result.stderr
+    assert f"nix store ping ssh-ng://{USER}@{ALIAS}" in result.stderr
     assert "cannot open connection to remote store" in result.stderr
     ok(cli("-i", inv, "run", check, "--yes"))
 
@@ -297,6 +324,9 @@ def test_bad_input_exits_3_with_file_line_and_touches_nothing(lab, cli, tmp_path
         "builders: [{host: snix, max_jobs: -1}]": (6, "max_jobs must be 0 or more"),
         "speed_factor: 0": (8, "speed_factor must be 1 or more"),
         "rotate_keys: [snix]": (8, "rotate_keys: 'snix' is not a client"),
+        # Issue 22.1: a client's key never logs in as root on a builder.
+        "ssh_user: root": (8, "builder clients must not log in as root"),
+        "builders: [{host: snix, ssh_user: root}]": (6, "builder clients must not log in as root"),
     }
     for override, (line, message) in cases.items():
         body = {"builders": "builders: [snix]", "clients": "clients: [slax, brix]", "extra": ""}
@@ -327,12 +357,21 @@ def test_nixos_client_gets_a_module_that_parses_and_a_sops_secret(fleet, cli, tm
     generated = fleet.flake_dir / "hosts/slax/generated/remote-builders.nix"
     nix_parse(generated)
     stub = '{ config = { sops.secrets."remote-builders/slax/ssh_key".path = "/run/secrets/k"; }; }'
-    evaluated = nix_eval(f"let m = import {generated} {stub}; in {{ inherit (m) nix; }}")
+    evaluated = nix_eval(f"let m = import {generated} {stub}; in {{ inherit (m) nix programs; }}")
     nix = evaluated["nix"]
+    # The alias carries address and port; the pinned key is looked up under the alias.
+    ssh = evaluated["programs"]["ssh"]
+    assert (
+        f"Host {ALIAS}\n" in ssh["extraConfig"] and f"Port {fleet.host('snix').port}\n" in ssh["extraConfig"]
+    )
+    assert "IdentityFile /run/secrets/remote-builders/slax/ssh_key\n" in ssh["extraConfig"]
+    assert "StrictHostKeyChecking yes" in ssh["extraConfig"] and f"HostKeyAlias {ALIAS}" in ssh["extraConfig"]
+    assert ssh["knownHosts"]["infratool-remote-builder-snix"]["hostNames"] == [ALIAS]
     snix = fleet.host("snix")
     assert nix["distributedBuilds"] is True and nix["settings"] == {"builders-use-substitutes": True}
     (machine,) = nix["buildMachines"]
-    assert machine["hostName"] == snix.address and machine["protocol"] == "ssh-ng"
+    assert machine["hostName"] == ALIAS and machine["protocol"] == "ssh-ng"
+    assert machine["sshUser"] == USER
     assert machine["sshKey"] == "/run/secrets/k" and machine["maxJobs"] == 8
     import base64
 
@@ -361,6 +400,9 @@ def test_nixos_builder_module_parses_and_keeps_root_trusted(tmp_path):
     evaluated = nix_eval(f'(import {path} {{ config.nix.package.out = "/nix/store/x-nix"; }})')
     config = evaluated
     assert config["nix"]["settings"]["trusted-users"] == ["root", "nixremote"]
+    user = config["users"]["users"]["nixremote"]
+    assert user["isSystemUser"] is True and user["group"] == "nixremote" and user["useDefaultShell"] is True
+    assert config["users"]["groups"]["nixremote"] == {}
     assert config["users"]["users"]["nixremote"]["openssh"]["authorizedKeys"]["keys"] == [
         'restrict,command="/nix/store/x-nix/bin/nix-daemon --stdio" ssh-ed25519 '
         "AAAAC3NzaC1lZDI1NTE5AAAAIBuZeoPyplWLpQcNETESmevWHP4Y2cf3aokrWv0+igTd infratool:remote-builders:slax"

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -91,6 +92,24 @@ def test_a_second_run_is_refused_while_the_lock_is_held_and_queues_with_wait(lab
     assert "max-jobs = 3" in _conf(lab)
 
 
+def _until_waiting(proc: subprocess.Popen[str], timeout: float = 120) -> list[str]:
+    """Read ``proc``'s output until it says it waits for the run lock (it has planned); the lines read."""
+    lines: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if "waiting for the run lock" in line:
+                break
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert done.wait(timeout), "".join(lines)
+    assert any("waiting for the run lock" in line for line in lines), "".join(lines)
+    return lines
+
+
 def test_two_runs_planned_together_lose_no_update(lab, tmp_path, holder):
     """A and B plan from the same nix.conf while a third run holds the lock: one applies, the other refuses."""
     books = {
@@ -98,12 +117,13 @@ def test_two_runs_planned_together_lose_no_update(lab, tmp_path, holder):
         "cores = 2": _book(tmp_path, "b", {"cores": 2}),
     }
     runs = {
-        line: _start(lab, tmp_path, "run", str(book), "--yes", "--wait", "60") for line, book in books.items()
+        line: _start(lab, tmp_path, "run", str(book), "--yes", "--wait", "120")
+        for line, book in books.items()
     }
-    time.sleep(6)  # both have planned and wait for the lock
-    assert all(p.poll() is None for p in runs.values())
+    # Both have planned (from the same nix.conf) and wait for the lock.
+    head = {line: _until_waiting(p) for line, p in runs.items()}
     holder.release()
-    outs = {line: p.communicate(timeout=90)[0] for line, p in runs.items()}
+    outs = {line: "".join(head[line]) + p.communicate(timeout=120)[0] for line, p in runs.items()}
     conf = _conf(lab)
     for line, p in runs.items():
         # No update is lost: a run that said it applied its line has it in the file.

@@ -291,7 +291,7 @@ def test_pass_bcrypt_htpasswd_and_wireguard(lab3, cli, tmp_path):
 
 def status_rows(cli, lab) -> tuple[int, dict[str, dict]]:
     r = cli("-i", lab.inventory_path, "--json", "secrets", "status")
-    return r.returncode, {row["name"]: row for row in json.loads(r.stdout)}
+    return r.returncode, {row["name"]: row for row in json.loads(r.stdout)["secrets"]}
 
 
 def test_prompted_value_is_set_delivered_and_then_needs_a_person(lab3, cli, tmp_path):
@@ -337,6 +337,10 @@ def test_prompted_value_is_set_delivered_and_then_needs_a_person(lab3, cli, tmp_
     code, rows = status_rows(cli, lab)
     row = rows["stripe/api-key"]
     assert code == 0 and not row["due"] and row["generation"] == 1 and row["age_seconds"] < 120
+    # --all rotates what a machine can; a prompted secret that is not due is left alone, quietly.
+    r = cli("-i", lab.inventory_path, "secrets", "rotate", "--all", "--yes")
+    assert r.returncode == 0 and "needs a person" not in r.stderr, r.stdout + r.stderr
+    assert values(lab)["stripe/api-key"] == value
 
     # 100 days later: due, and it says who has to act.
     state_path = lab.flake_dir / "secrets" / ".rotation-state.yaml"
@@ -352,6 +356,20 @@ def test_prompted_value_is_set_delivered_and_then_needs_a_person(lab3, cli, tmp_
     # Naming it is refused the same way; `secrets set` on a generated secret is bad input.
     r = cli("-i", lab.inventory_path, "secrets", "rotate", "stripe/api-key", "--yes")
     assert r.returncode == 2 and "secrets set stripe/api-key" in r.stderr
+
+    # A `secrets set` killed after storing its value as pending: the next value a
+    # person types wins over the pending one (not resumed), and is delivered.
+    lost = "sk_live_" + os.urandom(12).hex()
+    r = cli(
+        "-i", lab.inventory_path, "secrets", "set", "stripe/api-key", "--stdin",
+        input=lost + "\n", env={"INFRATOOL_FAULT": "stored"},
+    )  # fmt: skip
+    assert r.returncode == -9, r.stdout + r.stderr
+    newer = "sk_live_" + os.urandom(12).hex()
+    r = cli("-i", lab.inventory_path, "secrets", "set", "stripe/api-key", "--stdin", input=newer + "\n")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert lab.host("brix").path("/var/lib/app/stripe-key").read_text() == newer
+    assert values(lab)["stripe/api-key"] == newer
 
 
 def test_vault_lease_delivered_verified_and_previous_revoked(lab3, cli):

@@ -24,9 +24,11 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import PLAYBOOKS, ROOT, files_containing, sample_ps
-from helpers import nix_eval, nix_parse
+from conftest import PLAYBOOKS, ROOT, files_containing
+from exectrace import both_ends
+from helpers import digests, nix_eval, nix_parse, ok
 
+from infratool.errors import RefusedError
 from infratool.lab.sbctl import LAB_FIRMWARE_FILE, provision_lab, set_lab_firmware
 from infratool.secrets.store import SopsStore
 from infratool.tasks.secureboot import render_flake_input, render_module
@@ -43,21 +45,6 @@ pytestmark = pytest.mark.skipif(
     not (shutil.which("sbsign") and EFI.exists() and Path("/usr/bin/python3").exists()),
     reason="needs sbsigntool, systemd-boot-efi and /usr/bin/python3",
 )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    """``result`` after asserting it exited 0 (showing its output if not)."""
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
-def digests(directory: Path, keys_only: bool = False) -> dict[str, str]:
-    """``{relative path: sha256}`` of every file under ``directory`` (or just GUID and keys/)."""
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and (not keys_only or p.parts[len(directory.parts)] in ("GUID", "keys"))
-    }
 
 
 @pytest.fixture(scope="session")
@@ -214,17 +201,20 @@ def test_backup_wipe_restore_is_bit_for_bit_and_never_leaks(sb, cli, made_keys, 
     key_pem = (made_keys / "keys/db/db.key").read_bytes()
     canaries = [key_pem.decode().splitlines()[5], base64.b64encode(key_pem).decode()[100:160]]
 
-    with sample_ps() as seen:
-        first = cli("-v", "-i", inv, "run", PLAYBOOK, "--yes", "--limit", "snix")
+    with both_ends(sb, cli, tmp_path / "execs") as seen:
+        first = seen.cli("-v", "-i", inv, "run", PLAYBOOK, "--yes", "--limit", "snix")
         ok(first)
         keys = sb.host("snix").path(KEYDIR)
         before = digests(keys, keys_only=True)  # sbctl's files.json lists signed files: not keys
         shutil.rmtree(keys)  # the disk is lost; the backup lives in the repo
-        lost = json.loads(ok(cli("-i", inv, "secureboot", "status", "--json", "--limit", "snix")).stdout)["hosts"]
+        lost = json.loads(
+            ok(seen.cli("-i", inv, "secureboot", "status", "--json", "--limit", "snix")).stdout
+        )["hosts"]
         assert lost[0]["verdict"] == "needs-restore"
-        fresh = cli("-i", inv, "plan", PLAYBOOK, "--limit", "snix")  # never new keys over a backup
+        fresh = seen.cli("-i", inv, "plan", PLAYBOOK, "--limit", "snix")  # never new keys over a backup
         assert fresh.returncode == 1 and "restore them (infratool secureboot restore snix)" in fresh.stdout
-        restored = ok(cli("-v", "-i", inv, "secureboot", "restore", "snix", "--yes"))
+        restored = ok(seen.cli("-v", "-i", inv, "secureboot", "restore", "snix", "--yes"))
+    seen.assert_recorded(min_sessions=4)
     assert digests(keys) == before
     assert len(before) == 7
     for rel in ("keys/PK/PK.key", "keys/KEK/KEK.key", "keys/db/db.key"):
@@ -237,7 +227,7 @@ def test_backup_wipe_restore_is_bit_for_bit_and_never_leaks(sb, cli, made_keys, 
     outputs = first.stdout + first.stderr + restored.stdout + restored.stderr
     for canary in canaries:
         assert canary not in outputs
-        assert not [cmd for cmd in seen if canary in cmd]
+        assert seen.hits(canary) == []
         assert canary not in _private_audit_log.read_text()
         assert files_containing(sb.flake_dir, canary) == []
         assert files_containing(tmp_path / "controller-tmp", canary) == []
@@ -343,9 +333,14 @@ def test_enroll_in_setup_mode_keeps_microsoft_keys_unless_opted_out(sb, cli, mad
     run = ok(cli("-i", inv, "run", book, "--yes", "--limit", "snix,slax"))
     snix_plan, slax_plan = run.stdout.split("\nslax: ")
     assert "Writes the UEFI Secure Boot variables of snix" in snix_plan
-    assert "`sbctl enroll-keys --microsoft`" in snix_plan and "Microsoft keys: KEPT" in snix_plan
+    assert (
+        "`sbctl enroll-keys --ignore-immutable --microsoft`" in snix_plan
+        and "Microsoft keys: KEPT" in snix_plan
+    )
     assert "+ PK  ← this host's Platform Key (CN=Platform Key" in snix_plan
-    assert "`sbctl enroll-keys`" in slax_plan and "Microsoft keys: NOT enrolled" in slax_plan
+    assert (
+        "`sbctl enroll-keys --ignore-immutable`" in slax_plan and "Microsoft keys: NOT enrolled" in slax_plan
+    )
     snix, slax = status_json(sb, "snix"), status_json(sb, "slax")
     assert snix["setup_mode"] is False and "microsoft" in snix["vendors"]
     assert slax["setup_mode"] is False and "microsoft" not in slax["vendors"]
@@ -356,7 +351,9 @@ def test_enroll_in_setup_mode_keeps_microsoft_keys_unless_opted_out(sb, cli, mad
     from infratool.lab.sbctl import simulate_reboot
 
     simulate_reboot(sb.host("snix").path(LAB_FIRMWARE_FILE))
-    rows = json.loads(ok(cli("-i", inv, "secureboot", "status", "--json", "--limit", "snix,slax")).stdout)["hosts"]
+    rows = json.loads(ok(cli("-i", inv, "secureboot", "status", "--json", "--limit", "snix,slax")).stdout)[
+        "hosts"
+    ]
     assert [r["verdict"] for r in rows] == ["enabled", "reboot-pending"]
     assert rows[0]["secure_boot"] is True and rows[0]["enrolled"]["microsoft"] is True
 
@@ -386,10 +383,226 @@ def test_key_directory_detection():
     different = HostView(
         "h", state, {KEYDIR: _bundle(KEYDIR, "a"), "/etc/secureboot": _bundle("/etc/secureboot", "b")}
     )
-    with pytest.raises(Exception, match="hold different Secure Boot keys"):
+    with pytest.raises(RefusedError, match="hold different Secure Boot keys"):
         different.keys()
     assert different.keys("/etc/secureboot").directory == "/etc/secureboot"
     assert HostView("h", state, {KEYDIR: Bundle(KEYDIR)}).keys() is None
     assert 'url = "github:nix-community/lanzaboote/' in render_flake_input(
         "github:nix-community/lanzaboote/v1.0.0"
     )
+
+
+# ---------------------------------------------------------------- real firmware (issue 20)
+
+
+def _enroll_book(tmp_path: Path, host: str, **extra: Any) -> Path:
+    doc = yaml.safe_load(ENROLL_PLAYBOOK.read_text())
+    doc["tasks"][1]["hosts"] = host
+    doc["tasks"][1]["with"] = {"confirm": [f"enroll-secure-boot-keys-on-{host}"], **extra}
+    book = tmp_path / f"enroll-{host}.yaml"
+    book.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return book
+
+
+def _enrolled(lab, name: str) -> dict[str, list[str]]:
+    """SHA-256 of the DER certificates per variable, from `sbctl list-enrolled-keys --json` on the host."""
+    data = json.loads(sbctl(lab, name, "list-enrolled-keys", "--json").stdout)
+    return {
+        var: [hashlib.sha256(base64.b64decode(c["Raw"])).hexdigest() for c in data[key] or []]
+        for var, key in (("PK", "PK"), ("KEK", "KEK"), ("db", "DB"))
+    }
+
+
+def _cert_sha(pem: Path) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return hashlib.sha256(
+        x509.load_pem_x509_certificate(pem.read_bytes()).public_bytes(Encoding.DER)
+    ).hexdigest()
+
+
+def test_enroll_on_the_default_machine_clears_immutable_and_verifies(sb, cli, made_keys, tmp_path):
+    """The emulator's default machine: vendor keys in KEK/db, immutable efivars, Setup Mode."""
+    inv = sb.inventory_path
+    give_keys(sb, "snix", made_keys)
+    back_up(cli, sb, "snix")
+    before = _enrolled(sb, "snix")
+    assert before["PK"] == [] and len(before["KEK"]) == 2 and len(before["db"]) == 3
+    # What sbctl itself does on this machine without -i: stops, nothing written.
+    plain = sbctl(sb, "snix", "enroll-keys", "--microsoft")
+    assert plain.returncode == 1 and b"You need to chattr -i files in efivarfs" in plain.stdout
+
+    book = _enroll_book(tmp_path, "snix")
+    plan = cli("-i", inv, "plan", book, "--limit", "snix")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    text = plan.stdout
+    assert "`sbctl enroll-keys --ignore-immutable --microsoft`" in text
+    assert "Immutable: the kernel marks existing efivarfs files immutable" in text
+    assert "/sys/firmware/efi/efivars/KEK-8be4df61" in text and "/sys/firmware/efi/efivars/PK-" not in text
+    assert "Dropped from the firmware" in text
+    assert "- KEK Lab OEM KEK CA 2020" in text and "- db  Lab OEM db CA 2020" in text
+    assert "Microsoft Option ROM UEFI CA 2023" in text  # sbctl 0.18 enrolls the 2023 set
+    assert "Microsoft Corporation KEK CA 2011 (sha256" not in text  # re-enrolled, not dropped
+
+    ok(cli("-i", inv, "run", book, "--yes", "--limit", "snix"))
+    after = _enrolled(sb, "snix")
+    keys = sb.host("snix").path(KEYDIR) / "keys"
+    assert after["PK"] == [_cert_sha(keys / "PK/PK.pem")]
+    assert _cert_sha(keys / "KEK/KEK.pem") in after["KEK"] and _cert_sha(keys / "db/db.pem") in after["db"]
+    assert len(after["KEK"]) == 3 and len(after["db"]) == 6
+    again = cli("-i", inv, "plan", book, "--limit", "snix", "--detailed-exitcode")
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_enroll_with_an_old_sbctl_lists_only_the_2011_certificates(sb, cli, made_keys, tmp_path):
+    from infratool.lab.sbctl import SbctlBuild, install_on_lab_host
+
+    install_on_lab_host(sb, "slax", build=SbctlBuild(version="0.16"))
+    give_keys(sb, "slax", made_keys)
+    back_up(cli, sb, "slax")
+    book = _enroll_book(tmp_path, "slax", firmware_builtin=["db"])
+    run = ok(cli("-i", sb.inventory_path, "run", book, "--yes", "--limit", "slax"))
+    assert "`sbctl enroll-keys --ignore-immutable --microsoft --firmware-builtin=db`" in run.stdout
+    assert (
+        "Microsoft: Microsoft Corporation UEFI CA 2011, Microsoft Windows Production PCA 2011 (2"
+        in run.stdout
+    )
+    assert "sbctl 0.16 enrolls only Microsoft's 2011 certificates" in run.stdout
+    assert (
+        "Lab OEM db CA 2020 (sha256:" in run.stdout
+        and "(kept if it is one of the firmware's built-in" in run.stdout
+    )
+    after = _enrolled(sb, "slax")
+    assert len(after["KEK"]) == 2  # ours + Microsoft's KEK CA 2011; the OEM's KEK is gone
+    assert len(after["db"]) == 4  # ours + 2 Microsoft 2011 + the OEM's built-in db certificate
+
+
+def test_enroll_without_tpm_eventlog_and_microsoft_is_refused_by_sbctl(sb, cli, made_keys, tmp_path):
+    give_keys(sb, "brix", made_keys)
+    back_up(cli, sb, "brix")
+    set_lab_firmware(sb, "brix", tpm_eventlog=False)
+    firmware = firmware_bytes(sb, "brix")
+    book = _enroll_book(tmp_path, "brix", microsoft=False)
+    run = cli("-i", sb.inventory_path, "run", book, "--yes", "--limit", "brix")
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "Could not find any TPM Eventlog in the system" in run.stdout + run.stderr
+    assert firmware_bytes(sb, "brix") == firmware
+    values = SopsStore(sb.flake_dir / "secrets").read("secureboot/brix.yaml")
+    assert "secureboot/enrolled" not in values  # no enrollment recorded
+
+
+def test_nixpkgs_sbctl_uses_etc_secureboot_then_migrates(sb, cli, made_keys, tmp_path):
+    from infratool.lab.sbctl import NIXPKGS, etc_secureboot, install_on_lab_host
+
+    inv = sb.inventory_path
+    install_on_lab_host(sb, "snix", build=NIXPKGS)
+    legacy = etc_secureboot(sb, "snix")
+    shutil.copytree(made_keys, legacy, dirs_exist_ok=True, copy_function=shutil.copy2)
+    (legacy / "files.db").write_text("{}")
+    old_keys = digests(legacy, keys_only=True)
+
+    rows = json.loads(ok(cli("-i", inv, "secureboot", "status", "--json", "--limit", "snix")).stdout)["hosts"]
+    assert rows[0]["sbctl_dir"] == "/etc/secureboot" and rows[0]["sbctl_build"] == "nixpkgs"
+    assert rows[0]["pki_bundle"] == "/etc/secureboot" and rows[0]["installed"] is True
+    assert any("old configuration detected" in w for w in rows[0]["warnings"])
+    ok(cli("-i", inv, "run", PLAYBOOK, "--yes", "--limit", "snix"))
+    module = (sb.flake_dir / "hosts/snix/generated/lanzaboote.nix").read_text()
+    assert 'pkiBundle = "/etc/secureboot";' in module
+
+    # infratool migrates, as sbctl asks on every run, and replans what must follow the move.
+    moved = ok(cli("-i", inv, "secureboot", "migrate", "snix", "--yes"))
+    assert "`sbctl setup --migrate`" in moved.stdout
+    assert not legacy.exists() and digests(sb.host("snix").path(KEYDIR), keys_only=True) == old_keys
+    replan = moved.stdout[moved.stdout.index("After the migration") :]
+    assert "~ bundle: /etc/secureboot → /var/lib/sbctl (same files: the keys moved)" in replan
+    assert 'pkiBundle = "/var/lib/sbctl"' in replan
+    again = ok(cli("-i", inv, "secureboot", "migrate", "snix", "--yes")).stdout
+    assert "snix: no changes" in again.split("After the migration")[0]
+    ok(cli("-i", inv, "run", PLAYBOOK, "--yes", "--limit", "snix"))
+    assert (
+        'pkiBundle = "/var/lib/sbctl";' in (sb.flake_dir / "hosts/snix/generated/lanzaboote.nix").read_text()
+    )
+    manifest = SopsStore(sb.flake_dir / "secrets").read("secureboot/snix.yaml")["secureboot/manifest"]
+    assert json.loads(manifest.reveal_bytes())["bundle"] == "/var/lib/sbctl"
+    assert "Plan: 0 change(s)" in cli("-i", inv, "plan", PLAYBOOK, "--limit", "snix").stdout
+
+    # An empty /etc/secureboot appears again: nixpkgs' sbctl switches back to it, sees no keys,
+    # and `setup --migrate` would do nothing. Enrollment says so instead of the notice.
+    etc_secureboot(sb, "snix")
+    refused = cli(
+        "-i", inv, "secureboot", "enroll", "snix", "--confirm", "enroll-secure-boot-keys-on-snix", "--yes"
+    )
+    assert refused.returncode == 1
+    out = refused.stdout + refused.stderr
+    assert "nixpkgs' sbctl uses /etc/secureboot because that directory exists" in out
+    assert "mv /etc/secureboot /etc/secureboot.old" in out
+
+
+def test_restore_refuses_entries_outside_the_key_layout(sb, cli, made_keys):
+    """Issue 22.2: a backup naming ../../root/.ssh/authorized_keys2 is bad input, refused before connecting."""
+    give_keys(sb, "snix", made_keys)
+    back_up(cli, sb, "snix")
+    store = SopsStore(sb.flake_dir / "secrets")
+    evil = "../../root/.ssh/authorized_keys2"
+    manifest = json.loads(store.read("secureboot/snix.yaml")["secureboot/manifest"].reveal_bytes())
+    payload = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIattacker attacker\n"
+    manifest["files"][evil] = {
+        "mode": "0600",
+        "owner": "root",
+        "group": "root",
+        "sha256": hashlib.sha256(payload).hexdigest(),
+    }
+    from infratool.hidden import Secret
+
+    store.write(
+        "secureboot/snix.yaml",
+        {
+            "secureboot/manifest": json.dumps(manifest),
+            f"secureboot/files/{evil}": Secret(base64.b64encode(payload).decode()),
+        },
+    )
+    shutil.rmtree(sb.host("snix").path(KEYDIR))
+    target = sb.host("snix").path("/root/.ssh/authorized_keys2")
+    result = cli("-i", sb.inventory_path, "secureboot", "restore", "snix", "--yes")
+    assert result.returncode == 3, result.stdout + result.stderr
+    out = result.stdout + result.stderr
+    assert f"secureboot/files/{evil}: not a file of an sbctl key bundle" in out
+    assert "secrets/secureboot/snix.yaml" in out
+    assert "connecting" not in out  # refused before any connection
+    assert not target.exists() and not sb.host("snix").path(KEYDIR).exists()
+
+    # A bundle directory outside the known list is refused the same way.
+    manifest["files"].pop(evil)
+    manifest["bundle"] = "/root/.ssh"
+    store.invalidate()
+    store.write(
+        "secureboot/snix.yaml",
+        {"secureboot/manifest": json.dumps(manifest), f"secureboot/files/{evil}": None},
+    )
+    result = cli("-i", sb.inventory_path, "run", PLAYBOOK, "--yes", "--limit", "snix")
+    assert "bundle '/root/.ssh' is not an sbctl key directory" in result.stdout + result.stderr
+    restore = cli("-i", sb.inventory_path, "secureboot", "restore", "snix", "--yes")
+    assert restore.returncode == 3 and "bundle '/root/.ssh'" in restore.stdout + restore.stderr
+
+
+def test_restore_goes_where_the_hosts_sbctl_looks(sb, cli, made_keys):
+    """A backup made from /etc/secureboot, restored on a host whose sbctl uses /var/lib/sbctl."""
+    from infratool.lab.sbctl import NIXPKGS, UPSTREAM, etc_secureboot, install_on_lab_host
+
+    inv = sb.inventory_path
+    install_on_lab_host(sb, "brix", build=NIXPKGS)
+    legacy = etc_secureboot(sb, "brix")
+    shutil.copytree(made_keys, legacy, dirs_exist_ok=True, copy_function=shutil.copy2)
+    back_up(cli, sb, "brix")
+    manifest = SopsStore(sb.flake_dir / "secrets").read("secureboot/brix.yaml")["secureboot/manifest"]
+    assert json.loads(manifest.reveal_bytes())["bundle"] == "/etc/secureboot"
+    # Reinstalled without /etc/secureboot, with upstream's sbctl: it looks in /var/lib/sbctl.
+    shutil.rmtree(legacy)
+    install_on_lab_host(sb, "brix", build=UPSTREAM)
+    restored = ok(cli("-i", inv, "secureboot", "restore", "brix", "--yes"))
+    assert "~ backed up from /etc/secureboot; restored into /var/lib/sbctl" in restored.stdout
+    keys = sb.host("brix").path(KEYDIR)
+    assert digests(keys, keys_only=True) == digests(made_keys, keys_only=True)
+    assert status_json(sb, "brix")["installed"] is True
+    assert not legacy.exists()

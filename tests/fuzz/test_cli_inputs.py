@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from fuzzkit import text_mutation, write
+from helpers import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +24,6 @@ from infratool.lab import Lab, services
 from infratool.secrets.policy import load_policy
 from infratool.secrets.store import SopsStore
 
-ROOT = Path(__file__).resolve().parents[2]
 BASELINE = ROOT / "playbooks" / "baseline.yaml"
 ROTATION = ROOT / "playbooks" / "secrets-rotation.yaml"
 FEW = settings(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +24,6 @@ from infratool.facts import FactRequest, build_script, parse_output
 from infratool.lab import Lab
 from infratool.remote import Remote
 
-ROOT = Path(__file__).resolve().parents[2]
 MARK = f"pwned-{secrets.token_hex(4)}"
 """File every payload tries to create in /tmp (unique per test process)."""
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from fuzzkit import HOSTILE, dump, malformed, only_input_errors, text_mutation, values, write
+from helpers import ROOT
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +26,6 @@ from infratool.secrets import policy
 from infratool.secrets.store import SopsStore
 from infratool.tasks.base import Param, load_all
 
-ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOKS = ROOT / "playbooks"
 FUZZ = settings(
     max_examples=60,
@@ -68,7 +68,7 @@ class Repo:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
+def fuzz_repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     """A fleet repo: inventory, known_hosts, the real playbooks (includes resolve), secrets/."""
     root = tmp_path_factory.mktemp("fuzz-repo")
     (root / "hosts.yaml").write_text(INVENTORY)
@@ -79,12 +79,12 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     return Repo(root)
 
 
-def test_seeds_are_valid(repo: Repo) -> None:
+def test_seeds_are_valid(fuzz_repo: Repo) -> None:
     """The mutations start from inputs that load, so what breaks is the mutation."""
-    assert len(repo.inventory) == 4
-    for pb in sorted((repo.root / "playbooks").glob("*.yaml")):
-        assert playbook.load(pb, repo.inventory).invocations
-    assert policy.load_policy(repo.root / "secrets" / "rotation.yaml", repo.inventory.names).secrets
+    assert len(fuzz_repo.inventory) == 4
+    for pb in sorted((fuzz_repo.root / "playbooks").glob("*.yaml")):
+        assert playbook.load(pb, fuzz_repo.inventory).invocations
+    assert policy.load_policy(fuzz_repo.root / "secrets" / "rotation.yaml", fuzz_repo.inventory.names).secrets
 
 
 # --- YAML itself -------------------------------------------------------------------------
@@ -126,22 +126,22 @@ def test_yaml_corner_cases_have_a_line(text: str, line: int) -> None:
 
 @FUZZ
 @given(malformed(INVENTORY))
-def test_inventory_never_crashes(repo: Repo, text: str) -> None:
-    path = write(repo.root / "fuzz-hosts.yaml", text)
+def test_inventory_never_crashes(fuzz_repo: Repo, text: str) -> None:
+    path = write(fuzz_repo.root / "fuzz-hosts.yaml", text)
     only_input_errors(lambda: inventory.load(path), text)
 
 
 @FUZZ
 @given(values(sorted(inventory.HOST_KEYS | inventory.DEFAULT_KEYS | {"defaults", "hosts"})).map(dump))
-def test_inventory_of_any_shape_never_crashes(repo: Repo, text: str) -> None:
-    path = write(repo.root / "fuzz-shape.yaml", text)
+def test_inventory_of_any_shape_never_crashes(fuzz_repo: Repo, text: str) -> None:
+    path = write(fuzz_repo.root / "fuzz-shape.yaml", text)
     only_input_errors(lambda: inventory.load(path), text)
 
 
 @FUZZ
 @given(st.one_of(st.sampled_from(HOSTILE), text_mutation(KNOWN_HOSTS)))
-def test_known_hosts_file_never_crashes(repo: Repo, text: str) -> None:
-    sub = repo.root / "kh"
+def test_known_hosts_file_never_crashes(fuzz_repo: Repo, text: str) -> None:
+    sub = fuzz_repo.root / "kh"
     sub.mkdir(exist_ok=True)
     write(sub / "known_hosts", text)
     inv = write(sub / "hosts.yaml", INVENTORY)
@@ -152,9 +152,9 @@ def test_known_hosts_file_never_crashes(repo: Repo, text: str) -> None:
     ("known_hosts", "problem"),
     [(".", "Is a directory"), ("/", "Is a directory"), ("missing/", None), ("/dev/null", None)],
 )
-def test_known_hosts_that_is_no_file(repo: Repo, known_hosts: str, problem: str | None) -> None:
+def test_known_hosts_that_is_no_file(fuzz_repo: Repo, known_hosts: str, problem: str | None) -> None:
     # IsADirectoryError escaped as a traceback once.
-    sub = repo.root / "kh2"
+    sub = fuzz_repo.root / "kh2"
     sub.mkdir(exist_ok=True)
     text = INVENTORY.replace("known_hosts: known_hosts", f"known_hosts: {known_hosts!r}")
     err = only_input_errors(lambda: inventory.load(write(sub / "hosts.yaml", text)), text)
@@ -173,10 +173,10 @@ def _playbook_seeds() -> list[str]:
 
 @FUZZ
 @given(st.sampled_from(_playbook_seeds()).flatmap(malformed))
-def test_playbook_never_crashes(repo: Repo, text: str) -> None:
+def test_playbook_never_crashes(fuzz_repo: Repo, text: str) -> None:
     # In playbooks/ beside the real ones, so an `include:` of them still resolves.
-    path = write(repo.root / "playbooks" / "fuzz.yaml", text)
-    only_input_errors(lambda: playbook.load(path, repo.inventory), text)
+    path = write(fuzz_repo.root / "playbooks" / "fuzz.yaml", text)
+    only_input_errors(lambda: playbook.load(path, fuzz_repo.inventory), text)
 
 
 # Imported once here: importing task modules inside a strategy touches `random`.
@@ -223,9 +223,9 @@ def task_entry(draw: st.DrawFn) -> str:
 
 @settings(FUZZ, max_examples=100)
 @given(task_entry())
-def test_task_parameters_never_crash(repo: Repo, text: str) -> None:
-    path = write(repo.root / "playbooks" / "fuzz-task.yaml", text)
-    only_input_errors(lambda: playbook.load(path, repo.inventory), text)
+def test_task_parameters_never_crash(fuzz_repo: Repo, text: str) -> None:
+    path = write(fuzz_repo.root / "playbooks" / "fuzz-task.yaml", text)
+    only_input_errors(lambda: playbook.load(path, fuzz_repo.inventory), text)
 
 
 # --- rotation policies ---------------------------------------------------------------------
@@ -233,9 +233,9 @@ def test_task_parameters_never_crash(repo: Repo, text: str) -> None:
 
 @FUZZ
 @given(malformed(LAB_POLICY))
-def test_policy_file_never_crashes(repo: Repo, text: str) -> None:
-    path = write(repo.root / "secrets" / "fuzz-rotation.yaml", text)
-    only_input_errors(lambda: policy.load_policy(path, repo.inventory.names), text)
+def test_policy_file_never_crashes(fuzz_repo: Repo, text: str) -> None:
+    path = write(fuzz_repo.root / "secrets" / "fuzz-rotation.yaml", text)
+    only_input_errors(lambda: policy.load_policy(path, fuzz_repo.inventory.names), text)
 
 
 _POLICY_KEYS = [
@@ -279,19 +279,21 @@ _POLICY_KEYS = [
 
 @FUZZ
 @given(values(_POLICY_KEYS).map(dump))
-def test_policy_of_any_shape_never_crashes(repo: Repo, text: str) -> None:
-    path = repo.root / "secrets" / "p.yaml"
+def test_policy_of_any_shape_never_crashes(fuzz_repo: Repo, text: str) -> None:
+    path = fuzz_repo.root / "secrets" / "p.yaml"
     only_input_errors(
-        lambda: policy.parse_policy(yamlsrc.loads(text, path), path, {"brix", "slax"}, repo.root), text
+        lambda: policy.parse_policy(yamlsrc.loads(text, path), path, {"brix", "slax"}, fuzz_repo.root), text
     )
 
 
 @FUZZ
 @given(st.sampled_from(list(policy.generators.GENERATORS)), values(_POLICY_KEYS))
-def test_generator_params_never_crash(repo: Repo, generator: str, params: Any) -> None:
+def test_generator_params_never_crash(fuzz_repo: Repo, generator: str, params: Any) -> None:
     text = dump({"secrets": {"a/b": {"file": "secrets/x.yaml", "generator": generator, "params": params}}})
-    path = repo.root / "secrets" / "p.yaml"
-    only_input_errors(lambda: policy.parse_policy(yamlsrc.loads(text, path), path, None, repo.root), text)
+    path = fuzz_repo.root / "secrets" / "p.yaml"
+    only_input_errors(
+        lambda: policy.parse_policy(yamlsrc.loads(text, path), path, None, fuzz_repo.root), text
+    )
 
 
 # --- sops files (metadata read without sops) ----------------------------------------------
@@ -323,9 +325,9 @@ sops:
 @example("sops: {key_groups: [{age: 3}]}\n")
 @example("when: 2001-02-30\nsops: {}\n")
 @example("a: !!bool maybe\nsops: {}\n")
-def test_sops_metadata_never_crashes(repo: Repo, text: str) -> None:
-    path = write(repo.root / "secrets" / "fuzz-sops.yaml", text)
-    store = SopsStore(repo.root / "secrets", sops="/bin/false")
+def test_sops_metadata_never_crashes(fuzz_repo: Repo, text: str) -> None:
+    path = write(fuzz_repo.root / "secrets" / "fuzz-sops.yaml", text)
+    store = SopsStore(fuzz_repo.root / "secrets", sops="/bin/false")
     # "no sops metadata" is about the whole file: there is no line to point at.
     err = only_input_errors(lambda: store.recipients(path), text, no_line_ok=("no sops metadata",))
     assert err is None or isinstance(err, SecretsFileError)

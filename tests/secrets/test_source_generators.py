@@ -357,6 +357,36 @@ def test_a_cycle_exits_3_from_the_cli_before_any_connection(tmp_path: Path) -> N
     assert "rotation.yaml:2:" in r.stderr and "cycle" in r.stderr
 
 
+def test_secrets_set_refuses_a_short_value_before_connecting(tmp_path: Path) -> None:
+    """min_length is bad input (exit 3) checked before the rotation starts; 192.0.2.7 is never dialled."""
+    import sys
+
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "hosts.yaml").write_text(
+        yaml.safe_dump({"defaults": {"known_hosts": "kh"}, "hosts": {"brix": {"address": "192.0.2.7"}}})
+    )
+    (tmp_path / "kh").write_text("")
+    (tmp_path / "secrets" / "rotation.yaml").write_text(
+        "secrets:\n"
+        "  api/key:\n"
+        "    file: secrets/x.yaml\n"
+        "    generator: prompt\n"
+        "    params: {min_length: 20}\n"
+        "    consumers: [{host: brix, file: {path: /var/lib/app/key}}]\n"
+    )
+    base = [sys.executable, "-m", "infratool", "-i", str(tmp_path / "hosts.yaml"), "secrets", "set"]
+    r = subprocess.run(
+        [*base, "api/key", "--stdin"], input="too-short\n", capture_output=True, text=True, cwd=tmp_path
+    )
+    assert r.returncode == 3 and "shorter than min_length 20" in r.stderr, r.stdout + r.stderr
+    assert "too-short" not in r.stdout + r.stderr
+    assert not (tmp_path / "secrets" / "x.yaml").exists()
+    r = subprocess.run(
+        [*base, "nope", "--stdin"], input="whatever-value\n", capture_output=True, text=True, cwd=tmp_path
+    )
+    assert r.returncode == 3 and "unknown secret 'nope'" in r.stderr
+
+
 # --- vault -------------------------------------------------------------------------------
 
 
@@ -397,3 +427,70 @@ def test_vault_errors_carry_no_body(vault, monkeypatch) -> None:
     monkeypatch.setenv("VAULT_TOKEN", vault.token)
     with pytest.raises(SecretsError, match="cannot reach Vault"):
         generators.generate("vault", {"path": "database/creds/app", "timeout": 2}, GenContext(name="x"))
+
+
+# --- secrets set at a terminal ------------------------------------------------------------
+
+
+def test_secrets_set_at_a_terminal_never_echoes(tmp_path: Path, monkeypatch) -> None:
+    """A real pseudo-terminal: the value typed twice is stored in sops and never shown."""
+    import pty
+    import select
+    import sys
+    import time
+
+    from infratool.scaffold import ensure_operator_repo
+    from infratool.secrets.store import SopsStore
+
+    key = tmp_path / "age.key"
+    ensure_operator_repo(tmp_path, key)
+    (tmp_path / "hosts.yaml").write_text(
+        yaml.safe_dump({"defaults": {"known_hosts": "kh"}, "hosts": {"brix": {"address": "192.0.2.7"}}})
+    )
+    (tmp_path / "kh").write_text("")
+    # No consumers: nothing to deliver, so no host is needed to prove the terminal path.
+    (tmp_path / "secrets" / "rotation.yaml").write_text(
+        "secrets:\n  api/key: {file: secrets/app.yaml, generator: prompt}\n"
+    )
+    value = "typed-" + os.urandom(10).hex()
+    monkeypatch.setenv("SOPS_AGE_KEY_FILE", str(key))
+    env = {**os.environ, "NO_COLOR": "1", "TMPDIR": str(tmp_path)}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: infratool on the terminal
+        os.chdir(tmp_path)
+        os.execve(
+            sys.executable,
+            [
+                sys.executable,
+                "-m",
+                "infratool",
+                "-i",
+                str(tmp_path / "hosts.yaml"),
+                "secrets",
+                "set",
+                "api/key",
+            ],
+            env,
+        )
+    seen = b""
+    prompts = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break  # the child closed the terminal
+        if not chunk:
+            break
+        seen += chunk
+        while prompts < 2 and seen.count(b"api/key") + seen.count(b"Repeat") > prompts:
+            os.write(fd, value.encode() + b"\n")
+            prompts += 1
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace")
+    assert prompts == 2
+    assert value.encode() not in seen, "the typed value was echoed"
+    assert str(SopsStore(tmp_path / "secrets").read("app.yaml")["api/key"].reveal()) == value

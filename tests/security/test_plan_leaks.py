@@ -132,3 +132,18 @@ def test_a_directory_destination_fails_that_host_only(lab, cli, tmp_path):
     assert "Traceback" not in run.stdout + run.stderr
     assert lab.exec("slax", f"cat {APP}/token", check=True).stdout == b"x=1\n"
     assert lab.exec("snix", f"ls -A {APP}/token {APP}", check=True).stdout.decode().count(".infratool") == 0
+
+
+def test_a_rotation_consumer_file_is_never_read_nor_diffed(lab, cli, tmp_path):
+    """Item 4: files.content over a file the rotation policy delivers a secret to, even a 0644 one."""
+    _setup(lab)
+    lab.exec("snix", f"printf '%s\\n' {CANARY} > {APP}/pub && chmod 644 {APP}/pub", check=True)
+    policy = lab.flake_dir / "secrets" / "rotation.yaml"
+    policy.parent.mkdir(parents=True, exist_ok=True)
+    policy.write_text(
+        "secrets:\n  app/token:\n    file: secrets/app.yaml\n    generator: hex\n    consumers:\n"
+        f"      - host: snix\n        file: {{path: {APP}/pub, mode: '0644'}}\n"
+    )
+    out = _plans(cli, lab, _playbook(tmp_path, f"{APP}/pub", "public=2\n", "snix"))
+    assert CANARY not in out
+    assert "(secret content: not shown)" in out

@@ -15,10 +15,13 @@ import time
 import pytest
 
 from infratool import inventory
+from infratool.context import HostContext
 from infratool.errors import CommandFailed
+from infratool.facts import FactCache
 from infratool.hidden import Secret
 from infratool.lab import Lab
 from infratool.remote import FileWrite, Remote
+from infratool.tasks.binary_cache.install import put_checked
 
 APP = "/var/lib/app"
 VICTIM = "/var/lib/victim"
@@ -97,7 +100,19 @@ def _victims(lab: Lab) -> str:
     ).stdout.decode()
 
 
-def test_a_racing_directory_owner_never_redirects_a_root_write(lab, remote):
+def _binary_cache_write(remote: Remote, value: Secret) -> None:
+    host = remote.host
+    put_checked(
+        HostContext(host, FactCache(host.name), remote), f"{APP}/token", value, 0o600, "nobody", "nogroup"
+    )
+
+
+def _engine_write(remote: Remote, value: Secret) -> None:
+    remote.put_files([FileWrite(f"{APP}/token", value, 0o600, "nobody", "nogroup")])
+
+
+@pytest.mark.parametrize("write", [_engine_write, _binary_cache_write], ids=["put_files", "binary_cache"])
+def test_a_racing_directory_owner_never_redirects_a_root_write(lab, remote, write):
     """Item 1: 25 rotations of a consumer file while nobody swaps the temp names for symlinks."""
     _setup(lab)
     before = _victims(lab)
@@ -106,9 +121,7 @@ def test_a_racing_directory_owner_never_redirects_a_root_write(lab, remote):
     try:
         for i in range(25):
             try:
-                remote.put_files(
-                    [FileWrite(f"{APP}/token", Secret(f"canary-{i}-4c1e\n"), 0o600, "nobody", "nogroup")]
-                )
+                write(remote, Secret(f"canary-{i}-4c1e\n"))
             except CommandFailed:
                 failures += 1  # refusing is fine; writing elsewhere is not
     finally:

@@ -9,11 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from infratool import inventory, taskdoc
 from infratool.errors import InputError
-
-ROOT = Path(__file__).resolve().parents[2]
 
 INVENTORY = """\
 hosts:
@@ -221,3 +220,225 @@ def test_every_task_example_is_a_valid_playbook_entry(inv, tmp_path):
         except InputError as exc:
             # Placeholders may fail a task's own value checks, never the schema.
             assert "unknown" not in exc.message and "missing required" not in exc.message, (doc.name, exc)
+
+
+TAGGED = """\
+tasks:
+  - task: command
+    name: build step
+    tags: [build]
+    with: {command: 'true'}
+  - task: command
+    name: deploy step
+    tags: [deploy, slow]
+    hosts: '@laptop'
+    with: {command: 'true'}
+  - task: command
+    name: untagged step
+    with: {command: 'true'}
+"""
+
+
+@pytest.fixture
+def tagged(tmp_path: Path) -> Path:
+    book = tmp_path / "tagged.yaml"
+    book.write_text(TAGGED)
+    return book
+
+
+def _labels(proc) -> list[str]:
+    assert proc.returncode == 0, proc.stderr
+    return [t["label"] for t in json.loads(proc.stdout)["tasks"]]
+
+
+def test_list_tasks_and_hosts_touch_nothing(cli, inv, tagged):
+    # The inventory's addresses are TEST-NET: any connection attempt would fail.
+    everything = _labels(cli("-i", inv, "plan", tagged, "--list-tasks", "--json"))
+    assert everything == ["build step", "deploy step", "untagged step"]
+    hosts = cli("-i", inv, "run", tagged, "--list-hosts", "--limit", "@builder")
+    assert hosts.returncode == 0, hosts.stderr
+    assert hosts.stdout.split() == ["playbook:", str(tagged), "(2", "host(s))", "snix", "slax"]
+    table = cli("-i", inv, "plan", tagged, "--list-tasks")
+    assert "deploy step" in table.stdout and "slax" in table.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--tags", "build"], ["build step"]),
+        (["--tags", "build,slow"], ["build step", "deploy step"]),
+        (["--skip-tags", "slow"], ["build step", "untagged step"]),
+        (["--tags", "deploy", "--skip-tags", "slow"], None),  # nothing left: exit 3
+    ],
+)
+def test_tags_and_skip_tags(cli, inv, tagged, flags, expected):
+    proc = cli("-i", inv, "plan", tagged, "--list-tasks", "--json", *flags)
+    if expected is None:
+        assert proc.returncode == 3 and "leave no task" in proc.stderr
+    else:
+        assert _labels(proc) == expected
+
+
+def test_unknown_tag_suggests_one(cli, inv, tagged):
+    proc = cli("-i", inv, "plan", tagged, "--tags", "buidl")
+    assert proc.returncode == 3
+    assert "--tags 'buidl': no task has this tag (did you mean 'build'?)" in proc.stderr
+
+
+def test_site_playbook_parts_by_tag(cli):
+    proc = cli(
+        "-i",
+        ROOT / "hosts.yaml",
+        "plan",
+        ROOT / "playbooks" / "site.yaml",
+        "--tags",
+        "cache",
+        "--list-tasks",
+        "--json",
+    )
+    assert {t["task"].split(".")[0] for t in json.loads(proc.stdout)["tasks"]} == {"binary_cache"}
+
+
+def _all_commands():
+    import click
+
+    from infratool.cli import main
+
+    def walk(cmd, path):
+        yield path, cmd
+        if isinstance(cmd, click.Group):
+            ctx = click.Context(cmd, info_name=path[-1])
+            for name in cmd.list_commands(ctx):
+                yield from walk(cmd.get_command(ctx, name), [*path, name])
+
+    return list(walk(main, ["infratool"]))
+
+
+def test_every_command_has_help_with_examples():
+    import click
+
+    missing = [
+        " ".join(path)
+        for path, cmd in _all_commands()
+        if "Examples:" not in cmd.get_help(click.Context(cmd, info_name=path[-1]))
+    ]
+    assert not missing, missing
+
+
+def test_completion_of_limit_offers_hosts_and_tags(inv, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def complete(*words: str) -> list[str]:
+        env = {
+            **os.environ,
+            "_INFRATOOL_COMPLETE": "bash_complete",
+            "COMP_WORDS": " ".join(["infratool", "-i", str(inv), *words]),
+            "COMP_CWORD": str(len(words) + 2),
+        }
+        out = subprocess.run(
+            [str(Path(sys.executable).parent / "infratool")],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        ).stdout
+        return [line.split(",", 1)[1] for line in out.splitlines()]
+
+    assert complete("plan", "x.yaml", "--limit", "s") == ["snix", "slax"]
+    assert complete("hosts", "--limit", "snix,@b") == ["snix,@builder"]
+    assert complete("exec", "--limit", "@cache,!b") == ["@cache,!brix"]
+    assert complete("run", "x.yaml", "--limit", "tag:me") == ["tag:media"]
+
+
+def test_enroll_without_confirmation_names_the_phrase_not_yes(cli, inv):
+    # Piped stdin used to get "pass --yes", which would not have been enough.
+    proc = cli(
+        "-i", inv, "secureboot", "enroll", "snix", "slax", "--confirm", "enroll-secure-boot-keys-on-snix"
+    )
+    assert proc.returncode == 3
+    assert "--confirm enroll-secure-boot-keys-on-slax" in proc.stderr
+    assert "enroll-secure-boot-keys-on-snix" not in proc.stderr.replace(
+        "--confirm enroll-secure-boot-keys-on-slax", ""
+    )
+    assert "--yes" not in proc.stderr
+
+
+def test_every_json_command_is_documented():
+    """docs/json.md has a row for each command that prints a JSON document."""
+    import re
+
+    page = (ROOT / "docs" / "json.md").read_text()
+    documented = {
+        c for row in re.findall(r"^\| (`[^|]+`) \|", page, re.M) for c in re.findall(r"`([^`]+)`", row)
+    }
+    emitting = {
+        "hosts",
+        "facts",
+        "plan",
+        "run",
+        "exec",
+        "tasks",
+        "tasks NAME",
+        "secrets status",
+        "secureboot status",
+    }
+    emitting |= {
+        "init",
+        "host add",
+        "host remove",
+        "lab up",
+        "lab status",
+        "secrets rotate",
+        "secureboot enroll",
+    }
+    assert emitting <= documented, emitting - documented
+
+
+VARS_BOOK = """\
+vars:
+  target: /var/lib/app/greeting
+  who: world
+tasks:
+  - task: files.content
+    with:
+      path: "{{ target }}"
+      content: "hello {{ who }}\\n"
+"""
+
+
+def _vars_labels(cli, inv, book, *flags):
+    proc = cli("-i", inv, "plan", book, "--list-tasks", "--json", *flags)
+    return proc, (json.loads(proc.stdout)["tasks"] if proc.returncode == 0 else None)
+
+
+def test_vars_and_extra_vars_fill_task_parameters(cli, inv, tmp_path):
+    book = tmp_path / "vars.yaml"
+    book.write_text(VARS_BOOK)
+    _, tasks = _vars_labels(cli, inv, book)
+    assert tasks[0]["label"] == "files.content /var/lib/app/greeting"
+    _, tasks = _vars_labels(cli, inv, book, "-e", "target=/etc/motd")  # -e wins over vars:
+    assert tasks[0]["label"] == "files.content /etc/motd"
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("target: /etc/issue\n")
+    _, tasks = _vars_labels(cli, inv, book, "--extra-vars", f"@{extra}")
+    assert tasks[0]["label"] == "files.content /etc/issue"
+    # A typo in a variable name: bad input at the entry's line, with a hint.
+    book.write_text(VARS_BOOK.replace("{{ who }}", "{{ woh }}"))
+    proc, _ = _vars_labels(cli, inv, book)
+    assert proc.returncode == 3
+    assert f"{book}:6:" in proc.stderr and "unknown variable 'woh' (did you mean 'who'?)" in proc.stderr
+    bad = cli("-i", inv, "plan", book, "-e", "not a pair")
+    assert bad.returncode == 3 and "expected KEY=VALUE or @FILE.yaml" in bad.stderr
+
+
+def test_a_whole_placeholder_keeps_the_value_type():
+    from infratool.template import parse_extra_vars, render
+
+    variables = parse_extra_vars(["clients=[slax, brix]", "n=3", "flag=true", "text=a b"])
+    assert variables == {"clients": ["slax", "brix"], "n": 3, "flag": True, "text": "a b"}
+    rendered = render(
+        {"c": "{{ clients }}", "n": "{{n}}", "s": "n={{ n }}", "l": ["{{ text }}"]}, variables, InputError
+    )
+    assert rendered == {"c": ["slax", "brix"], "n": 3, "s": "n=3", "l": ["a b"]}

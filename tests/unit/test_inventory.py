@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from infratool import inventory
 from infratool.errors import InputError
-
-ROOT = Path(__file__).resolve().parents[2]
 
 GOOD = """\
 defaults:

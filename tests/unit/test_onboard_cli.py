@@ -57,7 +57,7 @@ def run(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def fleet(run, tmp_path) -> Path:
+def fleet_repo(run, tmp_path) -> Path:
     result = run("init", "fleet", "--os", "linux")
     assert result.exit_code == 0, result.output
     return tmp_path / "fleet"
@@ -97,8 +97,8 @@ def test_completion_script_is_clicks(shell, tmp_path):
 
 
 @pytest.mark.skipif(not CONSOLE_SCRIPT.exists(), reason="console script not installed")
-def test_completion_completes_commands_and_host_names(fleet, run):
-    hosts = fleet / "hosts.yaml"
+def test_completion_completes_commands_and_host_names(fleet_repo, run):
+    hosts = fleet_repo / "hosts.yaml"
     assert (
         run(
             "-i",
@@ -130,11 +130,11 @@ def test_completion_completes_commands_and_host_names(fleet, run):
     assert complete("-i", str(hosts), "host", "remove", "w") == ["web1"]
 
 
-def test_no_color_is_honoured_on_a_terminal(fleet):
+def test_no_color_is_honoured_on_a_terminal(fleet_repo):
     def on_tty(extra_env: dict[str, str]) -> bytes:
         env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
-        env.update({"TERM": "xterm-256color", "HOME": str(fleet.parent), **extra_env})
-        env["SOPS_AGE_KEY_FILE"] = str(fleet.parent / "operator" / "keys.txt")
+        env.update({"TERM": "xterm-256color", "HOME": str(fleet_repo.parent), **extra_env})
+        env["SOPS_AGE_KEY_FILE"] = str(fleet_repo.parent / "operator" / "keys.txt")
         primary, secondary = pty.openpty()
         proc = subprocess.Popen(
             [
@@ -142,7 +142,7 @@ def test_no_color_is_honoured_on_a_terminal(fleet):
                 "-m",
                 "infratool",
                 "-i",
-                fleet / "hosts.yaml",
+                fleet_repo / "hosts.yaml",
                 "host",
                 "add",
                 f"h{len(extra_env)}",
@@ -184,10 +184,10 @@ def test_no_color_is_honoured_on_a_terminal(fleet):
 # --- init ------------------------------------------------------------------------------------
 
 
-def test_init_writes_a_loadable_repo(fleet, tmp_path):
-    text = (fleet / "hosts.yaml").read_text()
+def test_init_writes_a_loadable_repo(fleet_repo, tmp_path):
+    text = (fleet_repo / "hosts.yaml").read_text()
     assert "ssh_key: ~/.ssh/id_ed25519" in text and "os: linux" in text
-    book = yaml.safe_load((fleet / "playbooks" / "site.yaml").read_text())
+    book = yaml.safe_load((fleet_repo / "playbooks" / "site.yaml").read_text())
     assert book["tasks"] == [{"include": "baseline.yaml"}]
     key = tmp_path / "operator" / "keys.txt"
     assert key.stat().st_mode & 0o777 == 0o600 and key.parent.stat().st_mode & 0o777 == 0o700
@@ -211,8 +211,8 @@ def test_init_reports_json(run, tmp_path):
 # --- host add / remove without contacting the host ---------------------------------------------
 
 
-def test_offline_add_recipients_match_libsodium(fleet, run):
-    hosts = fleet / "hosts.yaml"
+def test_offline_add_recipients_match_libsodium(fleet_repo, run):
+    hosts = fleet_repo / "hosts.yaml"
     for i in range(5):
         key = new_host_key()
         result = run(
@@ -232,12 +232,12 @@ def test_offline_add_recipients_match_libsodium(fleet, run):
         data = json.loads(result.output)
         assert data["age_recipient"] == libsodium_recipient(key)
         assert data["host_key"] == key  # the comment is not pinned
-    rules = yaml.safe_load((fleet / "secrets" / ".sops.yaml").read_text())["creation_rules"]
+    rules = yaml.safe_load((fleet_repo / "secrets" / ".sops.yaml").read_text())["creation_rules"]
     assert len(rules) == 5 + 2
 
 
-def test_add_errors(fleet, run):
-    hosts = fleet / "hosts.yaml"
+def test_add_errors(fleet_repo, run):
+    hosts = fleet_repo / "hosts.yaml"
     key = new_host_key()
     cases = [
         (("bad name!",), 3, "invalid host name"),
@@ -258,7 +258,7 @@ def test_add_errors(fleet, run):
     )
     clone = run("-i", hosts, "host", "add", "b", "--address", "192.0.2.2", "--offline", "--host-key", key)
     assert clone.exit_code == 4 and "already pinned for a" in clone.output
-    missing = run("-i", fleet / "nope.yaml", "host", "add", "c", "--address", "192.0.2.3")
+    missing = run("-i", fleet_repo / "nope.yaml", "host", "add", "c", "--address", "192.0.2.3")
     assert missing.exit_code == 3 and "infratool init" in missing.output
     bad_address = run(
         "-i", hosts, "host", "add", "d", "--address", "bad address", "--offline", "--host-key", new_host_key()
@@ -267,15 +267,15 @@ def test_add_errors(fleet, run):
     assert list(yaml.safe_load(hosts.read_text())["hosts"]) == ["a"]
 
 
-def test_add_is_idempotent_and_remove_asks(fleet, run):
-    hosts = fleet / "hosts.yaml"
+def test_add_is_idempotent_and_remove_asks(fleet_repo, run):
+    hosts = fleet_repo / "hosts.yaml"
     key = new_host_key()
     args = ("-i", hosts, "host", "add", "a", "--address", "192.0.2.1", "--offline", "--host-key", key)
     assert run(*args).exit_code == 0
-    snapshot = hosts.read_bytes(), (fleet / "secrets" / ".sops.yaml").read_bytes()
+    snapshot = hosts.read_bytes(), (fleet_repo / "secrets" / ".sops.yaml").read_bytes()
     again = run(*args)
     assert again.exit_code == 0 and "already pinned" in again.output
-    assert (hosts.read_bytes(), (fleet / "secrets" / ".sops.yaml").read_bytes()) == snapshot
+    assert (hosts.read_bytes(), (fleet_repo / "secrets" / ".sops.yaml").read_bytes()) == snapshot
 
     declined = run("-i", hosts, "host", "remove", "a", input="n\n")
     assert declined.exit_code == 1 and "not removed" in declined.output
@@ -286,14 +286,14 @@ def test_add_is_idempotent_and_remove_asks(fleet, run):
     assert run("-i", hosts, "host", "remove", "a", "--yes").exit_code == 3  # nothing left to remove
 
 
-def test_a_half_done_add_is_finished_by_remove(fleet, run):
+def test_a_half_done_add_is_finished_by_remove(fleet_repo, run):
     """A crash after .sops.yaml was written but before hosts.yaml: `host remove` still cleans up."""
     from infratool.onboard.sopsrules import edit_sops_config
 
-    config = fleet / "secrets" / ".sops.yaml"
+    config = fleet_repo / "secrets" / ".sops.yaml"
     original = config.read_text()
     config.write_text(edit_sops_config(original, config, "ghost", libsodium_recipient(new_host_key())))
-    result = run("-i", fleet / "hosts.yaml", "host", "remove", "ghost", "--yes")
+    result = run("-i", fleet_repo / "hosts.yaml", "host", "remove", "ghost", "--yes")
     assert result.exit_code == 0, result.output
     assert "ghost" not in config.read_text()
 
@@ -309,13 +309,13 @@ def test_no_sops_config_pins_only(run, tmp_path):
     assert not (tmp_path / "plain" / "secrets").exists()
 
 
-def test_a_crash_before_hosts_yaml_is_finished_by_running_add_again(fleet, run):
+def test_a_crash_before_hosts_yaml_is_finished_by_running_add_again(fleet_repo, run):
     """.sops.yaml rewritten and secrets re-encrypted, then a crash: the same `host add` completes it."""
     from infratool.hidden import Secret
     from infratool.onboard.sopsrules import apply_sops_config, edit_sops_config
     from infratool.secrets.store import SopsStore
 
-    store = SopsStore(fleet / "secrets")
+    store = SopsStore(fleet_repo / "secrets")
     store.write("web1.yaml", {"k": Secret("v")})
     key = new_host_key()
     apply_sops_config(
@@ -324,7 +324,7 @@ def test_a_crash_before_hosts_yaml_is_finished_by_running_add_again(fleet, run):
     config_after_crash = store.config.read_text()
     result = run(
         "-i",
-        fleet / "hosts.yaml",
+        fleet_repo / "hosts.yaml",
         "host",
         "add",
         "web1",
@@ -337,11 +337,11 @@ def test_a_crash_before_hosts_yaml_is_finished_by_running_add_again(fleet, run):
     assert result.exit_code == 0, result.output
     assert "re-encrypted" not in result.output  # that part was already done
     assert store.config.read_text() == config_after_crash
-    assert yaml.safe_load((fleet / "hosts.yaml").read_text())["hosts"]["web1"]["host_key"] == key
+    assert yaml.safe_load((fleet_repo / "hosts.yaml").read_text())["hosts"]["web1"]["host_key"] == key
 
 
-def test_replace_repins_and_keeps_the_other_settings(fleet, run):
-    hosts = fleet / "hosts.yaml"
+def test_replace_repins_and_keeps_the_other_settings(fleet_repo, run):
+    hosts = fleet_repo / "hosts.yaml"
     old, new = new_host_key(), new_host_key()
     first = ("-i", hosts, "host", "add", "a", "--address", "192.0.2.1", "--tags", "db", "--port", "2222")
     assert run(*first, "--offline", "--host-key", old).exit_code == 0
@@ -357,12 +357,12 @@ def test_replace_repins_and_keeps_the_other_settings(fleet, run):
         "tags": ["db"],
         "host_key": new,
     }
-    config = (fleet / "secrets" / ".sops.yaml").read_text()
+    config = (fleet_repo / "secrets" / ".sops.yaml").read_text()
     assert libsodium_recipient(old) not in config and libsodium_recipient(new) in config
 
 
-def test_remove_warns_about_the_rotation_policy(fleet, run):
-    hosts = fleet / "hosts.yaml"
+def test_remove_warns_about_the_rotation_policy(fleet_repo, run):
+    hosts = fleet_repo / "hosts.yaml"
     assert (
         run(
             "-i",
@@ -378,7 +378,7 @@ def test_remove_warns_about_the_rotation_policy(fleet, run):
         ).exit_code
         == 0
     )
-    (fleet / "secrets" / "rotation.yaml").write_text(
+    (fleet_repo / "secrets" / "rotation.yaml").write_text(
         "secrets:\n  pg/app:\n    file: secrets/db1.yaml\n    generator: password\n"
         "    consumers:\n      - host: db1\n        file: {path: /run/pg}\n"
     )

@@ -24,12 +24,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from helpers import nix_eval, nix_parse
+from helpers import ROOT, nix_eval, nix_parse
 
 from infratool import nixgen
 from infratool.systemd import SERVICE, TIMER, TimerOptions, default_executable, render_units, unit_sections
 
-ROOT = Path(__file__).resolve().parents[2]
 GENERATED = ROOT / "nix" / "rotation-units.nix"
 PLACEHOLDERS = {
     "exe": "@exe@",
@@ -121,7 +120,10 @@ def test_nix_files_parse(rel):
 def test_rotation_units_nix_is_generated_from_systemd_py():
     expected = rotation_units_nix()
     if os.environ.get("INFRATOOL_REGEN"):
+        # Writing the golden file and then comparing against it would prove nothing:
+        # a regenerating run always fails, and the next (plain) run checks it.
         GENERATED.write_text(expected)
+        pytest.fail(f"regenerated {GENERATED}: review the diff, then rerun without INFRATOOL_REGEN")
     assert GENERATED.read_text() == expected, (
         "nix/rotation-units.nix is stale: infratool/systemd.py changed. "
         "Regenerate: INFRATOOL_REGEN=1 pytest tests/unit/test_onboard_flake.py"
@@ -323,7 +325,9 @@ def test_module_refuses_values_that_would_inject_into_a_unit(setting, value):
         "randomizedDelay": "1h",
         setting: value,
     }
-    cfg = " ".join(f"{k} = {nixgen.string(v) if isinstance(v, str) else 'true'};" for k, v in settings.items())
+    cfg = " ".join(
+        f"{k} = {nixgen.string(v) if isinstance(v, str) else 'true'};" for k, v in settings.items()
+    )
     expr = f"""
       let {STUB_LIB}
           m = import ./nix/module.nix {{ inherit lib; pkgs = {{ }};

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from helpers import ROOT
 
 from infratool import inventory, playbook
 from infratool.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[2]
 INV = "hosts:\n  a: {address: 10.0.0.1, tags: [web]}\n  b: {address: 10.0.0.2}\n"
 
 

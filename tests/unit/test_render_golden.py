@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 from rich.console import Console
 
 from infratool import render
@@ -20,7 +21,6 @@ from infratool.changes import Change, Plan
 from infratool.runner import HostResult, RunResult
 
 GOLDEN = Path(__file__).parent / "golden"
-ROOT = Path(__file__).resolve().parents[2]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 HOST = "nixtv-player-living-room"

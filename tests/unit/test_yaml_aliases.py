@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from infratool import inventory, playbook, scaffold
 from infratool.errors import InputError
 from infratool.onboard import sopsrules
 from infratool.secrets import policy, state
 from infratool.secrets.store import SopsStore
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def bomb(key: str, indent: str = "") -> str:

@@ -25,14 +25,28 @@ Paths
 Like real sbctl (``config.DefaultConfig``): keys in
 ``/var/lib/sbctl/keys/{PK,KEK,db}/{PK,KEK,db}.{key,pem}``, the owner GUID in
 ``/var/lib/sbctl/GUID``, the signed-files database in
-``/var/lib/sbctl/files.json`` (``files.db`` only with the legacy
-``/usr/share/secureboot`` layout).  ``/etc/sbctl/sbctl.conf`` and ``--config``
-(YAML: ``keydir``, ``guid``, ``files_db``, ``db_additions``) are honoured.
+``/var/lib/sbctl/files.json`` (``files.db`` only with the legacy layout).
+``/etc/sbctl/sbctl.conf`` and ``--config`` (YAML: ``keydir``, ``guid``,
+``files_db``, ``db_additions``) are honoured.
+
+Builds: what a build bakes in with ``-ldflags -X`` comes from
+``SBCTL_EMULATOR_VERSION`` (sbctl.Version, default 0.18) and
+``SBCTL_EMULATOR_DATABASE_PATH`` (sbctl.DatabasePath: upstream
+``/usr/share/secureboot/``, nixpkgs ``/etc/secureboot``; see
+:data:`UPSTREAM`, :data:`NIXPKGS`).  When DatabasePath exists and
+sbctl.conf does not, sbctl uses the legacy layout there and prints "old
+configuration detected" on stderr on every run, even with ``--json``.
+Before 0.15 DatabasePath is the only layout (no notice, no ``setup``, no
+``version``); before 0.17 ``--microsoft`` enrolls only the three 2011
+certificates.
 
 The emulated firmware lives in ``/var/lib/sbctl-emulator/firmware.json``
 (override with ``SBCTL_EMULATOR_FIRMWARE``; see :class:`FirmwareState` for
-its fields).  A missing file means a UEFI machine in Setup Mode with nothing
-enrolled, a TPM event log without option ROMs and the ESP at ``/boot``.
+its fields).  A missing file means a common PC whose PK was cleared to enter
+Setup Mode: KEK and db still hold the OEM's and Microsoft's 2011
+certificates, and their efivarfs files are immutable (the kernel's rule), so
+``enroll-keys`` without ``-i`` stops; a TPM event log without option ROMs;
+the ESP at ``/boot``.
 
 ``SBCTL_EMULATOR_ROOT`` prefixes every path sbctl itself knows (its key
 directory, GUID, files database, config files, efivarfs paths, the firmware
@@ -98,9 +112,17 @@ go.mod; Foxboron/go-uefi d29549a4):
 * reset.go: clears PK (``-p/--partial`` clears KEK or db,
   ``-c/--cert-files`` removes single certs); needs our keys, since the
   update is signed.
-* sign-all.go, remove-file.go, list-enrolled-keys.go (text output only),
-  version.go are emulated too; the bundle/setup/import/export/rotate
-  commands exit 1 with "not emulated".
+* util.go CheckImmutable: "File is immutable: <efivar>" (stderr) per
+  existing immutable PK/KEK/db file, then main.go prints "You need to chattr
+  -i files in efivarfs" (stdout), exit 1; with ``-i`` go-uefi's efivarfs
+  (``UnsetImmutable()``) clears the flag of each file it writes.
+* list-enrolled-keys.go: text, and ``--json`` as Go marshals
+  ``map[string][]*x509.Certificate`` (keys DB, KEK, PK; ``null`` when
+  empty; see :mod:`.gocert` for the fields written).
+* setup.go: ``--migrate`` (:mod:`.cmd_setup`); the other setup flags exit 1
+  with "not emulated".
+* sign-all.go, remove-file.go, version.go are emulated too; the
+  bundle/import/export/rotate commands exit 1 with "not emulated".
 
 Approximations (documented, no upstream text to copy): firmware write
 refusals are reported as the kernel's EACCES ("write <efivar>: permission
@@ -121,6 +143,10 @@ from .firmware import (
 from .install import (
     LAB_FIRMWARE_FILE,
     LAB_SBCTL_HOSTS,
+    NIXPKGS,
+    UPSTREAM,
+    SbctlBuild,
+    etc_secureboot,
     install,
     install_on_lab_host,
     install_tree,
@@ -131,8 +157,12 @@ from .install import (
 __all__ = [
     "LAB_FIRMWARE_FILE",
     "LAB_SBCTL_HOSTS",
+    "NIXPKGS",
+    "UPSTREAM",
     "FirmwareState",
+    "SbctlBuild",
     "SignatureEntry",
+    "etc_secureboot",
     "firmware_state_path",
     "install",
     "install_on_lab_host",

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 from .cmd_files import _cmd_list_files, _cmd_remove_file, _cmd_sign, _cmd_sign_all, _cmd_verify
 from .cmd_keys import _cmd_create_keys, _cmd_list_enrolled_keys, _cmd_status, _cmd_version
+from .cmd_setup import _cmd_setup
+from .consts import DEFAULT_DIR_SINCE
 from .context import _Ctx
 from .enroll import _cmd_enroll_keys, _cmd_reset
 from .flags import (
@@ -100,7 +102,18 @@ _COMMANDS = (
         ),
     ),
     _Command("rotate-keys", "Rotate secure boot keys with new keys.", None),
-    _Command("setup", "Setup sbctl", None),
+    _Command(
+        "setup",
+        "Setup sbctl",
+        _cmd_setup,
+        (
+            _Flag("print-config", "print config file"),
+            _Flag("print-state", "print the state of sbctl"),
+            _Flag("migrate", "migrate the sbctl installation"),
+            _Flag("setup", "setup the sbctl installation"),
+        ),
+        since=DEFAULT_DIR_SINCE,
+    ),
     _Command(
         "sign-all",
         "Sign all enrolled files with secure boot keys",
@@ -118,7 +131,7 @@ _COMMANDS = (
     ),
     _Command("status", "Show current boot status", _cmd_status),
     _Command("verify", "Find and check if files in the ESP are signed or not", _cmd_verify),
-    _Command("version", "Print sbctl version", _cmd_version, hidden=True),
+    _Command("version", "Print sbctl version", _cmd_version, hidden=True, since=DEFAULT_DIR_SINCE),
     _Command("help", "Help about any command", None),
 )
 _ROOT = _Command("sbctl", "Secure Boot Key Manager", None)
@@ -179,11 +192,11 @@ def _help(cmd: _Command) -> str:
 # --------------------------------------------------------------------------
 
 
-def _find(argv: list[str]) -> tuple[_Command, list[str]]:
-    """cobra Command.Find for a root with one level of subcommands."""
+def _find(argv: list[str], version: tuple[int, ...] = (999,)) -> tuple[_Command, list[str]]:
+    """cobra Command.Find for a root with one level of subcommands (those ``version`` has)."""
     root_flags = list(_GLOBAL_FLAGS)  # the help flag is not known yet at this point
     words = _strip_flags(argv, root_flags)
-    if words and words[0] in _BY_NAME:
+    if words and words[0] in _BY_NAME and version >= _BY_NAME[words[0]].since:
         return _BY_NAME[words[0]], _args_minus_first(argv, words[0], root_flags)
     if words:
         raise _Fail(
@@ -194,7 +207,7 @@ def _find(argv: list[str]) -> tuple[_Command, list[str]]:
 
 
 def _execute(ctx: _Ctx, argv: list[str]) -> None:
-    cmd, args = _find(argv)
+    cmd, args = _find(argv, ctx.version)
     if cmd.run is None and cmd not in (_ROOT, _BY_NAME["help"]):
         raise _Fail(f"sbctl emulator: the {cmd.name!r} command is not emulated")
     try:

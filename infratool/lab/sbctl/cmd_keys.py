@@ -6,7 +6,7 @@ import os
 import sys
 import uuid
 
-from .consts import KEY_DESCRIPTIONS, VARIABLES, VERSION
+from .consts import KEY_DESCRIPTIONS, VARIABLES
 from .context import Opts, _Ctx, _new_file_key
 from .encoding import _atomic_write
 from .output import _Fail
@@ -101,27 +101,39 @@ def _cmd_create_keys(ctx: _Ctx, opts: Opts, args: list[str]) -> None:
 
 
 def _cmd_list_enrolled_keys(ctx: _Ctx, opts: Opts, args: list[str]) -> None:
-    if ctx.opts.get("json"):
-        raise _Fail(
-            "sbctl emulator: list-enrolled-keys --json (Go's x509.Certificate encoding) is not emulated"
-        )
+    """list-enrolled-keys.go: the X.509 certificates of PK, KEK and db (hashes are skipped)."""
     from cryptography import x509
-    from cryptography.x509.oid import NameOID
 
     fw = ctx.firmware()
+    certs: dict[str, list[bytes]] = {}
     for var, label in (("PK", "PK"), ("KEK", "KEK"), ("db", "DB")):
-        sys.stdout.write(f"{label}:\n")
-        for entry in fw.variables[var]:
+        found = []
+        # efi.GetPK & co.: a variable (or efivarfs) that is not there reads as empty.
+        for entry in fw.variables[var] if fw.uefi else []:
             if entry.kind != "x509":
                 continue
             try:
-                cert = x509.load_der_x509_certificate(entry.data)
+                x509.load_der_x509_certificate(entry.data)
             except ValueError:
-                continue
+                continue  # x509.ParseCertificates failed: skipped, as upstream does
+            found.append(entry.data)
+        certs[label] = found
+    if ctx.opts.get("json"):
+        from .gocert import go_certificate
+
+        # A Go map marshals with sorted keys; a nil slice is null.
+        ctx.log.json({k: [go_certificate(d) for d in certs[k]] or None for k in sorted(certs)})
+        return
+    from cryptography.x509.oid import NameOID
+
+    for label in ("PK", "KEK", "DB"):  # Go ranges over the map in random order; any order is faithful
+        sys.stdout.write(f"{label}:\n")
+        for der in certs[label]:
+            cert = x509.load_der_x509_certificate(der)
             cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
             sys.stdout.write(f"  {cns[0].value if cns else ''}\n")
     sys.stdout.flush()
 
 
 def _cmd_version(ctx: _Ctx, opts: Opts, args: list[str]) -> None:
-    sys.stdout.write(VERSION + "\n")
+    sys.stdout.write(ctx.version_text + "\n")

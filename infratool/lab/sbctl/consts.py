@@ -34,8 +34,37 @@ EFIVAR_FILES = {
 SETUP_MODE_EFIVAR = f"/sys/firmware/efi/efivars/SetupMode-{EFI_GLOBAL_GUID}"
 DEFAULT_FIRMWARE_FILE = "/var/lib/sbctl-emulator/firmware.json"
 LEGACY_DATABASE_PATH = "/usr/share/secureboot/"
+"""sbctl.DatabasePath as upstream builds it (sbctl.go)."""
+NIXPKGS_DATABASE_PATH = "/etc/secureboot"
+"""sbctl.DatabasePath as nixpkgs builds it (``-X github.com/foxboron/sbctl.DatabasePath=/etc/secureboot``)."""
+DEFAULT_DIR = "/var/lib/sbctl"
+"""config.DefaultConfig's directory (since 0.15; before, DatabasePath was the only one)."""
 CONFIG_FILE = "/etc/sbctl/sbctl.conf"
 VERSION = "0.18"
+OLD_CONFIG_MSG = "old configuration detected. Please use `sbctl setup --migrate`"
+IMMUTABLE_MSG = "You need to chattr -i files in efivarfs"
+
+# (major, minor) where behaviour changed, checked against the tags of Foxboron/sbctl.
+DEFAULT_DIR_SINCE = (0, 15)
+"""0.15 added /var/lib/sbctl (config.DefaultConfig), sbctl.conf, `setup` and `version`."""
+MICROSOFT_2023_SINCE = (0, 17)
+"""0.17 added Microsoft's 2023 certificates to certs/microsoft (0.13-0.16: the three 2011 ones)."""
+# The vendor-key names certs/microsoft held before 0.17 (the 2011 certificates).
+MICROSOFT_2011 = ("MicCorKEKCA2011_2011-06-24", "MicCorUEFCA2011_2011-06-27", "MicWinProPCA2011_2011-10-19")
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """``"0.18"`` → (0, 18); an unparsable version (``unknown``, a git describe) is the newest."""
+    parts = []
+    for piece in text.strip().lstrip("v").split("."):
+        digits = "".join(c for c in piece if c.isdigit()) if piece[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+        if not piece.isdigit():
+            break
+    return tuple(parts) if parts else (999,)
+
 
 _BASE_ERROR_MSG = """
 
@@ -57,6 +86,9 @@ SETUP_MODE_DISABLED_MSG = (
     "Your system is not in Setup Mode! Please reboot your machine and reset secure boot "
     "keys before attempting to enroll the keys."
 )
+
+# The lab's stand-in for an OEM: the owner GUID of its PK/KEK/db entries (sbctl_data/oem/).
+LAB_OEM_GUID = "5d5a1a3e-0b1c-4c7e-9d55-1ab0e0e0e0e0"
 
 # quirks/fq0001.go; the emulator cannot read DMI, the firmware file names quirks.
 KNOWN_QUIRKS: dict[str, dict[str, str]] = {

@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .consts import CONFIG_FILE, LEGACY_DATABASE_PATH
+from .consts import (
+    CONFIG_FILE,
+    DEFAULT_DIR,
+    DEFAULT_DIR_SINCE,
+    LEGACY_DATABASE_PATH,
+    OLD_CONFIG_MSG,
+    VERSION,
+    parse_version,
+)
 from .encoding import _atomic_write, _pem_blocks, _pem_to_der
 from .firmware import FirmwareState, firmware_state_path, read_firmware_state, write_firmware_state
 from .output import _Fail, _go_json, _Log, _os_error
@@ -45,7 +53,12 @@ class _Ctx:
         self.log = log
         self.root = env.get("SBCTL_EMULATOR_ROOT", "").rstrip("/")
         self.opts: dict[str, Any] = {}
-        self.config = self._mkconfig("/var/lib/sbctl")
+        # What a build bakes in with -ldflags "-X ..." (sbctl.Version,
+        # sbctl.DatabasePath); the wrapper of a lab host sets them.
+        self.version_text = env.get("SBCTL_EMULATOR_VERSION") or VERSION
+        self.version = parse_version(self.version_text)
+        self.database_path = env.get("SBCTL_EMULATOR_DATABASE_PATH") or LEGACY_DATABASE_PATH
+        self.config = self._mkconfig(DEFAULT_DIR)
         self._firmware: FirmwareState | None = None
 
     # paths ----------------------------------------------------------------
@@ -66,18 +79,30 @@ class _Ctx:
             files_db=self.sys(posixpath.join(directory, "files.json")),
         )
 
+    def old_config(self) -> _Config:
+        """config.OldConfig(sbctl.DatabasePath): the legacy layout, files.db."""
+        config = self._mkconfig(self.database_path)
+        config.files_db = config.files_db.replace(".json", ".db", 1)
+        return config
+
     def load_config(self, config_flag: str) -> None:
-        """main.go's PersistentPreRunE: --config, legacy layout, sbctl.conf, default."""
-        if config_flag:
+        """main.go's PersistentPreRunE: --config, legacy layout, sbctl.conf, default.
+
+        Before 0.15 there was no configuration: everything lived in
+        DatabasePath, and no notice was printed.
+        """
+        if self.version < DEFAULT_DIR_SINCE:
+            self.config = self.old_config()
+        elif config_flag:
             try:
                 text = Path(config_flag).read_bytes()
             except OSError as exc:
                 raise _Fail(_os_error("open", config_flag, exc)) from exc
             self._apply_yaml(text)
-        elif os.path.exists(self.sys(LEGACY_DATABASE_PATH)) and not os.path.exists(self.sys(CONFIG_FILE)):
-            self.log.error("old configuration detected. Please use `sbctl setup --migrate`")
-            self.config = self._mkconfig(LEGACY_DATABASE_PATH)
-            self.config.files_db = self.config.files_db.replace(".json", ".db", 1)
+        elif os.path.exists(self.sys(self.database_path)) and not os.path.exists(self.sys(CONFIG_FILE)):
+            # Printed before --json turns logging off: it reaches stderr on every run.
+            self.log.error(OLD_CONFIG_MSG)
+            self.config = self.old_config()
         elif os.path.exists(self.sys(CONFIG_FILE)):
             self._apply_yaml(Path(self.sys(CONFIG_FILE)).read_bytes())
 

@@ -9,6 +9,9 @@ from pathlib import Path
 from .consts import (
     _DATA_DIR,
     EFIVAR_FILES,
+    IMMUTABLE_MSG,
+    MICROSOFT_2011,
+    MICROSOFT_2023_SINCE,
     NO_EVENTLOG_ERROR_MSG,
     OEM_GUIDS,
     OPROM_ERROR_MSG,
@@ -41,6 +44,7 @@ def _write_variable(ctx: _Ctx, var: str, entries: list[SignatureEntry], keys: di
         allowed = fw.variables["PK"] + (fw.variables["KEK"] if var == "db" else [])
         if not any(e.kind == "x509" and e.data == signer for e in allowed):
             raise _Fail(f"write {path}: permission denied", permission=True)
+    _unset_immutable(fw, var)
     fw.variables[var] = list(entries)
     if var == "PK":
         # Enrolling a PK leaves Setup Mode; deleting it returns to Setup Mode.
@@ -48,15 +52,22 @@ def _write_variable(ctx: _Ctx, var: str, entries: list[SignatureEntry], keys: di
     ctx.save_firmware()
 
 
-def _oem_entries(oem: str, var: str) -> list[SignatureEntry]:
-    """certs.GetOEMCerts: the embedded vendor certificates (sbctl_data/)."""
+def _unset_immutable(fw: FirmwareState, var: str) -> None:
+    """go-uefi's efivarfs writer (``UnsetImmutable()``) clears the flag of the file it writes."""
+    if fw.immutable(var):
+        fw.cleared_immutable.append(var)
+
+
+def _oem_entries(ctx: _Ctx, oem: str, var: str) -> list[SignatureEntry]:
+    """certs.GetOEMCerts: the vendor certificates this sbctl version embeds (sbctl_data/)."""
     directory = _DATA_DIR / oem / var
     if not directory.is_dir():
         return []
+    old = oem == "microsoft" and ctx.version < MICROSOFT_2023_SINCE
     return [
         SignatureEntry(OEM_GUIDS[oem], "x509", p.read_bytes())
         for p in sorted(directory.iterdir(), key=lambda p: p.name)
-        if p.is_file()
+        if p.is_file() and not (old and p.stem not in MICROSOFT_2011)
     ]
 
 
@@ -87,11 +98,17 @@ def _check_eventlog_oprom(fw: FirmwareState) -> None:
 
 
 def _check_immutable(ctx: _Ctx) -> None:
-    """util.CheckImmutable: warn per immutable efivarfs file, then fail."""
-    if ctx.firmware().immutable_efivars:
-        for var in VARIABLES:
-            ctx.log.warn(f"File is immutable: {EFIVAR_FILES[var]}")
-        raise _Fail("You need to chattr -i files in efivarfs", how="println")
+    """util.CheckImmutable: warn per immutable efivarfs file, then fail (ErrImmutable).
+
+    Files that do not exist are skipped, as upstream does; main.go prints
+    ErrImmutable as the chattr advice on stdout.
+    """
+    fw = ctx.firmware()
+    found = [var for var in VARIABLES if fw.uefi and fw.immutable(var)]
+    for var in found:
+        ctx.log.warn(f"File is immutable: {EFIVAR_FILES[var]}")
+    if found:
+        raise _Fail(IMMUTABLE_MSG, how="println")
 
 
 def _key_sync(ctx: _Ctx, opts: Opts, oems: list[str]) -> None:
@@ -122,8 +139,8 @@ def _key_sync(ctx: _Ctx, opts: Opts, oems: list[str]) -> None:
                 state["db"].append(SignatureEntry(OEM_GUIDS["tpm-eventlog"], "sha256", bytes.fromhex(digest)))
         elif oem == "microsoft":
             log.print("\nWith vendor keys from microsoft...")
-            state["db"] += _oem_entries("microsoft", "db")
-            state["KEK"] += _oem_entries("microsoft", "KEK")
+            state["db"] += _oem_entries(ctx, "microsoft", "db")
+            state["KEK"] += _oem_entries(ctx, "microsoft", "KEK")
         elif oem == "custom":
             log.print("\nWith custom keys...")
             state["db"] += _custom_entries(ctx, "db")
@@ -232,6 +249,7 @@ def _enroll_custom_bytes(ctx: _Ctx, path: str, partial: str) -> None:
             entries = _parse_esl(_strip_auth_header(data))
         except ValueError as exc:
             raise _Fail(f"write {EFIVAR_FILES[partial]}: invalid argument") from exc
+        _unset_immutable(fw, partial)
         fw.variables[partial] = entries
         if partial == "PK":
             fw.setup_mode = not entries

@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from .consts import (
+    _DATA_DIR,
     CERT_SHA256_GUID,
     CERT_X509_GUID,
     DEFAULT_FIRMWARE_FILE,
     KNOWN_QUIRKS,
+    LAB_OEM_GUID,
+    MICROSOFT_2011,
     OEM_GUIDS,
     VARIABLES,
     _canon_guid,
@@ -51,6 +54,8 @@ class SignatureEntry:
 
 
 def _entries_from_json(value: Any) -> dict[str, list[SignatureEntry]]:
+    if value is None:
+        return _vendor_vars()
     value = value or {}
     unknown = set(value) - set(VARIABLES)
     if unknown:
@@ -62,6 +67,38 @@ def _empty_vars() -> dict[str, list[SignatureEntry]]:
     return {v: [] for v in VARIABLES}
 
 
+def _data_entries(owner: str, directory: Path, names: tuple[str, ...] | None = None) -> list[SignatureEntry]:
+    if not directory.is_dir():
+        return []
+    return [
+        SignatureEntry(owner, "x509", p.read_bytes())
+        for p in sorted(directory.iterdir(), key=lambda p: p.name)
+        if p.is_file() and (names is None or p.stem in names)
+    ]
+
+
+def _vendor_vars(with_pk: bool = False) -> dict[str, list[SignatureEntry]]:
+    """What a PC ships with: the OEM's PK/KEK/db and Microsoft's 2011 KEK and db CAs.
+
+    Like the factory keys of common hardware (the Microsoft certificates the
+    OEM enrolls carry Microsoft's owner GUID). The PK is only there with
+    ``with_pk``: the default machine had its PK cleared to enter Setup Mode,
+    which leaves KEK and db in place.
+    """
+    ms, oem = _DATA_DIR / "microsoft", _DATA_DIR / "oem"
+    return {
+        "PK": _data_entries(LAB_OEM_GUID, oem / "PK") if with_pk else [],
+        "KEK": _data_entries(OEM_GUIDS["microsoft"], ms / "KEK", MICROSOFT_2011)
+        + _data_entries(LAB_OEM_GUID, oem / "KEK"),
+        "db": _data_entries(OEM_GUIDS["microsoft"], ms / "db", MICROSOFT_2011)
+        + _data_entries(LAB_OEM_GUID, oem / "db"),
+    }
+
+
+def _vendor_defaults() -> dict[str, list[SignatureEntry]]:
+    return _vendor_vars(with_pk=True)
+
+
 @dataclass
 class FirmwareState:
     """The emulated UEFI firmware, kept as JSON in the firmware file.
@@ -71,23 +108,32 @@ class FirmwareState:
     ``secure_boot_enabled`` is the firmware-setup switch that
     :meth:`reboot` applies.  ``variables`` holds the enrolled PK/KEK/db,
     ``defaults`` the firmware's built-in PKDefault/KEKDefault/dbDefault
-    (for ``--firmware-builtin``).  ``tpm_eventlog`` says whether
+    (for ``--firmware-builtin``).  Left out of the JSON, both are the
+    factory keys of :func:`_vendor_vars` (the OEM's and Microsoft's 2011
+    certificates; no PK, since clearing it is how Setup Mode is entered);
+    ``{}`` is a machine with nothing enrolled.  ``tpm_eventlog`` says whether
     /sys/kernel/security/tpm0/binary_bios_measurements exists and
     ``option_roms`` lists the SHA-256 digests of option-ROM drivers it
-    records (``true`` in JSON means one).  ``immutable_efivars`` emulates
-    ``chattr +i`` on the efivarfs files.  ``firmware_quirks`` holds quirk IDs
-    (e.g. "FQ0001") or full quirk objects.  ``esp`` is the ESP mount point.
+    records (``true`` in JSON means one).  ``immutable_efivars`` is the
+    kernel's rule (fs/efivarfs: every PK/KEK/db file that exists is created
+    ``S_IMMUTABLE``); ``false`` models flags someone already cleared.
+    ``cleared_immutable`` lists the variables whose flag was cleared since
+    boot (``chattr -i``, or sbctl writing with ``-i``: go-uefi unsets the
+    flag of the file it writes); a reboot makes them immutable again.
+    ``firmware_quirks`` holds quirk IDs (e.g. "FQ0001") or full quirk
+    objects.  ``esp`` is the ESP mount point.
     """
 
     uefi: bool = True
     setup_mode: bool = True
     secure_boot: bool = False
     secure_boot_enabled: bool = True
-    variables: dict[str, list[SignatureEntry]] = field(default_factory=_empty_vars)
-    defaults: dict[str, list[SignatureEntry]] = field(default_factory=_empty_vars)
+    variables: dict[str, list[SignatureEntry]] = field(default_factory=_vendor_vars)
+    defaults: dict[str, list[SignatureEntry]] = field(default_factory=_vendor_defaults)
     tpm_eventlog: bool = True
     option_roms: list[str] = field(default_factory=list)
-    immutable_efivars: bool = False
+    immutable_efivars: bool = True
+    cleared_immutable: list[str] = field(default_factory=list)
     firmware_quirks: list[dict[str, str]] = field(default_factory=list)
     esp: str | None = "/boot"
 
@@ -103,6 +149,7 @@ class FirmwareState:
             "tpm_eventlog": self.tpm_eventlog,
             "option_roms": list(self.option_roms),
             "immutable_efivars": self.immutable_efivars,
+            "cleared_immutable": list(self.cleared_immutable),
             "firmware_quirks": list(self.firmware_quirks),
             "esp": self.esp,
         }
@@ -128,10 +175,11 @@ class FirmwareState:
             secure_boot=bool(obj.get("secure_boot", False)),
             secure_boot_enabled=bool(obj.get("secure_boot_enabled", True)),
             variables=_entries_from_json(obj.get("variables")),
-            defaults=_entries_from_json(obj.get("defaults")),
+            defaults=_entries_from_json(obj.get("defaults")) if "defaults" in obj else _vendor_defaults(),
             tpm_eventlog=bool(obj.get("tpm_eventlog", True)),
             option_roms=[str(r) for r in roms],
-            immutable_efivars=bool(obj.get("immutable_efivars", False)),
+            immutable_efivars=bool(obj.get("immutable_efivars", True)),
+            cleared_immutable=[v for v in VARIABLES if v in (obj.get("cleared_immutable") or [])],
             firmware_quirks=quirks,
             esp=obj.get("esp", "/boot"),
         )
@@ -153,9 +201,21 @@ class FirmwareState:
                     found.append(f"builtin-{var}")
         return found
 
+    def immutable(self, var: str) -> bool:
+        """Whether the efivarfs file of ``var`` carries the immutable flag now.
+
+        The file exists only while the variable does (efivarfs lists what the
+        firmware holds), and the kernel creates it immutable.
+        """
+        return self.immutable_efivars and bool(self.variables[var]) and var not in self.cleared_immutable
+
     def reboot(self) -> None:
-        """What the next boot reports: Secure Boot is on in User Mode if enabled."""
+        """What the next boot reports: Secure Boot is on in User Mode if enabled.
+
+        efivarfs is mounted afresh, so every existing variable is immutable again.
+        """
         self.secure_boot = self.secure_boot_enabled and not self.setup_mode
+        self.cleared_immutable = []
 
 
 def firmware_state_path(env: dict[str, str] | None = None) -> Path:

@@ -47,6 +47,8 @@ class _Command:
     flags: tuple[_Flag, ...] = ()
     aliases: tuple[str, ...] = ()
     hidden: bool = False
+    since: tuple[int, ...] = (0,)
+    """The sbctl release that added the command (older builds answer "unknown command")."""
 
 
 _GLOBAL_FLAGS = (

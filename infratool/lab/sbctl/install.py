@@ -20,6 +20,7 @@ the lab, so it must not be the ESP of any lab host.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -27,10 +28,11 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .consts import DEFAULT_FIRMWARE_FILE
+from .consts import DEFAULT_FIRMWARE_FILE, LEGACY_DATABASE_PATH, NIXPKGS_DATABASE_PATH, VERSION
 from .encoding import _atomic_write
 from .firmware import FirmwareState, write_firmware_state
 
@@ -51,6 +53,33 @@ ESP_BINARIES = ("EFI/BOOT/BOOTX64.EFI", "EFI/systemd/systemd-bootx64.efi")
 """Where a systemd-boot install puts its binary; the lab ESP gets unsigned copies."""
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class SbctlBuild:
+    """What a build of sbctl bakes in with ``-ldflags -X``: its version and DatabasePath.
+
+    The wrapper exports them as ``SBCTL_EMULATOR_VERSION`` and
+    ``SBCTL_EMULATOR_DATABASE_PATH``; the strings sit in the wrapper the way
+    they sit in a Go binary's data.
+    """
+
+    version: str = VERSION
+    database_path: str = LEGACY_DATABASE_PATH
+
+    def exports(self) -> str:
+        """The wrapper's shell lines that set the build's values."""
+        return (
+            f"SBCTL_EMULATOR_VERSION={shlex.quote(self.version)}\n"
+            f"SBCTL_EMULATOR_DATABASE_PATH={shlex.quote(self.database_path)}\n"
+            "export SBCTL_EMULATOR_VERSION SBCTL_EMULATOR_DATABASE_PATH\n"
+        )
+
+
+UPSTREAM = SbctlBuild()
+"""sbctl as upstream's Makefile builds it (Arch, Debian, ...): DatabasePath /usr/share/secureboot/."""
+NIXPKGS = SbctlBuild(database_path=NIXPKGS_DATABASE_PATH)
+"""pkgs.sbctl: nixpkgs sets DatabasePath to /etc/secureboot."""
 
 
 def install(dest_dir: Path, python: str = sys.executable) -> Path:
@@ -75,7 +104,9 @@ def install(dest_dir: Path, python: str = sys.executable) -> Path:
     return target
 
 
-def install_tree(dest_dir: Path, python: str = LAB_PYTHON, seen_as: str | None = None) -> Path:
+def install_tree(
+    dest_dir: Path, python: str = LAB_PYTHON, seen_as: str | None = None, build: SbctlBuild = UPSTREAM
+) -> Path:
     """Copy the emulator to ``dest_dir/sbctl.d/`` and write ``dest_dir/sbctl`` running that copy.
 
     The copy needs nothing from ``infratool``: the package's imports are
@@ -97,7 +128,8 @@ def install_tree(dest_dir: Path, python: str = LAB_PYTHON, seen_as: str | None =
     script = (
         "#!/bin/sh\n"
         "# sbctl emulator (infratool lab, a copy of infratool/lab/sbctl/ in sbctl.d/)\n"
-        f'exec {shlex.quote(python)} -I -c {shlex.quote(code)} "$@"\n'
+        + build.exports()
+        + f'exec {shlex.quote(python)} -I -c {shlex.quote(code)} "$@"\n'
     )
     target = dest_dir / "sbctl"
     _atomic_write(str(target), script.encode(), 0o755)
@@ -122,8 +154,12 @@ def _replace_tree(tree: Path, package: Path) -> None:
         raise
 
 
-def install_on_lab_host(lab: Lab, name: str, firmware: dict[str, Any] | None = None) -> Path:
+def install_on_lab_host(
+    lab: Lab, name: str, firmware: dict[str, Any] | None = None, build: SbctlBuild = UPSTREAM
+) -> Path:
     """Install the emulator on lab host ``name``; return the wrapper's controller-side path.
+
+    ``build`` picks the sbctl build it behaves as (:data:`UPSTREAM`, :data:`NIXPKGS`, a version).
 
     Also gives the host an ESP under its private ``/var/lib`` holding unsigned
     systemd-boot copies (what ``sbctl verify`` finds before lanzaboote signs
@@ -131,7 +167,7 @@ def install_on_lab_host(lab: Lab, name: str, firmware: dict[str, Any] | None = N
     Setup Mode, updated with ``firmware`` fields when given.
     """
     host = lab.host(name)
-    wrapper = install_tree(host.path(LAB_SBIN), seen_as=LAB_SBIN)
+    wrapper = install_tree(host.path(LAB_SBIN), seen_as=LAB_SBIN, build=build)
     esp = host.path(LAB_ESP)
     for rel in ESP_BINARIES:
         target = esp / rel
@@ -157,6 +193,40 @@ def set_lab_firmware(lab: Lab, name: str, **fields: Any) -> Path:
     current.update(fields)
     write_firmware_state(path, FirmwareState.from_json(current))
     return path
+
+
+LAB_ETC_SECUREBOOT = "/var/lib/sbctl-emulator/etc-secureboot"
+"""Where a lab host's ``/etc/secureboot`` really is (private to the host, see :func:`etc_secureboot`)."""
+ETC_SECUREBOOT = Path("/etc/secureboot")
+
+
+def etc_secureboot(lab: Lab, name: str, create: bool = True) -> Path:
+    """Give lab host ``name`` its own ``/etc/secureboot``; return its controller-side path.
+
+    Lab hosts share the controller's /etc, and for nixpkgs' sbctl the mere
+    existence of /etc/secureboot matters, so it cannot be a shared directory
+    nor a bind-mount point (which would exist on every host). Instead
+    ``/etc/secureboot`` on the controller is a symlink to
+    :data:`LAB_ETC_SECUREBOOT`, which each host resolves in its own private
+    ``/var/lib``: it exists exactly on the hosts whose target exists
+    (``create``), and on the controller it dangles. A real directory there
+    is never replaced.
+    """
+    if ETC_SECUREBOOT.is_symlink():
+        if os.readlink(ETC_SECUREBOOT) != LAB_ETC_SECUREBOOT:
+            raise RuntimeError(f"{ETC_SECUREBOOT} is a symlink elsewhere; the lab will not replace it")
+    elif ETC_SECUREBOOT.exists():
+        raise RuntimeError(
+            f"{ETC_SECUREBOOT} is a real directory on this machine; the lab will not replace it"
+        )
+    else:
+        # Another worker may make it at the same moment.
+        with contextlib.suppress(FileExistsError):
+            ETC_SECUREBOOT.symlink_to(LAB_ETC_SECUREBOOT)
+    target = lab.host(name).path(LAB_ETC_SECUREBOOT)
+    if create:
+        target.mkdir(mode=0o755, parents=True, exist_ok=True)
+    return target
 
 
 def provision_lab(lab: Lab, hosts: Iterable[str] = LAB_SBCTL_HOSTS) -> list[Path]:

@@ -171,6 +171,8 @@ def resign(spec: CacheSpec, host: Host, old_public: str, new_public: str) -> str
             f'xargs -r {NIX} store sign --store {store} --key-file {q(spec.key_file(host))} < "$t/good"',
             f"xargs -r {NIX} store verify --store {store} --no-contents "
             f'--trusted-public-keys {q(new_public)} < "$t/good"',
+            # The cache is now brought up to the new key (see resign_held).
+            f"printf '%s\\n' {q(new_public)} > {q(signed_with_marker(spec))}",
         ]
     )
 
@@ -258,5 +260,53 @@ def build_and_push(spec: CacheSpec, host: Host, installable: str) -> str:
             'printf "%s\\n" $out > "$t/roots"',
             trust.guard(spec.key_file(host), '"$t/roots"', installable),
             f"{NIX} copy --to {q(spec.push_url(host))} $out",
+        ]
+    )
+
+
+def signed_with_marker(spec: CacheSpec) -> str:
+    """Public key of the signing key the whole cache was last brought up to (a plain file)."""
+    return f"{spec.state_dir}/signed-with.pub"
+
+
+def resign_held(spec: CacheSpec, host: Host) -> str:
+    """Sign, with the key file's key, every cached path it has not signed and this host vouches for.
+
+    For a cache whose key changed outside a rotation (lost, replaced): its
+    narinfos carry signatures nobody trusts any more. A path is re-signed
+    only if this host holds the same path with the same NAR hash *and*
+    vouches for it (:mod:`.trust`: built here, content-addressed or signed by
+    a trusted key); anything else is left alone and named on stdout
+    (``left-alone P``), never laundered. Prints ``resigned N`` and records the
+    key in :func:`signed_with_marker` when done.
+    """
+    store = q("file://" + spec.store_dir)
+    key = q(spec.key_file(host))
+    nar_hash = 'sed -n \'s/.*"narHash":"\\([^"]*\\)".*/\\1/p\''
+    return "\n".join(
+        [
+            "set -eu",
+            _TMP,
+            'export XDG_CACHE_HOME="$t/cache"',
+            trust.untrusted_function(spec.key_file(host)),
+            f"own=$(cut -d: -f1 < {key}):$(cut -d: -f2- < {key} | base64 -d | tail -c 32 | base64 -w0)",
+            f'{NIX} store verify --store {store} --all --no-contents --trusted-public-keys "$own" '
+            f'2>&1 >/dev/null | sed -n "s/^path \'\\(.*\\)\' is untrusted\\$/\\1/p" | sort -u > "$t/stale"',
+            ': > "$t/held"; : > "$t/alone"',
+            "while read -r p; do",
+            f'  here=$({NIX} path-info --json "$p" 2>/dev/null | {nar_hash}) || here=',
+            f'  there=$({NIX} path-info --store {store} --json "$p" 2>/dev/null | {nar_hash}) || there=',
+            '  if [ -n "$here" ] && [ "$here" = "$there" ]; then echo "$p" >> "$t/held"; '
+            'else echo "$p" >> "$t/alone"; fi',
+            'done < "$t/stale"',
+            'untrusted "$t/held" "$t/bad" || { echo "cannot check who vouches for the cached paths" >&2; exit 1; }',
+            'grep -Fxv -f "$t/bad" "$t/held" > "$t/good" || true',
+            'cat "$t/bad" >> "$t/alone"',
+            f'xargs -r {NIX} store sign --store {store} --key-file {key} < "$t/good"',
+            f'xargs -r {NIX} store verify --store {store} --no-contents --trusted-public-keys "$own" '
+            '< "$t/good" >/dev/null',
+            'echo "resigned $(wc -l < "$t/good")"',
+            'sed "s/^/left-alone /" "$t/alone"',
+            f'printf "%s\\n" "$own" > {q(signed_with_marker(spec))}',
         ]
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from infratool import log
 from infratool.changes import Change
 from infratool.context import HostContext
 from infratool.errors import HostError
@@ -28,7 +29,7 @@ from infratool.inventory import Host
 from infratool.tasks.base import Param, PlanContext, Task, register
 from infratool.tasks.binary_cache import render, scripts
 from infratool.tasks.binary_cache.install import file_changes
-from infratool.tasks.binary_cache.keys import CURRENT, NEXT, SOPS_FILE, Keys, key_name, load_keys
+from infratool.tasks.binary_cache.keys import CURRENT, NEXT, SOPS_FILE, Keys, key_name, load_keys, public_key
 from infratool.tasks.binary_cache.spec import CACHE_PARAMS, NIX_CONF, CacheSpec, cache_spec, validate_server
 from infratool.tasks.nix_settings import generated_path, local_file_change
 
@@ -56,6 +57,7 @@ def server_facts(spec: CacheSpec, host: Host) -> list[FactRequest]:
         FactRequest("stdout", scripts.probe_state(spec, host.system)),
         FactRequest("stdout", PORT_FACT),
         FactRequest("nix_store_dir"),
+        FactRequest("file", scripts.signed_with_marker(spec)),
     ]
 
 
@@ -164,7 +166,7 @@ def plan_linux_server(
             )
         )
 
-    probe: list[Change] = []
+    probe: list[Change] = resign_changes(hctx, spec, keys, task)
     path, present, signers = probe_info(hctx, spec)
     signer = key_name(keys.signer)
     if not present:
@@ -188,6 +190,46 @@ def plan_linux_server(
             )
         )
     return _phased(files, 1) + _phased(service, 2) + _phased(probe, 3)
+
+
+def resign_changes(hctx: HostContext, spec: CacheSpec, keys: Keys, task: str) -> list[Change]:
+    """Bring what the cache already holds up to the signing key, when the key changed outside a rotation.
+
+    A cache re-provisioned after its key was lost (or replaced) still serves
+    narinfos signed by the old key, and every client would refuse them,
+    the probe included, until a second run. The marker file names the key
+    the cache was last brought up to; when it is not the signer, the cache
+    is re-signed (what the server vouches for only). A rotation in progress
+    re-signs by itself (``binary_cache.rotate_key``).
+    """
+    if keys.rotating:
+        return []
+    marker = hctx.file(scripts.signed_with_marker(spec))
+    want = public_key(keys.signer)
+    if marker.exists and (marker.text or "").strip() == want:
+        return []
+
+    def apply(h: HostContext) -> None:
+        res = h.run(scripts.resign_held(spec, h.host), what="re-sign the cache")
+        alone = [ln.split(" ", 1)[1] for ln in res.stdout.splitlines() if ln.startswith("left-alone ")]
+        if alone:
+            log.get_logger("infratool.binary_cache").warning(
+                "cached paths left alone: this host cannot vouch for them, so the new key does not sign them",
+                host=h.name,
+                count=len(alone),
+                paths=alone,
+            )
+
+    return [
+        Change(
+            hctx.name,
+            task,
+            f"sign what {spec.store_dir} already holds with {key_name(keys.signer)} "
+            "(paths this host built or trusts; others are left alone)",
+            apply,
+            action="run",
+        )
+    ]
 
 
 def include_changes(hctx: HostContext, fragment: str, task: str) -> list[Change]:

@@ -10,8 +10,11 @@ from infratool.facts import FactRequest
 from infratool.inventory import Host
 from infratool.tasks.base import PlanContext, Task
 from infratool.tasks.remote_builders import spec
-from infratool.tasks.remote_builders.render import CLIENT_KNOWN_HOSTS, MACHINES, NIX_CONF
+from infratool.tasks.remote_builders.render import CLIENT_KNOWN_HOSTS, MACHINES, NIX_CONF, SSH_CONFIG
 from infratool.tasks.remote_builders.spec import Builder, Topology
+
+DAEMON_RUNNING = "test -S /nix/var/nix/daemon-socket/socket"
+"""Succeeds when a nix-daemon listens: an unprivileged login's ``nix-daemon --stdio`` forwards to it."""
 
 
 def home_command(user: str) -> str:
@@ -66,14 +69,15 @@ class TopologyTask(Task):
         topo = self.topology
         builder = next((b for b in topo.builders if b.name == host.name), None)
         if builder is not None:
-            reqs = [FactRequest("file", NIX_CONF)]
-            if builder.user == "root":
-                reqs.append(FactRequest("file", "/root/.ssh/authorized_keys"))
-            else:
-                reqs.append(FactRequest("stdout", home_command(builder.user)))
-            return reqs
+            return [
+                FactRequest("file", NIX_CONF),
+                FactRequest("stdout", home_command(builder.user)),
+                FactRequest("succeeds", DAEMON_RUNNING),
+            ]
         return [
             FactRequest("file_meta", topo.key_path),  # the private key's content never travels
+            FactRequest("file", topo.known_hosts_path),
+            FactRequest("file", SSH_CONFIG),
             FactRequest("file", CLIENT_KNOWN_HOSTS),
             FactRequest("file", MACHINES),
             FactRequest("file", NIX_CONF),

@@ -14,13 +14,13 @@ from collections.abc import Iterable, Mapping
 
 from infratool import nixgen
 from infratool.inventory import Host
-from infratool.tasks.remote_builders.spec import SECRETS_FILE, Builder, Topology, secret_key
+from infratool.tasks.remote_builders.spec import SECRETS_FILE, Builder, Topology, nixos_key_path, secret_key
 
 MARK = "infratool:remote-builders:"
 MACHINES = "/etc/nix/machines"
 NIX_CONF = "/etc/nix/nix.conf"
 CLIENT_KNOWN_HOSTS = "/root/.ssh/known_hosts"
-"""root's known_hosts: the nix daemon (and the build hook it runs) is root."""
+"""root's known_hosts, where earlier versions pinned builders: their lines are removed."""
 MODULE_CLIENT = "remote-builders"
 MODULE_BUILDER = "remote-builders-builder"
 
@@ -87,8 +87,11 @@ def authorized_line(protocol: str, public: str, client: str) -> str:
 
 
 def store_uri(protocol: str, builder: Builder) -> str:
-    """``ssh-ng://user@address`` of a builder."""
-    return f"{protocol}://{builder.user}@{builder.host.address}"
+    """``ssh-ng://user@infratool-builder-<name>``: the client's ssh_config alias holds address and port.
+
+    Nix 2.8's ssh-ng URIs cannot carry a port; an alias works for any port.
+    """
+    return f"{protocol}://{builder.user}@{builder.alias}"
 
 
 def host_key_base64(builder: Builder) -> str:
@@ -121,8 +124,70 @@ def machines_fields(line: str) -> list[str]:
 
 
 def known_hosts_lines(builder: Builder) -> list[str]:
-    """root's known_hosts lines pinning ``builder`` (every pinned key), for ssh and ``nix store ping``."""
-    return [f"{builder.host.address} {key} {marker(builder.name)}" for key in builder.host.host_keys]
+    """Pinned known_hosts lines of ``builder`` (every pinned key), under its alias.
+
+    The alias sets ``HostKeyAlias``, so ssh looks the key up by the alias
+    whatever the address and port, and so does the file Nix writes from the
+    machines line's host key field.
+    """
+    return [f"{builder.alias} {key} {marker(builder.name)}" for key in builder.host.host_keys]
+
+
+SSH_CONFIG = "/root/.ssh/config"
+"""root's ssh_config on ``os: linux`` clients: read by every ssh root runs (the Nix build hook's too)."""
+SSH_BEGIN = "# BEGIN infratool:remote-builders (managed: edits between BEGIN and END are replaced)"
+SSH_END = "# END infratool:remote-builders"
+
+
+def ssh_alias(builder: Builder, key_path: str, known_hosts: str | None) -> list[str]:
+    """The ``Host infratool-builder-<name>`` block: address, port, key and the pinned host key.
+
+    ``known_hosts`` None leaves the system's known_hosts (NixOS's
+    ``programs.ssh.knownHosts``) in charge.
+    """
+    lines = [
+        f"Host {builder.alias}",
+        f"  HostName {builder.host.address}",
+        f"  Port {builder.host.port}",
+        f"  User {builder.user}",
+        f"  IdentityFile {key_path}",
+        "  IdentitiesOnly yes",
+        f"  HostKeyAlias {builder.alias}",
+    ]
+    if known_hosts is not None:
+        lines.append(f"  UserKnownHostsFile {known_hosts}")
+    return [*lines, "  StrictHostKeyChecking yes", "  BatchMode yes"]
+
+
+def ssh_config_block(topo: Topology, key_path: str, known_hosts: str | None) -> list[str]:
+    """Every builder's alias, as one block that ends by matching every host again."""
+    lines = [SSH_BEGIN]
+    for builder in topo.builders:
+        lines += ssh_alias(builder, key_path, known_hosts)
+    # `Host *` closes the last alias: what follows in the file applies to all hosts, as before.
+    return [*lines, "Host *", SSH_END]
+
+
+def replace_ssh_block(text: str, block: list[str]) -> str:
+    """``text`` with our block (between the markers) replaced by ``block``, at the top of the file.
+
+    At the top, because ssh_config takes the first value it finds and a
+    ``Host`` line scopes everything after it: placed after someone's own
+    ``Host`` section, the aliases would be read as part of it.
+    """
+    kept: list[str] = []
+    inside = False
+    for line in text.splitlines():
+        if line.strip() == SSH_BEGIN:
+            inside = True
+        elif line.strip() == SSH_END and inside:
+            inside = False
+        elif not inside:
+            kept.append(line)
+    while kept and not kept[0].strip():
+        kept.pop(0)
+    out = "\n".join([*block, *kept])
+    return out + "\n" if out else ""
 
 
 # -- nix.conf -------------------------------------------------------------------------
@@ -167,7 +232,7 @@ def client_module(topo: Topology, client: Host) -> str:
     secret = secret_key(client.name)
     machines = [
         {
-            "hostName": b.host.address,
+            "hostName": b.alias,
             "sshUser": b.user,
             "sshKey": nixgen.Raw(f"config.sops.secrets.{nixgen.string(secret)}.path"),
             "systems": list(b.systems),
@@ -180,15 +245,19 @@ def client_module(topo: Topology, client: Host) -> str:
         }
         for b in topo.builders
     ]
+    # Pinned under the alias (HostKeyAlias), whatever the builder's address and port.
     known = {
-        f"infratool-remote-builder-{b.name}": {"hostNames": [b.host.address], "publicKey": b.host_key}
+        f"infratool-remote-builder-{b.name}": {"hostNames": [b.alias], "publicKey": b.host_key}
         for b in topo.builders
     }
+    key = nixos_key_path(client.name)
+    aliases = "\n".join(line for b in topo.builders for line in ssh_alias(b, key, None)) + "\n"
     config = {
         "nix.distributedBuilds": True,
         "nix.buildMachines": machines,
         "nix.settings.builders-use-substitutes": True,
         "programs.ssh.knownHosts": known,
+        "programs.ssh.extraConfig": aliases,
         "sops.secrets": {
             # hosts/<client>/generated/ → the repo's secrets/ directory.
             secret: {
@@ -221,6 +290,11 @@ def builder_module(topo: Topology, builder: Builder, publics: Mapping[str, str])
     config = {
         # Defining the option replaces NixOS's default ["root"]: keep root trusted.
         "nix.settings.trusted-users": list(dict.fromkeys(["root", builder.user])),
+        # A dedicated system user: a shell only so sshd can run the forced command.
+        f"users.users.{builder.user}.isSystemUser": True,
+        f"users.users.{builder.user}.group": builder.user,
+        f"users.users.{builder.user}.useDefaultShell": True,
         f"users.users.{builder.user}.openssh.authorizedKeys.keys": keys,
+        f"users.groups.{builder.user}": {},
     }
     return nixgen.module(config, args="{ config, ... }:")

@@ -22,6 +22,8 @@ run installs.
 
 from __future__ import annotations
 
+import shlex
+
 from infratool.changes import LOCAL, Change
 from infratool.context import HostContext
 from infratool.errors import HostError, SecretsFileError
@@ -33,13 +35,18 @@ from infratool.tasks.base import Param, PlanContext, register
 from infratool.tasks.files import file_changes
 from infratool.tasks.nix_settings import edit_conf, generated_path, local_file_change
 from infratool.tasks.remote_builders import render, spec
-from infratool.tasks.remote_builders.common import TopologyTask, home_command
+from infratool.tasks.remote_builders.common import DAEMON_RUNNING, TopologyTask, home_command
 from infratool.tasks.remote_builders.keys import ClientKey, new_key, store_key, stored_key
-from infratool.tasks.remote_builders.render import CLIENT_KNOWN_HOSTS, MACHINES, NIX_CONF
+from infratool.tasks.remote_builders.render import CLIENT_KNOWN_HOSTS, MACHINES, NIX_CONF, SSH_CONFIG
 from infratool.tasks.remote_builders.spec import Builder
 from infratool.tasks.remote_builders.verify import check_clients
 
 PHASE_STORE, PHASE_BUILDER, PHASE_CLIENT, PHASE_REVOKE = 0, 1, 2, 3
+USER_HOME_ROOT = "/var/lib"
+"""Where a login user infratool creates on a builder gets its home."""
+KNOWN_HOSTS_HEADER = (
+    "# Builder host keys pinned by infratool (playbooks/remote-builders.yaml); rewritten on each run."
+)
 # Nix splits this file on ';' before it strips comments: none may appear here.
 MACHINES_HEADER = (
     "# Remote builders for this host's Nix. Lines ending in '# infratool:remote-builders:<builder>'\n"
@@ -199,16 +206,76 @@ class Setup(TopologyTask):
         state = cctx.file(self.topology.key_path)
         return state.exists and state.sha256 == key.sha256
 
+    def _home(self, bctx: HostContext, builder: Builder) -> tuple[str, bool]:
+        """The login user's home on a builder, and whether the user exists yet."""
+        home = bctx.facts.get("stdout", home_command(builder.user))
+        if home and home.strip():
+            return home.strip(), True
+        return f"{USER_HOME_ROOT}/{builder.user}", False
+
+    def _user_changes(self, bctx: HostContext, builder: Builder, path: str) -> list[Change]:
+        """Create the dedicated login user (and its ~/.ssh) unless both are there already."""
+        home, exists = self._home(bctx, builder)
+        if exists and bctx.file(path).exists:
+            return []
+        user = shlex.quote(builder.user)
+        # '*' is no password at all (sshd refuses a locked '!' account without PAM);
+        # a shell only so sshd can run the forced command. Another run (or host
+        # sharing /etc/passwd) may have created the user meanwhile: that is fine.
+        script = "\n".join(
+            [
+                "set -e",
+                f"if ! getent passwd {user} >/dev/null; then",
+                f"  useradd --system --user-group --home-dir {shlex.quote(home)} --shell /bin/sh "
+                f"--password '*' {user} || getent passwd {user} >/dev/null",
+                "fi",
+                f"mkdir -p {shlex.quote(home + '/.ssh')}",
+                f"chown {user}: {shlex.quote(home)} {shlex.quote(home + '/.ssh')}",
+                f"chmod 0755 {shlex.quote(home)}",
+                f"chmod 0700 {shlex.quote(home + '/.ssh')}",
+            ]
+        )
+        what = "create" if not exists else "prepare ~/.ssh of"
+        return [
+            Change(
+                bctx.name,
+                self.name,
+                f"{what} the builder login user {builder.user} (unprivileged; clients' keys run only the "
+                "Nix daemon as this user)",
+                lambda h, script=script: h.run(script, what=f"create user {builder.user}"),
+                phase=PHASE_BUILDER,
+                action="create",
+            )
+        ]
+
+    def _daemon_changes(self, bctx: HostContext, builder: Builder) -> list[Change]:
+        """Make sure a nix-daemon runs: the unprivileged login reaches the store only through it."""
+        if bctx.facts.get("succeeds", DAEMON_RUNNING):
+            return []
+        if not bctx.facts.get("systemd"):
+            raise HostError(
+                builder.name,
+                "no nix-daemon listens on /nix/var/nix/daemon-socket/socket: the builder login "
+                f"{builder.user!r} is not root and reaches the Nix store only through the daemon; start it",
+            )
+        return [
+            Change(
+                bctx.name,
+                self.name,
+                "start nix-daemon (the builder login user reaches the store through it)",
+                lambda h: h.run(
+                    "systemctl enable --now nix-daemon.socket || systemctl enable --now nix-daemon.service",
+                    what="start nix-daemon",
+                ),
+                phase=PHASE_BUILDER,
+                action="run",
+            )
+        ]
+
     def _authorized_keys(self, bctx: HostContext, builder: Builder) -> str:
         """Path of the login user's authorized_keys on a builder (its state made known to ``bctx``)."""
-        if builder.user == "root":
-            return "/root/.ssh/authorized_keys"
-        home = bctx.facts.get("stdout", home_command(builder.user))
-        if not home or not home.strip():
-            raise HostError(
-                builder.name, f"builder login user {builder.user!r} does not exist; create it first"
-            )
-        path = f"{home.strip()}/.ssh/authorized_keys"
+        home, _ = self._home(bctx, builder)
+        path = f"{home}/.ssh/authorized_keys"
         request = FactRequest("file", path)
         if bctx.facts.missing([request]):
             # Known only now that the home directory is: read it like a fact (read-only).
@@ -240,6 +307,7 @@ class Setup(TopologyTask):
             )
             changes += _restart_daemon(bctx, self.name, "trusted-users", PHASE_BUILDER, ())
         path = self._authorized_keys(bctx, builder)
+        changes = self._user_changes(bctx, builder, path) + self._daemon_changes(bctx, builder) + changes
         state = bctx.file(path)
         if state.exists and state.content is None:
             raise HostError(builder.name, f"{path} is not a readable regular file of sane size")
@@ -298,11 +366,45 @@ class Setup(TopologyTask):
             requires,
         )
         pinned = [line for b in topo.builders for line in render.known_hosts_lines(b)]
+        pinned_text = "".join(f"{line}\n" for line in [KNOWN_HOSTS_HEADER, *pinned])
+        changes += _tag(
+            file_changes(cctx, self.name, topo.known_hosts_path, pinned_text.encode(), 0o644, "root", None),
+            "pin builder host keys under their aliases (no trust on first use)",
+            PHASE_CLIENT,
+            requires,
+        )
+        config = cctx.file(SSH_CONFIG)
+        text = (config.text or "") if config.exists else ""
+        block = render.ssh_config_block(topo, topo.key_path, topo.known_hosts_path)
+        new = render.replace_ssh_block(text, block)
+        if new != text:
+            changes += _tag(
+                file_changes(
+                    cctx, self.name, SSH_CONFIG, new.encode(), None if config.exists else 0o600, None, None
+                ),
+                "ssh aliases for the builders (address, port, key, pinned host key)",
+                PHASE_CLIENT,
+                requires,
+            )
+        old_pins = cctx.file(CLIENT_KNOWN_HOSTS)
+        if old_pins.exists and render.managed_lines(old_pins.text or ""):
+            # Earlier versions pinned builders in root's own known_hosts.
+            changes += _tag(
+                file_changes(
+                    cctx,
+                    self.name,
+                    CLIENT_KNOWN_HOSTS,
+                    render.replace_managed(old_pins.text or "", []).encode(),
+                    None,
+                    None,
+                    None,
+                ),
+                "drop builder pins from root's known_hosts (now in their own file)",
+                PHASE_CLIENT,
+                requires,
+            )
         machines = [render.machines_line(topo, b, topo.key_path) for b in topo.builders]
-        for path, lines, header, why in (
-            (CLIENT_KNOWN_HOSTS, pinned, "", "pin builder host keys (no trust on first use)"),
-            (MACHINES, machines, MACHINES_HEADER, "build machines"),
-        ):
+        for path, lines, header, why in ((MACHINES, machines, MACHINES_HEADER, "build machines"),):
             state = cctx.file(path)
             text = (state.text or "") if state.exists else header
             new = render.replace_managed(text, lines)
@@ -342,4 +444,10 @@ class Setup(TopologyTask):
             return {}
         clients, builders = self._pairs(ctx, [c for c in self.topology.clients if not c.is_nixos])
         builders = [(b, bctx) for b, bctx in builders if not b.host.is_nixos]
-        return check_clients(clients, builders, self.topology)
+        problems = check_clients(clients, builders, self.topology)
+        if builders:
+            names = ", ".join(b.host.name for b, _ in builders)
+            for _, client in clients:
+                if client.name not in problems:
+                    ctx.prove(client.name, f"a build ran on {names}")
+        return problems

@@ -22,6 +22,12 @@ SECRETS_FILE = "remote-builders.yaml"
 DEFAULT_KEY_PATH = "/etc/nix/remote-builders/id_ed25519"
 """Where an ``os: linux`` client keeps its private builder key (0600, root)."""
 
+DEFAULT_USER = "nixremote"
+"""The dedicated, unprivileged login user of clients on a builder (never root)."""
+
+ALIAS_PREFIX = "infratool-builder-"
+"""Clients reach builder ``<name>`` through the ssh_config alias ``infratool-builder-<name>``."""
+
 PROTOCOLS = ("ssh-ng", "ssh")
 
 # Nix system doubles ("cpu-os") that Nix itself knows; a typo such as
@@ -86,7 +92,16 @@ def _check_features(value: Any) -> str | None:
 
 
 def _check_user(value: Any) -> str | None:
-    return None if isinstance(value, str) and _USER.match(value) else f"invalid user name {value!r}"
+    if not (isinstance(value, str) and _USER.match(value)):
+        return f"invalid user name {value!r}"
+    if value == "root":
+        # A client's key is a trusted Nix client of the builder; as root it would
+        # also own the builder's store and everything root can reach.
+        return (
+            "builder clients must not log in as root: use a dedicated unprivileged user "
+            f"(the default, {DEFAULT_USER!r}, is created on os: linux builders)"
+        )
+    return None
 
 
 SHARED_PARAMS: dict[str, Param] = {
@@ -105,7 +120,12 @@ SHARED_PARAMS: dict[str, Param] = {
     "speed_factor": Param(int, default=1, help="default speedFactor of each builder"),
     "supported_features": Param(list, default=list, items=str, help="default supportedFeatures"),
     "mandatory_features": Param(list, default=list, items=str, help="default mandatoryFeatures"),
-    "ssh_user": Param(str, default="root", help="default login user on the builders", check=_check_user),
+    "ssh_user": Param(
+        str,
+        default=DEFAULT_USER,
+        help="login user of clients on the builders: dedicated and unprivileged, never root",
+        check=_check_user,
+    ),
     "key_path": Param(
         str, default=DEFAULT_KEY_PATH, help="private key path on os: linux clients", check=check_abs_path
     ),
@@ -136,6 +156,11 @@ class Builder:
         return keys[0]
 
     @property
+    def alias(self) -> str:
+        """The ssh_config ``Host`` alias clients reach this builder by (any address, any port)."""
+        return ALIAS_PREFIX + self.name
+
+    @property
     def build_system(self) -> str:
         """The system a check derivation uses: the builder's own when it offers it."""
         return self.host.system if self.host.system in self.systems else self.systems[0]
@@ -158,6 +183,15 @@ class Topology:
     def client_key_path(self, client: Host) -> str:
         """Where ``client``'s Nix finds its private key (the sops-nix path on NixOS)."""
         return nixos_key_path(client.name) if client.is_nixos else self.key_path
+
+    @property
+    def known_hosts_path(self) -> str:
+        """An ``os: linux`` client's pinned builder host keys (the aliases' ``UserKnownHostsFile``).
+
+        A file of its own beside the key, never root's known_hosts: what pins
+        the builders is exactly what infratool wrote, nothing learned on first use.
+        """
+        return self.key_path + ".known_hosts"
 
 
 def parse(args: dict[str, Any], source: Source, inventory: Inventory) -> Topology:
@@ -214,14 +248,8 @@ def _builder(entry: Any, i: int, args: dict[str, Any], source: Source, inventory
             )
     if not isinstance(spec.get("host"), str):
         raise source.error(f"builders[{i}] needs 'host: <inventory name>'", "builders", i)
+    # Any sshd port works: clients reach the builder through an ssh_config alias.
     host = _known(spec["host"], "builder", source, inventory, ("builders", i, "host"))
-    if host.port != 22:
-        raise source.error(
-            f"builder {host.name!r} listens on port {host.port}: Nix's ssh-ng:// URIs cannot carry "
-            "a port; use port 22 or an address that reaches sshd on 22",
-            "builders",
-            i,
-        )
     systems = spec.get("systems", [host.system])
     if isinstance(systems, str):
         systems = [systems]

@@ -9,17 +9,20 @@ Tasks (registered on import):
 * ``secureboot.lanzaboote`` — generated NixOS module (``pkiBundle`` detected)
   and the flake input snippet;
 * ``secureboot.enroll`` — ``sbctl enroll-keys`` behind every guard (Setup
-  Mode, verified backup, typed confirmation, never unattended).
+  Mode, verified backup, typed confirmation, never unattended);
+* ``secureboot.migrate`` — ``sbctl setup --migrate`` where nixpkgs' sbctl
+  still uses ``/etc/secureboot``.
 
 Modules: :mod:`.hostinfo` (facts), :mod:`.keyfiles` (key files in and out of
 hosts), :mod:`.backupfile` (the sops file), :mod:`.report` (verdicts),
 :mod:`.common` (shared task base), :mod:`.keytasks`, :mod:`.enroll`,
-:mod:`.lanzaboote`. The journey is in docs/secure-boot.md.
+:mod:`.lanzaboote`, :mod:`.migrate`, :mod:`.vendorcerts`. The journey is in docs/secure-boot.md.
 """
 
 from infratool.tasks.secureboot.enroll import CONFIRM_PREFIX, Enroll, confirmation
 from infratool.tasks.secureboot.keytasks import Backup, CheckBackup, CreateKeys, Restore, Status
 from infratool.tasks.secureboot.lanzaboote import Lanzaboote, render_flake_input, render_module
+from infratool.tasks.secureboot.migrate import Migrate
 from infratool.tasks.secureboot.report import HostReport, unreachable
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "Enroll",
     "HostReport",
     "Lanzaboote",
+    "Migrate",
     "Restore",
     "Status",
     "confirmation",

@@ -31,7 +31,7 @@ from typing import Any
 from infratool.errors import SecretsFileError
 from infratool.hidden import Secret
 from infratool.secrets.store import SopsStore
-from infratool.tasks.secureboot.hostinfo import KEY_FILES
+from infratool.tasks.secureboot.hostinfo import BUNDLE_FILES, KEY_FILES, KNOWN_BUNDLES
 from infratool.tasks.secureboot.keyfiles import FileData, wrap
 
 ROOT = "secureboot"
@@ -115,6 +115,9 @@ def load(store: SopsStore, host: str) -> Backup | None:
         bundle = str(manifest["bundle"])
     except (ValueError, KeyError, TypeError):
         raise SecretsFileError(f"{MANIFEST} is not a backup manifest", file=shown) from None
+    if not isinstance(files_meta, dict):
+        raise SecretsFileError(f"{MANIFEST} is not a backup manifest", file=shown) from None
+    check_layout(shown, bundle, [key for key in values if key.startswith(FILES)], list(files_meta))
     files: dict[str, FileData] = {}
     for key, value in values.items():
         if not key.startswith(FILES):
@@ -139,6 +142,34 @@ def load(store: SopsStore, host: str) -> Backup | None:
         except ValueError:
             enrolled = None
     return Backup(host, bundle, files, files_meta, enrolled)
+
+
+class LayoutError(SecretsFileError):
+    """A backup that names a file or directory outside sbctl's key layout (bad input: exit 3)."""
+
+
+def check_layout(shown: str, bundle: str, keys: list[str], manifest_paths: list[str]) -> None:
+    """Refuse a backup that names anything but sbctl's key layout under a known directory.
+
+    A restore writes ``<bundle>/<path>`` for each entry as root, so both come
+    from a short list, never from the file: anyone holding the public
+    recipients can write a backup (issue 22.2).
+    """
+    if bundle not in KNOWN_BUNDLES:
+        raise LayoutError(
+            f"{MANIFEST}: bundle {bundle!r} is not an sbctl key directory ({', '.join(KNOWN_BUNDLES)}); "
+            "refusing to restore anywhere else",
+            file=shown,
+        )
+    allowed = "GUID and keys/{PK,KEK,db}/{PK,KEK,db}.{key,pem}"
+    for key in keys:
+        if key[len(FILES) :] not in BUNDLE_FILES:
+            raise LayoutError(f"{key}: not a file of an sbctl key bundle (only {allowed})", file=shown)
+    for path in manifest_paths:
+        if path not in BUNDLE_FILES:
+            raise LayoutError(
+                f"{MANIFEST}: file {path!r} is not part of an sbctl key bundle (only {allowed})", file=shown
+            )
 
 
 def values_for(

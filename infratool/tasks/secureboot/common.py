@@ -22,7 +22,14 @@ from infratool.secrets.store import SopsStore
 from infratool.tasks.base import Param, PlanContext, Task
 from infratool.tasks.files import check_abs_path
 from infratool.tasks.secureboot import backupfile
-from infratool.tasks.secureboot.hostinfo import SBCTL_DIR, HostView, bundle_requests, state_request
+from infratool.tasks.secureboot.hostinfo import (
+    MIN_VERSION,
+    SBCTL_DIR,
+    UPSTREAM_LEGACY_DIR,
+    HostView,
+    bundle_requests,
+    state_request,
+)
 
 PKI_BUNDLE = Param(
     str,
@@ -46,6 +53,8 @@ class RunState:
     """Hosts whose backup this run (re)writes."""
     proven: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
     """Hosts whose backup was written and decrypted again in this run → (directory, file hashes)."""
+    restored: dict[str, str] = field(default_factory=dict)
+    """Hosts a restore in this run writes to → the directory it writes into."""
     reports: dict[str, object] = field(default_factory=dict)
     """``secureboot.status`` reports by host (read by ``infratool secureboot status``)."""
 
@@ -108,6 +117,31 @@ def load_backup(store: SopsStore, host: str) -> backupfile.Backup | None:
         ) from None
 
 
-def default_dir() -> str:
-    """Where ``sbctl create-keys`` puts keys (sbctl's default configuration)."""
-    return SBCTL_DIR
+def sbctl_dir(view: HostView) -> str:
+    """Where ``sbctl create-keys`` puts keys on this host, or a refusal saying why it is not one we manage."""
+    if view.sbctl.status is not None and view.sbctl.version is None:
+        raise RefusedError(
+            f"this sbctl has no `sbctl version`, so it is older than {'.'.join(map(str, MIN_VERSION))}, "
+            f"which keeps keys in its build's DatabasePath rather than {SBCTL_DIR}: update it "
+            "(nixpkgs' pkgs.sbctl is newer)"
+        )
+    directory = view.sbctl_dir
+    if directory is None:
+        raise RefusedError(
+            f"sbctl uses its legacy directory {UPSTREAM_LEGACY_DIR} (it says: old configuration detected): "
+            "run `sbctl setup --migrate` on the host, then plan again"
+        )
+    return directory
+
+
+def restore_dir(view: HostView, backup: backupfile.Backup) -> str:
+    """Where a restore puts the backed-up keys: the directory the host's sbctl uses.
+
+    That is the backed-up directory unless sbctl on the host now uses the
+    other one (the keys were migrated, or the host runs another sbctl build);
+    keys where sbctl does not look could be neither enrolled nor signed with.
+    Without sbctl (or without an answer from it), the backed-up directory.
+    """
+    if view.sbctl.status is None:
+        return backup.bundle
+    return view.sbctl_dir or backup.bundle

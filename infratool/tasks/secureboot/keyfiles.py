@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from infratool.context import HostContext
 from infratool.errors import CommandFailed, VerifyError
 from infratool.hidden import Secret
+from infratool.tasks.secureboot.hostinfo import BUNDLE_FILES
 
 _READ_SCRIPT = r"""
 set -e
 cd {dir}
-find GUID keys -type f 2>/dev/null | LC_ALL=C sort | while IFS= read -r f; do
+for f in {files}; do
+  [ -f "$f" ] || continue
   printf 'F\t%s\t%s\n' "$(stat -c '%a %U %G' -- "$f")" "$f"
   od -An -v -tx1 -- "$f" | tr -d ' \n'
   echo
@@ -68,8 +70,9 @@ def wrap(path: str, data: bytes) -> Secret | bytes:
 
 
 def read_bundle(host: HostContext, directory: str) -> dict[str, FileData]:
-    """Every file of the bundle at ``directory`` (``GUID`` and ``keys/**``), read in one command."""
-    res = host.run(_READ_SCRIPT.format(dir=shlex.quote(directory)), what=f"read keys in {directory}")
+    """The bundle's files at ``directory`` (``GUID`` and the six key files), read in one command."""
+    script = _READ_SCRIPT.format(dir=shlex.quote(directory), files=" ".join(sorted(BUNDLE_FILES)))
+    res = host.run(script, what=f"read keys in {directory}")
     files: dict[str, FileData] = {}
     lines = res.stdout.split("\n")
     i = 0

@@ -18,11 +18,12 @@ from infratool.tasks.secureboot.common import (
     PKI_BUNDLE,
     SBCTL_MISSING,
     SecureBootTask,
-    default_dir,
     fresh_store,
     load_backup,
     require_sbctl,
+    restore_dir,
     run_state,
+    sbctl_dir,
 )
 from infratool.tasks.secureboot.hostinfo import KEY_FILES, Bundle, HostView
 from infratool.tasks.secureboot.keyfiles import (
@@ -84,7 +85,7 @@ class CreateKeys(SecureBootTask):
                 f"keys: restore them (infratool secureboot restore {host.name}) instead of creating new "
                 "ones; to really start over, move that backup aside first"
             )
-        directory = default_dir()
+        directory = sbctl_dir(view)
         run_state(ctx).planned_keys[host.name] = directory
         diff = "\n".join(
             f"+ {directory}/{f}"
@@ -134,10 +135,15 @@ class Backup(SecureBootTask):
         old = load_backup(ctx.secrets(), host.name)
         shown = backupfile.shown_file(host.name)
         expected: dict[str, str] | None
+        moved = ""
         if bundle is not None and bundle.complete:
             hashes = bundle.hashes()
             if old is not None and not old.problems_against(hashes):
-                return []
+                if old.bundle == bundle.directory:
+                    return []
+                # Same files, another directory (`sbctl setup --migrate`): the manifest must
+                # follow, or a restore would bring the keys back where sbctl no longer looks.
+                moved = f"~ bundle: {old.bundle} → {bundle.directory} (same files: the keys moved)"
             if old is not None and not old.same_keys(hashes) and not self.args["replace"]:
                 raise RefusedError(
                     f"{shown} holds a backup of different keys (PK.pem "
@@ -148,7 +154,8 @@ class Backup(SecureBootTask):
                     "host's keys over it (git history keeps the old file)"
                 )
             directory, expected = bundle.directory, hashes
-            lines = [
+            lines = [moved] if moved else []
+            lines += [
                 f"+ {p}  sha256:{backupfile.short(d)}" + ("  (private)" if is_private(p, b"") else "")
                 for p, d in sorted(hashes.items())
             ]
@@ -284,6 +291,24 @@ class Restore(SecureBootTask):
     }
     uses_bundle_param = True
 
+    def validate(self) -> None:
+        """Refuse a backup naming anything outside sbctl's key layout, before any connection (exit 3).
+
+        Every host of the inventory whose backup decrypts is checked: the
+        selection is not known yet, and a restore must never be the step
+        that finds out. Backups that do not decrypt fail later, per host.
+        """
+        store = SopsStore(self.inventory.flake / "secrets")
+        for name in self.inventory.hosts:
+            if not store.path(backupfile.backup_file(name)).exists():
+                continue
+            try:
+                backupfile.load(store, name)
+            except backupfile.LayoutError:
+                raise
+            except InfratoolError:
+                continue
+
     def plan_one(self, host: HostContext, ctx: PlanContext) -> list[Change]:
         shown = backupfile.shown_file(host.name)
         backup = load_backup(ctx.secrets(), host.name)
@@ -292,8 +317,9 @@ class Restore(SecureBootTask):
         damaged = backup.integrity_problems()
         if damaged:
             raise RefusedError(f"{shown} is damaged: {'; '.join(damaged)}")
-        directory = self.args["pki_bundle"] or backup.bundle
-        current = self.view(host).bundles.get(directory)
+        view = self.view(host)
+        directory = self.args["pki_bundle"] or restore_dir(view, backup)
+        current = view.bundles.get(directory)
         if current is not None:
             on_host = current.hashes()
             modes = {p: f.mode for p, f in current.files.items()}
@@ -314,10 +340,19 @@ class Restore(SecureBootTask):
         if not todo:
             return []
         expected = {p: f.sha256 for p, f in backup.files.items()}
-        diff = "\n".join(
+        lines = []
+        if directory != backup.bundle:
+            lines.append(
+                f"~ backed up from {backup.bundle}; restored into {directory}"
+                + ("" if self.args["pki_bundle"] else ", the directory this host's sbctl uses")
+            )
+        lines += [
             f"+ {directory}/{f.path}  mode {f.mode:04o} root:root  sha256:{backupfile.short(f.sha256)}"
             for f in todo
-        )
+        ]
+        diff = "\n".join(lines)
+
+        run_state(ctx).restored[host.name] = directory
 
         def apply(h: HostContext) -> None:
             write_bundle(h, directory, todo)
@@ -335,4 +370,9 @@ class Restore(SecureBootTask):
         ]
 
     def verify(self, ctx: PlanContext, changed: set[str]) -> dict[str, str]:
-        return _verify_backups(ctx, changed, self.args["pki_bundle"])
+        failures: dict[str, str] = {}
+        for name in sorted(changed):
+            # Where this run restored to, which may not be the backed-up directory.
+            where = run_state(ctx).restored.get(name) or self.args["pki_bundle"]
+            failures.update(_verify_backups(ctx, {name}, where))
+        return failures

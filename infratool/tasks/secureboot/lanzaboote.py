@@ -27,7 +27,7 @@ from infratool.context import HostContext
 from infratool.errors import RefusedError
 from infratool.tasks.base import Param, PlanContext, register
 from infratool.tasks.nix_settings import generated_path, local_file_change
-from infratool.tasks.secureboot.common import PKI_BUNDLE, SecureBootTask, load_backup, run_state
+from infratool.tasks.secureboot.common import PKI_BUNDLE, SecureBootTask, load_backup, restore_dir, run_state
 from infratool.tasks.secureboot.hostinfo import CANDIDATE_DIRS
 
 LANZABOOTE_URL = "github:nix-community/lanzaboote/v1.0.0"
@@ -93,7 +93,8 @@ class Lanzaboote(SecureBootTask):
         return local_file_change(ctx.local, self.name, rel, render_module(directory), deploy=host.name)
 
     def _detect(self, host: HostContext, ctx: PlanContext) -> str:
-        bundle = self.view(host).keys()
+        view = self.view(host)
+        bundle = view.keys()
         if bundle is not None:
             return bundle.directory
         planned = run_state(ctx).planned_keys.get(host.name)
@@ -101,7 +102,7 @@ class Lanzaboote(SecureBootTask):
             return planned
         backup = load_backup(ctx.secrets(), host.name)
         if backup is not None:
-            return backup.bundle  # the directory a restore brings the keys back to
+            return restore_dir(view, backup)  # the directory a restore brings the keys back to
         raise RefusedError(
             f"no Secure Boot keys on {host.name} (looked in {', '.join(CANDIDATE_DIRS)}) and no backup: "
             "lanzaboote signs boot files with them, so create (secureboot.create_keys) or restore "

@@ -28,7 +28,7 @@ from typing import Any
 from infratool.errors import InfratoolError
 from infratool.secrets.store import SopsStore
 from infratool.tasks.secureboot import backupfile
-from infratool.tasks.secureboot.hostinfo import Bundle, HostView
+from infratool.tasks.secureboot.hostinfo import LEGACY_DIR, SBCTL_DIR, Bundle, HostView
 from infratool.tasks.secureboot.keyfiles import is_private
 
 NEXT_STEPS = {
@@ -66,6 +66,9 @@ class HostReport:
     error: str | None = None
     sbctl: bool = False
     sbctl_path: str | None = None
+    sbctl_version: str | None = None
+    sbctl_dir: str | None = None
+    sbctl_build: str | None = None
     uefi: bool | None = None
     installed: bool | None = None
     guid: str | None = None
@@ -106,8 +109,10 @@ def expected_unsigned(path: str) -> bool:
 def build(view: HostView, store: SopsStore | None, pki_bundle: str | None = None) -> HostReport:
     """The report for one reachable host (``store`` None: backups are not looked at)."""
     sb = view.sbctl
-    r = HostReport(view.name, sbctl=sb.installed, sbctl_path=sb.path)
+    r = HostReport(view.name, sbctl=sb.installed, sbctl_path=sb.path, sbctl_version=sb.version)
     r.uefi = sb.uefi
+    if sb.status is not None:
+        r.sbctl_dir, r.sbctl_build = view.sbctl_dir, view.build
     if sb.status is not None:
         r.installed = bool(sb.status.get("installed"))
         r.guid = sb.status.get("guid") or None
@@ -146,6 +151,16 @@ def build(view: HostView, store: SopsStore | None, pki_bundle: str | None = None
         )
     if r.verdict == "keys-unclear" and unclear:
         r.error = unclear
+    if bundle is not None and r.keys_present and sb.status is not None:
+        unseen = view.unseen_keys(bundle)
+        if unseen:
+            r.warnings.append(f"sbctl does not see the keys in {bundle.directory}: {unseen}")
+    if sb.legacy and r.sbctl_dir == LEGACY_DIR and not view.bundles.get(SBCTL_DIR, Bundle(SBCTL_DIR)).files:
+        r.warnings.append(
+            f"sbctl says 'old configuration detected' on every run: nixpkgs' build uses {LEGACY_DIR}. "
+            f"`sbctl setup --migrate` moves the keys to {SBCTL_DIR}; then run playbooks/secureboot.yaml "
+            "so the backup manifest and lanzaboote's pkiBundle follow"
+        )
     if r.unsigned_files:
         r.warnings.append(
             f"{len(r.unsigned_files)} boot file(s) not signed with this host's db key: they will not "
