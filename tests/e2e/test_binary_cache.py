@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,9 +43,17 @@ NOT_SIGNED = "is not signed by any of the keys in 'trusted-public-keys'"
 
 
 def applying(result: subprocess.CompletedProcess) -> list[tuple[str, str]]:
-    """(host, description) of every change the run reported applying (JSON progress on a piped stderr)."""
+    """(host, description) of every change the run reported applying.
+
+    Progress lines are text by default (``[  1.37s] host: applying what``)
+    and JSON events with ``--log-format json``: both are read.
+    """
     found = []
     for line in result.stderr.splitlines():
+        text = re.match(r"^\[\s*[\d.]+s\] (\S+): applying (.*)$", line)
+        if text:
+            found.append((text.group(1), text.group(2)))
+            continue
         try:
             event = json.loads(line)
         except ValueError:
