@@ -257,3 +257,22 @@ def openssh_fingerprint(public_line: str) -> str:
     )
     assert r.returncode == 0, r.stderr
     return r.stdout.split()[1]
+
+
+def ssh_to_age(public_line: str) -> str:
+    """ssh-to-age's age recipient for an ``ssh-ed25519`` public key, computed without infratool.
+
+    An independent reference for the tests: libsodium (PyNaCl) converts the
+    Ed25519 key to X25519, the ``bech32`` package encodes it. Accepts a bare
+    ``ssh-ed25519 AAAA...`` line or a known_hosts line with host names first.
+    """
+    import base64
+
+    import bech32
+    import nacl.bindings
+
+    fields = public_line.split()
+    blob = base64.b64decode(fields[fields.index("ssh-ed25519") + 1])
+    assert blob[:19] == b"\0\0\0\x0bssh-ed25519\0\0\0\x20" and len(blob) == 51, "not an ssh-ed25519 key"
+    x25519 = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(blob[19:])
+    return bech32.bech32_encode("age", bech32.convertbits(list(x25519), 8, 5))

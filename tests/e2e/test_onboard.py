@@ -9,18 +9,15 @@ decrypted with the lab host's own SSH host key converted to an age identity.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import bech32
-import nacl.bindings
 import pytest
 import yaml
-from helpers import openssh_fingerprint
+from helpers import openssh_fingerprint, ssh_to_age
 
 from infratool.hidden import Secret
 from infratool.secrets.store import SopsStore
@@ -29,15 +26,6 @@ SOPS = str(Path(sys.executable).parent / "sops")
 
 
 # --- independent references -----------------------------------------------------------
-
-
-def ssh_to_age(public_line: str) -> str:
-    """ssh-to-age's recipient for an ssh-ed25519 public key, without infratool's code."""
-    blob = base64.b64decode(public_line.split()[1])
-    assert blob[:19] == b"\0\0\0\x0bssh-ed25519\0\0\0\x20" and len(blob) == 51
-    key = blob[19:]
-    x25519 = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(key)
-    return bech32.bech32_encode("age", bech32.convertbits(list(x25519), 8, 5))
 
 
 def new_public_key() -> str:

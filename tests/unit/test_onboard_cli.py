@@ -16,13 +16,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import bech32
-import nacl.bindings
 import pytest
 import yaml
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from helpers import ssh_to_age
 
 from infratool.cli import main
 
@@ -32,13 +31,6 @@ CONSOLE_SCRIPT = Path(sys.executable).parent / "infratool"
 def new_host_key() -> str:
     public = ed25519.Ed25519PrivateKey.generate().public_key()
     return public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
-
-
-def libsodium_recipient(key_line: str) -> str:
-    """ssh-to-age's recipient, computed with libsodium (PyNaCl) and the bech32 package."""
-    raw = serialization.load_ssh_public_key(key_line.encode()).public_bytes_raw()
-    x25519 = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(raw)
-    return bech32.bech32_encode("age", bech32.convertbits(list(x25519), 8, 5))
 
 
 @pytest.fixture
@@ -230,7 +222,7 @@ def test_offline_add_recipients_match_libsodium(fleet_repo, run):
         )
         assert result.exit_code == 0, result.output
         data = json.loads(result.output)
-        assert data["age_recipient"] == libsodium_recipient(key)
+        assert data["age_recipient"] == ssh_to_age(key)
         assert data["host_key"] == key  # the comment is not pinned
     rules = yaml.safe_load((fleet_repo / "secrets" / ".sops.yaml").read_text())["creation_rules"]
     assert len(rules) == 5 + 2
@@ -292,7 +284,7 @@ def test_a_half_done_add_is_finished_by_remove(fleet_repo, run):
 
     config = fleet_repo / "secrets" / ".sops.yaml"
     original = config.read_text()
-    config.write_text(edit_sops_config(original, config, "ghost", libsodium_recipient(new_host_key())))
+    config.write_text(edit_sops_config(original, config, "ghost", ssh_to_age(new_host_key())))
     result = run("-i", fleet_repo / "hosts.yaml", "host", "remove", "ghost", "--yes")
     assert result.exit_code == 0, result.output
     assert "ghost" not in config.read_text()
@@ -319,7 +311,7 @@ def test_a_crash_before_hosts_yaml_is_finished_by_running_add_again(fleet_repo, 
     store.write("web1.yaml", {"k": Secret("v")})
     key = new_host_key()
     apply_sops_config(
-        store, edit_sops_config(store.config.read_text(), store.config, "web1", libsodium_recipient(key))
+        store, edit_sops_config(store.config.read_text(), store.config, "web1", ssh_to_age(key))
     )
     config_after_crash = store.config.read_text()
     result = run(
@@ -358,7 +350,7 @@ def test_replace_repins_and_keeps_the_other_settings(fleet_repo, run):
         "host_key": new,
     }
     config = (fleet_repo / "secrets" / ".sops.yaml").read_text()
-    assert libsodium_recipient(old) not in config and libsodium_recipient(new) in config
+    assert ssh_to_age(old) not in config and ssh_to_age(new) in config
 
 
 def test_remove_warns_about_the_rotation_policy(fleet_repo, run):
