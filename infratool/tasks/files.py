@@ -306,7 +306,8 @@ class Command(HostTask):
     }
 
     def label(self) -> str:
-        return f"command {self.args['command'].splitlines()[0][:40]}"
+        first = next(iter(self.args["command"].splitlines()), "")  # an empty command has no line
+        return f"command {first[:40]}"
 
     def fact_requests(self, host: Host) -> list[FactRequest]:
         reqs = []

@@ -72,3 +72,15 @@ def test_include_cycle(tmp_path, inv):
     write(tmp_path, "tasks:\n  - include: a.yaml\n", "b.yaml")
     with pytest.raises(InputError, match="include cycle"):
         playbook.load(tmp_path / "a.yaml", inv)
+
+
+def test_an_empty_command_gets_a_label_not_a_crash(tmp_path, inv):
+    """Found by the fuzzer in CI: ``command: ''`` raised IndexError while labelling the task."""
+    book = tmp_path / "empty.yaml"
+    book.write_text("tasks:\n- task: command\n  with:\n    command: ''\n    unless: ''\n")
+    try:
+        loaded = playbook.load(book, inv)
+    except InputError as exc:  # refusing it as bad input is fine too
+        assert exc.file
+    else:
+        assert [i.label for i in loaded.invocations] == ["command "]
