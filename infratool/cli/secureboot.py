@@ -150,10 +150,15 @@ def _table(rows: list[Any]) -> None:
             con.print(Text(f"  {render.REDACTOR.redact(line)}", style="yellow"))
 
 
-def _plan_and_apply(g: Globals, book: Any, runner: Any, yes: bool, question: str, command: str) -> None:
-    """Like `infratool run`: plan, show, confirm, apply, report; exits with the run's code."""
+def _plan_confirm_apply(
+    g: Globals, book: Any, runner: Any, yes: bool, question: str, command: str
+) -> tuple[Any, Any, Any]:
+    """Plan, show, confirm and apply: ``(console, plan, result)``; ``result`` is None when nothing changes.
+
+    A declined confirmation is audited and exits 1; every other outcome is
+    left to the caller to audit and report.
+    """
     from infratool import render
-    from infratool.runner import plan_exit_code
 
     open_audit(g)  # an unusable audit log is bad input: exit 3 before connecting
     out = render.console()
@@ -163,10 +168,7 @@ def _plan_and_apply(g: Globals, book: Any, runner: Any, yes: bool, question: str
         if not g.json:
             render.plan(out, the_plan)
         if not the_plan.changes:
-            audit_run(g, command, book, the_plan)
-            if g.json:
-                emit_json(the_plan.to_dict())
-            sys.exit(plan_exit_code(the_plan, detailed=False))
+            return out, the_plan, None
         if not yes and not click.confirm(question, default=False):
             audit_run(g, f"{command} (declined)", book, the_plan)
             click.echo("Nothing applied.", err=True)
@@ -174,7 +176,20 @@ def _plan_and_apply(g: Globals, book: Any, runner: Any, yes: bool, question: str
         audit_started(g, command, book, the_plan)
         with runner.on_event:
             result = runner.apply(the_plan)
+    return out, the_plan, result
+
+
+def _plan_and_apply(g: Globals, book: Any, runner: Any, yes: bool, question: str, command: str) -> None:
+    """Like `infratool run`: plan, show, confirm, apply, report; exits with the run's code."""
+    from infratool import render
+    from infratool.runner import plan_exit_code
+
+    out, the_plan, result = _plan_confirm_apply(g, book, runner, yes, question, command)
     audit_run(g, command, book, the_plan, result)
+    if result is None:
+        if g.json:
+            emit_json(the_plan.to_dict())
+        sys.exit(plan_exit_code(the_plan, detailed=False))
     emit_json(result.to_dict()) if g.json else render.results(out, result)
     sys.exit(result.exit_code)
 
@@ -282,22 +297,9 @@ def migrate(g: Globals, hosts: tuple[str, ...], yes: bool) -> None:
     _need_terminal(yes)
     limit = ",".join(hosts)
     _, book, runner = _runner(g, "secureboot.migrate", {}, limit, yes=yes)
-    open_audit(g)  # an unusable audit log is bad input: exit 3 before connecting
-    out = render.console()
-    with runner:
-        with runner.on_event:
-            the_plan = runner.plan()
-        if not g.json:
-            render.plan(out, the_plan)
-        if the_plan.changes and not yes and not click.confirm("Migrate these keys?", default=False):
-            audit_run(g, "secureboot migrate (declined)", book, the_plan)
-            click.echo("Nothing applied.", err=True)
-            sys.exit(EXIT_FAILED)
-        result = None
-        if the_plan.changes:
-            audit_started(g, "secureboot migrate", book, the_plan)
-            with runner.on_event:
-                result = runner.apply(the_plan)
+    out, the_plan, result = _plan_confirm_apply(
+        g, book, runner, yes, "Migrate these keys?", "secureboot migrate"
+    )
     audit_run(g, "secureboot migrate", book, the_plan, result)
     if result is not None and not g.json:
         render.results(out, result)
