@@ -65,7 +65,8 @@ def main() -> None:
     import infratool.cli as cli
 
     mark("cli imported")
-    from infratool import playbook, render, runner
+    from infratool import playbook, runner
+    from infratool.cli import output as render
 
     mark("runner, render imported")
     wrap(runner.Runner, "gather", "connect + facts")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from infratool.hidden import REDACTOR
+from infratool.secrets.secret import REDACTOR
 
 LOCAL = "local"
 """Pseudo-host for changes to the flake repo on the controller."""

@@ -25,10 +25,10 @@ from pathlib import Path
 from infratool.changes import LOCAL
 from infratool.errors import CommandFailed, InfratoolError
 from infratool.facts import FactCache, FileState
-from infratool.hidden import REDACTOR, Secret
 from infratool.inventory import Host
 from infratool.localenv import DEPLOY, minimal_env
 from infratool.remote import FileWrite, PartialWrite, Remote, Result
+from infratool.secrets.secret import REDACTOR, Secret
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Logging: structlog to stderr with secret redaction, and the audit log.
 
 Every log event passes :func:`redact_processor`, which masks every value
-registered with :data:`~infratool.hidden.REDACTOR` (and any ``Secret``), so a
+registered with :data:`~infratool.secrets.secret.REDACTOR` (and any ``Secret``), so a
 secret that slips into an event — even inside an exception's text — prints as
 ``***``. Logs are text unless ``--log-format json`` asks for JSON lines.
 
@@ -34,8 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from infratool.hidden import REDACTOR, Secret
 from infratool.safeopen import open_regular
+from infratool.secrets.secret import REDACTOR, Secret
 
 _configured = False
 

@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from infratool.errors import CommandFailed, ConnectError, HostKeyError, InputError
-from infratool.hidden import REDACTOR, Secret
 from infratool.inventory import Host
+from infratool.secrets.secret import REDACTOR, Secret
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,12 @@ from infratool.errors import (
     InputError,
 )
 from infratool.facts import BASE_FACTS, DESCRIBE_FACTS, FactCache, FactRequest, build_script, parse_output
-from infratool.hidden import REDACTOR
 from infratool.inventory import Host, Inventory
 from infratool.nixssh import nix_ssh_env
 from infratool.options import RunOptions
 from infratool.playbook import Playbook
 from infratool.remote import Held, Remote
+from infratool.secrets.secret import REDACTOR
 from infratool.tasks.base import HostTask, PlanContext, Task
 
 Event = Callable[[str, str, str], None]

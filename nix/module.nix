@@ -22,7 +22,7 @@ let
   cfg = config.services.infratool.rotation;
   # Characters systemd takes literally in every setting the path goes into (no
   # quoting, no %-specifier, no $-variable): such a path appears verbatim in the
-  # units, exactly as `infratool timer render` writes it (infratool/systemd.py).
+  # units, exactly as `infratool timer render` writes it (infratool/rotation/timer.py).
   plainPath = p: builtins.match "/[A-Za-z0-9@+=:,./_-]*" p != null && builtins.match ".*/\\.\\.(/.*)?" p == null;
   # A newline would start a new directive, a trailing backslash join the next
   # line, a % expand as a specifier: `infratool timer render` refuses them too.

@@ -1,4 +1,4 @@
-# Generated from infratool/systemd.py (unit_sections) — do not edit by hand.
+# Generated from infratool/rotation/timer.py (unit_sections) — do not edit by hand.
 # Regenerate: INFRATOOL_REGEN=1 pytest tests/unit/test_onboard_flake.py
 # The @placeholders@ are filled in by ./units.nix.
 [

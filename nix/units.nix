@@ -4,7 +4,7 @@
 #   tests/unit/test_onboard_flake.py (nix-instantiate --eval, systemd-analyze verify).
 #
 # The unit contents come from ./rotation-units.nix, which is generated from
-# infratool/systemd.py (`unit_sections`): one source of truth for both.
+# infratool/rotation/timer.py (`unit_sections`): one source of truth for both.
 {
   exe,             # the infratool executable, e.g. "${package}/bin/infratool"
   flake,           # the fleet repo (working directory; the service may write only there)

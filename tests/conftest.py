@@ -155,7 +155,7 @@ def fleet(lab, monkeypatch):
     ``SOPS_AGE_KEY_FILE`` is set for the test (and every ``cli`` call) to the
     lab's operator key, as `infratool lab up` tells an operator to do.
     """
-    from infratool.scaffold import ensure_operator_repo
+    from infratool.onboard.scaffold import ensure_operator_repo
 
     key = lab.root / "age.key"
     ensure_operator_repo(lab.flake_dir, key)

@@ -130,7 +130,7 @@ class InfratoolGroup(click.Group):
         try:
             return super().invoke(ctx)
         except InfratoolError as exc:
-            from infratool.hidden import REDACTOR
+            from infratool.secrets.secret import REDACTOR
 
             click.echo(f"error: {REDACTOR.redact(str(exc))}", err=True)
             if _wants_json(ctx):
@@ -289,7 +289,7 @@ def hosts(g: Globals, check: bool, limit: str | None, forks: int, timeout: float
     else:
         from rich.text import Text
 
-        from infratool import render
+        from infratool.cli import output as render
 
         columns = [
             render.Column("name", keep=True),
@@ -348,7 +348,7 @@ def facts(g: Globals, limit: str | None, forks: int) -> None:
     if g.json:
         emit_json({"hosts": data})  # under a key: host names never mix with version/command
     else:
-        from infratool import render
+        from infratool.cli import output as render
 
         con = render.console()
         for host, values in data.items():
@@ -388,7 +388,7 @@ def tasks_command(g: Globals, name: str | None, markdown: bool) -> None:
         if g.json:
             emit_json([{"name": d.name, "summary": d.summary} for d in docs])
             return
-        from infratool import render
+        from infratool.cli import output as render
 
         render.records(
             render.console(),
@@ -404,7 +404,7 @@ def tasks_command(g: Globals, name: str | None, markdown: bool) -> None:
     if g.json:
         emit_json(doc.to_dict())
         return
-    from infratool import render
+    from infratool.cli import output as render
 
     con = render.console()
     click.echo(f"{doc.name}: {doc.summary}\n")
@@ -545,7 +545,7 @@ def _list(g: Globals, book: Any, targets: list[tuple[Any, list[Any]]], tasks: bo
         for name in hosts:
             click.echo(f"  {name}")
         return
-    from infratool import render
+    from infratool.cli import output as render
 
     render.records(
         render.console(),
@@ -585,7 +585,7 @@ def plan(
     no_diff: bool,
     timeout: float | None,
 ) -> None:
-    from infratool import render
+    from infratool.cli import output as render
     from infratool.runner import plan_exit_code
 
     inv, book, options, Runner = _prepare(g, playbook, limit=limit, forks=forks, command_timeout=timeout)
@@ -638,7 +638,7 @@ def run(
     lock_wait: float,
     timeout: float | None,
 ) -> None:
-    from infratool import render
+    from infratool.cli import output as render
 
     inv, book, options, Runner = _prepare(
         g,

@@ -123,7 +123,7 @@ def exec_command(
 def _show(outputs: list[HostOutput]) -> None:
     from rich.text import Text
 
-    from infratool import render
+    from infratool.cli import output as render
 
     con = render.console()
     for o in outputs:

@@ -138,7 +138,7 @@ def json_document(data: Any, command: str) -> dict[str, Any]:
 
 def emit_json(data: Any) -> None:
     """Print ``data`` as a redacted, versioned JSON document on stdout (see :func:`json_document`)."""
-    from infratool.hidden import REDACTOR
+    from infratool.secrets.secret import REDACTOR
 
     doc = json_document(data, command_name())
     click.echo(REDACTOR.redact(json.dumps(doc, indent=2, default=str)))
@@ -146,7 +146,7 @@ def emit_json(data: Any) -> None:
 
 def emit_json_error(exc: BaseException, exit_code: int, command: str) -> None:
     """The JSON document of a failed command: what went wrong and the exit code."""
-    from infratool.hidden import REDACTOR
+    from infratool.secrets.secret import REDACTOR
 
     error: dict[str, Any] = {
         "kind": type(exc).__name__,

@@ -19,7 +19,7 @@ SHELLS = ("bash", "zsh", "fish")
 
 def _out():
     """A rich console on stdout (honours NO_COLOR, plain when not a terminal)."""
-    from infratool import render
+    from infratool.cli import output as render
 
     return render.console()
 
@@ -69,7 +69,7 @@ def _esc(text: object) -> str:
 @pass_globals
 def init(g: Globals, directory: Path, ssh_key: str, os_kind: str, age_key_file: Path | None) -> None:
     from infratool.onboard import init_repo
-    from infratool.scaffold import default_key_file
+    from infratool.onboard.scaffold import default_key_file
 
     result = init_repo(directory, age_key_file or default_key_file(), ssh_key=ssh_key, os_kind=os_kind)
     if g.json:

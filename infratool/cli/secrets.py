@@ -24,7 +24,7 @@ POLICY_HELP = "Rotation policy, relative to the flake repo [default: secrets/rot
 
 
 def _policy(g: Globals, policy: str | None):
-    from infratool.secrets.policy import load_policy
+    from infratool.rotation.policy import load_policy
     from infratool.tasks.secrets_rotation import DEFAULT_POLICY
 
     inv = load_inventory(g)
@@ -57,8 +57,8 @@ def secrets() -> None:
 @click.option("--notify", is_flag=True, help="Call the policy's notify command/URL for due secrets.")
 @pass_globals
 def status(g: Globals, policy: str | None, notify: bool) -> None:
-    from infratool.notify import notify as send
-    from infratool.secrets import state
+    from infratool.rotation import state
+    from infratool.rotation.notify import notify as send
     from infratool.tasks.secrets_rotation import NEEDS_PERSON, format_age
 
     _, pol = _policy(g, policy)
@@ -98,7 +98,7 @@ def status(g: Globals, policy: str | None, notify: bool) -> None:
     else:
         from rich.text import Text
 
-        from infratool import render
+        from infratool.cli import output as render
 
         keep = ("secret", "due", "status")  # never cut: names and verdicts
         render.records(
@@ -210,10 +210,10 @@ def _run_rotation(
     Due ``prompt`` secrets that only a person can rotate are listed (and
     notified); with nothing else failing the exit code is then 2, not 0 or 1.
     """
-    from infratool import render
-    from infratool.notify import notify as send
+    from infratool.cli import output as render
     from infratool.options import RunOptions
     from infratool.playbook import Invocation, Playbook
+    from infratool.rotation.notify import notify as send
     from infratool.runner import Runner, plan_exit_code
     from infratool.tasks.secrets_rotation import NEEDS_PERSON
 
@@ -285,7 +285,7 @@ def _skipped(task: Any) -> bool:
 @forks_option
 @pass_globals
 def set_(g: Globals, name: str, from_stdin: bool, policy: str | None, forks: int) -> None:
-    from infratool.hidden import Secret
+    from infratool.secrets.secret import Secret
     from infratool.tasks.base import Source
     from infratool.tasks.secrets_rotation import DEFAULT_POLICY, RotateSecrets
 
@@ -356,7 +356,7 @@ def recover() -> None:
 @click.option("--replace", is_flag=True, help="Replace an existing backup recipient without asking.")
 @pass_globals
 def recover_init(g: Globals, to_stdout: bool, replace: bool) -> None:
-    from infratool import scaffold
+    from infratool.onboard import scaffold
     from infratool.onboard.sopsrules import parse_rules
     from infratool.secrets import recovery
     from infratool.secrets.store import SopsStore
@@ -418,9 +418,9 @@ def recover_init(g: Globals, to_stdout: bool, replace: bool) -> None:
 )
 @pass_globals
 def recover_check(g: Globals) -> None:
-    from infratool import scaffold
-    from infratool.hidden import Secret
+    from infratool.onboard import scaffold
     from infratool.secrets import recovery
+    from infratool.secrets.secret import Secret
     from infratool.secrets.store import SopsStore
 
     inv = load_inventory(g)

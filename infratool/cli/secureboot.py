@@ -72,7 +72,7 @@ def _tasks_runner(g: Globals, tasks: list[tuple[str, dict[str, Any]]], limit: st
 
 
 def _progress(g: Globals):
-    from infratool import render
+    from infratool.cli import output as render
 
     return render.Progress(render.console(stderr=True), enabled=g.verbosity >= 0 and not g.json)
 
@@ -113,7 +113,7 @@ def _yes_no(value: bool | None, yes: str = "yes", no: str = "no") -> str:
 def _table(rows: list[Any]) -> None:
     from rich.text import Text
 
-    from infratool import render
+    from infratool.cli import output as render
 
     con = render.console()
     good = {"enabled", "ready-to-enroll"}
@@ -158,7 +158,7 @@ def _plan_confirm_apply(
     A declined confirmation is audited and exits 1; every other outcome is
     left to the caller to audit and report.
     """
-    from infratool import render
+    from infratool.cli import output as render
 
     open_audit(g)  # an unusable audit log is bad input: exit 3 before connecting
     out = render.console()
@@ -181,7 +181,7 @@ def _plan_confirm_apply(
 
 def _plan_and_apply(g: Globals, book: Any, runner: Any, yes: bool, question: str, command: str) -> None:
     """Like `infratool run`: plan, show, confirm, apply, report; exits with the run's code."""
-    from infratool import render
+    from infratool.cli import output as render
     from infratool.runner import plan_exit_code
 
     out, the_plan, result = _plan_confirm_apply(g, book, runner, yes, question, command)
@@ -292,7 +292,7 @@ def enroll(
 @click.option("--yes", "-y", is_flag=True, help="Apply without asking.")
 @pass_globals
 def migrate(g: Globals, hosts: tuple[str, ...], yes: bool) -> None:
-    from infratool import render
+    from infratool.cli import output as render
 
     _need_terminal(yes)
     limit = ",".join(hosts)

@@ -1,4 +1,4 @@
-"""``infratool timer ...``: render or install the scheduled-rotation units (see infratool/systemd.py)."""
+"""``infratool timer ...``: render or install the scheduled-rotation units (see infratool/rotation/timer.py)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from infratool.errors import InputError, RefusedError, SecretsError
 def _timer_options(g: Globals, on_calendar: str, delay: str, age_key_file: str | None, flake: str | None):
     """The operator's choices, checked (exit 3 on anything unsafe for a unit)."""
     from infratool.inventory import resolve_path
-    from infratool.scaffold import default_key_file
-    from infratool.systemd import TimerOptions, check_options
+    from infratool.onboard.scaffold import default_key_file
+    from infratool.rotation.timer import TimerOptions, check_options
 
     inventory = resolve_path(g.inventory).resolve()
     flake_dir = Path(flake).resolve() if flake else load_inventory(g).flake.resolve()
@@ -92,7 +92,7 @@ def timer_render(
     flake: str | None,
     nixos: bool,
 ) -> None:
-    from infratool.systemd import render_nixos_module, render_units
+    from infratool.rotation.timer import render_nixos_module, render_units
 
     opts = _timer_options(g, on_calendar, randomized_delay, age_key_file, flake)
     if nixos:
@@ -127,8 +127,8 @@ def timer_install(
     directory: str,
     force: bool,
 ) -> None:
+    from infratool.rotation.timer import plan_install, render_units, write_unit
     from infratool.secrets.store import find_sops
-    from infratool.systemd import plan_install, render_units, write_unit
 
     opts = _timer_options(g, on_calendar, randomized_delay, age_key_file, flake)
     # The service cannot set sops's executable bit itself (read-only /usr, /opt): do it now.

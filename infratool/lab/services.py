@@ -156,7 +156,7 @@ def prepare_fleet(lab: Lab) -> Path:
     sbctl emulator.
     """
     from infratool.lab.sbctl import provision_lab
-    from infratool.scaffold import ensure_operator_repo
+    from infratool.onboard.scaffold import ensure_operator_repo
 
     key_file = lab.root / "age.key"
     ensure_operator_repo(lab.flake_dir, key_file)

@@ -47,7 +47,7 @@ from infratool.secrets.agekeys import ed25519_public_from_ssh, ssh_ed25519_to_ag
 __all__ = ["HostRequest", "HostResult", "InitResult", "add_host", "init_repo", "remove_host"]
 
 ROTATION_POLICY = "rotation.yaml"
-"""The rotation policy's default name under ``secrets/`` (see :mod:`infratool.secrets.policy`)."""
+"""The rotation policy's default name under ``secrets/`` (see :mod:`infratool.rotation.policy`)."""
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 

@@ -15,7 +15,7 @@ from infratool import inventory as inv
 from infratool.context import write_atomic
 from infratool.errors import InputError
 from infratool.onboard.hostsfile import scalar
-from infratool.scaffold import init_secrets, new_age_key, recipient_of_key_file
+from infratool.onboard.scaffold import init_secrets, new_age_key, recipient_of_key_file
 
 SOPS_CONFIG_NAME = ".sops.yaml"
 

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from infratool.errors import InputError
-from infratool.hidden import Secret
+from infratool.secrets.secret import Secret
 
 RECIPIENT_HRP = "age"
 IDENTITY_HRP = "age-secret-key-"

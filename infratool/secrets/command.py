@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from infratool.errors import SecretsError
-from infratool.hidden import Secret
+from infratool.secrets.secret import Secret
 
 BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR")
 DEFAULT_PATH = "/run/current-system/sw/bin:/usr/local/bin:/usr/bin:/bin"

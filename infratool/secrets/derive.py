@@ -18,7 +18,7 @@ template        a text with ``{NAME}`` of each dependency (``{value}``: the
 
 Hashes are salted afresh at every derivation, so a derived hash changes
 whenever its source rotates (and is re-derived with it, in the same staged
-rotation: see :mod:`infratool.tasks.rotation`).
+rotation: see :mod:`infratool.rotation.engine`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from infratool.errors import SecretsError
-from infratool.hidden import Secret
+from infratool.secrets.secret import Secret
 
 FUNCTIONS = ("public-key", "bcrypt", "argon2id", "sha512-crypt", "htpasswd", "template")
 HTPASSWD_HASHES = ("bcrypt", "sha512-crypt")

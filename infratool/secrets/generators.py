@@ -60,8 +60,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from infratool.errors import InputError, SecretsError
-from infratool.hidden import Secret
 from infratool.secrets import agekeys, command, derive, vault
+from infratool.secrets.secret import Secret
 
 
 class ParamError(InputError):

@@ -36,8 +36,8 @@ from typing import Any
 
 from infratool import yamlsrc
 from infratool.errors import InputError, SecretsError, SecretsFileError
-from infratool.hidden import REDACTOR, Secret
 from infratool.secrets import agekeys
+from infratool.secrets.secret import REDACTOR, Secret
 
 _LOCK = threading.Lock()
 _CHECKED_ATTR = "_identity_checked"
@@ -120,7 +120,7 @@ def _rules(config: Path) -> list[tuple[int | None, list[str]]]:
 
 
 def _sops_files(secrets_dir: Path) -> list[Path]:
-    from infratool.scaffold import sops_files
+    from infratool.onboard.scaffold import sops_files
 
     return sops_files(secrets_dir) if secrets_dir.is_dir() else []
 

@@ -44,8 +44,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from infratool.errors import InputError, SecretsError
-from infratool.hidden import Secret
 from infratool.secrets import agekeys
+from infratool.secrets.secret import Secret
 from infratool.secrets.store import SopsStore
 
 if TYPE_CHECKING:

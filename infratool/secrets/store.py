@@ -53,7 +53,7 @@ import yaml
 
 from infratool import yamlsrc
 from infratool.errors import NoIdentityError, SecretsError, SecretsFileError
-from infratool.hidden import REDACTOR, Secret
+from infratool.secrets.secret import REDACTOR, Secret
 
 ALIAS_REFUSED = "the decrypted document uses YAML aliases (*name): not accepted"
 
@@ -238,7 +238,7 @@ class SopsStore:
     sops's defaults under ``$HOME``). ``sops`` overrides the binary.
 
     One store per thread: the plaintext cache is not locked. Two processes
-    writing one file must hold :func:`infratool.secrets.lock.rotation_lock`.
+    writing one file must hold :func:`infratool.rotation.lock.rotation_lock`.
     """
 
     def __init__(

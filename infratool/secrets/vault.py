@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from infratool.errors import SecretsError
-from infratool.hidden import REDACTOR, Secret
 from infratool.secrets.derive import PLACEHOLDER
+from infratool.secrets.secret import REDACTOR, Secret
 
 
 @dataclass(frozen=True)

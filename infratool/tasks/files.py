@@ -18,9 +18,9 @@ from infratool.changes import Change, text_diff
 from infratool.context import HostContext
 from infratool.errors import HostError, InfratoolError
 from infratool.facts import FactRequest, FileState
-from infratool.hidden import Secret
 from infratool.inventory import Host
 from infratool.remote import expected_state
+from infratool.secrets.secret import Secret
 from infratool.tasks.base import HostTask, Param, PlanContext, register
 
 
@@ -176,7 +176,7 @@ def consumer_files(flake: Path) -> dict[str, frozenset[str]]:
 
 @functools.lru_cache(maxsize=8)
 def _consumer_files(path: Path, stamp: int) -> dict[str, frozenset[str]]:
-    from infratool.secrets.policy import load_policy
+    from infratool.rotation.policy import load_policy
 
     try:
         policy = load_policy(path, root=path.parent.parent.resolve())

@@ -39,15 +39,16 @@ from typing import Any
 from infratool.changes import LOCAL, Change
 from infratool.context import HostContext
 from infratool.errors import InfratoolError
-from infratool.hidden import Secret
 from infratool.inventory import Host, Inventory
-from infratool.notify import notify
-from infratool.secrets import deps, generators, state
-from infratool.secrets.lock import check_lock_file, lock_path
-from infratool.secrets.policy import SecretPolicy, load_policy, parse_policy
+from infratool.rotation import state
+from infratool.rotation.engine import Rotator, pending_key, retire_key
+from infratool.rotation.lock import check_lock_file, lock_path
+from infratool.rotation.notify import notify
+from infratool.rotation.policy import SecretPolicy, load_policy, parse_policy
+from infratool.secrets import deps, generators
+from infratool.secrets.secret import Secret
 from infratool.secrets.store import SopsStore
 from infratool.tasks.base import Param, PlanContext, Source, Task, register
-from infratool.tasks.rotation import Rotator, pending_key, retire_key
 
 DEFAULT_POLICY = "secrets/rotation.yaml"
 

@@ -22,7 +22,7 @@ STEPS = ["generated", "stored", "delivered-one", "delivered", "verified", "promo
 
 @pytest.fixture
 def lab2(lab_factory, monkeypatch):
-    from infratool.scaffold import ensure_operator_repo
+    from infratool.onboard.scaffold import ensure_operator_repo
 
     lab = lab_factory(2)
     key = lab.root / "age.key"

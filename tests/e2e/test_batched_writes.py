@@ -14,9 +14,9 @@ import pytest
 
 from infratool import inventory
 from infratool.errors import CommandFailed
-from infratool.hidden import Secret
 from infratool.lab import Lab
 from infratool.remote import FileWrite, PartialWrite, Remote, payload_sizes, put_files_script
+from infratool.secrets.secret import Secret
 
 
 @pytest.fixture

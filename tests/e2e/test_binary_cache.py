@@ -25,12 +25,12 @@ from conftest import PLAYBOOKS, files_containing
 from exectrace import both_ends
 from helpers import nix_eval, nix_parse, ok
 
-from infratool.hidden import Secret
 from infratool.inventory import Host
 from infratool.remote import FileWrite, put_files_script
 from infratool.secrets.generators import generate
+from infratool.secrets.secret import Secret
 from infratool.secrets.store import SopsStore
-from infratool.tasks.binary_cache import render
+from infratool.tasks.binary_cache import filetext as render
 from infratool.tasks.binary_cache.keys import PHASES, STATE_FILE, Keys, public_key
 from infratool.tasks.binary_cache.spec import CacheSpec, check_cache_url, check_key_name
 

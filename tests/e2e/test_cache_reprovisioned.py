@@ -17,7 +17,7 @@ import subprocess
 from conftest import PLAYBOOKS
 
 from infratool.inventory import Host
-from infratool.tasks.binary_cache import render
+from infratool.tasks.binary_cache import filetext as render
 from infratool.tasks.binary_cache.spec import CacheSpec
 
 PLAYBOOK = PLAYBOOKS / "binary-cache.yaml"

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from helpers import openssh_fingerprint, ssh_to_age
 
-from infratool.hidden import Secret
+from infratool.secrets.secret import Secret
 from infratool.secrets.store import SopsStore
 
 SOPS = str(Path(sys.executable).parent / "sops")

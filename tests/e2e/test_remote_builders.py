@@ -20,7 +20,8 @@ from helpers import SshdLogs, nix_eval, nix_parse, openssh_fingerprint
 
 from infratool.inventory import Host
 from infratool.secrets.store import SopsStore
-from infratool.tasks.remote_builders import render, rotate_client_key
+from infratool.tasks.remote_builders import filetext as render
+from infratool.tasks.remote_builders import rotate_client_key
 from infratool.tasks.remote_builders.spec import Builder, Topology
 
 PLAYBOOK = PLAYBOOKS / "remote-builders.yaml"

@@ -57,7 +57,7 @@ http {{
 @pytest.fixture
 def lab3(lab_factory, monkeypatch):
     """snix, slax, brix with the flake repo's sops set-up (as the ``fleet`` fixture, one host less)."""
-    from infratool.scaffold import ensure_operator_repo
+    from infratool.onboard.scaffold import ensure_operator_repo
 
     lab = lab_factory(3)
     key = lab.root / "age.key"

@@ -21,7 +21,7 @@ from exectrace import both_ends
 from helpers import nix_parse, wait_stopped
 
 from infratool.lab import services
-from infratool.secrets.lock import lock_path
+from infratool.rotation.lock import lock_path
 from infratool.secrets.store import SopsStore
 
 STEPS = ["generated", "stored", "delivered-one", "delivered", "verified", "promoting", "promoted"]
@@ -452,7 +452,7 @@ def test_recover_from_the_mnemonic(rot, cli):
     other = SopsStore(lab.flake_dir / "secrets")
     other.write("extra.yaml", {"x/y": "value-" + "z" * 10})
     sops_cfg = lab.flake_dir / "secrets" / ".sops.yaml"
-    from infratool import scaffold
+    from infratool.onboard import scaffold
     from infratool.secrets import recovery
 
     _, recipient = recovery.derive_identity(words)

@@ -553,7 +553,7 @@ def test_restore_refuses_entries_outside_the_key_layout(sb, cli, made_keys):
         "group": "root",
         "sha256": hashlib.sha256(payload).hexdigest(),
     }
-    from infratool.hidden import Secret
+    from infratool.secrets.secret import Secret
 
     store.write(
         "secureboot/snix.yaml",

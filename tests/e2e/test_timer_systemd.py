@@ -35,9 +35,9 @@ import yaml
 from helpers import nix_eval
 
 from infratool.lab import AddressInUseError, Lab, LabUnavailable, services
-from infratool.scaffold import ensure_operator_repo
+from infratool.onboard.scaffold import ensure_operator_repo
+from infratool.rotation.timer import CREDENTIAL, SERVICE, TIMER
 from infratool.secrets.store import SopsStore
-from infratool.systemd import CREDENTIAL, SERVICE, TIMER
 
 INFRATOOL = f"{realsystemd.VENV}/bin/infratool"
 CREDENTIALS = f"/run/credentials/{SERVICE}"

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from infratool import inventory, playbook
 from infratool.errors import InputError
-from infratool.hidden import Secret
 from infratool.lab import Lab, services
-from infratool.secrets.policy import load_policy
+from infratool.rotation.policy import load_policy
+from infratool.secrets.secret import Secret
 from infratool.secrets.store import SopsStore
 
 BASELINE = ROOT / "playbooks" / "baseline.yaml"

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from infratool import inventory, playbook, yamlsrc
 from infratool.errors import InputError, SecretsFileError
 from infratool.lab.services import POLICY
-from infratool.secrets import policy
+from infratool.rotation import policy
 from infratool.secrets.store import SopsStore
 from infratool.tasks.base import Param, load_all
 
@@ -341,8 +341,8 @@ def sops_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[SopsStore, str]
     """A secrets repo with an operator key and one encrypted file; the store and that file's text."""
     import os
 
-    from infratool.hidden import Secret
-    from infratool.scaffold import ensure_operator_repo
+    from infratool.onboard.scaffold import ensure_operator_repo
+    from infratool.secrets.secret import Secret
 
     root = tmp_path_factory.mktemp("sops-repo")
     ensure_operator_repo(root, root / "age.key")

@@ -21,7 +21,7 @@ import yaml
 
 from infratool.errors import InputError
 from infratool.lab import Lab
-from infratool.secrets.policy import parse_policy
+from infratool.rotation.policy import parse_policy
 from infratool.secrets.store import SopsStore
 
 MARK = f"pwned-{secrets.token_hex(4)}"

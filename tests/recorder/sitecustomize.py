@@ -1,8 +1,8 @@
 """Test-only: record every secret value an infratool process wraps, for the canary sweep.
 
 Put this directory on ``PYTHONPATH`` and set ``INFRATOOL_TEST_SECRET_RECORD``
-to a file: every value registered with :data:`infratool.hidden.REDACTOR` —
-which every :class:`~infratool.hidden.Secret` is, generated or read from sops —
+to a file: every value registered with :data:`infratool.secrets.secret.REDACTOR` —
+which every :class:`~infratool.secrets.secret.Secret` is, generated or read from sops —
 is appended to it, hex-encoded (so the record itself never holds a value
 verbatim for a sweep to trip over). Nothing in infratool knows about this;
 without the variable it does nothing.
@@ -15,7 +15,7 @@ import os
 _RECORD = os.environ.get("INFRATOOL_TEST_SECRET_RECORD")
 
 if _RECORD:
-    from infratool import hidden
+    from infratool.secrets import secret as hidden
 
     _register = hidden.Redactor.register
 

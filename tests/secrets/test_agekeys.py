@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from infratool.errors import InputError
-from infratool.hidden import Secret
 from infratool.secrets import agekeys
+from infratool.secrets.secret import Secret
 from infratool.secrets.store import SopsStore
 
 

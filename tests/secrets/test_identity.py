@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from infratool.errors import SecretsFileError
-from infratool.scaffold import ensure_operator_repo, new_age_key
+from infratool.onboard.scaffold import ensure_operator_repo, new_age_key
 from infratool.secrets import identity
 from infratool.secrets.store import SopsStore
 

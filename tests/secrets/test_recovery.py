@@ -14,8 +14,8 @@ import pyrage
 import pytest
 
 from infratool.errors import InputError
-from infratool.hidden import Secret
 from infratool.secrets import recovery
+from infratool.secrets.secret import Secret
 from infratool.secrets.store import SopsStore, find_sops
 
 # BIP39 test vectors (all-zero and 0x7f entropy).

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from infratool.errors import InputError, LockedError
-from infratool.secrets.lock import lock_path, rotation_lock
+from infratool.rotation.lock import lock_path, rotation_lock
 
 
 def test_second_lock_attempt_is_refused_naming_file_and_pid(tmp_path: Path) -> None:
@@ -74,7 +74,7 @@ def test_a_lock_held_by_a_killed_process_is_free(tmp_path: Path) -> None:
     file = tmp_path / "db.yaml"
     code = (
         "import sys, time\n"
-        "from infratool.secrets.lock import rotation_lock\n"
+        "from infratool.rotation.lock import rotation_lock\n"
         "with rotation_lock(sys.argv[1]):\n"
         "    print('locked', flush=True)\n"
         "    time.sleep(60)\n"

@@ -9,8 +9,7 @@ import pytest
 
 from infratool import yamlsrc
 from infratool.errors import InputError
-from infratool.hidden import Secret
-from infratool.secrets.policy import (
+from infratool.rotation.policy import (
     Command,
     FileTarget,
     load_policy,
@@ -18,6 +17,7 @@ from infratool.secrets.policy import (
     parse_policy,
     render_template,
 )
+from infratool.secrets.secret import Secret
 
 HOSTS = {"snix", "slax", "brix", "nixtv-player"}
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from infratool.errors import InputError
-from infratool.hidden import Secret
-from infratool.secrets import state as st
+from infratool.rotation import state as st
+from infratool.secrets.secret import Secret
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -91,7 +91,7 @@ def test_time_helpers() -> None:
 _SAVER = """
 import sys
 from pathlib import Path
-from infratool.tasks.rotation import Rotator
+from infratool.rotation.engine import Rotator
 
 rotator = Rotator(None, Path(sys.argv[1]), {})
 for i in range(int(sys.argv[3])):

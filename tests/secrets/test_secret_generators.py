@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from infratool.errors import InputError
-from infratool.hidden import Secret
 from infratool.secrets import generators
 from infratool.secrets.generators import GENERATORS, generate, public_part
+from infratool.secrets.secret import Secret
 
 
 def test_password_defaults_and_alphabets() -> None:

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from infratool.errors import SecretsError, SecretsFileError
-from infratool.hidden import Secret
+from infratool.secrets.secret import Secret
 from infratool.secrets.store import SopsStore, find_sops, sops_index
 
 

@@ -19,10 +19,10 @@ import vaultserver
 import yaml
 
 from infratool.errors import InputError, SecretsError
-from infratool.hidden import Secret
+from infratool.rotation.policy import parse_policy
 from infratool.secrets import derive, generators
 from infratool.secrets.generators import GenContext, NeedsPerson
-from infratool.secrets.policy import parse_policy
+from infratool.secrets.secret import Secret
 
 HOSTS = {"snix", "slax", "brix", "nixtv-player"}
 
@@ -439,7 +439,7 @@ def test_secrets_set_at_a_terminal_never_echoes(tmp_path: Path, monkeypatch) -> 
     import sys
     import time
 
-    from infratool.scaffold import ensure_operator_repo
+    from infratool.onboard.scaffold import ensure_operator_repo
     from infratool.secrets.store import SopsStore
 
     key = tmp_path / "age.key"

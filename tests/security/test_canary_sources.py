@@ -18,7 +18,7 @@ import vaultserver
 import yaml
 from helpers import files_containing, sample_ps
 
-from infratool.scaffold import ensure_operator_repo, sops_files
+from infratool.onboard.scaffold import ensure_operator_repo, sops_files
 from infratool.secrets.store import SopsStore
 
 MIN_LEN = 16

@@ -34,7 +34,7 @@ from exectrace import both_ends
 from helpers import PLAYBOOKS, ROOT, files_containing
 
 from infratool.lab.services import prepare_fleet
-from infratool.scaffold import sops_files
+from infratool.onboard.scaffold import sops_files
 from infratool.secrets.store import SopsStore
 
 CANARY = "CANARY-sweep-" + os.urandom(12).hex()

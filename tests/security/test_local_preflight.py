@@ -53,7 +53,7 @@ def test_no_usable_age_identity_is_one_exit_3_before_any_change(fleet, cli, tmp_
     secrets = lab.flake_dir / "secrets"
     before = sorted(p.name for p in secrets.iterdir())
     stranger = tmp_path / "stranger.txt"  # a valid age identity that no rule lists
-    from infratool.scaffold import new_age_key
+    from infratool.onboard.scaffold import new_age_key
 
     new_age_key(stranger)
     stranger.chmod(0o644)

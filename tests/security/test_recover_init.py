@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from infratool.scaffold import ensure_operator_repo
+from infratool.onboard.scaffold import ensure_operator_repo
 from infratool.secrets import recovery
 from infratool.secrets.store import SopsStore
 

@@ -18,9 +18,9 @@ from infratool import inventory
 from infratool.context import HostContext
 from infratool.errors import CommandFailed
 from infratool.facts import FactCache
-from infratool.hidden import Secret
 from infratool.lab import Lab
 from infratool.remote import FileWrite, Remote
+from infratool.secrets.secret import Secret
 from infratool.tasks.binary_cache.install import put_checked
 
 APP = "/var/lib/app"

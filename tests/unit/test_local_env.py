@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from infratool.context import LocalContext
-from infratool.notify import notify
-from infratool.secrets.policy import Notify, Policy
+from infratool.rotation.notify import notify
+from infratool.rotation.policy import Notify, Policy
 
 SECRETS = {
     "SOPS_AGE_KEY": "AGE-SECRET-KEY-1CANARYCANARYCANARY",

@@ -303,8 +303,8 @@ def test_no_sops_config_pins_only(run, tmp_path):
 
 def test_a_crash_before_hosts_yaml_is_finished_by_running_add_again(fleet_repo, run):
     """.sops.yaml rewritten and secrets re-encrypted, then a crash: the same `host add` completes it."""
-    from infratool.hidden import Secret
     from infratool.onboard.sopsrules import apply_sops_config, edit_sops_config
+    from infratool.secrets.secret import Secret
     from infratool.secrets.store import SopsStore
 
     store = SopsStore(fleet_repo / "secrets")

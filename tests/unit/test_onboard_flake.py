@@ -3,11 +3,11 @@
 No nixpkgs here, so nothing is built; what can be checked is:
 
 * every Nix file parses (``nix-instantiate --parse``);
-* ``nix/rotation-units.nix`` is exactly what :func:`infratool.systemd.unit_sections`
+* ``nix/rotation-units.nix`` is exactly what :func:`infratool.rotation.timer.unit_sections`
   gives (one source of truth; regenerate with ``INFRATOOL_REGEN=1 pytest
   tests/unit/test_onboard_flake.py``);
 * ``nix/units.nix`` evaluated by the real ``nix-instantiate`` yields the same
-  bytes as :func:`infratool.systemd.render_units` and as the ``infratool timer
+  bytes as :func:`infratool.rotation.timer.render_units` and as the ``infratool timer
   render`` command, and those units pass ``systemd-analyze verify``;
 * the module and the flake wire it up (evaluated against a small stand-in for
   nixpkgs' ``lib``/``pkgs``), and the package's dependencies are pyproject's.
@@ -27,7 +27,14 @@ import pytest
 from helpers import ROOT, nix_eval, nix_parse
 
 from infratool import nixgen
-from infratool.systemd import SERVICE, TIMER, TimerOptions, default_executable, render_units, unit_sections
+from infratool.rotation.timer import (
+    SERVICE,
+    TIMER,
+    TimerOptions,
+    default_executable,
+    render_units,
+    unit_sections,
+)
 
 GENERATED = ROOT / "nix" / "rotation-units.nix"
 PLACEHOLDERS = {
@@ -39,7 +46,7 @@ PLACEHOLDERS = {
     "randomizedDelay": "@randomizedDelay@",
 }
 HEADER = """\
-# Generated from infratool/systemd.py (unit_sections) — do not edit by hand.
+# Generated from infratool/rotation/timer.py (unit_sections) — do not edit by hand.
 # Regenerate: INFRATOOL_REGEN=1 pytest tests/unit/test_onboard_flake.py
 # The @placeholders@ are filled in by ./units.nix.
 """
@@ -125,7 +132,7 @@ def test_rotation_units_nix_is_generated_from_systemd_py():
         GENERATED.write_text(expected)
         pytest.fail(f"regenerated {GENERATED}: review the diff, then rerun without INFRATOOL_REGEN")
     assert GENERATED.read_text() == expected, (
-        "nix/rotation-units.nix is stale: infratool/systemd.py changed. "
+        "nix/rotation-units.nix is stale: infratool/rotation/timer.py changed. "
         "Regenerate: INFRATOOL_REGEN=1 pytest tests/unit/test_onboard_flake.py"
     )
     # Every setting reaches the units through a placeholder (none was baked in).

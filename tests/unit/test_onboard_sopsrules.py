@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from infratool.errors import InputError, SecretsFileError
-from infratool.hidden import Secret
+from infratool.onboard.scaffold import SOPS_CONFIG
 from infratool.onboard.sopsrules import (
     COMMON_REGEX,
     apply_sops_config,
@@ -20,7 +20,7 @@ from infratool.onboard.sopsrules import (
     sops_files,
     stale_files,
 )
-from infratool.scaffold import SOPS_CONFIG
+from infratool.secrets.secret import Secret
 from infratool.secrets.store import SopsStore
 
 CONFIG = Path(".sops.yaml")

@@ -16,8 +16,8 @@ import pytest
 from helpers import ROOT
 from rich.console import Console
 
-from infratool import render
 from infratool.changes import Change, Plan
+from infratool.cli import output as render
 from infratool.runner import HostResult, RunResult
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from infratool.errors import InputError
-from infratool.systemd import TimerOptions, check_timespan, default_executable, render_units
+from infratool.rotation.timer import TimerOptions, check_timespan, default_executable, render_units
 
 needs_analyze = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed"

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
-from infratool import inventory, playbook, scaffold
+from infratool import inventory, playbook
 from infratool.errors import InputError
-from infratool.onboard import sopsrules
-from infratool.secrets import policy, state
+from infratool.onboard import scaffold, sopsrules
+from infratool.rotation import policy, state
 from infratool.secrets.store import SopsStore
 
 

@@ -10,7 +10,6 @@ from .cmd_files import _cmd_list_files, _cmd_remove_file, _cmd_sign, _cmd_sign_a
 from .cmd_keys import _cmd_create_keys, _cmd_list_enrolled_keys, _cmd_status, _cmd_version
 from .cmd_setup import _cmd_setup
 from .consts import DEFAULT_DIR_SINCE
-from .context import _Ctx
 from .enroll import _cmd_enroll_keys, _cmd_reset
 from .flags import (
     _GLOBAL_FLAGS,
@@ -24,6 +23,7 @@ from .flags import (
     _strip_flags,
 )
 from .output import _Exit, _Fail, _FlagError, _go_quote, _Log, _os_error
+from .runtime import _Ctx
 
 # In upstream's init order (Go initialises cmd/sbctl/*.go alphabetically).
 _COMMANDS = (

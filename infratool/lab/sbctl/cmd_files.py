@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .context import Opts, _Ctx, _Key
 from .output import _AlreadySigned, _Exit, _Fail, _os_error
 from .pe import _check_msdos, _sign_file, _verify_file
+from .runtime import Opts, _Ctx, _Key
 
 
 def _cmd_sign(ctx: _Ctx, opts: Opts, args: list[str]) -> None:

@@ -7,9 +7,9 @@ import sys
 import uuid
 
 from .consts import KEY_DESCRIPTIONS, VARIABLES
-from .context import Opts, _Ctx, _new_file_key
 from .encoding import _atomic_write
 from .output import _Fail
+from .runtime import Opts, _Ctx, _new_file_key
 
 
 def _cmd_status(ctx: _Ctx, opts: Opts, args: list[str]) -> None:

@@ -15,8 +15,8 @@ import posixpath
 import shutil
 
 from .consts import DEFAULT_DIR
-from .context import Opts, _Ctx
 from .output import _Fail, _os_error
+from .runtime import Opts, _Ctx
 
 _GROUP = ("print-config", "print-state", "migrate", "setup")
 

@@ -19,11 +19,11 @@ from .consts import (
     SETUP_MODE_EFIVAR,
     VARIABLES,
 )
-from .context import Opts, _Ctx, _eperm, _Key
 from .encoding import _pem_to_der
 from .firmware import FirmwareState, SignatureEntry, _empty_vars, _esl_bytes, _parse_esl
 from .output import _Fail, _os_error
 from .pe import _run
+from .runtime import Opts, _Ctx, _eperm, _Key
 
 _SIGNER = {"PK": "PK", "KEK": "PK", "db": "KEK"}
 

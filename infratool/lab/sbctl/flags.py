@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .context import Opts, _Ctx
 from .output import _FlagError, _go_quote
+from .runtime import Opts, _Ctx
 
 
 @dataclass(frozen=True)

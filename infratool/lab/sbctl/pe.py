@@ -6,9 +6,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from .context import _Ctx, _Key
 from .encoding import _sha256
 from .output import _AlreadySigned, _Fail
+from .runtime import _Ctx, _Key
 
 
 def _check_msdos(data: bytes) -> bool:

@@ -32,7 +32,8 @@ from infratool.context import HostContext, LocalContext
 from infratool.facts import FactRequest
 from infratool.inventory import Host
 from infratool.tasks.base import Param, PlanContext, Task, register
-from infratool.tasks.binary_cache import render, scripts
+from infratool.tasks.binary_cache import filetext as render
+from infratool.tasks.binary_cache import scripts
 from infratool.tasks.binary_cache.install import file_changes
 from infratool.tasks.binary_cache.keys import load_keys
 from infratool.tasks.binary_cache.server import include_changes

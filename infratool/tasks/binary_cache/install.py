@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from infratool.changes import Change
 from infratool.context import HostContext
-from infratool.hidden import Secret
+from infratool.secrets.secret import Secret
 from infratool.tasks import files
 
 

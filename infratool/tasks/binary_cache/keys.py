@@ -38,9 +38,9 @@ import yaml
 from infratool import yamlsrc
 from infratool.changes import LOCAL, Change
 from infratool.errors import InputError, SecretsError, SecretsFileError
-from infratool.hidden import Secret
+from infratool.rotation.state import format_time, utcnow
 from infratool.secrets import generators
-from infratool.secrets.state import format_time, utcnow
+from infratool.secrets.secret import Secret
 from infratool.secrets.store import SopsStore, atomic_write
 from infratool.tasks.base import PlanContext
 from infratool.tasks.binary_cache.spec import CacheSpec

@@ -39,12 +39,12 @@ from infratool.changes import LOCAL, Change
 from infratool.context import HostContext
 from infratool.errors import InputError, RefusedError, SecretsError, VerifyError
 from infratool.facts import FactRequest
-from infratool.hidden import Secret
 from infratool.inventory import Host
+from infratool.rotation.lock import rotation_lock
+from infratool.rotation.policy import parse_duration
+from infratool.rotation.state import format_time, parse_time, utcnow
 from infratool.secrets import generators
-from infratool.secrets.lock import rotation_lock
-from infratool.secrets.policy import parse_duration
-from infratool.secrets.state import format_time, parse_time, utcnow
+from infratool.secrets.secret import Secret
 from infratool.tasks.base import Param, PlanContext, Task, register
 from infratool.tasks.binary_cache import scripts
 from infratool.tasks.binary_cache.client import (

@@ -12,7 +12,8 @@ from __future__ import annotations
 import shlex
 
 from infratool.inventory import Host
-from infratool.tasks.binary_cache import render, trust
+from infratool.tasks.binary_cache import filetext as render
+from infratool.tasks.binary_cache import trust
 from infratool.tasks.binary_cache.spec import CacheSpec
 
 NIX = render.NIX

@@ -27,7 +27,8 @@ from infratool.errors import HostError
 from infratool.facts import FactRequest
 from infratool.inventory import Host
 from infratool.tasks.base import Param, PlanContext, Task, register
-from infratool.tasks.binary_cache import render, scripts
+from infratool.tasks.binary_cache import filetext as render
+from infratool.tasks.binary_cache import scripts
 from infratool.tasks.binary_cache.install import file_changes
 from infratool.tasks.binary_cache.keys import CURRENT, NEXT, SOPS_FILE, Keys, key_name, load_keys, public_key
 from infratool.tasks.binary_cache.spec import CACHE_PARAMS, NIX_CONF, CacheSpec, cache_spec, validate_server

@@ -10,7 +10,7 @@ from infratool.facts import FactRequest
 from infratool.inventory import Host
 from infratool.tasks.base import PlanContext, Task
 from infratool.tasks.remote_builders import spec
-from infratool.tasks.remote_builders.render import CLIENT_KNOWN_HOSTS, MACHINES, NIX_CONF, SSH_CONFIG
+from infratool.tasks.remote_builders.filetext import CLIENT_KNOWN_HOSTS, MACHINES, NIX_CONF, SSH_CONFIG
 from infratool.tasks.remote_builders.spec import Builder, Topology
 
 DAEMON_RUNNING = "test -S /nix/var/nix/daemon-socket/socket"

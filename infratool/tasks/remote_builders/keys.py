@@ -2,7 +2,7 @@
 
 The private key exists in three places only: the sops file (encrypted), the
 client's 0600 key file (or sops-nix's ``/run/secrets``), and this process's
-memory as a :class:`~infratool.hidden.Secret`. It is stored in sops *before*
+memory as a :class:`~infratool.secrets.secret.Secret`. It is stored in sops *before*
 it is installed anywhere, so a crash can never leave a key in use that
 exists nowhere else.
 """
@@ -13,10 +13,10 @@ import hashlib
 from dataclasses import dataclass
 
 from infratool.errors import InputError
-from infratool.hidden import Secret
 from infratool.secrets import generators
+from infratool.secrets.secret import Secret
 from infratool.secrets.store import SopsStore
-from infratool.tasks.remote_builders.render import marker
+from infratool.tasks.remote_builders.filetext import marker
 from infratool.tasks.remote_builders.spec import SECRETS_FILE, secret_key
 
 

@@ -28,16 +28,17 @@ from infratool.changes import LOCAL, Change
 from infratool.context import HostContext
 from infratool.errors import HostError, SecretsFileError
 from infratool.facts import FACTS, FactRequest
-from infratool.hidden import REDACTOR
 from infratool.inventory import Host
+from infratool.secrets.secret import REDACTOR
 from infratool.secrets.store import SopsStore
 from infratool.tasks.base import Param, PlanContext, register
 from infratool.tasks.files import file_changes
 from infratool.tasks.nix_settings import edit_conf, generated_path, local_file_change
-from infratool.tasks.remote_builders import render, spec
+from infratool.tasks.remote_builders import filetext as render
+from infratool.tasks.remote_builders import spec
 from infratool.tasks.remote_builders.common import DAEMON_RUNNING, TopologyTask, home_command
+from infratool.tasks.remote_builders.filetext import CLIENT_KNOWN_HOSTS, MACHINES, NIX_CONF, SSH_CONFIG
 from infratool.tasks.remote_builders.keys import ClientKey, new_key, store_key, stored_key
-from infratool.tasks.remote_builders.render import CLIENT_KNOWN_HOSTS, MACHINES, NIX_CONF, SSH_CONFIG
 from infratool.tasks.remote_builders.spec import Builder
 from infratool.tasks.remote_builders.verify import check_clients
 

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from infratool import nixgen
 from infratool.context import HostContext
 from infratool.inventory import Host
-from infratool.tasks.remote_builders.render import MACHINES, machines_fields, store_uri
+from infratool.tasks.remote_builders.filetext import MACHINES, machines_fields, store_uri
 from infratool.tasks.remote_builders.spec import Builder, Topology
 
 PING_TIMEOUT = 60.0

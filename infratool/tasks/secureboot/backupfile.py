@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infratool.errors import SecretsFileError
-from infratool.hidden import Secret
+from infratool.secrets.secret import Secret
 from infratool.secrets.store import SopsStore
 from infratool.tasks.secureboot.hostinfo import BUNDLE_FILES, KEY_FILES, KNOWN_BUNDLES
 from infratool.tasks.secureboot.keyfiles import FileData, wrap

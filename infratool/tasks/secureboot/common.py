@@ -16,8 +16,8 @@ from infratool.changes import Change
 from infratool.context import HostContext
 from infratool.errors import InfratoolError, RefusedError
 from infratool.facts import FactRequest
-from infratool.hidden import REDACTOR
 from infratool.inventory import Host
+from infratool.secrets.secret import REDACTOR
 from infratool.secrets.store import SopsStore
 from infratool.tasks.base import Param, PlanContext, Task
 from infratool.tasks.files import check_abs_path

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from infratool.context import HostContext
 from infratool.errors import CommandFailed, VerifyError
-from infratool.hidden import Secret
+from infratool.secrets.secret import Secret
 from infratool.tasks.secureboot.hostinfo import BUNDLE_FILES
 
 _READ_SCRIPT = r"""

@@ -11,9 +11,9 @@ import subprocess
 import urllib.request
 
 from infratool import log
-from infratool.hidden import REDACTOR
 from infratool.localenv import minimal_env
-from infratool.secrets.policy import Policy
+from infratool.rotation.policy import Policy
+from infratool.secrets.secret import REDACTOR
 
 
 def notify(policy: Policy, event: str, message: str) -> None:
@@ -22,7 +22,7 @@ def notify(policy: Policy, event: str, message: str) -> None:
     if target is None or event not in target.events:
         return
     text = REDACTOR.redact(f"infratool: {message}") + "\n"
-    logger = log.get_logger("infratool.notify")
+    logger = log.get_logger("infratool.rotation.notify")
     if target.command:
         try:
             subprocess.run(

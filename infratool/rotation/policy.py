@@ -58,8 +58,8 @@ from typing import Any, Literal
 
 from infratool import yamlsrc
 from infratool.errors import InputError
-from infratool.hidden import Secret
 from infratool.secrets import deps, derive, generators
+from infratool.secrets.secret import Secret
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+)([smhdw])")
@@ -69,7 +69,7 @@ _PLACEHOLDERS = ("value", "public")
 _ROOT_MARKERS = ("hosts.yaml", "flake.nix", ".git")
 # Top-level keys of a sops file that are not the policy's: ``sops`` is the
 # file's metadata, ``_rotation`` holds pending/previous values
-# (tasks/rotation.py). A secret named ``_rotation/pending/foo`` would be
+# (rotation/engine.py). A secret named ``_rotation/pending/foo`` would be
 # read as foo's pending value and corrupt foo's rotation.
 RESERVED_NAMES = ("_rotation", "sops")
 # A user or group name as useradd(8) and NixOS accept it, or a numeric id:

@@ -25,7 +25,7 @@ from rich.text import Text
 
 from infratool import log
 from infratool.changes import Plan
-from infratool.hidden import REDACTOR
+from infratool.secrets.secret import REDACTOR
 
 STATUS_STYLE = {
     "ok": "green",

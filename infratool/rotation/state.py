@@ -41,8 +41,8 @@ import yaml
 
 from infratool import yamlsrc
 from infratool.errors import InputError
-from infratool.hidden import REDACTOR
 from infratool.safeopen import open_regular
+from infratool.secrets.secret import REDACTOR
 from infratool.secrets.store import atomic_write
 
 STATE_FILE = ".rotation-state.yaml"

@@ -24,10 +24,11 @@ from infratool import log
 from infratool.context import HostContext
 from infratool.errors import InfratoolError, SecretsError, VerifyError
 from infratool.faults import fault_point
-from infratool.hidden import REDACTOR, Secret
-from infratool.secrets import generators, state
-from infratool.secrets.lock import rotation_lock
-from infratool.secrets.policy import Command, Consumer, SecretPolicy, render_template
+from infratool.rotation import state
+from infratool.rotation.lock import rotation_lock
+from infratool.rotation.policy import Command, Consumer, SecretPolicy, render_template
+from infratool.secrets import generators
+from infratool.secrets.secret import REDACTOR, Secret
 from infratool.secrets.store import SopsStore
 
 PENDING = "_rotation/pending/"
