@@ -2,8 +2,12 @@
 
 A task's ``plan()`` returns :class:`Change` objects. Each knows its host (or
 :data:`LOCAL` for the flake repo), a one-line description, a redacted diff and
-how to apply itself. The runner gathers them into a :class:`Plan`, which the
-CLI renders for humans or dumps as JSON, and ``run`` applies exactly that plan.
+what applying it means: the name of a registered **action** (``op``) and its
+parameters (``args``, plain data). The runner gathers them into a
+:class:`Plan`, which the CLI renders for humans, dumps as JSON or saves, and
+``run``/``apply`` carry out exactly that plan by looking each ``op`` up in
+:data:`ACTIONS`. Because a change holds no code, a saved plan applies the same
+way as one just computed.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from infratool.secrets.secret import REDACTOR
 
@@ -19,6 +23,44 @@ LOCAL = "local"
 """Pseudo-host for changes to the flake repo on the controller."""
 
 SECRET_DIFF = "(secret content: not shown)"
+
+ActionFn = Callable[..., None]
+"""``fn(ctx, **args)``: carries out one change on the context of its host."""
+
+ACTIONS: dict[str, ActionFn] = {}
+"""Registered actions by name (``files.put``, ``nix.write``, ...)."""
+
+_F = TypeVar("_F", bound=ActionFn)
+
+
+def action(name: str) -> Callable[[_F], _F]:
+    """Decorator: register ``fn(ctx, **args)`` as the action ``name``.
+
+    ``ctx`` is the :class:`~infratool.context.HostContext` of the change's
+    host (or the local context for :data:`LOCAL` targets). ``args`` are the
+    change's parameters: plain data, plus :class:`~infratool.secrets.secret.Secret`
+    values that a saved plan stores sealed, never in clear.
+    """
+
+    def register(fn: _F) -> _F:
+        if name in ACTIONS and ACTIONS[name] is not fn:
+            raise ValueError(f"action {name!r} is registered twice")
+        ACTIONS[name] = fn
+        return fn
+
+    return register
+
+
+def lookup(name: str) -> ActionFn:
+    """The action registered as ``name`` (importing every task module once if needed)."""
+    if name not in ACTIONS:
+        from infratool.tasks.base import load_all
+
+        load_all()
+    try:
+        return ACTIONS[name]
+    except KeyError:
+        raise KeyError(f"unknown action {name!r} (known: {', '.join(sorted(ACTIONS))})") from None
 
 
 @dataclass
@@ -29,7 +71,8 @@ class Change:
     task: str
     description: str
     apply: Callable[[Any], None] | None = field(default=None, repr=False, compare=False)
-    """``apply(ctx)`` with the :class:`~infratool.context.HostContext` of ``host``."""
+    """Legacy: ``apply(ctx)`` as a closure. Such a change cannot be saved in a plan
+    file; every task is moving to ``op``/``args``."""
     diff: str = ""
     phase: int = 0
     """Within one task, lower phases apply on every host before higher ones."""
@@ -41,11 +84,30 @@ class Change:
     """One of create, update, delete, run, deploy — for the summary and JSON."""
     stage: int = 0
     """Set by the runner: the index of the playbook entry that planned this change."""
+    op: str = ""
+    """The registered action that applies this change (see :func:`action`)."""
+    args: dict[str, Any] = field(default_factory=dict, repr=False)
+    """The action's parameters: plain data (and sealed secrets in a plan file)."""
 
     def __post_init__(self) -> None:
         # Redact at construction, so no later path can show the raw text.
         self.description = REDACTOR.redact(self.description)
         self.diff = REDACTOR.redact(self.diff)
+        if not self.op and self.apply is None:
+            raise ValueError(f"change {self.description!r} has neither an action (op) nor apply")
+
+    @property
+    def is_data(self) -> bool:
+        """True when the change is an action plus parameters (it can be saved in a plan file)."""
+        return bool(self.op)
+
+    def execute(self, ctx: Any) -> None:
+        """Carry out the change on ``ctx`` (its host's context)."""
+        if self.op:
+            lookup(self.op)(ctx, **self.args)
+        else:
+            assert self.apply is not None
+            self.apply(ctx)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view (no apply callable)."""
@@ -56,6 +118,7 @@ class Change:
             "description": self.description,
             "diff": self.diff,
             "phase": self.phase,
+            "op": self.op or None,
         }
 
 

@@ -437,7 +437,7 @@ class Runner:
                 current = change
                 if isinstance(view, DeferredWrites):
                     view.tag = change
-                change.apply(view)
+                change.execute(view)
                 if isinstance(view, DeferredWrites) and view.failed_tag is not None:
                     raise DeferredWriteFailed(view.failed_tag, InfratoolError("write failed"))
                 done.append(change)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from infratool import log
-from infratool.changes import Change, text_diff
+from infratool.changes import Change, action, text_diff
 from infratool.context import HostContext
 from infratool.errors import HostError, InfratoolError
 from infratool.facts import FactRequest, FileState
@@ -118,11 +118,34 @@ def file_changes(
     expect = expected_state(current.exists, current.is_file, current.is_symlink, _sha256(current))
     ctx.plan_write(path, raw, mode, owner, group, secret=secret)
     payload = content if secret and isinstance(content, Secret) else raw
+    args = {"path": path, "content": payload, "mode": mode, "owner": owner, "group": group, "expect": expect}
+    return [Change(ctx.name, task, desc, op="files.put", args=args, diff=diff, action=action)]
 
-    def apply(hctx: HostContext) -> None:
-        hctx.put_file(path, payload, mode=mode, owner=owner, group=group, expect=expect)
 
-    return [Change(ctx.name, task, desc, apply, diff=diff, action=action)]
+@action("files.put")
+def put(
+    hctx: HostContext,
+    path: str,
+    content: bytes | Secret,
+    mode: int | None,
+    owner: str | None,
+    group: str | None,
+    expect: str | None,
+) -> None:
+    """Write ``content`` to ``path``; the host refuses if the file is no longer as ``expect`` says."""
+    hctx.put_file(path, content, mode=mode, owner=owner, group=group, expect=expect)
+
+
+@action("files.meta")
+def set_meta(hctx: HostContext, path: str, mode: int | None, owner: str | None, group: str | None) -> None:
+    """Set mode/owner/group of an existing file (never ``chmod PATH``: chmod follows a swapped-in symlink)."""
+    hctx.set_meta(path, mode, owner, group)
+
+
+@action("files.remove")
+def remove(hctx: HostContext, path: str) -> None:
+    """Remove ``path`` (a missing file is fine)."""
+    hctx.run(f"rm -f -- {shlex.quote(path)}", what=f"remove {path}")
 
 
 def unshown_reason(current: FileState) -> str | None:
@@ -153,11 +176,10 @@ def _sha256(current: FileState) -> str | None:
 
 
 def _meta_change(ctx, task, path, mode, owner, group, bits) -> Change:
-    def apply(hctx: HostContext) -> None:
-        # Never `chmod PATH` by name: chmod follows a symlink swapped in there.
-        hctx.set_meta(path, mode, owner, group)
-
-    return Change(ctx.name, task, f"update {path} ({', '.join(bits)})", apply, action="update")
+    args = {"path": path, "mode": mode, "owner": owner, "group": group}
+    return Change(
+        ctx.name, task, f"update {path} ({', '.join(bits)})", op="files.meta", args=args, action="update"
+    )
 
 
 def consumer_files(flake: Path) -> dict[str, frozenset[str]]:
@@ -287,7 +309,8 @@ class FileAbsent(HostTask):
                 host.name,
                 self.name,
                 f"remove {path}",
-                lambda h: h.run(f"rm -f -- {shlex.quote(path)}", what=f"remove {path}"),
+                op="files.remove",
+                args={"path": path},
                 action="delete",
             )
         ]
@@ -323,10 +346,13 @@ class Command(HostTask):
         if self.args["unless"] and host.facts.get("succeeds", self.args["unless"]):
             return []
         cmd = self.args["command"]
-        return [Change(host.name, self.name, f"run: {cmd}", lambda h: _run_shown(h, cmd), action="run")]
+        return [
+            Change(host.name, self.name, f"run: {cmd}", op="command.run", args={"cmd": cmd}, action="run")
+        ]
 
 
-def _run_shown(host: Any, cmd: str) -> None:
+@action("command.run")
+def run_shown(host: Any, cmd: str) -> None:
     """Run a ``command`` task's command; its output is shown at ``-v`` (masked, like every log line)."""
     result = host.run(cmd, what="command")
     if result.stdout or result.stderr:

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from infratool import nixgen
-from infratool.changes import LOCAL, Change, text_diff
+from infratool.changes import LOCAL, Change, action, text_diff
 from infratool.context import HostContext, LocalContext
 from infratool.facts import FactRequest
 from infratool.inventory import Host
@@ -76,7 +76,8 @@ def local_file_change(
             LOCAL,
             task,
             f"{'update' if old is not None else 'create'} {rel}",
-            lambda ctx: ctx.put_file(rel, new),
+            op="local.write",
+            args={"rel": rel, "content": new},
             diff=diff,
             deploy=deploy,
             action="update" if old is not None else "create",
@@ -143,3 +144,9 @@ class NixSettings(Task):
         content = nixgen.module({"nix.settings": settings})
         rel = generated_path(host.name, self.args["module"])
         return local_file_change(local, self.name, rel, content, deploy=host.name)
+
+
+@action("local.write")
+def write_local(local: LocalContext, rel: str, content: bytes) -> None:
+    """Write a generated file of the flake repo (``rel`` is relative to its root)."""
+    local.put_file(rel, content)

@@ -37,11 +37,18 @@ def _plan() -> Plan:
     return Plan(
         hosts=["snix", HOST, "brix"],
         changes=[
-            Change("snix", "remote_builders.setup", f"authorize client key {PUBKEY}", action="create"),
+            Change(
+                "snix",
+                "remote_builders.setup",
+                f"authorize client key {PUBKEY}",
+                op="files.put",
+                action="create",
+            ),
             Change(
                 "snix",
                 "files.content",
                 "update /etc/nix/machines",
+                op="files.put",
                 diff="--- /etc/nix/machines\n+++ /etc/nix/machines\n+ssh-ng://builder@snix x86_64-linux",
             ),
         ],
