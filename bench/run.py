@@ -58,7 +58,7 @@ def log(message: str) -> None:
 
 def start_lab(root: Path, count: int, subnet: str | None):
     """Bring up ``count`` hosts on the first free 127.200.x subnet (or ``subnet``)."""
-    from infratool.lab import AddressInUseError, Lab
+    from infratool_lab import AddressInUseError, Lab
 
     candidates = [subnet] if subnet else [f"127.200.{x}" for x in range(11, 250)]
     for candidate in candidates:

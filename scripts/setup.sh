@@ -46,7 +46,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # pip's output goes to a log (this machine's pip config is chatty); shown on failure.
 log=$(mktemp)
-if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e '.[test]'; } >"$log" 2>&1; then
+if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e '.[test]' -e ./lab; } >"$log" 2>&1; then
   cat "$log" >&2; rm -f "$log"; exit 1
 fi
 rm -f "$log"

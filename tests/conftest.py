@@ -1,6 +1,6 @@
 """Fixtures for the whole suite: a real lab fleet per test, and a private audit log.
 
-The lab fixtures start real sshd hosts (see ``infratool.lab``); they skip, with
+The lab fixtures start real sshd hosts (see ``infratool_lab``); they skip, with
 the reason, on a machine that cannot run them (not root, no sshd) — except in
 CI (``CI=true``), where every skip is turned into a failure: a green CI run
 must mean the real parts ran. The session ends with the number of skipped
@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 from helpers import Cli
-
-from infratool.lab import AddressInUseError, Lab, LabUnavailable
+from infratool_lab import AddressInUseError, Lab, LabUnavailable
 
 LAB_FIXTURES = frozenset({"lab", "lab_factory"})
 CI_TRUE = ("1", "true", "yes")

@@ -17,10 +17,10 @@ import paramiko
 import pytest
 import yaml
 from helpers import openssh_fingerprint
+from infratool_lab import FLEET, AddressInUseError, Lab, LabError, LabHost, LabUnavailable, fleet
+from infratool_lab.files import TOKEN_PATH
 
 from infratool.errors import CommandFailed, InputError
-from infratool.lab import FLEET, AddressInUseError, Lab, LabError, LabHost, LabUnavailable, fleet
-from infratool.lab.files import TOKEN_PATH
 
 
 def pinned_client(lab: Lab, name: str, host_key: str | None = None) -> paramiko.SSHClient:
@@ -59,7 +59,7 @@ def ssh(lab: Lab, name: str, command: str) -> tuple[int, str]:
 def lab_processes(lab: Lab) -> list[int]:
     """Every live process on the machine that sees one of the lab's host tokens.
 
-    Written independently of ``infratool.lab.procs`` so it checks that code.
+    Written independently of ``infratool_lab.procs`` so it checks that code.
     """
     tokens = {p.read_text().strip() for p in lab.root.glob(f"*{TOKEN_PATH}")}
     assert tokens, "the lab has no host trees"

@@ -13,8 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from infratool.lab import Lab, files
+from infratool_lab import Lab, files
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ FIRMWARE = "var/lib/sbctl-emulator/firmware.json"
 SBCTL = shlex.split(os.environ.get("SBCTL_UNDER_TEST", "")) or [
     sys.executable,
     "-m",
-    "infratool.lab.sbctl",
+    "infratool_lab.sbctl",
 ]
 
 pytestmark = pytest.mark.skipif(
@@ -351,7 +351,7 @@ def test_unknown_flag_and_command_exit_1(host: Host) -> None:
 
 
 def test_install_writes_a_working_wrapper(host: Host, tmp_path: Path) -> None:
-    from infratool.lab.sbctl import install
+    from infratool_lab.sbctl import install
 
     wrapper = install(tmp_path / "sbin")
     assert wrapper == tmp_path / "sbin/sbctl"
@@ -377,7 +377,7 @@ def test_status_fails_without_uefi(host: Host) -> None:
 
 
 def test_secure_boot_turns_on_at_the_next_boot_after_enrollment(host: Host) -> None:
-    from infratool.lab.sbctl import simulate_reboot
+    from infratool_lab.sbctl import simulate_reboot
 
     assert host.sbctl("enroll-keys", "--microsoft").returncode == 0
     assert host.json("status")["secure_boot"] is False  # SecureBoot is a boot-time variable

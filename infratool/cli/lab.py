@@ -8,6 +8,20 @@ from pathlib import Path
 import click
 
 from infratool.cli.common import Globals, emit_json, examples, pass_globals
+from infratool.errors import InputError
+
+
+def _require_lab() -> None:
+    """The lab is a separate package (``lab/`` in the repository): say how to get it when missing."""
+    try:
+        import infratool_lab  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "infratool_lab":
+            raise
+        raise InputError(
+            "the lab is not installed: it is the separate package infratool-lab "
+            "(from a checkout: pip install -e ./lab, or run ./scripts/setup.sh)"
+        ) from None
 
 
 @click.group(
@@ -21,7 +35,8 @@ def lab() -> None:
 
 
 def _lab(subnet: str | None = None):
-    from infratool.lab.fleet import Lab
+    _require_lab()
+    from infratool_lab.fleet import Lab
 
     return Lab(Path(os.environ.get("INFRATOOL_LAB_DIR") or ".infratool-lab"), subnet=subnet)
 
@@ -52,7 +67,7 @@ def _lab(subnet: str | None = None):
 def lab_up(g: Globals, count: int | None, subnet: str | None) -> None:
     import shlex
 
-    from infratool.lab.services import prepare_fleet
+    from infratool_lab.services import prepare_fleet
 
     the_lab = _lab(subnet)
     started = the_lab.up(count)

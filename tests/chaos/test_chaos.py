@@ -20,8 +20,7 @@ from pathlib import Path
 
 import yaml
 from helpers import processes_with, wait_for
-
-from infratool.lab import Lab
+from infratool_lab import Lab
 
 OTHERS = ("snix", "slax", "nixtv-player")
 

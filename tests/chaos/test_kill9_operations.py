@@ -16,8 +16,8 @@ import subprocess
 import pytest
 import yaml
 from helpers import PLAYBOOKS, digests
+from infratool_lab.sbctl import provision_lab
 
-from infratool.lab.sbctl import provision_lab
 from infratool.secrets.store import SopsStore
 from infratool.tasks.remote_builders.spec import DEFAULT_USER
 

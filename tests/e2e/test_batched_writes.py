@@ -11,10 +11,10 @@ import subprocess
 import sys
 
 import pytest
+from infratool_lab import Lab
 
 from infratool import inventory
 from infratool.errors import CommandFailed
-from infratool.lab import Lab
 from infratool.remote import FileWrite, PartialWrite, Remote, payload_sizes, put_files_script
 from infratool.secrets.secret import Secret
 

@@ -11,8 +11,7 @@ import os
 import subprocess
 
 from conftest import PLAYBOOKS
-
-from infratool.lab import files
+from infratool_lab import files
 
 PLAYBOOK = PLAYBOOKS / "remote-builders.yaml"
 ALIAS = "infratool-builder-snix"

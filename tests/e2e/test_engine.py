@@ -262,7 +262,7 @@ def test_hosts_and_facts_commands(lab, cli):
 
 
 def test_lab_cli_up_status_down(cli, tmp_path, lab_subnet):
-    from infratool.lab import Lab
+    from infratool_lab import Lab
 
     root = tmp_path / "cli-lab"
     Lab(root, subnet=lab_subnet).up(2)  # choose a free subnet; the CLI reopens the lab on it

@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-from infratool.lab import AddressInUseError, Lab, LabUnavailable
+from infratool_lab import AddressInUseError, Lab, LabUnavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "getting-started.md"

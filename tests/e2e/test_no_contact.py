@@ -11,8 +11,7 @@ import re
 
 import yaml
 from helpers import PLAYBOOKS, SshdLogs
-
-from infratool.lab import services
+from infratool_lab import services
 
 
 def _rotate(cli, lab, *args):

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from infratool_lab import Lab
 
 from infratool import hostlock, inventory
-from infratool.lab import Lab
 from infratool.remote import Remote
 
 CONF = "/etc/nix/nix.conf"

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import vaultserver
 import yaml
+from infratool_lab import services
 
-from infratool.lab import services
 from infratool.secrets.store import SopsStore
 
 WEB_PORT = 8088

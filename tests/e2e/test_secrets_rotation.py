@@ -19,8 +19,8 @@ import yaml
 from conftest import PLAYBOOKS, files_containing
 from exectrace import both_ends
 from helpers import nix_parse, wait_stopped
+from infratool_lab import services
 
-from infratool.lab import services
 from infratool.rotation.lock import lock_path
 from infratool.secrets.store import SopsStore
 

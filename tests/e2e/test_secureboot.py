@@ -27,9 +27,9 @@ import yaml
 from conftest import PLAYBOOKS, ROOT, files_containing
 from exectrace import both_ends
 from helpers import digests, nix_eval, nix_parse, ok
+from infratool_lab.sbctl import LAB_FIRMWARE_FILE, provision_lab, set_lab_firmware
 
 from infratool.errors import RefusedError
-from infratool.lab.sbctl import LAB_FIRMWARE_FILE, provision_lab, set_lab_firmware
 from infratool.secrets.store import SopsStore
 from infratool.tasks.secureboot import render_flake_input, render_module
 from infratool.tasks.secureboot.hostinfo import Bundle, HostView, KeyFile, SbctlState
@@ -53,7 +53,7 @@ def made_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("keys")
     env = {**os.environ, "SBCTL_EMULATOR_ROOT": str(root), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "infratool.lab.sbctl", "create-keys"], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "infratool_lab.sbctl", "create-keys"], env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
     return root / "var/lib/sbctl"
@@ -348,7 +348,7 @@ def test_enroll_in_setup_mode_keeps_microsoft_keys_unless_opted_out(sb, cli, mad
     # Converged: the same enrollment plans nothing; after a reboot Secure Boot is on.
     again = cli("-i", inv, "plan", book, "--limit", "snix,slax", "--detailed-exitcode")
     assert again.returncode == 0, again.stdout + again.stderr
-    from infratool.lab.sbctl import simulate_reboot
+    from infratool_lab.sbctl import simulate_reboot
 
     simulate_reboot(sb.host("snix").path(LAB_FIRMWARE_FILE))
     rows = json.loads(ok(cli("-i", inv, "secureboot", "status", "--json", "--limit", "snix,slax")).stdout)[
@@ -456,7 +456,7 @@ def test_enroll_on_the_default_machine_clears_immutable_and_verifies(sb, cli, ma
 
 
 def test_enroll_with_an_old_sbctl_lists_only_the_2011_certificates(sb, cli, made_keys, tmp_path):
-    from infratool.lab.sbctl import SbctlBuild, install_on_lab_host
+    from infratool_lab.sbctl import SbctlBuild, install_on_lab_host
 
     install_on_lab_host(sb, "slax", build=SbctlBuild(version="0.16"))
     give_keys(sb, "slax", made_keys)
@@ -493,7 +493,7 @@ def test_enroll_without_tpm_eventlog_and_microsoft_is_refused_by_sbctl(sb, cli, 
 
 
 def test_nixpkgs_sbctl_uses_etc_secureboot_then_migrates(sb, cli, made_keys, tmp_path):
-    from infratool.lab.sbctl import NIXPKGS, etc_secureboot, install_on_lab_host
+    from infratool_lab.sbctl import NIXPKGS, etc_secureboot, install_on_lab_host
 
     inv = sb.inventory_path
     install_on_lab_host(sb, "snix", build=NIXPKGS)
@@ -588,7 +588,7 @@ def test_restore_refuses_entries_outside_the_key_layout(sb, cli, made_keys):
 
 def test_restore_goes_where_the_hosts_sbctl_looks(sb, cli, made_keys):
     """A backup made from /etc/secureboot, restored on a host whose sbctl uses /var/lib/sbctl."""
-    from infratool.lab.sbctl import NIXPKGS, UPSTREAM, etc_secureboot, install_on_lab_host
+    from infratool_lab.sbctl import NIXPKGS, UPSTREAM, etc_secureboot, install_on_lab_host
 
     inv = sb.inventory_path
     install_on_lab_host(sb, "brix", build=NIXPKGS)

@@ -6,8 +6,7 @@ import json
 import os
 
 from conftest import PLAYBOOKS
-
-from infratool.lab.services import prepare_fleet
+from infratool_lab.services import prepare_fleet
 
 
 def test_site_plans_runs_and_then_plans_nothing(lab, cli, monkeypatch):

@@ -33,8 +33,8 @@ import pytest
 import realsystemd
 import yaml
 from helpers import nix_eval
+from infratool_lab import AddressInUseError, Lab, LabUnavailable, services
 
-from infratool.lab import AddressInUseError, Lab, LabUnavailable, services
 from infratool.onboard.scaffold import ensure_operator_repo
 from infratool.rotation.timer import CREDENTIAL, SERVICE, TIMER
 from infratool.secrets.store import SopsStore

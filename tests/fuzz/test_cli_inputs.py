@@ -16,10 +16,10 @@ from fuzzkit import text_mutation, write
 from helpers import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from infratool_lab import Lab, services
 
 from infratool import inventory, playbook
 from infratool.errors import InputError
-from infratool.lab import Lab, services
 from infratool.rotation.policy import load_policy
 from infratool.secrets.secret import Secret
 from infratool.secrets.store import SopsStore

@@ -17,11 +17,11 @@ import yaml
 from helpers import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from infratool_lab import Lab
 
 from infratool import inventory
 from infratool.errors import InputError
 from infratool.facts import FactRequest, build_script, parse_output
-from infratool.lab import Lab
 from infratool.remote import Remote
 
 MARK = f"pwned-{secrets.token_hex(4)}"

@@ -18,10 +18,10 @@ from fuzzkit import HOSTILE, dump, malformed, only_input_errors, text_mutation, 
 from helpers import ROOT
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from infratool_lab.services import POLICY
 
 from infratool import inventory, playbook, yamlsrc
 from infratool.errors import InputError, SecretsFileError
-from infratool.lab.services import POLICY
 from infratool.rotation import policy
 from infratool.secrets.store import SopsStore
 from infratool.tasks.base import Param, load_all

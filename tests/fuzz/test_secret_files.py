@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from infratool_lab import Lab
 
 from infratool.errors import InputError
-from infratool.lab import Lab
 from infratool.rotation.policy import parse_policy
 from infratool.secrets.store import SopsStore
 

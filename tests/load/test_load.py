@@ -21,8 +21,7 @@ from pathlib import Path
 
 from exectrace import HostTrace
 from helpers import PLAYBOOKS, cli_argv, cli_env
-
-from infratool.lab import Lab
+from infratool_lab import Lab
 
 BASELINE = PLAYBOOKS / "baseline.yaml"
 HOSTS, FORKS = 64, 16

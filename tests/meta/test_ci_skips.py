@@ -19,7 +19,7 @@ from helpers import ROOT
 
 SKIPPING = """
 import pytest
-from infratool.lab import Lab, LabUnavailable
+from infratool_lab import Lab, LabUnavailable
 
 
 @pytest.fixture(autouse=True)

@@ -32,8 +32,8 @@ from pathlib import Path
 import yaml
 from exectrace import both_ends
 from helpers import PLAYBOOKS, ROOT, files_containing
+from infratool_lab.services import prepare_fleet
 
-from infratool.lab.services import prepare_fleet
 from infratool.onboard.scaffold import sops_files
 from infratool.secrets.store import SopsStore
 

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from infratool.lab import Lab
+from infratool_lab import Lab
 
 CANARY = "canary-plan-leak-91d2"
 APP = "/var/lib/app"

@@ -13,12 +13,12 @@ from __future__ import annotations
 import time
 
 import pytest
+from infratool_lab import Lab
 
 from infratool import inventory
 from infratool.context import HostContext
 from infratool.errors import CommandFailed
 from infratool.facts import FactCache
-from infratool.lab import Lab
 from infratool.remote import FileWrite, Remote
 from infratool.secrets.secret import Secret
 from infratool.tasks.binary_cache.install import put_checked

@@ -30,7 +30,7 @@ from infratool.tasks.secureboot.hostinfo import (
 )
 from infratool.tasks.secureboot.vendorcerts import MICROSOFT, microsoft_certs
 
-DATA = Path(__file__).resolve().parents[2] / "infratool/lab/sbctl/sbctl_data"
+DATA = Path(__file__).resolve().parents[2] / "lab/infratool_lab/sbctl/sbctl_data"
 NOTICE = "old configuration detected. Please use `sbctl setup --migrate`"
 
 

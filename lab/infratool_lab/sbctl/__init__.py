@@ -9,7 +9,7 @@ real key layout, flags, messages, JSON shapes and exit codes; only the
 firmware (efivarfs) is replaced by a JSON file, and Authenticode signing is
 done with the real ``sbsign``/``sbverify`` (sbsigntool) instead of go-uefi.
 
-Run it as ``python -m infratool.lab.sbctl <args>``.
+Run it as ``python -m infratool_lab.sbctl <args>``.
 
 Modules, one job each (leaf first): :mod:`.consts` (upstream constants and
 messages), :mod:`.output` (error kinds, logging.go), :mod:`.encoding` (files,

@@ -5,7 +5,7 @@ SIGHUP (the common reload contract). Rotation delivers a new token file,
 sends SIGHUP, and verifies with a real request carrying the new token; the
 old token is then refused.
 
-    python -m infratool.lab.tokend --token-file F --listen ADDR:PORT --pid-file P
+    python -m infratool_lab.tokend --token-file F --listen ADDR:PORT --pid-file P
 """
 
 from __future__ import annotations

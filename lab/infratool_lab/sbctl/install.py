@@ -37,7 +37,7 @@ from .encoding import _atomic_write
 from .firmware import FirmwareState, write_firmware_state
 
 if TYPE_CHECKING:
-    from infratool.lab.fleet import Lab
+    from infratool_lab.fleet import Lab
 
 LAB_SBIN = "/usr/local/sbin"
 """Where lab hosts get ``sbctl`` (private per host, on root's PATH)."""
@@ -92,10 +92,10 @@ def install(dest_dir: Path, python: str = sys.executable) -> Path:
     package_parent = _PACKAGE_DIR.parents[2]
     script = (
         "#!/bin/sh\n"
-        "# sbctl emulator (infratool lab): see infratool/lab/sbctl/\n"
+        "# sbctl emulator (infratool lab): see lab/infratool_lab/sbctl/\n"
         f"PYTHONPATH={shlex.quote(str(package_parent))}${{PYTHONPATH:+:$PYTHONPATH}}\n"
         "export PYTHONPATH\n"
-        f'exec {shlex.quote(python)} -P -m infratool.lab.sbctl "$@"\n'
+        f'exec {shlex.quote(python)} -P -m infratool_lab.sbctl "$@"\n'
     )
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +127,7 @@ def install_tree(
     )
     script = (
         "#!/bin/sh\n"
-        "# sbctl emulator (infratool lab, a copy of infratool/lab/sbctl/ in sbctl.d/)\n"
+        "# sbctl emulator (infratool lab, a copy of lab/infratool_lab/sbctl/ in sbctl.d/)\n"
         + build.exports()
         + f'exec {shlex.quote(python)} -I -c {shlex.quote(code)} "$@"\n'
     )

@@ -4,7 +4,7 @@
   listening on brix's loopback address and on ``/run/postgresql``; role
   ``app`` logs in with a password (scram-sha-256). Rotation sets it with
   ``ALTER ROLE`` fed on stdin and verifies by logging in with it.
-- **tokend** on slax (:mod:`infratool.lab.tokend`): HTTP that demands a
+- **tokend** on slax (:mod:`infratool_lab.tokend`): HTTP that demands a
   bearer token read from ``/var/lib/tokend/token``, reread on SIGHUP.
 
 :func:`provision` starts both (idempotently) and writes the lab flake repo's
@@ -17,7 +17,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from infratool.lab.fleet import Lab
+from infratool_lab.fleet import Lab
 
 POSTGRES_HOST = "brix"
 TOKEND_HOST = "slax"
@@ -155,8 +155,8 @@ def prepare_fleet(lab: Lab) -> Path:
     tokend) and the rotation policy naming them, and snix/slax/brix get the
     sbctl emulator.
     """
-    from infratool.lab.sbctl import provision_lab
     from infratool.onboard.scaffold import ensure_operator_repo
+    from infratool_lab.sbctl import provision_lab
 
     key_file = lab.root / "age.key"
     ensure_operator_repo(lab.flake_dir, key_file)

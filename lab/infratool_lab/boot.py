@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from infratool.lab import files
-from infratool.lab.errors import AddressInUseError, LabError
-from infratool.lab.host import LabHost
+from infratool_lab import files
+from infratool_lab.errors import AddressInUseError, LabError
+from infratool_lab.host import LabHost
 
 # The PATH sshd gives root sessions on Debian; Lab.exec uses it too, so a
 # command behaves the same through exec as over SSH.

@@ -20,8 +20,8 @@ import signal
 import time
 from collections.abc import Mapping
 
-from infratool.lab.errors import LabError
-from infratool.lab.files import TOKEN_PATH
+from infratool_lab.errors import LabError
+from infratool_lab.files import TOKEN_PATH
 
 # pid -> mount namespace link ("mnt:[4026532177]") of one host's processes
 Members = dict[int, str]

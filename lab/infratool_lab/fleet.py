@@ -3,7 +3,7 @@
 Each lab host is a real ``/usr/sbin/sshd -D`` in its own mount (and UTS)
 namespace, started by ``unshare`` *without* ``--fork`` so the pid recorded is
 sshd's own once the boot script ``exec``s it. The boot script bind-mounts the
-host's private directories (:data:`infratool.lab.files.PRIVATE_DIRS`, kept
+host's private directories (:data:`infratool_lab.files.PRIVATE_DIRS`, kept
 under ``<lab>/<name>/``) over the real ones; the mounts die with the
 namespace, so nothing is ever unmounted by hand. Every host listens on port
 22 of its own loopback address ``<subnet>.<10+i>``; :meth:`Lab.set_port`
@@ -37,10 +37,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from infratool.errors import CommandFailed, InputError
-from infratool.lab import boot, files, procs
-from infratool.lab.errors import LabError, LabUnavailable
-from infratool.lab.files import HostSpec
-from infratool.lab.host import HostStatus, LabHost
+from infratool_lab import boot, files, procs
+from infratool_lab.errors import LabError, LabUnavailable
+from infratool_lab.files import HostSpec
+from infratool_lab.host import HostStatus, LabHost
 
 FLEET: dict[str, list[str]] = {
     "snix": ["workstation", "builder", "cache"],

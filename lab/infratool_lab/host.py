@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from infratool.lab import files
+from infratool_lab import files
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,11 @@
 sshd processes, each in its own mount namespace with private ``/etc/ssh``,
 ``/root``, ``/etc/nix``, ``/nix``, ``/var/lib``, ... on its own loopback
 address, and writes an inventory with their pinned host keys. See
-:mod:`infratool.lab.fleet`.
+:mod:`infratool_lab.fleet`.
 """
 
-from infratool.lab.errors import AddressInUseError, LabError, LabUnavailable
-from infratool.lab.fleet import FLEET, HostStatus, Lab, LabHost
+from infratool_lab.errors import AddressInUseError, LabError, LabUnavailable
+from infratool_lab.fleet import FLEET, HostStatus, Lab, LabHost
 
 __all__ = [
     "FLEET",

@@ -1,7 +1,0 @@
-"""``python -m infratool.lab.sbctl``: run the emulator like the ``sbctl`` binary."""
-
-import sys
-
-from .cli import main
-
-sys.exit(main())
