@@ -270,9 +270,17 @@ _STORES: dict[Path, SopsStore] = {}
 
 def store_for(secrets_dir: str | Path) -> SopsStore:
     """The sops store of ``secrets_dir`` (one per process; callers invalidate before reading)."""
-    path = Path(secrets_dir)
+    path = Path(secrets_dir).resolve()
     with _HELD_GUARD:
-        return _STORES.setdefault(path, SopsStore(path))
+        if path not in _STORES:
+            _STORES[path] = SopsStore(path)
+        return _STORES[path]
+
+
+def use_store(store: Any) -> None:
+    """Make the actions use ``store`` for its directory (the CLI's store; a test's fake one)."""
+    with _HELD_GUARD:
+        _STORES[Path(store.repo).resolve()] = store
 
 
 def state_file(secrets_dir: str | Path) -> Path:

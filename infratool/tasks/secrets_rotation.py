@@ -222,6 +222,7 @@ class RotateSecrets(Task):
         if self._store is not None:
             ctx.state.setdefault("sops", self._store)
         store = ctx.secrets()
+        engine.use_store(store)  # the actions reuse this run's store (and its cached plaintext)
         secrets_dir = str(self.policy.root / "secrets")
         st = state.load(self.state_file())
         changes: list[Change] = []
