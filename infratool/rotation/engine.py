@@ -84,10 +84,18 @@ class Unit:
     """Targets whose check must pass for the unit to promote (checked phases)."""
     generation: int = 0
     """The state's generation when planned: begin refuses the plan if it moved on."""
+    resume: bool = False
+    """Shorthand for kinds that resume all-or-nothing: ``pending`` is already stored (an
+    interrupted run), so begin only checks it is there (``expect``) and writes nothing."""
 
     def __post_init__(self) -> None:
         if not self.members:
             self.members = [self.key]
+        if not self.expect:
+            # What begin must find: the resumed material, or nothing pending yet.
+            self.expect = {k: (v if self.resume else None) for k, v in self.pending.items()}
+        if self.resume:
+            self.pending = {}
 
     def to_args(self) -> dict[str, Any]:
         """The unit as change args (plain data and Secrets)."""
@@ -128,10 +136,10 @@ class Rotation:
     task: str
     rollback: list[Phase] = field(default_factory=list)
     lock_wait: float | None = 0
-    hooks: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Kind actions the engine calls, as ``{"op": name, "args": {...}}``: ``promoted`` (after
-    the promote write, with ``keys=``) and ``discarded`` (after the discard write, with
-    ``keys=`` and ``error=``)."""
+    hooks: dict[str, Any] = field(default_factory=dict)
+    """Kind actions the engine calls: ``promoted`` (after the promote write, with ``keys=``)
+    and ``discarded`` (after the discard write, with ``keys=`` and ``error=``). Either an
+    action name (called with ``file=`` and ``secrets_dir=`` too) or ``{"op": name, "args": {...}}``."""
     resume_after: str | None = None
     """The last marked phase already done (its predecessors are not planned again)."""
     description: str = ""
@@ -411,11 +419,14 @@ def settle(
                 st.get(m).promoted()
             st.get(u["key"]).checks = {}
     if "promoted" in hooks:
-        _hook(ctx, hooks["promoted"], keys=[u["key"] for u in good])
+        _hook(ctx, hooks["promoted"], file, secrets_dir, keys=[u["key"] for u in good])
 
 
-def _hook(ctx: Any, hook: dict[str, Any], **extra: Any) -> None:
-    lookup(hook["op"])(ctx, **hook.get("args", {}), **extra)
+def _hook(ctx: Any, hook: Any, file: str, secrets_dir: str, **extra: Any) -> None:
+    if isinstance(hook, str):
+        lookup(hook)(ctx, file=file, secrets_dir=secrets_dir, **extra)
+    else:
+        lookup(hook["op"])(ctx, **hook.get("args", {}), **extra)
 
 
 def _any_failed(secrets_dir: str, units: list[dict]) -> bool:
@@ -457,7 +468,7 @@ def finish(
                     st.get(u["key"]).checks = {}
         error = " | ".join(messages)
         if "discarded" in hooks:
-            _hook(ctx, hooks["discarded"], keys=bad, error=error)
+            _hook(ctx, hooks["discarded"], file, secrets_dir, keys=bad, error=error)
         raise VerifyError(error)
     finally:
         release_lock(path)
