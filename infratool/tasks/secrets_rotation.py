@@ -38,7 +38,7 @@ from typing import Any
 from infratool.changes import LOCAL, Change
 from infratool.errors import InfratoolError, InputError
 from infratool.inventory import Host, Inventory
-from infratool.rotation import engine, secret, state
+from infratool.rotation import engine, secret, secret_plan, state
 from infratool.rotation.kinds import Kind, StatusRow, format_age, register_kind
 from infratool.rotation.lock import check_lock_file, lock_path
 from infratool.rotation.notify import notify
@@ -244,7 +244,7 @@ class RotateSecrets(Task):
         for file, groups in by_file.items():
             held = store.read(file, missing_ok=True)
             try:
-                rot = secret.build(
+                rot = secret_plan.build(
                     self.policy, str(file), secrets_dir, groups, held, self.provided, st, self.name,
                     self.args["lock_wait"],
                 )  # fmt: skip

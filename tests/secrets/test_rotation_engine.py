@@ -170,7 +170,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
             raise Crash(point)
 
     faults_wanted: dict[str, str] = {}
-    monkeypatch.setattr(engine, "fault_point", fault)
+    monkeypatch.setattr("infratool.rotation.steps.fault_point", fault)
     monkeypatch.setattr("infratool.rotation.secret.fault_point", fault)
     w = World(tmp_path, store, {n: FakeHost(n) for n in ("alpha", "beta")})
     w.crash_at = faults_wanted  # type: ignore[attr-defined]
