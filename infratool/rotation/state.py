@@ -49,9 +49,8 @@ import yaml
 
 from infratool import yamlsrc
 from infratool.errors import InputError
-from infratool.safeopen import open_regular
+from infratool.safeopen import atomic_write, open_regular
 from infratool.secrets.secret import REDACTOR
-from infratool.secrets.store import atomic_write
 
 STATE_FILE = ".rotation-state.yaml"
 VERSION = 2

@@ -53,6 +53,7 @@ import yaml
 
 from infratool import yamlsrc
 from infratool.errors import NoIdentityError, SecretsError, SecretsFileError
+from infratool.safeopen import atomic_write, fsync_dir
 from infratool.secrets.secret import REDACTOR, Secret
 
 ALIAS_REFUSED = "the decrypted document uses YAML aliases (*name): not accepted"
@@ -126,45 +127,6 @@ def split_key(key: str) -> list[str]:
 def sops_index(key: str) -> str:
     """The sops tree index for ``a/b/c``: ``["a"]["b"]["c"]``."""
     return "".join(f"[{json.dumps(p)}]" for p in split_key(key))
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same dir, fsync, rename.
-
-    An existing file's mode and owner are kept (``mode`` applies to new files).
-    The directory is fsynced too, so the rename survives a power cut.
-    """
-    path = Path(path)
-    uid = gid = None
-    try:
-        st = path.stat()
-        mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
-    except FileNotFoundError:
-        pass
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fchmod(fh.fileno(), mode)
-            if uid is not None and (uid, gid) != (os.geteuid(), os.getegid()):
-                with contextlib.suppress(PermissionError):
-                    os.fchown(fh.fileno(), uid, gid)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _yaml() -> Any:
@@ -377,7 +339,7 @@ class SopsStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         cached = self._cache.pop(path, None)
         if cached is not None and cached.signature == before:
             # The cache matched the file sops just edited: update it instead of decrypting again.
