@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 HOSTS = ("snix", "slax")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def log(message: str) -> None:
@@ -78,7 +79,8 @@ def rotate(inventory: Path, policy_rel: str, env: dict[str, str], profile: Path 
         "--yes",
     ]
     start = time.monotonic()
-    proc = subprocess.run([*argv, "--policy", policy_rel], env=env, capture_output=True, text=True)
+    # From the repo this script belongs to: `python -m` imports infratool from the cwd first.
+    proc = subprocess.run([*argv, "--policy", policy_rel], env=env, capture_output=True, text=True, cwd=REPO)
     wall = time.monotonic() - start
     if proc.returncode != 0:
         raise SystemExit(
