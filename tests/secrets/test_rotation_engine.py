@@ -184,6 +184,15 @@ def _fresh_process() -> None:
     engine._STORES.clear()
 
 
+def _plain(value: Any) -> bool:
+    """Only what a plan file may hold: str, int, float, bool, None, bytes, Secret, lists, str-keyed dicts."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, str | int | float | bool | bytes | Secret)
+
+
 def plan(world: World, **args: Any) -> list[Change]:
     inv = load_inventory(world.root / "hosts.yaml")
     task = SecretKind().rotate_task(
@@ -241,6 +250,7 @@ def test_the_plan_lists_per_host_deliver_and_verify_changes(world: World) -> Non
     assert ops.index("rotation.settle") > max(i for i, o in enumerate(ops) if o == "rotation.secret.verify")
     # Data only: every change is an action plus args, and the new value travels as a Secret.
     assert all(c.is_data for c in changes)
+    assert all(_plain(c.args) for c in changes), "args a plan file can store: plain data and Secrets"
     begin = next(c for c in changes if c.op == "rotation.begin")
     new = begin.args["units"][0]["pending"]["_rotation/pending/db/pw"]
     assert isinstance(new, Secret) and new.reveal() not in repr(changes) + "".join(c.diff for c in changes)
