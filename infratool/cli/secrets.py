@@ -248,6 +248,7 @@ def _run_rotation(
         with progress:
             the_plan = runner.plan()
         if dry_run:
+            _abandon(tasks)
             audit_run(g, f"{command} --dry-run", book, the_plan)
             emit_json(the_plan.to_dict()) if g.json else render.plan(out, the_plan)
             needs = any(_skipped(t) for t in people)
@@ -255,6 +256,7 @@ def _run_rotation(
         if not g.json:
             render.plan(out, the_plan)
         if the_plan.changes and not yes and not click.confirm("Rotate these secrets?", default=False):
+            _abandon(tasks)
             click.echo("Nothing rotated.", err=True)
             sys.exit(EXIT_FAILED)
         if the_plan.changes:
@@ -273,6 +275,14 @@ def _run_rotation(
                 f"{', '.join(task.needs_person)}: {NEEDS_PERSON} (infratool secrets set NAME)",
             )
     sys.exit(result.exit_code or (EXIT_CHANGES if needs else 0))
+
+
+def _abandon(tasks: list[Any]) -> None:
+    """A plan that will not be applied: kinds return what planning issued (Vault leases)."""
+    for task in tasks:
+        abandon = getattr(task, "abandon", None)
+        if abandon is not None:
+            abandon()
 
 
 def _skipped(task: Any) -> bool:
