@@ -102,6 +102,8 @@ class Header:
 def encode(value: Any, secrets: dict[str, Secret] | None, where: str) -> Any:
     """``value`` as JSON data: a Secret becomes ``{"$secret": id}`` (id ``None`` when withheld).
 
+    Withheld (``plan --json``), bytes become ``{"$bytes": null, "sha256": …}``.
+
     ``secrets`` collects the Secrets to seal (None: withhold them, as
     ``plan --json`` does). Anything but plain data is a task bug, named with ``where``.
     """
@@ -112,6 +114,10 @@ def encode(value: Any, secrets: dict[str, Secret] | None, where: str) -> Any:
         secrets[ref] = value
         return {SECRET_KEY: ref}
     if isinstance(value, bytes):
+        if secrets is None:
+            # `plan --json` shows no raw content (the diff shows what may be shown):
+            # a task that forgot to wrap a secret in Secret must not leak it base64-encoded.
+            return {BYTES_KEY: None, "sha256": hashlib.sha256(value).hexdigest()}
         return {BYTES_KEY: base64.b64encode(value).decode()}
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
@@ -132,7 +138,11 @@ def decode(value: Any, secrets: Mapping[str, Secret]) -> Any:
             if ref not in secrets:
                 raise InputError(f"the plan file refers to a sealed secret {ref!r} it does not hold")
             return secrets[ref]
-        if set(value) == {BYTES_KEY}:
+        if BYTES_KEY in value:
+            if value[BYTES_KEY] is None:
+                raise InputError(
+                    "the plan holds withheld content (a `plan --json` document, not a plan file)"
+                )
             return base64.b64decode(value[BYTES_KEY])
         return {k: decode(v, secrets) for k, v in value.items()}
     if isinstance(value, list):
