@@ -277,14 +277,18 @@ class Runner:
         """
         local = self._local_hashes()
         facts: dict[str, dict[str, str]] = {}
+        digests: dict[tuple[int, str], str] = {}  # one digest per (entry, target), not per change
         for change in changes:
-            if is_local(change.host):
-                hashes = local
-                facts[LOCAL] = local
-            else:
-                hashes = self._host_hashes(change.stage, change.host)
-                facts.setdefault(change.host, {}).update(hashes)
-            change.facts = digest_of(hashes)
+            key = (change.stage, LOCAL if is_local(change.host) else change.host)
+            if key not in digests:
+                if is_local(change.host):
+                    hashes = local
+                    facts[LOCAL] = local
+                else:
+                    hashes = self._host_hashes(change.stage, change.host)
+                    facts.setdefault(change.host, {}).update(hashes)
+                digests[key] = digest_of(hashes)
+            change.facts = digests[key]
         return {t: h for t, h in facts.items() if h}
 
     def _needed_checks(self, changes: list[Change]) -> list[Change]:
