@@ -24,6 +24,12 @@ LOCAL = "local"
 
 SECRET_DIFF = "(secret content: not shown)"
 
+
+def is_local(target: str) -> bool:
+    """Whether a change target is the controller (``local`` or ``local:<unit>``)."""
+    return target == LOCAL or target.startswith(LOCAL + ":")
+
+
 CHECK = "check"
 """The ``action`` of a :class:`Change` that proves something and changes nothing.
 

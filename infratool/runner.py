@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from infratool import faults, hostlock, log, preflight
-from infratool.changes import LOCAL, Change, Plan
-from infratool.checkstate import CheckState, check_digest
+from infratool import drift, faults, hostlock, log, preflight
+from infratool.changes import LOCAL, Change, Plan, is_local
+from infratool.checkstate import CheckState
 from infratool.context import DeferredWriteFailed, DeferredWrites, HostContext, LocalContext
 from infratool.errors import (
     EXIT_CHANGES,
@@ -38,8 +38,6 @@ from infratool.facts import (
     FactCache,
     FactRequest,
     build_script,
-    digest_of,
-    parse_fact_key,
     parse_output,
 )
 from infratool.inventory import Host, Inventory
@@ -236,8 +234,12 @@ class Runner:
                 change.stage = stage
                 change.task = change.task or inv.label
             changes.extend(planned)
-        facts = self._stamp_facts(changes)
-        changes = self._needed_checks(changes)
+        facts = drift.stamp_facts(
+            changes,
+            lambda stage, host: self._host_hashes(stage, host),
+            drift.local_hashes(self.local, self.state),
+        )
+        changes = drift.needed_checks(changes, self.checks)
         changes.extend(self._deploy_changes(changes))
         names = [h.name for h in self.hosts]
         # Local targets: the flake repo, and units of local work kept apart so
@@ -257,55 +259,9 @@ class Runner:
             facts={t: facts[t] for t in dict.fromkeys(c.host for c in changes) if t in facts},
         )
 
-    def _local_hashes(self) -> dict[str, str]:
-        """The repo files planning read (LocalContext reads and the sops files opened)."""
-        store = self.state.get("sops")
-        for path in store.loaded() if store is not None and hasattr(store, "loaded") else ():
-            self.local.note_read(path, path.read_bytes() if path.is_file() else None)
-        return dict(self.local.reads)
-
     def _host_hashes(self, stage: int, host: str) -> dict[str, str]:
         ctx = self.contexts.get(host)
         return ctx.facts.hashes(self._requests.get((stage, host), [])) if ctx is not None else {}
-
-    def _stamp_facts(self, changes: list[Change]) -> dict[str, dict[str, str]]:
-        """Give each change the digest of the facts it was planned on; return target → fact hashes.
-
-        A host's change depends on the facts its playbook entry requested on
-        that host (volatile ones left out); a local change on every repo file
-        the plan read, so a repo edited since the plan is caught as well.
-        """
-        local = self._local_hashes()
-        facts: dict[str, dict[str, str]] = {}
-        digests: dict[tuple[int, str], str] = {}  # one digest per (entry, target), not per change
-        for change in changes:
-            key = (change.stage, LOCAL if is_local(change.host) else change.host)
-            if key not in digests:
-                if is_local(change.host):
-                    hashes = local
-                    facts[LOCAL] = local
-                else:
-                    hashes = self._host_hashes(change.stage, change.host)
-                    facts.setdefault(change.host, {}).update(hashes)
-                digests[key] = digest_of(hashes)
-            change.facts = digests[key]
-        return {t: h for t, h in facts.items() if h}
-
-    def _needed_checks(self, changes: list[Change]) -> list[Change]:
-        """Drop the checks that need not run: nothing they check changed in this run,
-        and their inputs are those of their last passing run (:mod:`infratool.checkstate`)."""
-        touched = {c.host for c in changes if not c.is_check}
-        kept = []
-        for c in changes:
-            key = c.check or c.description
-            if (
-                c.is_check
-                and not ({c.host, *c.requires} & touched)
-                and self.checks.passed(c.host, key, check_digest(c.facts, c.args))
-            ):
-                continue
-            kept.append(c)
-        return kept
 
     def _plan_task(self, task, ctx: PlanContext) -> list[Change]:
         """Plan one playbook entry; any exception fails the host(s) it came from, not the run.
@@ -405,7 +361,9 @@ class Runner:
         held = self._lock_hosts(plan, failed)
         try:
             self._apply_plan(plan, failed, results)
-            self._record_checks(failed)
+            drift.record_checks(
+                [c for c in self._passed if c.host not in failed], self.contexts, self._requests, self.checks
+            )
         finally:
             for lock in held.values():
                 lock.release()
@@ -413,40 +371,6 @@ class Runner:
             if r.host in failed and r.status not in ("refused", "unreachable", "stale"):
                 r.status, r.error = "failed", failed[r.host]
         return RunResult(plan=plan, hosts=results)
-
-    def _record_checks(self, failed: dict[str, str]) -> None:
-        """Remember the checks that passed, keyed by the facts as they are *after* the run.
-
-        The next plan compares against what it gathers then, which is the
-        state this run left: so a converged host plans no check again.
-        """
-        passed: dict[tuple[str, str], str] = {}
-        by_host: dict[str, list[Change]] = {}
-        for c in self._passed:
-            if c.host not in failed:
-                by_host.setdefault(c.host, []).append(c)
-        for host, checks in by_host.items():
-            ctx = self.contexts.get(host)
-            fresh = FactCache(host)
-            if ctx is not None:
-                wanted = [r for c in checks for r in self._requests.get((c.stage, host), [])]
-                try:
-                    script, marker, ordered = build_script(wanted)
-                    if ordered:
-                        res = ctx.remote.run(script, check=False, what="gather facts")
-                        fresh.update(parse_output(res.stdout, marker, ordered))
-                except InfratoolError:
-                    continue  # not recorded: the check simply runs again next time
-            for c in checks:
-                if is_local(host):
-                    digest = c.facts
-                else:
-                    digest = digest_of(fresh.hashes(self._requests.get((c.stage, host), [])))
-                passed[(host, c.check or c.description)] = check_digest(digest, c.args)
-        try:
-            self.checks.record(passed)
-        except OSError as exc:  # a lost record costs one re-run of the check, not the run
-            self.log.warning("cannot record passing checks", path=str(self.checks.path), error=str(exc))
 
     def _lock_hosts(self, plan: Plan, failed: dict[str, str]) -> dict[str, Held]:
         """Take the run lock on every host the plan changes; a host whose lock is refused fails.
@@ -628,28 +552,13 @@ class Runner:
 
         ``saved`` holds the changes (args unsealed) and the fact digests of
         the plan file. Every target host is connected to and its facts
-        gathered as planning would; a host whose recorded facts differ now is
-        **stale**: refused with the facts that changed, nothing applied
-        there (changes requiring it are skipped). Local targets are stale
-        when a repo file the plan read has changed. The rest apply exactly as
-        saved.
+        gathered as planning would; a target whose recorded facts differ now
+        is **stale** (:func:`infratool.drift.stale_targets`): refused with
+        the facts that changed, nothing applied there (changes requiring it
+        are skipped). The rest apply exactly as saved.
         """
         self.gather()
-        stale: dict[str, str] = {}
-        local_drift = self.local.drifted(saved.facts.get(LOCAL, {}))
-        for target, recorded in saved.facts.items():
-            if is_local(target):
-                continue
-            ctx = self.contexts.get(target)
-            if ctx is None:
-                continue  # not reachable now: already a failure of its own
-            now = ctx.facts.hashes([parse_fact_key(k) for k in recorded])
-            drifted = [k for k, digest in recorded.items() if now.get(k) != digest]
-            if drifted:
-                stale[target] = _stale_message(drifted)
-        if local_drift:
-            for target in dict.fromkeys(c.host for c in saved.changes if is_local(c.host)):
-                stale[target] = _stale_message(local_drift)
+        stale = drift.stale_targets(saved, self.contexts, self.local)
         for target, message in stale.items():
             self.log.warning("plan is stale", host=target, error=message)
             self.on_event(target, "stale", message)
@@ -672,12 +581,4 @@ def _planning_error(host: str, task: Task, exc: BaseException) -> InfratoolError
     return HostError(host, f"internal error planning {task.label()}: {type(exc).__name__}: {exc}")
 
 
-def _stale_message(keys: list[str]) -> str:
-    """``facts changed since the plan: /etc/x, users`` (file facts named by their path)."""
-    shown = [k.split(" ", 1)[1] if k.startswith(("file ", "file_meta ")) else k for k in keys]
-    return "facts changed since the plan: " + ", ".join(dict.fromkeys(shown))
-
-
-def is_local(target: str) -> bool:
-    """Whether a change target is the controller (``local`` or ``local:<unit>``)."""
-    return target == LOCAL or target.startswith(LOCAL + ":")
+__all__ = ["HostResult", "RunResult", "Runner", "is_local", "plan_exit_code"]
