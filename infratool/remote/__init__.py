@@ -13,7 +13,7 @@ during the key exchange, before authentication, before any command. Secrets
 reach remote processes only through stdin, never argv or environment.
 """
 
-from infratool.remote.connection import Held, Remote, Result, with_deadline
+from infratool.remote.connection import Held, Remote, Result, release_all, with_deadline
 from infratool.remote.hostkeys import fingerprint, offered_host_key
 from infratool.remote.writes import (
     FileWrite,
@@ -39,6 +39,7 @@ __all__ = [
     "owner_spec",
     "payload_sizes",
     "put_files_script",
+    "release_all",
     "set_meta_script",
     "with_deadline",
 ]

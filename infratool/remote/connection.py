@@ -8,6 +8,7 @@ put-files protocol is :mod:`infratool.remote.writes`.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import threading
 import time
@@ -361,15 +362,41 @@ class Held:
         self.line = line
         """The line that :meth:`Remote.hold` waited for."""
 
+    @property
+    def exit_status(self) -> int | None:
+        """The command's exit status once it finished (None while it runs or when unknown)."""
+        return self._chan.exit_status if self._chan.exit_status_ready() else None
+
+    def signal(self) -> None:
+        """Close the command's stdin (it then finishes on its own); :meth:`release` waits for that."""
+        # A connection already gone raises here: the host saw its stdin close anyway.
+        with contextlib.suppress(Exception):
+            self._chan.shutdown_write()
+
     def release(self, timeout: float = 10.0) -> None:
         """Close the command's stdin and wait (up to ``timeout``) for it to finish."""
         try:
-            self._chan.shutdown_write()
+            self.signal()
             self._chan.status_event.wait(timeout)
         except Exception:
-            pass  # the connection is gone: the host saw its stdin close anyway
+            pass
         finally:
             self._chan.close()
+
+
+def release_all(held: Iterable[Held], timeout: float = 10.0) -> None:
+    """Release several held commands (one per host) in one round trip, not one each.
+
+    Every stdin is closed first, then each command is awaited: the hosts
+    finish in parallel, so releasing the run locks of 64 hosts costs about
+    one host's release instead of 64 in a row. ``timeout`` bounds the whole.
+    """
+    held = list(held)
+    for h in held:
+        h.signal()
+    deadline = time.monotonic() + timeout
+    for h in held:
+        h.release(_left(deadline))
 
 
 def _short(command: str) -> str:
