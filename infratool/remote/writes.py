@@ -201,7 +201,9 @@ cleanup() {
   [ -z "$t" ] || rmdir -- "$t" 2>/dev/null || :
 }"""
 
-_PUT_FUNCTION = r"""w() {  # path size mode|- owner|- expect|-
+_PUT_FUNCTION = r"""NL='
+'
+w() {  # path size mode|- owner|- expect|-
   set -e
   p=$1 t= f=
   walk
@@ -212,19 +214,28 @@ _PUT_FUNCTION = r"""w() {  # path size mode|- owner|- expect|-
   # rename into place (relative to the temp directory's parent, which its
   # owner cannot change) replaces the destination without following it.
   trap cleanup EXIT
-  private_dir
-  umask 077
-  head -c "$2" > f
+  t=$(mktemp -d -- .infratool.XXXXXXXX)
+  cd -P -- "$t"
+  f=1
+  [ "$PWD" = "$r/$t" ] || err "temp directory $r/$t was swapped"
+  # One stat for two things (every process costs the host ~1 ms): the temp
+  # directory is root's and 0700, and what is at the destination now (a
+  # regular file's mode and owner are kept when none is given; stat does
+  # not follow a symlink there).
+  s=$(stat -c '%a %u:%g %F' -- . "../$n" 2>/dev/null) || :
+  case ${s%%"$NL"*} in "700 0:"*" directory"|"2700 0:"*" directory") ;; *) err "temp directory $r/$t was swapped" ;; esac
+  ref=
+  case $s in *"$NL"*) ref=${s#*"$NL"} ;; esac
+  case $ref in *" regular file"|*" regular empty file") set -- "$@" $ref ;; *) ref= ;; esac
+  if [ "$3" != - ]; then m=$3; elif [ -n "$ref" ]; then m=$6; else m=644; fi
+  # A mode of read/write bits only is given at creation by the umask
+  # (0666 & ~umask), saving a chmod; any other is set by chmod.
+  case $m in
+    [0246][0246][0246]) x=${m#?}; umask "$((7 - ${m%??}))$((7 - ${x%?}))$((7 - ${m#??}))"; head -c "$2" > f ;;
+    *) umask 077; head -c "$2" > f; chmod "$m" f ;;
+  esac
   IFS= read -r end
   [ -z "$end" ] || err "content cut short: nothing written"
-  ref=
-  if [ "$3" = - ] || [ "$4" = - ]; then
-    ref=$(stat -c '%a %u:%g %F' -- "../$n" 2>/dev/null) || ref=
-    case $ref in *" regular file"|*" regular empty file") set -- "$@" $ref ;; *) ref= ;; esac
-  fi
-  if [ "$3" != - ]; then chmod "$3" f
-  elif [ -n "$ref" ]; then chmod "$6" f
-  else chmod 644 f; fi
   if [ "$4" != - ]; then chown -h -- "$4" f
   elif [ -n "$ref" ] && { [ "$7" != 0:0 ] || [ -g .. ]; }; then chown -h -- "$7" f; fi
   sync -- f 2>/dev/null || :
