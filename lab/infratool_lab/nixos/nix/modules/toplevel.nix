@@ -14,6 +14,7 @@
   lib,
   config,
   pkgs,
+  labDefinedConfig,
   ...
 }:
 let
@@ -240,6 +241,12 @@ let
       };
       "lab/config.json" = {
         text = labConfig;
+        exec = false;
+      };
+      # Every option the modules define, merged: rendering it type-checks
+      # every definition.
+      "lab/options.json" = {
+        text = toJSON (removeAttrs labDefinedConfig [ "system" ]);
         exec = false;
       };
       "activate" = {
