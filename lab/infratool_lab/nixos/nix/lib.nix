@@ -511,7 +511,23 @@ let
           merge =
             loc: defs:
             (evalModules {
-              modules = modules ++ map (d: { _file = d.file; imports = [ d.value ]; }) defs;
+              # A definition's attribute set is config only (nixpkgs'
+              # shorthandOnlyDefinesConfig): `key`, `options`, ... are options there.
+              modules =
+                modules
+                ++ map (
+                  d:
+                  if isAttrs d.value then
+                    {
+                      _file = d.file;
+                      config = d.value;
+                    }
+                  else
+                    {
+                      _file = d.file;
+                      imports = [ d.value ];
+                    }
+                ) defs;
               specialArgs = specialArgs // {
                 name = last loc;
               };

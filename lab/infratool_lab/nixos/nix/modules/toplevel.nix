@@ -149,32 +149,55 @@ let
     + "\n"
     + (if execLine != null then "exec ${toString execLine}\n" else s.script + "\n");
 
+  # Tab-separated lines for the activation's `read`; "-" stands for an empty
+  # field (sh's `read` would merge consecutive tabs).
+  row = fields: concatStringsSep "\t" (map (f: if f == "" || f == null then "-" else f) fields) + "\n";
+
   secretLines = concatStringsSep "" (
     mapAttrsToList (
       _: s:
-      concatStringsSep "\t" [
+      row [
         s.name
         s.key
         s.path
         s.format
         s.mode
         (if s.owner != null then s.owner else "root")
-        (if s.group != null then s.group else "")
+        s.group
         "${s.sopsFile}"
         (concatStringsSep "," (s.restartUnits ++ s.reloadUnits))
         (concatStringsSep "," config.sops.age.sshKeyPaths)
       ]
-      + "\n"
     ) (filterAttrs (_: s: !s.neededForUsers) config.sops.secrets)
   );
 
   userLines = concatStringsSep "" (
-    mapAttrsToList (n: _: "group\t${n}\t\t\t\n") config.users.groups
+    mapAttrsToList (
+      n: _:
+      row [
+        "group"
+        n
+        ""
+        ""
+        ""
+      ]
+    ) config.users.groups
     ++ mapAttrsToList (
       n: u:
-      "user\t${n}\t${u.group}\t${u.home}\t${
-        if u.shell != null then "${u.shell}" else if u.useDefaultShell then "/bin/sh" else "/usr/sbin/nologin"
-      }\n"
+      row [
+        "user"
+        n
+        u.group
+        u.home
+        (
+          if u.shell != null then
+            "${u.shell}"
+          else if u.useDefaultShell then
+            "/bin/sh"
+          else
+            "/usr/sbin/nologin"
+        )
+      ]
     ) (filterAttrs (n: _: n != "root") config.users.users)
   );
 

@@ -12,6 +12,7 @@ umask 022
 # -- users and groups (the lab hosts share the controller's /etc/passwd) --
 while IFS='	' read -r kind name group home shell; do
   [ -n "$kind" ] || continue
+  [ "$group" != - ] || group=""
   if [ "$kind" = group ]; then
     getent group "$name" >/dev/null || groupadd --system "$name"
   elif ! getent passwd "$name" >/dev/null; then
@@ -29,7 +30,7 @@ done <"$systemConfig/lab/users.tsv"
 if [ -r /run/current-system/lab/etc-files ]; then
   while IFS= read -r f; do
     [ -n "$f" ] || continue
-    [ -e "$systemConfig/etc/$f" ] && continue
+    if [ -e "$systemConfig/etc/$f" ]; then continue; fi
     target=$(readlink "/etc/$f" 2>/dev/null || true)
     case $target in /nix/store/*) rm -f "/etc/$f" ;; esac
   done </run/current-system/lab/etc-files
