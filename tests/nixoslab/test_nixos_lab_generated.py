@@ -10,6 +10,7 @@ of the wrong type, fails that build.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -95,3 +96,39 @@ def test_every_generated_module_evaluates_and_a_wrong_one_fails(generated: Lab) 
 
     module.write_text(text)
     assert labnixos.build(lab.flake_dir, ["slax"])["slax"].startswith("/nix/store/")
+
+
+def test_activated_generated_modules_work_remote_build_and_cache_server(generated: Lab) -> None:
+    """Switched to, the generated modules configure real things: a build through the builder, nginx, secrets."""
+    lab = generated
+    built = labnixos.build(lab.flake_dir, ["snix", "slax"])
+    for name in ("snix", "slax"):
+        labnixos.copy_to_host(lab.host(name).root, built[name])
+        switched = lab.exec(name, labnixos.switch_script(built[name], "switch"))
+        assert switched.returncode == 0, switched.stderr.decode()
+
+    # sops-nix put the client's builder key and the cache's signing key in place.
+    mode = lab.exec("slax", "stat -c '%a %U' /run/secrets/remote-builders/slax/ssh_key", check=True)
+    assert mode.stdout.decode().split() == ["400", "root"]
+    mode = lab.exec("snix", "stat -c %a /run/secrets/binary-cache/snix-cache/secret-key", check=True)
+    assert mode.stdout.decode().strip() == "600"
+
+    # slax builds through snix with nothing but its activated /etc/nix/machines,
+    # /etc/ssh/ssh_config and ssh_known_hosts; snix accepts the key from
+    # /etc/ssh/authorized_keys.d/nixremote.
+    nonce = os.urandom(6).hex()
+    drv = (
+        f'derivation {{ name = "nixos-lab-{nonce}"; system = "x86_64-linux"; builder = "/bin/sh"; '
+        'args = ["-c" "echo built > $out"]; }'
+    )
+    result = lab.exec("slax", ["nix-build", "--max-jobs", "0", "--no-out-link", "-E", drv])
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert b"on 'ssh-ng://nixremote@infratool-builder-snix'" in result.stderr
+    out = result.stdout.decode().strip()
+    assert lab.exec("snix", ["nix-store", "--check-validity", out]).returncode == 0
+
+    # nginx, a unit of snix's generation, serves the cache directory on the vhost's address.
+    address = lab.host("snix").address
+    lab.exec("snix", "echo 'StoreDir: /nix/store' > /var/lib/nixcache/nix-cache-info", check=True)
+    got = lab.exec("slax", ["curl", "-fsS", f"http://{address}/nix-cache-info"], check=True)
+    assert got.stdout == b"StoreDir: /nix/store\n"
