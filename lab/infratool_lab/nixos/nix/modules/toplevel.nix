@@ -290,6 +290,10 @@ let
         text = "#!/bin/sh\n" + builtins.readFile ../scripts/ssh-to-age.sh;
         exec = true;
       };
+      "lab/sshd" = {
+        text = if config.services.openssh.enable then "enabled\n" else "disabled\n";
+        exec = false;
+      };
       "nixos-version" = {
         text = "lab-stand-in\n";
         exec = false;

@@ -3,7 +3,8 @@
 # toplevel's builder with `systemConfig=<this toplevel>`. POSIX sh,
 # coreutils and the sops binary only. Steps, in NixOS's order:
 #   users and groups, /etc files (links into this toplevel), tmpfiles,
-#   sops-nix secrets (setupSecrets), then /run/current-system.
+#   sops-nix secrets (setupSecrets), sshd (services.openssh.enable), then
+#   /run/current-system.
 # Units to restart because a secret changed go to /run/lab-services/.restart.
 set -eu
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -65,6 +66,15 @@ done <"$systemConfig/lab/tmpfiles"
 
 # -- sops-nix: decrypt every sops.secrets entry ---------------------------
 "$systemConfig/bin/lab-install-secrets" "$systemConfig/lab/secrets.tsv"
+
+# -- sshd: the lab host's own sshd is frozen when this generation disables it --
+if [ -s /run/sshd.pid ]; then
+  if [ "$(cat "$systemConfig/lab/sshd")" = disabled ]; then
+    kill -STOP "$(cat /run/sshd.pid)"
+  else
+    kill -CONT "$(cat /run/sshd.pid)"
+  fi
+fi
 
 # -- the running system ---------------------------------------------------
 ln -sfn "$systemConfig" /run/current-system.tmp-activate
