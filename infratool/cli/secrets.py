@@ -480,3 +480,9 @@ def recover_check(g: Globals) -> None:
         click.echo(f"error: the backup identity cannot recover: {', '.join(bad)}", err=True)
         sys.exit(EXIT_FAILED)
     click.echo(f"the backup identity recovers all {len(results)} secrets file(s)", err=True)
+
+
+# `secrets check` (drift) lives in its own module; registered here, in its group.
+from infratool.cli.drift import check as _drift_check  # noqa: E402
+
+secrets.add_command(_drift_check)
