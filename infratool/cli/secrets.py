@@ -270,6 +270,10 @@ def _run_rotation(
     sys.exit(result.exit_code or git_code or (EXIT_CHANGES if task.needs_person else 0))
 
 
+run_rotation = _run_rotation
+"""Plan, confirm, apply one rotation task (``host remove --rotate`` runs its plan through this)."""
+
+
 def _skipped(task: Any) -> bool:
     """Say which due secrets only a person can rotate; whether there were any."""
     from infratool.tasks.secrets_rotation import NEEDS_PERSON
