@@ -354,23 +354,23 @@ def _render(result, verb: str) -> None:
         con.print(f"  {_esc(_shown(result.inventory))} updated")
     if result.recipient:
         con.print(f"  age recipient (ssh-to-age of the host key): {_esc(result.recipient)}")
+    rev = result.revocation
     if result.sops_config:
         con.print(f"  {_esc(_shown(result.sops_config))} updated")
-        if result.reencrypted:
-            for path in result.reencrypted:
-                con.print(f"  re-encrypted {_esc(_shown(path))}")
-        else:
+        for path in rev.data_keys if rev else ():
+            con.print(f"  new data key (sops rotate), without the old key: {_esc(_shown(path))}")
+        for path in result.reencrypted:
+            con.print(f"  re-encrypted {_esc(_shown(path))}")
+        if not result.reencrypted and not (rev and rev.data_keys):
             con.print("  no secrets file needed re-encrypting")
     for note in result.notes:
         con.print(f"  [yellow]note:[/yellow] {_esc(note)}")
-    if result.revocation is not None:
+    if rev is not None:
         _render_revocation(con, result)
 
 
 def _render_revocation(con, result) -> None:
     rev = result.revocation
-    for path in rev.data_keys:
-        con.print(f"  new data key (sops rotate) for {_esc(_shown(path))}")
     if rev.policy_note:
         con.print(f"  [yellow]note:[/yellow] {_esc(rev.policy_note)}")
     if rev.plan:

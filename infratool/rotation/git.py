@@ -216,7 +216,7 @@ class FleetGit:
             self.journal.unlink(missing_ok=True)
             if self.options.push:
                 out.pushed = self._push()
-        except GitError as exc:
+        except InfratoolError as exc:  # git failed, or the upstream went away since the check
             out.error = exc.message
         return out
 
@@ -268,6 +268,7 @@ class FleetGit:
             "secrets",
         )
         paths: list[str] = []
+        top = Path(_run(self.flake, "rev-parse", "--show-toplevel").strip())
         entries = iter(out.split("\0"))
         for entry in entries:
             if len(entry) < 4:
@@ -276,14 +277,10 @@ class FleetGit:
                 next(entries, None)  # a rename's second field: the old name
             rel = entry[3:]
             # git prints paths relative to the top level; make them relative to the fleet repo.
-            rel = os.path.relpath(self._top / rel, self.flake)
+            rel = os.path.relpath(top / rel, self.flake)
             if not _is_lock(rel):
                 paths.append(rel)
         return paths
-
-    @property
-    def _top(self) -> Path:
-        return Path(_run(self.flake, "rev-parse", "--show-toplevel").strip())
 
     def _upstream(self) -> tuple[str, str]:
         branch = _run(self.flake, "symbolic-ref", "--short", "-q", "HEAD", check=False).strip()

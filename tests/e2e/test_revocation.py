@@ -108,7 +108,11 @@ def test_host_remove_rotates_data_keys_and_with_rotate_the_values_it_could_read(
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     # The data-key rotation and the plan, each secret with its reason.
-    assert "new data key (sops rotate) for" in out and "slax.yaml" in out and "common.yaml" in out
+    assert (
+        "new data key (sops rotate), without the old key:" in out
+        and "slax.yaml" in out
+        and "common.yaml" in out
+    )
     assert "tokend/token: slax held its value (a consumer there); slax could decrypt secrets/slax.yaml" in out
     assert "common/api: slax could decrypt secrets/common.yaml" in out
     assert "postgres/app:" not in out.split("rotation plan")[1].split("run it")[0]

@@ -72,10 +72,17 @@ def snapshot(root: Path) -> dict[str, bytes]:
     }
 
 
-def test_rotation_is_committed_and_pushed_never_with_a_value(repo, cli):
+def test_rotation_is_committed_and_pushed_never_with_a_value(repo, cli, tmp_path):
     lab = repo
-    r = rotate(cli, lab, "--due", "--yes", "--push")
+    # The repo's own hook sees what git runs with: never the operator's age key or its path.
+    seen_env = tmp_path / "hook-env"
+    hook = lab.flake_dir / ".git" / "hooks" / "pre-commit"
+    hook.write_text(f"#!/bin/sh\nenv > {seen_env}\n")
+    hook.chmod(0o755)
+    r = rotate(cli, lab, "--due", "--yes", "--push", env={"VAULT_TOKEN": "token-CANARY"})
     assert r.returncode == 0, r.stdout + r.stderr
+    hook_env = seen_env.read_text()
+    assert "SOPS_AGE_KEY_FILE" not in hook_env and "CANARY" not in hook_env and "PATH=" in hook_env
     assert "git: committed" in r.stderr and "git: pushed to origin/main" in r.stderr
     subject = git(lab.flake_dir, "log", "-1", "--format=%s")
     assert "postgres/app (generation 1)" in subject and "tokend/token (generation 1)" in subject
