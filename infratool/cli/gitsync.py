@@ -37,15 +37,19 @@ def begin(task: Any, commit: bool | None, push: bool | None):
     Returns the session for :func:`start` and :func:`finish`, or None when
     the repo is not a git repository or commits are off.
     """
-    from infratool.rotation.git import FleetGit, GitOptions
+    from infratool.rotation.git import FleetGit, GitOptions, is_fleet_repo
 
     policy = task.policy
+    flake = task.inventory.flake
+    if push is None:
+        # The policy's push applies where there is git; only an explicit --push insists on it.
+        push = policy.git.push and is_fleet_repo(flake.resolve())
     options = GitOptions(
         commit=policy.git.commit if commit is None else commit,
-        push=policy.git.push if push is None else push,
+        push=push,
         author=policy.git.author,
     )
-    session = FleetGit.open(task.inventory.flake, [*policy.files(), task.state_file()], options)
+    session = FleetGit.open(flake, [*policy.files(), task.state_file()], options)
     if session is not None:
         session.preflight()
     return session

@@ -366,10 +366,10 @@ def _render(result, verb: str) -> None:
     for note in result.notes:
         con.print(f"  [yellow]note:[/yellow] {_esc(note)}")
     if rev is not None:
-        _render_revocation(con, result)
+        _render_revocation(con, result, departed=verb == "removed")
 
 
-def _render_revocation(con, result) -> None:
+def _render_revocation(con, result, departed: bool) -> None:
     rev = result.revocation
     if rev.policy_note:
         con.print(f"  [yellow]note:[/yellow] {_esc(rev.policy_note)}")
@@ -378,7 +378,14 @@ def _render_revocation(con, result) -> None:
         for planned in rev.plan:
             con.print(f"    {_esc(planned.secret)}: {_esc('; '.join(planned.reasons))}")
         names = " ".join(p.secret for p in rev.plan)
-        con.print(f"  run it: infratool secrets rotate {_esc(names)}  (or pass --rotate)")
+        if departed:
+            # The policy still names the departed host until edited; --rotate leaves it out by itself.
+            con.print(
+                f"  run it: --rotate (leaves {_esc(result.name)} out by itself), or edit it out of the "
+                f"policy, then: infratool secrets rotate {_esc(names)}"
+            )
+        else:
+            con.print(f"  run it: infratool secrets rotate {_esc(names)}  (or pass --rotate)")
     for file, keys in rev.unmanaged.items():
         con.print(
             f"  [yellow]not in the rotation policy[/yellow] — change by hand: {_esc(file)}: {_esc(', '.join(keys))}"

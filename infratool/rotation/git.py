@@ -141,10 +141,7 @@ class FleetGit:
         one is bad input.
         """
         flake = flake.resolve()
-        found = shutil.which("git") is not None and _inside_work_tree(flake)
-        if found and _ignored(flake):
-            found = False
-        if not found:
+        if not is_fleet_repo(flake):
             if options.push:
                 raise InputError(f"--push: the fleet repo {flake} is not a git repository")
             return None
@@ -338,8 +335,23 @@ class FleetGit:
         return env
 
 
-def _inside_work_tree(path: Path) -> bool:
-    return _run(path, "rev-parse", "--is-inside-work-tree", check=False).strip() == "true"
+def is_fleet_repo(flake: Path) -> bool:
+    """Whether ``flake`` is in a git work tree that tracks ``secrets/`` (not one that ignores it).
+
+    A repo git refuses to open (owned by another user: "dubious ownership")
+    is bad input, not "no git": rotations would silently stop being committed.
+    """
+    if shutil.which("git") is None or not flake.is_dir():
+        return False
+    proc = subprocess.run(
+        ["git", "rev-parse", "--is-inside-work-tree"], cwd=flake, env=_env(), capture_output=True, text=True
+    )
+    if "dubious ownership" in proc.stderr:
+        raise InputError(
+            f"git refuses the fleet repo {flake} (owned by another user): "
+            f"git config --global --add safe.directory {flake}, or pass --no-commit"
+        )
+    return proc.stdout.strip() == "true" and not _ignored(flake)
 
 
 def _ignored(flake: Path) -> bool:

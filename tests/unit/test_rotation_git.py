@@ -3,6 +3,7 @@ writing the files a rotation writes). The end-to-end behaviour is in tests/e2e/t
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -112,3 +113,12 @@ def test_push_needs_a_branch_with_an_upstream(fleet):
     git(fleet, "checkout", "-q", "--detach")
     with pytest.raises(InputError, match="HEAD is detached"):
         session(fleet, push=True).preflight()
+
+
+def test_a_repo_git_refuses_is_bad_input_not_silently_no_git(fleet):
+    """Owned by another user (a timer running as root on an operator's checkout): git refuses it.
+    Treating that as "not a git repo" would stop committing rotations without a word."""
+    for path in [fleet, *fleet.rglob("*")]:
+        os.lchown(path, 65534, 65534)
+    with pytest.raises(InputError, match=r"safe\.directory"):
+        FleetGit.open(fleet, [], GitOptions())
