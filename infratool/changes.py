@@ -133,6 +133,8 @@ class Plan:
     host_key_refused: set[str] = field(default_factory=set)
     unreachable: set[str] = field(default_factory=set)
     """Hosts that could not be connected to (the other failures are plan errors)."""
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """host → task name → what a read-only task reported there (``PlanContext.report``), plain data."""
 
     def for_host(self, host: str) -> list[Change]:
         """Changes on one host, in plan order."""
@@ -157,6 +159,7 @@ class Plan:
             "changes": [c.to_dict() for c in self.changes],
             "failures": self.failures,
             "summary": {"changes": len(self.changes), "failed_hosts": sorted(self.failures)},
+            **({"reports": self.reports} if self.reports else {}),
         }
 
 

@@ -200,6 +200,7 @@ class Runner:
         """Gather facts and compute every change (read-only)."""
         self.gather()
         changes: list[Change] = []
+        reports: dict[str, dict[str, Any]] = {}
         for stage, (inv, targets) in enumerate(self._targets):
             hosts = {h.name: self.contexts[h.name] for h in targets if h.name in self.contexts}
             ctx = PlanContext(
@@ -212,6 +213,8 @@ class Runner:
             planned = self._plan_task(inv.task, ctx)
             for target, message in ctx.failures.items():
                 self._fail(target, InfratoolError(message))
+            for host, data in ctx.reports.items():
+                reports.setdefault(host, {})[inv.task.name] = data
             for change in planned:
                 change.stage = stage
                 change.task = change.task or inv.label
@@ -232,6 +235,7 @@ class Runner:
             failures=dict(self.failures),
             host_key_refused=set(self.refused),
             unreachable=set(self.unreachable),
+            reports=reports,
         )
 
     def _plan_task(self, task, ctx: PlanContext) -> list[Change]:
