@@ -18,19 +18,30 @@ from typing import Any
 
 from infratool import faults, hostlock, log, preflight
 from infratool.changes import LOCAL, Change, Plan
+from infratool.checkstate import CheckState, check_digest
 from infratool.context import DeferredWriteFailed, DeferredWrites, HostContext, LocalContext
 from infratool.errors import (
     EXIT_CHANGES,
     EXIT_FAILED,
     EXIT_HOSTKEY,
     EXIT_OK,
+    EXIT_STALE,
     ConnectError,
     HostError,
     HostKeyError,
     InfratoolError,
     InputError,
 )
-from infratool.facts import BASE_FACTS, DESCRIBE_FACTS, FactCache, FactRequest, build_script, parse_output
+from infratool.facts import (
+    BASE_FACTS,
+    DESCRIBE_FACTS,
+    FactCache,
+    FactRequest,
+    build_script,
+    digest_of,
+    parse_fact_key,
+    parse_output,
+)
 from infratool.inventory import Host, Inventory
 from infratool.nixssh import nix_ssh_env
 from infratool.options import RunOptions
@@ -49,7 +60,7 @@ class HostResult:
 
     host: str
     status: str = "ok"
-    """ok | changed | failed | unreachable | refused"""
+    """ok | changed | failed | unreachable | refused | stale (a saved plan's facts drifted)"""
     applied: list[str] = field(default_factory=list)
     error: str | None = None
     verified: list[str] = field(default_factory=list)
@@ -80,10 +91,12 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        """4 if a host key was refused, 1 if anything else failed, else 0."""
+        """4 if a host key was refused, 1 if anything else failed, 5 if a saved plan was stale somewhere, else 0."""
         if any(r.status == "refused" for r in self.hosts.values()):
             return EXIT_HOSTKEY
-        return EXIT_FAILED if self.failed else EXIT_OK
+        if self.failed:
+            return EXIT_FAILED
+        return EXIT_STALE if any(r.status == "stale" for r in self.hosts.values()) else EXIT_OK
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view."""
@@ -124,6 +137,10 @@ class Runner:
         self.unreachable: set[str] = set()
         self._pool = ThreadPoolExecutor(max_workers=max(1, options.forks), thread_name_prefix="host")
         self._targets = [(inv, inv.hosts(inventory, options.limit)) for inv in playbook.invocations]
+        self._requests: dict[tuple[int, str], list[FactRequest]] = {}
+        """(playbook entry, host) → the facts that entry requested there (what its changes depend on)."""
+        self.checks = CheckState(inventory.path)
+        self._passed: list[Change] = []
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -155,9 +172,12 @@ class Runner:
         # no tasks (`infratool facts`), the full description of each host.
         base = BASE_FACTS if self._targets else DESCRIBE_FACTS
         requests: dict[str, list[FactRequest]] = {h.name: list(base) for h in hosts}
-        for inv, targets in self._targets:
+        for stage, (inv, targets) in enumerate(self._targets):
             for h in targets:
-                requests[h.name].extend(inv.task.fact_requests(h))
+                if h.name in requests:
+                    wanted = inv.task.fact_requests(h)
+                    self._requests[(stage, h.name)] = wanted
+                    requests[h.name].extend(wanted)
         list(self._pool.map(lambda h: self._open(h, requests[h.name]), hosts))
         return self.contexts
 
@@ -219,6 +239,8 @@ class Runner:
                 change.stage = stage
                 change.task = change.task or inv.label
             changes.extend(planned)
+        facts = self._stamp_facts(changes)
+        changes = self._needed_checks(changes)
         changes.extend(self._deploy_changes(changes))
         names = [h.name for h in self.hosts]
         # Local targets: the flake repo, and units of local work kept apart so
@@ -235,8 +257,55 @@ class Runner:
             failures=dict(self.failures),
             host_key_refused=set(self.refused),
             unreachable=set(self.unreachable),
+            facts={t: facts[t] for t in dict.fromkeys(c.host for c in changes) if t in facts},
             reports=reports,
         )
+
+    def _local_hashes(self) -> dict[str, str]:
+        """The repo files planning read (LocalContext reads and the sops files opened)."""
+        store = self.state.get("sops")
+        for path in store.loaded() if store is not None and hasattr(store, "loaded") else ():
+            self.local.note_read(path, path.read_bytes() if path.is_file() else None)
+        return dict(self.local.reads)
+
+    def _host_hashes(self, stage: int, host: str) -> dict[str, str]:
+        ctx = self.contexts.get(host)
+        return ctx.facts.hashes(self._requests.get((stage, host), [])) if ctx is not None else {}
+
+    def _stamp_facts(self, changes: list[Change]) -> dict[str, dict[str, str]]:
+        """Give each change the digest of the facts it was planned on; return target → fact hashes.
+
+        A host's change depends on the facts its playbook entry requested on
+        that host (volatile ones left out); a local change on every repo file
+        the plan read, so a repo edited since the plan is caught as well.
+        """
+        local = self._local_hashes()
+        facts: dict[str, dict[str, str]] = {}
+        for change in changes:
+            if is_local(change.host):
+                hashes = local
+                facts[LOCAL] = local
+            else:
+                hashes = self._host_hashes(change.stage, change.host)
+                facts.setdefault(change.host, {}).update(hashes)
+            change.facts = digest_of(hashes)
+        return {t: h for t, h in facts.items() if h}
+
+    def _needed_checks(self, changes: list[Change]) -> list[Change]:
+        """Drop the checks that need not run: nothing they check changed in this run,
+        and their inputs are those of their last passing run (:mod:`infratool.checkstate`)."""
+        touched = {c.host for c in changes if not c.is_check}
+        kept = []
+        for c in changes:
+            key = c.check or c.description
+            if (
+                c.is_check
+                and not ({c.host, *c.requires} & touched)
+                and self.checks.passed(c.host, key, check_digest(c.facts, c.args))
+            ):
+                continue
+            kept.append(c)
+        return kept
 
     def _plan_task(self, task, ctx: PlanContext) -> list[Change]:
         """Plan one playbook entry; any exception fails the host(s) it came from, not the run.
@@ -246,30 +315,27 @@ class Runner:
         whatever its type, drops exactly the host being planned. A task
         spanning hosts fails the host a HostError names, else all its hosts.
         """
-        if isinstance(task, HostTask):
+        if isinstance(task, HostTask) or task.host_local:
 
             def one(hctx: HostContext) -> list[Change]:
+                # The one per-host path: the task sees this host only, and
+                # whatever it raises costs this host only.
+                narrow = replace(ctx, hosts={hctx.name: hctx}, failures={})
                 try:
-                    return task.plan_host(hctx, ctx)
+                    return task.plan(narrow)
                 except InputError:
                     raise  # bad input (say, no usable age identity) stops the run once: exit 3
                 except Exception as exc:
                     self._drop(hctx.name, _planning_error(hctx.name, task, exc))
                     return []
+                finally:
+                    ctx.failures.update(narrow.failures)
 
-            return [c for chunk in self._pool.map(one, list(ctx.hosts.values())) for c in chunk]
-        if task.host_local:
-            changes: list[Change] = []
-            for name, hctx in ctx.hosts.items():
-                narrow = replace(ctx, hosts={name: hctx}, failures={})
-                try:
-                    changes += task.plan(narrow)
-                except InputError:
-                    raise  # bad input stops the run once (exit 3), not once per host
-                except Exception as exc:
-                    self._drop(name, _planning_error(name, task, exc))
-                ctx.failures.update(narrow.failures)
-            return changes
+            hosts = list(ctx.hosts.values())
+            # HostTasks plan in the pool; other host-local tasks one host at a time
+            # (their plan() may share per-run state that is not thread-safe).
+            chunks = self._pool.map(one, hosts) if isinstance(task, HostTask) else map(one, hosts)
+            return [c for chunk in chunks for c in chunk]
         try:
             return task.plan(ctx)
         except InputError:
@@ -330,6 +396,8 @@ class Runner:
                 if host in plan.host_key_refused
                 else "unreachable"
                 if host in plan.unreachable
+                else "stale"
+                if host in plan.stale
                 else "failed"
             )
             results[host].error = message
@@ -337,13 +405,48 @@ class Runner:
         held = self._lock_hosts(plan, failed)
         try:
             self._apply_plan(plan, failed, results)
+            self._record_checks(failed)
         finally:
             for lock in held.values():
                 lock.release()
         for r in results.values():
-            if r.host in failed and r.status not in ("refused", "unreachable"):
+            if r.host in failed and r.status not in ("refused", "unreachable", "stale"):
                 r.status, r.error = "failed", failed[r.host]
         return RunResult(plan=plan, hosts=results)
+
+    def _record_checks(self, failed: dict[str, str]) -> None:
+        """Remember the checks that passed, keyed by the facts as they are *after* the run.
+
+        The next plan compares against what it gathers then, which is the
+        state this run left: so a converged host plans no check again.
+        """
+        passed: dict[tuple[str, str], str] = {}
+        by_host: dict[str, list[Change]] = {}
+        for c in self._passed:
+            if c.host not in failed:
+                by_host.setdefault(c.host, []).append(c)
+        for host, checks in by_host.items():
+            ctx = self.contexts.get(host)
+            fresh = FactCache(host)
+            if ctx is not None:
+                wanted = [r for c in checks for r in self._requests.get((c.stage, host), [])]
+                try:
+                    script, marker, ordered = build_script(wanted)
+                    if ordered:
+                        res = ctx.remote.run(script, check=False, what="gather facts")
+                        fresh.update(parse_output(res.stdout, marker, ordered))
+                except InfratoolError:
+                    continue  # not recorded: the check simply runs again next time
+            for c in checks:
+                if is_local(host):
+                    digest = c.facts
+                else:
+                    digest = digest_of(fresh.hashes(self._requests.get((c.stage, host), [])))
+                passed[(host, c.check or c.description)] = check_digest(digest, c.args)
+        try:
+            self.checks.record(passed)
+        except OSError as exc:  # a lost record costs one re-run of the check, not the run
+            self.log.warning("cannot record passing checks", path=str(self.checks.path), error=str(exc))
 
     def _lock_hosts(self, plan: Plan, failed: dict[str, str]) -> dict[str, Held]:
         """Take the run lock on every host the plan changes; a host whose lock is refused fails.
@@ -464,6 +567,8 @@ class Runner:
                 if isinstance(cause, InfratoolError)
                 else f"internal error in {task}: {type(cause).__name__}: {REDACTOR.redact(str(cause))}"
             )
+            if isinstance(culprit, Change) and culprit.is_check:
+                message = f"check failed: {message}"
             failed[host] = message
             what = culprit.description if isinstance(culprit, Change) else "apply"
             self.log.error("change failed", host=host, change=what, error=message)
@@ -473,16 +578,22 @@ class Runner:
         if result.applied:
             self.on_event(host, "changed", f"{len(result.applied)} change(s) applied")
 
-    @staticmethod
-    def _record_applied(result: HostResult, changes: list[Change]) -> None:
+    def _record_applied(self, result: HostResult, changes: list[Change]) -> None:
         for change in changes:
+            if change.is_check:
+                # A passing check proved something and changed nothing.
+                result.verified.append(change.description)
+                self._passed.append(change)
+                continue
             result.applied.append(change.description)
             faults.change_applied()
             result.status = "changed"
 
     def _verify(self, stage: int, plan: Plan, failed: dict[str, str], results: dict[str, HostResult]) -> None:
         inv, targets = self._targets[stage]
-        changed = {c.host for c in plan.changes if c.stage == stage and c.host not in failed}
+        changed = {
+            c.host for c in plan.changes if c.stage == stage and not c.is_check and c.host not in failed
+        }
         if not changed:
             return
         hosts = {
@@ -510,12 +621,48 @@ class Runner:
             failed.setdefault(host, message)
             self.on_event(host, "failed", message)
 
-    def run(self, confirm: Callable[[Plan], bool] | None = None) -> RunResult:
-        """Plan, ask ``confirm(plan)`` (unless ``--yes``), apply."""
-        plan = self.plan()
-        if plan.changes and not self.options.yes and confirm is not None and not confirm(plan):
-            return RunResult(plan=plan, hosts={h: HostResult(h, status="skipped") for h in plan.hosts})
-        return self.apply(plan)
+    # -- saved plans ----------------------------------------------------------
+
+    def load_saved(self, saved: Plan) -> Plan:
+        """A saved plan made applicable: connect, re-read its facts, refuse where they drifted.
+
+        ``saved`` holds the changes (args unsealed) and the fact digests of
+        the plan file. Every target host is connected to and its facts
+        gathered as planning would; a host whose recorded facts differ now is
+        **stale**: refused with the facts that changed, nothing applied
+        there (changes requiring it are skipped). Local targets are stale
+        when a repo file the plan read has changed. The rest apply exactly as
+        saved.
+        """
+        self.gather()
+        stale: dict[str, str] = {}
+        local_drift = self.local.drifted(saved.facts.get(LOCAL, {}))
+        for target, recorded in saved.facts.items():
+            if is_local(target):
+                continue
+            ctx = self.contexts.get(target)
+            if ctx is None:
+                continue  # not reachable now: already a failure of its own
+            now = ctx.facts.hashes([parse_fact_key(k) for k in recorded])
+            drifted = [k for k, digest in recorded.items() if now.get(k) != digest]
+            if drifted:
+                stale[target] = _stale_message(drifted)
+        if local_drift:
+            for target in dict.fromkeys(c.host for c in saved.changes if is_local(c.host)):
+                stale[target] = _stale_message(local_drift)
+        for target, message in stale.items():
+            self.log.warning("plan is stale", host=target, error=message)
+            self.on_event(target, "stale", message)
+        names = list(dict.fromkeys([*saved.hosts, *(c.host for c in saved.changes)]))
+        return Plan(
+            hosts=names,
+            changes=saved.changes,
+            failures={**self.failures, **stale},
+            host_key_refused=set(self.refused),
+            unreachable=set(self.unreachable),
+            stale=set(stale),
+            facts=saved.facts,
+        )
 
 
 def _planning_error(host: str, task: Task, exc: BaseException) -> InfratoolError:
@@ -523,6 +670,12 @@ def _planning_error(host: str, task: Task, exc: BaseException) -> InfratoolError
     if isinstance(exc, InfratoolError):
         return exc
     return HostError(host, f"internal error planning {task.label()}: {type(exc).__name__}: {exc}")
+
+
+def _stale_message(keys: list[str]) -> str:
+    """``facts changed since the plan: /etc/x, users`` (file facts named by their path)."""
+    shown = [k.split(" ", 1)[1] if k.startswith(("file ", "file_meta ")) else k for k in keys]
+    return "facts changed since the plan: " + ", ".join(dict.fromkeys(shown))
 
 
 def is_local(target: str) -> bool:

@@ -4,7 +4,8 @@ Heavy modules (Fabric, rich, the tasks) are imported inside the commands, so
 ``infratool --help`` starts fast.
 
 Exit codes: 0 ok, 1 a host or task failed, 2 changes pending (with
-``--detailed-exitcode``), 3 bad input (nothing touched), 4 host key refused.
+``--detailed-exitcode``), 3 bad input (nothing touched), 4 host key refused,
+5 a saved plan was refused somewhere as stale (facts changed since the plan).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from infratool.cli import globalopts
 from infratool.cli.common import (
     Globals,
     audit_run,
-    audit_started,
     command_name,
     emit_json,
     emit_json_error,
@@ -523,6 +523,18 @@ def _prepare(g: Globals, playbook_path: str, **opts: Any):
     return inv, book, options, Runner
 
 
+def _selection(limit: str | None, deploy: bool) -> dict[str, Any]:
+    """What shaped a plan besides the playbook: recorded in a plan file, reused by `apply`."""
+    chosen = click.get_current_context().meta.get(SELECTION_KEY, {})
+    return {
+        "limit": limit,
+        "tags": chosen.get("tags"),
+        "skip_tags": chosen.get("skip_tags"),
+        "extra_vars": list(chosen.get("extra_vars") or ()),
+        "deploy": deploy,
+    }
+
+
 def _list(g: Globals, book: Any, targets: list[tuple[Any, list[Any]]], tasks: bool) -> None:
     """--list-hosts / --list-tasks: what would run where, from the files alone."""
     entries = [
@@ -574,6 +586,14 @@ def _list(g: Globals, book: Any, targets: list[tuple[Any, list[Any]]], tasks: bo
 @forks_option
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when changes are pending (like terraform).")
 @click.option("--no-diff", is_flag=True, help="Descriptions only.")
+@click.option("--no-deploy", is_flag=True, help="Plan no deploy step for NixOS hosts.")
+@click.option(
+    "-o",
+    "--out",
+    "out_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Save the plan to FILE (secrets sealed with sops) for `infratool apply FILE`.",
+)
 @timeout_option
 @pass_globals
 def plan(
@@ -583,12 +603,17 @@ def plan(
     forks: int,
     detailed_exitcode: bool,
     no_diff: bool,
+    no_deploy: bool,
+    out_file: Path | None,
     timeout: float | None,
 ) -> None:
     from infratool.cli import output as render
     from infratool.runner import plan_exit_code
 
-    inv, book, options, Runner = _prepare(g, playbook, limit=limit, forks=forks, command_timeout=timeout)
+    inv, book, options, Runner = _prepare(
+        g, playbook, limit=limit, forks=forks, command_timeout=timeout, deploy=not no_deploy
+    )
+    selection = _selection(limit, not no_deploy)
     progress = render.Progress(render.console(stderr=True), enabled=g.verbosity >= 0 and not g.json)
     with Runner(inv, book, options, on_event=progress) as runner, progress:
         the_plan = runner.plan()
@@ -597,7 +622,30 @@ def plan(
         emit_json(the_plan.to_dict())
     else:
         render.plan(render.console(), the_plan, show_diff=not no_diff)
+    if out_file is not None:
+        _save_plan(out_file, the_plan, inv, book, selection)
+        if not g.json:
+            click.echo(f"Saved the plan to {out_file}: apply it with `infratool apply {out_file}`.", err=True)
     sys.exit(plan_exit_code(the_plan, detailed_exitcode))
+
+
+def _save_plan(path: Path, the_plan: Any, inv: Any, book: Any, selection: dict[str, Any]) -> None:
+    from infratool import planfile
+    from infratool.secrets.seal import seal
+
+    header = planfile.Header.of(inv, book, selection)
+    planfile.save(path, the_plan, header, lambda values: seal(values, inv.flake / "secrets"))
+
+
+wait_option = click.option(
+    "--wait",
+    "lock_wait",
+    type=click.FloatRange(0, 86400),
+    default=0,
+    metavar="SECONDS",
+    help="Queue up to SECONDS behind another run applying to a host (default: refuse that host at once).",
+)
+"""``--wait`` of run and apply."""
 
 
 @main.command(
@@ -617,13 +665,12 @@ def plan(
 @forks_option
 @click.option("--no-deploy", is_flag=True, help="Skip the deploy step for NixOS hosts.")
 @click.option("--no-diff", is_flag=True, help="Descriptions only.")
+@wait_option
 @click.option(
-    "--wait",
-    "lock_wait",
-    type=click.FloatRange(0, 86400),
-    default=0,
-    metavar="SECONDS",
-    help="Queue up to SECONDS behind another run applying to a host (default: refuse that host at once).",
+    "--plan",
+    "plan_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Apply exactly this saved plan of PLAYBOOK (from `plan -o`) instead of planning again.",
 )
 @timeout_option
 @pass_globals
@@ -636,10 +683,14 @@ def run(
     no_deploy: bool,
     no_diff: bool,
     lock_wait: float,
+    plan_file: Path | None,
     timeout: float | None,
 ) -> None:
-    from infratool.cli import output as render
+    from infratool.cli.sequence import report, run_sequence
 
+    if plan_file is not None:
+        _apply_saved(g, plan_file, playbook, yes, forks, not no_diff, lock_wait, timeout)
+        return
     inv, book, options, Runner = _prepare(
         g,
         playbook,
@@ -650,29 +701,99 @@ def run(
         command_timeout=timeout,
         lock_wait=lock_wait,
     )
+    _need_terminal(yes)
+    runner = Runner(inv, book, options, on_event=_progress(g))
+    outcome = run_sequence(g, book, runner, command="run", yes=yes, show_diff=not no_diff)
+    report(g, outcome)
+    sys.exit(outcome.result.exit_code)
+
+
+@main.command(
+    help="Apply exactly a plan saved with `plan -o FILE`: refused (exit 3) for another inventory, "
+    "playbook or infratool version; hosts whose facts changed since the plan are refused (status "
+    "stale, exit 5) and the others applied."
+    + examples(
+        "infratool plan playbooks/site.yaml -o site.plan.json",
+        "infratool apply site.plan.json",
+        "infratool apply site.plan.json --yes",
+    )
+)
+@click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--yes", "-y", is_flag=True, help="Apply without asking (required when stdin is not a terminal)."
+)
+@forks_option
+@click.option("--no-diff", is_flag=True, help="Descriptions only.")
+@wait_option
+@timeout_option
+@pass_globals
+def apply(
+    g: Globals, plan_file: Path, yes: bool, forks: int, no_diff: bool, lock_wait: float, timeout: float | None
+) -> None:
+    _apply_saved(g, plan_file, None, yes, forks, not no_diff, lock_wait, timeout)
+
+
+def _need_terminal(yes: bool) -> None:
     if not yes and not sys.stdin.isatty():
         raise InputError("stdin is not a terminal: refusing to prompt; pass --yes to apply unattended")
-    out = render.console()
-    progress = render.Progress(render.console(stderr=True), enabled=g.verbosity >= 0 and not g.json)
-    with Runner(inv, book, options, on_event=progress) as runner:
-        with progress:
-            the_plan = runner.plan()
-        if not g.json:
-            render.plan(out, the_plan, show_diff=not no_diff)
-        if the_plan.changes and not yes and not click.confirm("Apply these changes?", default=False):
-            audit_run(g, "run (declined)", book, the_plan)
-            click.echo("Nothing applied.", err=True)
-            sys.exit(EXIT_FAILED)
-        if the_plan.changes:
-            audit_started(g, "run", book, the_plan)
-        with progress:
-            result = runner.apply(the_plan)
-    audit_run(g, "run", book, the_plan, result)
-    if g.json:
-        emit_json(result.to_dict())
-    else:
-        render.results(out, result)
-    sys.exit(result.exit_code)
+
+
+def _progress(g: Globals) -> Any:
+    from infratool.cli import output as render
+
+    return render.Progress(render.console(stderr=True), enabled=g.verbosity >= 0 and not g.json)
+
+
+def _apply_saved(
+    g: Globals,
+    plan_file: Path,
+    playbook: str | None,
+    yes: bool,
+    forks: int,
+    show_diff: bool,
+    lock_wait: float,
+    timeout: float | None,
+) -> None:
+    """`apply FILE` / `run PLAYBOOK --plan FILE`: check what the plan was made for, then apply it."""
+    from infratool import planfile
+    from infratool import playbook as pb
+    from infratool.changes import Plan
+    from infratool.cli.sequence import report, run_sequence
+    from infratool.options import RunOptions
+    from infratool.runner import Runner
+    from infratool.secrets.seal import unseal
+    from infratool.template import parse_extra_vars
+
+    loaded = planfile.load(plan_file)
+    sel = loaded.header.selection
+    inv = load_inventory(g)
+    book = pb.load(playbook or loaded.header.playbook, inv, parse_extra_vars(sel.get("extra_vars") or ()))
+    if sel.get("tags") or sel.get("skip_tags"):
+        book = pb.filter_tags(book, sel.get("tags"), sel.get("skip_tags"))
+    why = loaded.header.mismatch(planfile.Header.of(inv, book, sel))
+    if why:
+        raise InputError(f"refusing to apply this plan: {why}; make a new one", file=plan_file)
+    _need_terminal(yes)
+    open_audit(g)
+    secrets = unseal(loaded.sealed, inv.flake / "secrets") if loaded.sealed else {}
+    saved = Plan(
+        hosts=loaded.plan.hosts,
+        changes=planfile.changes_of(loaded, secrets),
+        facts=loaded.plan.facts,
+    )
+    options = RunOptions(
+        forks=forks,
+        limit=sel.get("limit"),
+        yes=yes,
+        deploy=bool(sel.get("deploy", True)),
+        command_timeout=timeout,
+        lock_wait=lock_wait,
+        audit_log=g.audit_log,
+    )
+    runner = Runner(inv, book, options, on_event=_progress(g))
+    outcome = run_sequence(g, book, runner, command="apply", yes=yes, show_diff=show_diff, saved=saved)
+    report(g, outcome)
+    sys.exit(outcome.result.exit_code)
 
 
 if __name__ == "__main__":  # pragma: no cover
