@@ -582,7 +582,7 @@ class Runner:
         for change in changes:
             if change.is_check:
                 # A passing check proved something and changed nothing.
-                result.verified.append(change.description)
+                result.verified.extend(change.proved or [change.description])
                 self._passed.append(change)
                 continue
             result.applied.append(change.description)
