@@ -270,6 +270,19 @@ def test_backup_wipe_restore_is_bit_for_bit_and_never_leaks(sb, cli, made_keys, 
         assert lost[0]["verdict"] == "needs-restore"
         fresh = seen.cli("-i", inv, "plan", PLAYBOOK, "--limit", "snix")  # never new keys over a backup
         assert fresh.returncode == 1 and "restore them (infratool secureboot restore snix)" in fresh.stdout
+        # A restore planned as data carries the files' names and hashes, never their
+        # content: a saved plan of it holds no key (the action reads sops again).
+        from infratool import inventory, playbook
+        from infratool.options import RunOptions
+        from infratool.runner import Runner
+
+        book = tmp_path / "restore.yaml"
+        book.write_text("tasks:\n  - task: secureboot.restore\n")
+        inv_obj = inventory.load(inv)
+        with Runner(inv_obj, playbook.load(book, inv_obj), RunOptions(limit="snix")) as runner:
+            (planned,) = runner.plan().changes
+        assert planned.op == "secureboot.restore" and len(planned.args["paths"]) == 7
+        assert all(c not in json.dumps(planned.args) for c in canaries), planned.args
         restored = ok(seen.cli("-v", "-i", inv, "secureboot", "restore", "snix", "--yes"))
     seen.assert_recorded(min_sessions=4)
     assert digests(keys) == before

@@ -281,7 +281,7 @@ def enroll_keys(
     h: HostContext, command: str, directory: str, expected: dict[str, str], microsoft: bool
 ) -> None:
     """Re-check Setup Mode and the keys, run ``command`` (sbctl enroll-keys), record the enrollment."""
-    if not command.startswith("sbctl enroll-keys "):
+    if not _is_enroll_command(command):
         raise RefusedError(f"not an enrollment command: {command!r}")  # a plan file is data: check it
     _recheck(h, directory, expected)
     res = h.run(command, check=False, what=command)
@@ -289,6 +289,16 @@ def enroll_keys(
         raise CommandFailed(h.name, command, res.exited, error_line(res.stdout, res.stderr))
     record = backupfile.enrollment_record(backupfile.pk_digest(expected), microsoft)
     host_store(h).write(backupfile.backup_file(h.name), {backupfile.ENROLLED: record})
+
+
+def _is_enroll_command(command: str) -> bool:
+    """Whether ``command`` is one :func:`enroll_command` makes (and nothing else)."""
+    words = command.split(" ")
+    allowed = {"--ignore-immutable", "--microsoft", "--tpm-eventlog"}
+    builtin = {"--firmware-builtin=" + ",".join(v) for v in (("db",), ("KEK",), ("db", "KEK"))}
+    return words[:3] == ["sbctl", "enroll-keys", "--ignore-immutable"] and all(
+        w in allowed or w in builtin for w in words[3:]
+    )
 
 
 def _version(h: HostContext) -> tuple[int, ...] | None:
