@@ -53,17 +53,20 @@ class HostContext:
     def plan_write(
         self,
         path: str,
-        content: bytes,
+        content: bytes | None,
         mode: int | None = None,
         owner: str | None = None,
         group: str | None = None,
         secret: bool = False,
+        sha256: str | None = None,
+        size: int | None = None,
     ) -> None:
         """Record that a planned change will leave ``path`` with ``content``.
 
         The mode is what the write gives it: the given one, else the existing
         regular file's, else 0644. ``secret`` content is never shown in a
-        later change's diff.
+        later change's diff. Streamed content is not held: ``content`` None
+        with its ``sha256`` and ``size``.
         """
         before = self.file(path)
         keep = before.exists and before.is_file
@@ -73,7 +76,8 @@ class HostContext:
             mode=mode if mode is not None else (before.mode if keep else 0o644),
             owner=owner or (before.owner if keep else None),
             group=group or (before.group if keep else None),
-            size=len(content),
+            size=len(content) if content is not None else size,
+            sha256=sha256,
             content=content,
             hidden=secret or before.hidden,
         )

@@ -2,7 +2,7 @@
 
 Every error a user can meet is one of these, with a message they can act on.
 Errors from the layers below (paramiko, socket, sops, subprocess) are mapped
-into this tree at one place each (``remote.py``, ``secrets/store.py``), so
+into this tree at one place each (``remote/``, ``secrets/store.py``), so
 callers never catch a library's exception.
 
     InfratoolError                 exit 1 unless a subclass says otherwise

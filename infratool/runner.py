@@ -44,7 +44,7 @@ from infratool.inventory import Host, Inventory
 from infratool.nixssh import nix_ssh_env
 from infratool.options import RunOptions
 from infratool.playbook import Playbook
-from infratool.remote import Held, Remote
+from infratool.remote import Held, Remote, release_all
 from infratool.secrets.secret import REDACTOR
 from infratool.tasks.base import HostTask, PlanContext, Task
 
@@ -218,6 +218,7 @@ class Runner:
         """Gather facts and compute every change (read-only)."""
         self.gather()
         changes: list[Change] = []
+        reports: dict[str, dict[str, Any]] = {}
         for stage, (inv, targets) in enumerate(self._targets):
             hosts = {h.name: self.contexts[h.name] for h in targets if h.name in self.contexts}
             ctx = PlanContext(
@@ -230,6 +231,8 @@ class Runner:
             planned = self._plan_task(inv.task, ctx)
             for target, message in ctx.failures.items():
                 self._fail(target, InfratoolError(message))
+            for host, data in ctx.reports.items():
+                reports.setdefault(host, {})[inv.task.name] = data
             for change in planned:
                 change.stage = stage
                 change.task = change.task or inv.label
@@ -257,6 +260,7 @@ class Runner:
             host_key_refused=set(self.refused),
             unreachable=set(self.unreachable),
             facts={t: facts[t] for t in dict.fromkeys(c.host for c in changes) if t in facts},
+            reports=reports,
         )
 
     def _host_hashes(self, stage: int, host: str) -> dict[str, str]:
@@ -365,8 +369,9 @@ class Runner:
                 [c for c in self._passed if c.host not in failed], self.contexts, self._requests, self.checks
             )
         finally:
-            for lock in held.values():
-                lock.release()
+            # All at once: closing each lock's stdin and waiting for it in
+            # turn cost a round trip per host (docs/performance.md).
+            release_all(held.values())
         for r in results.values():
             if r.host in failed and r.status not in ("refused", "unreachable", "stale"):
                 r.status, r.error = "failed", failed[r.host]
@@ -506,7 +511,7 @@ class Runner:
         for change in changes:
             if change.is_check:
                 # A passing check proved something and changed nothing.
-                result.verified.append(change.description)
+                result.verified.extend(change.proved or [change.description])
                 self._passed.append(change)
                 continue
             result.applied.append(change.description)

@@ -15,6 +15,7 @@ from infratool.cli.common import (
     load_inventory,
     pass_globals,
 )
+from infratool.cli.gitsync import git_options
 from infratool.errors import EXIT_CHANGES, EXIT_FAILED, InputError
 
 POLICY_HELP = "Rotation policy, relative to the flake repo [default: secrets/rotation.yaml]."
@@ -155,6 +156,7 @@ def _due_cell(row: dict[str, Any]) -> Any:
     help="Seconds to wait for another rotation holding the lock.",
 )
 @forks_option
+@git_options
 @click.option("--unattended", is_flag=True, hidden=True, help="Set by the timer.")
 @pass_globals
 def rotate(
@@ -168,6 +170,8 @@ def rotate(
     wait: float,
     forks: int,
     unattended: bool,
+    git_commit: bool | None,
+    git_push: bool | None,
 ) -> None:
     from infratool.tasks.base import Source
     from infratool.tasks.secrets_rotation import DEFAULT_POLICY, RotateSecrets
@@ -188,7 +192,9 @@ def rotate(
     }
     source = Source(file=inv.flake / (policy or DEFAULT_POLICY), line=None, params={})
     task = RotateSecrets(args, source, inv)
-    _run_rotation(g, inv, task, dry_run=dry_run, yes=yes, forks=forks, unattended=unattended)
+    _run_rotation(
+        g, inv, task, dry_run=dry_run, yes=yes, forks=forks, unattended=unattended, git=(git_commit, git_push)
+    )
 
 
 def _run_rotation(
@@ -201,12 +207,14 @@ def _run_rotation(
     forks: int,
     unattended: bool,
     command: str = "secrets rotate",
+    git: tuple[bool | None, bool | None] = (None, None),
 ) -> None:
     """Plan, confirm and apply one RotateSecrets task; exits with the run's code.
 
     Due ``prompt`` secrets that only a person can rotate are listed (and
     notified); with nothing else failing the exit code is then 2, not 0 or 1.
     """
+    from infratool.cli import gitsync
     from infratool.cli import output as render
     from infratool.cli.sequence import report, run_sequence
     from infratool.options import RunOptions
@@ -226,12 +234,21 @@ def _run_rotation(
             )
         ],
     )
+    # A git fleet repo: refuse on a dirty secrets/ or a branch behind upstream (exit 3) before anything.
+    repo = gitsync.begin(task, *git) if not dry_run else None
     options = RunOptions(forks=forks, yes=yes, audit_log=g.audit_log, unattended=unattended)
     progress = render.Progress(render.console(stderr=True), enabled=g.verbosity >= 0 and not g.json)
     runner = Runner(inv, book, options, on_event=progress)
     # The one run sequence of the CLI (plan, show, confirm, apply, audit).
     outcome = run_sequence(
-        g, book, runner, command=command, yes=yes, question="Rotate these secrets?", dry_run=dry_run
+        g,
+        book,
+        runner,
+        command=command,
+        yes=yes,
+        question="Rotate these secrets?",
+        dry_run=dry_run,
+        before_apply=lambda: gitsync.start(repo),
     )
     if dry_run:
         _skipped(task)
@@ -243,7 +260,12 @@ def _run_rotation(
         send(
             task.policy, "due", f"{', '.join(task.needs_person)}: {NEEDS_PERSON} (infratool secrets set NAME)"
         )
-    sys.exit(result.exit_code or (EXIT_CHANGES if task.needs_person else 0))
+    git_code = gitsync.finish(repo)  # commit (and push) what the rotation changed
+    sys.exit(result.exit_code or git_code or (EXIT_CHANGES if task.needs_person else 0))
+
+
+run_rotation = _run_rotation
+"""Plan, confirm, apply one rotation task (``host remove --rotate`` runs its plan through this)."""
 
 
 def _skipped(task: Any) -> bool:
@@ -271,8 +293,17 @@ def _skipped(task: Any) -> bool:
 )
 @click.option("--policy", metavar="FILE", help=POLICY_HELP)
 @forks_option
+@git_options
 @pass_globals
-def set_(g: Globals, name: str, from_stdin: bool, policy: str | None, forks: int) -> None:
+def set_(
+    g: Globals,
+    name: str,
+    from_stdin: bool,
+    policy: str | None,
+    forks: int,
+    git_commit: bool | None,
+    git_push: bool | None,
+) -> None:
     from infratool.secrets.secret import Secret
     from infratool.tasks.base import Source
     from infratool.tasks.secrets_rotation import DEFAULT_POLICY, RotateSecrets
@@ -315,7 +346,17 @@ def set_(g: Globals, name: str, from_stdin: bool, policy: str | None, forks: int
     source = Source(file=inv.flake / (policy or DEFAULT_POLICY), line=None, params={})
     task = RotateSecrets(args, source, inv)
     task.provide(name, value)
-    _run_rotation(g, inv, task, dry_run=False, yes=True, forks=forks, unattended=False, command="secrets set")
+    _run_rotation(
+        g,
+        inv,
+        task,
+        dry_run=False,
+        yes=True,
+        forks=forks,
+        unattended=False,
+        command="secrets set",
+        git=(git_commit, git_push),
+    )
 
 
 @secrets.group(
@@ -437,3 +478,9 @@ def recover_check(g: Globals) -> None:
         click.echo(f"error: the backup identity cannot recover: {', '.join(bad)}", err=True)
         sys.exit(EXIT_FAILED)
     click.echo(f"the backup identity recovers all {len(results)} secrets file(s)", err=True)
+
+
+# `secrets check` (drift) lives in its own module; registered here, in its group.
+from infratool.cli.drift import check as _drift_check  # noqa: E402
+
+secrets.add_command(_drift_check)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,7 @@ def run_sequence(
     apply_empty: bool = True,
     saved: Plan | None = None,
     progress: Any = None,
+    before_apply: Callable[[], None] | None = None,
 ) -> Outcome:
     """Plan (or load ``saved``), show, confirm, apply and audit, with ``runner``.
 
@@ -50,7 +52,9 @@ def run_sequence(
     change and not ``apply_empty``, the plan is returned without applying.
     A declined confirmation is audited, says "Nothing applied." and exits 1.
     ``progress`` (default: the runner's ``on_event`` when it is a context
-    manager) is live while planning and applying.
+    manager) is live while planning and applying. ``before_apply`` runs once
+    the plan is confirmed, right before the first change (``secrets rotate``
+    marks a git commit as owed there, so a crash is committed by the next run).
     """
     from infratool.cli import output as render
 
@@ -76,6 +80,8 @@ def run_sequence(
             sys.exit(EXIT_FAILED)
         if the_plan.changes:
             audit_started(g, command, book, the_plan)
+        if before_apply is not None:
+            before_apply()
         with progress:
             result = runner.apply(the_plan)
     audit_run(g, command, book, the_plan, result)
