@@ -30,6 +30,8 @@ EXIT_FAILED = 1
 EXIT_CHANGES = 2
 EXIT_INPUT = 3
 EXIT_HOSTKEY = 4
+EXIT_STALE = 5
+"""A saved plan was refused on some target: its facts changed since the plan (re-plan)."""
 
 
 class InfratoolError(Exception):

@@ -153,6 +153,12 @@ class Command(HostTask):
         "command": Param(str, required=True, help="shell command run on the host"),
         "creates": Param(str, help="skip when this path exists", check=check_abs_path),
         "unless": Param(str, help="skip when this read-only command succeeds"),
+        "check": Param(
+            bool,
+            default=False,
+            help="the command only checks (changes nothing): planned as a check, shown as verified, "
+            "run again only when its host changes or its inputs changed since it last passed",
+        ),
     }
 
     def label(self) -> str:
@@ -173,6 +179,8 @@ class Command(HostTask):
         if self.args["unless"] and host.facts.get("succeeds", self.args["unless"]):
             return []
         cmd = self.args["command"]
+        if self.args["check"]:
+            return [ctx.check(host.name, self.name, f"check: {cmd}", op="command.run", args={"cmd": cmd})]
         return [
             Change(host.name, self.name, f"run: {cmd}", op="command.run", args={"cmd": cmd}, action="run")
         ]
