@@ -172,3 +172,20 @@ def test_a_generation_without_sshd_stops_answering_and_the_previous_one_answers_
     )
     assert banner().startswith(b"SSH-2.0-")
     assert current_system(lab, "slax") == first
+
+
+def test_a_failing_activation_script_fails_the_switch(nixos_lab: Lab) -> None:
+    lab = nixos_lab
+    bad = generation(
+        lab,
+        "slax",
+        '{ ... }: { networking.hostName = "slax"; system.activationScripts.broken = "echo ran; false; echo not-reached"; '
+        'system.activationScripts.after = { text = "touch /run/after-ran"; }; }\n',
+    )
+    result = lab.exec("slax", labnixos.switch_script(bad, "test"))
+    assert result.returncode != 0
+    assert b"activation script broken failed" in result.stderr
+    assert b"ran" in result.stdout and b"not-reached" not in result.stdout
+    # As on NixOS, the rest of the activation ran and the system switched; the deploy sees the failure.
+    assert lab.exec("slax", "test -e /run/after-ran").returncode == 0
+    assert current_system(lab, "slax") == bad

@@ -299,6 +299,15 @@ let
         exec = false;
       };
     }
+    // lib.listToAttrs (
+      mapAttrsToList (n: v: {
+        name = "lab/activation.d/${n}";
+        value = {
+          text = if builtins.isString v then v else v.text;
+          exec = false;
+        };
+      }) config.system.activationScripts
+    )
     // lib.optionalAttrs lanzaboote.enable {
       "lab/lanzaboote.json" = {
         text = wouldSign;
