@@ -79,7 +79,8 @@ def test_priorities_conditions_and_merges(tmp_path: Path) -> None:
         "{ inherit (config.nix.settings) trusted-users; inherit (config.nix) distributedBuilds; "
         "ports = config.networking.firewall.allowedTCPPorts; ssh = config.programs.ssh.extraConfig; }",
     )
-    assert got["trusted-users"] == ["root", "bob"]  # a plain definition beats mkDefault
+    # Plain definitions concatenate (nix.nix's own [ "root" ] first, as in nixpkgs); mkDefault loses.
+    assert got["trusted-users"] == ["root", "root", "bob"]
     assert got["distributedBuilds"] is False  # mkForce beats a plain definition
     assert sorted(got["ports"]) == [80, 443]  # lists from all modules; mkIf false contributes nothing
     assert got["ssh"] == "Host a\nHost b"  # lines concatenate

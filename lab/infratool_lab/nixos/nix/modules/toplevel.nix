@@ -45,7 +45,8 @@ let
     + "# /etc/nixos/configuration.nix.  Do not edit it!\n"
     + concatStringsSep "" (
       mapAttrsToList (n: v: "${n} = ${confValue v}\n") config.nix.settings
-    );
+    )
+    + config.nix.extraOptions;
 
   machines = concatStringsSep "" (
     map (
