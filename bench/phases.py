@@ -71,6 +71,8 @@ def main() -> None:
     mark("runner, render imported")
     wrap(runner.Runner, "gather", "connect + facts")
     wrap(runner.Runner, "apply", "apply")
+    wrap(runner.Runner, "_lock_hosts", "  run locks taken")
+    wrap(runner.Runner, "_apply_plan", "  changes applied")
     wrap(render, "plan", "render plan")
     wrap(render, "results", "render results")
     wrap(cli, "audit_run", "audit log")

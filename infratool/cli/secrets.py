@@ -9,13 +9,10 @@ import click
 
 from infratool.cli.common import (
     Globals,
-    audit_run,
-    audit_started,
     emit_json,
     examples,
     forks_option,
     load_inventory,
-    open_audit,
     pass_globals,
 )
 from infratool.cli.gitsync import git_options
@@ -219,6 +216,7 @@ def _run_rotation(
     """
     from infratool.cli import gitsync
     from infratool.cli import output as render
+    from infratool.cli.sequence import report, run_sequence
     from infratool.options import RunOptions
     from infratool.playbook import Invocation, Playbook
     from infratool.rotation.notify import notify as send
@@ -236,32 +234,28 @@ def _run_rotation(
             )
         ],
     )
-    open_audit(g)  # an unusable audit log is bad input: exit 3 before connecting
     # A git fleet repo: refuse on a dirty secrets/ or a branch behind upstream (exit 3) before anything.
     repo = gitsync.begin(task, *git) if not dry_run else None
     options = RunOptions(forks=forks, yes=yes, audit_log=g.audit_log, unattended=unattended)
-    out = render.console()
     progress = render.Progress(render.console(stderr=True), enabled=g.verbosity >= 0 and not g.json)
-    with Runner(inv, book, options, on_event=progress) as runner:
-        with progress:
-            the_plan = runner.plan()
-        if dry_run:
-            audit_run(g, f"{command} --dry-run", book, the_plan)
-            emit_json(the_plan.to_dict()) if g.json else render.plan(out, the_plan)
-            _skipped(task)
-            sys.exit(plan_exit_code(the_plan, detailed=False) or (EXIT_CHANGES if task.needs_person else 0))
-        if not g.json:
-            render.plan(out, the_plan)
-        if the_plan.changes and not yes and not click.confirm("Rotate these secrets?", default=False):
-            click.echo("Nothing rotated.", err=True)
-            sys.exit(EXIT_FAILED)
-        if the_plan.changes:
-            audit_started(g, command, book, the_plan)
-        gitsync.start(repo)
-        with progress:
-            result = runner.apply(the_plan)
-    audit_run(g, command, book, the_plan, result)
-    emit_json(result.to_dict()) if g.json else render.results(out, result)
+    runner = Runner(inv, book, options, on_event=progress)
+    # The one run sequence of the CLI (plan, show, confirm, apply, audit).
+    outcome = run_sequence(
+        g,
+        book,
+        runner,
+        command=command,
+        yes=yes,
+        question="Rotate these secrets?",
+        dry_run=dry_run,
+        before_apply=lambda: gitsync.start(repo),
+    )
+    if dry_run:
+        _skipped(task)
+        the_plan = outcome.plan
+        sys.exit(plan_exit_code(the_plan, detailed=False) or (EXIT_CHANGES if task.needs_person else 0))
+    result = outcome.result
+    report(g, outcome)
     if _skipped(task):
         send(
             task.policy, "due", f"{', '.join(task.needs_person)}: {NEEDS_PERSON} (infratool secrets set NAME)"

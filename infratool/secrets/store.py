@@ -340,6 +340,10 @@ class SopsStore:
                 found.append(r)
         return found
 
+    def loaded(self) -> list[Path]:
+        """The files this store has decrypted so far (what a plan read of the repo's secrets)."""
+        return list(self._cache)
+
     # --- writing ---------------------------------------------------------------
 
     def set(self, file: str | Path, key: str, value: Secret) -> None:

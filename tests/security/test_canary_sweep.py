@@ -98,6 +98,13 @@ def scenario(lab, tmp: Path) -> list[tuple[str, list[str] | Callable[[], None], 
         ("site plan", ["-i", inv, "--json", "plan", str(PLAYBOOKS / "site.yaml")], None),
         ("site run", ["-i", inv, "-vv", "run", str(PLAYBOOKS / "site.yaml"), "--yes"], None),
         # -vvv: every remote command and its output (masked) go to stderr, which is swept.
+        # A saved plan of a secret file: the canary is sealed in the plan file, never in clear.
+        (
+            "secret file plan -o",
+            ["-i", inv, "plan", str(_canary_playbook(tmp)), "-o", str(tmp / "canary.plan.json")],
+            None,
+        ),
+        ("secret file apply", ["-i", inv, "-vvv", "apply", str(tmp / "canary.plan.json"), "--yes"], None),
         ("secret file", ["-i", inv, "-vvv", "run", str(_canary_playbook(tmp)), "--yes"], None),
         ("rotate all (dry run)", ["-i", inv, "secrets", "rotate", "--all", "--dry-run"], None),
         ("fleet repo under git", under_git, None),
@@ -223,6 +230,8 @@ def test_no_secret_appears_anywhere(lab, cli, tmp_path, _private_audit_log, monk
 
     places = {f"output of {label}": text for label, text in outputs.items()}
     places["audit log"] = _private_audit_log.read_text()
+    places["plan file"] = (tmp_path / "canary.plan.json").read_text()
+    assert "ENC[AES256_GCM" in places["plan file"], "the plan file sealed nothing"
     for h in lab.hosts():
         places[f"sshd log of {h.name}"] = h.sshd_log.read_text()
     places["rotation state"] = (lab.flake_dir / "secrets" / ".rotation-state.yaml").read_text()

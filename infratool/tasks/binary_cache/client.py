@@ -46,7 +46,7 @@ from infratool.tasks.binary_cache.spec import (
     validate_hosts,
     validate_server,
 )
-from infratool.tasks.nix_settings import generated_path, local_file_change
+from infratool.tasks.lib.local import generated_path, local_file_change
 
 FLAKE_NIX = "flake.nix"
 

@@ -22,7 +22,7 @@ from infratool.inventory import Host
 from infratool.tasks.base import Param, PlanContext, Task, register
 from infratool.tasks.binary_cache import scripts
 from infratool.tasks.binary_cache.spec import CACHE_PARAMS, CacheSpec, cache_spec, validate_server
-from infratool.tasks.files import check_abs_path
+from infratool.tasks.lib.checks import check_abs_path
 
 _STORE_PATH = re.compile(r"^/[A-Za-z0-9+._/=-]+$")
 

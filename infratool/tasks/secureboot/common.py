@@ -20,7 +20,7 @@ from infratool.inventory import Host
 from infratool.secrets.secret import REDACTOR
 from infratool.secrets.store import SopsStore
 from infratool.tasks.base import Param, PlanContext, Task
-from infratool.tasks.files import check_abs_path
+from infratool.tasks.lib.checks import check_abs_path
 from infratool.tasks.secureboot import backupfile
 from infratool.tasks.secureboot.hostinfo import (
     MIN_VERSION,

@@ -12,7 +12,7 @@ from infratool.context import HostContext
 from infratool.errors import InfratoolError, RefusedError, VerifyError
 from infratool.secrets.store import SopsStore
 from infratool.tasks.base import Param, PlanContext, register
-from infratool.tasks.files import check_abs_path
+from infratool.tasks.lib.checks import check_abs_path
 from infratool.tasks.secureboot import backupfile, report
 from infratool.tasks.secureboot.common import (
     PKI_BUNDLE,

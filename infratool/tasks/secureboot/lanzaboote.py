@@ -26,7 +26,7 @@ from infratool.changes import Change
 from infratool.context import HostContext
 from infratool.errors import RefusedError
 from infratool.tasks.base import Param, PlanContext, register
-from infratool.tasks.nix_settings import generated_path, local_file_change
+from infratool.tasks.lib.local import generated_path, local_file_change
 from infratool.tasks.secureboot.common import PKI_BUNDLE, SecureBootTask, load_backup, restore_dir, run_state
 from infratool.tasks.secureboot.hostinfo import CANDIDATE_DIRS
 
