@@ -345,3 +345,26 @@ def _notify_args(target: Notify | None) -> dict[str, Any] | None:
     if target is None:
         return None
     return {"command": target.command, "url": target.url, "events": list(target.events)}
+
+
+def check_current(
+    host: Any,
+    spec: SecretPolicy,
+    consumer: Consumer,
+    values: Mapping[str, Secret],
+    specs: Mapping[str, SecretPolicy],
+) -> str | None:
+    """One consumer's verify with the **current** value of ``values`` (drift check); rotates nothing.
+
+    The same command and the same stdin as a rotation's verify (``{NAME}`` of
+    a ``from:`` secret is its current value too). ``"HOST: problem"``, or ``None``.
+    """
+    if consumer.verify is None:
+        return None
+    payload, public = _value_for(spec, consumer, values[spec.key])
+    stdin = _stdin(spec, consumer.verify, payload, public, current_values(values, specs))
+    res = host.run(consumer.verify.run, stdin=stdin, check=False, what=f"verify {spec.name}")
+    if res.ok:
+        return None
+    detail = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.exited}"
+    return f"{consumer.host}: {detail}"

@@ -80,7 +80,7 @@ from infratool.tasks.binary_cache.spec import (
     validate_hosts,
     validate_server,
 )
-from infratool.tasks.nix_settings import generated_path, local_file_change
+from infratool.tasks.lib.local import generated_path, local_file_change
 
 _HELD_LOCKS: dict[Path, contextlib.ExitStack] = {}
 
