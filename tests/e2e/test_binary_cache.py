@@ -24,9 +24,14 @@ import yaml
 from conftest import PLAYBOOKS, files_containing
 from exectrace import both_ends
 from helpers import nix_eval, nix_parse, ok
+from replay import as_data
 
+from infratool import inventory
+from infratool import playbook as playbooks
 from infratool.inventory import Host
+from infratool.options import RunOptions
 from infratool.remote import FileWrite, put_files_script
+from infratool.runner import Runner
 from infratool.secrets.generators import generate
 from infratool.secrets.secret import Secret
 from infratool.secrets.store import SopsStore
@@ -396,6 +401,46 @@ def test_key_rotation_with_overlap_survives_kill_9_between_phases(fleet, cli, tm
     assert NOT_SIGNED in fetch(lab, "brix", after, keys=old_public).stderr.decode()
     generated = (lab.flake_dir / "nix/binary-cache/snix-cache.nix").read_text()
     assert new_public in generated and old_public not in generated
+
+
+def plan_then_apply_from_data(lab, book: Path) -> tuple[list, object]:
+    """Plan ``book``; apply the plan rebuilt from data by a fresh runner (as a saved plan is)."""
+    inv = inventory.load(lab.inventory_path)
+    with Runner(inv, playbooks.load(book, inv), RunOptions()) as planner:
+        planned = planner.plan()
+    with Runner(inv, playbooks.load(book, inv), RunOptions()) as applier:
+        applier.gather()
+        result = applier.apply(as_data(planned, ("binary_cache.server", "binary_cache.rotate_key")))
+    return planned.changes, result
+
+
+def test_the_keys_a_plan_shows_are_the_keys_installed_when_applied_from_data(fleet, tmp_path):
+    """Issue 16 §3: signing keys are made at plan time; the key the plan shows is the one in use."""
+    lab = fleet
+    changes, result = plan_then_apply_from_data(lab, PLAYBOOK)
+    assert result.exit_code == 0, result.to_dict()
+    [shown] = [c.diff for c in changes if c.description.startswith("generate signing key snix-cache-1")]
+    first = shown.removeprefix("+ public key ")
+    assert public_key(Secret(lab.host("snix").path(KEY_FILE).read_text())) == first
+    assert public_key(Secret(sops_keys(lab)["secret-key"])) == first
+
+    rotate = write(
+        tmp_path,
+        "rotate.yaml",
+        "tasks:\n  - task: binary_cache.rotate_key\n"
+        "    with: {server: snix, name: snix-cache, clients: [slax, brix, nixtv-player], generation: 2}\n",
+    )
+    changes, result = plan_then_apply_from_data(lab, rotate)
+    assert result.exit_code == 0, result.to_dict()
+    [shown] = [c.diff for c in changes if c.description.startswith("start key rotation")]
+    second = shown.removeprefix("+ next public key ")
+    assert second.startswith("snix-cache-2:") and second != first
+    keys = sops_keys(lab)
+    assert public_key(Secret(keys["secret-key"])) == second and "next-secret-key" not in keys
+    assert lab.host("snix").path(KEY_FILE).read_text() == keys["secret-key"]
+    for client in CLIENTS:
+        conf = lab.host(client).path("/etc/nix/binary-cache-snix-cache.conf").read_text()
+        assert f"extra-trusted-public-keys = {second}\n" in conf and first not in conf
 
 
 def test_crash_right_after_storing_the_next_key_resumes_in_the_site_playbook(fleet, cli):

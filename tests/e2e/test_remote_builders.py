@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -17,8 +18,14 @@ import yaml
 from conftest import PLAYBOOKS, files_containing
 from exectrace import both_ends
 from helpers import SshdLogs, nix_eval, nix_parse, openssh_fingerprint
+from replay import as_data
 
+from infratool import inventory
+from infratool import playbook as playbooks
 from infratool.inventory import Host
+from infratool.options import RunOptions
+from infratool.runner import Runner
+from infratool.secrets.generators import public_from_private
 from infratool.secrets.store import SopsStore
 from infratool.tasks.remote_builders import filetext as render
 from infratool.tasks.remote_builders import rotate_client_key
@@ -202,6 +209,36 @@ def ok_bytes(result: subprocess.CompletedProcess[bytes]) -> subprocess.Completed
     """``result`` of a lab exec after asserting it exited 0."""
     assert result.returncode == 0, (result.stdout + result.stderr).decode(errors="replace")
     return result
+
+
+def test_the_key_a_plan_shows_is_the_key_installed_when_applied_from_data(fleet):
+    """Issue 16 §3: the plan showed one key and the run stored another. Keys are made at plan time.
+
+    The plan is applied as a saved plan is: rebuilt from its actions and
+    parameters alone, by a fresh runner (nothing of the planning process kept).
+    """
+    lab = fleet
+    inv = inventory.load(lab.inventory_path)
+    with Runner(inv, playbooks.load(PLAYBOOK, inv), RunOptions()) as planner:
+        planned = planner.plan()
+    shown = {}
+    for change in planned.changes:
+        found = re.match(r"generate builder key of (\S+) \((ssh-ed25519 \S+)\)", change.description)
+        if found:
+            shown[found[1]] = found[2]
+    assert sorted(shown) == sorted(CLIENTS)
+    with Runner(inv, playbooks.load(PLAYBOOK, inv), RunOptions()) as applier:
+        applier.gather()
+        result = applier.apply(as_data(planned, ("remote_builders.setup",)))
+    assert result.exit_code == 0, result.to_dict()
+    stored = stored_keys(lab)
+    for client in CLIENTS:
+        assert render.key_blob(public_from_private(stored[client])) == shown[client]
+        assert [render.line_key(line) for line in managed_keys(lab)[client]] == [shown[client]]
+    for client in ("slax", "brix"):  # os: linux clients hold the key file itself
+        installed = lab.host(client).path(KEY).read_text()
+        assert render.key_blob(public_from_private(installed)) == shown[client]
+        ok_bytes(ping(lab, client))
 
 
 def test_rotation_revokes_old_keys_and_removed_clients_lose_theirs(fleet, cli, tmp_path):

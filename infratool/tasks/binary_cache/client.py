@@ -85,12 +85,12 @@ def plan_client(
     if changes and hctx.facts.get("systemd"):
         # A running nix-daemon read nix.conf when it started.
         changes.append(
-            Change(
+            scripts.script_change(
                 host.name,
                 task,
                 "restart nix-daemon (if running) to load the new settings",
-                lambda h: h.run("systemctl try-restart nix-daemon.service", what="restart nix-daemon"),
-                action="run",
+                "systemctl try-restart nix-daemon.service",
+                "restart nix-daemon",
             )
         )
     return changes

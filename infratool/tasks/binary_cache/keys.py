@@ -20,10 +20,11 @@ Every task derives what a host should hold from these two (:class:`Keys`):
 which key signs, and which public keys clients trust. A public key is always
 derived from its secret key, never typed.
 
-Planning never writes: a cache without a key gets one generated in memory at
-plan time and a change that stores it in sops (first, before anything uses
-it); the same in-memory key is shared, through the run's ``ctx.state``, with
-every later task of the run that needs its public half.
+Planning never writes: a cache without a key gets one generated at plan time
+and a change that stores it in sops (first, before anything uses it), the key
+carried in the change's parameters (sealed in a saved plan), so the public key
+the plan shows is the one stored. The same key is shared, through the run's
+``ctx.state``, with every later task of the run that needs its public half.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from typing import Any
 import yaml
 
 from infratool import yamlsrc
-from infratool.changes import LOCAL, Change
+from infratool.changes import LOCAL, Change, action
+from infratool.context import LocalContext
 from infratool.errors import InputError, SecretsError, SecretsFileError
 from infratool.rotation.state import format_time, utcnow
 from infratool.secrets import generators
@@ -245,31 +247,35 @@ def remember(ctx: PlanContext, spec: CacheSpec, keys: Keys) -> None:
 
 
 def _store_new_key(ctx: PlanContext, spec: CacheSpec, value: Secret, public: str, task: str) -> Change:
-    store = ctx.secrets()
     sops_key = spec.sops_key(CURRENT)
-
-    def apply(_local: Any) -> None:
-        # Stored before anything else uses it: a crash later loses nothing.
-        store.invalidate(SOPS_FILE)
-        present = store.get(SOPS_FILE, sops_key)
-        if present is not None and present != value:
-            raise SecretsError(f"{sops_key} appeared in {SOPS_FILE} since this plan was made; run again")
-        store.write(SOPS_FILE, {sops_key: value})
-        update_record(
-            state_path(store),
-            spec.name,
-            current=key_name(value),
-            next=None,
-            phase=None,
-            created=format_time(utcnow()),
-        )
-
     return Change(
         LOCAL,
         task,
         f"generate signing key {key_name(value)} and store it in secrets/{SOPS_FILE} ({sops_key})",
-        apply,
+        op="binary_cache.store_key",
+        args={"cache": spec.name, "sops_key": sops_key, "value": value},
         diff=f"+ public key {public}",
         phase=0,
         action="create",
+    )
+
+
+@action("binary_cache.store_key")
+def store_new_key(local: LocalContext, cache: str, sops_key: str, value: Secret) -> None:
+    """Store the cache's first signing key, generated when the plan was made (the one it shows)."""
+    store = SopsStore(local.root / "secrets")
+    # Stored before anything else uses it: a crash later loses nothing.
+    present = store.get(SOPS_FILE, sops_key)
+    if present == value:
+        return  # stored already (the same plan applied again)
+    if present is not None:
+        raise SecretsError(f"{sops_key} appeared in {SOPS_FILE} since this plan was made; run again")
+    store.write(SOPS_FILE, {sops_key: value})
+    update_record(
+        state_path(store),
+        cache,
+        current=key_name(value),
+        next=None,
+        phase=None,
+        created=format_time(utcnow()),
     )

@@ -35,16 +35,18 @@ from pathlib import Path
 from typing import Any
 
 from infratool import nixgen
-from infratool.changes import LOCAL, Change
-from infratool.context import HostContext
+from infratool.changes import LOCAL, Change, action
+from infratool.context import HostContext, LocalContext
 from infratool.errors import InputError, RefusedError, SecretsError, VerifyError
 from infratool.facts import FactRequest
 from infratool.inventory import Host
+from infratool.nixssh import nix_ssh_env
 from infratool.rotation.lock import rotation_lock
 from infratool.rotation.policy import parse_duration
 from infratool.rotation.state import format_time, parse_time, utcnow
 from infratool.secrets import generators
 from infratool.secrets.secret import Secret
+from infratool.secrets.store import SopsStore
 from infratool.tasks.base import Param, PlanContext, Task, register
 from infratool.tasks.binary_cache import scripts
 from infratool.tasks.binary_cache.client import (
@@ -214,12 +216,12 @@ def _phases(ctx: PlanContext, rot: Rotation) -> list[Change]:
         add(_deploys(ctx, rot, [server.name]))
         add(
             [
-                Change(
+                scripts.script_change(
                     server.name,
                     rot.task,
                     f"re-sign the cache with {key_name(rot.new)} and verify it with that key only",
-                    lambda h: h.run(scripts.resign(rot.spec, h.host, old, new), what="re-sign the cache"),
-                    action="run",
+                    scripts.resign(rot.spec, server.host, old, new),
+                    "re-sign the cache",
                 )
             ]
         )
@@ -244,12 +246,12 @@ def _client_config(ctx: PlanContext, rot: Rotation, keys: Keys, forget: bool = F
         changes += plan_client(ctx, hctx, rot.spec, rot.spec.url, keys.trusted, rot.task)
         if forget and not hctx.host.is_nixos:
             changes.append(
-                Change(
+                scripts.script_change(
                     name,
                     rot.task,
                     "forget cached narinfos (signatures from before the re-sign)",
-                    lambda h: h.run(scripts.forget_narinfo_cache(), what="forget narinfo cache"),
-                    action="run",
+                    scripts.forget_narinfo_cache(),
+                    "forget narinfo cache",
                 )
             )
     changes += plan_flake(ctx.local, rot.spec, rot.spec.url, keys.trusted, rot.flake_config, rot.task)
@@ -284,16 +286,46 @@ def _deploys(ctx: PlanContext, rot: Rotation, names: list[str] | None = None) ->
         host = ctx.hosts[name].host
         if host.is_nixos:
             argv = host.deploy_argv()
+            target = {
+                "name": host.name,
+                "address": host.address,
+                "port": host.port,
+                "user": host.user,
+                "ssh_key": None if host.ssh_key is None else str(host.ssh_key),
+                "host_keys": list(host.host_keys),
+            }
             result.append(
                 Change(
                     LOCAL,
                     rot.task,
                     f"deploy {name}: {shlex.join(argv)}",
-                    lambda lctx, argv=argv, name=name: lctx.run(argv, what=f"deploy {name}"),
+                    op="binary_cache.deploy",
+                    args={"argv": argv, "target": target},
                     action="deploy",
                 )
             )
     return result
+
+
+@action("binary_cache.deploy")
+def deploy(local: LocalContext, argv: list[str], target: dict[str, Any]) -> None:
+    """Deploy one NixOS host between two phases of a rotation.
+
+    Like the runner's deploys: ssh and ``nix copy`` get the inventory's port,
+    key and pinned host key through ``NIX_SSHOPTS``, never ``~/.ssh/known_hosts``.
+    """
+    ssh_key = target["ssh_key"]
+    host = Host(
+        name=target["name"],
+        address=target["address"],
+        port=target["port"],
+        user=target["user"],
+        ssh_key=None if ssh_key is None else Path(ssh_key),
+        os="nixos",
+        host_keys=tuple(target["host_keys"]),
+    )
+    with nix_ssh_env(host) as env:
+        local.run(argv, what=f"deploy {host.name}", env=env)
 
 
 def _verify_clients(
@@ -301,27 +333,34 @@ def _verify_clients(
 ) -> list[Change]:
     system = rot.spec.server.system  # type: ignore[union-attr]
     names = ", ".join(k.split(":")[0] for k in trusted)
-
-    def check(h: HostContext) -> None:
-        problem = check_client(h, rot.spec, rot.spec.url, trusted, system, untrusted)
-        if problem:
-            raise VerifyError(f"{h.name}: {problem}")
-
+    args = {"cache": rot.spec.name, "url": rot.spec.url, "trusted": trusted, "untrusted": untrusted}
     return [
         Change(
             name,
             rot.task,
             f"verify: fetch a signed path from the cache trusting only {names}",
-            check,
+            op="binary_cache.verify_client",
+            args={**args, "system": system},
             action="run",
         )
         for name in rot.clients
     ]
 
 
-def _hold_lock(ctx: PlanContext) -> None:
+@action("binary_cache.verify_client")
+def verify_client(
+    hctx: HostContext, cache: str, url: str, trusted: list[str], untrusted: list[str], system: str
+) -> None:
+    """A real signed fetch from the cache trusting only ``trusted``; the settings read back."""
+    spec = CacheSpec(name=cache, server=None, url=url)  # a client's check needs the name and URL only
+    problem = check_client(hctx, spec, url, trusted, system, untrusted)
+    if problem:
+        raise VerifyError(f"{hctx.name}: {problem}")
+
+
+def _hold_lock(store: SopsStore) -> None:
     """Hold the sops file's rotation lock until this process exits (kill -9 releases it)."""
-    path = ctx.secrets().path(SOPS_FILE)
+    path = store.path(SOPS_FILE)
     if path in _HELD_LOCKS:
         return
     stack = contextlib.ExitStack()
@@ -330,81 +369,86 @@ def _hold_lock(ctx: PlanContext) -> None:
 
 
 def _begin_change(ctx: PlanContext, rot: Rotation) -> Change:
-    store = ctx.secrets()
-    spec = rot.spec
-    planned_record = rot.keys.record
     if rot.start is None:
         desc = f"start key rotation: store the next signing key {key_name(rot.new)} in secrets/{SOPS_FILE}"
     else:
         desc = f"resume key rotation {key_name(rot.keys.current)} → {key_name(rot.new)} at phase {rot.start}"
-
-    def apply(_local: Any) -> None:
-        _hold_lock(ctx)
-        store.invalidate(SOPS_FILE)
-        record = read_records(state_path(store)).get(spec.name, CacheRecord())
-        stored_next = store.get(SOPS_FILE, spec.sops_key(NEXT))
-        expected_next = rot.new if rot.start is not None else None
-        if record.phase != planned_record.phase or stored_next != expected_next:
-            raise SecretsError(f"the rotation of {spec.name} moved on since this plan was made; run again")
-        if rot.start is None:
-            # Stored (encrypted) before any host hears of it: a crash cannot lose it.
-            store.write(SOPS_FILE, {spec.sops_key(NEXT): rot.new})
-            update_record(
-                state_path(store),
-                spec.name,
-                current=key_name(rot.keys.current),
-                next=key_name(rot.new),
-                phase="trust-new",
-            )
-        elif record.phase is None:
-            # The run that stored the next key died before writing the marker.
-            update_record(
-                state_path(store),
-                spec.name,
-                current=key_name(rot.keys.current),
-                next=key_name(rot.new),
-                phase=rot.start,
-            )
-
     return Change(
         LOCAL,
         rot.task,
         desc,
-        apply,
+        op="binary_cache.rotation_begin",
+        args={
+            "cache": rot.spec.name,
+            "current": key_name(rot.keys.current),
+            "new": rot.new,
+            "start": rot.start,
+            "planned_phase": rot.keys.record.phase,
+        },
         action="create" if rot.start is None else "run",
         diff=f"+ next public key {public_key(rot.new)}",
     )
 
 
+@action("binary_cache.rotation_begin")
+def begin(
+    local: LocalContext, cache: str, current: str, new: Secret, start: str | None, planned_phase: str | None
+) -> None:
+    """Take the rotation lock, refuse a stale plan, and store the next key (generated at plan time)."""
+    store = SopsStore(local.root / "secrets")
+    _hold_lock(store)
+    sops_next = f"binary-cache/{cache}/{NEXT}"
+    record = read_records(state_path(store)).get(cache, CacheRecord())
+    stored_next = store.get(SOPS_FILE, sops_next)
+    expected_next = new if start is not None else None
+    if record.phase != planned_phase or stored_next != expected_next:
+        raise SecretsError(f"the rotation of {cache} moved on since this plan was made; run again")
+    if start is None:
+        # Stored (encrypted) before any host hears of it: a crash cannot lose it.
+        store.write(SOPS_FILE, {sops_next: new})
+        update_record(state_path(store), cache, current=current, next=key_name(new), phase="trust-new")
+    elif record.phase is None:
+        # The run that stored the next key died before writing the marker.
+        update_record(state_path(store), cache, current=current, next=key_name(new), phase=start)
+
+
 def _marker_change(ctx: PlanContext, rot: Rotation, phase: str) -> Change:
-    path = state_path(ctx.secrets())
     return Change(
         LOCAL,
         rot.task,
-        f"key rotation of {rot.spec.name}: phase {phase} ({path.name})",
-        lambda _l: update_record(path, rot.spec.name, phase=phase),
+        f"key rotation of {rot.spec.name}: phase {phase} ({STATE_FILE})",
+        op="binary_cache.rotation_marker",
+        args={"cache": rot.spec.name, "phase": phase},
         action="update",
     )
 
 
+@action("binary_cache.rotation_marker")
+def marker(local: LocalContext, cache: str, phase: str) -> None:
+    """Record that the rotation of ``cache`` reached ``phase`` (its predecessor verified)."""
+    update_record(state_path(SopsStore(local.root / "secrets")), cache, phase=phase)
+
+
 def _retire_change(ctx: PlanContext, rot: Rotation) -> Change:
-    store = ctx.secrets()
     spec = rot.spec
-
-    def apply(_local: Any) -> None:
-        store.invalidate(SOPS_FILE)
-        # One sops write: the new key becomes current and the old one is gone, together.
-        store.write(SOPS_FILE, {spec.sops_key(CURRENT): rot.new, spec.sops_key(NEXT): None})
-        _finish_state(state_path(store), spec.name, key_name(rot.new))
-
     return Change(
         LOCAL,
         rot.task,
         f"retire {key_name(rot.keys.current)}: {key_name(rot.new)} becomes {spec.sops_key(CURRENT)}; "
         f"the old secret is deleted from secrets/{SOPS_FILE}",
-        apply,
+        op="binary_cache.rotation_retire",
+        args={"cache": spec.name, "new": rot.new},
         action="update",
     )
+
+
+@action("binary_cache.rotation_retire")
+def retire(local: LocalContext, cache: str, new: Secret) -> None:
+    """The next key becomes the current one and the old one is gone, in one sops write."""
+    store = SopsStore(local.root / "secrets")
+    prefix = f"binary-cache/{cache}"
+    store.write(SOPS_FILE, {f"{prefix}/{CURRENT}": new, f"{prefix}/{NEXT}": None})
+    _finish_state(state_path(store), cache, key_name(new))
 
 
 def _finish_state(path: Path, name: str, current: str) -> None:
@@ -413,16 +457,22 @@ def _finish_state(path: Path, name: str, current: str) -> None:
 
 
 def _finish_state_change(ctx: PlanContext, spec: CacheSpec, task: str) -> Change:
-    path = state_path(ctx.secrets())
     keys, _ = load_keys(ctx, spec, task)
     current = key_name(keys.current)
     return Change(
         LOCAL,
         task,
         f"finish the key rotation of {spec.name}: {current} is the current key",
-        lambda _l: _finish_state(path, spec.name, current),
+        op="binary_cache.rotation_finish",
+        args={"cache": spec.name, "current": current},
         action="update",
     )
+
+
+@action("binary_cache.rotation_finish")
+def finish(local: LocalContext, cache: str, current: str) -> None:
+    """Clear the phase of a rotation whose sops swap is done (the run died right after it)."""
+    _finish_state(state_path(SopsStore(local.root / "secrets")), cache, current)
 
 
 @register

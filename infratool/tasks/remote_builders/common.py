@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 
+from infratool.changes import Change, action
 from infratool.context import HostContext
 from infratool.errors import InputError
 from infratool.facts import FactRequest
@@ -15,6 +16,28 @@ from infratool.tasks.remote_builders.spec import Builder, Topology
 
 DAEMON_RUNNING = "test -S /nix/var/nix/daemon-socket/socket"
 """Succeeds when a nix-daemon listens: an unprivileged login's ``nix-daemon --stdio`` forwards to it."""
+
+
+@action("remote_builders.run")
+def run_script(hctx: HostContext, script: str, what: str) -> None:
+    """Run a shell ``script`` planned by a remote-builders task (POSIX sh; no secret in it)."""
+    hctx.run(script, what=what)
+
+
+def script_change(
+    host: str, task: str, description: str, script: str, what: str, phase: int, requires: tuple[str, ...] = ()
+) -> Change:
+    """A change running ``script`` on ``host`` through :func:`run_script`."""
+    return Change(
+        host,
+        task,
+        description,
+        op="remote_builders.run",
+        args={"script": script, "what": what},
+        phase=phase,
+        requires=requires,
+        action="run",
+    )
 
 
 def home_command(user: str) -> str:

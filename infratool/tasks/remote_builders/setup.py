@@ -14,10 +14,12 @@ phase  where        what
 ====== ============ ==========================================================
 
 NixOS hosts get generated modules in the flake repo instead (and a deploy).
-Keys are generated while planning, in memory only, so the plan shows the
-exact public key that will be authorized; they are stored in sops (phase 0)
-before anything uses them, and a crash after that leaves a stored key the next
-run installs.
+Keys are generated while planning and carried in the storing change's
+parameters (a :class:`~infratool.secrets.secret.Secret`, sealed with sops in a
+saved plan), so the public key the plan shows is the one authorized and
+installed, even when the plan is applied later by another process. They are
+stored in sops (phase 0) before anything uses them, and a crash after that
+leaves a stored key the next run installs.
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ from infratool.tasks.files import file_changes
 from infratool.tasks.nix_settings import edit_conf, generated_path, local_file_change
 from infratool.tasks.remote_builders import filetext as render
 from infratool.tasks.remote_builders import spec
-from infratool.tasks.remote_builders.common import DAEMON_RUNNING, TopologyTask, home_command
+from infratool.tasks.remote_builders.common import DAEMON_RUNNING, TopologyTask, home_command, script_change
 from infratool.tasks.remote_builders.filetext import CLIENT_KNOWN_HOSTS, MACHINES, NIX_CONF, SSH_CONFIG
-from infratool.tasks.remote_builders.keys import ClientKey, new_key, store_key, stored_key
+from infratool.tasks.remote_builders.keys import ClientKey, new_key, stored_key
 from infratool.tasks.remote_builders.spec import Builder
 from infratool.tasks.remote_builders.verify import check_clients
 
@@ -77,14 +79,14 @@ def _restart_daemon(
     if not hctx.facts.get("systemd"):
         return []
     return [
-        Change(
+        script_change(
             hctx.name,
             task,
             f"restart nix-daemon ({setting} changed)",
-            lambda h: h.run("systemctl try-restart nix-daemon.service", what="restart nix-daemon"),
-            phase=phase,
-            requires=requires,
-            action="run",
+            "systemctl try-restart nix-daemon.service",
+            "restart nix-daemon",
+            phase,
+            requires,
         )
     ]
 
@@ -189,7 +191,12 @@ class Setup(TopologyTask):
                     self.name,
                     f"{verb} builder key of {client.name} ({render.key_blob(key.public)}) "
                     f"and store it in {shown} as {spec.secret_key(client.name)}",
-                    apply=lambda _ctx, key=key: store_key(store, key),
+                    op="remote_builders.store_key",
+                    args={
+                        "client": client.name,
+                        "private": key.private,
+                        "replaces": render.key_blob(current.public) if current is not None else None,
+                    },
                     diff=f"{'---' if current else '+++'} {shown}\n(secret content: not shown)",
                     phase=PHASE_STORE,
                     # NixOS clients get the key through sops-nix: a new value needs a deploy.
@@ -237,17 +244,17 @@ class Setup(TopologyTask):
             ]
         )
         what = "create" if not exists else "prepare ~/.ssh of"
-        return [
-            Change(
-                bctx.name,
-                self.name,
-                f"{what} the builder login user {builder.user} (unprivileged; clients' keys run only the "
-                "Nix daemon as this user)",
-                lambda h, script=script: h.run(script, what=f"create user {builder.user}"),
-                phase=PHASE_BUILDER,
-                action="create",
-            )
-        ]
+        change = script_change(
+            bctx.name,
+            self.name,
+            f"{what} the builder login user {builder.user} (unprivileged; clients' keys run only the "
+            "Nix daemon as this user)",
+            script,
+            f"create user {builder.user}",
+            PHASE_BUILDER,
+        )
+        change.action = "create"
+        return [change]
 
     def _daemon_changes(self, bctx: HostContext, builder: Builder) -> list[Change]:
         """Make sure a nix-daemon runs: the unprivileged login reaches the store only through it."""
@@ -260,16 +267,13 @@ class Setup(TopologyTask):
                 f"{builder.user!r} is not root and reaches the Nix store only through the daemon; start it",
             )
         return [
-            Change(
+            script_change(
                 bctx.name,
                 self.name,
                 "start nix-daemon (the builder login user reaches the store through it)",
-                lambda h: h.run(
-                    "systemctl enable --now nix-daemon.socket || systemctl enable --now nix-daemon.service",
-                    what="start nix-daemon",
-                ),
-                phase=PHASE_BUILDER,
-                action="run",
+                "systemctl enable --now nix-daemon.socket || systemctl enable --now nix-daemon.service",
+                "start nix-daemon",
+                PHASE_BUILDER,
             )
         ]
 
