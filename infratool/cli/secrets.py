@@ -65,7 +65,7 @@ def status(g: Globals, policy: str | None, notify: bool) -> None:
     st = state.load(state.state_path(pol.root / "secrets"))
     rows: list[dict[str, Any]] = []
     for name, spec in pol.secrets.items():
-        entry = st.get(name)
+        entry = st.get(state.key("secret", name))
         age = entry.age()
         max_age = entry.max_age(spec.max_age)
         due = entry.is_due(max_age)

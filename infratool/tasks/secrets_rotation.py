@@ -41,7 +41,7 @@ from infratool.context import HostContext
 from infratool.errors import InfratoolError
 from infratool.inventory import Host, Inventory
 from infratool.rotation import state
-from infratool.rotation.engine import Rotator, pending_key, retire_key
+from infratool.rotation.legacy_rotator import Rotator, pending_key, retire_key
 from infratool.rotation.lock import check_lock_file, lock_path
 from infratool.rotation.notify import notify
 from infratool.rotation.policy import SecretPolicy, load_policy, parse_policy
@@ -178,7 +178,7 @@ class RotateSecrets(Task):
         singles: list[Decision] = []
         reasons: dict[str, tuple[str, bool]] = {}
         for spec in self.selected():
-            entry = st.get(spec.name)
+            entry = st.get(state.key("secret", spec.name))
             held = store.read(spec.file) if store.exists(spec.file) else {}
             if spec.name in self.provided:
                 reasons[spec.name] = ("a new value was given", False)
@@ -295,7 +295,7 @@ class RotateSecrets(Task):
 
     def _record_promoted(self, name: str) -> None:
         with state.locked(self.state_file()) as st:
-            st.get(name).promoted(result="rotated (recorded after an interrupted run)")
+            st.get(state.key("secret", name)).promoted(result="rotated (recorded after an interrupted run)")
 
     def _finalize(self, store: SopsStore, spec: SecretPolicy) -> None:
         """Record an interrupted promotion, then revoke the previous lease it left (if any)."""
