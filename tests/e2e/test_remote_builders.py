@@ -11,6 +11,7 @@ import json
 import os
 import re
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -24,12 +25,13 @@ from infratool import inventory
 from infratool import playbook as playbooks
 from infratool.inventory import Host
 from infratool.options import RunOptions
+from infratool.rotation import state
 from infratool.runner import Runner
 from infratool.secrets.generators import public_from_private
 from infratool.secrets.store import SopsStore
 from infratool.tasks.remote_builders import filetext as render
-from infratool.tasks.remote_builders import rotate_client_key
-from infratool.tasks.remote_builders.spec import Builder, Topology
+from infratool.tasks.remote_builders.keys import new_key
+from infratool.tasks.remote_builders.spec import Builder, Topology, pending_secret_key
 
 PLAYBOOK = PLAYBOOKS / "remote-builders.yaml"
 CLIENTS = ("slax", "brix", "nixtv-player")
@@ -248,14 +250,28 @@ def test_rotation_revokes_old_keys_and_removed_clients_lose_theirs(fleet, cli, t
         lab.exec(client, f"cp {KEY} /root/old-builder-key", check=True)
     old = stored_keys(lab)
 
-    # slax: rotated by the playbook switch. brix: rotated out of band, as `secrets rotate`
-    # does (and as a crash between storing and installing leaves it): stored, not installed.
-    new_brix_public = rotate_client_key(SopsStore(lab.flake_dir / "secrets"), "brix")
+    # slax: rotated by the playbook switch, because its key is older than max_age (90d).
+    # brix: a rotation interrupted right after its new key was stored as pending:
+    # the run resumes it with that key.
+    with state.locked(state.state_path(lab.flake_dir / "secrets")) as records:
+        records.get("builder-key/slax").last_rotated = state.utcnow() - timedelta(days=91)
+        assert records.get("builder-key/brix").generation == 1  # recorded when first generated
+    pending_brix = new_key("brix")
+    SopsStore(lab.flake_dir / "secrets").write(
+        "remote-builders.yaml", {pending_secret_key("brix"): pending_brix.private}
+    )
+    new_brix_public = pending_brix.public
     rotate = playbook(tmp_path, "rotate.yaml", rotate_keys=["slax"])
     plan = cli("-i", inv, "plan", rotate)
     assert "rotate builder key of slax" in plan.stdout
+    assert "builder key of brix (" + render.key_blob(new_brix_public) in plan.stdout
     assert "revoke old builder key of brix, slax" in plan.stdout
     ok(cli("-i", inv, "run", rotate, "--yes"))
+    # Left in the playbook, the switch rotates again only when the key is due again.
+    assert cli("-i", inv, "plan", rotate, "--detailed-exitcode").returncode == 0
+    records = state.load(state.state_path(lab.flake_dir / "secrets"))
+    assert records.get("builder-key/slax").generation == 2 and records.get("builder-key/brix").generation == 2
+    assert records.get("builder-key/nixtv-player").generation == 1
 
     new = stored_keys(lab)
     assert new["slax"] != old["slax"] and new["brix"] != old["brix"]

@@ -28,7 +28,6 @@ point for the secrets-rotation machinery.
 
 from __future__ import annotations
 
-import contextlib
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +36,14 @@ from typing import Any
 from infratool import nixgen
 from infratool.changes import LOCAL, Change, action
 from infratool.context import HostContext, LocalContext
-from infratool.errors import InputError, RefusedError, SecretsError, VerifyError
+from infratool.errors import InputError, RefusedError, VerifyError
 from infratool.facts import FactRequest
 from infratool.inventory import Host
 from infratool.nixssh import nix_ssh_env
-from infratool.rotation.lock import rotation_lock
+from infratool.rotation import state
+from infratool.rotation.engine import Phase, Unit, plan_changes
+from infratool.rotation.engine import Rotation as EngineRotation
 from infratool.rotation.policy import parse_duration
-from infratool.rotation.state import format_time, parse_time, utcnow
 from infratool.secrets import generators
 from infratool.secrets.secret import Secret
 from infratool.secrets.store import SopsStore
@@ -59,20 +59,16 @@ from infratool.tasks.binary_cache.client import (
 )
 from infratool.tasks.binary_cache.keys import (
     CURRENT,
+    KIND,
     NEXT,
-    PHASES,
     SOPS_FILE,
-    STATE_FILE,
-    CacheRecord,
     Keys,
     generation,
     key_name,
     load_keys,
     public_key,
-    read_records,
+    record_key,
     remember,
-    state_path,
-    update_record,
 )
 from infratool.tasks.binary_cache.server import key_file_changes, probe_info, server_facts
 from infratool.tasks.binary_cache.spec import (
@@ -83,8 +79,6 @@ from infratool.tasks.binary_cache.spec import (
     validate_server,
 )
 from infratool.tasks.nix_settings import generated_path, local_file_change
-
-_HELD_LOCKS: dict[Path, contextlib.ExitStack] = {}
 
 
 @dataclass(frozen=True)
@@ -118,58 +112,52 @@ def rotation_due(spec: CacheSpec, keys: Keys, want_generation: int | None, max_a
     name = key_name(keys.current)
     if want_generation is not None and generation(name, spec.name) < want_generation:
         return f"{name} is below generation {want_generation}"
-    if max_age is not None and keys.record.created:
-        age = utcnow() - parse_time(keys.record.created)
-        if age > parse_duration(max_age):
-            return f"{name} is older than {max_age}"
+    age = keys.progress.entry.age()
+    if max_age is not None and age is not None and age > parse_duration(max_age):
+        return f"{name} is older than {max_age}"
     return None
 
 
-def plan_rotation(
+def _plan(
     ctx: PlanContext,
     spec: CacheSpec,
     clients: list[str],
-    task: str = "binary_cache.rotate_key",
-    flake_config: str | None = None,
+    task: str,
+    flake_config: str,
     force: bool = False,
     want_generation: int | None = None,
     max_age: str | None = None,
+    lock_wait: float | None = 0,
 ) -> list[Change]:
     """Every change of the cache key rotation from wherever it stands (nothing when not due).
 
-    The secrets-rotation machinery calls this with ``force=True`` to rotate
-    now; the task calls it with its ``generation`` / ``max_age`` triggers.
-    ``ctx.hosts`` must hold the server and every client.
+    ``force``: rotate now (``secrets rotate cache-key/NAME``); otherwise the
+    task's ``generation`` / ``max_age`` triggers decide. ``ctx.hosts`` must
+    hold the server and every client.
     """
     keys, changes = load_keys(ctx, spec, task)
     if changes:
         return changes  # no key yet: there is nothing to rotate
-    flake_config = f"nix/binary-cache/{spec.name}.nix" if flake_config is None else flake_config
+    where = keys.progress
     if keys.next is None:
-        if keys.record.phase == "retire" and keys.record.next == key_name(keys.current):
-            return [_finish_state_change(ctx, spec, task)]  # died after the sops swap
+        legacy_swapped = where.entry.phase == "retire" and where.entry.extra.get("next") == key_name(
+            keys.current
+        )
+        if where.promoting or legacy_swapped:
+            return [_finish_state_change(ctx, spec, task)]  # died right after the sops swap
         reason = "forced" if force else rotation_due(spec, keys, want_generation, max_age)
         if reason is None:
             return []
         made = generators.generate(
             "nix-cache-key", {"name": spec.key_name(generation(key_name(keys.current), spec.name) + 1)}
         )
-        rot = Rotation(
-            spec, Keys(keys.current, made.value, None, keys.record), None, clients, flake_config, task
-        )
+        rot = Rotation(spec, Keys(keys.current, made.value, None, where), None, clients, flake_config, task)
     else:
         rot = Rotation(spec, keys, keys.phase, clients, flake_config, task)
     _check_participants(ctx, rot)
-    planned = _phases(ctx, rot)
-    for c in planned:
-        c.requires = tuple(dict.fromkeys((*c.requires, *rot.participants)))
+    planned = _phases(ctx, rot, lock_wait)
     remember(ctx, spec, rot.keys.finished())
     return planned
-
-
-def rotation_phase(secrets_dir: str | Path, name: str) -> str | None:
-    """The phase of the rotation of cache ``name`` in progress (None: none), for status displays."""
-    return read_records(Path(secrets_dir) / STATE_FILE).get(name, CacheRecord()).phase
 
 
 def _check_participants(ctx: PlanContext, rot: Rotation) -> None:
@@ -186,57 +174,97 @@ def _check_participants(ctx: PlanContext, rot: Rotation) -> None:
         )
 
 
-def _phases(ctx: PlanContext, rot: Rotation) -> list[Change]:
-    idx = -1 if rot.start is None else PHASES.index(rot.start)
-    out: list[Change] = []
-    phase = 10
+def _phases(ctx: PlanContext, rot: Rotation, lock_wait: float | None) -> list[Change]:
+    """The rotation on the one engine: begin, the phases (each step marked), promote, finish.
 
-    def add(changes: list[Change]) -> None:
-        nonlocal phase
-        for c in changes:
-            c.phase = phase
-        out.extend(changes)
-        phase += 1
-
-    add([_begin_change(ctx, rot)])
-    server = ctx.hosts[rot.spec.server.name]  # type: ignore[union-attr]
-    _probe, present, _ = probe_info(server, rot.spec)
+    Each logical phase is split where another host must act first: the
+    config, then the NixOS deploys (only when there are NixOS hosts), then the
+    verification. Every step is marked in the state file when it is done on
+    every participant, so a run killed anywhere resumes after the last mark.
+    """
+    spec = rot.spec
+    server = ctx.hosts[spec.server.name]  # type: ignore[union-attr]
+    _probe, present, _ = probe_info(server, spec)
     if not present:
-        raise RefusedError(f"the cache {rot.spec.name} has no probe path yet: run binary_cache.server first")
+        raise RefusedError(f"the cache {spec.name} has no probe path yet: run binary_cache.server first")
     old, new = public_key(rot.keys.current), public_key(rot.new)
-    if idx <= 0:  # trust-new: clients trust both keys
-        keys = rot.keys.at("trust-new")
-        add(_client_config(ctx, rot, keys))
-        add(_deploys(ctx, rot))
-        add(_verify_clients(ctx, rot, keys.trusted, []))
-        add([_marker_change(ctx, rot, "resign")])
-    if idx <= 1:  # resign: the new key signs, the cache is re-signed
-        keys = rot.keys.at("resign")
-        add(_server_key(ctx, rot, keys, server))
-        add(_deploys(ctx, rot, [server.name]))
-        add(
-            [
-                scripts.script_change(
-                    server.name,
-                    rot.task,
-                    f"re-sign the cache with {key_name(rot.new)} and verify it with that key only",
-                    scripts.resign(rot.spec, server.host, old, new),
-                    "re-sign the cache",
-                )
-            ]
-        )
-        add([_marker_change(ctx, rot, "drop-old")])
-    if idx <= 2:  # drop-old: clients trust only the new key
-        keys = rot.keys.at("drop-old")
-        add(_client_config(ctx, rot, keys, forget=True))
-        add(_deploys(ctx, rot))
-        add(_verify_clients(ctx, rot, keys.trusted, [old]))
-        add([_marker_change(ctx, rot, "retire")])
-    add([_retire_change(ctx, rot)])
+    steps: list[Phase] = []
+
+    def step(name: str, changes: list[Change], optional: bool = False) -> None:
+        if changes or not optional:
+            steps.append(Phase(name, changes))
+
+    keys = rot.keys.at("trust-new")  # clients trust both keys
+    step("trust-new:config", _client_config(ctx, rot, keys))
+    step("trust-new:deploy", _deploys(ctx, rot), optional=True)
+    step("trust-new", _verify_clients(ctx, rot, keys.trusted, []))
+    keys = rot.keys.at("resign")  # the new key signs, the cache is re-signed
+    step("resign:key", _server_key(ctx, rot, keys, server))
+    step("resign:deploy", _deploys(ctx, rot, [server.name]), optional=True)
+    resign = scripts.script_change(
+        server.name,
+        rot.task,
+        f"re-sign the cache with {key_name(rot.new)} and verify it with that key only",
+        scripts.resign(spec, server.host, old, new),
+        "re-sign the cache",
+    )
+    step("resign", [resign])
+    keys = rot.keys.at("drop-old")  # clients trust only the new key
+    step("drop-old:config", _client_config(ctx, rot, keys, forget=True))
+    step("drop-old:deploy", _deploys(ctx, rot), optional=True)
+    step("drop-old", _verify_clients(ctx, rot, keys.trusted, [old]))
+    for p in steps:
+        for c in p.changes:
+            c.requires = tuple(dict.fromkeys((*c.requires, *rot.participants)))
+    secrets_dir = str(ctx.secrets().repo)
+    unit = Unit(
+        key=state.key(KIND, spec.name),
+        label=f"signing key of {spec.name}",
+        pending={spec.sops_key(NEXT): rot.new},
+        resume=rot.start is not None,
+        promote={spec.sops_key(CURRENT): rot.new, spec.sops_key(NEXT): None},
+        discard={spec.sops_key(NEXT): None},
+        generation=rot.keys.progress.entry.generation,
+    )
+    if rot.start is None:
+        desc = f"start key rotation: store the next signing key {key_name(rot.new)} in secrets/{SOPS_FILE}"
+    else:
+        desc = f"resume key rotation {key_name(rot.keys.current)} → {key_name(rot.new)} at phase {rot.start}"
+    engine_rotation = EngineRotation(
+        kind=KIND,
+        file=SOPS_FILE,
+        secrets_dir=secrets_dir,
+        units=[unit],
+        phases=steps,
+        task=rot.task,
+        lock_wait=lock_wait,
+        hooks={"promoted": "binary_cache.key_promoted"},
+        resume_after=rot.keys.progress.marker,
+        description=desc,
+    )
+    out = plan_changes(engine_rotation, first_phase=10)
+    out[0].diff = f"+ next public key {new}"  # the key the plan shows is the key stored
     if server.host.is_nixos:  # the module names secret-key again, which now holds the new key
-        add(_server_key(ctx, rot, rot.keys.finished(), server, CURRENT))
-        add(_deploys(ctx, rot, [server.name]))
+        last = max(c.phase for c in out)
+        after = (engine_rotation.target, *rot.participants)
+        for n, changes in enumerate(
+            (_server_key(ctx, rot, rot.keys.finished(), server, CURRENT), _deploys(ctx, rot, [server.name]))
+        ):
+            for c in changes:
+                c.phase, c.requires = last + 1 + n, tuple(dict.fromkeys((*c.requires, *after)))
+            out += changes
     return out
+
+
+@action("binary_cache.key_promoted")
+def key_promoted(ctx: Any, file: str, secrets_dir: str, keys: list[str]) -> None:
+    """Engine hook after the promote write: name the cache's new current key in its state entry."""
+    values = SopsStore(Path(secrets_dir)).read(file, missing_ok=True)
+    with state.locked(state.state_path(secrets_dir)) as records:
+        for full in keys:
+            cache = full.split("/", 1)[1]
+            current = values.get(f"binary-cache/{cache}/{CURRENT}")
+            records.get(full).extra = {"current": key_name(current) if current is not None else None}
 
 
 def _client_config(ctx: PlanContext, rot: Rotation, keys: Keys, forget: bool = False) -> list[Change]:
@@ -358,104 +386,6 @@ def verify_client(
         raise VerifyError(f"{hctx.name}: {problem}")
 
 
-def _hold_lock(store: SopsStore) -> None:
-    """Hold the sops file's rotation lock until this process exits (kill -9 releases it)."""
-    path = store.path(SOPS_FILE)
-    if path in _HELD_LOCKS:
-        return
-    stack = contextlib.ExitStack()
-    stack.enter_context(rotation_lock(path, wait=0))
-    _HELD_LOCKS[path] = stack
-
-
-def _begin_change(ctx: PlanContext, rot: Rotation) -> Change:
-    if rot.start is None:
-        desc = f"start key rotation: store the next signing key {key_name(rot.new)} in secrets/{SOPS_FILE}"
-    else:
-        desc = f"resume key rotation {key_name(rot.keys.current)} → {key_name(rot.new)} at phase {rot.start}"
-    return Change(
-        LOCAL,
-        rot.task,
-        desc,
-        op="binary_cache.rotation_begin",
-        args={
-            "cache": rot.spec.name,
-            "current": key_name(rot.keys.current),
-            "new": rot.new,
-            "start": rot.start,
-            "planned_phase": rot.keys.record.phase,
-        },
-        action="create" if rot.start is None else "run",
-        diff=f"+ next public key {public_key(rot.new)}",
-    )
-
-
-@action("binary_cache.rotation_begin")
-def begin(
-    local: LocalContext, cache: str, current: str, new: Secret, start: str | None, planned_phase: str | None
-) -> None:
-    """Take the rotation lock, refuse a stale plan, and store the next key (generated at plan time)."""
-    store = SopsStore(local.root / "secrets")
-    _hold_lock(store)
-    sops_next = f"binary-cache/{cache}/{NEXT}"
-    record = read_records(state_path(store)).get(cache, CacheRecord())
-    stored_next = store.get(SOPS_FILE, sops_next)
-    expected_next = new if start is not None else None
-    if record.phase != planned_phase or stored_next != expected_next:
-        raise SecretsError(f"the rotation of {cache} moved on since this plan was made; run again")
-    if start is None:
-        # Stored (encrypted) before any host hears of it: a crash cannot lose it.
-        store.write(SOPS_FILE, {sops_next: new})
-        update_record(state_path(store), cache, current=current, next=key_name(new), phase="trust-new")
-    elif record.phase is None:
-        # The run that stored the next key died before writing the marker.
-        update_record(state_path(store), cache, current=current, next=key_name(new), phase=start)
-
-
-def _marker_change(ctx: PlanContext, rot: Rotation, phase: str) -> Change:
-    return Change(
-        LOCAL,
-        rot.task,
-        f"key rotation of {rot.spec.name}: phase {phase} ({STATE_FILE})",
-        op="binary_cache.rotation_marker",
-        args={"cache": rot.spec.name, "phase": phase},
-        action="update",
-    )
-
-
-@action("binary_cache.rotation_marker")
-def marker(local: LocalContext, cache: str, phase: str) -> None:
-    """Record that the rotation of ``cache`` reached ``phase`` (its predecessor verified)."""
-    update_record(state_path(SopsStore(local.root / "secrets")), cache, phase=phase)
-
-
-def _retire_change(ctx: PlanContext, rot: Rotation) -> Change:
-    spec = rot.spec
-    return Change(
-        LOCAL,
-        rot.task,
-        f"retire {key_name(rot.keys.current)}: {key_name(rot.new)} becomes {spec.sops_key(CURRENT)}; "
-        f"the old secret is deleted from secrets/{SOPS_FILE}",
-        op="binary_cache.rotation_retire",
-        args={"cache": spec.name, "new": rot.new},
-        action="update",
-    )
-
-
-@action("binary_cache.rotation_retire")
-def retire(local: LocalContext, cache: str, new: Secret) -> None:
-    """The next key becomes the current one and the old one is gone, in one sops write."""
-    store = SopsStore(local.root / "secrets")
-    prefix = f"binary-cache/{cache}"
-    store.write(SOPS_FILE, {f"{prefix}/{CURRENT}": new, f"{prefix}/{NEXT}": None})
-    _finish_state(state_path(store), cache, key_name(new))
-
-
-def _finish_state(path: Path, name: str, current: str) -> None:
-    now = format_time(utcnow())
-    update_record(path, name, current=current, next=None, phase=None, created=now, rotated=now)
-
-
 def _finish_state_change(ctx: PlanContext, spec: CacheSpec, task: str) -> Change:
     keys, _ = load_keys(ctx, spec, task)
     current = key_name(keys.current)
@@ -471,8 +401,10 @@ def _finish_state_change(ctx: PlanContext, spec: CacheSpec, task: str) -> Change
 
 @action("binary_cache.rotation_finish")
 def finish(local: LocalContext, cache: str, current: str) -> None:
-    """Clear the phase of a rotation whose sops swap is done (the run died right after it)."""
-    _finish_state(state_path(SopsStore(local.root / "secrets")), cache, current)
+    """Record the promotion of a rotation whose sops swap is done (the run died right after it)."""
+    record_key(
+        SopsStore(local.root / "secrets").repo, cache, current, "rotated (recorded after an interrupted run)"
+    )
 
 
 @register
@@ -507,6 +439,8 @@ class BinaryCacheRotateKey(Task):
         if problem:
             raise self.source.error(f"{self.name}: flake_config {problem}", "flake_config")
         self.spec = cache_spec(self)
+        rel = self.args["flake_config"]
+        self.flake_config = f"nix/binary-cache/{self.spec.name}.nix" if rel is None else rel
 
     def label(self) -> str:
         return f"{self.name} {self.spec.name}"
@@ -520,21 +454,29 @@ class BinaryCacheRotateKey(Task):
             return server_facts(self.spec, host)
         return client_facts(self.spec, host)
 
+    def force_rotation(self, lock_wait: float | None) -> None:
+        """Rotate now whatever the triggers say (``secrets rotate cache-key/NAME``)."""
+        self.forced, self.lock_wait = True, lock_wait
+
     def plan(self, ctx: PlanContext) -> list[Change]:
         keys, changes = load_keys(ctx, self.spec, self.name)
         if changes:
             return changes  # no key yet: nothing to rotate
+        forced = getattr(self, "forced", False)
         if self.args["server"] not in ctx.hosts:
             # Without the server there is no probe to check and no cache to re-sign.
-            if keys.rotating or rotation_due(self.spec, keys, self.args["generation"], self.args["max_age"]):
+            due = rotation_due(self.spec, keys, self.args["generation"], self.args["max_age"])
+            if forced or keys.rotating or due:
                 raise RefusedError(f"key rotation of {self.spec.name} needs its server {self.args['server']}")
             return []
-        return plan_rotation(
+        return _plan(
             ctx,
             self.spec,
             list(self.args["clients"]),
             self.name,
-            self.args["flake_config"],
+            self.flake_config,
+            force=forced,
             want_generation=self.args["generation"],
             max_age=self.args["max_age"],
+            lock_wait=getattr(self, "lock_wait", 0),
         )
