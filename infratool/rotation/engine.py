@@ -72,9 +72,10 @@ class Unit:
     members: list[str] = field(default_factory=list)
     """Every state key the unit covers (defaults to ``[key]``); all get the same record."""
     pending: dict[str, Secret] = field(default_factory=dict)
-    """sops key → new material, stored by *begin* (already there when resuming)."""
-    resume: bool = False
-    """The pending material is already in sops (an interrupted run): begin checks it is this."""
+    """sops key → new material that *begin* stores (empty when resuming what is stored)."""
+    expect: dict[str, Secret | None] = field(default_factory=dict)
+    """sops key → what the plan saw there (``None``: absent): begin refuses the plan otherwise.
+    Covers at least the pending keys, so resumed material is the material planned."""
     promote: dict[str, Secret | None] = field(default_factory=dict)
     """The sops update that promotes the unit (``None`` deletes a key)."""
     discard: dict[str, Secret | None] = field(default_factory=dict)
@@ -95,7 +96,7 @@ class Unit:
             "label": self.label,
             "members": list(self.members),
             "pending": dict(self.pending),
-            "resume": self.resume,
+            "expect": dict(self.expect),
             "promote": dict(self.promote),
             "discard": dict(self.discard),
             "checks": list(self.checks),
@@ -127,9 +128,10 @@ class Rotation:
     task: str
     rollback: list[Phase] = field(default_factory=list)
     lock_wait: float | None = 0
-    hooks: dict[str, str] = field(default_factory=dict)
-    """Kind actions called by the engine: ``promoted`` (after the promote write, with
-    ``keys``) and ``discarded`` (after the discard write, with ``keys`` and ``error``)."""
+    hooks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Kind actions the engine calls, as ``{"op": name, "args": {...}}``: ``promoted`` (after
+    the promote write, with ``keys=``) and ``discarded`` (after the discard write, with
+    ``keys=`` and ``error=``)."""
     resume_after: str | None = None
     """The last marked phase already done (its predecessors are not planned again)."""
     description: str = ""
@@ -155,7 +157,7 @@ def plan_changes(rot: Rotation, first_phase: int = 0) -> list[Change]:
     n = first_phase
     units = [u.to_args() for u in rot.units]
     labels = ", ".join(u.label for u in rot.units)
-    begin_what = "resume" if all(u.resume for u in rot.units) else "store new material as pending for"
+    begin_what = "resume" if not any(u.pending for u in rot.units) else "store new material as pending for"
     out = [
         Change(
             rot.target,
@@ -331,18 +333,13 @@ def begin(
     staged: dict[str, Secret | None] = {}
     for unit in units:
         entry = st.get(unit["key"])
-        stored = {k: held.get(k) for k in unit["pending"]}
-        if unit["resume"]:
-            moved = any(stored[k] != v for k, v in unit["pending"].items())
-        else:
-            moved = any(v is not None for v in stored.values())
+        moved = any(held.get(k) != v for k, v in unit["expect"].items())
         if moved or entry.generation != unit["generation"]:
             release_lock(path)
             raise SecretsError(
                 f"the rotation of {unit['label']} moved on since this plan was made; run again"
             )
-        if not unit["resume"]:
-            staged.update(unit["pending"])
+        staged.update(unit["pending"])
     if staged:
         fault_point("generated")
         store.write(file, staged)
@@ -406,7 +403,11 @@ def settle(
                 st.get(m).promoted()
             st.get(u["key"]).checks = {}
     if "promoted" in hooks:
-        lookup(hooks["promoted"])(ctx, file=file, secrets_dir=secrets_dir, keys=[u["key"] for u in good])
+        _hook(ctx, hooks["promoted"], keys=[u["key"] for u in good])
+
+
+def _hook(ctx: Any, hook: dict[str, Any], **extra: Any) -> None:
+    lookup(hook["op"])(ctx, **hook.get("args", {}), **extra)
 
 
 def _any_failed(secrets_dir: str, units: list[dict]) -> bool:
@@ -448,7 +449,7 @@ def finish(
                     st.get(u["key"]).checks = {}
         error = " | ".join(messages)
         if "discarded" in hooks:
-            lookup(hooks["discarded"])(ctx, file=file, secrets_dir=secrets_dir, keys=bad, error=error)
+            _hook(ctx, hooks["discarded"], keys=bad, error=error)
         raise VerifyError(error)
     finally:
         release_lock(path)

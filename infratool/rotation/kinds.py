@@ -102,30 +102,40 @@ class Kind(ABC):
     """``secret``, ``cache-key``, ``builder-key`` (the ``kind/`` of state keys)."""
 
     @abstractmethod
-    def status(self, inventory: Any, state: RotationState) -> list[StatusRow]:
+    def status(self, inventory: Any, state: RotationState, **options: Any) -> list[StatusRow]:
         """One row per rotation of this kind that the fleet configures (may be empty).
 
         ``state`` is the one state file (:func:`infratool.rotation.state.load_dir`)
-        of the inventory's secrets directory.
+        of the inventory's secrets directory. ``options``: what the CLI was
+        given (``policy=`` for the secret kind); a kind ignores what it does not use.
         """
 
     @abstractmethod
     def rotate_task(
-        self, inventory: Any, names: list[str] | None, *, due: bool, force: bool, lock_wait: float
+        self,
+        inventory: Any,
+        names: list[str] | None,
+        *,
+        due: bool,
+        force: bool,
+        lock_wait: float,
+        **options: Any,
     ) -> Any | None:
         """The task (a ``tasks.base.Task``, validated) that rotates this kind's ``names``.
 
         ``names``: the rotations asked for by name (without ``kind/``), or
         ``None`` for every one. ``due``: only those past their max age (or
         resuming an interrupted rotation); ``force``: even if not due.
-        ``None`` when the fleet configures nothing of this kind.
+        ``None`` when the fleet configures nothing of this kind. ``options``:
+        as for :meth:`status`. The CLI validates the task and runs it like a
+        playbook entry targeting every host.
         """
 
-    def names(self, inventory: Any) -> list[str]:
+    def names(self, inventory: Any, **options: Any) -> list[str]:
         """The names of this kind's rotations (for ``secrets rotate NAME``)."""
         from infratool.rotation import state
 
-        return [r.name for r in self.status(inventory, state.RotationState())]
+        return [r.name for r in self.status(inventory, state.RotationState(), **options)]
 
 
 def register_kind(kind: Kind) -> Kind:

@@ -88,16 +88,18 @@ def test_time_helpers() -> None:
         st.format_time(datetime(2024, 1, 1))  # naive on purpose
 
 
-# The rotation engine's own save (Rotator._save), run by real processes at once.
+# The rotation engine's own read-modify-write (engine.edit_state), run by real processes at once.
 _SAVER = """
 import sys
 from pathlib import Path
-from infratool.rotation.legacy_rotator import Rotator
+from infratool.rotation import engine, state
 
-rotator = Rotator(None, Path(sys.argv[1]), {})
+key = state.key("secret", sys.argv[2])
 for i in range(int(sys.argv[3])):
-    rotator._save(sys.argv[2], status="pending", result=f"step {i}", phase="stored")
-rotator._save(sys.argv[2], promoted=True)
+    with engine.edit_state(Path(sys.argv[1]).parent) as st:
+        st.get(key).record("pending", f"step {i}", phase="stored")
+with engine.edit_state(Path(sys.argv[1]).parent) as st:
+    st.get(key).promoted()
 """
 
 
