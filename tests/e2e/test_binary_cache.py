@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -455,6 +456,44 @@ def test_the_keys_a_plan_shows_are_the_keys_installed_when_applied_from_data(fle
     for client in CLIENTS:
         conf = lab.host(client).path("/etc/nix/binary-cache-snix-cache.conf").read_text()
         assert f"extra-trusted-public-keys = {second}\n" in conf and first not in conf
+
+
+def test_secrets_status_shows_the_cache_and_builder_keys_and_secrets_rotate_rotates_the_cache_key(fleet, cli):
+    """Issue 16 §1 must-show: every kind in ``secrets status --json``; a cache-key rotation via ``secrets rotate``."""
+    lab, inv = fleet, fleet.inventory_path
+    ok(cli("-i", inv, "run", PLAYBOOK, "--yes"))
+    old = sops_keys(lab)["secret-key"]
+    # The fleet repo keeps its playbooks beside hosts.yaml: the kinds read their entries there.
+    shutil.copytree(PLAYBOOKS, Path(inv).parent / "playbooks")
+
+    status = cli("-i", inv, "--json", "secrets", "status")
+    rows = {(r["kind"], r["name"]): r for r in json.loads(status.stdout)["secrets"]}
+    cache = rows[("cache-key", "snix-cache")]
+    assert cache["max_age"] == "365d" and cache["due"] is False and cache["generation"] == 1
+    assert cache["age_seconds"] is not None and cache["age_seconds"] < 3600
+    assert cache["consumers"] == ["snix", "slax", "brix", "nixtv-player"]
+    for client in CLIENTS:  # no remote-builders run yet: never recorded, so due
+        builder = rows[("builder-key", client)]
+        assert builder["max_age"] == "90d" and builder["due"] is True and builder["age"] == "never"
+
+    plan = cli("-i", inv, "secrets", "rotate", "cache-key/snix-cache", "--dry-run")
+    assert "start key rotation: store the next signing key snix-cache-2" in plan.stdout, plan.stdout
+    assert sops_keys(lab)["secret-key"] == old  # a dry run changes nothing
+    ok(cli("-i", inv, "secrets", "rotate", "cache-key/snix-cache", "--yes"))
+    keys = sops_keys(lab)
+    assert keys["secret-key"].startswith("snix-cache-2:") and "next-secret-key" not in keys
+    new_public = public_key(Secret(keys["secret-key"]))
+    for client in CLIENTS:
+        conf = lab.host(client).path("/etc/nix/binary-cache-snix-cache.conf").read_text()
+        assert f"extra-trusted-public-keys = {new_public}\n" in conf and public_key(Secret(old)) not in conf
+    after = {
+        (r["kind"], r["name"]): r
+        for r in json.loads(cli("-i", inv, "--json", "secrets", "status").stdout)["secrets"]
+    }
+    assert after[("cache-key", "snix-cache")]["generation"] == 2
+    assert after[("cache-key", "snix-cache")]["status"] == "ok"
+    # Rotated, not due: the playbook's own rotate_key entry plans nothing.
+    assert cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode").returncode == 0
 
 
 def test_crash_right_after_storing_the_next_key_resumes_in_the_site_playbook(fleet, cli):

@@ -24,7 +24,7 @@ class CacheKeyKind(Kind):
 
     name = KIND
 
-    def status(self, inventory: Any, st: RotationState) -> list[StatusRow]:
+    def status(self, inventory: Any, st: RotationState, **options: Any) -> list[StatusRow]:
         """One row per cache: age (the state file), ``max_age`` and ``generation`` of its entry, due."""
         rows = []
         for task in configured(inventory, BinaryCacheRotateKey):
@@ -61,7 +61,14 @@ class CacheKeyKind(Kind):
         return rows
 
     def rotate_task(
-        self, inventory: Any, names: list[str] | None, *, due: bool, force: bool, lock_wait: float
+        self,
+        inventory: Any,
+        names: list[str] | None,
+        *,
+        due: bool,
+        force: bool,
+        lock_wait: float,
+        **options: Any,
     ) -> Any | None:
         """The entry rotating ``names`` (first match): forced now, or left to its triggers with ``due``."""
         for task in configured(inventory, BinaryCacheRotateKey):

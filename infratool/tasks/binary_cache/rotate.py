@@ -220,8 +220,12 @@ def _phases(ctx: PlanContext, rot: Rotation, lock_wait: float | None) -> list[Ch
     unit = Unit(
         key=state.key(KIND, spec.name),
         label=f"signing key of {spec.name}",
-        pending={spec.sops_key(NEXT): rot.new},
-        resume=rot.start is not None,
+        pending={} if rot.start is not None else {spec.sops_key(NEXT): rot.new},
+        # Begin refuses the plan unless sops still holds what it saw.
+        expect={
+            spec.sops_key(CURRENT): rot.keys.current,
+            spec.sops_key(NEXT): rot.new if rot.start is not None else None,
+        },
         promote={spec.sops_key(CURRENT): rot.new, spec.sops_key(NEXT): None},
         discard={spec.sops_key(NEXT): None},
         generation=rot.keys.progress.entry.generation,
@@ -238,7 +242,12 @@ def _phases(ctx: PlanContext, rot: Rotation, lock_wait: float | None) -> list[Ch
         phases=steps,
         task=rot.task,
         lock_wait=lock_wait,
-        hooks={"promoted": "binary_cache.key_promoted"},
+        hooks={
+            "promoted": {
+                "op": "binary_cache.key_promoted",
+                "args": {"file": SOPS_FILE, "secrets_dir": secrets_dir},
+            }
+        },
         resume_after=rot.keys.progress.marker,
         description=desc,
     )

@@ -57,14 +57,21 @@ def due_reason(entry: SecretState, max_age: timedelta, shown: str) -> str | None
     return None
 
 
-def unit(key: ClientKey, resume: bool, entry: SecretState) -> Unit:
-    """The engine's unit for rotating ``key.client``'s key to ``key``."""
+def unit(key: ClientKey, current: ClientKey, resume: bool, entry: SecretState) -> Unit:
+    """The engine's unit for rotating ``key.client``'s key from ``current`` to ``key``.
+
+    Begin refuses the plan if sops no longer holds ``current`` as the key, or
+    the pending slot is not as planned (empty, or ``key`` when resuming).
+    """
     client = key.client
     return Unit(
         key=state.key(KIND, client),
         label=f"builder key of {client}",
-        pending={pending_secret_key(client): key.private},
-        resume=resume,
+        pending={} if resume else {pending_secret_key(client): key.private},
+        expect={
+            secret_key(client): current.private,
+            pending_secret_key(client): key.private if resume else None,
+        },
         promote={secret_key(client): key.private, pending_secret_key(client): None},
         discard={pending_secret_key(client): None},
         generation=entry.generation,
@@ -87,7 +94,7 @@ def phased(
     that and triggers the client's deploy.
     """
     shown = ", ".join(f"{u.label} ({key_blob(keys[u.key.split('/', 1)[1]].public)})" for u in units)
-    resumed = all(u.resume for u in units)
+    resumed = not any(u.pending for u in units)
     rot = Rotation(
         kind=KIND,
         file=SECRETS_FILE,
@@ -141,7 +148,7 @@ class BuilderKeyKind(Kind):
 
         return configured(inventory, Setup)
 
-    def status(self, inventory: Any, st: RotationState) -> list[StatusRow]:
+    def status(self, inventory: Any, st: RotationState, **options: Any) -> list[StatusRow]:
         """One row per client key: age (from the state file), the entry's ``max_age``, due."""
         rows = []
         for task in self._tasks(inventory):
@@ -170,7 +177,14 @@ class BuilderKeyKind(Kind):
         return rows
 
     def rotate_task(
-        self, inventory: Any, names: list[str] | None, *, due: bool, force: bool, lock_wait: float
+        self,
+        inventory: Any,
+        names: list[str] | None,
+        *,
+        due: bool,
+        force: bool,
+        lock_wait: float,
+        **options: Any,
     ) -> Any | None:
         """The playbook entry managing ``names`` (first match), set to rotate them now or when due."""
         for task in self._tasks(inventory):

@@ -226,7 +226,7 @@ class Setup(TopologyTask):
             entry = records.rotations.get(state.key(KIND, client.name)) or SecretState()
             if current is not None and pending is not None:
                 keys[client.name] = pending
-                units.append(rotation.unit(pending, True, entry))
+                units.append(rotation.unit(pending, current, True, entry))
                 continue
             if current is not None and not self._why_rotate(client.name, entry):
                 keys[client.name] = current
@@ -234,7 +234,7 @@ class Setup(TopologyTask):
             key = self._fresh.get(client.name) or new_key(client.name)
             self._fresh[client.name] = keys[client.name] = key
             if current is not None:
-                units.append(rotation.unit(key, False, entry))
+                units.append(rotation.unit(key, current, False, entry))
                 continue
             changes.append(
                 Change(
