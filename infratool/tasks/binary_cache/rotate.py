@@ -11,51 +11,48 @@ time, each verified before the next starts::
     drop-old   clients trust only NEW → verify every client with NEW only
     retire     sops: secret-key ← NEW, next-secret-key deleted (OLD is gone)
 
-The phase is written to the plaintext state file (``keys.STATE_FILE``) when
-its predecessor is verified, so after a crash (even ``kill -9``) the next run
-plans from that phase on. At every instant, every client trusts a key that
-signs the whole cache: NEW is trusted everywhere before it signs anything,
-and OLD is distrusted only after NEW has signed everything.
+It runs on the one rotation engine (:mod:`infratool.rotation.engine`, kind
+``cache-key``): *begin* takes the sops file's rotation lock and stores NEW
+(generated while planning, shown in the plan) as pending; each phase is
+split where another host must act first (config → NixOS deploys → verify),
+and each step is marked in the one state file (entry ``cache-key/<cache>``)
+when done on every participant, so after a crash (even ``kill -9``) the
+next run plans from the step after the last mark; *promote* is the retire
+write. At every instant, every client trusts a key that signs the whole
+cache: NEW is trusted everywhere before it signs anything, and OLD is
+distrusted only after NEW has signed everything.
 
 Every rotation change requires every participant (server, all clients and
 the local repo): one failure anywhere stops the rotation where it is.
 
 A rotation starts when the current key's generation is below ``generation``
-or older than ``max_age``; otherwise the task only resumes one in progress,
-so a converged playbook plans nothing. :func:`plan_rotation` is the entry
-point for the secrets-rotation machinery.
+or older than ``max_age``, or when ``secrets rotate cache-key/<cache>`` asks
+(:mod:`.kind`); otherwise the task only resumes one in progress, so a
+converged playbook plans nothing.
 """
 
 from __future__ import annotations
 
-import shlex
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infratool import nixgen
 from infratool.changes import LOCAL, Change, action
-from infratool.context import HostContext, LocalContext
-from infratool.errors import InputError, RefusedError, VerifyError
+from infratool.context import LocalContext
+from infratool.errors import InputError, RefusedError
 from infratool.facts import FactRequest
 from infratool.inventory import Host
-from infratool.nixssh import nix_ssh_env
 from infratool.rotation import state
-from infratool.rotation.engine import Phase, Unit, plan_changes
-from infratool.rotation.engine import Rotation as EngineRotation
+from infratool.rotation.engine import Phase, Rotation, Unit, plan_changes
 from infratool.rotation.policy import parse_duration
 from infratool.secrets import generators
-from infratool.secrets.secret import Secret
 from infratool.secrets.store import SopsStore
 from infratool.tasks.base import Param, PlanContext, Task, register
+from infratool.tasks.binary_cache import rotate_steps as steps
 from infratool.tasks.binary_cache import scripts
 from infratool.tasks.binary_cache.client import (
     BinaryCacheClient,
-    check_client,
     check_repo_path,
     client_facts,
-    plan_client,
-    plan_flake,
 )
 from infratool.tasks.binary_cache.keys import (
     CURRENT,
@@ -70,7 +67,7 @@ from infratool.tasks.binary_cache.keys import (
     record_key,
     remember,
 )
-from infratool.tasks.binary_cache.server import key_file_changes, probe_info, server_facts
+from infratool.tasks.binary_cache.server import probe_info, server_facts
 from infratool.tasks.binary_cache.spec import (
     CACHE_PARAMS,
     CacheSpec,
@@ -78,33 +75,6 @@ from infratool.tasks.binary_cache.spec import (
     validate_hosts,
     validate_server,
 )
-from infratool.tasks.nix_settings import generated_path, local_file_change
-
-
-@dataclass(frozen=True)
-class Rotation:
-    """What one rotation plan works with."""
-
-    spec: CacheSpec
-    keys: Keys
-    """With ``next`` set (generated at plan time for a new rotation)."""
-    start: str | None
-    """Phase the fleet is in now (None: the rotation has not started)."""
-    clients: list[str]
-    flake_config: str
-    task: str
-
-    @property
-    def new(self) -> Secret:
-        """The key being rotated in."""
-        assert self.keys.next is not None
-        return self.keys.next
-
-    @property
-    def participants(self) -> tuple[str, ...]:
-        """Every host that must not fail for the rotation to go on (and the local repo)."""
-        assert self.spec.server is not None
-        return (LOCAL, self.spec.server.name, *self.clients)
 
 
 def rotation_due(spec: CacheSpec, keys: Keys, want_generation: int | None, max_age: str | None) -> str | None:
@@ -151,16 +121,18 @@ def _plan(
         made = generators.generate(
             "nix-cache-key", {"name": spec.key_name(generation(key_name(keys.current), spec.name) + 1)}
         )
-        rot = Rotation(spec, Keys(keys.current, made.value, None, where), None, clients, flake_config, task)
+        rot = steps.CacheRotation(
+            spec, Keys(keys.current, made.value, None, where), None, clients, flake_config, task
+        )
     else:
-        rot = Rotation(spec, keys, keys.phase, clients, flake_config, task)
+        rot = steps.CacheRotation(spec, keys, keys.phase, clients, flake_config, task)
     _check_participants(ctx, rot)
     planned = _phases(ctx, rot, lock_wait)
     remember(ctx, spec, rot.keys.finished())
     return planned
 
 
-def _check_participants(ctx: PlanContext, rot: Rotation) -> None:
+def _check_participants(ctx: PlanContext, rot: steps.CacheRotation) -> None:
     missing = [h for h in rot.participants[1:] if h not in ctx.hosts]
     if missing:
         raise RefusedError(
@@ -174,7 +146,7 @@ def _check_participants(ctx: PlanContext, rot: Rotation) -> None:
         )
 
 
-def _phases(ctx: PlanContext, rot: Rotation, lock_wait: float | None) -> list[Change]:
+def _phases(ctx: PlanContext, rot: steps.CacheRotation, lock_wait: float | None) -> list[Change]:
     """The rotation on the one engine: begin, the phases (each step marked), promote, finish.
 
     Each logical phase is split where another host must act first: the
@@ -188,19 +160,19 @@ def _phases(ctx: PlanContext, rot: Rotation, lock_wait: float | None) -> list[Ch
     if not present:
         raise RefusedError(f"the cache {spec.name} has no probe path yet: run binary_cache.server first")
     old, new = public_key(rot.keys.current), public_key(rot.new)
-    steps: list[Phase] = []
+    planned: list[Phase] = []
 
     def step(name: str, changes: list[Change], optional: bool = False) -> None:
         if changes or not optional:
-            steps.append(Phase(name, changes))
+            planned.append(Phase(name, changes))
 
     keys = rot.keys.at("trust-new")  # clients trust both keys
-    step("trust-new:config", _client_config(ctx, rot, keys))
-    step("trust-new:deploy", _deploys(ctx, rot), optional=True)
-    step("trust-new", _verify_clients(ctx, rot, keys.trusted, []))
+    step("trust-new:config", steps.client_config(ctx, rot, keys))
+    step("trust-new:deploy", steps.deploys(ctx, rot), optional=True)
+    step("trust-new", steps.verify_clients(ctx, rot, keys.trusted, []))
     keys = rot.keys.at("resign")  # the new key signs, the cache is re-signed
-    step("resign:key", _server_key(ctx, rot, keys, server))
-    step("resign:deploy", _deploys(ctx, rot, [server.name]), optional=True)
+    step("resign:key", steps.server_key(ctx, rot, keys, server))
+    step("resign:deploy", steps.deploys(ctx, rot, [server.name]), optional=True)
     resign = scripts.script_change(
         server.name,
         rot.task,
@@ -210,10 +182,10 @@ def _phases(ctx: PlanContext, rot: Rotation, lock_wait: float | None) -> list[Ch
     )
     step("resign", [resign])
     keys = rot.keys.at("drop-old")  # clients trust only the new key
-    step("drop-old:config", _client_config(ctx, rot, keys, forget=True))
-    step("drop-old:deploy", _deploys(ctx, rot), optional=True)
-    step("drop-old", _verify_clients(ctx, rot, keys.trusted, [old]))
-    for p in steps:
+    step("drop-old:config", steps.client_config(ctx, rot, keys, forget=True))
+    step("drop-old:deploy", steps.deploys(ctx, rot), optional=True)
+    step("drop-old", steps.verify_clients(ctx, rot, keys.trusted, [old]))
+    for p in planned:
         for c in p.changes:
             c.requires = tuple(dict.fromkeys((*c.requires, *rot.participants)))
     secrets_dir = str(ctx.secrets().repo)
@@ -234,12 +206,12 @@ def _phases(ctx: PlanContext, rot: Rotation, lock_wait: float | None) -> list[Ch
         desc = f"start key rotation: store the next signing key {key_name(rot.new)} in secrets/{SOPS_FILE}"
     else:
         desc = f"resume key rotation {key_name(rot.keys.current)} → {key_name(rot.new)} at phase {rot.start}"
-    engine_rotation = EngineRotation(
+    engine_rotation = Rotation(
         kind=KIND,
         file=SOPS_FILE,
         secrets_dir=secrets_dir,
         units=[unit],
-        phases=steps,
+        phases=planned,
         task=rot.task,
         lock_wait=lock_wait,
         hooks={
@@ -257,7 +229,10 @@ def _phases(ctx: PlanContext, rot: Rotation, lock_wait: float | None) -> list[Ch
         last = max(c.phase for c in out)
         after = (engine_rotation.target, *rot.participants)
         for n, changes in enumerate(
-            (_server_key(ctx, rot, rot.keys.finished(), server, CURRENT), _deploys(ctx, rot, [server.name]))
+            (
+                steps.server_key(ctx, rot, rot.keys.finished(), server, CURRENT),
+                steps.deploys(ctx, rot, [server.name]),
+            )
         ):
             for c in changes:
                 c.phase, c.requires = last + 1 + n, tuple(dict.fromkeys((*c.requires, *after)))
@@ -274,125 +249,6 @@ def key_promoted(ctx: Any, file: str, secrets_dir: str, keys: list[str]) -> None
             cache = full.split("/", 1)[1]
             current = values.get(f"binary-cache/{cache}/{CURRENT}")
             records.get(full).extra = {"current": key_name(current) if current is not None else None}
-
-
-def _client_config(ctx: PlanContext, rot: Rotation, keys: Keys, forget: bool = False) -> list[Change]:
-    changes: list[Change] = []
-    for name in rot.clients:
-        hctx = ctx.hosts[name]
-        changes += plan_client(ctx, hctx, rot.spec, rot.spec.url, keys.trusted, rot.task)
-        if forget and not hctx.host.is_nixos:
-            changes.append(
-                scripts.script_change(
-                    name,
-                    rot.task,
-                    "forget cached narinfos (signatures from before the re-sign)",
-                    scripts.forget_narinfo_cache(),
-                    "forget narinfo cache",
-                )
-            )
-    changes += plan_flake(ctx.local, rot.spec, rot.spec.url, keys.trusted, rot.flake_config, rot.task)
-    for c in changes:
-        c.deploy = None  # NixOS hosts are deployed inside the rotation, phase by phase
-    return changes
-
-
-def _server_key(
-    ctx: PlanContext, rot: Rotation, keys: Keys, server: HostContext, which: str = NEXT
-) -> list[Change]:
-    """The server signs with ``keys.signer``: its key file (linux), or which sops key its module names (NixOS)."""
-    if not server.host.is_nixos:
-        return key_file_changes(server, rot.spec, keys.signer, rot.task) if which == NEXT else []
-    # The module's other settings (hook, port) belong to binary_cache.server: only
-    # the sops key it installs is switched here, in the module that task wrote.
-    rel = generated_path(server.name, f"binary-cache-{rot.spec.name}-server")
-    current = ctx.local.current(rel)
-    if current is None:
-        raise RefusedError(f"{rel} does not exist: run binary_cache.server first")
-    other = CURRENT if which == NEXT else NEXT
-    text = current.decode().replace(
-        f"key = {nixgen.string(rot.spec.sops_key(other))};",
-        f"key = {nixgen.string(rot.spec.sops_key(which))};",
-    )
-    return local_file_change(ctx.local, rot.task, rel, text, deploy=None)
-
-
-def _deploys(ctx: PlanContext, rot: Rotation, names: list[str] | None = None) -> list[Change]:
-    result = []
-    for name in names if names is not None else rot.clients:
-        host = ctx.hosts[name].host
-        if host.is_nixos:
-            argv = host.deploy_argv()
-            target = {
-                "name": host.name,
-                "address": host.address,
-                "port": host.port,
-                "user": host.user,
-                "ssh_key": None if host.ssh_key is None else str(host.ssh_key),
-                "host_keys": list(host.host_keys),
-            }
-            result.append(
-                Change(
-                    LOCAL,
-                    rot.task,
-                    f"deploy {name}: {shlex.join(argv)}",
-                    op="binary_cache.deploy",
-                    args={"argv": argv, "target": target},
-                    action="deploy",
-                )
-            )
-    return result
-
-
-@action("binary_cache.deploy")
-def deploy(local: LocalContext, argv: list[str], target: dict[str, Any]) -> None:
-    """Deploy one NixOS host between two phases of a rotation.
-
-    Like the runner's deploys: ssh and ``nix copy`` get the inventory's port,
-    key and pinned host key through ``NIX_SSHOPTS``, never ``~/.ssh/known_hosts``.
-    """
-    ssh_key = target["ssh_key"]
-    host = Host(
-        name=target["name"],
-        address=target["address"],
-        port=target["port"],
-        user=target["user"],
-        ssh_key=None if ssh_key is None else Path(ssh_key),
-        os="nixos",
-        host_keys=tuple(target["host_keys"]),
-    )
-    with nix_ssh_env(host) as env:
-        local.run(argv, what=f"deploy {host.name}", env=env)
-
-
-def _verify_clients(
-    ctx: PlanContext, rot: Rotation, trusted: list[str], untrusted: list[str]
-) -> list[Change]:
-    system = rot.spec.server.system  # type: ignore[union-attr]
-    names = ", ".join(k.split(":")[0] for k in trusted)
-    args = {"cache": rot.spec.name, "url": rot.spec.url, "trusted": trusted, "untrusted": untrusted}
-    return [
-        Change(
-            name,
-            rot.task,
-            f"verify: fetch a signed path from the cache trusting only {names}",
-            op="binary_cache.verify_client",
-            args={**args, "system": system},
-            action="run",
-        )
-        for name in rot.clients
-    ]
-
-
-@action("binary_cache.verify_client")
-def verify_client(
-    hctx: HostContext, cache: str, url: str, trusted: list[str], untrusted: list[str], system: str
-) -> None:
-    """A real signed fetch from the cache trusting only ``trusted``; the settings read back."""
-    spec = CacheSpec(name=cache, server=None, url=url)  # a client's check needs the name and URL only
-    problem = check_client(hctx, spec, url, trusted, system, untrusted)
-    if problem:
-        raise VerifyError(f"{hctx.name}: {problem}")
 
 
 def _finish_state_change(ctx: PlanContext, spec: CacheSpec, task: str) -> Change:

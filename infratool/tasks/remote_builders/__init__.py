@@ -16,6 +16,7 @@ rotation engine. See ``docs/remote-builders.md``.
 Modules: :mod:`.spec` (parameters → topology), :mod:`.render` (file lines,
 NixOS modules), :mod:`.keys` (sops), :mod:`.verify` (ping and build),
 :mod:`.common` (what both tasks share), :mod:`.setup` (plan and phases),
+:mod:`.builder_side` (the builders' part of setup),
 :mod:`.rotation` (the builder-key kind), :mod:`.check`.
 """
 

@@ -9,6 +9,7 @@ from infratool.context import HostContext
 from infratool.errors import InputError
 from infratool.facts import FactRequest
 from infratool.inventory import Host
+from infratool.secrets.secret import REDACTOR
 from infratool.tasks.base import PlanContext, Task
 from infratool.tasks.remote_builders import spec
 from infratool.tasks.remote_builders.filetext import CLIENT_KNOWN_HOSTS, MACHINES, NIX_CONF, SSH_CONFIG
@@ -38,6 +39,44 @@ def script_change(
         requires=requires,
         action="run",
     )
+
+
+PHASE_STORE, PHASE_BUILDER, PHASE_CLIENT, PHASE_REVOKE = 0, 1, 2, 3
+"""Phases of ``remote_builders.setup`` (see its module docstring)."""
+
+
+def tag(changes: list[Change], why: str, phase: int, requires: tuple[str, ...] = ()) -> list[Change]:
+    """Give file changes their reason, phase and prerequisites."""
+    for change in changes:
+        change.description = REDACTOR.redact(f"{change.description}: {why}")
+        change.phase = phase
+        change.requires = requires
+    return changes
+
+
+def restart_daemon(
+    hctx: HostContext, task: str, setting: str, phase: int, requires: tuple[str, ...]
+) -> list[Change]:
+    """A nix-daemon restart after a nix.conf change, on hosts run by systemd.
+
+    The daemon reads nix.conf only when it starts, and it is the daemon that
+    trusts users and dispatches builds for non-root users. ``try-restart``
+    leaves a stopped daemon stopped. Without systemd (the lab), root's Nix
+    opens the store itself and reads nix.conf on every command.
+    """
+    if not hctx.facts.get("systemd"):
+        return []
+    return [
+        script_change(
+            hctx.name,
+            task,
+            f"restart nix-daemon ({setting} changed)",
+            "systemctl try-restart nix-daemon.service",
+            "restart nix-daemon",
+            phase,
+            requires,
+        )
+    ]
 
 
 def home_command(user: str) -> str:

@@ -13,6 +13,10 @@ phase  where        what
 3      builders     revoke rotated clients' old keys
 ====== ============ ==========================================================
 
+Phase 1 and 3 on builders are planned by :mod:`.builder_side`. When a
+client's key rotates (:mod:`.rotation`), phases 1-3 run inside the rotation
+engine's begin/mark/promote, the new key stored as pending first.
+
 NixOS hosts get generated modules in the flake repo instead (and a deploy).
 Keys are generated while planning and carried in the storing change's
 parameters (a :class:`~infratool.secrets.secret.Secret`, sealed with sops in a
@@ -24,33 +28,33 @@ leaves a stored key the next run installs.
 
 from __future__ import annotations
 
-import shlex
-
 from infratool.changes import LOCAL, Change
 from infratool.context import HostContext
-from infratool.errors import HostError, InputError, SecretsFileError
-from infratool.facts import FACTS, FactRequest
+from infratool.errors import InputError, SecretsFileError
 from infratool.inventory import Host
 from infratool.rotation import state
 from infratool.rotation.engine import Unit
 from infratool.rotation.policy import parse_duration
 from infratool.rotation.state import SecretState
-from infratool.secrets.secret import REDACTOR
 from infratool.secrets.store import SopsStore
 from infratool.tasks.base import Param, PlanContext, register
 from infratool.tasks.files import file_changes
 from infratool.tasks.nix_settings import edit_conf, generated_path, local_file_change
+from infratool.tasks.remote_builders import builder_side, rotation, spec
 from infratool.tasks.remote_builders import filetext as render
-from infratool.tasks.remote_builders import rotation, spec
-from infratool.tasks.remote_builders.common import DAEMON_RUNNING, TopologyTask, home_command, script_change
+from infratool.tasks.remote_builders.common import (
+    PHASE_BUILDER,
+    PHASE_CLIENT,
+    PHASE_REVOKE,
+    PHASE_STORE,
+    TopologyTask,
+    restart_daemon,
+    tag,
+)
 from infratool.tasks.remote_builders.filetext import CLIENT_KNOWN_HOSTS, MACHINES, NIX_CONF, SSH_CONFIG
 from infratool.tasks.remote_builders.keys import KIND, ClientKey, new_key, stored_key
-from infratool.tasks.remote_builders.spec import Builder
 from infratool.tasks.remote_builders.verify import check_clients
 
-PHASE_STORE, PHASE_BUILDER, PHASE_CLIENT, PHASE_REVOKE = 0, 1, 2, 3
-USER_HOME_ROOT = "/var/lib"
-"""Where a login user infratool creates on a builder gets its home."""
 KNOWN_HOSTS_HEADER = (
     "# Builder host keys pinned by infratool (playbooks/remote-builders.yaml); rewritten on each run."
 )
@@ -59,40 +63,6 @@ MACHINES_HEADER = (
     "# Remote builders for this host's Nix. Lines ending in '# infratool:remote-builders:<builder>'\n"
     "# are managed by infratool (playbooks/remote-builders.yaml). Other lines are kept as they are."
 )
-
-
-def _tag(changes: list[Change], why: str, phase: int, requires: tuple[str, ...] = ()) -> list[Change]:
-    """Give file changes their reason, phase and prerequisites."""
-    for change in changes:
-        change.description = REDACTOR.redact(f"{change.description}: {why}")
-        change.phase = phase
-        change.requires = requires
-    return changes
-
-
-def _restart_daemon(
-    hctx: HostContext, task: str, setting: str, phase: int, requires: tuple[str, ...]
-) -> list[Change]:
-    """A nix-daemon restart after a nix.conf change, on hosts run by systemd.
-
-    The daemon reads nix.conf only when it starts, and it is the daemon that
-    trusts users and dispatches builds for non-root users. ``try-restart``
-    leaves a stopped daemon stopped. Without systemd (the lab), root's Nix
-    opens the store itself and reads nix.conf on every command.
-    """
-    if not hctx.facts.get("systemd"):
-        return []
-    return [
-        script_change(
-            hctx.name,
-            task,
-            f"restart nix-daemon ({setting} changed)",
-            "systemctl try-restart nix-daemon.service",
-            "restart nix-daemon",
-            phase,
-            requires,
-        )
-    ]
 
 
 @register
@@ -175,20 +145,22 @@ class Setup(TopologyTask):
             if builder.host.is_nixos:
                 rel = generated_path(builder.name, render.MODULE_BUILDER)
                 module = render.builder_module(topo, builder, publics)
-                changes += _tag(
+                changes += tag(
                     local_file_change(ctx.local, self.name, rel, module, deploy=builder.name),
                     f"builder {builder.name}: authorized client keys, trusted-users",
                     PHASE_BUILDER,
                     fresh,
                 )
             elif builder.name in ctx.hosts:
-                changes += self._plan_builder(ctx.hosts[builder.name], builder, keys, installed, fresh)
+                changes += builder_side.plan_builder(
+                    ctx.hosts[builder.name], self.name, topo, builder, keys, installed, fresh
+                )
         for client in topo.clients:
             key = keys[client.name]
             requires = tuple(b.name for b in topo.builders) + ((LOCAL,) if key.fresh else ())
             if client.is_nixos:
                 rel = generated_path(client.name, render.MODULE_CLIENT)
-                changes += _tag(
+                changes += tag(
                     local_file_change(
                         ctx.local, self.name, rel, render.client_module(topo, client), client.name
                     ),
@@ -261,157 +233,9 @@ class Setup(TopologyTask):
         state = cctx.file(self.topology.key_path)
         return state.exists and state.sha256 == key.sha256
 
-    def _home(self, bctx: HostContext, builder: Builder) -> tuple[str, bool]:
-        """The login user's home on a builder, and whether the user exists yet."""
-        home = bctx.facts.get("stdout", home_command(builder.user))
-        if home and home.strip():
-            return home.strip(), True
-        return f"{USER_HOME_ROOT}/{builder.user}", False
-
-    def _user_changes(self, bctx: HostContext, builder: Builder, path: str) -> list[Change]:
-        """Create the dedicated login user (and its ~/.ssh) unless both are there already."""
-        home, exists = self._home(bctx, builder)
-        if exists and bctx.file(path).exists:
-            return []
-        user = shlex.quote(builder.user)
-        # '*' is no password at all (sshd refuses a locked '!' account without PAM);
-        # a shell only so sshd can run the forced command. Another run (or host
-        # sharing /etc/passwd) may have created the user meanwhile: that is fine.
-        script = "\n".join(
-            [
-                "set -e",
-                f"if ! getent passwd {user} >/dev/null; then",
-                f"  useradd --system --user-group --home-dir {shlex.quote(home)} --shell /bin/sh "
-                f"--password '*' {user} || getent passwd {user} >/dev/null",
-                "fi",
-                f"mkdir -p {shlex.quote(home + '/.ssh')}",
-                f"chown {user}: {shlex.quote(home)} {shlex.quote(home + '/.ssh')}",
-                f"chmod 0755 {shlex.quote(home)}",
-                f"chmod 0700 {shlex.quote(home + '/.ssh')}",
-            ]
-        )
-        what = "create" if not exists else "prepare ~/.ssh of"
-        change = script_change(
-            bctx.name,
-            self.name,
-            f"{what} the builder login user {builder.user} (unprivileged; clients' keys run only the "
-            "Nix daemon as this user)",
-            script,
-            f"create user {builder.user}",
-            PHASE_BUILDER,
-        )
-        change.action = "create"
-        return [change]
-
-    def _daemon_changes(self, bctx: HostContext, builder: Builder) -> list[Change]:
-        """Make sure a nix-daemon runs: the unprivileged login reaches the store only through it."""
-        if bctx.facts.get("succeeds", DAEMON_RUNNING):
-            return []
-        if not bctx.facts.get("systemd"):
-            raise HostError(
-                builder.name,
-                "no nix-daemon listens on /nix/var/nix/daemon-socket/socket: the builder login "
-                f"{builder.user!r} is not root and reaches the Nix store only through the daemon; start it",
-            )
-        return [
-            script_change(
-                bctx.name,
-                self.name,
-                "start nix-daemon (the builder login user reaches the store through it)",
-                "systemctl enable --now nix-daemon.socket || systemctl enable --now nix-daemon.service",
-                "start nix-daemon",
-                PHASE_BUILDER,
-            )
-        ]
-
-    def _authorized_keys(self, bctx: HostContext, builder: Builder) -> str:
-        """Path of the login user's authorized_keys on a builder (its state made known to ``bctx``)."""
-        home, _ = self._home(bctx, builder)
-        path = f"{home}/.ssh/authorized_keys"
-        request = FactRequest("file", path)
-        if bctx.facts.missing([request]):
-            # Known only now that the home directory is: read it like a fact (read-only).
-            res = bctx.run(FACTS["file"].command(path), check=False, what=f"read {path}")
-            bctx.facts.update({request: FACTS["file"].parse(res.stdout, res.exited)})
-        return path
-
-    def _plan_builder(
-        self,
-        bctx: HostContext,
-        builder: Builder,
-        keys: dict[str, ClientKey],
-        installed: dict[str, bool | None],
-        fresh: tuple[str, ...],
-    ) -> list[Change]:
-        topo = self.topology
-        changes: list[Change] = []
-        conf = bctx.file(NIX_CONF)
-        text = (conf.text or "") if conf.exists else ""
-        trusted = render.trusted_users_needed(text, builder.user)
-        if trusted is not None:
-            new = edit_conf(text, {"trusted-users": trusted})
-            changes += _tag(
-                file_changes(
-                    bctx, self.name, NIX_CONF, new.encode(), None if conf.exists else 0o644, None, None
-                ),
-                f"make {builder.user} a trusted Nix user",
-                PHASE_BUILDER,
-            )
-            changes += _restart_daemon(bctx, self.name, "trusted-users", PHASE_BUILDER, ())
-        path = self._authorized_keys(bctx, builder)
-        changes = self._user_changes(bctx, builder, path) + self._daemon_changes(bctx, builder) + changes
-        state = bctx.file(path)
-        if state.exists and state.content is None:
-            raise HostError(builder.name, f"{path} is not a readable regular file of sane size")
-        current = (state.text or "") if state.exists else ""
-        old = render.managed_lines(current)
-        desired = [render.authorized_line(topo.protocol, keys[c.name].public, c.name) for c in topo.clients]
-        # A rotated client keeps its old key (listed right after the new one)
-        # until it has the new one (phase 2); phase 3 revokes it.
-        step_lines: list[str] = []
-        keep: list[str] = []
-        for c, line in zip(topo.clients, desired, strict=True):
-            step_lines.append(line)
-            if installed[c.name] is not True:
-                new_blob = render.key_blob(keys[c.name].public)
-                stale = [k for k in old.get(c.name, []) if render.line_key(k) != new_blob]
-                keep += stale
-                step_lines += stale
-        mode, owner = 0o600, builder.user
-        step = render.replace_managed(current, step_lines)
-        final = render.replace_managed(current, desired)
-        clients = {c.name for c in topo.clients}
-        added = [
-            c.name for c, line in zip(topo.clients, desired, strict=True) if line not in old.get(c.name, [])
-        ]
-        removed = sorted(set(old) - clients)
-        if step != current:
-            why = []
-            if added:
-                why.append(
-                    f"authorize builder key of {', '.join(added)} ({render.REMOTE_COMMAND[topo.protocol]} only)"
-                )
-            if removed:
-                why.append(f"revoke key of removed client {', '.join(removed)}")
-            changes += _tag(
-                file_changes(bctx, self.name, path, step.encode(), mode, owner, None),
-                "; ".join(why) or "restore managed builder keys",
-                PHASE_BUILDER,
-                fresh,
-            )
-        if final != step:
-            rotated = sorted({render.owner_of(line) or "" for line in keep})
-            changes += _tag(
-                file_changes(bctx, self.name, path, final.encode(), mode, owner, None),
-                f"revoke old builder key of {', '.join(rotated)}",
-                PHASE_REVOKE,
-                fresh,
-            )
-        return changes
-
     def _plan_client(self, cctx: HostContext, key: ClientKey, requires: tuple[str, ...]) -> list[Change]:
         topo = self.topology
-        changes = _tag(
+        changes = tag(
             file_changes(cctx, self.name, topo.key_path, key.private, 0o600, "root", None, secret=True),
             f"builder key of {cctx.name}",
             PHASE_CLIENT,
@@ -419,7 +243,7 @@ class Setup(TopologyTask):
         )
         pinned = [line for b in topo.builders for line in render.known_hosts_lines(b)]
         pinned_text = "".join(f"{line}\n" for line in [KNOWN_HOSTS_HEADER, *pinned])
-        changes += _tag(
+        changes += tag(
             file_changes(cctx, self.name, topo.known_hosts_path, pinned_text.encode(), 0o644, "root", None),
             "pin builder host keys under their aliases (no trust on first use)",
             PHASE_CLIENT,
@@ -430,7 +254,7 @@ class Setup(TopologyTask):
         block = render.ssh_config_block(topo, topo.key_path, topo.known_hosts_path)
         new = render.replace_ssh_block(text, block)
         if new != text:
-            changes += _tag(
+            changes += tag(
                 file_changes(
                     cctx, self.name, SSH_CONFIG, new.encode(), None if config.exists else 0o600, None, None
                 ),
@@ -441,7 +265,7 @@ class Setup(TopologyTask):
         old_pins = cctx.file(CLIENT_KNOWN_HOSTS)
         if old_pins.exists and render.managed_lines(old_pins.text or ""):
             # Earlier versions pinned builders in root's own known_hosts.
-            changes += _tag(
+            changes += tag(
                 file_changes(
                     cctx,
                     self.name,
@@ -461,7 +285,7 @@ class Setup(TopologyTask):
             text = (state.text or "") if state.exists else header
             new = render.replace_managed(text, lines)
             if not state.exists or new != text:
-                changes += _tag(
+                changes += tag(
                     file_changes(
                         cctx, self.name, path, new.encode(), None if state.exists else 0o644, None, None
                     ),
@@ -473,7 +297,7 @@ class Setup(TopologyTask):
         text = (conf.text or "") if conf.exists else ""
         new = edit_conf(text, {"builders": f"@{MACHINES}", "builders-use-substitutes": True})
         if new != text:
-            changes += _tag(
+            changes += tag(
                 file_changes(
                     cctx, self.name, NIX_CONF, new.encode(), None if conf.exists else 0o644, None, None
                 ),
@@ -481,7 +305,7 @@ class Setup(TopologyTask):
                 PHASE_CLIENT,
                 requires,
             )
-            changes += _restart_daemon(cctx, self.name, "builders", PHASE_CLIENT, requires)
+            changes += restart_daemon(cctx, self.name, "builders", PHASE_CLIENT, requires)
         return changes
 
     # -- verify -------------------------------------------------------------------
