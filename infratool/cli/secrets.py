@@ -58,13 +58,14 @@ def secrets() -> None:
 @pass_globals
 def status(g: Globals, policy: str | None, notify: bool) -> None:
     from infratool.rotation import state
-    from infratool.rotation.kinds import all_kinds
+    from infratool.rotation.kinds import all_kinds, call_with_options
     from infratool.rotation.notify import notify as send
     from infratool.tasks.secrets_rotation import NEEDS_PERSON
 
     inv = load_inventory(g)
     st = state.load_dir(inv.flake / "secrets")
-    found = [row for kind in all_kinds() for row in kind.status(inv, st, policy=policy)]
+    opts = {"policy": policy}
+    found = [row for k in all_kinds() for row in call_with_options(k.status, inv, st, options=opts)]
     if not found and not (inv.flake / "secrets").is_dir():
         raise InputError(f"no rotations: {inv.flake / 'secrets'} does not exist (run `infratool init`)")
     rows = [r.to_dict() for r in found]
@@ -164,7 +165,7 @@ def rotate(
     forks: int,
     unattended: bool,
 ) -> None:
-    from infratool.rotation.kinds import all_kinds
+    from infratool.rotation.kinds import all_kinds, call_with_options
 
     if sum(bool(x) for x in (names, due, all_)) != 1:
         raise InputError("name the secrets to rotate, or pass --due or --all (exactly one of these)")
@@ -184,13 +185,14 @@ def rotate(
     for kind in kinds:
         if names and kind.name not in wanted:
             continue
-        task = kind.rotate_task(
+        task = call_with_options(
+            kind.rotate_task,
             inv,
             wanted.get(kind.name) or None,
             due=due,
             force=all_ or bool(names),
             lock_wait=wait,
-            policy=policy,
+            options={"policy": policy},
         )
         if task is not None:
             tasks.append(task)

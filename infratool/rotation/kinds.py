@@ -16,6 +16,7 @@ fills the registry.
 from __future__ import annotations
 
 import importlib
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -136,6 +137,19 @@ class Kind(ABC):
         from infratool.rotation import state
 
         return [r.name for r in self.status(inventory, state.RotationState(), **options)]
+
+
+def call_with_options(method: Any, *args: Any, options: dict[str, Any], **kwargs: Any) -> Any:
+    """Call a kind's ``status``/``rotate_task`` with the CLI's ``options`` if it takes them.
+
+    A kind written before ``**options`` existed is called without them.
+    """
+    params = inspect.signature(method).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        kwargs.update(options)
+    else:
+        kwargs.update({k: v for k, v in options.items() if k in {p.name for p in params}})
+    return method(*args, **kwargs)
 
 
 def register_kind(kind: Kind) -> Kind:

@@ -49,9 +49,8 @@ import yaml
 
 from infratool import yamlsrc
 from infratool.errors import InputError
-from infratool.safeopen import open_regular
+from infratool.safeopen import atomic_write, open_regular
 from infratool.secrets.secret import REDACTOR
-from infratool.secrets.store import atomic_write
 
 STATE_FILE = ".rotation-state.yaml"
 VERSION = 2
@@ -260,11 +259,39 @@ def _entry(name: str, raw: Any, path: Path, secrets: Any) -> SecretState:
 
 
 def load(path: str | Path) -> RotationState:
-    """Read the state file at ``path`` (a missing file is an empty state)."""
+    """Read the state file at ``path`` (a missing file is an empty state).
+
+    The engine reads this file at every step, so it is parsed with libyaml
+    when it is alias-free; anything wrong is parsed again with
+    :mod:`infratool.yamlsrc`, whose errors name the file and line.
+    """
     path = Path(path)
     if not path.exists():
         return RotationState()
-    data = yamlsrc.load(path)
+    fast = _fast_parse(path)
+    if fast is not None:
+        with contextlib.suppress(InputError):
+            return _from_data(fast[0], path)
+    return _from_data(yamlsrc.load(path), path)
+
+
+def _fast_parse(path: Path) -> tuple[Any] | None:
+    """``(data,)`` parsed by libyaml, or ``None`` (aliases, bad syntax: leave it to yamlsrc)."""
+    try:
+        text = path.read_text()
+        # An alias could expand to a bomb: yamlsrc refuses those, with the line.
+        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, Loader=_CLoader)):
+            return None
+        return (yaml.load(text, Loader=_CLoader),)
+    except (yaml.YAMLError, OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
+_CLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_CDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def _from_data(data: Any, path: Path) -> RotationState:
     if data is None:
         return RotationState()
     if not isinstance(data, dict):
@@ -330,7 +357,7 @@ def _legacy_caches(path: Path) -> dict[str, SecretState]:
 def save(path: str | Path, state: RotationState) -> None:
     """Write ``state`` to ``path`` atomically."""
     text = "# infratool rotation state: no secret values here, only when and how.\n"
-    text += yaml.safe_dump(state.to_dict(), sort_keys=False, default_flow_style=False)
+    text += yaml.dump(state.to_dict(), Dumper=_CDumper, sort_keys=False, default_flow_style=False)
     atomic_write(Path(path), text.encode(), mode=0o644)
 
 

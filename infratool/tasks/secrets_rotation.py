@@ -1,26 +1,27 @@
 """``secrets_rotation.rotate``: staged, verified, crash-safe rotation of sops secrets.
 
-The protocol (after AWS Secrets Manager's createSecret → setSecret →
-testSecret → finishSecret), per secret, under the lock of its sops file:
+The ``secret`` kind of the one rotation engine (:mod:`infratool.rotation.engine`).
+This module decides *what* rotates (due, named, resumed, a promotion to
+record, a lease to revoke) and registers the kind (:class:`SecretKind`);
+:mod:`infratool.rotation.secret_plan` plans it and
+:mod:`infratool.rotation.secret` carries it out. The protocol, after AWS
+Secrets Manager's createSecret → setSecret → testSecret → finishSecret, per
+sops file, under its lock:
 
-1. **generate** a new value (in memory only);
-2. **store it as pending** — encrypted into the sops file under
-   ``_rotation/pending/<name>`` *before* any consumer sees it, so a value that
-   reaches a host always exists somewhere durable;
-3. **deliver** it to every consumer (a 0600 file renamed into place, or a
-   command fed the value on stdin), then run their reload commands;
-4. **verify** on every consumer (a command fed the new value on stdin);
-5. **promote** in one sops write: current ← new, ``_rotation/previous/<name>``
-   ← old, pending removed; then record the rotation (time, generation) in
-   the plaintext state file beside the secrets (never values).
+1. **generate** the new values — at plan time, carried in the plan as
+   :class:`~infratool.secrets.secret.Secret`;
+2. **store them as pending** (one sops write, ``_rotation/pending/<name>``)
+   *before* any consumer sees them;
+3. **deliver** to every consumer host (one change per host: files, command
+   stdin, reloads), then **verify** there (one change per host);
+4. **promote** what verified (one sops write: current ← new,
+   ``_rotation/previous/<name>`` ← old), record it in the state file;
+5. a secret whose delivery or verify failed **rolls back** on every
+   consumer, its pending value is discarded, exit 1.
 
-A failed delivery or verify **rolls back**: every consumer gets the current
-value again (reloaded, re-verified), the pending value is discarded, exit 1.
-
-A crash (kill -9) at any point is recovered by the next run, because every
-step is idempotent and the sops file says where things stand: no pending
-value → nothing reached a consumer, start afresh; a pending value → resume
-from delivery (deliver all, verify, promote — or roll back on failure).
+A crash (kill -9) at any point is recovered by the next run: no pending
+value → start afresh; a pending value → resume from delivery; state
+"promoting" without a pending value → only record the promotion.
 
 Fault injection for the chaos tests: ``INFRATOOL_FAULT=<step>`` kills the
 process with SIGKILL right after that step (``generated``, ``stored``,
@@ -38,7 +39,7 @@ from typing import Any
 from infratool.changes import LOCAL, Change
 from infratool.errors import InfratoolError, InputError
 from infratool.inventory import Host, Inventory
-from infratool.rotation import engine, secret, state
+from infratool.rotation import engine, secret, secret_plan, state
 from infratool.rotation.kinds import Kind, StatusRow, format_age, register_kind
 from infratool.rotation.lock import check_lock_file, lock_path
 from infratool.rotation.notify import notify
@@ -222,6 +223,7 @@ class RotateSecrets(Task):
         if self._store is not None:
             ctx.state.setdefault("sops", self._store)
         store = ctx.secrets()
+        engine.use_store(store)  # the actions reuse this run's store (and its cached plaintext)
         secrets_dir = str(self.policy.root / "secrets")
         st = state.load(self.state_file())
         changes: list[Change] = []
@@ -243,7 +245,7 @@ class RotateSecrets(Task):
         for file, groups in by_file.items():
             held = store.read(file, missing_ok=True)
             try:
-                rot = secret.build(
+                rot = secret_plan.build(
                     self.policy, str(file), secrets_dir, groups, held, self.provided, st, self.name,
                     self.args["lock_wait"],
                 )  # fmt: skip
