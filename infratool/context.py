@@ -14,6 +14,7 @@ change, so two tasks editing one file (say, two ``nix.settings`` entries in
 from __future__ import annotations
 
 import base64
+import hashlib
 import shlex
 import subprocess
 from collections.abc import Mapping
@@ -51,17 +52,20 @@ class HostContext:
     def plan_write(
         self,
         path: str,
-        content: bytes,
+        content: bytes | None,
         mode: int | None = None,
         owner: str | None = None,
         group: str | None = None,
         secret: bool = False,
+        sha256: str | None = None,
+        size: int | None = None,
     ) -> None:
         """Record that a planned change will leave ``path`` with ``content``.
 
         The mode is what the write gives it: the given one, else the existing
         regular file's, else 0644. ``secret`` content is never shown in a
-        later change's diff.
+        later change's diff. Streamed content is not held: ``content`` None
+        with its ``sha256`` and ``size``.
         """
         before = self.file(path)
         keep = before.exists and before.is_file
@@ -71,7 +75,8 @@ class HostContext:
             mode=mode if mode is not None else (before.mode if keep else 0o644),
             owner=owner or (before.owner if keep else None),
             group=group or (before.group if keep else None),
-            size=len(content),
+            size=len(content) if content is not None else size,
+            sha256=sha256,
             content=content,
             hidden=secret or before.hidden,
         )
@@ -193,6 +198,9 @@ class LocalContext:
     root: Path
     overlay: dict[str, bytes | None] = field(default_factory=dict)
     name: str = LOCAL
+    reads: dict[str, str] = field(default_factory=dict)
+    """Repo files the plan read from disk → SHA-256 of what it read (``absent`` when
+    missing): the local part of a saved plan's facts, checked again at apply."""
 
     def path(self, rel: str | Path) -> Path:
         """Absolute path of ``rel`` inside the repo."""
@@ -204,7 +212,30 @@ class LocalContext:
         if key in self.overlay:
             return self.overlay[key]
         p = self.path(rel)
-        return p.read_bytes() if p.is_file() else None
+        data = p.read_bytes() if p.is_file() else None
+        self.note_read(p, data)
+        return data
+
+    def note_read(self, path: str | Path, data: bytes | None) -> None:
+        """Record that planning read ``path`` (in the repo) and found ``data``."""
+        self.reads.setdefault(self.rel(path), file_hash(data))
+
+    def rel(self, path: str | Path) -> str:
+        """``path`` relative to the repo root when inside it (as plan files name it)."""
+        p = self.path(path)
+        try:
+            return str(p.relative_to(self.root))
+        except ValueError:
+            return str(p)
+
+    def drifted(self, reads: Mapping[str, str]) -> list[str]:
+        """The files of ``reads`` whose content is not what was read then."""
+        changed = []
+        for rel, digest in reads.items():
+            p = self.path(rel)
+            if file_hash(p.read_bytes() if p.is_file() else None) != digest:
+                changed.append(rel)
+        return changed
 
     def plan_write(self, rel: str | Path, content: bytes | None) -> None:
         """Record a planned write (None = removal)."""
@@ -239,6 +270,11 @@ class LocalContext:
                 LOCAL, what or argv[0], proc.returncode, REDACTOR.redact(proc.stderr.decode(errors="replace"))
             )
         return proc
+
+
+def file_hash(data: bytes | None) -> str:
+    """SHA-256 of a file's content as plans record it (``absent`` for no file)."""
+    return "absent" if data is None else "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 write_atomic = atomic_write

@@ -53,6 +53,7 @@ def as_data(plan: Plan, tasks: tuple[str, ...]) -> Plan:
                 requires=tuple(c.requires),
                 action=c.action,
                 stage=c.stage,
+                check=c.check,
             )
         )
     return Plan(hosts=list(plan.hosts), changes=changes, failures=dict(plan.failures))

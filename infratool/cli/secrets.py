@@ -9,15 +9,13 @@ import click
 
 from infratool.cli.common import (
     Globals,
-    audit_run,
-    audit_started,
     emit_json,
     examples,
     forks_option,
     load_inventory,
-    open_audit,
     pass_globals,
 )
+from infratool.cli.gitsync import git_options
 from infratool.errors import EXIT_CHANGES, EXIT_FAILED, InputError
 
 POLICY_HELP = "Rotation policy, relative to the flake repo [default: secrets/rotation.yaml]."
@@ -151,6 +149,7 @@ def _due_cell(row: dict[str, Any]) -> Any:
     help="Seconds to wait for another rotation holding the lock.",
 )
 @forks_option
+@git_options
 @click.option("--unattended", is_flag=True, hidden=True, help="Set by the timer.")
 @pass_globals
 def rotate(
@@ -164,6 +163,8 @@ def rotate(
     wait: float,
     forks: int,
     unattended: bool,
+    git_commit: bool | None,
+    git_push: bool | None,
 ) -> None:
     from infratool.rotation.kinds import all_kinds, call_with_options
 
@@ -203,32 +204,45 @@ def rotate(
             f"nothing rotates here: no rotation policy {inv.flake / (policy or DEFAULT_POLICY)} "
             "and no other kind of rotation configured (see docs/secrets-rotation.md)"
         )
-    _run_rotation(g, inv, tasks, dry_run=dry_run, yes=yes, forks=forks, unattended=unattended)
+    _run_rotation(
+        g,
+        inv,
+        tasks,
+        dry_run=dry_run,
+        yes=yes,
+        forks=forks,
+        unattended=unattended,
+        git=(git_commit, git_push),
+    )
 
 
 def _run_rotation(
     g: Globals,
     inv: Any,
-    tasks: list[Any],
+    tasks: list[Any] | Any,
     *,
     dry_run: bool,
     yes: bool,
     forks: int,
     unattended: bool,
     command: str = "secrets rotate",
+    git: tuple[bool | None, bool | None] = (None, None),
 ) -> None:
     """Plan, confirm and apply the rotation tasks (one per kind); exits with the run's code.
 
     Due ``prompt`` secrets that only a person can rotate are listed (and
     notified); with nothing else failing the exit code is then 2, not 0 or 1.
     """
+    from infratool.cli import gitsync
     from infratool.cli import output as render
+    from infratool.cli.sequence import report, run_sequence
     from infratool.options import RunOptions
     from infratool.playbook import Invocation, Playbook
     from infratool.rotation.notify import notify as send
     from infratool.runner import Runner, plan_exit_code
     from infratool.tasks.secrets_rotation import NEEDS_PERSON
 
+    tasks = tasks if isinstance(tasks, list) else [tasks]  # `host remove --rotate` passes one
     book = Playbook(
         path=tasks[0].source.file,
         name="secrets rotate",
@@ -240,29 +254,33 @@ def _run_rotation(
     )
     # Due `prompt` secrets only a person can rotate (the secret kind's task says which).
     people = [t for t in tasks if getattr(t, "needs_person", None) is not None]
-    open_audit(g)  # an unusable audit log is bad input: exit 3 before connecting
+    # A git fleet repo: refuse on a dirty secrets/ or a branch behind upstream (exit 3) before anything.
+    policed = next((t for t in tasks if hasattr(t, "state_file") and hasattr(t, "policy")), None)
+    repo = gitsync.begin(policed, *git) if not dry_run and policed is not None else None
     options = RunOptions(forks=forks, yes=yes, audit_log=g.audit_log, unattended=unattended)
-    out = render.console()
     progress = render.Progress(render.console(stderr=True), enabled=g.verbosity >= 0 and not g.json)
-    with Runner(inv, book, options, on_event=progress) as runner:
-        with progress:
-            the_plan = runner.plan()
-        if dry_run:
-            audit_run(g, f"{command} --dry-run", book, the_plan)
-            emit_json(the_plan.to_dict()) if g.json else render.plan(out, the_plan)
-            needs = any(_skipped(t) for t in people)
-            sys.exit(plan_exit_code(the_plan, detailed=False) or (EXIT_CHANGES if needs else 0))
-        if not g.json:
-            render.plan(out, the_plan)
-        if the_plan.changes and not yes and not click.confirm("Rotate these secrets?", default=False):
-            click.echo("Nothing rotated.", err=True)
-            sys.exit(EXIT_FAILED)
-        if the_plan.changes:
-            audit_started(g, command, book, the_plan)
-        with progress:
-            result = runner.apply(the_plan)
-    audit_run(g, command, book, the_plan, result)
-    emit_json(result.to_dict()) if g.json else render.results(out, result)
+    runner = Runner(inv, book, options, on_event=progress)
+    # The one run sequence of the CLI (plan, show, confirm, apply, audit).
+    try:
+        outcome = run_sequence(
+            g,
+            book,
+            runner,
+            command=command,
+            yes=yes,
+            question="Rotate these secrets?",
+            dry_run=dry_run,
+            before_apply=lambda: gitsync.start(repo),
+        )
+    except SystemExit:
+        _abandon(tasks)  # declined: what planning issued (Vault leases) goes back
+        raise
+    if dry_run:
+        _abandon(tasks)
+        needs = any([_skipped(t) for t in people])
+        sys.exit(plan_exit_code(outcome.plan, detailed=False) or (EXIT_CHANGES if needs else 0))
+    result = outcome.result
+    report(g, outcome)
     needs = False
     for task in people:
         if _skipped(task):
@@ -272,7 +290,20 @@ def _run_rotation(
                 "due",
                 f"{', '.join(task.needs_person)}: {NEEDS_PERSON} (infratool secrets set NAME)",
             )
-    sys.exit(result.exit_code or (EXIT_CHANGES if needs else 0))
+    git_code = gitsync.finish(repo)  # commit (and push) what the rotation changed
+    sys.exit(result.exit_code or git_code or (EXIT_CHANGES if needs else 0))
+
+
+run_rotation = _run_rotation
+"""Plan, confirm, apply rotation tasks (``host remove --rotate`` runs its plan through this)."""
+
+
+def _abandon(tasks: list[Any]) -> None:
+    """A plan that will not be applied: kinds return what planning issued (Vault leases)."""
+    for task in tasks:
+        abandon = getattr(task, "abandon", None)
+        if abandon is not None:
+            abandon()
 
 
 def _skipped(task: Any) -> bool:
@@ -300,8 +331,17 @@ def _skipped(task: Any) -> bool:
 )
 @click.option("--policy", metavar="FILE", help=POLICY_HELP)
 @forks_option
+@git_options
 @pass_globals
-def set_(g: Globals, name: str, from_stdin: bool, policy: str | None, forks: int) -> None:
+def set_(
+    g: Globals,
+    name: str,
+    from_stdin: bool,
+    policy: str | None,
+    forks: int,
+    git_commit: bool | None,
+    git_push: bool | None,
+) -> None:
     from infratool.secrets.secret import Secret
     from infratool.tasks.base import Source
     from infratool.tasks.secrets_rotation import DEFAULT_POLICY, RotateSecrets
@@ -345,7 +385,15 @@ def set_(g: Globals, name: str, from_stdin: bool, policy: str | None, forks: int
     task = RotateSecrets(args, source, inv)
     task.provide(name, value)
     _run_rotation(
-        g, inv, [task], dry_run=False, yes=True, forks=forks, unattended=False, command="secrets set"
+        g,
+        inv,
+        [task],
+        dry_run=False,
+        yes=True,
+        forks=forks,
+        unattended=False,
+        command="secrets set",
+        git=(git_commit, git_push),
     )
 
 
@@ -468,3 +516,9 @@ def recover_check(g: Globals) -> None:
         click.echo(f"error: the backup identity cannot recover: {', '.join(bad)}", err=True)
         sys.exit(EXIT_FAILED)
     click.echo(f"the backup identity recovers all {len(results)} secrets file(s)", err=True)
+
+
+# `secrets check` (drift) lives in its own module; registered here, in its group.
+from infratool.cli.drift import check as _drift_check  # noqa: E402
+
+secrets.add_command(_drift_check)

@@ -9,7 +9,12 @@ runs; every mistake is an :class:`InputError` pointing at ``file:line``.
     notify:                                  # optional; at least one of command/url
       command: "ntfy-send infra"             # run locally, the message on stdin
       url: "https://ntfy.sh/my-topic"        # HTTP POST of the message
-      events: [failure, due]                 # default: both
+      events: [failure, due, drift]          # default: all three
+
+    git:                                     # optional; when the repo is a git repository
+      commit: true                           # commit sops files + state after a rotation (default)
+      push: false                            # push to the branch's upstream (default false)
+      author: "infratool <infra@example.org>"  # default: git's own user.name/user.email
 
     secrets:
       postgres/app:                          # name = sops key path a/b/c
@@ -74,7 +79,8 @@ RESERVED_NAMES = ("_rotation", "sops")
 # A user or group name as useradd(8) and NixOS accept it, or a numeric id:
 # the value reaches a shell on the host (chown), so nothing else gets through.
 _ACCOUNT = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10}")
-NOTIFY_EVENTS = ("failure", "due")
+NOTIFY_EVENTS = ("failure", "due", "drift")
+_AUTHOR = re.compile(r"[^<>\n]+ <[^<>\s]+>")
 Part = Literal["value", "public"]
 
 
@@ -188,6 +194,16 @@ class Notify:
 
 
 @dataclass(frozen=True)
+class GitPolicy:
+    """What a rotation does in a fleet repo that is a git repository (rotation/git.py)."""
+
+    commit: bool = True
+    push: bool = False
+    author: str | None = None
+    """``Name <email>``; None: git's own ``user.name`` / ``user.email``."""
+
+
+@dataclass(frozen=True)
 class Policy:
     """A validated rotation policy."""
 
@@ -195,6 +211,7 @@ class Policy:
     root: Path
     secrets: dict[str, SecretPolicy]
     notify: Notify | None = None
+    git: GitPolicy = GitPolicy()
 
     def files(self) -> list[Path]:
         """Every sops file the policy touches, in first-use order."""
@@ -229,6 +246,7 @@ def parse_policy(
         _check_conflicts,
         _check_dependencies,
         _Ctx,
+        _git,
         _notify,
         _secret,
     )
@@ -242,15 +260,16 @@ def parse_policy(
             file=ctx.path,
             line=yamlsrc.line_of(data) or 1,
         )
-    ctx.keys(data, ("notify", "secrets"), "the policy")
+    ctx.keys(data, ("notify", "secrets", "git"), "the policy")
     notify = _notify(ctx, data["notify"], data) if data.get("notify") is not None else None
+    git = _git(ctx, data["git"], data) if data.get("git") is not None else GitPolicy()
     if "secrets" not in data:
         raise ctx.err("the policy needs 'secrets'", data)
     secrets = ctx.mapping(data["secrets"] or {}, "secrets", data, "secrets")
     found = {str(n): _secret(ctx, n, raw, secrets, base, host_names) for n, raw in secrets.items()}
     _check_conflicts(ctx, found, secrets)
     _check_dependencies(ctx, found, secrets)
-    return Policy(path=Path(path), root=base, secrets=found, notify=notify)
+    return Policy(path=Path(path), root=base, secrets=found, notify=notify, git=git)
 
 
 def load_policy(

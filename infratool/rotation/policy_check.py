@@ -18,6 +18,7 @@ from infratool import yamlsrc
 from infratool.errors import InputError
 from infratool.rotation.policy import (
     _ACCOUNT,
+    _AUTHOR,
     _NAME_PART,
     _PLACEHOLDER,
     _PLACEHOLDERS,
@@ -26,6 +27,7 @@ from infratool.rotation.policy import (
     Command,
     Consumer,
     FileTarget,
+    GitPolicy,
     Notify,
     SecretPolicy,
     parse_duration,
@@ -384,6 +386,18 @@ def _notify(ctx: _Ctx, raw: Any, parent: dict[Any, Any]) -> Notify:
     if not isinstance(events, list) or not events or any(e not in NOTIFY_EVENTS for e in events):
         raise ctx.err(f"notify: events must list some of {', '.join(NOTIFY_EVENTS)}", data, "events")
     return Notify(command, url, tuple(events))
+
+
+def _git(ctx: _Ctx, raw: Any, parent: dict[Any, Any]) -> GitPolicy:
+    data = ctx.mapping(raw, "git", parent, "git")
+    ctx.keys(data, ("commit", "push", "author"), "git")
+    for key in ("commit", "push"):
+        if key in data and not isinstance(data[key], bool):
+            raise ctx.err(f"git: {key} must be true or false", data, key)
+    author = ctx.string(data, "author", "git")
+    if author is not None and not _AUTHOR.fullmatch(author):
+        raise ctx.err(f"git: author must look like 'Name <email>', got {author!r}", data, "author")
+    return GitPolicy(data.get("commit", True), data.get("push", False), author)
 
 
 def _check_conflicts(ctx: _Ctx, found: dict[str, SecretPolicy], secrets: dict[Any, Any]) -> None:

@@ -216,6 +216,13 @@ def _retire(spec: Mapping[str, Any], lease_id: Secret) -> str | None:
     return None
 
 
+def return_leases(specs: list[Mapping[str, Any]]) -> None:
+    """Revoke leases issued for values that will never be used (best effort, logged)."""
+    for spec in specs:
+        if problem := _retire(spec, spec["pending_lease"]):
+            _log.warning("could not revoke the unused new lease", secret=spec["name"], error=problem)
+
+
 def retire_previous(secrets_dir: str, file: str, specs: list[Mapping[str, Any]]) -> str:
     """Revoke the previous leases waiting in sops; drop each once revoked; a summary."""
     store = engine.store_for(secrets_dir)
@@ -270,8 +277,7 @@ def discarded(
         if spec["unit"] not in keys:
             continue
         # The pending lease left sops with the value; the plan carried its id.
-        if problem := _retire(spec, spec["pending_lease"]):
-            _log.warning("could not revoke the unused new lease", secret=spec["name"], error=problem)
+        return_leases([spec])
     if notify is not None:
         from types import SimpleNamespace
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from infratool.changes import Change
-from infratool.errors import SecretsError
+from infratool.errors import InfratoolError, SecretsError
 from infratool.rotation import engine, state
 from infratool.rotation.policy import Command, Consumer, Notify, Policy, SecretPolicy, render_template
 from infratool.rotation.secret import (
@@ -26,6 +26,7 @@ from infratool.rotation.secret import (
     pending_lease_key,
     previous_key,
     retire_key,
+    return_leases,
     state_key,
 )
 from infratool.secrets import generators
@@ -40,6 +41,8 @@ class Planner:
         self.held = dict(held)
         """The sops file's values as planned on (decrypted once)."""
         self.provided = provided
+        self.issued: list[dict[str, Any]] = []
+        """Leases issued while planning (``pending_lease`` each): returned if the plan is never applied."""
 
     def unit(self, group: Group, st: state.RotationState) -> tuple[engine.Unit, dict[str, Secret], dict]:
         """The unit of ``group``, the values it rotates to (by name), and lease facts for hooks."""
@@ -58,6 +61,7 @@ class Planner:
                 made = self._generate(spec, pending)
                 staged[pending_key(spec.key)] = made.value
                 if made.lease is not None:
+                    self.issued.append({**_retire_spec(spec), "pending_lease": made.lease.id})
                     staged[pending_lease_key(spec.key)] = made.lease.id
                     expect[pending_lease_key(spec.key)] = self.held.get(pending_lease_key(spec.key))
                     ttls[spec.name] = made.lease.ttl
@@ -226,17 +230,28 @@ def build(
     st: state.RotationState,
     task: str,
     lock_wait: float | None,
+    issued: list[dict[str, Any]] | None = None,
 ) -> engine.Rotation:
-    """The engine rotation of ``groups`` (all in sops file ``file``), with per-host changes."""
+    """The engine rotation of ``groups`` (all in sops file ``file``), with per-host changes.
+
+    ``issued`` collects the leases (Vault) issued to plan it: the caller
+    returns them if the plan is not applied (a dry run, a "no").
+    """
     planner = Planner(policy, held, provided)
     units, values, ttls, retire, leases = [], {}, {}, [], []
-    for g in groups:
-        unit, pending, facts = planner.unit(g, st)
-        units.append(unit)
-        values[unit.key] = pending
-        ttls.update(facts["ttls"])
-        retire += facts["retire"]
-        leases += facts["leases"]
+    try:
+        for g in groups:
+            unit, pending, facts = planner.unit(g, st)
+            units.append(unit)
+            values[unit.key] = pending
+            ttls.update(facts["ttls"])
+            retire += facts["retire"]
+            leases += facts["leases"]
+    except InfratoolError:
+        return_leases(planner.issued)  # nothing was stored: what was issued goes back
+        raise
+    if issued is not None:
+        issued += planner.issued
     current = current_values(held, policy.secrets)
     new_effect = {**current, **{n: v for p in values.values() for n, v in p.items()}}
     hosts = sorted({c.host for g in groups for m in g.members for c in m.consumers})
@@ -330,3 +345,26 @@ def _notify_args(target: Notify | None) -> dict[str, Any] | None:
     if target is None:
         return None
     return {"command": target.command, "url": target.url, "events": list(target.events)}
+
+
+def check_current(
+    host: Any,
+    spec: SecretPolicy,
+    consumer: Consumer,
+    values: Mapping[str, Secret],
+    specs: Mapping[str, SecretPolicy],
+) -> str | None:
+    """One consumer's verify with the **current** value of ``values`` (drift check); rotates nothing.
+
+    The same command and the same stdin as a rotation's verify (``{NAME}`` of
+    a ``from:`` secret is its current value too). ``"HOST: problem"``, or ``None``.
+    """
+    if consumer.verify is None:
+        return None
+    payload, public = _value_for(spec, consumer, values[spec.key])
+    stdin = _stdin(spec, consumer.verify, payload, public, current_values(values, specs))
+    res = host.run(consumer.verify.run, stdin=stdin, check=False, what=f"verify {spec.name}")
+    if res.ok:
+        return None
+    detail = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.exited}"
+    return f"{consumer.host}: {detail}"

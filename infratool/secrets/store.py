@@ -240,6 +240,10 @@ class SopsStore:
                 found.append(r)
         return found
 
+    def loaded(self) -> list[Path]:
+        """The files this store has decrypted so far (what a plan read of the repo's secrets)."""
+        return list(self._cache)
+
     # --- writing ---------------------------------------------------------------
 
     def set(self, file: str | Path, key: str, value: Secret) -> None:
@@ -327,6 +331,34 @@ class SopsStore:
         """Re-encrypt ``file``'s data key for the recipients in ``.sops.yaml`` (``updatekeys -y``)."""
         path = self._existing(file)
         self._run(["updatekeys", "-y", "--input-type", "yaml", str(path)], path)
+
+    def rotate_data_key(self, file: str | Path, remove_age: tuple[str, ...] = ()) -> None:
+        """New data key for ``file`` (``sops rotate``), dropping the ``remove_age`` recipients.
+
+        A recipient that read the file before keeps nothing that opens the new
+        ciphertext (``updatekeys`` alone keeps the data key it may have kept).
+        sops edits a copy beside the file, renamed into place, as in :meth:`set`.
+        """
+        path = self._existing(file)
+        args = ["rotate", "--input-type", "yaml", "--output-type", "yaml", "--in-place"]
+        if remove_age:
+            args += ["--rm-age", ",".join(remove_age)]
+        st = path.stat()
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(path.read_bytes())  # ciphertext: safe to copy
+                os.fchmod(fh.fileno(), st.st_mode & 0o7777)
+            self._run([*args, tmp], path)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        fsync_dir(path.parent)
+        self.invalidate(path)
 
     # --- internals ---------------------------------------------------------------
 

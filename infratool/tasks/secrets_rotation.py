@@ -109,6 +109,12 @@ class RotateSecrets(Task):
         super().__init__(args, source, inventory)
         self.provided = {}
         self.needs_person = []
+        self.issued: list[dict[str, Any]] = []
+
+    def abandon(self) -> None:
+        """The plan will not be applied (dry run, not confirmed): return the leases it issued."""
+        secret.return_leases(self.issued)
+        self.issued = []
 
     def validate(self) -> None:
         root = self.inventory.flake
@@ -247,7 +253,7 @@ class RotateSecrets(Task):
             try:
                 rot = secret_plan.build(
                     self.policy, str(file), secrets_dir, groups, held, self.provided, st, self.name,
-                    self.args["lock_wait"],
+                    self.args["lock_wait"], self.issued,
                 )  # fmt: skip
             except InfratoolError as exc:
                 # Nothing is stored at plan time: the file's secrets wait for the next run.

@@ -184,6 +184,15 @@ def _fresh_process() -> None:
     engine._STORES.clear()
 
 
+def _plain(value: Any) -> bool:
+    """Only what a plan file may hold: str, int, float, bool, None, bytes, Secret, lists, str-keyed dicts."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, str | int | float | bool | bytes | Secret)
+
+
 def plan(world: World, **args: Any) -> list[Change]:
     inv = load_inventory(world.root / "hosts.yaml")
     task = SecretKind().rotate_task(
@@ -241,6 +250,7 @@ def test_the_plan_lists_per_host_deliver_and_verify_changes(world: World) -> Non
     assert ops.index("rotation.settle") > max(i for i, o in enumerate(ops) if o == "rotation.secret.verify")
     # Data only: every change is an action plus args, and the new value travels as a Secret.
     assert all(c.is_data for c in changes)
+    assert all(_plain(c.args) for c in changes), "args a plan file can store: plain data and Secrets"
     begin = next(c for c in changes if c.op == "rotation.begin")
     new = begin.args["units"][0]["pending"]["_rotation/pending/db/pw"]
     assert isinstance(new, Secret) and new.reveal() not in repr(changes) + "".join(c.diff for c in changes)
@@ -372,3 +382,36 @@ def test_status_lists_every_kind_with_age_and_due(world: World) -> None:
     )
     assert row["age_seconds"] < 60
     assert "secret" in [k.name for k in all_kinds()]
+
+
+def test_leases_issued_by_a_plan_that_is_not_applied_are_returned(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Values are made at plan time; a lease-bearing one (Vault) goes back when the plan is dropped."""
+    from infratool.secrets import generators
+
+    issued, revoked = [], []
+
+    def make(params: dict, ctx: generators.GenContext) -> generators.Generated:
+        lease = generators.Lease(Secret(f"lease-{len(issued)}"), 3600)
+        issued.append(lease.id.reveal())
+        return generators.Generated(Secret(f"value-{len(issued)}"), lease=lease)
+
+    leased = generators.Generator(
+        "leased", "test stand-in for vault", make, retire=lambda p, lease: revoked.append(lease.id.reveal())
+    )
+    monkeypatch.setitem(generators.GENERATORS, "leased", leased)
+    (world.root / "secrets" / "rotation.yaml").write_text(
+        POLICY.replace("generator: hex\n    params: {bytes: 16}", "generator: leased")
+    )
+    inv = load_inventory(world.root / "hosts.yaml")
+    task = SecretKind().rotate_task(inv, ["api/token"], due=False, force=True, lock_wait=0)
+    ctx = PlanContext(hosts=world.hosts, local=LocalContext(inv.flake), inventory=inv,  # type: ignore[arg-type]
+                      options=RunOptions(), state={"sops": world.store})  # fmt: skip
+    task.plan(ctx)
+    assert issued == ["lease-0"] and revoked == []
+    task.abandon()  # a dry run, or "no" at the prompt
+    assert revoked == ["lease-0"]
+    # Applied, the lease is kept (it is the new value's), and stored as the current lease.
+    assert rotate(world, names=["api/token"]) == {}
+    assert revoked == ["lease-0"] and world.values()["_rotation/lease/api/token"] == "lease-1"

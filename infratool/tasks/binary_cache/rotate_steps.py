@@ -25,7 +25,7 @@ from infratool.tasks.binary_cache.client import check_client, plan_client, plan_
 from infratool.tasks.binary_cache.keys import CURRENT, NEXT, Keys
 from infratool.tasks.binary_cache.server import key_file_changes
 from infratool.tasks.binary_cache.spec import CacheSpec
-from infratool.tasks.nix_settings import generated_path, local_file_change
+from infratool.tasks.lib.local import generated_path, local_file_change
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from infratool.tasks.binary_cache import scripts
 from infratool.tasks.binary_cache.install import file_changes
 from infratool.tasks.binary_cache.keys import CURRENT, NEXT, SOPS_FILE, Keys, key_name, load_keys, public_key
 from infratool.tasks.binary_cache.spec import CACHE_PARAMS, NIX_CONF, CacheSpec, cache_spec, validate_server
-from infratool.tasks.nix_settings import generated_path, local_file_change
+from infratool.tasks.lib.local import generated_path, local_file_change
 
 PORT_FACT = "ss -Hltn"
 

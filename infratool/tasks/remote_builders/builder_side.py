@@ -13,8 +13,8 @@ from infratool.changes import Change
 from infratool.context import HostContext
 from infratool.errors import HostError
 from infratool.facts import FACTS, FactRequest
-from infratool.tasks.files import file_changes
-from infratool.tasks.nix_settings import edit_conf
+from infratool.tasks.lib.files import file_changes
+from infratool.tasks.lib.nixconf import edit_conf
 from infratool.tasks.remote_builders import filetext as render
 from infratool.tasks.remote_builders.common import (
     DAEMON_RUNNING,

@@ -38,8 +38,9 @@ from infratool.rotation.policy import parse_duration
 from infratool.rotation.state import SecretState
 from infratool.secrets.store import SopsStore
 from infratool.tasks.base import Param, PlanContext, register
-from infratool.tasks.files import file_changes
-from infratool.tasks.nix_settings import edit_conf, generated_path, local_file_change
+from infratool.tasks.lib.files import file_changes
+from infratool.tasks.lib.local import generated_path, local_file_change
+from infratool.tasks.lib.nixconf import edit_conf
 from infratool.tasks.remote_builders import builder_side, rotation, spec
 from infratool.tasks.remote_builders import filetext as render
 from infratool.tasks.remote_builders.common import (

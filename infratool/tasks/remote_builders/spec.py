@@ -14,7 +14,7 @@ from typing import Any
 
 from infratool.inventory import Host, Inventory
 from infratool.tasks.base import Param, Source
-from infratool.tasks.files import check_abs_path
+from infratool.tasks.lib.checks import check_abs_path
 
 SECRETS_FILE = "remote-builders.yaml"
 """The sops file holding every client's builder key, relative to ``<flake>/secrets``."""
