@@ -14,7 +14,7 @@ import re
 
 import yaml
 from cryptography.hazmat.primitives import serialization
-from helpers import ROOT
+from helpers import PLAYBOOKS, ROOT
 
 PLUGINS = {"PYTHONPATH": str(ROOT / "tests" / "plugins"), "INFRATOOL_TEST_PLUGINS": "1"}
 
@@ -195,3 +195,20 @@ def test_a_check_is_shown_verified_and_not_planned_once_converged(lab, cli, tmp_
     assert failing.returncode == 1 and "check failed" in failing.stdout, failing.stdout
     replanned = cli("-i", inv, "plan", book, "--limit", "snix", "--detailed-exitcode")
     assert replanned.returncode == 2 and "0 change(s), 1 check(s)" in replanned.stdout
+
+
+def test_builder_keys_shown_in_a_saved_plan_are_the_keys_authorized(fleet, cli, tmp_path):
+    """The issue's case: `plan remote-builders.yaml` showed one key and the run stored another."""
+    inv = fleet.inventory_path
+    plan_file = tmp_path / "builders.plan.json"
+    planned = cli("-i", inv, "plan", PLAYBOOKS / "remote-builders.yaml", "-o", plan_file)
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    shown = dict(re.findall(r"generate builder key of (\S+) \(ssh-ed25519 (\S+)\)", planned.stdout))
+    assert sorted(shown) == ["brix", "nixtv-player", "slax"], planned.stdout
+    applied = cli("-i", inv, "apply", plan_file, "--yes")
+    assert applied.returncode == 0, applied.stdout[-3000:] + applied.stderr[-3000:]
+    authorized = fleet.host("snix").path("/var/lib/nixremote/.ssh/authorized_keys").read_text()
+    for client, blob in shown.items():
+        assert blob in authorized, f"{client}'s key shown in the plan is not the key authorized"
+    text = plan_file.read_text()
+    assert "PRIVATE KEY" not in text and "ENC[AES256_GCM" in text  # private keys sealed
