@@ -205,7 +205,7 @@ def host_add(
 
     if rotate and not replace:
         raise InputError("--rotate goes with --replace (a new host has no old key to revoke)")
-    _check_rotate(g, rotate)
+    _check_rotate(g, rotate, without=None)
 
     request = HostRequest(
         name=name,
@@ -263,7 +263,7 @@ def host_remove(g: Globals, name: str, yes: bool, rotate: bool) -> None:
     from infratool.inventory import resolve_path
     from infratool.onboard import remove_host
 
-    _check_rotate(g, rotate)
+    _check_rotate(g, rotate, without=name)
     path = resolve_path(g.inventory)
     if not yes and not _ask(f"Remove {name} from {path} and its secrets' recipients?"):
         raise RefusedError(f"{name} not removed (not confirmed; --yes to skip the question)")
@@ -276,13 +276,32 @@ def host_remove(g: Globals, name: str, yes: bool, rotate: bool) -> None:
         _rotate_revoked(g, result, without=name, command="host remove --rotate")
 
 
-def _check_rotate(g: Globals, rotate: bool) -> None:
-    """--rotate prints its own run (plan, results): not mixed into one JSON document."""
-    if rotate and g.json:
+def _check_rotate(g: Globals, rotate: bool, without: str | None) -> None:
+    """Refuse a --rotate that could not run, before the host change touches anything (exit 3).
+
+    --rotate prints its own run (plan, results): not mixed into one JSON
+    document. The policy it will run with (``without``'s consumers left out)
+    must be valid against the inventory as it will be.
+    """
+    if not rotate:
+        return
+    if g.json:
         raise InputError(
             "--rotate cannot be combined with --json: run the host command with --json, "
             "then `infratool --json secrets rotate NAME...` with the names it lists"
         )
+    from infratool.cli.common import load_inventory
+    from infratool.onboard.revoke import rotation_policy_data
+    from infratool.rotation.policy import parse_policy
+    from infratool.tasks.secrets_rotation import DEFAULT_POLICY
+
+    inv = load_inventory(g)
+    policy = inv.flake / DEFAULT_POLICY
+    if not policy.is_file():
+        return  # nothing to rotate: the host command says so
+    data = rotation_policy_data(policy, without)
+    names = set(inv.names) - {without}
+    parse_policy({k: data[k] for k in ("secrets", "notify") if k in data}, policy, names, root=inv.flake)
 
 
 def _rotate_revoked(g: Globals, result, without: str | None, command: str) -> None:

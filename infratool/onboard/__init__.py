@@ -309,10 +309,11 @@ def add_host(inventory_path: Path, request: HostRequest, confirm: Callable[[str,
     revocation = None
     if config.is_file():
         store = _store(secrets_dir)
+        # Computed first: a config it cannot edit is bad input before any file changes.
+        new_config = edit_sops_config(config.read_text(), config, name, recipient, old_recipients)
         if old_recipients:
             # The old key may have leaked with the old disk: new data keys without it first.
             revocation = _revoke(store, secrets_dir, name, old_recipients)
-        new_config = edit_sops_config(config.read_text(), config, name, recipient, old_recipients)
         reencrypted = apply_sops_config(store, new_config)
     else:
         notes.append(f"no {config}: host pinned, no secrets enrolment")
@@ -376,9 +377,10 @@ def remove_host(inventory_path: Path, name: str) -> HostResult:
     revocation = None
     if enrolled:
         store = _store(secrets_dir)
+        # Computed first: a config it cannot edit is bad input before any file changes.
+        new_config = edit_sops_config(config.read_text(), config, name, None, recipients)
         # New data keys without the host first (a crash leaves it enrolled: rerun finishes).
         revocation = _revoke(store, secrets_dir, name, recipients)
-        new_config = edit_sops_config(config.read_text(), config, name, None, recipients)
         reencrypted = apply_sops_config(store, new_config)
     new_text = text
     if entry is not None:

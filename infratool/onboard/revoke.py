@@ -29,6 +29,7 @@ from typing import Any
 
 from infratool import yamlsrc
 from infratool.errors import InputError
+from infratool.faults import fault_point
 from infratool.onboard.sopsrules import COMMON_REGEX, host_regex, sops_files
 
 
@@ -92,6 +93,7 @@ def rotate_data_keys(store: Any, files: Sequence[Path], recipients: Sequence[str
         if set(recipients) & set(store.recipients(path)):
             store.rotate_data_key(path, tuple(r for r in recipients if r in store.recipients(path)))
             done.append(path)
+            fault_point("data-key-rotated")  # chaos tests: killed between two files
     return done
 
 

@@ -21,7 +21,7 @@ import shlex
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from infratool.errors import CommandFailed
+from infratool.errors import CommandFailed, InfratoolError
 from infratool.secrets.secret import Secret
 
 CHUNK = 256 * 1024
@@ -150,8 +150,9 @@ class Payload:
                     yield chunk
                 if left == 0 or self.problem:
                     break
-        except OSError as exc:
-            self.problem = (index, f"cannot read {content.label}: {exc.strerror or exc}")
+        except (OSError, ValueError, InfratoolError) as exc:  # a template that is not UTF-8, say
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            self.problem = (index, f"cannot read {content.label}: {reason}")
         if left:
             # The script reads exactly `size` bytes: pad, then refuse with the end line.
             self.problem = self.problem or (
@@ -203,6 +204,11 @@ cleanup() {
 
 _PUT_FUNCTION = r"""NL='
 '
+get() {  # exactly $1 bytes of stdin into f, fsynced before it can be renamed into place
+  # GNU dd with count_bytes never reads past its count (the next file's
+  # content stays on stdin) and, with conv=fsync, spares a `sync` process.
+  dd bs=65536 count="$1" iflag=count_bytes,fullblock of=f conv=fsync status=none
+}
 w() {  # path size mode|- owner|- expect|-
   set -e
   p=$1 t= f=
@@ -231,14 +237,13 @@ w() {  # path size mode|- owner|- expect|-
   # A mode of read/write bits only is given at creation by the umask
   # (0666 & ~umask), saving a chmod; any other is set by chmod.
   case $m in
-    [0246][0246][0246]) x=${m#?}; umask "$((7 - ${m%??}))$((7 - ${x%?}))$((7 - ${m#??}))"; head -c "$2" > f ;;
-    *) umask 077; head -c "$2" > f; chmod "$m" f ;;
+    [0246][0246][0246]) x=${m#?}; umask "$((7 - ${m%??}))$((7 - ${x%?}))$((7 - ${m#??}))"; get "$2" ;;
+    *) umask 077; get "$2"; chmod "$m" f ;;
   esac
   IFS= read -r end
   [ -z "$end" ] || err "content cut short: nothing written"
   if [ "$4" != - ]; then chown -h -- "$4" f
   elif [ -n "$ref" ] && { [ "$7" != 0:0 ] || [ -g .. ]; }; then chown -h -- "$7" f; fi
-  sync -- f 2>/dev/null || :
   if [ "$5" != - ]; then
     if [ -L "../$n" ]; then now=L
     elif [ -f "../$n" ]; then now=$(sha256sum < "../$n"); now=${now%% *}
@@ -288,8 +293,8 @@ def put_files_script(writes: Sequence[FileWrite], sizes: Sequence[int]) -> str:
     """The script :meth:`Remote.put_files` runs: one subshell per file, "ok" after each.
 
     Each write runs in its own subshell so that ``set -e`` and the temp-file
-    trap apply to it alone; GNU ``head -c`` never reads past its count, so
-    the next file's content stays on stdin.
+    trap apply to it alone; GNU ``dd`` with ``iflag=count_bytes`` never
+    reads past its count, so the next file's content stays on stdin.
     """
     lines = [_WALK_FUNCTION, _PUT_FUNCTION]
     for w, size in zip(writes, sizes, strict=True):

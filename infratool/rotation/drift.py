@@ -21,10 +21,10 @@ from typing import Literal
 
 from infratool.context import HostContext
 from infratool.errors import InfratoolError
-from infratool.rotation import state
-from infratool.rotation.engine import Rotator, pending_key
 from infratool.rotation.lock import rotation_lock
 from infratool.rotation.policy import Consumer, Policy, SecretPolicy
+from infratool.rotation.secret import pending_key
+from infratool.rotation.secret_plan import check_current
 from infratool.secrets.secret import REDACTOR
 from infratool.secrets.store import SopsStore
 
@@ -121,12 +121,10 @@ def _check_file(
                 work.setdefault(consumer.host, []).append((key, spec, consumer))
 
     def run_host(items: list[tuple[tuple[int, int], SecretPolicy, Consumer]]) -> None:
-        # One Rotator per thread: it keeps the values in effect for derived secrets' stdin.
-        state_file = state.state_path(policy.root / "secrets")  # never written by a check
-        rotator = Rotator(store, state_file, dict(hosts), specs=policy.secrets, cwd=policy.root)
         for key, spec, consumer in items:
             try:
-                problem = rotator.check_current(spec, consumer, values)  # type: ignore[arg-type]
+                host = hosts[consumer.host]
+                problem = check_current(host, spec, consumer, values, policy.secrets)  # type: ignore[arg-type]
             except InfratoolError as exc:
                 problem = f"{consumer.host}: {exc}"
             if problem is None:

@@ -368,11 +368,14 @@ def _generations(text: str) -> dict[str, tuple[int, str]]:
         data = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         return {}
-    secrets = data.get("secrets") if isinstance(data, dict) else None
+    # Version 2 keys every kind `kind/name` under `rotations`; version 1 had `secrets` by name.
+    v2 = isinstance(data, dict) and "rotations" in data
+    secrets = (data.get("rotations") if v2 else data.get("secrets")) if isinstance(data, dict) else None
     if not isinstance(secrets, dict):
         return {}
     out = {}
     for name, entry in secrets.items():
+        shown = str(name).removeprefix("secret/") if v2 else str(name)
         if isinstance(entry, dict) and isinstance(entry.get("generation", 0), int):
-            out[str(name)] = (int(entry.get("generation") or 0), str(entry.get("status") or ""))
+            out[shown] = (int(entry.get("generation") or 0), str(entry.get("status") or ""))
     return out

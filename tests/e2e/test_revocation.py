@@ -196,3 +196,36 @@ def test_host_add_replace_revokes_the_old_key_and_rotates_to_the_new_machine(enr
     # The reinstalled machine got the new value and its service accepts it.
     assert lab.host("slax").path("/var/lib/tokend/token").read_text() == token
     # (Its verify — curl with the token against tokend on slax — ran inside the rotation: exit 0.)
+
+
+def test_host_remove_killed_between_two_files_converges_on_the_next_run(enrolled, cli, tmp_path):
+    lab = enrolled
+    secrets = lab.flake_dir / "secrets"
+    slax = host_identity(lab, "slax")
+    home = tmp_path / "home"
+    home.mkdir()
+    crashed = cli(
+        "-i",
+        lab.inventory_path,
+        "host",
+        "remove",
+        "slax",
+        "--yes",
+        env={"INFRATOOL_FAULT": "data-key-rotated"},
+    )
+    assert crashed.returncode == -9, crashed.stdout + crashed.stderr
+    # Killed after the first file: one file done, the other still readable by slax, slax still enrolled.
+    readable = [f.name for f in sops_files(secrets) if decrypt_as(slax, f, home).returncode == 0]
+    assert len(readable) == 1 and "slax" in (secrets / ".sops.yaml").read_text()
+
+    again = cli("-i", lab.inventory_path, "host", "remove", "slax", "--yes")
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out
+    # Only the file the first run did not reach gets its new data key now.
+    rotated = [ln.rsplit("/", 1)[-1] for ln in out.splitlines() if "new data key (sops rotate)" in ln]
+    assert rotated == readable
+    # The plan still names what the first run's file held: the values slax could read then.
+    assert "tokend/token: slax held its value" in out and "common/api: slax could decrypt" in out
+    for f in sops_files(secrets):
+        assert decrypt_as(slax, f, home).returncode != 0, f
+    assert "slax" not in yaml.safe_load((lab.inventory_path).read_text())["hosts"]
