@@ -278,7 +278,10 @@ def test_push_paths_and_flake_outputs_signed_once(fleet, cli, tmp_path):
         and "push paths 1-1 of 2" in first.stdout
         and "push paths 2-2 of 2" in first.stdout
     )
-    pushed = ok(cli("-i", inv, "run", pb, "--yes"))
+    # Through a saved plan: the push actions apply from their args, in another process.
+    saved = tmp_path / "push.plan.json"
+    ok(cli("-i", inv, "plan", pb, "-o", saved))
+    pushed = ok(cli("-i", inv, "apply", saved, "--yes"))
     assert any(what.startswith("push paths 2-2 of 2") for _, what in applying(pushed)), pushed.stderr
     assert cli("-i", inv, "plan", pb, "--detailed-exitcode").returncode == 0
 

@@ -315,6 +315,34 @@ def test_backup_wipe_restore_is_bit_for_bit_and_never_leaks(sb, cli, made_keys, 
     assert (keys / "keys/db/db.key").read_bytes() == b"someone else's key\n"
 
 
+def test_saved_plans_create_back_up_and_restore_keys_in_a_fresh_process(sb, cli, tmp_path):
+    """`plan -o` then `apply`: the Secure Boot actions work from their args alone, in another process."""
+    inv = sb.inventory_path
+    saved = tmp_path / "keys.plan.json"
+    ok(cli("-i", inv, "plan", PLAYBOOK, "--limit", "snix", "-o", saved))
+    assert sb.host("snix").path(f"{KEYDIR}/keys/PK/PK.key").exists() is False
+    applied = ok(cli("-i", inv, "apply", saved, "--yes"))
+    keys = sb.host("snix").path(KEYDIR)
+    before = digests(keys, keys_only=True)
+    assert len(before) == 7, applied.stdout
+    backup = SopsStore(sb.flake_dir / "secrets").read("secureboot/snix.yaml")
+    assert backup, "no backup written"
+    assert cli("-i", inv, "plan", PLAYBOOK, "--limit", "snix", "--detailed-exitcode").returncode == 0
+
+    key_pem = (keys / "keys/db/db.key").read_bytes()
+    shutil.rmtree(keys)  # the disk is lost
+    book = tmp_path / "restore.yaml"
+    book.write_text("tasks:\n  - task: secureboot.restore\n")
+    restore_plan = tmp_path / "restore.plan.json"
+    ok(cli("-i", inv, "plan", book, "--limit", "snix", "-o", restore_plan))
+    text = restore_plan.read_text()
+    assert "secureboot.restore" in text
+    for canary in (key_pem.decode().splitlines()[5], base64.b64encode(key_pem).decode()[100:160]):
+        assert canary not in text  # the action reads the backup again when it applies
+    ok(cli("-i", inv, "apply", restore_plan, "--yes"))
+    assert digests(keys, keys_only=True) == before
+
+
 # ---------------------------------------------------------------- enrollment
 
 

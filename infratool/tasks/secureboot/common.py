@@ -45,7 +45,8 @@ PKI_BUNDLE = Param(
 
 SBCTL_MISSING = (
     "sbctl is not installed (no `sbctl` on PATH): add pkgs.sbctl to environment.systemPackages "
-    "(the module secureboot.lanzaboote generates does)"
+    "and deploy, or leave the host out (--limit '!HOST'); the lanzaboote module adds it too, but is "
+    "generated only for a host that has keys"
 )
 
 

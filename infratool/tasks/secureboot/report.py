@@ -3,7 +3,7 @@
 Verdicts, in the order the journey meets them (docs/secure-boot.md)::
 
     unreachable          the host could not be reached (or refused its host key)
-    sbctl-missing        install sbctl (the generated lanzaboote module does)
+    sbctl-missing        install sbctl (pkgs.sbctl), or leave the host out
     no-uefi              not booted with UEFI: Secure Boot is impossible
     keys-unclear         keys are incomplete, or two directories hold different keys
     needs-keys           secureboot.create_keys
@@ -34,7 +34,10 @@ from infratool.tasks.secureboot.keyfiles import is_private
 
 NEXT_STEPS = {
     "unreachable": "bring the host back (see `infratool hosts --check`)",
-    "sbctl-missing": "install sbctl (pkgs.sbctl; the module secureboot.lanzaboote generates adds it)",
+    "sbctl-missing": (
+        "install sbctl (pkgs.sbctl in environment.systemPackages, then deploy), or leave the host out "
+        "of the Secure Boot steps (--limit '!{host}')"
+    ),
     "no-uefi": "none: the host is not booted with UEFI, so Secure Boot is impossible",
     "keys-unclear": "look at the key directories (see detail), then back up or restore",
     "needs-keys": "run playbooks/secureboot.yaml (secureboot.create_keys)",
