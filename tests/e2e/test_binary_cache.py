@@ -504,6 +504,28 @@ def test_secrets_status_shows_the_cache_and_builder_keys_and_secrets_rotate_rota
     assert cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode").returncode == 0
 
 
+def test_a_saved_rotation_plan_installs_the_key_it_shows(fleet, cli, tmp_path):
+    """``plan -o`` of a cache key rotation shows the next key; ``apply`` in another process installs it."""
+    lab, inv = fleet, fleet.inventory_path
+    ok(cli("-i", inv, "run", PLAYBOOK, "--yes"))
+    rotate = write(
+        tmp_path,
+        "rotate.yaml",
+        "tasks:\n  - task: binary_cache.rotate_key\n"
+        "    with: {server: snix, name: snix-cache, clients: [slax, brix, nixtv-player], generation: 2}\n",
+    )
+    saved = tmp_path / "plan.json"
+    planned = json.loads(ok(cli("-i", inv, "--json", "plan", rotate, "-o", saved)).stdout)
+    [begin] = [c for c in planned["changes"] if c["description"].startswith("start key rotation")]
+    shown = begin["diff"].removeprefix("+ next public key ")
+    assert shown.startswith("snix-cache-2:")
+    assert sops_keys(lab).get("next-secret-key") is None  # planning stored nothing
+    ok(cli("-i", inv, "apply", saved, "--yes"))
+    keys = sops_keys(lab)
+    assert public_key(Secret(keys["secret-key"])) == shown and "next-secret-key" not in keys
+    assert lab.host("snix").path(KEY_FILE).read_text() == keys["secret-key"]
+
+
 def test_crash_right_after_storing_the_next_key_resumes_in_the_site_playbook(fleet, cli):
     """The run that stored next-secret-key died before its phase marker: the normal playbook resumes it."""
     lab, inv = fleet, fleet.inventory_path

@@ -243,6 +243,26 @@ def test_the_key_a_plan_shows_is_the_key_installed_when_applied_from_data(fleet)
         ok_bytes(ping(lab, client))
 
 
+def test_a_saved_plan_installs_the_keys_it_shows(fleet, cli, tmp_path):
+    """The must-show through the CLI: ``plan -o`` shows new keys; ``apply`` in another process installs them."""
+    lab, inv = fleet, fleet.inventory_path
+    saved = tmp_path / "plan.json"
+    planned = json.loads(ok(cli("-i", inv, "--json", "plan", PLAYBOOK, "-o", saved)).stdout)
+    shown = {}
+    for change in planned["changes"]:
+        found = re.match(r"generate builder key of (\S+) \((ssh-ed25519 \S+)\)", change["description"])
+        if found:
+            shown[found[1]] = found[2]
+    assert sorted(shown) == sorted(CLIENTS)
+    ok(cli("-i", inv, "apply", saved, "--yes"))
+    stored = stored_keys(lab)
+    for client in CLIENTS:
+        assert render.key_blob(public_from_private(stored[client])) == shown[client]
+        assert [render.line_key(line) for line in managed_keys(lab)[client]] == [shown[client]]
+        installed = lab.host(client).path(KEY).read_text()
+        assert render.key_blob(public_from_private(installed)) == shown[client]
+
+
 def test_rotation_revokes_old_keys_and_removed_clients_lose_theirs(fleet, cli, tmp_path):
     lab, inv = fleet, fleet.inventory_path
     ok(cli("-i", inv, "run", PLAYBOOK, "--yes"))
