@@ -358,13 +358,6 @@ class Rotator:
         detail = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.exited}"
         return f"{consumer.host}: {detail}"
 
-    def check_current(
-        self, spec: SecretPolicy, consumer: Consumer, values: Mapping[str, Secret]
-    ) -> str | None:
-        """One consumer's verify with the **current** value of ``values`` (drift check); rotates nothing."""
-        self._in_effect = current_values(values, self.specs)
-        return self.check(spec, consumer, values[spec.key])
-
     def _stdin(self, spec: SecretPolicy, command: Command, payload: Secret, public: str | None) -> Secret:
         """A command's stdin; for a derived secret ``{NAME}`` of a ``from:`` secret works too.
 
