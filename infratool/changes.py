@@ -40,8 +40,9 @@ whose host saw no change in this run and whose inputs (the facts its entry
 read, its args) are those of its last passing run.
 """
 
-ActionFn = Callable[..., None]
-"""``fn(ctx, **args)``: carries out one change on the context of its host."""
+ActionFn = Callable[..., Any]
+"""``fn(ctx, **args)``: carries out one change on the context of its host (a check's may
+return what it proved: a line or a list of lines)."""
 
 ACTIONS: dict[str, ActionFn] = {}
 """Registered actions by name (``files.put``, ``nix.write``, ...)."""
@@ -110,6 +111,9 @@ class Change:
     only where these facts are unchanged."""
     check: str = ""
     """For a check (``action="check"``): its name, the key of its passing record."""
+    proved: list[str] = field(default_factory=list, repr=False, compare=False)
+    """Set when a check applies: what its action proved ("built /nix/store/… on snix"),
+    for the result's verified column (default: the description)."""
 
     def __post_init__(self) -> None:
         # Redact at construction, so no later path can show the raw text.
@@ -129,9 +133,17 @@ class Change:
         return bool(self.op)
 
     def execute(self, ctx: Any) -> None:
-        """Carry out the change on ``ctx`` (its host's context)."""
+        """Carry out the change on ``ctx`` (its host's context).
+
+        An action may return what it proved (a line, or a list of lines): a
+        check's result then shows that under "verified".
+        """
         if self.op:
-            lookup(self.op)(ctx, **self.args)
+            proved = lookup(self.op)(ctx, **self.args)
+            if isinstance(proved, str):
+                self.proved = [proved]
+            elif isinstance(proved, list):
+                self.proved = [str(p) for p in proved]
         else:
             assert self.apply is not None
             self.apply(ctx)
@@ -160,6 +172,8 @@ class Plan:
     facts: dict[str, dict[str, str]] = field(default_factory=dict)
     """Target → ``{fact key: value digest}`` its changes were planned on (``local``:
     repo file → content digest). A saved plan's drift check compares these."""
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """host → task name → what a read-only task reported there (``PlanContext.report``), plain data."""
 
     def for_host(self, host: str) -> list[Change]:
         """Changes on one host, in plan order."""
@@ -191,7 +205,10 @@ class Plan:
         """JSON-ready view of the plan: the plan-file schema, secrets withheld (docs/plan-format.md)."""
         from infratool.planfile import plan_dict
 
-        return plan_dict(self, secrets=None)
+        doc = plan_dict(self, secrets=None)
+        if self.reports:
+            doc["reports"] = self.reports  # what read-only tasks found (secureboot status)
+        return doc
 
 
 def text_diff(old: str | None, new: str | None, path: str, secret: bool = False) -> str:

@@ -11,6 +11,7 @@ output on a per-run random marker. Planning is then pure computation.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import posixpath
@@ -285,6 +286,10 @@ def value_digest(value: Any) -> str:
             return {str(k): plain(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
+        if isinstance(v, (set, frozenset)):
+            return sorted(str(plain(x)) for x in v)  # a set's order is not stable across processes
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         return v
 
     text = json.dumps(plain(value), sort_keys=True, default=str)

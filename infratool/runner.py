@@ -218,6 +218,7 @@ class Runner:
         """Gather facts and compute every change (read-only)."""
         self.gather()
         changes: list[Change] = []
+        reports: dict[str, dict[str, Any]] = {}
         for stage, (inv, targets) in enumerate(self._targets):
             hosts = {h.name: self.contexts[h.name] for h in targets if h.name in self.contexts}
             ctx = PlanContext(
@@ -230,6 +231,8 @@ class Runner:
             planned = self._plan_task(inv.task, ctx)
             for target, message in ctx.failures.items():
                 self._fail(target, InfratoolError(message))
+            for host, data in ctx.reports.items():
+                reports.setdefault(host, {})[inv.task.name] = data
             for change in planned:
                 change.stage = stage
                 change.task = change.task or inv.label
@@ -257,6 +260,7 @@ class Runner:
             host_key_refused=set(self.refused),
             unreachable=set(self.unreachable),
             facts={t: facts[t] for t in dict.fromkeys(c.host for c in changes) if t in facts},
+            reports=reports,
         )
 
     def _host_hashes(self, stage: int, host: str) -> dict[str, str]:
@@ -507,7 +511,7 @@ class Runner:
         for change in changes:
             if change.is_check:
                 # A passing check proved something and changed nothing.
-                result.verified.append(change.description)
+                result.verified.extend(change.proved or [change.description])
                 self._passed.append(change)
                 continue
             result.applied.append(change.description)

@@ -280,6 +280,12 @@ def run(
     from infratool.cli.sequence import report, run_sequence
 
     if plan_file is not None:
+        chosen = click.get_current_context().meta.get(SELECTION_KEY, {})
+        if limit or no_deploy or any(chosen.get(k) for k in ("tags", "skip_tags", "extra_vars")):
+            # The plan was made with its own selection; another one would not be "exactly the plan".
+            raise InputError(
+                "--plan applies the saved plan's own selection: drop --limit/--tags/-e/--no-deploy"
+            )
         _apply_saved(g, plan_file, playbook, yes, forks, not no_diff, lock_wait, timeout)
         return
     inv, book, options, Runner = _prepare(

@@ -3,7 +3,7 @@
 Each command runs one ``secureboot.*`` task through the engine (plan, confirm,
 apply, verify), exactly as a playbook entry would; the tasks hold every rule
 (see ``infratool/tasks/secureboot/``). ``status`` only plans: the status task
-changes nothing and leaves its reports in the run's state.
+changes nothing and its reports come back in the plan (``Plan.reports``).
 """
 
 from __future__ import annotations
@@ -85,15 +85,16 @@ def _progress(g: Globals):
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout (like the global --json).")
 @pass_globals
 def status(g: Globals, limit: str | None, forks: int, as_json: bool) -> None:
-    from infratool.tasks.secureboot import unreachable
+    from infratool.tasks.secureboot import HostReport, unreachable
 
     inv, _, runner = _runner(g, "secureboot.status", {}, limit, forks=forks)
     with runner, runner.on_event:
         plan = runner.plan()
-    state = runner.state.get("secureboot")
-    reports = dict(state.reports) if state is not None else {}
+    # The reports travel in the plan, as data (the status task's PlanContext.report).
     rows = [
-        reports.get(h.name) or unreachable(h.name, plan.failures.get(h.name, "not planned"))
+        HostReport.from_dict(plan.reports[h.name]["secureboot.status"])
+        if "secureboot.status" in plan.reports.get(h.name, {})
+        else unreachable(h.name, plan.failures.get(h.name, "not planned"))
         for h in inv.select(limit)
     ]
     if g.json or as_json:

@@ -203,6 +203,11 @@ cleanup() {
 
 _PUT_FUNCTION = r"""NL='
 '
+get() {  # exactly $1 bytes of stdin into f, fsynced before it can be renamed into place
+  # GNU dd with count_bytes never reads past its count (the next file's
+  # content stays on stdin) and, with conv=fsync, spares a `sync` process.
+  dd bs=65536 count="$1" iflag=count_bytes,fullblock of=f conv=fsync status=none
+}
 w() {  # path size mode|- owner|- expect|-
   set -e
   p=$1 t= f=
@@ -231,14 +236,13 @@ w() {  # path size mode|- owner|- expect|-
   # A mode of read/write bits only is given at creation by the umask
   # (0666 & ~umask), saving a chmod; any other is set by chmod.
   case $m in
-    [0246][0246][0246]) x=${m#?}; umask "$((7 - ${m%??}))$((7 - ${x%?}))$((7 - ${m#??}))"; head -c "$2" > f ;;
-    *) umask 077; head -c "$2" > f; chmod "$m" f ;;
+    [0246][0246][0246]) x=${m#?}; umask "$((7 - ${m%??}))$((7 - ${x%?}))$((7 - ${m#??}))"; get "$2" ;;
+    *) umask 077; get "$2"; chmod "$m" f ;;
   esac
   IFS= read -r end
   [ -z "$end" ] || err "content cut short: nothing written"
   if [ "$4" != - ]; then chown -h -- "$4" f
   elif [ -n "$ref" ] && { [ "$7" != 0:0 ] || [ -g .. ]; }; then chown -h -- "$7" f; fi
-  sync -- f 2>/dev/null || :
   if [ "$5" != - ]; then
     if [ -L "../$n" ]; then now=L
     elif [ -f "../$n" ]; then now=$(sha256sum < "../$n"); now=${now%% *}
@@ -288,8 +292,8 @@ def put_files_script(writes: Sequence[FileWrite], sizes: Sequence[int]) -> str:
     """The script :meth:`Remote.put_files` runs: one subshell per file, "ok" after each.
 
     Each write runs in its own subshell so that ``set -e`` and the temp-file
-    trap apply to it alone; GNU ``head -c`` never reads past its count, so
-    the next file's content stays on stdin.
+    trap apply to it alone; GNU ``dd`` with ``iflag=count_bytes`` never
+    reads past its count, so the next file's content stays on stdin.
     """
     lines = [_WALK_FUNCTION, _PUT_FUNCTION]
     for w, size in zip(writes, sizes, strict=True):

@@ -131,6 +131,17 @@ class PlanContext:
     proven: dict[str, list[str]] = field(default_factory=dict)
     """Host → what a ``verify`` proved there (the result table's "verified" column)."""
 
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Host → what a read-only task found there (plain data); the plan carries it (``Plan.reports``)."""
+
+    def report(self, host: str, data: dict[str, Any]) -> None:
+        """Record a read-only finding on ``host`` (a Secure Boot readiness report) for the plan.
+
+        Whoever shows the plan (the CLI, ``--json``) reads it from
+        ``Plan.reports``, never from the run's scratch state.
+        """
+        self.reports[host] = data
+
     def fail(self, target: str, message: str) -> None:
         """Report that ``target`` cannot be planned; the runner lists it as failed."""
         self.failures[target] = message

@@ -163,6 +163,11 @@ def test_cache_serves_signed_paths_refuses_others_and_leaks_nothing(fleet, cli, 
     seen.assert_recorded(min_sessions=len(CLIENTS) + 1)
     assert again.returncode == 0 and "Plan: 0 change(s)" in again.stdout, again.stdout + again.stderr
     assert "generate signing key snix-cache-1" in run.stdout
+    # Each client's probe is a check, after its changes: counted apart, shown under verified.
+    planned = json.loads(plan.stdout)
+    assert {c["host"] for c in planned["changes"] if c["action"] == "check"} == set(CLIENTS)
+    assert planned["summary"]["checks"] == len(CLIENTS)
+    assert "substituted" in run.stdout and "verified" in run.stdout
 
     keys = sops_keys(lab)
     secret = keys["secret-key"]

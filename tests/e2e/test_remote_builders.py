@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -287,20 +288,38 @@ def test_check_task_and_a_changed_builder_host_key_is_refused(fleet, cli, tmp_pa
     lab, inv = fleet, fleet.inventory_path
     ok(cli("-i", inv, "run", PLAYBOOK, "--yes", "--forks", "4"))
     check = check_playbook(tmp_path)
-    result = ok(cli("-i", inv, "run", check, "--yes"))
-    assert "check: nix store ping and a --max-jobs 0 build on snix" in result.stdout
+    state = {"INFRATOOL_STATE_DIR": str(tmp_path / "state")}
+    result = ok(cli("-i", inv, "--json", "run", check, "--yes", env=state))
+    data = json.loads(result.stdout)
+    checks = [c for c in data["plan"]["changes"] if c["action"] == "check"]
+    assert {c["host"] for c in checks} == {"slax", "brix", "nixtv-player"}, checks
+    assert all(c["description"] == "check: nix store ping and a --max-jobs 0 build on snix" for c in checks)
+    # Counted as checks, never as changed; the result shows what was built where.
+    for row in data["results"]:
+        if row["host"] in ("slax", "brix"):
+            assert row["status"] == "ok" and not row["applied"], row
+            (proof,) = row["verified"]
+            assert re.fullmatch(
+                r"built /nix/store/[a-z0-9]{32}-infratool-rb-check-[0-9a-f]{12} on snix", proof
+            )
+    table = ok(cli("-i", inv, "plan", check, env=state))
+    # Converged: nothing changed on the clients or the builder since the checks passed.
+    assert "check:" not in table.stdout, table.stdout
+    again = json.loads(ok(cli("-i", inv, "--json", "run", check, "--yes", env=state)).stdout)
+    assert again["plan"]["changes"] == [], again["plan"]
 
     # The check is real: a builder whose daemon the login user cannot reach fails it
-    # (nothing a plan could see).
+    # (nothing a plan could see, so the check runs again only without its record).
     snix = lab.host("snix")
     sockets = snix.path("/nix/var/nix/daemon-socket")
     sockets.chmod(0o700)
-    result = cli("-i", inv, "run", check, "--yes")
+    fresh = {"INFRATOOL_STATE_DIR": str(tmp_path / "fresh-state")}
+    result = cli("-i", inv, "run", check, "--yes", env=fresh)
     sockets.chmod(0o755)
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"nix store ping ssh-ng://{USER}@{ALIAS}" in result.stderr
     assert "cannot open connection to remote store" in result.stderr
-    ok(cli("-i", inv, "run", check, "--yes"))
+    ok(cli("-i", inv, "run", check, "--yes", env=fresh))
 
     lab.regenerate_host_key("snix")  # the inventory still pins the old key
     before = set(os.listdir(snix.path("/nix/store")))
