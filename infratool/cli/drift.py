@@ -85,6 +85,17 @@ def check(g: Globals, names: tuple[str, ...], policy: str | None, wait: float, f
         unreachable = {h: m for h, m in runner.failures.items() if h not in hosts}
         findings = drift.check(pol, store, hosts, unreachable, selected, lock_wait=wait, forks=forks)
     bad = [f for f in findings if f.failing]
+    # Who checked what, and the verdicts (names and statuses; details are redacted by the log).
+    open_audit(g).write(
+        {
+            "event": "finished",
+            "run": g.run_id,
+            "command": "secrets check",
+            "policy": str(pol.path),
+            "findings": [{"secret": f.secret, "host": f.host, "status": f.status} for f in findings],
+            "exit_code": EXIT_FAILED if bad else 0,
+        }
+    )
     if bad:
         notify(pol, "drift", drift.summary(findings))
     if g.json:
