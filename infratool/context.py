@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import shlex
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from infratool.facts import FactCache, FileState
 from infratool.inventory import Host
 from infratool.localenv import DEPLOY, minimal_env
 from infratool.remote import FileWrite, PartialWrite, Remote, Result
+from infratool.safeopen import atomic_write
 from infratool.secrets.secret import REDACTOR, Secret
 
 
@@ -278,17 +277,5 @@ def file_hash(data: bytes | None) -> str:
     return "absent" if data is None else "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so a crash leaves either the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+write_atomic = atomic_write
+"""The one atomic-write helper (:func:`infratool.safeopen.atomic_write`), under its old name."""

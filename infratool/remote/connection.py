@@ -165,12 +165,16 @@ class Remote:
                     for chunk in [stdin] if isinstance(stdin, bytes) else stdin or ():
                         if chunk:
                             chan.sendall(chunk)
-                    chan.shutdown_write()
                 except Exception:
                     # The command exited or closed stdin without reading all of
                     # it (like EPIPE in a pipeline): its exit status tells; a
                     # dead connection shows there too.
                     pass
+                finally:
+                    # Always, even when producing stdin failed: a command left
+                    # waiting for more input would hang the run.
+                    with contextlib.suppress(Exception):
+                        chan.shutdown_write()
                 # Errors are handed to the reading thread, which raises them:
                 # an exception escaping here would only print a traceback.
                 try:
@@ -310,7 +314,8 @@ class Remote:
         if not writes:
             return
         payload = Payload(writes)
-        res = self.run(put_files_script(writes, payload_sizes(writes)), stdin=payload, check=False)
+        what = f"write {writes[0].path}" if len(writes) == 1 else f"write {len(writes)} files"
+        res = self.run(put_files_script(writes, payload_sizes(writes)), stdin=payload, check=False, what=what)
         written = res.stdout.count("ok\n")
         if payload.problem is not None and payload.problem[0] == written:
             # A streamed source that is not what the plan hashed was refused

@@ -21,7 +21,7 @@ import shlex
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from infratool.errors import CommandFailed
+from infratool.errors import CommandFailed, InfratoolError
 from infratool.secrets.secret import Secret
 
 CHUNK = 256 * 1024
@@ -150,8 +150,9 @@ class Payload:
                     yield chunk
                 if left == 0 or self.problem:
                     break
-        except OSError as exc:
-            self.problem = (index, f"cannot read {content.label}: {exc.strerror or exc}")
+        except (OSError, ValueError, InfratoolError) as exc:  # a template that is not UTF-8, say
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            self.problem = (index, f"cannot read {content.label}: {reason}")
         if left:
             # The script reads exactly `size` bytes: pad, then refuse with the end line.
             self.problem = self.problem or (

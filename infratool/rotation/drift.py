@@ -9,17 +9,10 @@ rotation's verify) and rotates nothing.
 
 Each sops file is checked under its rotation lock, so a check never sees a
 rotation half-way (a consumer holding the pending value would look drifted).
-
-A verify is run here exactly as the rotation engine runs it (the same
-command, the same stdin: the value or its public part, rendered into the
-``stdin`` template, ``{SOURCE}`` of a ``from:`` secret filled in, a final
-newline), through the host's connection: only the policy's data is shared
-with the engine, so either can change without the other.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,13 +22,11 @@ from typing import Literal
 from infratool.context import HostContext
 from infratool.errors import InfratoolError
 from infratool.rotation.lock import rotation_lock
-from infratool.rotation.policy import Command, Consumer, Policy, SecretPolicy, render_template
-from infratool.secrets import generators
-from infratool.secrets.secret import REDACTOR, Secret
+from infratool.rotation.policy import Consumer, Policy, SecretPolicy
+from infratool.rotation.secret import pending_key
+from infratool.rotation.secret_plan import check_current
+from infratool.secrets.secret import REDACTOR
 from infratool.secrets.store import SopsStore
-
-PENDING = "_rotation/pending/"
-"""Where a rotation keeps a value not yet promoted (the engine's layout of a sops file)."""
 
 Status = Literal["ok", "rejected", "unreachable", "interrupted", "unchecked"]
 FAILING: tuple[str, ...] = ("rejected", "unreachable", "interrupted")
@@ -113,7 +104,7 @@ def _check_file(
             key = (i, j)
             if spec.key not in values:
                 out[key] = _unchecked(spec, consumer, "no value yet: never rotated")
-            elif PENDING + spec.key in values:
+            elif pending_key(spec.key) in values:
                 out[key] = Finding(
                     spec.name,
                     consumer.host,
@@ -132,58 +123,20 @@ def _check_file(
     def run_host(items: list[tuple[tuple[int, int], SecretPolicy, Consumer]]) -> None:
         for key, spec, consumer in items:
             try:
-                problem = verify(hosts[consumer.host], spec, consumer, values)  # type: ignore[arg-type]
+                host = hosts[consumer.host]
+                problem = check_current(host, spec, consumer, values, policy.secrets)  # type: ignore[arg-type]
             except InfratoolError as exc:
-                problem = str(exc)
+                problem = f"{consumer.host}: {exc}"
             if problem is None:
                 out[key] = Finding(spec.name, consumer.host, "ok")
             else:
-                out[key] = Finding(spec.name, consumer.host, "rejected", REDACTOR.redact(problem))
+                detail = REDACTOR.redact(problem.split(": ", 1)[-1])
+                out[key] = Finding(spec.name, consumer.host, "rejected", detail)
 
     if work:
         with ThreadPoolExecutor(max_workers=max(1, min(forks, len(work)))) as pool:
             list(pool.map(run_host, work.values()))
     return [out[k] for k in sorted(out)]
-
-
-def verify(
-    host: HostContext, spec: SecretPolicy, consumer: Consumer, values: Mapping[str, Secret]
-) -> str | None:
-    """Run ``consumer``'s verify on ``host`` with the current value; the problem, or None."""
-    assert consumer.verify is not None
-    value = values[spec.key]
-    public = generators.public_part(spec.generator, value) if spec.has_public else None
-    payload = Secret(public or "") if consumer.part == "public" else value
-    stdin = _stdin(spec, consumer.verify, payload, public, values).reveal_bytes()
-    res = host.run(
-        consumer.verify.run,
-        stdin=Secret(stdin if stdin.endswith(b"\n") else stdin + b"\n"),  # for `read -r VAR`
-        check=False,
-        what=f"verify {spec.name}",
-    )
-    if res.ok:
-        return None
-    return res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.exited}"
-
-
-def _stdin(
-    spec: SecretPolicy, command: Command, payload: Secret, public: str | None, values: Mapping[str, Secret]
-) -> Secret:
-    """The verify's stdin; ``{SOURCE}`` names a ``from:`` secret's current value (a derived hash's
-    consumer verifies with the password it was made from)."""
-    text = command.stdin
-    deps = [d for d in spec.depends if "{" + d + "}" in text and d in values]
-    if not deps:
-        return command.render_stdin(payload, public)
-    pattern = re.compile(r"\{(" + "|".join(re.escape(d) for d in deps) + r")\}")
-    # Odd parts are source names; even parts are rendered as usual ({value}, {public}).
-    parts = pattern.split(text)
-    return Secret(
-        b"".join(
-            values[p].reveal_bytes() if i % 2 else render_template(p, payload, public).reveal_bytes()
-            for i, p in enumerate(parts)
-        )
-    )
 
 
 def summary(findings: list[Finding]) -> str:

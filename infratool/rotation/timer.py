@@ -338,6 +338,6 @@ def plan_install(directory: Path, units: dict[str, str]) -> list[UnitWrite]:
 
 def write_unit(plan: UnitWrite) -> None:
     """Replace ``plan.path`` atomically (temp file in the same directory, fsync, rename), keeping its mode."""
-    from infratool.context import write_atomic
+    from infratool.safeopen import atomic_write
 
-    write_atomic(plan.path, plan.text.encode(), plan.mode)
+    atomic_write(plan.path, plan.text.encode(), plan.mode)

@@ -20,6 +20,7 @@ from infratool.errors import CommandFailed
 from infratool.remote import FileWrite, PartialWrite, Remote, StreamedContent
 from infratool.remote.writes import CHUNK
 from infratool.tasks.lib import files as _files  # noqa: F401  (registers files.stream)
+from infratool.tasks.lib.source import LocalSource
 
 
 @pytest.fixture
@@ -122,3 +123,19 @@ def test_the_apply_rereads_the_source_and_refuses_one_edited_since_the_plan(lab,
     source.write_bytes(b"v1\n" * 200_000)  # back to what the plan hashed
     ACTIONS["files.stream"](hctx, **args)
     assert lab.host("snix").path("/var/lib/st2/data").read_bytes() == b"v1\n" * 200_000
+
+
+def test_a_source_that_fails_while_sent_is_refused_without_hanging(lab, tmp_path):
+    # Before: the error escaped the thread feeding stdin, which then never
+    # closed it, and the host's script waited for the rest forever (here: the
+    # 20 s deadline). Now the file is refused at once, naming the reason.
+    host = next(h for h in inventory.load(lab.inventory_path) if h.name == "snix")
+    bad = tmp_path / "bad.tpl"
+    bad.write_bytes(b"ok line\n" * 40_000 + b"\xff\xfe not utf-8\n")
+    source = LocalSource(str(bad), {"host": "snix"})
+    with Remote(host, command_timeout=20) as remote:
+        content = StreamedContent(bad.stat().st_size, "0" * 64, source.chunks, label=str(bad))
+        with pytest.raises(PartialWrite) as info:
+            remote.put_files([FileWrite("/var/lib/st3/f", content)])
+    assert f"cannot read {bad}" in str(info.value) and "not UTF-8" in str(info.value)
+    assert not lab.host("snix").path("/var/lib/st3/f").exists()

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,12 +19,19 @@ import yaml
 from conftest import PLAYBOOKS, files_containing
 from exectrace import both_ends
 from helpers import SshdLogs, nix_eval, nix_parse, openssh_fingerprint
+from replay import as_data
 
+from infratool import inventory
+from infratool import playbook as playbooks
 from infratool.inventory import Host
+from infratool.options import RunOptions
+from infratool.rotation import state
+from infratool.runner import Runner
+from infratool.secrets.generators import public_from_private
 from infratool.secrets.store import SopsStore
 from infratool.tasks.remote_builders import filetext as render
-from infratool.tasks.remote_builders import rotate_client_key
-from infratool.tasks.remote_builders.spec import Builder, Topology
+from infratool.tasks.remote_builders.keys import new_key
+from infratool.tasks.remote_builders.spec import Builder, Topology, pending_secret_key
 
 PLAYBOOK = PLAYBOOKS / "remote-builders.yaml"
 CLIENTS = ("slax", "brix", "nixtv-player")
@@ -205,6 +213,36 @@ def ok_bytes(result: subprocess.CompletedProcess[bytes]) -> subprocess.Completed
     return result
 
 
+def test_the_key_a_plan_shows_is_the_key_installed_when_applied_from_data(fleet):
+    """Issue 16 §3: the plan showed one key and the run stored another. Keys are made at plan time.
+
+    The plan is applied as a saved plan is: rebuilt from its actions and
+    parameters alone, by a fresh runner (nothing of the planning process kept).
+    """
+    lab = fleet
+    inv = inventory.load(lab.inventory_path)
+    with Runner(inv, playbooks.load(PLAYBOOK, inv), RunOptions()) as planner:
+        planned = planner.plan()
+    shown = {}
+    for change in planned.changes:
+        found = re.match(r"generate builder key of (\S+) \((ssh-ed25519 \S+)\)", change.description)
+        if found:
+            shown[found[1]] = found[2]
+    assert sorted(shown) == sorted(CLIENTS)
+    with Runner(inv, playbooks.load(PLAYBOOK, inv), RunOptions()) as applier:
+        applier.gather()
+        result = applier.apply(as_data(planned, ("remote_builders.setup",)))
+    assert result.exit_code == 0, result.to_dict()
+    stored = stored_keys(lab)
+    for client in CLIENTS:
+        assert render.key_blob(public_from_private(stored[client])) == shown[client]
+        assert [render.line_key(line) for line in managed_keys(lab)[client]] == [shown[client]]
+    for client in ("slax", "brix"):  # os: linux clients hold the key file itself
+        installed = lab.host(client).path(KEY).read_text()
+        assert render.key_blob(public_from_private(installed)) == shown[client]
+        ok_bytes(ping(lab, client))
+
+
 def test_rotation_revokes_old_keys_and_removed_clients_lose_theirs(fleet, cli, tmp_path):
     lab, inv = fleet, fleet.inventory_path
     ok(cli("-i", inv, "run", PLAYBOOK, "--yes"))
@@ -212,14 +250,28 @@ def test_rotation_revokes_old_keys_and_removed_clients_lose_theirs(fleet, cli, t
         lab.exec(client, f"cp {KEY} /root/old-builder-key", check=True)
     old = stored_keys(lab)
 
-    # slax: rotated by the playbook switch. brix: rotated out of band, as `secrets rotate`
-    # does (and as a crash between storing and installing leaves it): stored, not installed.
-    new_brix_public = rotate_client_key(SopsStore(lab.flake_dir / "secrets"), "brix")
+    # slax: rotated by the playbook switch, because its key is older than max_age (90d).
+    # brix: a rotation interrupted right after its new key was stored as pending:
+    # the run resumes it with that key.
+    with state.locked(state.state_path(lab.flake_dir / "secrets")) as records:
+        records.get("builder-key/slax").last_rotated = state.utcnow() - timedelta(days=91)
+        assert records.get("builder-key/brix").generation == 1  # recorded when first generated
+    pending_brix = new_key("brix")
+    SopsStore(lab.flake_dir / "secrets").write(
+        "remote-builders.yaml", {pending_secret_key("brix"): pending_brix.private}
+    )
+    new_brix_public = pending_brix.public
     rotate = playbook(tmp_path, "rotate.yaml", rotate_keys=["slax"])
     plan = cli("-i", inv, "plan", rotate)
     assert "rotate builder key of slax" in plan.stdout
+    assert "builder key of brix (" + render.key_blob(new_brix_public) in plan.stdout
     assert "revoke old builder key of brix, slax" in plan.stdout
     ok(cli("-i", inv, "run", rotate, "--yes"))
+    # Left in the playbook, the switch rotates again only when the key is due again.
+    assert cli("-i", inv, "plan", rotate, "--detailed-exitcode").returncode == 0
+    records = state.load(state.state_path(lab.flake_dir / "secrets"))
+    assert records.get("builder-key/slax").generation == 2 and records.get("builder-key/brix").generation == 2
+    assert records.get("builder-key/nixtv-player").generation == 1
 
     new = stored_keys(lab)
     assert new["slax"] != old["slax"] and new["brix"] != old["brix"]

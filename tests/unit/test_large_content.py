@@ -93,3 +93,15 @@ def test_a_large_file_change_carries_the_source_and_its_hash_not_the_bytes(tmp_p
     # Planned again with the file in place (same hash): nothing to do.
     ctx.overlay["/srv/site"] = FileState(True, True, 0o644, "root", "root", len(rendered), planned.sha256)
     assert file_changes(ctx, "files.content", "/srv/site", source, 0o644, None, None) == []
+
+
+def test_a_template_that_is_not_utf8_is_bad_input_naming_it(tmp_path):
+    import pytest
+
+    from infratool.errors import InputError
+
+    tpl = tmp_path / "latin1.tpl"
+    tpl.write_bytes("caf\xe9 $host\n".encode("latin-1"))
+    with pytest.raises(InputError) as info:
+        LocalSource(str(tpl), {"host": "snix"}).survey()
+    assert str(tpl) in str(info.value) and "not UTF-8" in str(info.value)

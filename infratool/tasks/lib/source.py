@@ -15,6 +15,7 @@ import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from infratool.errors import InputError
 from infratool.remote.writes import CHUNK
 from infratool.tasks.lib.diffs import DIFF_MAX_LINES
 
@@ -52,10 +53,15 @@ class LocalSource:
         # Placeholders ($name, ${name}) never span a newline, so substituting
         # a block of whole lines gives what substituting the whole text would.
         with open(self.path, encoding="utf-8") as f:
-            while block := f.read(CHUNK):
-                if not block.endswith("\n"):
-                    block += f.readline()
-                yield string.Template(block).safe_substitute(self.variables).encode()
+            try:
+                while block := f.read(CHUNK):
+                    if not block.endswith("\n"):
+                        block += f.readline()
+                    yield string.Template(block).safe_substitute(self.variables).encode()
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    f"template is not UTF-8 text ({exc.reason} at byte {exc.start})", self.path
+                ) from None
 
     def read(self) -> bytes:
         """The whole rendered content (for small sources only)."""

@@ -67,6 +67,11 @@ def secret_key(client: str) -> str:
     return f"remote-builders/{client}/ssh_key"
 
 
+def pending_secret_key(client: str) -> str:
+    """Where a rotation keeps ``client``'s next key until it is installed and the old one revoked."""
+    return f"remote-builders/{client}/next_ssh_key"
+
+
 def nixos_key_path(client: str) -> str:
     """Where sops-nix activates ``client``'s key on a NixOS client (its default path)."""
     return f"/run/secrets/{secret_key(client)}"
