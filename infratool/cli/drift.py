@@ -13,6 +13,8 @@ import click
 from infratool.cli.common import Globals, emit_json, examples, forks_option, pass_globals
 from infratool.errors import EXIT_FAILED, InputError
 
+DEFAULT_POLICY = "secrets/rotation.yaml"
+
 
 @click.command(
     "check",
@@ -43,26 +45,22 @@ def check(g: Globals, names: tuple[str, ...], policy: str | None, wait: float, f
     from infratool.playbook import Invocation, Playbook
     from infratool.rotation import drift
     from infratool.rotation.notify import notify
+    from infratool.rotation.policy import load_policy, secret_names
     from infratool.runner import Runner
     from infratool.secrets.store import SopsStore
     from infratool.tasks.base import Source
-    from infratool.tasks.secrets_rotation import DEFAULT_POLICY, RotateSecrets
+    from infratool.tasks.secrets_check import ConsumerHosts
 
     inv = load_inventory(g)
-    args = {
-        "policy": policy or DEFAULT_POLICY,
-        "secrets": None,
-        "notify": None,
-        "names": list(names) or None,
-        "due": False,
-        "force": False,
-        "lock_wait": wait,
-    }
-    # The rotation task validates the policy and the sops files (exit 3 before connecting)
-    # and knows the consumer hosts; it is never planned or applied here.
-    task = RotateSecrets(args, Source(file=inv.flake / args["policy"], line=None, params={}), inv)
-    pol = task.policy
-    selected = task.selected()
+    path = inv.flake / (policy or DEFAULT_POLICY)
+    if not path.is_file():
+        raise InputError(f"rotation policy {path} not found (see docs/secrets-rotation.md)")
+    pol = load_policy(path, inv.names, root=inv.flake.resolve())
+    wanted = set(secret_names(pol, names))
+    selected = [s for n, s in pol.secrets.items() if not wanted or n in wanted]
+    store = SopsStore(pol.root / "secrets")
+    for file in {s.file for s in selected if s.file.is_file()}:
+        store.read(file)  # a malformed or undecryptable file: exit 3 before any connection
     if not any(s.consumers for s in selected):
         raise InputError("no secret of the policy has a consumer: nothing to check", file=pol.path)
     book = Playbook(
@@ -70,7 +68,12 @@ def check(g: Globals, names: tuple[str, ...], policy: str | None, wait: float, f
         name="secrets check",
         description="",
         invocations=[
-            Invocation(task=task, selections=("all",), playbook="secrets check", label="secrets.check")
+            Invocation(
+                task=ConsumerHosts({}, Source(file=path, line=None, params={}), inv, selected),
+                selections=("all",),
+                playbook="secrets check",
+                label="secrets.check",
+            )
         ],
     )
     open_audit(g)
@@ -80,10 +83,19 @@ def check(g: Globals, names: tuple[str, ...], policy: str | None, wait: float, f
         with progress:
             hosts = runner.gather()
         unreachable = {h: m for h, m in runner.failures.items() if h not in hosts}
-        findings = drift.check(
-            pol, SopsStore(pol.root / "secrets"), hosts, unreachable, selected, lock_wait=wait, forks=forks
-        )
+        findings = drift.check(pol, store, hosts, unreachable, selected, lock_wait=wait, forks=forks)
     bad = [f for f in findings if f.failing]
+    # Who checked what, and the verdicts (names and statuses; details are redacted by the log).
+    open_audit(g).write(
+        {
+            "event": "finished",
+            "run": g.run_id,
+            "command": "secrets check",
+            "policy": str(pol.path),
+            "findings": [{"secret": f.secret, "host": f.host, "status": f.status} for f in findings],
+            "exit_code": EXIT_FAILED if bad else 0,
+        }
+    )
     if bad:
         notify(pol, "drift", drift.summary(findings))
     if g.json:

@@ -37,6 +37,7 @@ def begin(task: Any, commit: bool | None, push: bool | None):
     Returns the session for :func:`start` and :func:`finish`, or None when
     the repo is not a git repository or commits are off.
     """
+    from infratool.rotation import state
     from infratool.rotation.git import FleetGit, GitOptions, is_fleet_repo
 
     policy = task.policy
@@ -49,7 +50,8 @@ def begin(task: Any, commit: bool | None, push: bool | None):
         push=push,
         author=policy.git.author,
     )
-    session = FleetGit.open(flake, [*policy.files(), task.state_file()], options)
+    state_file = state.state_path(policy.root / "secrets")
+    session = FleetGit.open(flake, [*policy.files(), state_file], options)
     if session is not None:
         session.preflight()
     return session

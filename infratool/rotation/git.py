@@ -12,15 +12,16 @@ when the fleet repo is a git repository, a rotation run:
    rotated or edited secrets: rotating on the old files would fork them);
    right before the first write (:meth:`FleetGit.start`) it writes a
    *journal* (``.git/infratool-rotation.json``) saying a rotation is under way;
-2. **after** (:meth:`FleetGit.finish`) commits the rotation's files (the
-   policy's sops files and the state file, nothing else) with a message
-   naming each secret and its new generation — taken from the state file,
-   which never holds a value — then pushes to the upstream, and removes the
-   journal.
+2. **after** (:meth:`FleetGit.finish`) commits what changed under
+   ``secrets/`` (the policy's sops files, the state file, other rotation
+   kinds' sops files: the directory was clean before; nothing outside it)
+   with a message naming each secret and its new generation — taken from the
+   state file, which never holds a value — then pushes to the upstream, and
+   removes the journal.
 
-A crash between the two leaves the journal: the next run knows the changes in
-those files are a rotation's, not a person's, lets them through the check and
-commits them. A push that fails (rejected, offline) leaves the commit in
+A crash between the two leaves the journal: the next run knows the changes
+in ``secrets/`` are a rotation's, not a person's, lets them through the check
+and commits them. A push that fails (rejected, offline) leaves the commit in
 place; every run pushes whatever the branch has that its upstream lacks, so
 the next run retries it.
 
@@ -128,7 +129,8 @@ class FleetGit:
     flake: Path
     """The fleet repo (where ``secrets/`` is); git commands run here."""
     paths: list[Path]
-    """What a rotation writes: the policy's sops files and the state file."""
+    """What a rotation writes: the policy's sops files and the state file (plus any other
+    change under ``secrets/`` at the end: the tree was clean before)."""
     options: GitOptions
     log: Any = field(default_factory=lambda: log.get_logger("infratool.rotation.git"))
 
@@ -155,9 +157,9 @@ class FleetGit:
 
     def preflight(self) -> None:
         """Refuse (exit 3) on a dirty ``secrets/`` or a branch behind upstream; touches nothing."""
+        # After a crash (journal left), what changed in secrets/ is the crashed run's: committed at the end.
         resumed = self.journal.exists()
-        allowed = {self._rel(p) for p in self.paths} if resumed else set()
-        dirty = [p for p in self._dirty() if p not in allowed]
+        dirty = [] if resumed else self._dirty()
         if dirty:
             shown = ", ".join(dirty[:5]) + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
             raise InputError(
@@ -190,7 +192,10 @@ class FleetGit:
         """Commit the rotation's files (if changed), push (if asked), drop the journal."""
         out = GitOutcome()
         try:
-            existing = [self._rel(p) for p in self.paths if p.exists() or self._tracked(p)]
+            # The policy's files and whatever else changed in secrets/ (clean before the run, so the
+            # run's: other rotation kinds' sops files too); nothing outside secrets/.
+            known = [self._rel(p) for p in self.paths if p.exists() or self._tracked(p)]
+            existing = list(dict.fromkeys([*known, *self._dirty()]))
             if existing:
                 _run(self.flake, "add", "-A", "--", *existing)
             staged = _run(self.flake, "diff", "--cached", "--name-only", "--", *existing) if existing else ""
@@ -368,14 +373,15 @@ def _generations(text: str) -> dict[str, tuple[int, str]]:
         data = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         return {}
-    # Version 2 keys every kind `kind/name` under `rotations`; version 1 had `secrets` by name.
-    v2 = isinstance(data, dict) and "rotations" in data
-    secrets = (data.get("rotations") if v2 else data.get("secrets")) if isinstance(data, dict) else None
-    if not isinstance(secrets, dict):
+    if not isinstance(data, dict):
+        return {}
+    # Version 1: `secrets:` by name; version 2: `rotations:` by kind/name (secret/NAME shown as NAME).
+    entries = data.get("rotations") if isinstance(data.get("rotations"), dict) else data.get("secrets")
+    if not isinstance(entries, dict):
         return {}
     out = {}
-    for name, entry in secrets.items():
-        shown = str(name).removeprefix("secret/") if v2 else str(name)
+    for name, entry in entries.items():
         if isinstance(entry, dict) and isinstance(entry.get("generation", 0), int):
+            shown = str(name).removeprefix("secret/") if "rotations" in data else str(name)
             out[shown] = (int(entry.get("generation") or 0), str(entry.get("status") or ""))
     return out

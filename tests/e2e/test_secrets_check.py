@@ -48,7 +48,7 @@ def check(cli, lab, *args):
     return cli("-i", lab.inventory_path, *args, "secrets", "check")
 
 
-def test_check_passes_then_names_the_drifted_host_and_notifies(fleet, cli, ntfy):
+def test_check_passes_then_names_the_drifted_host_and_notifies(fleet, cli, ntfy, _private_audit_log):
     lab = fleet
     services.provision(lab)
     url, received = ntfy
@@ -87,11 +87,18 @@ def test_check_passes_then_names_the_drifted_host_and_notifies(fleet, cli, ntfy)
     assert title == "infratool drift" and "postgres/app on brix: rejected" in body
     assert "tokend/token" not in body
 
+    # Audited: who checked, what was found (never a value).
+    audit = [json.loads(line) for line in _private_audit_log.read_text().splitlines()]
+    checks = [r for r in audit if r.get("command") == "secrets check"]
+    assert [r["exit_code"] for r in checks] == [0, 1]
+    assert {"secret": "postgres/app", "host": "brix", "status": "rejected"} in checks[1]["findings"]
+
     # Nothing rotated, nothing written; no value in any output or notification.
     assert (lab.flake_dir / "secrets" / "lab.yaml").read_bytes() == sops_before
     assert (lab.flake_dir / "secrets" / ".rotation-state.yaml").read_bytes() == state_before
     for value in current.values():
         assert value not in drifted.stdout + drifted.stderr + ok.stdout + ok.stderr + body
+        assert value not in _private_audit_log.read_text()
 
     # A rotation repairs it; the check agrees.
     assert cli("-i", lab.inventory_path, "secrets", "rotate", "postgres/app", "--yes").returncode == 0

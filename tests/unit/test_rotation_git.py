@@ -122,3 +122,25 @@ def test_a_repo_git_refuses_is_bad_input_not_silently_no_git(fleet):
         os.lchown(path, 65534, 65534)
     with pytest.raises(InputError, match=r"safe\.directory"):
         FleetGit.open(fleet, [], GitOptions())
+
+
+def test_state_version_2_and_other_files_under_secrets_are_committed(fleet):
+    """The one-engine state (``rotations:`` keyed kind/name) and a rotation kind's own sops file."""
+    repo = session(fleet)
+    repo.start()
+    (fleet / "secrets" / ".rotation-state.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "version": 2,
+                "rotations": {
+                    "secret/db/app": {"generation": 2, "status": "ok"},
+                    "cache-key/main": {"generation": 1, "status": "ok"},
+                },
+            },
+            sort_keys=False,
+        )
+    )
+    (fleet / "secrets" / "binary-cache.yaml").write_text("ciphertext: cache\n")
+    out = repo.finish()
+    assert out.subject == "secrets: rotate db/app (generation 2), cache-key/main (generation 1)"
+    assert "secrets/binary-cache.yaml" in git(fleet, "show", "--name-only", "--format=", "HEAD").split()
