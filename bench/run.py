@@ -27,10 +27,10 @@ its venv already exists), prints one ``ratio ...`` line per peer, writes
 ``bench/results/quick.json`` and leaves docs/ alone; it never fails on a
 missed target (exit 0 unless the benchmark itself broke).
 
-Other targets' scripts (issue 19 §4 deploys, §5 rotation) join in by
-existing: every ``bench/target_*.py`` is run after the tables with
-``--quick`` when given, and its lines starting with ``ratio `` are printed
-(and recorded).
+Other targets' scripts (issue 19 §4 ``nixos_deploy.py``, §5
+``rotation_scale.py``, and any ``bench/target_*.py``) are run after the
+tables when they exist (``--no-others`` to skip; with ``--quick`` only when
+``--others`` is given), and their lines mentioning a ratio are printed.
 
 This is not part of the test suite: nothing here asserts; it measures.
 """
@@ -196,20 +196,34 @@ def bench_hosts(args: argparse.Namespace, count: int, peers_bin: Path, versions:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+# Scripts of issue 19's other targets, run after the tables when they exist:
+# name → (arguments for --quick, arguments otherwise, what it measures).
+OTHER_TARGETS = {
+    "nixos_deploy.py": (["--rounds", "1"], ["--rounds", "3"], "§4 NixOS deploys, 4 hosts ÷ 1"),
+    "rotation_scale.py": (["--repeat", "1"], ["--repeat", "5"], "§5 rotation, 20 secrets ÷ 1"),
+}
+
+
 def other_targets(quick: bool) -> list[str]:
-    """The ``ratio ...`` lines of every ``bench/target_*.py`` (issue 19 §4, §5), run in turn."""
+    """The ratio lines of issue 19's other target scripts (and any ``bench/target_*.py``), run in turn."""
+    scripts = [(HERE / name, spec) for name, spec in OTHER_TARGETS.items()]
+    scripts += [(path, ([], [], path.stem)) for path in sorted(HERE.glob("target_*.py"))]
     lines = []
-    for script in sorted(HERE.glob("target_*.py")):
+    for script, (quick_args, full_args, what) in scripts:
+        if not script.exists():
+            continue
         log(f"running {script.name}")
-        proc = subprocess.run(
-            [sys.executable, str(script), *(["--quick"] if quick else [])], capture_output=True, text=True
-        )
-        found = [line for line in proc.stdout.splitlines() if line.startswith("ratio ")]
+        argv = [sys.executable, str(script), *(quick_args if quick else full_args)]
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        # Plain lines ("ratio 20/1: 2.10 (target ≤ 3)") or a markdown table row ("| **ratio 4 / 1** | ...").
+        found = [
+            " ".join(line.replace("**", "").replace("|", " ").split())
+            for line in proc.stdout.splitlines()
+            if "ratio" in line.lower()
+        ]
         if proc.returncode != 0 or not found:
-            found.append(
-                f"ratio {script.name}: no result (exit {proc.returncode}) {proc.stderr.strip()[-300:]}"
-            )
-        lines += found
+            found = [f"no result (exit {proc.returncode}): {proc.stderr.strip()[-300:]}"]
+        lines += [f"ratio {what} ({script.name}): {line}" for line in found]
     return lines
 
 
@@ -226,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the lab directory and logs")
     parser.add_argument(
         "--quick", action="store_true", help="CI guard: 16 hosts, 1 round, no docs, never fails"
+    )
+    parser.add_argument(
+        "--others",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also run issue 19's other target scripts (default: yes, except with --quick)",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -253,8 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         (RESULTS / name).write_text(json.dumps(record, indent=1) + "\n")
         print(report.table(record))
         print("\n".join(report.ratio_lines(record)), flush=True)
-    for line in other_targets(args.quick):
-        print(line, flush=True)
+    if args.others or (args.others is None and not args.quick):
+        for line in other_targets(args.quick):
+            print(line, flush=True)
     if args.docs:
         report.write_docs(DOCS, sorted(RESULTS.glob("hosts-*.json")))
         log(f"wrote {DOCS}")
