@@ -616,6 +616,16 @@ def plan(
 )
 @forks_option
 @click.option("--no-deploy", is_flag=True, help="Skip the deploy step for NixOS hosts.")
+@click.option(
+    "--confirm-timeout",
+    type=click.IntRange(5, 3600),
+    default=30,
+    metavar="SECONDS",
+    help="A deployed NixOS host rolls itself back unless confirmed within SECONDS (default 30).",
+)
+@click.option(
+    "--build-on", metavar="HOST", default=None, help="Build NixOS systems in HOST's store (default: here)."
+)
 @click.option("--no-diff", is_flag=True, help="Descriptions only.")
 @click.option(
     "--wait",
@@ -634,6 +644,8 @@ def run(
     yes: bool,
     forks: int,
     no_deploy: bool,
+    confirm_timeout: int,
+    build_on: str | None,
     no_diff: bool,
     lock_wait: float,
     timeout: float | None,
@@ -647,9 +659,13 @@ def run(
         forks=forks,
         yes=yes,
         deploy=not no_deploy,
+        confirm_timeout=confirm_timeout,
+        build_on=build_on,
         command_timeout=timeout,
         lock_wait=lock_wait,
     )
+    if build_on and build_on not in inv.hosts:
+        raise InputError(f"--build-on {build_on!r}: no such host in {inv.path}")
     if not yes and not sys.stdin.isatty():
         raise InputError("stdin is not a terminal: refusing to prompt; pass --yes to apply unattended")
     out = render.console()

@@ -1,0 +1,304 @@
+"""The deploy engine: build, copy, activate under a watchdog, confirm over a new connection, commit.
+
+One deploy is one change **on its host** (``op="nixos.deploy"``), applied by
+the runner in its pool like any other host change, so NixOS hosts deploy in
+parallel up to ``--forks`` and a failure belongs to its host:
+
+* :func:`build` — ``nix build --no-link --json`` of
+  ``nixosConfigurations.<host>.config.system.build.toplevel`` from the fleet
+  flake, on the controller or (``--build-on``) in a builder's store;
+* :func:`copy` — ``nix copy --to ssh-ng://`` with ``NIX_SSHOPTS`` from the
+  inventory (:mod:`infratool.nixssh`: the pinned key, never
+  ``~/.ssh/known_hosts``), skipped when the host already has the path (one
+  round trip);
+* :func:`activate` — starts the host's watchdog (:mod:`.hostside`), which
+  sets the system profile and runs ``switch-to-configuration test``;
+* :func:`confirm` / :func:`abort` — over a **new** connection (pinned key):
+  after the tasks' checks pass, the watchdog commits (``boot``); otherwise it
+  rolls back. When the controller is gone or the host cannot be reached, the
+  watchdog rolls back by itself after ``confirm_timeout``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from infratool import log
+from infratool.changes import action
+from infratool.errors import CommandFailed, ConnectError, HostError, HostKeyError, InfratoolError
+from infratool.inventory import Host
+from infratool.localenv import DEPLOY, minimal_env
+from infratool.nixssh import nix_ssh_config, ssh_alias
+from infratool.remote import Remote
+from infratool.secrets.secret import REDACTOR
+
+from . import hostside
+
+OP = "nixos.deploy"
+"""The action of a deploy change."""
+DEFAULT_CONFIRM_TIMEOUT = 30
+"""Seconds the host waits for the controller's confirmation (deploy-rs's default too)."""
+NIX_FLAGS = ("--extra-experimental-features", "nix-command flakes")
+LOCAL_ENV = (*DEPLOY, "NIX_CONFIG")
+
+_log = log.get_logger("infratool.deploy")
+
+
+class DeployFailed(HostError):
+    """A deploy did not commit; ``rolled_back`` says whether the host is back on its previous system."""
+
+    def __init__(self, host: str, message: str, rolled_back: bool = True) -> None:
+        self.rolled_back = rolled_back
+        super().__init__(host, message)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """What the watchdog said once ``switch-to-configuration test`` was over."""
+
+    word: str
+    """activated, or a final word (rolled-back, failed) when activation failed."""
+    detail: str
+
+    @classmethod
+    def parse(cls, line: str) -> Activation:
+        """``"rolled-back reason ..."`` → Activation("rolled-back", "reason ...")."""
+        word, _, detail = line.strip().partition(" ")
+        return cls(word or "none", detail)
+
+    @property
+    def final(self) -> bool:
+        """True when the watchdog has exited (nothing left to confirm)."""
+        return self.word in hostside.FINAL
+
+
+def toplevel_attr(flake: Path, host: str) -> str:
+    """The installable of ``host``'s system: ``path:<flake>#nixosConfigurations."<host>".config.system.build.toplevel``.
+
+    ``path:`` (not ``git+file:``) so generated files are built whether or not
+    they are committed yet.
+    """
+    return f'path:{Path(flake).resolve()}#nixosConfigurations."{host}".config.system.build.toplevel'
+
+
+def _nix(
+    argv: list[str], what: str, host: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> str:
+    full = {**minimal_env(LOCAL_ENV), **(env or {})}
+    proc = subprocess.run(argv, capture_output=True, env=full, cwd=cwd, check=False)
+    if proc.returncode != 0:
+        raise CommandFailed(
+            host, what, proc.returncode, REDACTOR.redact(proc.stderr.decode(errors="replace"))
+        )
+    return proc.stdout.decode()
+
+
+def host_from_args(data: dict[str, Any]) -> Host:
+    """A builder named in a deploy's args (plain data, so a saved plan carries it) as a Host."""
+    key = data.get("ssh_key")
+    return Host(
+        name=data["name"],
+        address=data["address"],
+        port=int(data["port"]),
+        user=data["user"],
+        ssh_key=Path(key) if key else None,
+        host_keys=tuple(data["host_keys"]),
+    )
+
+
+def host_to_args(host: Host) -> dict[str, Any]:
+    """What :func:`host_from_args` needs, as plain data."""
+    return {
+        "name": host.name,
+        "address": host.address,
+        "port": host.port,
+        "user": host.user,
+        "ssh_key": str(host.ssh_key) if host.ssh_key else None,
+        "host_keys": list(host.host_keys),
+    }
+
+
+def build(flake: Path, host: Host, build_on: Host | None = None) -> str:
+    """Build ``host``'s toplevel; its store path. With ``build_on``, in that host's store over ssh-ng."""
+    argv = ["nix", *NIX_FLAGS, "build", "--no-link", "--json", toplevel_attr(flake, host.name)]
+    if build_on is None:
+        out = _nix(argv, f"build the system of {host.name}", host.name, cwd=flake)
+    else:
+        # Evaluate here, build in the builder's store: the closure never passes through the controller.
+        argv += ["--eval-store", "auto", "--store", f"ssh-ng://{build_on.user}@{ssh_alias(build_on)}"]
+        with nix_ssh_config(build_on) as env:
+            out = _nix(argv, f"build the system of {host.name} on {build_on.name}", host.name, env, cwd=flake)
+    try:
+        return json.loads(out)[0]["outputs"]["out"]
+    except (ValueError, LookupError, TypeError):
+        raise CommandFailed(
+            host.name, "read nix build --json", 0, f"unexpected output: {out[:300]!r}"
+        ) from None
+
+
+def copy(remote: Any, host: Host, path: str, build_on: Host | None = None) -> bool:
+    """Copy ``path``'s closure to ``host`` unless it is there already; whether anything was copied.
+
+    The check is one command on the host's open connection; ``nix copy``
+    (its own ssh, options from the inventory) only runs for a missing path.
+    """
+    if remote.run(hostside.check_valid_script(path), check=False, what="check the store path").ok:
+        return False
+    dst = f"ssh-ng://{host.user}@{ssh_alias(host)}"
+    if build_on is None:
+        argv = ["nix", *NIX_FLAGS, "copy", "--no-check-sigs", "--to", dst, path]
+        with nix_ssh_config(host) as env:
+            _nix(argv, f"copy the system to {host.name}", host.name, env)
+    else:
+        # From the builder's store to the host's, through the controller
+        # (neither host holds a key to the other); each side pinned.
+        src = f"ssh-ng://{build_on.user}@{ssh_alias(build_on)}"
+        argv = ["nix", *NIX_FLAGS, "copy", "--no-check-sigs", "--from", src, "--to", dst, path]
+        with nix_ssh_config(build_on, host) as env:
+            _nix(argv, f"copy the system from {build_on.name} to {host.name}", host.name, env)
+    return True
+
+
+def activate(remote: Any, toplevel: str, confirm_timeout: int) -> Activation:
+    """Start the watchdog on the host and wait until ``switch-to-configuration test`` is over.
+
+    A connection lost meanwhile (the new generation restarted sshd) is not
+    an answer: the result is then ``activating``, and :func:`confirm` finds
+    out over a new connection.
+    """
+    script = hostside.start_script(toplevel, confirm_timeout)
+    try:
+        res = remote.run(script, check=False, what="activate the new system")
+    except ConnectError as exc:
+        return Activation("activating", f"connection lost during activation: {exc}")
+    if not res.ok:
+        raise CommandFailed(remote.host.name, "start the deploy watchdog", res.exited, res.stderr)
+    return Activation.parse(res.stdout.splitlines()[-1] if res.stdout.strip() else "none")
+
+
+def reconnect(host: Host, deadline: float, connect_timeout: float = 5.0) -> Remote:
+    """A **new** connection to ``host`` (pinned key), retried until ``deadline`` (monotonic)."""
+    last: Exception | None = None
+    while True:
+        remote = Remote(host, connect_timeout=connect_timeout)
+        try:
+            remote.connect()
+            return remote
+        except HostKeyError:
+            raise  # a different key after a deploy is an attack or a mistake, never retried
+        except (ConnectError, HostError) as exc:
+            last = exc
+            remote.close()
+        if time.monotonic() >= deadline:
+            raise ConnectError(host.name, f"no answer on the pinned key: {last}")
+        time.sleep(0.5)
+
+
+def finish(remote: Remote, verdict: str | None, confirm_timeout: int) -> Activation:
+    """Confirm (``verdict`` None) or abort with ``verdict``; the watchdog's final status."""
+    wait = confirm_timeout + 120.0  # commit or rollback includes a switch-to-configuration
+    script = hostside.confirm_script(wait) if verdict is None else hostside.abort_script(verdict, wait)
+    res = remote.run(script, check=False, what="confirm the deploy" if verdict is None else "roll back")
+    return Activation.parse(res.stdout.strip().splitlines()[-1] if res.stdout.strip() else "none")
+
+
+def wait_final(host: Host, started: float, confirm_timeout: int) -> Activation:
+    """After losing the host: wait for it to roll itself back and answer again; its final status."""
+    deadline = started + confirm_timeout + 120.0
+    remote = reconnect(host, deadline)
+    try:
+        res = remote.run(hostside.status_script(max(0.0, deadline - time.monotonic())), check=False)
+        return Activation.parse(res.stdout.strip().splitlines()[-1] if res.stdout.strip() else "none")
+    finally:
+        remote.close()
+
+
+@action(OP)
+def deploy_action(
+    ctx: Any,
+    flake: str,
+    confirm_timeout: int = DEFAULT_CONFIRM_TIMEOUT,
+    build_on: dict[str, Any] | None = None,
+    files: list[str] | None = None,
+) -> None:
+    """Build, copy and activate the host's new system under its watchdog.
+
+    Leaves the host activated and its watchdog waiting for
+    :func:`confirm_deploy` (the runner calls it right after, over a new
+    connection, with the tasks' checks). Raises :class:`DeployFailed` when
+    activation failed (the watchdog then already rolled back). ``files``
+    (the generated files that changed) is for the plan's reader only.
+    """
+    host: Host = ctx.host
+    builder = host_from_args(build_on) if build_on else None
+    toplevel = build(Path(flake), host, builder)
+    copied = copy(ctx.remote, host, toplevel, builder)
+    _log.info("deploy: copied" if copied else "deploy: closure already there", host=host.name, path=toplevel)
+    result = activate(ctx.remote, toplevel, confirm_timeout)
+    _log.info("deploy: activation over", host=host.name, status=result.word)
+    if result.final:
+        raise DeployFailed(host.name, f"the host {_said(result)}", result.word == "rolled-back")
+
+
+Checks = Callable[[Remote], list[str]]
+"""``checks(new_connection) -> problems``: the verify steps of the tasks that changed the host."""
+
+
+def confirm_deploy(host: Host, checks: Checks, confirm_timeout: int) -> str:
+    """Over a **new** connection: run ``checks``, then confirm (commit) or abort (roll back).
+
+    Returns the watchdog's final word on success (``committed``); raises
+    :class:`DeployFailed` with what happened otherwise. When the new system
+    does not answer on the pinned key, waits for the host to roll itself
+    back and answer again, and says so.
+    """
+    started = time.monotonic()
+    try:
+        remote = reconnect(host, started + max(1.0, confirm_timeout * 0.8))
+    except ConnectError as exc:
+        final = wait_final(host, started, confirm_timeout)
+        raise DeployFailed(
+            host.name,
+            f"the new system did not answer on the pinned key ({exc}); the host {_said(final)}",
+            final.word == "rolled-back",
+        ) from None
+    try:
+        status = remote.run(
+            hostside.status_script(), check=False, what="read the deploy status"
+        ).stdout.strip()
+        current = Activation.parse(status.splitlines()[-1] if status else "none")
+        if current.final:
+            raise DeployFailed(host.name, f"the host {_said(current)}", current.word == "rolled-back")
+        try:
+            problems = checks(remote)
+        except Exception as exc:  # a check that crashes is a failed check, and the host rolls back
+            problems = [error_text(exc)]
+        verdict = "; ".join(problems)[:300] if problems else None
+        final = finish(remote, verdict, confirm_timeout)
+    finally:
+        remote.close()
+    if final.word != "committed":
+        reason = f"verify failed: {verdict}; " if verdict else ""
+        raise DeployFailed(host.name, f"{reason}the host {_said(final)}", final.word == "rolled-back")
+    return final.word
+
+
+def _said(status: Activation) -> str:
+    if status.word == "rolled-back":
+        return f"rolled back ({status.detail})"
+    if status.word == "failed":
+        return f"could not roll back: {status.detail}"
+    return f"reports {status.word} {status.detail}".strip()
+
+
+def error_text(exc: BaseException) -> str:
+    """A one-line message for a failed deploy (secrets redacted)."""
+    if isinstance(exc, InfratoolError):
+        return REDACTOR.redact(str(exc))
+    return REDACTOR.redact(f"internal error in deploy: {type(exc).__name__}: {exc}")
