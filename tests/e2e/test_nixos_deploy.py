@@ -1,0 +1,215 @@
+"""Issue 14 §1/§3: the deploy engine on NixOS-shaped lab hosts (the stand-in flake of tests/nixos_standin.py).
+
+One lab for the module (four hosts, os: nixos, sshd of slax on 2222); the
+tests run in order on it, each starting from the converged state the
+previous one left. The controller's HOME holds a **poisoned**
+``~/.ssh/known_hosts`` (wrong keys for every lab address): had any ssh of
+the deploy read it, the deploy would fail; it must also stay unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import Cli
+from infratool_lab import Lab, LabUnavailable
+from nixos_standin import set_knobs, write_flake
+
+from infratool import inventory as inventory_mod
+from infratool.remote import Remote
+
+POISON = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+NIX_CONFIG = "build-users-group =\nsandbox = false\nsubstituters =\n"
+PROFILE = "/nix/var/nix/profiles/system"
+HOSTS = ["snix", "slax", "brix", "nixtv-player"]
+
+
+def _subnet() -> str:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    return f"127.{10 + (int(worker) if worker.isdigit() else 0) % 240}.{random.SystemRandom().randrange(256)}"
+
+
+@pytest.fixture(scope="module")
+def nixos(tmp_path_factory):
+    """A four-host lab whose hosts are os: nixos, with the stand-in flake; torn down after the module."""
+    root = tmp_path_factory.mktemp("nixos-lab")
+    try:
+        Lab(root).preflight()
+    except LabUnavailable as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"no lab on this CI machine: {exc}")
+        pytest.skip(f"no lab on this machine: {exc}")
+    lab = Lab(root, subnet=_subnet())
+    lab.up(4)
+    try:
+        lab.set_port("slax", 2222)  # real fleets: sshd on 2222; ssh-ng:// URIs cannot carry a port
+        data = yaml.safe_load(lab.inventory_path.read_text())
+        for name in HOSTS:
+            data["hosts"][name]["os"] = "nixos"
+        lab.inventory_path.write_text(yaml.safe_dump(data))
+        write_flake(lab.flake_dir, HOSTS)
+        home = root / "home"
+        (home / ".ssh").mkdir(parents=True)
+        poisoned = "".join(f"{h.address} {POISON}\n[{h.address}]:{h.port} {POISON}\n" for h in lab.hosts())
+        (home / ".ssh" / "known_hosts").write_text(poisoned)
+        lab.home = home  # type: ignore[attr-defined]
+        lab.poisoned = poisoned  # type: ignore[attr-defined]
+        yield lab
+    finally:
+        lab.down()
+
+
+def playbook(tmp: Path, value: int) -> Path:
+    """nix.settings on every host: on NixOS, a generated module in the flake, then a deploy."""
+    path = tmp / f"nix-{value}.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "nix",
+                "hosts": "all",
+                "tasks": [{"task": "nix.settings", "with": {"settings": {"max-jobs": value}}}],
+            }
+        )
+    )
+    return path
+
+
+def env(lab) -> dict[str, str]:
+    return {"HOME": str(lab.home), "NIX_CONFIG": NIX_CONFIG}
+
+
+def remote_out(lab, name: str, command: str) -> str:
+    """``command``'s output on ``name``, over SSH with the pinned key (the host may have a new sshd)."""
+    host = inventory_mod.load(lab.inventory_path).hosts[name]
+    with Remote(host, connect_timeout=5) as r:
+        return r.run(command).stdout.strip()
+
+
+def system_of(lab, name: str) -> tuple[str, str, str]:
+    """(running system, profile target, boot default) of a host."""
+    out = remote_out(
+        lab,
+        name,
+        f"readlink -f /run/current-system; readlink -f {PROFILE}; readlink -f /var/lib/standin-boot/default",
+    )
+    lines = out.splitlines() + ["", "", ""]
+    return lines[0], lines[1], lines[2]
+
+
+def run(cli: Cli, lab, book: Path, *extra: str, timeout: float = 300):
+    return cli("-i", lab.inventory_path, "run", book, "--yes", *extra, env=env(lab), timeout=timeout)
+
+
+def test_site_converges_every_host_deployed_in_parallel_then_zero_deploys(nixos, cli, tmp_path):
+    book = playbook(tmp_path, 3)
+    plan = cli("-i", nixos.inventory_path, "plan", book, env=env(nixos))
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    for name in HOSTS:
+        assert f"hosts/{name}/generated/nix-settings.nix" in plan.stdout
+        assert f"deploy {name}: build, copy, activate, verify, commit" in plan.stdout
+    result = run(cli, nixos, book)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for name in HOSTS:
+        running, profile, boot = system_of(nixos, name)
+        assert running.endswith(f"-nixos-system-{name}"), running
+        assert running == profile == boot
+        assert "max-jobs = 3" in remote_out(nixos, name, "cat /run/current-system/configuration")
+    again = cli("-i", nixos.inventory_path, "plan", book, "--json", env=env(nixos))
+    assert again.returncode == 0, again.stderr
+    assert (
+        '"changes": []' in again.stdout.replace("\n", "").replace("  ", "") or '"changes": 0' in again.stdout
+    )
+    assert "deploy" not in again.stdout.split('"summary"')[0]
+    # Never read (the poisoned keys would have refused every host), never written.
+    assert (nixos.home / ".ssh" / "known_hosts").read_text() == nixos.poisoned
+    assert sorted(os.listdir(nixos.home / ".ssh")) == ["known_hosts"]
+
+
+def test_a_generation_that_stops_sshd_is_rolled_back_by_the_host_itself(nixos, cli, tmp_path):
+    before = {name: system_of(nixos, name)[0] for name in HOSTS}
+    set_knobs(nixos.flake_dir, "brix", "break-sshd")
+    try:
+        result = run(cli, nixos, playbook(tmp_path, 4), "--confirm-timeout", "6")
+    finally:
+        set_knobs(nixos.flake_dir, "brix")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "brix" in result.stdout and "did not answer on the pinned key" in result.stdout + result.stderr
+    assert "rolled back" in result.stdout + result.stderr
+    # brix answers again on its pinned key, running what it ran before, its profile reset.
+    running, profile, boot = system_of(nixos, "brix")
+    assert running == before["brix"] == profile == boot
+    for name in ("snix", "slax", "nixtv-player"):  # the others deployed
+        running, profile, boot = system_of(nixos, name)
+        assert running != before[name] and running == profile == boot
+    # brix stays pending: the next run deploys it (and only it) and converges.
+    again = run(cli, nixos, playbook(tmp_path, 4))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "deploy brix" in again.stdout and "deploy snix" not in again.stdout
+    assert "max-jobs = 4" in remote_out(nixos, "brix", "cat /run/current-system/configuration")
+
+
+def test_kill_9_between_test_and_boot_the_watchdog_rolls_back_and_the_next_run_converges(
+    nixos, cli, tmp_path
+):
+    before = system_of(nixos, "slax")[0]
+    book = playbook(tmp_path, 5)
+    proc = cli.start(
+        "-i",
+        nixos.inventory_path,
+        "run",
+        book,
+        "--yes",
+        "--limit",
+        "slax",
+        "--confirm-timeout",
+        "5",
+        env=env(nixos),
+    )
+    status = nixos.host("slax").path("/run/infratool-deploy/status")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if status.exists() and status.read_text().startswith("activated"):
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("slax never reached 'activated'")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert system_of(nixos, "slax")[0] != before  # activated, not committed
+    deadline = time.monotonic() + 60
+    while not status.read_text().startswith("rolled-back") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert status.read_text().startswith("rolled-back"), status.read_text()
+    running, profile, boot = system_of(nixos, "slax")
+    assert running == before == profile == boot
+    again = run(cli, nixos, book, "--limit", "slax")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "pending" in again.stdout or "deploy slax" in again.stdout
+    assert "max-jobs = 5" in remote_out(nixos, "slax", "cat /run/current-system/configuration")
+    plan = cli(
+        "-i", nixos.inventory_path, "plan", book, "--limit", "slax", "--detailed-exitcode", env=env(nixos)
+    )
+    assert plan.returncode == 0, plan.stdout
+
+
+def test_a_failed_activation_rolls_back_and_fails_only_that_host(nixos, cli, tmp_path):
+    before = {name: system_of(nixos, name)[0] for name in HOSTS}
+    set_knobs(nixos.flake_dir, "nixtv-player", "fail-activation")
+    try:
+        result = run(cli, nixos, playbook(tmp_path, 6))
+    finally:
+        set_knobs(nixos.flake_dir, "nixtv-player")
+    assert result.returncode == 1
+    assert "switch-to-configuration test exited 1" in result.stdout + result.stderr
+    running, profile, boot = system_of(nixos, "nixtv-player")
+    assert running == before["nixtv-player"] == profile == boot
+    for name in ("snix", "slax", "brix"):
+        assert system_of(nixos, name)[0] != before[name]
