@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -99,7 +98,7 @@ def system_of(lab, name: str) -> tuple[str, str, str]:
         name,
         f"readlink -f /run/current-system; readlink -f {PROFILE}; readlink -f /var/lib/standin-boot/default",
     )
-    lines = out.splitlines() + ["", "", ""]
+    lines = [*out.splitlines(), "", "", ""]
     return lines[0], lines[1], lines[2]
 
 
