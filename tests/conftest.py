@@ -104,10 +104,13 @@ def lab_subnet() -> str:
 
 @pytest.fixture
 def lab_factory(tmp_path: Path) -> Iterator[Callable[[int], Lab]]:
-    """``make(count) -> Lab``: a running lab of ``count`` hosts in ``tmp_path``; all torn down after."""
+    """``make(count, nixos=None) -> Lab``: a running lab of ``count`` hosts in ``tmp_path``; all torn down after.
+
+    ``nixos`` (True, or host names) makes those hosts NixOS-shaped (``lab up --nixos``).
+    """
     labs: list[Lab] = []
 
-    def make(count: int = 4) -> Lab:
+    def make(count: int = 4, nixos: bool | list[str] | None = None) -> Lab:
         root = tmp_path / f"lab{len(labs)}"
         try:
             Lab(root).preflight()
@@ -119,7 +122,7 @@ def lab_factory(tmp_path: Path) -> Iterator[Callable[[int], Lab]]:
             lab = Lab(root, subnet=next_subnet())
             labs.append(lab)
             try:
-                lab.up(count)
+                lab.up(count, nixos=nixos)
             except AddressInUseError:
                 continue  # another lab (another pytest session?) holds it
             return lab

@@ -27,7 +27,11 @@ def _require_lab() -> None:
 @click.group(
     help="The local lab fleet: real sshd hosts in mount namespaces (needs root)."
     + examples(
-        "infratool lab up", "infratool lab up --hosts 32", "infratool lab status", "infratool lab down"
+        "infratool lab up",
+        "infratool lab up --nixos",
+        "infratool lab up --hosts 32",
+        "infratool lab status",
+        "infratool lab down",
     )
 )
 def lab() -> None:
@@ -48,6 +52,7 @@ def _lab(subnet: str | None = None):
     + examples(
         'eval "$(infratool lab up | grep ^export)"',
         "infratool lab up --subnet 127.0.5   # a second lab next to the first",
+        "infratool lab up --nixos snix,slax   # NixOS-shaped snix and slax",
     ),
 )
 @click.option(
@@ -63,14 +68,31 @@ def _lab(subnet: str | None = None):
     default=None,
     help="Loopback subnet of the hosts (<subnet>.10, .11, ...) [default: the last one used, else 127.0.0].",
 )
+@click.option(
+    "--nixos",
+    "nixos",
+    metavar="HOST,...",
+    is_flag=False,
+    flag_value="*",
+    default=None,
+    help="Make hosts NixOS-shaped (system profile, generations, switch-to-configuration, os: nixos): "
+    "all with --nixos alone, or the named ones [default: as the last `lab up`].",
+)
 @pass_globals
-def lab_up(g: Globals, count: int | None, subnet: str | None) -> None:
+def lab_up(g: Globals, count: int | None, subnet: str | None, nixos: str | None) -> None:
     import shlex
 
     from infratool_lab.services import prepare_fleet
 
+    shaped: bool | list[str] | None = None
+    if nixos == "*":
+        shaped = True
+    elif nixos is not None:
+        shaped = [n.strip() for n in nixos.split(",") if n.strip()]
+        if not shaped:
+            raise InputError("--nixos takes host names separated by commas, like --nixos snix,slax")
     the_lab = _lab(subnet)
-    started = the_lab.up(count)
+    started = the_lab.up(count, nixos=shaped)
     key_file = prepare_fleet(the_lab)
     inventory = the_lab.inventory_path.resolve()
     key = Path(key_file).resolve()

@@ -56,6 +56,12 @@ if [ "$daemon" = 1 ]; then
     done
   ) </dev/null >/dev/null 2>&1 &
 fi
+# A NixOS-shaped host boots into its boot default, as NixOS's stage 2 does:
+# that generation is activated (its units started) before sshd answers.
+if [ -x /var/lib/lab-boot/default/bin/switch-to-configuration ]; then
+  /var/lib/lab-boot/default/bin/switch-to-configuration test </dev/null >>/var/log/lab-boot.log 2>&1 ||
+    echo "lab-boot: activating the boot default failed (see /var/log/lab-boot.log)" >&2
+fi
 exec "$sshd" -D -f /etc/ssh/sshd_config -E /var/log/sshd.log
 """
 

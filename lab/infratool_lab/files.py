@@ -117,8 +117,13 @@ def public_key_of(private_path: Path) -> str:
     return f"{fields[0]} {fields[1]}"
 
 
-def sshd_config(address: str, port: int = 22) -> str:
-    """The sshd_config of a lab host listening on ``address:port``."""
+def sshd_config(address: str, port: int = 22, nixos: bool = False) -> str:
+    """The sshd_config of a lab host listening on ``address:port``.
+
+    A NixOS-shaped host also reads ``/etc/ssh/authorized_keys.d/%u``, where
+    NixOS's activation puts ``users.users.<name>.openssh.authorizedKeys``.
+    """
+    keys = ".ssh/authorized_keys /etc/ssh/authorized_keys.d/%u" if nixos else ".ssh/authorized_keys"
     return f"""\
 # written by infratool's lab; rewritten on every `lab up`
 ListenAddress {address}:{port}
@@ -126,7 +131,7 @@ HostKey {HOST_KEY_PATH}
 PidFile /run/sshd.pid
 PermitRootLogin prohibit-password
 PubkeyAuthentication yes
-AuthorizedKeysFile .ssh/authorized_keys
+AuthorizedKeysFile {keys}
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitEmptyPasswords no
@@ -172,6 +177,8 @@ class HostSpec:
     address: str
     tags: tuple[str, ...]
     port: int = 22
+    nixos: bool = False
+    """A NixOS-shaped host (``lab up --nixos``): system profile, activation, ``os: nixos``."""
 
     @property
     def runs_nix_daemon(self) -> bool:
@@ -212,7 +219,7 @@ def prepare_host(root: Path, spec: HostSpec, admin_public: str) -> bool:
         atomic_write(keys, f"{present}{sep}{admin_public}\n", 0o600)
 
     config = host_path(root, SSHD_CONFIG_PATH)
-    wanted = sshd_config(spec.address, spec.port)
+    wanted = sshd_config(spec.address, spec.port, spec.nixos)
     if config.exists() and config.read_text() == wanted:
         return False
     atomic_write(config, wanted)
@@ -253,7 +260,7 @@ def render_inventory(hosts: Sequence[tuple[HostSpec, str]], ssh_key: Path, flake
     for spec, host_key in hosts:
         port = f"port: {spec.port}, " if spec.port != 22 else ""
         lines.append(
-            f"  {_scalar(spec.name)}: {{address: {_scalar(spec.address)}, {port}os: linux, "
+            f"  {_scalar(spec.name)}: {{address: {_scalar(spec.address)}, {port}os: {'nixos' if spec.nixos else 'linux'}, "
             f"system: {_scalar(system)}, tags: {_flow_list(spec.tags)}, "
             f"host_key: {json.dumps(host_key)}}}"
         )

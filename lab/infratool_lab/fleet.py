@@ -37,7 +37,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from infratool.errors import CommandFailed, InputError
-from infratool_lab import boot, files, procs
+from infratool_lab import boot, files, nixos, procs
 from infratool_lab.errors import LabError, LabUnavailable
 from infratool_lab.files import HostSpec
 from infratool_lab.host import HostStatus, LabHost
@@ -147,27 +147,47 @@ class Lab:
         state = {
             "subnet": self.subnet,
             "hosts": [
-                {"name": s.name, "address": s.address, "tags": list(s.tags), "port": s.port} for s in specs
+                {"name": s.name, "address": s.address, "tags": list(s.tags), "port": s.port, "nixos": s.nixos}
+                for s in specs
             ],
         }
         files.atomic_write(self.root / "lab.json", json.dumps(state, indent=1) + "\n")
 
     def _specs_from_state(self) -> list[HostSpec]:
         return [
-            HostSpec(h["name"], h["address"], tuple(h["tags"]), h.get("port", 22))
+            HostSpec(h["name"], h["address"], tuple(h["tags"]), h.get("port", 22), h.get("nixos", False))
             for h in self._load_state().get("hosts", [])
         ]
 
-    def _wanted_specs(self, count: int | None) -> list[HostSpec]:
+    def _wanted_specs(self, count: int | None, nixos: bool | Sequence[str] | None = None) -> list[HostSpec]:
         count = len(FLEET) if count is None else count
         if not 1 <= count <= MAX_HOSTS:
             raise InputError(f"a lab has 1 to {MAX_HOSTS} hosts, not {count}")
         named = [(n, tuple(t)) for n, t in FLEET.items()][:count]
         extra = [(f"lab{i:02d}", EXTRA_TAGS) for i in range(len(named) + 1, count + 1)]
-        # A port moved by set_port() stays moved across `up`s.
-        ports = {s.name: s.port for s in self._specs_from_state()}
+        # A port moved by set_port() stays moved across `up`s, and so does
+        # NixOS unless this `up` says which hosts are NixOS.
+        before = {s.name: s for s in self._specs_from_state()}
+        names = [n for n, _ in named + extra]
+        if nixos is None:
+            shaped = {n for n in names if n in before and before[n].nixos}
+        elif nixos is True:
+            shaped = set(names)
+        elif nixos is False:
+            shaped = set()
+        else:
+            unknown = sorted(set(nixos) - set(names))
+            if unknown:
+                raise InputError(f"--nixos names hosts this lab does not have: {', '.join(unknown)}")
+            shaped = set(nixos)
         return [
-            HostSpec(name, f"{self.subnet}.{10 + i}", tags, ports.get(name, 22))
+            HostSpec(
+                name,
+                f"{self.subnet}.{10 + i}",
+                tags,
+                before[name].port if name in before else 22,
+                name in shaped,
+            )
             for i, (name, tags) in enumerate(named + extra)
         ]
 
@@ -235,7 +255,7 @@ class Lab:
 
     # -- lifecycle ----------------------------------------------------------
 
-    def up(self, count: int | None = None) -> list[LabHost]:
+    def up(self, count: int | None = None, nixos: bool | Sequence[str] | None = None) -> list[LabHost]:
         """Start the lab (idempotent) and write its inventory; return its hosts.
 
         ``count`` None means the four fleet hosts; fewer takes the first
@@ -243,8 +263,13 @@ class Lab:
         dead one is started afresh, hosts beyond ``count`` from an earlier,
         larger lab are stopped. Raises AddressInUseError before starting
         anything if an address is taken.
+
+        ``nixos`` makes hosts NixOS-shaped (:mod:`infratool_lab.nixos`): True
+        for all, a list of names for some, False for none, None to keep what
+        the last ``up`` chose. A NixOS host without a system profile gets its
+        first generation built, installed and switched to.
         """
-        specs = self._wanted_specs(count)
+        specs = self._wanted_specs(count, nixos)
         self.preflight()
         with self._locked():
             admin_public = self._ensure_admin_key()
@@ -266,6 +291,7 @@ class Lab:
             self._save_state(specs)
             self._start(to_start)
             self._write_inventory(specs)
+            self._first_generations([s for s in specs if s.nixos])
         return self.hosts()
 
     def down(self) -> None:
@@ -287,9 +313,9 @@ class Lab:
 
     def start_host(self, name: str) -> None:
         """Bring a stopped host back (a no-op when it runs)."""
-        host = self.host(name)
+        self.host(name)
         self.preflight()
-        spec = HostSpec(host.name, host.address, host.tags, host.port)
+        spec = next(s for s in self._specs_from_state() if s.name == name)
         with self._locked():
             if self._running_pid(name) is None:
                 self._stop([name])
@@ -307,13 +333,13 @@ class Lab:
         self.preflight()
         with self._locked():
             specs = [
-                HostSpec(s.name, s.address, s.tags, port if s.name == name else s.port)
+                HostSpec(s.name, s.address, s.tags, port if s.name == name else s.port, s.nixos)
                 for s in self._specs_from_state()
             ]
             spec = next(s for s in specs if s.name == name)
             files.atomic_write(
                 files.host_path(self._host_root(name), files.SSHD_CONFIG_PATH),
-                files.sshd_config(spec.address, port),
+                files.sshd_config(spec.address, port, spec.nixos),
             )
             self._stop([name])
             self._save_state(specs)
@@ -432,6 +458,23 @@ class Lab:
         except BaseException:
             self._stop(list(booting))
             raise
+
+    def _first_generations(self, specs: Sequence[HostSpec]) -> None:
+        """Give NixOS hosts the lab flake, sops, and (once) a first generation switched to."""
+        if not specs:
+            return
+        nixos.write_flake(self.flake_dir, [(s.name, _nix_system()) for s in specs])
+        for spec in specs:
+            nixos.install_sops(self._host_root(spec.name))
+        fresh = [
+            s.name
+            for s in specs
+            if not os.path.lexists(files.host_path(self._host_root(s.name), nixos.PROFILE))
+        ]
+        built = nixos.build(self.flake_dir, fresh)
+        for name, path in built.items():
+            nixos.copy_to_host(self._host_root(name), path)
+            self.exec(name, nixos.switch_script(path), check=True)
 
     def _write_inventory(self, specs: Sequence[HostSpec]) -> None:
         pairs = [
