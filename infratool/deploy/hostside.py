@@ -48,7 +48,7 @@ trap '' HUP
 dir=$1 new=$2 timeout=$3
 profile=/nix/var/nix/profiles/system
 say() { printf '%s\n' "$*" > "$dir/status.tmp" && mv -f "$dir/status.tmp" "$dir/status"; }
-log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >> "$dir/log"; }
+log() { printf "%s %s\n" "$(date +%s.%N)" "$*" >> "$dir/log"; }
 prev_link=$(readlink "$profile" 2>/dev/null || true)
 prev_sys=$(readlink -f /run/current-system 2>/dev/null || true)
 [ -n "$prev_sys" ] || { [ -n "$prev_link" ] && prev_sys=$(readlink -f "$profile"); }
