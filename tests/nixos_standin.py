@@ -11,7 +11,8 @@ system and activation**, named as such; the profile, generations, store
 paths, ``nix build``/``nix copy``/``nix-env`` are the real ones.
 
 Knobs (``hosts/<host>/knobs``, one word a line) make a generation misbehave:
-``break-sshd`` (its activation stops sshd), ``fail-activation`` (exits 1).
+``break-sshd`` (its activation stops sshd), ``fail-activation`` (exits 1),
+``drop-config`` (the generation lacks the generated files: a verify fails).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ FLAKE = r"""{
               mkdir -p $out/bin
               printf '%s' "$config" > $out/configuration
               printf '%s' "$knobs" > $out/knobs
+              case "$knobs" in *drop-config*) : > $out/configuration ;; esac
               printf '%s' "$activate" > $out/bin/switch-to-configuration
               chmod +x $out/bin/switch-to-configuration
             '' ];

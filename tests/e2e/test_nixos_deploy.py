@@ -22,7 +22,10 @@ from infratool_lab import Lab, LabUnavailable
 from nixos_standin import set_knobs, write_flake
 
 from infratool import inventory as inventory_mod
+from infratool import nixgen
 from infratool.remote import Remote
+from infratool.tasks.base import Param, PlanContext, Task, register
+from infratool.tasks.nix_settings import local_file_change
 
 POISON = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 NIX_CONFIG = "build-users-group =\nsandbox = false\nsubstituters =\n"
@@ -212,3 +215,62 @@ def test_a_failed_activation_rolls_back_and_fails_only_that_host(nixos, cli, tmp
     assert running == before["nixtv-player"] == profile == boot
     for name in ("snix", "slax", "brix"):
         assert system_of(nixos, name)[0] != before[name]
+
+
+@register
+class RunningSystemHasMarker(Task):
+    """Test task: a generated module per NixOS host, verified on the running system after the deploy."""
+
+    name = "test.deploy_marker"
+    summary = "generated marker module, verified in /run/current-system"
+    host_local = True
+    params = {"value": Param(str, required=True)}
+
+    def plan(self, ctx: PlanContext) -> list:
+        changes = []
+        for hctx in ctx.hosts.values():
+            content = nixgen.module({"environment.etc.marker.text": self.args["value"]})
+            rel = f"hosts/{hctx.name}/generated/marker.nix"
+            changes += local_file_change(ctx.local, self.name, rel, content, deploy=hctx.name)
+        return changes
+
+    def verify(self, ctx: PlanContext, changed: set[str]) -> dict[str, str]:
+        problems = {}
+        for name in changed & set(ctx.hosts):  # "local" (the flake repo) is not a host to check
+            text = ctx.hosts[name].run("cat /run/current-system/configuration", check=False).stdout
+            if self.args["value"] not in text:
+                problems[name] = f"the running system lacks marker {self.args['value']!r}"
+            else:
+                ctx.prove(name, "marker in the running system")
+        return problems
+
+
+def test_a_failing_verify_rolls_back_that_host_and_only_that_host(nixos, tmp_path, monkeypatch):
+    from infratool import playbook as pb
+    from infratool.options import RunOptions
+    from infratool.runner import Runner
+
+    monkeypatch.setenv("HOME", str(nixos.home))
+    monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
+    book = tmp_path / "marker.yaml"
+    task = {"task": "test.deploy_marker", "with": {"value": "marker-one"}}
+    book.write_text(yaml.safe_dump({"name": "marker", "hosts": "all", "tasks": [task]}))
+    inv = inventory_mod.load(nixos.inventory_path)
+    before = {name: system_of(nixos, name)[0] for name in HOSTS}
+    set_knobs(nixos.flake_dir, "snix", "drop-config")
+    try:
+        with Runner(inv, pb.load(book, inv), RunOptions(yes=True, confirm_timeout=20)) as runner:
+            result = runner.run()
+    finally:
+        set_knobs(nixos.flake_dir, "snix")
+    snix = result.hosts["snix"]
+    assert snix.status == "failed", result.to_dict()
+    assert "verify failed" in (snix.error or "") and "lacks marker" in (snix.error or "")
+    assert "rolled back" in (snix.error or "")
+    running, profile, boot = system_of(nixos, "snix")
+    assert running == before["snix"] == profile == boot  # the previous generation, active and default
+    for name in ("slax", "brix", "nixtv-player"):
+        assert result.hosts[name].status == "changed", result.to_dict()
+        assert "marker in the running system" in result.hosts[name].verified
+        assert system_of(nixos, name)[0] != before[name]
+    assert result.exit_code == 1
