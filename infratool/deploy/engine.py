@@ -21,8 +21,10 @@ parallel up to ``--forks`` and a failure belongs to its host:
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -124,22 +126,72 @@ def host_to_args(host: Host) -> dict[str, Any]:
     }
 
 
-def build(flake: Path, host: Host, build_on: Host | None = None) -> str:
-    """Build ``host``'s toplevel; its store path. With ``build_on``, in that host's store over ssh-ng."""
-    argv = ["nix", *NIX_FLAGS, "build", "--no-link", "--json", toplevel_attr(flake, host.name)]
+def build_many(flake: Path, names: list[str], build_on: Host | None = None, what: str = "") -> dict[str, str]:
+    """Build the toplevels of ``names`` in **one** ``nix build`` (one evaluation process); name → store path.
+
+    With ``build_on``, evaluated here and built in that host's store over ssh-ng.
+    """
+    label = what or names[0]
+    argv = ["nix", *NIX_FLAGS, "build", "--no-link", "--json", *(toplevel_attr(flake, n) for n in names)]
     if build_on is None:
-        out = _nix(argv, f"build the system of {host.name}", host.name, cwd=flake)
+        out = _nix(argv, f"build the system of {', '.join(names)}", label, cwd=flake)
     else:
         # Evaluate here, build in the builder's store: the closure never passes through the controller.
         argv += ["--eval-store", "auto", "--store", f"ssh-ng://{build_on.user}@{ssh_alias(build_on)}"]
         with nix_ssh_config(build_on) as env:
-            out = _nix(argv, f"build the system of {host.name} on {build_on.name}", host.name, env, cwd=flake)
+            out = _nix(
+                argv, f"build the system of {', '.join(names)} on {build_on.name}", label, env, cwd=flake
+            )
     try:
-        return json.loads(out)[0]["outputs"]["out"]
+        # `nix build --json` lists the installables in the order given.
+        return {n: r["outputs"]["out"] for n, r in zip(names, json.loads(out), strict=True)}
     except (ValueError, LookupError, TypeError):
-        raise CommandFailed(
-            host.name, "read nix build --json", 0, f"unexpected output: {out[:300]!r}"
-        ) from None
+        raise CommandFailed(label, "read nix build --json", 0, f"unexpected output: {out[:300]!r}") from None
+
+
+class _BatchBuild:
+    """One ``nix build`` for every host deployed together, shared by their (parallel) deploy actions.
+
+    Apply-time only (nothing from planning): the first action of a batch to
+    arrive builds them all while the others wait, so N hosts cost one
+    evaluation process, not N competing for the controller's cores. If the
+    batch fails, each host builds on its own, so a broken host fails alone.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._results: dict[tuple, concurrent.futures.Future] = {}
+
+    def get(self, flake: Path, batch_id: str, batch: list[str], host: str, build_on: Host | None) -> str:
+        key = (batch_id, str(flake), tuple(batch), build_on.name if build_on else None)
+        with self._lock:
+            future = self._results.get(key)
+            mine = future is None
+            if mine:
+                future = self._results[key] = concurrent.futures.Future()
+        if mine:
+            try:
+                future.set_result(build_many(flake, list(batch), build_on))
+            except Exception as exc:
+                future.set_exception(exc)
+        try:
+            return future.result()[host]
+        except InfratoolError:
+            return build_many(flake, [host], build_on)
+
+
+_BATCH = _BatchBuild()
+
+
+def build(flake: Path, host: Host, build_on: Host | None = None, batch: dict[str, Any] | None = None) -> str:
+    """Build ``host``'s toplevel (with the rest of ``batch`` in one ``nix build``); its store path.
+
+    ``batch``: ``{"id": ..., "hosts": [...]}``, the hosts of one plan's deploys.
+    """
+    hosts = list((batch or {}).get("hosts") or [])
+    if len(hosts) > 1 and host.name in hosts:
+        return _BATCH.get(flake, str(batch["id"]), hosts, host.name, build_on)
+    return build_many(flake, [host.name], build_on)[host.name]
 
 
 def copy(remote: Any, host: Host, path: str, build_on: Host | None = None) -> bool:
@@ -226,6 +278,7 @@ def deploy_action(
     confirm_timeout: int = DEFAULT_CONFIRM_TIMEOUT,
     build_on: dict[str, Any] | None = None,
     files: list[str] | None = None,
+    batch: dict[str, Any] | None = None,
 ) -> None:
     """Build, copy and activate the host's new system under its watchdog.
 
@@ -233,11 +286,12 @@ def deploy_action(
     :func:`confirm_deploy` (the runner calls it right after, over a new
     connection, with the tasks' checks). Raises :class:`DeployFailed` when
     activation failed (the watchdog then already rolled back). ``files``
-    (the generated files that changed) is for the plan's reader only.
+    (the generated files that changed) is for the plan's reader only;
+    ``batch`` names the hosts deployed together (built in one ``nix build``).
     """
     host: Host = ctx.host
     builder = host_from_args(build_on) if build_on else None
-    toplevel = build(Path(flake), host, builder)
+    toplevel = build(Path(flake), host, builder, batch)
     copied = copy(ctx.remote, host, toplevel, builder)
     _log.info("deploy: copied" if copied else "deploy: closure already there", host=host.name, path=toplevel)
     result = activate(ctx.remote, toplevel, confirm_timeout)

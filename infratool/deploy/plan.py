@@ -13,6 +13,7 @@ converged fleet plans 0 deploys.
 from __future__ import annotations
 
 import shlex
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,12 @@ def deploy_changes(
                 requires=(LOCAL,),
             )
         )
+    # Hosts deployed together are built in one `nix build`; the id keeps two
+    # plans applied in one process (tests, a library user) from sharing a build.
+    batch = {"id": uuid.uuid4().hex, "hosts": [c.host for c in result if c.op == OP]}
+    for c in result:
+        if c.op == OP:
+            c.args["batch"] = batch
     return result
 
 
