@@ -274,3 +274,35 @@ def test_a_failing_verify_rolls_back_that_host_and_only_that_host(nixos, tmp_pat
         assert "marker in the running system" in result.hosts[name].verified
         assert system_of(nixos, name)[0] != before[name]
     assert result.exit_code == 1
+
+
+def test_a_pending_host_whose_closure_is_there_is_redeployed_without_a_copy(nixos, cli, tmp_path):
+    # A deploy that did not commit leaves its host pending; the closure is on the host already.
+    book = tmp_path / "marker.yaml"
+    task = {"task": "nix.settings", "with": {"settings": {"max-jobs": 6}}}
+    book.write_text(yaml.safe_dump({"name": "nix", "hosts": "all", "tasks": [task]}))
+    assert run(cli, nixos, book).returncode == 0
+    (nixos.flake_dir / ".infratool" / "deploy-pending").mkdir(parents=True, exist_ok=True)
+    (nixos.flake_dir / ".infratool" / "deploy-pending" / "brix").touch()
+    plan = cli("-i", nixos.inventory_path, "plan", book, env=env(nixos))
+    assert "deploy brix" in plan.stdout and "pending from an earlier run" in plan.stdout
+    again = cli("-i", nixos.inventory_path, "-v", "run", book, "--yes", env=env(nixos))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "closure already there" in again.stderr and "deploy: copied" not in again.stderr
+    assert not (nixos.flake_dir / ".infratool" / "deploy-pending" / "brix").exists()
+    empty = cli("-i", nixos.inventory_path, "plan", book, "--detailed-exitcode", env=env(nixos))
+    assert empty.returncode == 0, empty.stdout
+
+
+def test_build_on_builds_in_the_builders_store_and_copies_from_there(nixos, cli, tmp_path):
+    book = playbook(tmp_path, 9)
+    result = run(cli, nixos, book, "--limit", "slax", "--build-on", "snix")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "deploy slax: build on snix" in result.stdout or "built on snix" in result.stdout
+    running = system_of(nixos, "slax")[0]
+    assert "max-jobs = 9" in remote_out(nixos, "slax", "cat /run/current-system/configuration")
+    # Built in snix's store (the builder), and never realised in the controller's.
+    assert remote_out(nixos, "snix", f"nix-store --check-validity {running} && echo valid") == "valid"
+    assert not Path(running).exists()
+    bad = cli("-i", nixos.inventory_path, "run", book, "--yes", "--build-on", "nosuch", env=env(nixos))
+    assert bad.returncode == 3 and "--build-on 'nosuch'" in bad.stderr
