@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import subprocess
 import threading
 import time
@@ -50,6 +51,7 @@ NIX_FLAGS = ("--extra-experimental-features", "nix-command flakes")
 LOCAL_ENV = (*DEPLOY, "NIX_CONFIG")
 
 _log = log.get_logger("infratool.deploy")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class DeployFailed(HostError):
@@ -95,9 +97,11 @@ def _nix(
     full = {**minimal_env(LOCAL_ENV), **(env or {})}
     proc = subprocess.run(argv, capture_output=True, env=full, cwd=cwd, check=False)
     if proc.returncode != 0:
-        raise CommandFailed(
-            host, what, proc.returncode, REDACTOR.redact(proc.stderr.decode(errors="replace"))
-        )
+        # Nix colours its errors and ends them with a hint ("use '--show-trace'"): keep what says why.
+        text = _ANSI.sub("", proc.stderr.decode(errors="replace"))
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "--show-trace" not in ln]
+        errors = [ln for ln in lines if ln.startswith("error:")] or lines[-3:]
+        raise CommandFailed(host, what, proc.returncode, REDACTOR.redact(" ".join(errors[-2:])))
     return proc.stdout.decode()
 
 
@@ -177,7 +181,7 @@ class _BatchBuild:
         try:
             return future.result()[host]
         except InfratoolError:
-            return build_many(flake, [host], build_on)
+            return build_many(flake, [host], build_on)[host]
 
 
 _BATCH = _BatchBuild()

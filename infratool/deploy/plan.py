@@ -71,14 +71,15 @@ def deploy_changes(
     files: dict[str, list[str]] = {}
     for c in changes:
         if c.deploy:
-            files.setdefault(c.deploy, []).append(str(c.args.get("rel") or c.description))
+            rel = c.args.get("rel")
+            files.setdefault(c.deploy, []).append(rel if isinstance(rel, str) else f"{c.task} ({c.action})")
     marked = pending(inventory.flake)
     builder = inventory.hosts.get(build_on) if build_on else None
     result = []
     for host in inventory:
         if not host.is_nixos or host.name not in targets:
             continue
-        changed = files.get(host.name, [])
+        changed = list(dict.fromkeys(files.get(host.name, [])))
         if not changed and host.name not in marked:
             continue
         why = ", ".join(changed) if changed else "pending from an earlier run that did not commit"
