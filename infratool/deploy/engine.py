@@ -337,7 +337,7 @@ def confirm_deploy(host: Host, checks: Checks, confirm_timeout: int) -> str:
             problems = checks(remote)
         except Exception as exc:  # a check that crashes is a failed check, and the host rolls back
             problems = [error_text(exc)]
-        verdict = "; ".join(problems)[:300] if problems else None
+        verdict = REDACTOR.redact("; ".join(problems))[:300] if problems else None
         final = finish(remote, verdict, confirm_timeout)
     finally:
         remote.close()
