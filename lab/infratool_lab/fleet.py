@@ -230,7 +230,7 @@ class Lab:
     def hosts(self) -> list[LabHost]:
         """The hosts of the last :meth:`up`, in inventory order (running or not)."""
         return [
-            LabHost(s.name, s.address, self._host_root(s.name), s.tags, s.port)
+            LabHost(s.name, s.address, self._host_root(s.name), s.tags, s.port, s.nixos)
             for s in self._specs_from_state()
         ]
 

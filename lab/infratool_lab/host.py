@@ -18,6 +18,8 @@ class LabHost:
     tags: tuple[str, ...] = ()
     port: int = 22
     """sshd's port (22 unless :meth:`Lab.set_port` moved it, as real fleets do)."""
+    nixos: bool = False
+    """NixOS-shaped (``lab up --nixos``): ``os: nixos`` in the inventory, a system profile."""
 
     def path(self, remote: str) -> Path:
         """The controller's path of the host's absolute path ``remote``.

@@ -147,11 +147,30 @@ def provision(lab: Lab) -> None:
         write_policy(lab)
 
 
+def add_nixos_recipients(lab: Lab) -> list[str]:
+    """Make NixOS hosts recipients of the flake's secrets, as ``infratool host add`` does; the ones added.
+
+    sops-nix on a NixOS host decrypts with the host's SSH key converted to
+    age, so ``secrets/.sops.yaml`` names that recipient.
+    """
+    from infratool.onboard.scaffold import add_sops_recipient
+    from infratool.secrets.agekeys import ssh_ed25519_to_age_recipient
+
+    config = lab.flake_dir / "secrets" / ".sops.yaml"
+    added = []
+    for host in lab.hosts():
+        if host.nixos:
+            recipient = ssh_ed25519_to_age_recipient(host.host_key_public)
+            if add_sops_recipient(config, recipient):
+                added.append(recipient)
+    return added
+
+
 def prepare_fleet(lab: Lab) -> Path:
     """Everything `infratool lab up` adds to running hosts; returns the operator's age key file.
 
     The lab's flake repo gets ``secrets/.sops.yaml`` and an operator age key
-    (like ``infratool init``), the hosts get their services (PostgreSQL,
+    (like ``infratool init``) naming the NixOS hosts' keys too, the hosts get their services (PostgreSQL,
     tokend) and the rotation policy naming them, and snix/slax/brix get the
     sbctl emulator.
     """
@@ -160,6 +179,7 @@ def prepare_fleet(lab: Lab) -> Path:
 
     key_file = lab.root / "age.key"
     ensure_operator_repo(lab.flake_dir, key_file)
+    add_nixos_recipients(lab)
     provision(lab)
     provision_lab(lab)
     return key_file

@@ -144,3 +144,31 @@ def test_lab_up_nixos_some_hosts(lab_factory: Callable[..., Lab]) -> None:
     assert not Path(lab.host("snix").path(PROFILE)).exists()
     assert lab.exec("snix", "test -e /run/current-system").returncode == 1
     assert current_system(lab, "slax").endswith("-nixos-system-slax-lab")
+
+
+def test_a_generation_without_sshd_stops_answering_and_the_previous_one_answers_again(
+    nixos_lab: Lab,
+) -> None:
+    """What a deploy's magic rollback must survive: the new generation takes sshd away."""
+    import socket
+
+    lab = nixos_lab
+    first = current_system(lab, "slax")
+    broken = generation(
+        lab, "slax", '{ ... }: { networking.hostName = "slax"; services.openssh.enable = false; }\n'
+    )
+    lab.exec("slax", labnixos.switch_script(broken, "test"), check=True)
+
+    def banner() -> bytes:
+        with socket.create_connection((lab.host("slax").address, 22), timeout=2) as sock:
+            sock.settimeout(2)
+            return sock.recv(64)
+
+    with pytest.raises(TimeoutError):
+        banner()
+    # Rolling back (what a watchdog on the host does): the previous generation's activation.
+    lab.exec(
+        "slax", f"nix-env -p {PROFILE} --rollback && {first}/bin/switch-to-configuration test", check=True
+    )
+    assert banner().startswith(b"SSH-2.0-")
+    assert current_system(lab, "slax") == first

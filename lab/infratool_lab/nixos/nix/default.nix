@@ -32,6 +32,9 @@ in
         modules = baseModules ++ modules;
         specialArgs = {
           inherit pkgs;
+          # The toplevel renders this (every option the modules define), so a
+          # type error in any definition fails the build.
+          labDefinedConfig = evaluated.definedConfig;
         }
         // specialArgs;
       };

@@ -189,7 +189,16 @@ let
             [ ]
         )
       else if t == "override" then
-        discharge loc v.priority v.content
+        # The content is not looked at until its priority wins: an option
+        # default that would throw (it reads an undefined option) is never
+        # forced when a definition overrides it, as in nixpkgs.
+        [
+          {
+            inherit (v) priority;
+            value = v.content;
+            deferred = true;
+          }
+        ]
       else if t == "order" then
         discharge loc priority v.content
       else
@@ -204,7 +213,16 @@ let
           d: map (x: x // { inherit (d) file; }) (discharge loc defaultPriority d.value)
         ) defs;
         best = foldl' (m: d: if d.priority < m then d.priority else m) 9999 flat;
-        kept = map (d: { inherit (d) file value; }) (filter (d: d.priority == best) flat);
+        kept = concatMap (
+          d:
+          if d.deferred or false then
+            map (x: {
+              inherit (d) file;
+              inherit (x) value;
+            }) (discharge loc d.priority d.value)
+          else
+            [ { inherit (d) file value; } ]
+        ) (filter (d: d.priority == best) flat);
         bad = filter (d: !(type.check d.value)) kept;
       in
       {
@@ -493,7 +511,23 @@ let
           merge =
             loc: defs:
             (evalModules {
-              modules = modules ++ map (d: { _file = d.file; imports = [ d.value ]; }) defs;
+              # A definition's attribute set is config only (nixpkgs'
+              # shorthandOnlyDefinesConfig): `key`, `options`, ... are options there.
+              modules =
+                modules
+                ++ map (
+                  d:
+                  if isAttrs d.value then
+                    {
+                      _file = d.file;
+                      config = d.value;
+                    }
+                  else
+                    {
+                      _file = d.file;
+                      imports = [ d.value ];
+                    }
+                ) defs;
               specialArgs = specialArgs // {
                 name = last loc;
               };
@@ -607,29 +641,35 @@ let
 
     # The value of every declared option under `decls`, from `defs`
     # ([{file, value}] of the module configs at this level).
+    # With `definedOnly`, only what the modules define: option defaults are
+    # not merged in, options without a definition are left out.
     evalNode =
-      loc: decls: defs:
+      definedOnly: loc: decls: defs:
       let
         byName = zipDefLists (
           map (d: mapAttrs (_: map (v: { inherit (d) file; value = v; })) (pushDown loc d.value)) defs
         );
-      in
-      mapAttrs (
-        n: decl:
-        let
-          here = byName.${n} or [ ];
-        in
-        if isOption decl then
-          (mergeDefinitions (loc ++ [ n ]) decl.type (
-            here
-            ++ optional (decl ? default) {
-              file = head (decl.declarations or [ "<default>" ]);
-              value = mkOptionDefault decl.default;
+        merged = mapAttrs (
+          n: decl:
+          let
+            here = byName.${n} or [ ];
+          in
+          if isOption decl then
+            mergeDefinitions (loc ++ [ n ]) decl.type (
+              here
+              ++ optional (decl ? default && !definedOnly) {
+                file = head (decl.declarations or [ "<default>" ]);
+                value = mkOptionDefault decl.default;
+              }
+            )
+          else
+            {
+              isDefined = true;
+              value = evalNode definedOnly (loc ++ [ n ]) decl here;
             }
-          )).value
-        else
-          evalNode (loc ++ [ n ]) decl here
-      ) decls;
+        ) decls;
+      in
+      mapAttrs (_: m: m.value) (if definedOnly then filterAttrs (_: m: m.isDefined) merged else merged);
 
     # Definitions of options nobody declared: [{loc, files}] (freeform
     # definitions at the top are allowed when the module set has one).
@@ -678,7 +718,7 @@ let
           value = m.config;
         }) collected;
         freeform = head (filter (t: t != null) (map (m: m.freeformType) collected) ++ [ null ]);
-        declared = evalNode prefix options defs;
+        declared = evalNode false prefix options defs;
         extra = unmatched prefix options defs;
         free =
           if freeform == null then
@@ -711,7 +751,9 @@ let
         # Reading the result checks that every definition has an option, as
         # nixpkgs does; the modules themselves see the unchecked fixpoint.
         config = builtins.seq check config;
-        _unchecked = config;
+        # Every option the modules define (defaults left out), checked: the
+        # lab's toplevel renders it, so any type error fails the build.
+        definedConfig = builtins.seq check (free // evalNode true prefix options defs);
       };
   };
 in

@@ -9,4 +9,6 @@
     build-users-group = lib.mkDefault "";
   };
   networking.firewall.enable = lib.mkDefault false;
+  # Every lab host is reached over SSH (a real host's configuration.nix says so too).
+  services.openssh.enable = lib.mkDefault true;
 }

@@ -6,6 +6,7 @@
 #   boot.loader.systemd-boot.enable     nixos/modules/system/boot/loader/systemd-boot/systemd-boot.nix
 #   system.stateVersion                 nixos/modules/misc/version.nix
 #   assertions, warnings               nixos/modules/misc/assertions.nix
+#   services.openssh.enable             nixos/modules/services/networking/ssh/sshd.nix
 { lib, ... }:
 let
   inherit (lib) mkOption types;
@@ -71,6 +72,10 @@ in
       type = types.str;
       default = "25.11";
     };
+    # The lab's sshd is the host itself (it cannot be restarted by a unit):
+    # a generation with sshd disabled freezes it (SIGSTOP), so the host stops
+    # answering as if sshd were gone; a generation with it enabled thaws it.
+    services.openssh.enable = lib.mkEnableOption "the OpenSSH secure shell daemon";
     assertions = mkOption {
       type = types.listOf types.unspecified;
       default = [ ];

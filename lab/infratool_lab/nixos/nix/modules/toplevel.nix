@@ -14,6 +14,7 @@
   lib,
   config,
   pkgs,
+  labDefinedConfig,
   ...
 }:
 let
@@ -148,32 +149,55 @@ let
     + "\n"
     + (if execLine != null then "exec ${toString execLine}\n" else s.script + "\n");
 
+  # Tab-separated lines for the activation's `read`; "-" stands for an empty
+  # field (sh's `read` would merge consecutive tabs).
+  row = fields: concatStringsSep "\t" (map (f: if f == "" || f == null then "-" else f) fields) + "\n";
+
   secretLines = concatStringsSep "" (
     mapAttrsToList (
       _: s:
-      concatStringsSep "\t" [
+      row [
         s.name
         s.key
         s.path
         s.format
         s.mode
         (if s.owner != null then s.owner else "root")
-        (if s.group != null then s.group else "")
+        s.group
         "${s.sopsFile}"
         (concatStringsSep "," (s.restartUnits ++ s.reloadUnits))
         (concatStringsSep "," config.sops.age.sshKeyPaths)
       ]
-      + "\n"
     ) (filterAttrs (_: s: !s.neededForUsers) config.sops.secrets)
   );
 
   userLines = concatStringsSep "" (
-    mapAttrsToList (n: _: "group\t${n}\t\t\t\n") config.users.groups
+    mapAttrsToList (
+      n: _:
+      row [
+        "group"
+        n
+        ""
+        ""
+        ""
+      ]
+    ) config.users.groups
     ++ mapAttrsToList (
       n: u:
-      "user\t${n}\t${u.group}\t${u.home}\t${
-        if u.shell != null then "${u.shell}" else if u.useDefaultShell then "/bin/sh" else "/usr/sbin/nologin"
-      }\n"
+      row [
+        "user"
+        n
+        u.group
+        u.home
+        (
+          if u.shell != null then
+            "${u.shell}"
+          else if u.useDefaultShell then
+            "/bin/sh"
+          else
+            "/usr/sbin/nologin"
+        )
+      ]
     ) (filterAttrs (n: _: n != "root") config.users.users)
   );
 
@@ -242,6 +266,12 @@ let
         text = labConfig;
         exec = false;
       };
+      # Every option the modules define, merged: rendering it type-checks
+      # every definition.
+      "lab/options.json" = {
+        text = toJSON (removeAttrs labDefinedConfig [ "system" ]);
+        exec = false;
+      };
       "activate" = {
         text = builtins.readFile ../scripts/activate.sh;
         exec = true;
@@ -259,6 +289,10 @@ let
       "bin/ssh-to-age" = {
         text = "#!/bin/sh\n" + builtins.readFile ../scripts/ssh-to-age.sh;
         exec = true;
+      };
+      "lab/sshd" = {
+        text = if config.services.openssh.enable then "enabled\n" else "disabled\n";
+        exec = false;
       };
       "nixos-version" = {
         text = "lab-stand-in\n";

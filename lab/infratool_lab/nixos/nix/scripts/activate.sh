@@ -3,7 +3,8 @@
 # toplevel's builder with `systemConfig=<this toplevel>`. POSIX sh,
 # coreutils and the sops binary only. Steps, in NixOS's order:
 #   users and groups, /etc files (links into this toplevel), tmpfiles,
-#   sops-nix secrets (setupSecrets), then /run/current-system.
+#   sops-nix secrets (setupSecrets), sshd (services.openssh.enable), then
+#   /run/current-system.
 # Units to restart because a secret changed go to /run/lab-services/.restart.
 set -eu
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -12,6 +13,7 @@ umask 022
 # -- users and groups (the lab hosts share the controller's /etc/passwd) --
 while IFS='	' read -r kind name group home shell; do
   [ -n "$kind" ] || continue
+  [ "$group" != - ] || group=""
   if [ "$kind" = group ]; then
     getent group "$name" >/dev/null || groupadd --system "$name"
   elif ! getent passwd "$name" >/dev/null; then
@@ -29,7 +31,7 @@ done <"$systemConfig/lab/users.tsv"
 if [ -r /run/current-system/lab/etc-files ]; then
   while IFS= read -r f; do
     [ -n "$f" ] || continue
-    [ -e "$systemConfig/etc/$f" ] && continue
+    if [ -e "$systemConfig/etc/$f" ]; then continue; fi
     target=$(readlink "/etc/$f" 2>/dev/null || true)
     case $target in /nix/store/*) rm -f "/etc/$f" ;; esac
   done </run/current-system/lab/etc-files
@@ -64,6 +66,15 @@ done <"$systemConfig/lab/tmpfiles"
 
 # -- sops-nix: decrypt every sops.secrets entry ---------------------------
 "$systemConfig/bin/lab-install-secrets" "$systemConfig/lab/secrets.tsv"
+
+# -- sshd: the lab host's own sshd is frozen when this generation disables it --
+if [ -s /run/sshd.pid ]; then
+  if [ "$(cat "$systemConfig/lab/sshd")" = disabled ]; then
+    kill -STOP "$(cat /run/sshd.pid)"
+  else
+    kill -CONT "$(cat /run/sshd.pid)"
+  fi
+fi
 
 # -- the running system ---------------------------------------------------
 ln -sfn "$systemConfig" /run/current-system.tmp-activate

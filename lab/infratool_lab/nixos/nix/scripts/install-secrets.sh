@@ -8,7 +8,7 @@
 #   whose `path` is not the default gets a symlink there;
 # - a secret whose content changed queues its restartUnits/reloadUnits;
 # - the generation before stays (keepGenerations = 1), older ones go.
-# The manifest has one line per secret, tab-separated:
+# The manifest has one line per secret, tab-separated ("-" = empty):
 #   name key path format mode owner group sopsFile restartUnits(,) keyPaths(,)
 # Secret values only ever go from sops' stdout into their 0400/mode file.
 set -eu
@@ -23,7 +23,7 @@ last=0
 for d in /run/secrets.d/*; do
   n=${d##*/}
   case $n in '' | *[!0-9]*) continue ;; esac
-  [ "$n" -gt "$last" ] && last=$n
+  if [ "$n" -gt "$last" ]; then last=$n; fi
 done
 gen=$((last + 1))
 new=/run/secrets.d/$gen
@@ -37,7 +37,7 @@ keyfile=/run/secrets.d/age-keys.txt
   first=$(head -n 1 "$manifest" | cut -f 10)
   IFS=,
   for k in $first; do
-    [ -r "$k" ] && "$here/ssh-to-age" "$k" >>"$keyfile.tmp"
+    if [ -r "$k" ]; then "$here/ssh-to-age" "$k" >>"$keyfile.tmp"; fi
   done
   mv -f "$keyfile.tmp" "$keyfile"
 )
@@ -46,6 +46,10 @@ export SOPS_AGE_KEY_FILE=$keyfile
 fail=0
 while IFS='	' read -r name key path format mode owner group sopsfile restart keypaths; do
   [ -n "$name" ] || continue
+  # "-" is an empty field (the manifest is tab-separated; sh merges empty ones).
+  [ "$key" != - ] || key=""
+  [ "$group" != - ] || group=""
+  [ "$restart" != - ] || restart=""
   target=$new/$name
   mkdir -p "$(dirname "$target")"
   extract=""
@@ -79,7 +83,7 @@ while IFS='	' read -r name key path format mode owner group sopsfile restart key
   if [ -z "$old" ] || [ ! -f "$old/$name" ] ||
     [ "$(sha256sum <"$old/$name")" != "$(sha256sum <"$target")" ]; then
     oldifs=$IFS; IFS=,
-    for unit in $restart; do [ -n "$unit" ] && printf '%s\n' "$unit" >>/run/lab-services/.restart; done
+    for unit in $restart; do printf '%s\n' "$unit" >>/run/lab-services/.restart; done
     IFS=$oldifs
   fi
 done <"$manifest"

@@ -26,7 +26,10 @@ BOOT=/var/lib/lab-boot
 STATE=/run/lab-services
 LOGS=/var/log/lab-services
 
-units_of() { [ -d "$1/lab/services" ] && ls "$1/lab/services" || true; }
+# A unit changed when its script's text did (each generation has its own copy).
+unit_hash() { sha256sum <"$1" | cut -d' ' -f1; }
+
+units_of() { if [ -d "$1/lab/services" ]; then ls "$1/lab/services"; fi; }
 
 running() {
   [ -s "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null
@@ -51,7 +54,7 @@ start_unit() {
     </dev/null >>"$LOGS/$1.log" 2>&1 &
   i=0
   while [ ! -s "$STATE/$1.pid" ] && [ $i -lt 100 ]; do sleep 0.02; i=$((i + 1)); done
-  readlink -f "$systemConfig/lab/services/$1" >"$STATE/$1.unit"
+  unit_hash "$systemConfig/lab/services/$1" >"$STATE/$1.unit"
 }
 
 # What `test` would do to the units: lines "start|stop|restart UNIT".
@@ -63,7 +66,7 @@ plan_units() {
   for u in $(units_of "$systemConfig"); do
     if ! running "$u"; then
       echo "start $u"
-    elif [ "$(cat "$STATE/$u.unit" 2>/dev/null)" != "$(readlink -f "$systemConfig/lab/services/$u")" ]; then
+    elif [ "$(cat "$STATE/$u.unit" 2>/dev/null)" != "$(unit_hash "$systemConfig/lab/services/$u")" ]; then
       echo "restart $u"
     fi
   done
@@ -118,15 +121,15 @@ if [ "$action" = switch ] || [ "$action" = test ]; then
   mkdir -p "$STATE"
   rm -f "$STATE/.restart"
   "$systemConfig/activate"
-  for u in $(printf '%s\n' "$todo" | while read -r verb u; do [ "$verb" = stop ] && echo "$u"; done); do
+  for u in $(printf '%s\n' "$todo" | while read -r verb u; do if [ "$verb" = stop ]; then echo "$u"; fi; done); do
     echo "stopping the following units: $u"
     stop_unit "$u"
   done
   extra=$(cat "$STATE/.restart" 2>/dev/null || true)
   rm -f "$STATE/.restart"
   for u in $(units_of "$systemConfig"); do
-    verb=$(printf '%s\n' "$todo" | while read -r v name; do [ "$name" = "$u" ] && echo "$v"; done)
-    for r in $extra; do [ "${r%.service}" = "$u" ] && [ -z "$verb" ] && verb=restart; done
+    verb=$(printf '%s\n' "$todo" | while read -r v name; do if [ "$name" = "$u" ]; then echo "$v"; fi; done)
+    for r in $extra; do if [ "${r%.service}" = "$u" ] && [ -z "$verb" ]; then verb=restart; fi; done
     case $verb in
       start) echo "starting the following units: $u"; start_unit "$u" ;;
       restart) echo "restarting the following units: $u"; stop_unit "$u"; start_unit "$u" ;;
