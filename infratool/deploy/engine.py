@@ -47,6 +47,8 @@ OP = "nixos.deploy"
 """The action of a deploy change."""
 DEFAULT_CONFIRM_TIMEOUT = 30
 """Seconds the host waits for the controller's confirmation (deploy-rs's default too)."""
+CHECK_SHARE = 0.6
+"""Failing checks are retried during this share of the confirm timeout (the rest is for confirming)."""
 NIX_FLAGS = ("--extra-experimental-features", "nix-command flakes")
 LOCAL_ENV = (*DEPLOY, "NIX_CONFIG")
 
@@ -333,18 +335,40 @@ def confirm_deploy(host: Host, checks: Checks, confirm_timeout: int) -> str:
         current = Activation.parse(status.splitlines()[-1] if status else "none")
         if current.final:
             raise DeployFailed(host.name, f"the host {_said(current)}", current.word == "rolled-back")
-        try:
-            problems = checks(remote)
-        except Exception as exc:  # a check that crashes is a failed check, and the host rolls back
-            problems = [error_text(exc)]
+        problems = _run_checks(host, checks, remote, started + confirm_timeout * CHECK_SHARE)
         verdict = REDACTOR.redact("; ".join(problems))[:300] if problems else None
         final = finish(remote, verdict, confirm_timeout)
     finally:
         remote.close()
     if final.word != "committed":
+        if verdict and final.word == "rolled-back":  # the watchdog's reason repeats the verdict
+            raise DeployFailed(
+                host.name, f"verify failed: {verdict}; the host rolled back to its previous system"
+            )
         reason = f"verify failed: {verdict}; " if verdict else ""
         raise DeployFailed(host.name, f"{reason}the host {_said(final)}", final.word == "rolled-back")
     return final.word
+
+
+def _run_checks(host: Host, checks: Checks, remote: Remote, until: float) -> list[str]:
+    """``checks(remote)``, again every 2 s while they fail and ``until`` (monotonic) is not reached.
+
+    Hosts deploy in parallel: a client's check (a build through the
+    builder, a substitution from the cache) may run before the builder or
+    cache server it uses finished its own activation. Retrying inside the
+    confirm window lets it settle; a real failure still fails, just later.
+    """
+    while True:
+        try:
+            problems = checks(remote)
+        except Exception as exc:  # a check that crashes is a failed check, and the host rolls back
+            problems = [error_text(exc)]
+        if not problems or time.monotonic() + 2.0 >= until:
+            return problems
+        _log.info(
+            "deploy: checks failed, retrying within the confirm window", host=host.name, problems=problems
+        )
+        time.sleep(2.0)
 
 
 def _said(status: Activation) -> str:
