@@ -132,27 +132,64 @@ def host_to_args(host: Host) -> dict[str, Any]:
     }
 
 
-def build_many(flake: Path, names: list[str], build_on: Host | None = None, what: str = "") -> dict[str, str]:
-    """Build the toplevels of ``names`` in **one** ``nix build`` (one evaluation process); name → store path.
+def derivations(flake: Path, names: list[str]) -> dict[str, str]:
+    """The toplevel derivations of ``names``, from **one** evaluation: name → ``.drv`` path."""
+    hosts = " ".join(json.dumps(n) for n in names)
+    apply = (
+        "cs: builtins.listToAttrs (map (n: { name = n; value = "
+        f"cs.${{n}}.config.system.build.toplevel.drvPath; }}) [ {hosts} ])"
+    )
+    argv = [
+        "nix",
+        *NIX_FLAGS,
+        "eval",
+        "--json",
+        f"path:{Path(flake).resolve()}#nixosConfigurations",
+        "--apply",
+        apply,
+    ]
+    out = _nix(argv, f"evaluate the systems of {', '.join(names)}", names[0], cwd=flake)
+    try:
+        drvs = json.loads(out)
+        return {n: str(drvs[n]) for n in names}
+    except (ValueError, LookupError, TypeError):
+        raise CommandFailed(
+            names[0], "read nix eval --json", 0, f"unexpected output: {out[:300]!r}"
+        ) from None
 
-    With ``build_on``, evaluated here and built in that host's store over ssh-ng.
+
+def build_many(flake: Path, names: list[str], build_on: Host | None = None) -> dict[str, str]:
+    """Build the toplevels of ``names``; name → store path.
+
+    One host: ``nix build`` of its flake attribute. Several: **one**
+    evaluation (:func:`derivations`), then one ``nix build`` of the
+    derivations, matched back by ``drvPath`` (Nix 2.8's ``--json`` does not
+    keep the order of the installables). With ``build_on``, built in that
+    host's store over ssh-ng (the derivations are copied there).
     """
-    label = what or names[0]
-    argv = ["nix", *NIX_FLAGS, "build", "--no-link", "--json", *(toplevel_attr(flake, n) for n in names)]
+    if len(names) == 1:
+        wanted = {toplevel_attr(flake, names[0]): names[0]}
+    else:
+        wanted = {drv: name for name, drv in derivations(flake, names).items()}
+    argv = ["nix", *NIX_FLAGS, "build", "--no-link", "--json", *wanted]
+    what = f"build the system of {', '.join(names)}"
     if build_on is None:
-        out = _nix(argv, f"build the system of {', '.join(names)}", label, cwd=flake)
+        out = _nix(argv, what, names[0], cwd=flake)
     else:
         # Evaluate here, build in the builder's store: the closure never passes through the controller.
         argv += ["--eval-store", "auto", "--store", f"ssh-ng://{build_on.user}@{ssh_alias(build_on)}"]
         with nix_ssh_config(build_on) as env:
-            out = _nix(
-                argv, f"build the system of {', '.join(names)} on {build_on.name}", label, env, cwd=flake
-            )
+            out = _nix(argv, f"{what} on {build_on.name}", names[0], env, cwd=flake)
     try:
-        # `nix build --json` lists the installables in the order given.
-        return {n: r["outputs"]["out"] for n, r in zip(names, json.loads(out), strict=True)}
+        results = json.loads(out)
+        if len(names) == 1:
+            return {names[0]: results[0]["outputs"]["out"]}
+        by_drv = {r["drvPath"]: r["outputs"]["out"] for r in results}
+        return {name: by_drv[drv] for drv, name in wanted.items()}
     except (ValueError, LookupError, TypeError):
-        raise CommandFailed(label, "read nix build --json", 0, f"unexpected output: {out[:300]!r}") from None
+        raise CommandFailed(
+            names[0], "read nix build --json", 0, f"unexpected output: {out[:300]!r}"
+        ) from None
 
 
 class _BatchBuild:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -133,3 +134,30 @@ def test_nix_ssh_config_pins_each_host_on_its_port_and_nothing_else(tmp_path):
     assert not Path(opts[1]).exists()  # removed after the command
     with pytest.raises(Exception, match="no pinned host key"), nix_ssh_config(Host("c", "10.0.0.3")):
         pass
+
+
+def test_a_batch_build_gives_each_host_its_own_system(tmp_path, monkeypatch):
+    """Nix 2.8's `nix build --json` does not keep the installables' order: results are matched by drvPath.
+
+    (Before the fix, hosts were zipped with the results in order and slax got nixtv-player's system.)
+    """
+    import shutil
+    import sys
+
+    if shutil.which("nix") is None:
+        pytest.skip("no nix on this machine")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from nixos_standin import write_flake
+
+    from infratool.deploy.engine import build_many
+
+    names = ["snix", "slax", "brix", "nixtv-player"]
+    write_flake(tmp_path, names)
+    for name in names:
+        (tmp_path / "hosts" / name / "generated").mkdir(parents=True)
+        (tmp_path / "hosts" / name / "generated" / "a.nix").write_text(f"{name} {os.urandom(4).hex()}\n")
+    monkeypatch.setenv("NIX_CONFIG", "build-users-group =\nsandbox = false\nsubstituters =\n")
+    built = build_many(tmp_path, names)
+    assert sorted(built) == sorted(names)
+    for name, path in built.items():
+        assert path.endswith(f"-nixos-system-{name}"), (name, path)
