@@ -277,8 +277,14 @@ def activate(remote: Any, toplevel: str, confirm_timeout: int) -> Activation:
     return Activation.parse(res.stdout.splitlines()[-1] if res.stdout.strip() else "none")
 
 
-def reconnect(host: Host, deadline: float, connect_timeout: float = 5.0) -> Remote:
-    """A **new** connection to ``host`` (pinned key), retried until ``deadline`` (monotonic)."""
+def reconnect(
+    host: Host, deadline: float, connect_timeout: float = 5.0, failed: list[str] | None = None
+) -> Remote:
+    """A **new** connection to ``host`` (pinned key), retried until ``deadline`` (monotonic).
+
+    Each failed attempt is appended to ``failed`` (when given), so a caller can
+    say that the host did not answer at first.
+    """
     last: Exception | None = None
     while True:
         remote = Remote(host, connect_timeout=connect_timeout)
@@ -290,6 +296,8 @@ def reconnect(host: Host, deadline: float, connect_timeout: float = 5.0) -> Remo
         except (ConnectError, HostError) as exc:
             last = exc
             remote.close()
+            if failed is not None:
+                failed.append(str(exc))
         if time.monotonic() >= deadline:
             raise ConnectError(host.name, f"no answer on the pinned key: {last}")
         time.sleep(0.5)
@@ -356,8 +364,9 @@ def confirm_deploy(host: Host, checks: Checks, confirm_timeout: int) -> str:
     back and answer again, and says so.
     """
     started = time.monotonic()
+    unanswered: list[str] = []
     try:
-        remote = reconnect(host, started + max(1.0, confirm_timeout * 0.8))
+        remote = reconnect(host, started + max(1.0, confirm_timeout * 0.8), failed=unanswered)
     except ConnectError as exc:
         final = wait_final(host, started, confirm_timeout)
         raise DeployFailed(
@@ -371,7 +380,11 @@ def confirm_deploy(host: Host, checks: Checks, confirm_timeout: int) -> str:
         ).stdout.strip()
         current = Activation.parse(status.splitlines()[-1] if status else "none")
         if current.final:
-            raise DeployFailed(host.name, f"the host {_said(current)}", current.word == "rolled-back")
+            # Answering only after the watchdog gave up: the new system did not answer.
+            lost = (
+                f"the new system did not answer on the pinned key ({unanswered[-1]}); " if unanswered else ""
+            )
+            raise DeployFailed(host.name, f"{lost}the host {_said(current)}", current.word == "rolled-back")
         problems = _run_checks(host, checks, remote, started + confirm_timeout * CHECK_SHARE)
         verdict = REDACTOR.redact("; ".join(problems))[:300] if problems else None
         final = finish(remote, verdict, confirm_timeout)

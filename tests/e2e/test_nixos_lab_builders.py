@@ -65,16 +65,7 @@ def test_builders_work_after_the_deploy_and_the_fleet_converges(nixlab, cli):
         'builder = "/bin/sh"; args = ["-c" "echo built > $out"]; }'
     )
     built = nixlab.exec("slax", ["nix-build", "--max-jobs", "0", "--no-out-link", "-E", drv])
-    host = inventory_mod.load(nixlab.inventory_path).hosts["slax"]
-    with Remote(host, connect_timeout=5) as r:
-        diag = r.run("hostname; ls -la /run/secrets/remote-builders/slax/ 2>&1; tail -30 /run/infratool-deploy/log", check=False).stdout
-    diag += nixlab.exec(
-        "slax",
-        "hostname; "
-        "ls -la /run/secrets/remote-builders/slax/ 2>&1; cat /etc/ssh/ssh_config 2>&1 | tail -8; tail -30 /run/infratool-deploy/log",
-    ).stdout.decode()
-    diag += nixlab.exec("snix", "ls -la /etc/ssh/authorized_keys.d/; cat /etc/ssh/authorized_keys.d/nixremote; tail -5 /var/log/sshd.log").stdout.decode()
-    assert built.returncode == 0, built.stderr.decode()[-2000:] + diag
+    assert built.returncode == 0, built.stderr.decode()[-2000:]
     assert b"on 'ssh-ng://nixremote@infratool-builder-snix'" in built.stderr
     out = built.stdout.decode().strip()
     assert nixlab.exec("snix", ["nix-store", "--check-validity", out]).returncode == 0
@@ -115,7 +106,8 @@ def test_a_generation_without_sshd_is_rolled_back_by_the_host_and_answers_on_its
         conf.write_text(original)
     assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
     out = run.stdout + run.stderr
-    assert "did not answer on the pinned key" in out and "rolled back (not confirmed within 8s" in out
+    assert "rolled back (not confirmed within 8s" in out, [ln for ln in out.splitlines() if "brix" in ln][-3:]
+    assert "did not answer on the pinned key" in out, [ln[-400:] for ln in out.splitlines() if "brix" in ln][-3:]
     assert running(nixlab, "brix") == before  # back, on its pinned key, on the previous system
     for name in ("snix", "slax", "nixtv-player"):
         conf_text = nixlab.exec(name, "cat /etc/nix/nix.conf", check=True).stdout.decode()
