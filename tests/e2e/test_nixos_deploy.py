@@ -63,6 +63,11 @@ def nixos(tmp_path_factory):
         (home / ".ssh" / "known_hosts").write_text(poisoned)
         lab.home = home  # type: ignore[attr-defined]
         lab.poisoned = poisoned  # type: ignore[attr-defined]
+        # Every test starts from deployed hosts (a generation to roll back to), in whatever
+        # order or worker (pytest-xdist) it runs: a first deploy through the engine.
+        first = playbook(root, 1)
+        done = Cli(root)("-i", lab.inventory_path, "run", first, "--yes", env=env(lab), timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         yield lab
     finally:
         lab.down()
@@ -206,7 +211,7 @@ def test_a_failed_activation_rolls_back_and_fails_only_that_host(nixos, cli, tmp
     before = {name: system_of(nixos, name)[0] for name in HOSTS}
     set_knobs(nixos.flake_dir, "nixtv-player", "fail-activation")
     try:
-        result = run(cli, nixos, playbook(tmp_path, 6))
+        result = run(cli, nixos, playbook(tmp_path, 16))
     finally:
         set_knobs(nixos.flake_dir, "nixtv-player")
     assert result.returncode == 1
@@ -279,7 +284,7 @@ def test_a_failing_verify_rolls_back_that_host_and_only_that_host(nixos, tmp_pat
 def test_a_pending_host_whose_closure_is_there_is_redeployed_without_a_copy(nixos, cli, tmp_path):
     # A deploy that did not commit leaves its host pending; the closure is on the host already.
     book = tmp_path / "marker.yaml"
-    task = {"task": "nix.settings", "with": {"settings": {"max-jobs": 6}}}
+    task = {"task": "nix.settings", "with": {"settings": {"max-jobs": 26}}}
     book.write_text(yaml.safe_dump({"name": "nix", "hosts": "all", "tasks": [task]}))
     assert run(cli, nixos, book).returncode == 0
     (nixos.flake_dir / ".infratool" / "deploy-pending").mkdir(parents=True, exist_ok=True)
