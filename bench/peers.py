@@ -46,10 +46,15 @@ def find_python() -> str:
     return best[1] if best else sys.executable
 
 
+def installed() -> bool:
+    """Whether the peers' venv is complete (``ensure`` would install nothing)."""
+    return all((VENV / "bin" / exe).exists() for exe in ("pyinfra", "ansible-playbook", "py-spy", "python"))
+
+
 def ensure(log=print) -> Path:
     """Create the peers' venv if missing or incomplete; return its bin directory."""
     bin_dir = VENV / "bin"
-    if all((bin_dir / exe).exists() for exe in ("pyinfra", "ansible-playbook", "py-spy", "python")):
+    if installed():
         return bin_dir
     python = find_python()
     log(f"bench: creating {VENV} with {python} and installing {' '.join(PACKAGES)}")

@@ -71,9 +71,17 @@ def main() -> None:
     mark("runner, render imported")
     wrap(runner.Runner, "gather", "connect + facts")
     wrap(runner.Runner, "apply", "apply")
+    wrap(runner.Runner, "_lock_hosts", "  run locks taken")
+    wrap(runner.Runner, "_apply_plan", "  changes applied")
     wrap(render, "plan", "render plan")
     wrap(render, "results", "render results")
-    wrap(cli, "audit_run", "audit log")
+    try:
+        from infratool.cli import sequence
+
+        wrap(sequence, "audit_run", "audit log")  # the one run sequence calls it by this name
+    except (ImportError, AttributeError):
+        if hasattr(cli, "audit_run"):
+            wrap(cli, "audit_run", "audit log")
     wrap(playbook, "load", "playbook load")
     sys.argv = ["infratool", *sys.argv[1:]]
     cli.main.main()  # not main(): that leaves through os._exit, skipping report()

@@ -44,7 +44,7 @@ _RULES = [
     ("ssh: handshake + auth", r"\(paramiko/(transport|kex_\w+|auth_handler|ed25519key|pkey|client)\.py"),
     ("ssh: channels and packets", r"\((paramiko|fabric|invoke)/"),
     ("facts: build + parse", r"\(infratool/facts\.py"),
-    ("remote: commands", r"\(infratool/remote\.py"),
+    ("remote: commands", r"\(infratool/remote/"),
     ("context: deferred writes", r"\(infratool/context\.py"),
     ("plan (tasks, diffs)", r"\(infratool/(tasks/|changes\.py)|\(difflib\.py"),
     ("inventory + playbook (YAML)", r"\(infratool/(inventory|playbook|yamlsrc)\.py|\(yaml/"),

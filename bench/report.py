@@ -10,8 +10,11 @@ import json
 import statistics
 from pathlib import Path
 
-# Issue targets: infratool's wall time at most this fraction of the peer's.
-TARGETS = {"pyinfra": 0.7, "ansible": 1 / 3, "fabric": 1.3}
+# Issue targets: infratool's wall time at most this fraction of the peer's,
+# (first run, no-op). Issue 19 tightened the raw Fabric loop's from 1.3.
+TARGETS = {"pyinfra": (0.7, 0.7), "ansible": (1 / 3, 1 / 3), "fabric": (1.15, 1.1)}
+MARGINAL_MS = 25
+"""Target for infratool's no-op cost per extra host (issue 19 §2), between two host counts."""
 ORDER = ("infratool", "fabric", "pyinfra", "ansible")
 BEGIN = "<!-- bench:results:begin (written by bench/run.py; edit outside these markers) -->"
 END = "<!-- bench:results:end -->"
@@ -43,12 +46,12 @@ def rows(record: dict) -> list[list[str]]:
         if key not in tools:
             continue
         t = tools[key]
-        target = TARGETS.get(key)
         cells = []
-        for kind in ("first", "noop"):
+        for i, kind in enumerate(("first", "noop")):
             if key == "infratool":
                 cells.append("—")
                 continue
+            target = TARGETS[key][i] if key in TARGETS else None
             cell = _ratio_cell(_med(ours[kind]), _med(t[kind]), target)
             cells.append(cell + (f" (≤ {target:.2f})" if target else ""))
         out.append(
@@ -118,15 +121,23 @@ def table(record: dict) -> str:
 def scaling_rows(records: list[dict]) -> list[list[str]]:
     """infratool across host counts: time, CPU and memory growth."""
     out = []
+    previous = None
     for r in records:
         t = r["tools"]["infratool"]
         fab = r["tools"].get("fabric")
+        marginal = "—"
+        if previous is not None and t["noop"] and previous["tools"]["infratool"]["noop"]:
+            extra = r["hosts"] - previous["hosts"]
+            ms = (_med(t["noop"]) - _med(previous["tools"]["infratool"]["noop"])) / extra * 1000
+            marginal = f"{ms:.0f} {'✓' if ms <= MARGINAL_MS else '✗'} (≤ {MARGINAL_MS})"
+        previous = r
         out.append(
             [
                 str(r["hosts"]),
                 _fmt(_med(t["first"])),
                 _fmt(_med(t["noop"])),
                 f"{_med(t['noop']) / r['hosts'] * 1000:.0f}" if t["noop"] else "—",
+                marginal,
                 _fmt(_med(t["noop_cpu"])),
                 f"{t['maxrss_kib'] / 1024:.0f}",
                 _fmt(_med(fab["noop"])) if fab else "—",
@@ -183,6 +194,7 @@ def docs_block(records: list[dict]) -> str:
                     "first run s",
                     "no-op s",
                     "no-op ms per host",
+                    "no-op ms per extra host",
                     "no-op CPU s",
                     "peak RSS MiB",
                     "raw Fabric no-op s",
@@ -209,3 +221,22 @@ def write_docs(path: Path, result_files: list[Path]) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def ratio_lines(record: dict) -> list[str]:
+    """One line per peer: infratool's first-run and no-op ratios against their targets (for CI logs)."""
+    ours = record["tools"]["infratool"]
+    lines = []
+    for key, t in record["tools"].items():
+        if key == "infratool":
+            continue
+        parts = []
+        for i, kind in enumerate(("first", "noop")):
+            target = TARGETS[key][i] if key in TARGETS else None
+            cell = _ratio_cell(_med(ours[kind]), _med(t[kind]), target)
+            parts.append(
+                f"{'first run' if kind == 'first' else 'no-op'} {cell}"
+                + (f" (≤ {target:.2f})" if target else "")
+            )
+        lines.append(f"ratio infratool ÷ {t['label']}, {record['hosts']} hosts: {', '.join(parts)}")
+    return lines

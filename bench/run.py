@@ -19,7 +19,18 @@ a table of seconds and ratios and records the numbers in
 Usage (as root, after scripts/setup.sh; the peers are installed on demand)::
 
     python bench/run.py --hosts 16
-    python bench/run.py --hosts 4 16 64 --repeat 3
+    python bench/run.py --hosts 16 64 --repeat 5
+    python bench/run.py --quick        # CI's regression guard: 16 hosts, 1 round, < 1 min
+
+``--quick`` runs infratool and the raw Fabric loop only (pyinfra too when
+its venv already exists), prints one ``ratio ...`` line per peer, writes
+``bench/results/quick.json`` and leaves docs/ alone; it never fails on a
+missed target (exit 0 unless the benchmark itself broke).
+
+Other targets' scripts (issue 19 §4 deploys, §5 rotation) join in by
+existing: every ``bench/target_*.py`` is run after the tables with
+``--quick`` when given, and its lines starting with ``ratio `` are printed
+(and recorded).
 
 This is not part of the test suite: nothing here asserts; it measures.
 """
@@ -29,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -184,6 +196,23 @@ def bench_hosts(args: argparse.Namespace, count: int, peers_bin: Path, versions:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def other_targets(quick: bool) -> list[str]:
+    """The ``ratio ...`` lines of every ``bench/target_*.py`` (issue 19 §4, §5), run in turn."""
+    lines = []
+    for script in sorted(HERE.glob("target_*.py")):
+        log(f"running {script.name}")
+        proc = subprocess.run(
+            [sys.executable, str(script), *(["--quick"] if quick else [])], capture_output=True, text=True
+        )
+        found = [line for line in proc.stdout.splitlines() if line.startswith("ratio ")]
+        if proc.returncode != 0 or not found:
+            found.append(
+                f"ratio {script.name}: no result (exit {proc.returncode}) {proc.stderr.strip()[-300:]}"
+            )
+        lines += found
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run every host count, print and record the tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -195,14 +224,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-startup", dest="startup", action="store_false", help="skip start-up timing")
     parser.add_argument("--no-docs", dest="docs", action="store_false", help="do not touch docs/")
     parser.add_argument("--keep", action="store_true", help="keep the lab directory and logs")
+    parser.add_argument(
+        "--quick", action="store_true", help="CI guard: 16 hosts, 1 round, no docs, never fails"
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.hosts, args.repeat, args.startup, args.docs = [16], 1, False, False
+        args.tools = "infratool,fabric" + (",pyinfra" if peers.installed() else "")
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = set(args.tools) - set(TOOL_KEYS)
     if unknown or "infratool" not in args.tools:
         parser.error(f"--tools: infratool plus any of {', '.join(TOOL_KEYS[1:])} (unknown: {unknown or '-'})")
 
-    peers_bin = peers.ensure(log)
-    versions = peers.versions(peers_bin)
+    needs_peers = bool({"pyinfra", "ansible"} & set(args.tools))
+    peers_bin = peers.ensure(log) if needs_peers or not args.quick else peers.VENV / "bin"
+    versions = peers.versions(peers_bin) if peers.installed() else {}
     command = "python bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
     RESULTS.mkdir(exist_ok=True)
     started = time.monotonic()
@@ -213,8 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         # Start-up does not depend on the lab: measured once per invocation, shown with every table.
         startup = record.setdefault("startup", startup)
         args.startup = False
-        (RESULTS / f"hosts-{count}.json").write_text(json.dumps(record, indent=1) + "\n")
+        name = "quick.json" if args.quick else f"hosts-{count}.json"
+        (RESULTS / name).write_text(json.dumps(record, indent=1) + "\n")
         print(report.table(record))
+        print("\n".join(report.ratio_lines(record)), flush=True)
+    for line in other_targets(args.quick):
+        print(line, flush=True)
     if args.docs:
         report.write_docs(DOCS, sorted(RESULTS.glob("hosts-*.json")))
         log(f"wrote {DOCS}")

@@ -24,8 +24,25 @@ LOCAL = "local"
 
 SECRET_DIFF = "(secret content: not shown)"
 
-ActionFn = Callable[..., None]
-"""``fn(ctx, **args)``: carries out one change on the context of its host."""
+
+def is_local(target: str) -> bool:
+    """Whether a change target is the controller (``local`` or ``local:<unit>``)."""
+    return target == LOCAL or target.startswith(LOCAL + ":")
+
+
+CHECK = "check"
+"""The ``action`` of a :class:`Change` that proves something and changes nothing.
+
+A check is counted and shown as a check, never as "changed"; when it passes,
+the result lists it under "verified". A task plans it only when needed (see
+:meth:`infratool.tasks.base.PlanContext.check`): the runner drops a check
+whose host saw no change in this run and whose inputs (the facts its entry
+read, its args) are those of its last passing run.
+"""
+
+ActionFn = Callable[..., Any]
+"""``fn(ctx, **args)``: carries out one change on the context of its host (a check's may
+return what it proved: a line or a list of lines)."""
 
 ACTIONS: dict[str, ActionFn] = {}
 """Registered actions by name (``files.put``, ``nix.write``, ...)."""
@@ -81,13 +98,22 @@ class Change:
     requires: tuple[str, ...] = ()
     """Hosts that must not have failed for this change to apply (e.g. the builder)."""
     action: str = "change"
-    """One of create, update, delete, run, deploy — for the summary and JSON."""
+    """One of create, update, delete, run, deploy, check — for the summary and JSON."""
     stage: int = 0
     """Set by the runner: the index of the playbook entry that planned this change."""
     op: str = ""
     """The registered action that applies this change (see :func:`action`)."""
     args: dict[str, Any] = field(default_factory=dict, repr=False)
     """The action's parameters: plain data (and sealed secrets in a plan file)."""
+    facts: str = ""
+    """Set by the runner: digest of the facts its playbook entry read on its target
+    (for a local target, of the repo files the plan read). A saved plan applies
+    only where these facts are unchanged."""
+    check: str = ""
+    """For a check (``action="check"``): its name, the key of its passing record."""
+    proved: list[str] = field(default_factory=list, repr=False, compare=False)
+    """Set when a check applies: what its action proved ("built /nix/store/… on snix"),
+    for the result's verified column (default: the description)."""
 
     def __post_init__(self) -> None:
         # Redact at construction, so no later path can show the raw text.
@@ -97,29 +123,36 @@ class Change:
             raise ValueError(f"change {self.description!r} has neither an action (op) nor apply")
 
     @property
+    def is_check(self) -> bool:
+        """True for a check: it proves something and changes nothing."""
+        return self.action == CHECK
+
+    @property
     def is_data(self) -> bool:
         """True when the change is an action plus parameters (it can be saved in a plan file)."""
         return bool(self.op)
 
     def execute(self, ctx: Any) -> None:
-        """Carry out the change on ``ctx`` (its host's context)."""
+        """Carry out the change on ``ctx`` (its host's context).
+
+        An action may return what it proved (a line, or a list of lines): a
+        check's result then shows that under "verified".
+        """
         if self.op:
-            lookup(self.op)(ctx, **self.args)
+            proved = lookup(self.op)(ctx, **self.args)
+            if isinstance(proved, str):
+                self.proved = [proved]
+            elif isinstance(proved, list):
+                self.proved = [str(p) for p in proved]
         else:
             assert self.apply is not None
             self.apply(ctx)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view (no apply callable)."""
-        return {
-            "host": self.host,
-            "task": self.task,
-            "action": self.action,
-            "description": self.description,
-            "diff": self.diff,
-            "phase": self.phase,
-            "op": self.op or None,
-        }
+        """JSON-ready view, as in ``plan --json`` (secret args withheld; docs/plan-format.md)."""
+        from infratool.planfile import change_dict
+
+        return change_dict(self, secrets=None)
 
 
 @dataclass
@@ -133,6 +166,14 @@ class Plan:
     host_key_refused: set[str] = field(default_factory=set)
     unreachable: set[str] = field(default_factory=set)
     """Hosts that could not be connected to (the other failures are plan errors)."""
+    stale: set[str] = field(default_factory=set)
+    """Targets of a saved plan whose facts changed since it was made (refused, untouched)."""
+
+    facts: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Target → ``{fact key: value digest}`` its changes were planned on (``local``:
+    repo file → content digest). A saved plan's drift check compares these."""
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """host → task name → what a read-only task reported there (``PlanContext.report``), plain data."""
 
     def for_host(self, host: str) -> list[Change]:
         """Changes on one host, in plan order."""
@@ -140,8 +181,18 @@ class Plan:
 
     @property
     def empty(self) -> bool:
-        """True when nothing would change."""
+        """True when nothing would change and nothing needs checking."""
         return not self.changes
+
+    @property
+    def modifications(self) -> list[Change]:
+        """The changes that modify something (every change but the checks)."""
+        return [c for c in self.changes if not c.is_check]
+
+    @property
+    def checks(self) -> list[Change]:
+        """The planned checks."""
+        return [c for c in self.changes if c.is_check]
 
     def counts(self) -> dict[str, int]:
         """Number of changes per host (hosts without changes included as 0)."""
@@ -151,13 +202,13 @@ class Plan:
         return counts
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view of the plan."""
-        return {
-            "hosts": self.hosts,
-            "changes": [c.to_dict() for c in self.changes],
-            "failures": self.failures,
-            "summary": {"changes": len(self.changes), "failed_hosts": sorted(self.failures)},
-        }
+        """JSON-ready view of the plan: the plan-file schema, secrets withheld (docs/plan-format.md)."""
+        from infratool.planfile import plan_dict
+
+        doc = plan_dict(self, secrets=None)
+        if self.reports:
+            doc["reports"] = self.reports  # what read-only tasks found (secureboot status)
+        return doc
 
 
 def text_diff(old: str | None, new: str | None, path: str, secret: bool = False) -> str:

@@ -14,10 +14,9 @@ change, so two tasks editing one file (say, two ``nix.settings`` entries in
 from __future__ import annotations
 
 import base64
-import os
+import hashlib
 import shlex
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from infratool.facts import FactCache, FileState
 from infratool.inventory import Host
 from infratool.localenv import DEPLOY, minimal_env
 from infratool.remote import FileWrite, PartialWrite, Remote, Result
+from infratool.safeopen import atomic_write
 from infratool.secrets.secret import REDACTOR, Secret
 
 
@@ -52,17 +52,20 @@ class HostContext:
     def plan_write(
         self,
         path: str,
-        content: bytes,
+        content: bytes | None,
         mode: int | None = None,
         owner: str | None = None,
         group: str | None = None,
         secret: bool = False,
+        sha256: str | None = None,
+        size: int | None = None,
     ) -> None:
         """Record that a planned change will leave ``path`` with ``content``.
 
         The mode is what the write gives it: the given one, else the existing
         regular file's, else 0644. ``secret`` content is never shown in a
-        later change's diff.
+        later change's diff. Streamed content is not held: ``content`` None
+        with its ``sha256`` and ``size``.
         """
         before = self.file(path)
         keep = before.exists and before.is_file
@@ -72,7 +75,8 @@ class HostContext:
             mode=mode if mode is not None else (before.mode if keep else 0o644),
             owner=owner or (before.owner if keep else None),
             group=group or (before.group if keep else None),
-            size=len(content),
+            size=len(content) if content is not None else size,
+            sha256=sha256,
             content=content,
             hidden=secret or before.hidden,
         )
@@ -194,6 +198,9 @@ class LocalContext:
     root: Path
     overlay: dict[str, bytes | None] = field(default_factory=dict)
     name: str = LOCAL
+    reads: dict[str, str] = field(default_factory=dict)
+    """Repo files the plan read from disk → SHA-256 of what it read (``absent`` when
+    missing): the local part of a saved plan's facts, checked again at apply."""
 
     def path(self, rel: str | Path) -> Path:
         """Absolute path of ``rel`` inside the repo."""
@@ -205,7 +212,30 @@ class LocalContext:
         if key in self.overlay:
             return self.overlay[key]
         p = self.path(rel)
-        return p.read_bytes() if p.is_file() else None
+        data = p.read_bytes() if p.is_file() else None
+        self.note_read(p, data)
+        return data
+
+    def note_read(self, path: str | Path, data: bytes | None) -> None:
+        """Record that planning read ``path`` (in the repo) and found ``data``."""
+        self.reads.setdefault(self.rel(path), file_hash(data))
+
+    def rel(self, path: str | Path) -> str:
+        """``path`` relative to the repo root when inside it (as plan files name it)."""
+        p = self.path(path)
+        try:
+            return str(p.relative_to(self.root))
+        except ValueError:
+            return str(p)
+
+    def drifted(self, reads: Mapping[str, str]) -> list[str]:
+        """The files of ``reads`` whose content is not what was read then."""
+        changed = []
+        for rel, digest in reads.items():
+            p = self.path(rel)
+            if file_hash(p.read_bytes() if p.is_file() else None) != digest:
+                changed.append(rel)
+        return changed
 
     def plan_write(self, rel: str | Path, content: bytes | None) -> None:
         """Record a planned write (None = removal)."""
@@ -242,17 +272,10 @@ class LocalContext:
         return proc
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so a crash leaves either the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def file_hash(data: bytes | None) -> str:
+    """SHA-256 of a file's content as plans record it (``absent`` for no file)."""
+    return "absent" if data is None else "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+write_atomic = atomic_write
+"""The one atomic-write helper (:func:`infratool.safeopen.atomic_write`), under its old name."""

@@ -2,7 +2,7 @@
 
 Every error a user can meet is one of these, with a message they can act on.
 Errors from the layers below (paramiko, socket, sops, subprocess) are mapped
-into this tree at one place each (``remote.py``, ``secrets/store.py``), so
+into this tree at one place each (``remote/``, ``secrets/store.py``), so
 callers never catch a library's exception.
 
     InfratoolError                 exit 1 unless a subclass says otherwise
@@ -30,6 +30,8 @@ EXIT_FAILED = 1
 EXIT_CHANGES = 2
 EXIT_INPUT = 3
 EXIT_HOSTKEY = 4
+EXIT_STALE = 5
+"""A saved plan was refused on some target: its facts changed since the plan (re-plan)."""
 
 
 class InfratoolError(Exception):

@@ -11,7 +11,9 @@ output on a per-run random marker. Planning is then pure computation.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
+import json
 import posixpath
 import secrets
 import shlex
@@ -39,6 +41,10 @@ class Fact:
     command: Callable[[str], str]
     parse: Callable[[str, int], Any]
     """``parse(stdout, exit_status)``."""
+    volatile: bool = False
+    """The value changes between runs by itself (a clock, a lock holder, a command's
+    chatter): it is left out of the digest a saved plan is checked against, so
+    it never makes a plan stale."""
 
 
 @dataclass(frozen=True)
@@ -198,10 +204,13 @@ for _fact in (
     # unbalanced `)` or a here-document in it cannot swallow or reshape the
     # rest of the facts script (it is still the login shell that runs it).
     Fact("succeeds", lambda cmd: f"( eval {shlex.quote(cmd)} ) >/dev/null 2>&1", lambda out, st: st == 0),
+    # Output of a read-only command: anything from a version string to a clock, so
+    # it is volatile; a task that decides on it should request `succeeds` or a file.
     Fact(
         "stdout",
         lambda cmd: f"( eval {shlex.quote(cmd)} ) 2>/dev/null",
         lambda out, st: out if st == 0 else None,
+        volatile=True,
     ),
 ):
     register(_fact)
@@ -250,6 +259,51 @@ def parse_output(out: str, marker: str, ordered: list[FactRequest]) -> dict[Fact
     return results
 
 
+def fact_key(req: FactRequest) -> str:
+    """How a fact is named in plans and messages: ``file /etc/nix/nix.conf``, ``users``."""
+    return f"{req.name} {req.arg}" if req.arg else req.name
+
+
+def parse_fact_key(key: str) -> FactRequest:
+    """The request :func:`fact_key` names (for re-gathering the facts of a saved plan)."""
+    name, _, arg = key.partition(" ")
+    return FactRequest(name, arg)
+
+
+def value_digest(value: Any) -> str:
+    """SHA-256 of a fact's value in a canonical form (file content enters as its hash only)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, FileState):
+            # Content is covered by sha256; `hidden` is a planning mark, not remote state.
+            return {
+                k: getattr(v, k)
+                for k in ("exists", "is_file", "mode", "owner", "group", "size", "sha256", "is_symlink")
+            }
+        if isinstance(v, bytes):
+            return {"sha256": hashlib.sha256(v).hexdigest()}
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, (set, frozenset)):
+            return sorted(str(plain(x)) for x in v)  # a set's order is not stable across processes
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        return v
+
+    text = json.dumps(plain(value), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def digest_of(hashes: dict[str, str]) -> str:
+    """One digest of named fact hashes (order-independent); ``""`` when there are none."""
+    if not hashes:
+        return ""
+    text = json.dumps(sorted(hashes.items()))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
 class FactCache:
     """Facts of one host for this run: gathered once, then looked up."""
 
@@ -276,6 +330,18 @@ class FactCache:
         """The ``file`` fact of ``path`` (or its ``file_meta`` when only that was requested)."""
         req = FactRequest("file", path)
         return self._values[req] if req in self._values else self.get("file_meta", path)
+
+    def hashes(self, requests: Iterable[FactRequest]) -> dict[str, str]:
+        """``{fact key: value digest}`` of the non-volatile ``requests`` (see :func:`fact_key`).
+
+        What a saved plan records per host and compares at apply: a fact
+        that differs by then names itself in the refusal.
+        """
+        return {
+            fact_key(r): value_digest(self._values[r])
+            for r in dict.fromkeys(requests)
+            if r in self._values and not FACTS[r.name].volatile
+        }
 
     def as_dict(self) -> dict[str, Any]:
         """The base facts, for `infratool facts`."""

@@ -15,25 +15,34 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from infratool import deploy, faults, hostlock, log, preflight
-from infratool.changes import LOCAL, Change, Plan
+from infratool import deploy, drift, faults, hostlock, log, preflight
+from infratool.changes import Change, Plan, is_local
+from infratool.checkstate import CheckState
 from infratool.context import DeferredWriteFailed, DeferredWrites, HostContext, LocalContext
 from infratool.errors import (
     EXIT_CHANGES,
     EXIT_FAILED,
     EXIT_HOSTKEY,
     EXIT_OK,
+    EXIT_STALE,
     ConnectError,
     HostError,
     HostKeyError,
     InfratoolError,
     InputError,
 )
-from infratool.facts import BASE_FACTS, DESCRIBE_FACTS, FactCache, FactRequest, build_script, parse_output
+from infratool.facts import (
+    BASE_FACTS,
+    DESCRIBE_FACTS,
+    FactCache,
+    FactRequest,
+    build_script,
+    parse_output,
+)
 from infratool.inventory import Host, Inventory
 from infratool.options import RunOptions
 from infratool.playbook import Playbook
-from infratool.remote import Held, Remote
+from infratool.remote import Held, Remote, release_all
 from infratool.secrets.secret import REDACTOR
 from infratool.tasks.base import HostTask, PlanContext, Task
 
@@ -47,7 +56,7 @@ class HostResult:
 
     host: str
     status: str = "ok"
-    """ok | changed | failed | unreachable | refused"""
+    """ok | changed | failed | unreachable | refused | stale (a saved plan's facts drifted)"""
     applied: list[str] = field(default_factory=list)
     error: str | None = None
     verified: list[str] = field(default_factory=list)
@@ -78,10 +87,12 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        """4 if a host key was refused, 1 if anything else failed, else 0."""
+        """4 if a host key was refused, 1 if anything else failed, 5 if a saved plan was stale somewhere, else 0."""
         if any(r.status == "refused" for r in self.hosts.values()):
             return EXIT_HOSTKEY
-        return EXIT_FAILED if self.failed else EXIT_OK
+        if self.failed:
+            return EXIT_FAILED
+        return EXIT_STALE if any(r.status == "stale" for r in self.hosts.values()) else EXIT_OK
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view."""
@@ -122,6 +133,10 @@ class Runner:
         self.unreachable: set[str] = set()
         self._pool = ThreadPoolExecutor(max_workers=max(1, options.forks), thread_name_prefix="host")
         self._targets = [(inv, inv.hosts(inventory, options.limit)) for inv in playbook.invocations]
+        self._requests: dict[tuple[int, str], list[FactRequest]] = {}
+        """(playbook entry, host) → the facts that entry requested there (what its changes depend on)."""
+        self.checks = CheckState(inventory.path)
+        self._passed: list[Change] = []
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -153,9 +168,12 @@ class Runner:
         # no tasks (`infratool facts`), the full description of each host.
         base = BASE_FACTS if self._targets else DESCRIBE_FACTS
         requests: dict[str, list[FactRequest]] = {h.name: list(base) for h in hosts}
-        for inv, targets in self._targets:
+        for stage, (inv, targets) in enumerate(self._targets):
             for h in targets:
-                requests[h.name].extend(inv.task.fact_requests(h))
+                if h.name in requests:
+                    wanted = inv.task.fact_requests(h)
+                    self._requests[(stage, h.name)] = wanted
+                    requests[h.name].extend(wanted)
         list(self._pool.map(lambda h: self._open(h, requests[h.name]), hosts))
         return self.contexts
 
@@ -198,6 +216,7 @@ class Runner:
         """Gather facts and compute every change (read-only)."""
         self.gather()
         changes: list[Change] = []
+        reports: dict[str, dict[str, Any]] = {}
         for stage, (inv, targets) in enumerate(self._targets):
             hosts = {h.name: self.contexts[h.name] for h in targets if h.name in self.contexts}
             ctx = PlanContext(
@@ -210,10 +229,18 @@ class Runner:
             planned = self._plan_task(inv.task, ctx)
             for target, message in ctx.failures.items():
                 self._fail(target, InfratoolError(message))
+            for host, data in ctx.reports.items():
+                reports.setdefault(host, {})[inv.task.name] = data
             for change in planned:
                 change.stage = stage
                 change.task = change.task or inv.label
             changes.extend(planned)
+        facts = drift.stamp_facts(
+            changes,
+            lambda stage, host: self._host_hashes(stage, host),
+            drift.local_hashes(self.local, self.state),
+        )
+        changes = drift.needed_checks(changes, self.checks)
         changes.extend(self._deploy_changes(changes))
         names = [h.name for h in self.hosts]
         # Local targets: the flake repo, and units of local work kept apart so
@@ -230,7 +257,13 @@ class Runner:
             failures=dict(self.failures),
             host_key_refused=set(self.refused),
             unreachable=set(self.unreachable),
+            facts={t: facts[t] for t in dict.fromkeys(c.host for c in changes) if t in facts},
+            reports=reports,
         )
+
+    def _host_hashes(self, stage: int, host: str) -> dict[str, str]:
+        ctx = self.contexts.get(host)
+        return ctx.facts.hashes(self._requests.get((stage, host), [])) if ctx is not None else {}
 
     def _plan_task(self, task, ctx: PlanContext) -> list[Change]:
         """Plan one playbook entry; any exception fails the host(s) it came from, not the run.
@@ -240,30 +273,27 @@ class Runner:
         whatever its type, drops exactly the host being planned. A task
         spanning hosts fails the host a HostError names, else all its hosts.
         """
-        if isinstance(task, HostTask):
+        if isinstance(task, HostTask) or task.host_local:
 
             def one(hctx: HostContext) -> list[Change]:
+                # The one per-host path: the task sees this host only, and
+                # whatever it raises costs this host only.
+                narrow = replace(ctx, hosts={hctx.name: hctx}, failures={})
                 try:
-                    return task.plan_host(hctx, ctx)
+                    return task.plan(narrow)
                 except InputError:
                     raise  # bad input (say, no usable age identity) stops the run once: exit 3
                 except Exception as exc:
                     self._drop(hctx.name, _planning_error(hctx.name, task, exc))
                     return []
+                finally:
+                    ctx.failures.update(narrow.failures)
 
-            return [c for chunk in self._pool.map(one, list(ctx.hosts.values())) for c in chunk]
-        if task.host_local:
-            changes: list[Change] = []
-            for name, hctx in ctx.hosts.items():
-                narrow = replace(ctx, hosts={name: hctx}, failures={})
-                try:
-                    changes += task.plan(narrow)
-                except InputError:
-                    raise  # bad input stops the run once (exit 3), not once per host
-                except Exception as exc:
-                    self._drop(name, _planning_error(name, task, exc))
-                ctx.failures.update(narrow.failures)
-            return changes
+            hosts = list(ctx.hosts.values())
+            # HostTasks plan in the pool; other host-local tasks one host at a time
+            # (their plan() may share per-run state that is not thread-safe).
+            chunks = self._pool.map(one, hosts) if isinstance(task, HostTask) else map(one, hosts)
+            return [c for chunk in chunks for c in chunk]
         try:
             return task.plan(ctx)
         except InputError:
@@ -306,6 +336,8 @@ class Runner:
                 if host in plan.host_key_refused
                 else "unreachable"
                 if host in plan.unreachable
+                else "stale"
+                if host in plan.stale
                 else "failed"
             )
             results[host].error = message
@@ -316,11 +348,15 @@ class Runner:
         held = self._lock_hosts(plan, failed)
         try:
             self._apply_plan(plan, failed, results)
+            drift.record_checks(
+                [c for c in self._passed if c.host not in failed], self.contexts, self._requests, self.checks
+            )
         finally:
-            for lock in held.values():
-                lock.release()
+            # All at once: closing each lock's stdin and waiting for it in
+            # turn cost a round trip per host (docs/performance.md).
+            release_all(held.values())
         for r in results.values():
-            if r.host in failed and r.status not in ("refused", "unreachable"):
+            if r.host in failed and r.status not in ("refused", "unreachable", "stale"):
                 r.status, r.error = "failed", failed[r.host]
         return RunResult(plan=plan, hosts=results)
 
@@ -451,6 +487,8 @@ class Runner:
                 if isinstance(cause, InfratoolError)
                 else f"internal error in {task}: {type(cause).__name__}: {REDACTOR.redact(str(cause))}"
             )
+            if isinstance(culprit, Change) and culprit.is_check:
+                message = f"check failed: {message}"
             failed[host] = message
             what = culprit.description if isinstance(culprit, Change) else "apply"
             self.log.error("change failed", host=host, change=what, error=message)
@@ -506,16 +544,22 @@ class Runner:
         result.verified.extend(proofs)
         result.verified.append("deploy committed (switch-to-configuration boot)")
 
-    @staticmethod
-    def _record_applied(result: HostResult, changes: list[Change]) -> None:
+    def _record_applied(self, result: HostResult, changes: list[Change]) -> None:
         for change in changes:
+            if change.is_check:
+                # A passing check proved something and changed nothing.
+                result.verified.extend(change.proved or [change.description])
+                self._passed.append(change)
+                continue
             result.applied.append(change.description)
             faults.change_applied()
             result.status = "changed"
 
     def _verify(self, stage: int, plan: Plan, failed: dict[str, str], results: dict[str, HostResult]) -> None:
         inv, targets = self._targets[stage]
-        changed = {c.host for c in plan.changes if c.stage == stage and c.host not in failed}
+        changed = {
+            c.host for c in plan.changes if c.stage == stage and not c.is_check and c.host not in failed
+        }
         # A NixOS host with a deploy in this plan is verified after its deploy, over a new
         # connection, before its watchdog commits (_confirm_deploy): not here, on the old system.
         deferred = {c.host for c in plan.changes if c.op == deploy.OP}
@@ -550,12 +594,33 @@ class Runner:
             failed.setdefault(host, message)
             self.on_event(host, "failed", message)
 
-    def run(self, confirm: Callable[[Plan], bool] | None = None) -> RunResult:
-        """Plan, ask ``confirm(plan)`` (unless ``--yes``), apply."""
-        plan = self.plan()
-        if plan.changes and not self.options.yes and confirm is not None and not confirm(plan):
-            return RunResult(plan=plan, hosts={h: HostResult(h, status="skipped") for h in plan.hosts})
-        return self.apply(plan)
+    # -- saved plans ----------------------------------------------------------
+
+    def load_saved(self, saved: Plan) -> Plan:
+        """A saved plan made applicable: connect, re-read its facts, refuse where they drifted.
+
+        ``saved`` holds the changes (args unsealed) and the fact digests of
+        the plan file. Every target host is connected to and its facts
+        gathered as planning would; a target whose recorded facts differ now
+        is **stale** (:func:`infratool.drift.stale_targets`): refused with
+        the facts that changed, nothing applied there (changes requiring it
+        are skipped). The rest apply exactly as saved.
+        """
+        self.gather()
+        stale = drift.stale_targets(saved, self.contexts, self.local)
+        for target, message in stale.items():
+            self.log.warning("plan is stale", host=target, error=message)
+            self.on_event(target, "stale", message)
+        names = list(dict.fromkeys([*saved.hosts, *(c.host for c in saved.changes)]))
+        return Plan(
+            hosts=names,
+            changes=saved.changes,
+            failures={**self.failures, **stale},
+            host_key_refused=set(self.refused),
+            unreachable=set(self.unreachable),
+            stale=set(stale),
+            facts=saved.facts,
+        )
 
 
 def _planning_error(host: str, task: Task, exc: BaseException) -> InfratoolError:
@@ -565,6 +630,4 @@ def _planning_error(host: str, task: Task, exc: BaseException) -> InfratoolError
     return HostError(host, f"internal error planning {task.label()}: {type(exc).__name__}: {exc}")
 
 
-def is_local(target: str) -> bool:
-    """Whether a change target is the controller (``local`` or ``local:<unit>``)."""
-    return target == LOCAL or target.startswith(LOCAL + ":")
+__all__ = ["HostResult", "RunResult", "Runner", "is_local", "plan_exit_code"]

@@ -1,4 +1,9 @@
-"""Open a local file that someone else may have planted: no symlinks, regular files only.
+"""Local files safely: open what someone may have planted; write atomically.
+
+:func:`atomic_write` is the one way infratool replaces a local file (sops
+files, the rotation state, generated repo files, timer units).
+
+Opening a file that someone else may have planted: no symlinks, regular files only.
 
 Lock files and the audit log live in places a repo writer or another local
 user may control (the fleet repo, ``--audit-log PATH``). Following a
@@ -9,9 +14,11 @@ root can write, and a FIFO hangs the run. The kernel's own answer is
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 from infratool.errors import InputError
@@ -40,3 +47,50 @@ def open_regular(path: Path, flags: int, mode: int, what: str) -> int:
     # Back to blocking I/O for the regular file we now know it is.
     os.set_blocking(fd, True)
     return fd
+
+
+def atomic_write(path: str | Path, data: bytes, mode: int | None = None) -> None:
+    """Replace ``path`` with ``data`` so a crash or power cut leaves the old file or the new one.
+
+    A temp file in the same directory (created 0600, so a secret never has
+    a wider mode than asked), written, fsynced, renamed over ``path``; the
+    directory is fsynced too, so the rename itself survives a power cut.
+    Parent directories are created. ``mode``: the file's mode; ``None`` keeps
+    an existing file's mode (``0644`` for a new one). An existing file's
+    owner is kept when we may set it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    owner = None
+    try:
+        st = path.stat()
+        owner = (st.st_uid, st.st_gid)
+        if mode is None:
+            mode = st.st_mode & 0o7777
+    except FileNotFoundError:
+        pass
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fchmod(fh.fileno(), 0o644 if mode is None else mode)
+            if owner is not None and owner != (os.geteuid(), os.getegid()):
+                with contextlib.suppress(PermissionError):
+                    os.fchown(fh.fileno(), *owner)
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """fsync a directory, so a rename into it survives a power cut."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -4,7 +4,8 @@ Heavy modules (Fabric, rich, the tasks) are imported inside the commands, so
 ``infratool --help`` starts fast.
 
 Exit codes: 0 ok, 1 a host or task failed, 2 changes pending (with
-``--detailed-exitcode``), 3 bad input (nothing touched), 4 host key refused.
+``--detailed-exitcode``), 3 bad input (nothing touched), 4 host key refused,
+5 a saved plan was refused somewhere as stale (facts changed since the plan).
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from infratool import __version__
 from infratool.cli import globalopts
 from infratool.cli.common import (
     Globals,
-    audit_run,
-    audit_started,
     command_name,
     emit_json,
     emit_json_error,
@@ -29,7 +28,6 @@ from infratool.cli.common import (
     forks_option,
     limit_option,
     load_inventory,
-    open_audit,
     pass_globals,
     timeout_option,
 )
@@ -45,6 +43,9 @@ LAZY_COMMANDS = {
     "host": "infratool.cli.onboard:host",
     "completion": "infratool.cli.onboard:completion",
     "exec": "infratool.cli.adhoc:exec_command",
+    "plan": "infratool.cli.playbooks:plan",
+    "run": "infratool.cli.playbooks:run",
+    "apply": "infratool.cli.playbooks:apply",
 }
 
 
@@ -435,260 +436,6 @@ def tasks_command(g: Globals, name: str | None, markdown: bool) -> None:
     else:
         click.echo("No parameters.")
     click.echo("\nExample:\n" + "\n".join(f"  {line}" for line in doc.example.splitlines()))
-
-
-# -- plan / run --------------------------------------------------------------
-
-
-SELECTION_KEY = "infratool.selection"
-
-
-def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    ctx.meta.setdefault(SELECTION_KEY, {})[param.name] = value
-    return value
-
-
-def selection_options(f: Any) -> Any:
-    """--tags/--skip-tags/--list-hosts/--list-tasks for plan and run (read by :func:`_prepare`)."""
-    options = [
-        click.option(
-            "--tags",
-            metavar="TAGS",
-            expose_value=False,
-            callback=_remember,
-            help="Only entries with one of these tags (comma list).",
-        ),
-        click.option(
-            "--skip-tags",
-            metavar="TAGS",
-            expose_value=False,
-            callback=_remember,
-            help="Leave out entries with any of these tags.",
-        ),
-        click.option(
-            "--list-hosts",
-            is_flag=True,
-            expose_value=False,
-            callback=_remember,
-            help="Print the hosts each entry would run on; connect to none.",
-        ),
-        click.option(
-            "-e",
-            "--extra-vars",
-            "extra_vars",
-            metavar="KEY=VALUE|@FILE",
-            multiple=True,
-            expose_value=False,
-            callback=_remember,
-            help="Playbook variable (repeatable; VALUE read as YAML), or a YAML file of them; "
-            "overrides the playbook's vars:.",
-        ),
-        click.option(
-            "--list-tasks",
-            is_flag=True,
-            expose_value=False,
-            callback=_remember,
-            help="Print the entries (task, tags, hosts) that would run; connect to none.",
-        ),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-def _prepare(g: Globals, playbook_path: str, **opts: Any):
-    from infratool import playbook as pb
-    from infratool.options import RunOptions
-    from infratool.runner import Runner
-
-    chosen = click.get_current_context().meta.get(SELECTION_KEY, {})
-    inv = load_inventory(g)
-    if opts.get("limit"):
-        inv.select(opts["limit"])  # a --limit that matches nothing is bad input, before connecting
-    from infratool.template import parse_extra_vars
-
-    book = pb.load(playbook_path, inv, parse_extra_vars(chosen.get("extra_vars") or ()))
-    if chosen.get("tags") or chosen.get("skip_tags"):
-        book = pb.filter_tags(book, chosen.get("tags"), chosen.get("skip_tags"))
-    targets = [(invocation, invocation.hosts(inv, opts.get("limit"))) for invocation in book.invocations]
-    if not any(hosts for _, hosts in targets):
-        # A plan of "0 changes on 0 targets" would read as "all converged".
-        what = f"--limit {opts['limit']!r} and " if opts.get("limit") else ""
-        raise InputError(f"{what}the playbook's 'hosts:' select no host: nothing to do", file=book.path)
-    if chosen.get("list_hosts") or chosen.get("list_tasks"):
-        _list(g, book, targets, tasks=bool(chosen.get("list_tasks")))
-        sys.exit(0)
-    open_audit(g)  # an unusable audit log is bad input: exit 3 before connecting
-    options = RunOptions(audit_log=g.audit_log, **opts)
-    return inv, book, options, Runner
-
-
-def _list(g: Globals, book: Any, targets: list[tuple[Any, list[Any]]], tasks: bool) -> None:
-    """--list-hosts / --list-tasks: what would run where, from the files alone."""
-    entries = [
-        {
-            "task": invocation.task.name,
-            "label": invocation.label,
-            "tags": list(invocation.tags),
-            "hosts": [h.name for h in hosts],
-        }
-        for invocation, hosts in targets
-    ]
-    hosts = sorted(
-        {name for e in entries for name in e["hosts"]}, key=[h for e in entries for h in e["hosts"]].index
-    )
-    if g.json:
-        emit_json({"playbook": str(book.path), "hosts": hosts, **({"tasks": entries} if tasks else {})})
-        return
-    if not tasks:
-        click.echo(f"playbook: {book.path} ({len(hosts)} host(s))")
-        for name in hosts:
-            click.echo(f"  {name}")
-        return
-    from infratool.cli import output as render
-
-    render.records(
-        render.console(),
-        f"playbook: {book.path}",
-        [
-            render.Column("task", keep=True),
-            render.Column("label"),
-            render.Column("tags"),
-            render.Column("hosts", keep=True),
-        ],
-        [[e["task"], e["label"], ", ".join(e["tags"]), ",".join(e["hosts"]) or "-"] for e in entries],
-    )
-
-
-@main.command(
-    help="Show what a playbook would change, touching nothing."
-    + examples(
-        "infratool plan playbooks/site.yaml",
-        "infratool plan playbooks/site.yaml --detailed-exitcode  # 2 = changes pending",
-        "infratool --json plan playbooks/remote-builders.yaml --limit snix",
-    )
-)
-@click.argument("playbook", type=click.Path(dir_okay=False))
-@limit_option
-@selection_options
-@forks_option
-@click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when changes are pending (like terraform).")
-@click.option("--no-diff", is_flag=True, help="Descriptions only.")
-@timeout_option
-@pass_globals
-def plan(
-    g: Globals,
-    playbook: str,
-    limit: str | None,
-    forks: int,
-    detailed_exitcode: bool,
-    no_diff: bool,
-    timeout: float | None,
-) -> None:
-    from infratool.cli import output as render
-    from infratool.runner import plan_exit_code
-
-    inv, book, options, Runner = _prepare(g, playbook, limit=limit, forks=forks, command_timeout=timeout)
-    progress = render.Progress(render.console(stderr=True), enabled=g.verbosity >= 0 and not g.json)
-    with Runner(inv, book, options, on_event=progress) as runner, progress:
-        the_plan = runner.plan()
-    audit_run(g, "plan", book, the_plan)
-    if g.json:
-        emit_json(the_plan.to_dict())
-    else:
-        render.plan(render.console(), the_plan, show_diff=not no_diff)
-    sys.exit(plan_exit_code(the_plan, detailed_exitcode))
-
-
-@main.command(
-    help="Plan, confirm, apply and verify a playbook."
-    + examples(
-        "infratool run playbooks/site.yaml",
-        "infratool run playbooks/secrets-rotation.yaml --yes --forks 4",
-        "infratool run playbooks/baseline.yaml --limit 'all,!nixtv-player' --no-deploy",
-    )
-)
-@click.argument("playbook", type=click.Path(dir_okay=False))
-@limit_option
-@selection_options
-@click.option(
-    "--yes", "-y", is_flag=True, help="Apply without asking (required when stdin is not a terminal)."
-)
-@forks_option
-@click.option("--no-deploy", is_flag=True, help="Skip the deploy step for NixOS hosts.")
-@click.option(
-    "--confirm-timeout",
-    type=click.IntRange(5, 3600),
-    default=30,
-    metavar="SECONDS",
-    help="A deployed NixOS host rolls itself back unless confirmed within SECONDS (default 30).",
-)
-@click.option(
-    "--build-on", metavar="HOST", default=None, help="Build NixOS systems in HOST's store (default: here)."
-)
-@click.option("--no-diff", is_flag=True, help="Descriptions only.")
-@click.option(
-    "--wait",
-    "lock_wait",
-    type=click.FloatRange(0, 86400),
-    default=0,
-    metavar="SECONDS",
-    help="Queue up to SECONDS behind another run applying to a host (default: refuse that host at once).",
-)
-@timeout_option
-@pass_globals
-def run(
-    g: Globals,
-    playbook: str,
-    limit: str | None,
-    yes: bool,
-    forks: int,
-    no_deploy: bool,
-    confirm_timeout: int,
-    build_on: str | None,
-    no_diff: bool,
-    lock_wait: float,
-    timeout: float | None,
-) -> None:
-    from infratool.cli import output as render
-
-    inv, book, options, Runner = _prepare(
-        g,
-        playbook,
-        limit=limit,
-        forks=forks,
-        yes=yes,
-        deploy=not no_deploy,
-        confirm_timeout=confirm_timeout,
-        build_on=build_on,
-        command_timeout=timeout,
-        lock_wait=lock_wait,
-    )
-    if build_on and build_on not in inv.hosts:
-        raise InputError(f"--build-on {build_on!r}: no such host in {inv.path}")
-    if not yes and not sys.stdin.isatty():
-        raise InputError("stdin is not a terminal: refusing to prompt; pass --yes to apply unattended")
-    out = render.console()
-    progress = render.Progress(render.console(stderr=True), enabled=g.verbosity >= 0 and not g.json)
-    with Runner(inv, book, options, on_event=progress) as runner:
-        with progress:
-            the_plan = runner.plan()
-        if not g.json:
-            render.plan(out, the_plan, show_diff=not no_diff)
-        if the_plan.changes and not yes and not click.confirm("Apply these changes?", default=False):
-            audit_run(g, "run (declined)", book, the_plan)
-            click.echo("Nothing applied.", err=True)
-            sys.exit(EXIT_FAILED)
-        if the_plan.changes:
-            audit_started(g, "run", book, the_plan)
-        with progress:
-            result = runner.apply(the_plan)
-    audit_run(g, "run", book, the_plan, result)
-    if g.json:
-        emit_json(result.to_dict())
-    else:
-        render.results(out, result)
-    sys.exit(result.exit_code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -99,7 +99,10 @@ def lab_up(g: Globals, count: int | None, subnet: str | None, nixos: str | None)
     if g.json:
         emit_json(
             {
-                "hosts": [{"name": h.name, "address": h.address} for h in started],
+                "hosts": [
+                    {"name": h.name, "address": h.address, "os": "nixos" if h.nixos else "linux"}
+                    for h in started
+                ],
                 "subnet": the_lab.subnet,
                 "inventory": str(inventory),
                 "age_key_file": str(key),

@@ -13,8 +13,15 @@ from pathlib import Path
 import click
 
 from infratool.cli.common import Globals, emit_json, examples, pass_globals
+from infratool.errors import InputError
 
 SHELLS = ("bash", "zsh", "fish")
+
+rotate_option = click.option(
+    "--rotate",
+    is_flag=True,
+    help="Then run the rotation plan right away (staged, verified, like `secrets rotate`).",
+)
 
 
 def _out():
@@ -167,8 +174,14 @@ def _split_tags(values: tuple[str, ...]) -> tuple[str, ...]:
     "--host-key", default=None, metavar="'ssh-ed25519 AAAA...'", help="Pin only if the host offers this key."
 )
 @click.option("--offline", is_flag=True, help="Do not contact the host: pin --host-key as given.")
-@click.option("--replace", is_flag=True, help="Re-pin a host already in hosts.yaml (after a reinstall).")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Re-pin a host already in hosts.yaml (after a reinstall): the files its old key could "
+    "decrypt get new data keys, and the secrets it held or could read are listed to rotate.",
+)
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the host.")
+@rotate_option
 @pass_globals
 def host_add(
     g: Globals,
@@ -185,9 +198,14 @@ def host_add(
     offline: bool,
     replace: bool,
     timeout: float,
+    rotate: bool,
 ) -> None:
     from infratool.inventory import resolve_path
     from infratool.onboard import HostRequest, add_host
+
+    if rotate and not replace:
+        raise InputError("--rotate goes with --replace (a new host has no old key to revoke)")
+    _check_rotate(g, rotate, without=None)
 
     request = HostRequest(
         name=name,
@@ -220,23 +238,32 @@ def host_add(
         emit_json(result.to_dict())
         return
     _render(result, "pinned" if result.inventory_changed else "already pinned")
+    if rotate:
+        _rotate_revoked(g, result, without=None, command="host add --replace --rotate")
 
 
 @host.command(
     "remove",
-    help="Take host NAME out of the sops creation rules, re-encrypt the files it could read "
-    "without it (sops updatekeys), then remove its entry from hosts.yaml (other lines and "
-    "comments kept). Rotate the secrets it could read afterwards: it has seen their values."
-    + examples("infratool host remove web1", "infratool -i fleet/hosts.yaml host remove web1 --yes"),
+    help="Take host NAME out: every sops file it could decrypt gets a new data key without it "
+    "(sops rotate), the sops creation rules drop it, then its entry leaves hosts.yaml (other "
+    "lines and comments kept). Lists every secret it held (a consumer there) or could read, "
+    "with the reason, as a rotation plan; --rotate runs that plan right away, staged like any "
+    "rotation."
+    + examples(
+        "infratool host remove web1",
+        "infratool -i fleet/hosts.yaml host remove web1 --yes --rotate",
+    ),
 )
 @click.argument("name", shell_complete=_host_names)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@rotate_option
 @pass_globals
-def host_remove(g: Globals, name: str, yes: bool) -> None:
+def host_remove(g: Globals, name: str, yes: bool, rotate: bool) -> None:
     from infratool.errors import RefusedError
     from infratool.inventory import resolve_path
     from infratool.onboard import remove_host
 
+    _check_rotate(g, rotate, without=name)
     path = resolve_path(g.inventory)
     if not yes and not _ask(f"Remove {name} from {path} and its secrets' recipients?"):
         raise RefusedError(f"{name} not removed (not confirmed; --yes to skip the question)")
@@ -245,6 +272,72 @@ def host_remove(g: Globals, name: str, yes: bool) -> None:
         emit_json(result.to_dict())
         return
     _render(result, "removed")
+    if rotate:
+        _rotate_revoked(g, result, without=name, command="host remove --rotate")
+
+
+def _check_rotate(g: Globals, rotate: bool, without: str | None) -> None:
+    """Refuse a --rotate that could not run, before the host change touches anything (exit 3).
+
+    --rotate prints its own run (plan, results): not mixed into one JSON
+    document. The policy it will run with (``without``'s consumers left out)
+    must be valid against the inventory as it will be.
+    """
+    if not rotate:
+        return
+    if g.json:
+        raise InputError(
+            "--rotate cannot be combined with --json: run the host command with --json, "
+            "then `infratool --json secrets rotate NAME...` with the names it lists"
+        )
+    from infratool.cli.common import load_inventory
+    from infratool.onboard.revoke import rotation_policy_data
+    from infratool.rotation.policy import parse_policy
+    from infratool.tasks.secrets_rotation import DEFAULT_POLICY
+
+    inv = load_inventory(g)
+    policy = inv.flake / DEFAULT_POLICY
+    if not policy.is_file():
+        return  # nothing to rotate: the host command says so
+    data = rotation_policy_data(policy, without)
+    names = set(inv.names) - {without}
+    parse_policy({k: data[k] for k in ("secrets", "notify") if k in data}, policy, names, root=inv.flake)
+
+
+def _rotate_revoked(g: Globals, result, without: str | None, command: str) -> None:
+    """Run the revocation's rotation plan now: one staged rotation of the listed secrets.
+
+    Asked for by --rotate, after the host change was confirmed: not asked again.
+    The departed host's consumers are left out of the policy for this run (there
+    is nobody there to deliver to). The fleet repo is not committed here: the
+    host change and the rotation are the operator's to review and commit together.
+    """
+    from infratool.cli.common import load_inventory
+    from infratool.cli.secrets import run_rotation
+    from infratool.onboard.revoke import rotation_policy_data
+    from infratool.tasks.base import Source
+    from infratool.tasks.secrets_rotation import DEFAULT_POLICY, RotateSecrets
+
+    names = [p.secret for p in result.revocation.plan] if result.revocation else []
+    if not names:
+        click.echo("--rotate: no secret of the rotation policy to rotate", err=True)
+        return
+    inv = load_inventory(g)
+    policy = inv.flake / DEFAULT_POLICY
+    data = rotation_policy_data(policy, without)
+    args = {
+        "policy": None,
+        "secrets": data["secrets"],
+        "notify": data.get("notify"),
+        "names": names,
+        "due": False,
+        "force": True,
+        "lock_wait": 0,
+    }
+    task = RotateSecrets(args, Source(file=policy, line=None, params=data), inv)
+    run_rotation(
+        g, inv, task, dry_run=False, yes=True, forks=10, unattended=False, command=command, git=(False, False)
+    )
 
 
 def _ask(question: str) -> bool:
@@ -280,15 +373,42 @@ def _render(result, verb: str) -> None:
         con.print(f"  {_esc(_shown(result.inventory))} updated")
     if result.recipient:
         con.print(f"  age recipient (ssh-to-age of the host key): {_esc(result.recipient)}")
+    rev = result.revocation
     if result.sops_config:
         con.print(f"  {_esc(_shown(result.sops_config))} updated")
-        if result.reencrypted:
-            for path in result.reencrypted:
-                con.print(f"  re-encrypted {_esc(_shown(path))}")
-        else:
+        for path in rev.data_keys if rev else ():
+            con.print(f"  new data key (sops rotate), without the old key: {_esc(_shown(path))}")
+        for path in result.reencrypted:
+            con.print(f"  re-encrypted {_esc(_shown(path))}")
+        if not result.reencrypted and not (rev and rev.data_keys):
             con.print("  no secrets file needed re-encrypting")
     for note in result.notes:
         con.print(f"  [yellow]note:[/yellow] {_esc(note)}")
+    if rev is not None:
+        _render_revocation(con, result, departed=verb == "removed")
+
+
+def _render_revocation(con, result, departed: bool) -> None:
+    rev = result.revocation
+    if rev.policy_note:
+        con.print(f"  [yellow]note:[/yellow] {_esc(rev.policy_note)}")
+    if rev.plan:
+        con.print(f"  [bold]rotation plan[/bold] ({_esc(result.name)} held or could read these values):")
+        for planned in rev.plan:
+            con.print(f"    {_esc(planned.secret)}: {_esc('; '.join(planned.reasons))}")
+        names = " ".join(p.secret for p in rev.plan)
+        if departed:
+            # The policy still names the departed host until edited; --rotate leaves it out by itself.
+            con.print(
+                f"  run it: --rotate (leaves {_esc(result.name)} out by itself), or edit it out of the "
+                f"policy, then: infratool secrets rotate {_esc(names)}"
+            )
+        else:
+            con.print(f"  run it: infratool secrets rotate {_esc(names)}  (or pass --rotate)")
+    for file, keys in rev.unmanaged.items():
+        con.print(
+            f"  [yellow]not in the rotation policy[/yellow] — change by hand: {_esc(file)}: {_esc(', '.join(keys))}"
+        )
 
 
 # -- completion ------------------------------------------------------------------

@@ -38,6 +38,7 @@ STATUS_STYLE = {
     "connected": "cyan",
     "planned": "blue",
     "applying": "yellow",
+    "stale": "bold magenta",
 }
 
 
@@ -64,9 +65,11 @@ def plan(con: Console, plan: Plan, show_diff: bool = True) -> None:
         if not changes:
             out.append(f"{host}: ", style="bold").append("no changes", style="bold green").append("\n")
             continue
-        out.append(f"{host}: {len(changes)} change(s)", style="bold").append("\n")
+        out.append(f"{host}: {_count(changes)}", style="bold").append("\n")
         for c in changes:
-            sign = {"create": "+", "delete": "-", "run": ">", "deploy": "⇒", "rotate": "↻"}.get(c.action, "~")
+            sign = {"create": "+", "delete": "-", "run": ">", "deploy": "⇒", "rotate": "↻", "check": "?"}.get(
+                c.action, "~"
+            )
             out.append(f"  {sign} {_r(c.description)}", style="yellow")
             out.append(f"  [{c.task}]", style="yellow dim").append("\n")
             if show_diff and c.diff:
@@ -78,12 +81,22 @@ def plan(con: Console, plan: Plan, show_diff: bool = True) -> None:
     summary(con, plan)
 
 
+def _count(changes: Sequence[Any]) -> str:
+    """``2 change(s)``, ``1 change(s), 1 check(s)``: checks are never counted as changes."""
+    checks = sum(1 for c in changes if c.is_check)
+    text = f"{len(changes) - checks} change(s)"
+    return text + (f", {checks} check(s)" if checks else "")
+
+
 def summary(con: Console, plan: Plan) -> None:
-    """One line: how many changes on how many hosts, and failures."""
+    """One line: how many changes (and checks) on how many targets, and failures."""
     hosts_with = {c.host for c in plan.changes}
-    text = f"Plan: {len(plan.changes)} change(s) on {len(hosts_with)} of {len(plan.hosts)} target(s)"
-    if plan.failures:
-        text += f"; {len(plan.failures)} host(s) failed: {', '.join(sorted(plan.failures))}"
+    text = f"Plan: {_count(plan.changes)} on {len(hosts_with)} of {len(plan.hosts)} target(s)"
+    if plan.stale:
+        text += f"; {len(plan.stale)} refused as stale: {', '.join(sorted(plan.stale))}"
+    if plan.failures.keys() - plan.stale:
+        failed = sorted(plan.failures.keys() - plan.stale)
+        text += f"; {len(failed)} host(s) failed: {', '.join(failed)}"
     con.print(Text(text, style="bold red" if plan.failures else "bold"))
 
 

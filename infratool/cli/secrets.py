@@ -9,15 +9,13 @@ import click
 
 from infratool.cli.common import (
     Globals,
-    audit_run,
-    audit_started,
     emit_json,
     examples,
     forks_option,
     load_inventory,
-    open_audit,
     pass_globals,
 )
+from infratool.cli.gitsync import git_options
 from infratool.errors import EXIT_CHANGES, EXIT_FAILED, InputError
 
 POLICY_HELP = "Rotation policy, relative to the flake repo [default: secrets/rotation.yaml]."
@@ -49,68 +47,56 @@ def secrets() -> None:
 
 
 @secrets.command(
-    help="Every secret: age, max age, due?, consumers, last result. Exit 2 when any is due "
-    "or failed (a reminder for scripts and timers)."
-    + examples("infratool secrets status", "infratool --json secrets status --notify")
+    help="Every rotation of every kind (secrets, cache signing keys, builder keys): age, max "
+    "age, due?, targets, last result. Exit 2 when any is due or failed (a reminder for "
+    "scripts and timers)." + examples("infratool secrets status", "infratool --json secrets status --notify")
 )
 @click.option("--policy", metavar="FILE", help=POLICY_HELP)
-@click.option("--notify", is_flag=True, help="Call the policy's notify command/URL for due secrets.")
+@click.option("--notify", is_flag=True, help="Call the policy's notify command/URL for due rotations.")
 @pass_globals
 def status(g: Globals, policy: str | None, notify: bool) -> None:
     from infratool.rotation import state
+    from infratool.rotation.kinds import all_kinds, call_with_options
     from infratool.rotation.notify import notify as send
-    from infratool.tasks.secrets_rotation import NEEDS_PERSON, format_age
+    from infratool.tasks.secrets_rotation import NEEDS_PERSON
 
-    _, pol = _policy(g, policy)
-    st = state.load(state.state_path(pol.root / "secrets"))
-    rows: list[dict[str, Any]] = []
-    for name, spec in pol.secrets.items():
-        entry = st.get(name)
-        age = entry.age()
-        max_age = entry.max_age(spec.max_age)
-        due = entry.is_due(max_age)
-        rows.append(
-            {
-                "name": name,
-                "file": str(spec.file.relative_to(pol.root)) if spec.file.is_absolute() else str(spec.file),
-                "generator": spec.generator,
-                "age": format_age(age) if age is not None else "never",
-                "age_seconds": int(age.total_seconds()) if age is not None else None,
-                "max_age": format_age(max_age) if max_age else None,
-                "due": due,
-                "needs_person": spec.needs_person,
-                "consumers": sorted({c.host for c in spec.consumers}),
-                "status": entry.status,
-                "generation": entry.generation,
-                "last_result": entry.last_result,
-                "last_error": entry.last_error,
-            }
-        )
-    due_names = [r["name"] for r in rows if r["due"]]
-    if notify and due_names:
+    inv = load_inventory(g)
+    st = state.load_dir(inv.flake / "secrets")
+    opts = {"policy": policy}
+    found = [row for k in all_kinds() for row in call_with_options(k.status, inv, st, options=opts)]
+    if not found and not (inv.flake / "secrets").is_dir():
+        raise InputError(f"no rotations: {inv.flake / 'secrets'} does not exist (run `infratool init`)")
+    rows = [r.to_dict() for r in found]
+    due_rows = [r for r in rows if r["due"]]
+    if notify and due_rows:
+        _, pol = _policy(g, policy)
         shown = [
-            f"{n} ({NEEDS_PERSON}: infratool secrets set {n})" if pol.secrets[n].needs_person else n
-            for n in due_names
+            f"{_label(r)} ({NEEDS_PERSON}: infratool secrets set {r['name']})"
+            if r["needs_person"]
+            else _label(r)
+            for r in due_rows
         ]
-        send(pol, "due", f"{len(due_names)} secret(s) due for rotation: {', '.join(shown)}")
+        send(pol, "due", f"{len(due_rows)} secret(s) due for rotation: {', '.join(shown)}")
     if g.json:
         emit_json(rows)
     else:
         from rich.text import Text
 
         from infratool.cli import output as render
+        from infratool.tasks.secrets_rotation import DEFAULT_POLICY
 
         keep = ("secret", "due", "status")  # never cut: names and verdicts
+        policy_path = inv.flake / (policy or DEFAULT_POLICY)
         render.records(
             render.console(),
-            f"Secrets of {pol.path}",
+            f"Secrets of {policy_path if policy_path.exists() else inv.flake / 'secrets'}",
             [
                 render.Column(c, keep=c in keep)
                 for c in ("secret", "age", "max age", "due", "consumers", "status", "last result")
             ],
             [
                 [
-                    r["name"],
+                    _label(r),
                     r["age"],
                     r["max_age"] or "-",
                     _due_cell(r),
@@ -121,8 +107,13 @@ def status(g: Globals, policy: str | None, notify: bool) -> None:
                 for r in rows
             ],
         )
-    if due_names or any(r["status"] != "ok" for r in rows):
+    if due_rows or any(r["status"] != "ok" for r in rows):
         sys.exit(EXIT_CHANGES)
+
+
+def _label(row: dict[str, Any]) -> str:
+    """A secret by its name (as in the policy); other kinds as ``kind/name``."""
+    return row["name"] if row["kind"] == "secret" else f"{row['kind']}/{row['name']}"
 
 
 def _due_cell(row: dict[str, Any]) -> Any:
@@ -158,6 +149,7 @@ def _due_cell(row: dict[str, Any]) -> Any:
     help="Seconds to wait for another rotation holding the lock.",
 )
 @forks_option
+@git_options
 @click.option("--unattended", is_flag=True, hidden=True, help="Set by the timer.")
 @pass_globals
 def rotate(
@@ -171,91 +163,147 @@ def rotate(
     wait: float,
     forks: int,
     unattended: bool,
+    git_commit: bool | None,
+    git_push: bool | None,
 ) -> None:
-    from infratool.tasks.base import Source
-    from infratool.tasks.secrets_rotation import DEFAULT_POLICY, RotateSecrets
+    from infratool.rotation.kinds import all_kinds, call_with_options
 
     if sum(bool(x) for x in (names, due, all_)) != 1:
         raise InputError("name the secrets to rotate, or pass --due or --all (exactly one of these)")
     if not dry_run and not yes and not sys.stdin.isatty():
         raise InputError("stdin is not a terminal: refusing to prompt; pass --yes to rotate unattended")
     inv = load_inventory(g)
-    args = {
-        "policy": policy or DEFAULT_POLICY,
-        "secrets": None,
-        "notify": None,
-        "names": list(names) or None,
-        "due": due,
-        "force": all_ or bool(names),
-        "lock_wait": wait,
-    }
-    source = Source(file=inv.flake / (policy or DEFAULT_POLICY), line=None, params={})
-    task = RotateSecrets(args, source, inv)
-    _run_rotation(g, inv, task, dry_run=dry_run, yes=yes, forks=forks, unattended=unattended)
+    kinds = all_kinds()
+    # `cache-key/main` names a rotation of that kind; any other name is a secret of the policy.
+    wanted: dict[str, list[str]] = {}
+    for name in names:
+        kind, _, rest = name.partition("/")
+        if kind != "secret" and rest and kind in {k.name for k in kinds}:
+            wanted.setdefault(kind, []).append(rest)
+        else:
+            wanted.setdefault("secret", []).append(name)
+    tasks = []
+    for kind in kinds:
+        if names and kind.name not in wanted:
+            continue
+        task = call_with_options(
+            kind.rotate_task,
+            inv,
+            wanted.get(kind.name) or None,
+            due=due,
+            force=all_ or bool(names),
+            lock_wait=wait,
+            options={"policy": policy},
+        )
+        if task is not None:
+            tasks.append(task)
+    if not tasks:
+        from infratool.tasks.secrets_rotation import DEFAULT_POLICY
+
+        raise InputError(
+            f"nothing rotates here: no rotation policy {inv.flake / (policy or DEFAULT_POLICY)} "
+            "and no other kind of rotation configured (see docs/secrets-rotation.md)"
+        )
+    _run_rotation(
+        g,
+        inv,
+        tasks,
+        dry_run=dry_run,
+        yes=yes,
+        forks=forks,
+        unattended=unattended,
+        git=(git_commit, git_push),
+    )
 
 
 def _run_rotation(
     g: Globals,
     inv: Any,
-    task: Any,
+    tasks: list[Any] | Any,
     *,
     dry_run: bool,
     yes: bool,
     forks: int,
     unattended: bool,
     command: str = "secrets rotate",
+    git: tuple[bool | None, bool | None] = (None, None),
 ) -> None:
-    """Plan, confirm and apply one RotateSecrets task; exits with the run's code.
+    """Plan, confirm and apply the rotation tasks (one per kind); exits with the run's code.
 
     Due ``prompt`` secrets that only a person can rotate are listed (and
     notified); with nothing else failing the exit code is then 2, not 0 or 1.
     """
+    from infratool.cli import gitsync
     from infratool.cli import output as render
+    from infratool.cli.sequence import report, run_sequence
     from infratool.options import RunOptions
     from infratool.playbook import Invocation, Playbook
     from infratool.rotation.notify import notify as send
     from infratool.runner import Runner, plan_exit_code
     from infratool.tasks.secrets_rotation import NEEDS_PERSON
 
-    source = task.source
+    tasks = tasks if isinstance(tasks, list) else [tasks]  # `host remove --rotate` passes one
     book = Playbook(
-        path=source.file,
+        path=tasks[0].source.file,
         name="secrets rotate",
         description="",
         invocations=[
-            Invocation(
-                task=task, selections=("all",), playbook="secrets rotate", label="secrets_rotation.rotate"
-            )
+            Invocation(task=task, selections=("all",), playbook="secrets rotate", label=task.name)
+            for task in tasks
         ],
     )
-    open_audit(g)  # an unusable audit log is bad input: exit 3 before connecting
+    # Due `prompt` secrets only a person can rotate (the secret kind's task says which).
+    people = [t for t in tasks if getattr(t, "needs_person", None) is not None]
+    # A git fleet repo: refuse on a dirty secrets/ or a branch behind upstream (exit 3) before anything.
+    policed = next((t for t in tasks if hasattr(t, "state_file") and hasattr(t, "policy")), None)
+    repo = gitsync.begin(policed, *git) if not dry_run and policed is not None else None
     options = RunOptions(forks=forks, yes=yes, audit_log=g.audit_log, unattended=unattended)
-    out = render.console()
     progress = render.Progress(render.console(stderr=True), enabled=g.verbosity >= 0 and not g.json)
-    with Runner(inv, book, options, on_event=progress) as runner:
-        with progress:
-            the_plan = runner.plan()
-        if dry_run:
-            audit_run(g, f"{command} --dry-run", book, the_plan)
-            emit_json(the_plan.to_dict()) if g.json else render.plan(out, the_plan)
-            _skipped(task)
-            sys.exit(plan_exit_code(the_plan, detailed=False) or (EXIT_CHANGES if task.needs_person else 0))
-        if not g.json:
-            render.plan(out, the_plan)
-        if the_plan.changes and not yes and not click.confirm("Rotate these secrets?", default=False):
-            click.echo("Nothing rotated.", err=True)
-            sys.exit(EXIT_FAILED)
-        if the_plan.changes:
-            audit_started(g, command, book, the_plan)
-        with progress:
-            result = runner.apply(the_plan)
-    audit_run(g, command, book, the_plan, result)
-    emit_json(result.to_dict()) if g.json else render.results(out, result)
-    if _skipped(task):
-        send(
-            task.policy, "due", f"{', '.join(task.needs_person)}: {NEEDS_PERSON} (infratool secrets set NAME)"
+    runner = Runner(inv, book, options, on_event=progress)
+    # The one run sequence of the CLI (plan, show, confirm, apply, audit).
+    try:
+        outcome = run_sequence(
+            g,
+            book,
+            runner,
+            command=command,
+            yes=yes,
+            question="Rotate these secrets?",
+            dry_run=dry_run,
+            before_apply=lambda: gitsync.start(repo),
         )
-    sys.exit(result.exit_code or (EXIT_CHANGES if task.needs_person else 0))
+    except SystemExit:
+        _abandon(tasks)  # declined: what planning issued (Vault leases) goes back
+        raise
+    if dry_run:
+        _abandon(tasks)
+        needs = any([_skipped(t) for t in people])
+        sys.exit(plan_exit_code(outcome.plan, detailed=False) or (EXIT_CHANGES if needs else 0))
+    result = outcome.result
+    report(g, outcome)
+    needs = False
+    for task in people:
+        if _skipped(task):
+            needs = True
+            send(
+                task.policy,
+                "due",
+                f"{', '.join(task.needs_person)}: {NEEDS_PERSON} (infratool secrets set NAME)",
+            )
+    git_code = gitsync.finish(repo)  # commit (and push) what the rotation changed
+    sys.exit(result.exit_code or git_code or (EXIT_CHANGES if needs else 0))
+
+
+run_rotation = _run_rotation
+"""Plan, confirm, apply rotation tasks (``host remove --rotate`` runs its plan through this)."""
+
+
+def _abandon(tasks: list[Any]) -> None:
+    """A plan that will not be applied: kinds return what planning issued (Vault leases)."""
+    for task in tasks:
+        abandon = getattr(task, "abandon", None)
+        if abandon is not None:
+            abandon()
 
 
 def _skipped(task: Any) -> bool:
@@ -283,8 +331,17 @@ def _skipped(task: Any) -> bool:
 )
 @click.option("--policy", metavar="FILE", help=POLICY_HELP)
 @forks_option
+@git_options
 @pass_globals
-def set_(g: Globals, name: str, from_stdin: bool, policy: str | None, forks: int) -> None:
+def set_(
+    g: Globals,
+    name: str,
+    from_stdin: bool,
+    policy: str | None,
+    forks: int,
+    git_commit: bool | None,
+    git_push: bool | None,
+) -> None:
     from infratool.secrets.secret import Secret
     from infratool.tasks.base import Source
     from infratool.tasks.secrets_rotation import DEFAULT_POLICY, RotateSecrets
@@ -327,7 +384,17 @@ def set_(g: Globals, name: str, from_stdin: bool, policy: str | None, forks: int
     source = Source(file=inv.flake / (policy or DEFAULT_POLICY), line=None, params={})
     task = RotateSecrets(args, source, inv)
     task.provide(name, value)
-    _run_rotation(g, inv, task, dry_run=False, yes=True, forks=forks, unattended=False, command="secrets set")
+    _run_rotation(
+        g,
+        inv,
+        [task],
+        dry_run=False,
+        yes=True,
+        forks=forks,
+        unattended=False,
+        command="secrets set",
+        git=(git_commit, git_push),
+    )
 
 
 @secrets.group(
@@ -449,3 +516,9 @@ def recover_check(g: Globals) -> None:
         click.echo(f"error: the backup identity cannot recover: {', '.join(bad)}", err=True)
         sys.exit(EXIT_FAILED)
     click.echo(f"the backup identity recovers all {len(results)} secrets file(s)", err=True)
+
+
+# `secrets check` (drift) lives in its own module; registered here, in its group.
+from infratool.cli.drift import check as _drift_check  # noqa: E402
+
+secrets.add_command(_drift_check)

@@ -3,7 +3,7 @@
 Each command runs one ``secureboot.*`` task through the engine (plan, confirm,
 apply, verify), exactly as a playbook entry would; the tasks hold every rule
 (see ``infratool/tasks/secureboot/``). ``status`` only plans: the status task
-changes nothing and leaves its reports in the run's state.
+changes nothing and its reports come back in the plan (``Plan.reports``).
 """
 
 from __future__ import annotations
@@ -16,14 +16,11 @@ import click
 
 from infratool.cli.common import (
     Globals,
-    audit_run,
-    audit_started,
     emit_json,
     examples,
     forks_option,
     limit_option,
     load_inventory,
-    open_audit,
     pass_globals,
 )
 from infratool.errors import EXIT_FAILED, InputError
@@ -88,15 +85,16 @@ def _progress(g: Globals):
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout (like the global --json).")
 @pass_globals
 def status(g: Globals, limit: str | None, forks: int, as_json: bool) -> None:
-    from infratool.tasks.secureboot import unreachable
+    from infratool.tasks.secureboot import HostReport, unreachable
 
     inv, _, runner = _runner(g, "secureboot.status", {}, limit, forks=forks)
     with runner, runner.on_event:
         plan = runner.plan()
-    state = runner.state.get("secureboot")
-    reports = dict(state.reports) if state is not None else {}
+    # The reports travel in the plan, as data (the status task's PlanContext.report).
     rows = [
-        reports.get(h.name) or unreachable(h.name, plan.failures.get(h.name, "not planned"))
+        HostReport.from_dict(plan.reports[h.name]["secureboot.status"])
+        if "secureboot.status" in plan.reports.get(h.name, {})
+        else unreachable(h.name, plan.failures.get(h.name, "not planned"))
         for h in inv.select(limit)
     ]
     if g.json or as_json:
@@ -153,30 +151,16 @@ def _table(rows: list[Any]) -> None:
 def _plan_confirm_apply(
     g: Globals, book: Any, runner: Any, yes: bool, question: str, command: str
 ) -> tuple[Any, Any, Any]:
-    """Plan, show, confirm and apply: ``(console, plan, result)``; ``result`` is None when nothing changes.
+    """Plan, show, confirm, apply and audit: ``(console, plan, result)``; ``result`` is None when nothing changes.
 
-    A declined confirmation is audited and exits 1; every other outcome is
-    left to the caller to audit and report.
+    The CLI's one run sequence (:func:`infratool.cli.sequence.run_sequence`);
+    a declined confirmation is audited there and exits 1.
     """
     from infratool.cli import output as render
+    from infratool.cli.sequence import run_sequence
 
-    open_audit(g)  # an unusable audit log is bad input: exit 3 before connecting
-    out = render.console()
-    with runner:
-        with runner.on_event:
-            the_plan = runner.plan()
-        if not g.json:
-            render.plan(out, the_plan)
-        if not the_plan.changes:
-            return out, the_plan, None
-        if not yes and not click.confirm(question, default=False):
-            audit_run(g, f"{command} (declined)", book, the_plan)
-            click.echo("Nothing applied.", err=True)
-            sys.exit(EXIT_FAILED)
-        audit_started(g, command, book, the_plan)
-        with runner.on_event:
-            result = runner.apply(the_plan)
-    return out, the_plan, result
+    outcome = run_sequence(g, book, runner, command=command, yes=yes, question=question, apply_empty=False)
+    return render.console(), outcome.plan, outcome.result
 
 
 def _plan_and_apply(g: Globals, book: Any, runner: Any, yes: bool, question: str, command: str) -> None:
@@ -185,7 +169,6 @@ def _plan_and_apply(g: Globals, book: Any, runner: Any, yes: bool, question: str
     from infratool.runner import plan_exit_code
 
     out, the_plan, result = _plan_confirm_apply(g, book, runner, yes, question, command)
-    audit_run(g, command, book, the_plan, result)
     if result is None:
         if g.json:
             emit_json(the_plan.to_dict())
@@ -300,7 +283,6 @@ def migrate(g: Globals, hosts: tuple[str, ...], yes: bool) -> None:
     out, the_plan, result = _plan_confirm_apply(
         g, book, runner, yes, "Migrate these keys?", "secureboot migrate"
     )
-    audit_run(g, "secureboot migrate", book, the_plan, result)
     if result is not None and not g.json:
         render.results(out, result)
     # What must follow the keys: planned afresh against the hosts as they are now.

@@ -13,7 +13,9 @@ from infratool.cli.common import Globals, examples, load_inventory, pass_globals
 from infratool.errors import InputError, RefusedError, SecretsError
 
 
-def _timer_options(g: Globals, on_calendar: str, delay: str, age_key_file: str | None, flake: str | None):
+def _timer_options(
+    g: Globals, on_calendar: str, delay: str, age_key_file: str | None, flake: str | None, check: bool = False
+):
     """The operator's choices, checked (exit 3 on anything unsafe for a unit)."""
     from infratool.inventory import resolve_path
     from infratool.onboard.scaffold import default_key_file
@@ -28,6 +30,7 @@ def _timer_options(g: Globals, on_calendar: str, delay: str, age_key_file: str |
         age_key_file=Path(os.path.abspath(age_key_file or default_key_file())),
         on_calendar=on_calendar,
         randomized_delay=delay,
+        check=check,
     )
     check_options(opts)
     _check_calendar(on_calendar)
@@ -35,6 +38,11 @@ def _timer_options(g: Globals, on_calendar: str, delay: str, age_key_file: str |
 
 
 def _timer_params(f):
+    f = click.option(
+        "--check",
+        is_flag=True,
+        help="Also a daily drift check (`secrets check`): infratool-secrets-check.service + .timer.",
+    )(f)
     f = click.option("--flake", metavar="DIR", help="Fleet repo [default: the inventory's flake].")(f)
     f = click.option(
         "--age-key-file", metavar="FILE", help="age identity for sops [default: sops's standard path]."
@@ -90,11 +98,12 @@ def timer_render(
     randomized_delay: str,
     age_key_file: str | None,
     flake: str | None,
+    check: bool,
     nixos: bool,
 ) -> None:
     from infratool.rotation.timer import render_nixos_module, render_units
 
-    opts = _timer_options(g, on_calendar, randomized_delay, age_key_file, flake)
+    opts = _timer_options(g, on_calendar, randomized_delay, age_key_file, flake, check)
     if nixos:
         click.echo(render_nixos_module(opts), nl=False)
         return
@@ -124,13 +133,14 @@ def timer_install(
     randomized_delay: str,
     age_key_file: str | None,
     flake: str | None,
+    check: bool,
     directory: str,
     force: bool,
 ) -> None:
     from infratool.rotation.timer import plan_install, render_units, write_unit
     from infratool.secrets.store import find_sops
 
-    opts = _timer_options(g, on_calendar, randomized_delay, age_key_file, flake)
+    opts = _timer_options(g, on_calendar, randomized_delay, age_key_file, flake, check)
     # The service cannot set sops's executable bit itself (read-only /usr, /opt): do it now.
     try:
         click.echo(f"sops: {find_sops()}", err=True)
@@ -154,4 +164,5 @@ def timer_install(
             continue
         write_unit(plan)
         click.echo(f"wrote {plan.path} (mode {plan.mode:04o})")
-    click.echo("now: systemctl daemon-reload && systemctl enable --now infratool-rotate.timer", err=True)
+    timers = "infratool-rotate.timer" + (" infratool-secrets-check.timer" if check else "")
+    click.echo(f"now: systemctl daemon-reload && systemctl enable --now {timers}", err=True)

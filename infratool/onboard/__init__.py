@@ -35,11 +35,13 @@ from infratool.context import write_atomic
 from infratool.errors import HostKeyError, InputError
 from infratool.onboard.hostsfile import add_host_text, remove_host_text, replace_host_text
 from infratool.onboard.repo import InitResult, init_repo
+from infratool.onboard.revoke import Revocation, could_read, plan_rotations, rotate_data_keys
 from infratool.onboard.sopsrules import (
     COMMON,
     SOPS_CONFIG_NAME,
     apply_sops_config,
     edit_sops_config,
+    operator_recipients,
     parse_rules,
 )
 from infratool.secrets.agekeys import ed25519_public_from_ssh, ssh_ed25519_to_age_recipient
@@ -95,6 +97,8 @@ class HostResult:
     sops_config: Path | None
     reencrypted: list[Path]
     notes: list[str] = field(default_factory=list)
+    revocation: Revocation | None = None
+    """Data keys rotated and rotations planned for the key that left (remove, add --replace)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (public data only: keys, fingerprints, recipients, paths)."""
@@ -108,6 +112,7 @@ class HostResult:
             "sops_config": str(self.sops_config) if self.sops_config else None,
             "reencrypted": [str(p) for p in self.reencrypted],
             "notes": self.notes,
+            "revocation": self.revocation.to_dict(str) if self.revocation else None,
         }
 
 
@@ -301,16 +306,15 @@ def add_host(inventory_path: Path, request: HostRequest, confirm: Callable[[str,
     secrets_dir = _flake_dir(inventory_path, data) / "secrets"
     config = secrets_dir / SOPS_CONFIG_NAME
     reencrypted: list[Path] = []
+    revocation = None
     if config.is_file():
         store = _store(secrets_dir)
+        # Computed first: a config it cannot edit is bad input before any file changes.
         new_config = edit_sops_config(config.read_text(), config, name, recipient, old_recipients)
+        if old_recipients:
+            # The old key may have leaked with the old disk: new data keys without it first.
+            revocation = _revoke(store, secrets_dir, name, old_recipients)
         reencrypted = apply_sops_config(store, new_config)
-        if old_recipients and reencrypted:
-            notes.append(
-                f"the old host key could decrypt {', '.join(_display(store, p) for p in reencrypted)} "
-                "(sops updatekeys keeps the data key): rotate those secrets if the old machine "
-                "or its disk is not under your control"
-            )
     else:
         notes.append(f"no {config}: host pinned, no secrets enrolment")
     if new_text != text:
@@ -325,15 +329,27 @@ def add_host(inventory_path: Path, request: HostRequest, confirm: Callable[[str,
         config if config.is_file() else None,
         reencrypted,
         notes,
+        revocation,
     )
+
+
+def _revoke(store: Any, secrets_dir: Path, name: str, recipients: list[str]) -> Revocation:
+    """Rotate the data keys of what ``recipients`` could decrypt; plan the secrets to rotate."""
+    readable = could_read(store, name, recipients)
+    rotated = rotate_data_keys(store, readable, recipients)
+    revocation = plan_rotations(store, secrets_dir / ROTATION_POLICY, name, readable)
+    revocation.data_keys = rotated
+    return revocation
 
 
 def remove_host(inventory_path: Path, name: str) -> HostResult:
     """Take host ``name`` out of ``.sops.yaml`` (re-encrypting without it), then out of hosts.yaml.
 
     Also finishes a half-done ``host add`` (a rule in ``.sops.yaml`` but no
-    inventory entry). ``sops updatekeys`` keeps each file's data key, and the
-    host has seen the values: the result's notes say which secrets to rotate.
+    inventory entry). Every file the host could decrypt first gets a new data
+    key without it (``sops rotate``; ``updatekeys`` alone keeps the data key),
+    and the result's :class:`Revocation` plans the rotation of every secret
+    the host held or could read (see :mod:`infratool.onboard.revoke`).
     """
     text, data = _read_inventory(inventory_path)
     hosts = data.get("hosts") or {}
@@ -349,20 +365,23 @@ def remove_host(inventory_path: Path, name: str) -> HostResult:
         enrolled = any(r.host == name for r in rules) or any(
             set(recipients) & set(r.recipients) for r in rules
         )
+        if any(r.host == name for r in rules):
+            # The recipient enrolled for it, even if hosts.yaml pins another key (or none).
+            operators = set(operator_recipients(rules))
+            own = [x for r in rules if r.host == name for x in r.recipients if x not in operators]
+            recipients += [x for x in own if x not in recipients]
     if entry is None and not enrolled:
         raise InputError(f"no host {name!r} in {inventory_path} or {config}")
     reencrypted: list[Path] = []
     notes: list[str] = []
+    revocation = None
     if enrolled:
         store = _store(secrets_dir)
+        # Computed first: a config it cannot edit is bad input before any file changes.
         new_config = edit_sops_config(config.read_text(), config, name, None, recipients)
+        # New data keys without the host first (a crash leaves it enrolled: rerun finishes).
+        revocation = _revoke(store, secrets_dir, name, recipients)
         reencrypted = apply_sops_config(store, new_config)
-        if reencrypted:
-            shown = ", ".join(_display(store, p) for p in reencrypted)
-            notes.append(
-                f"{name} could read the values in {shown}: rotate them "
-                "(`infratool secrets rotate`); sops updatekeys keeps the data key"
-            )
     new_text = text
     if entry is not None:
         new_text = remove_host_text(text, inventory_path, name)
@@ -384,4 +403,5 @@ def remove_host(inventory_path: Path, name: str) -> HostResult:
         config if config.is_file() else None,
         reencrypted,
         notes,
+        revocation,
     )

@@ -1,7 +1,8 @@
 """Notifications for the operator: a command fed the message, and/or an HTTP POST (ntfy).
 
-Called when a rotation fails and when secrets come due (``secrets status
---notify``). A notification that cannot be sent is logged, never fatal: the
+Called when a rotation fails, when secrets come due (``secrets status
+--notify``) and when a consumer rejects its current value (``secrets check``,
+event ``drift``). A notification that cannot be sent is logged, never fatal: the
 failure it reports is already in the exit code and the audit log.
 """
 
@@ -17,7 +18,7 @@ from infratool.secrets.secret import REDACTOR
 
 
 def notify(policy: Policy, event: str, message: str) -> None:
-    """Tell the policy's notify command/URL about ``event`` (failure|due); never raises."""
+    """Tell the policy's notify command/URL about ``event`` (failure|due|drift); never raises."""
     target = policy.notify
     if target is None or event not in target.events:
         return

@@ -1,22 +1,30 @@
-"""Rotation state beside the secrets: when each secret was rotated, and how it went.
+"""Rotation state beside the secrets: when each rotation ran, and how it went.
 
-Stored as plain YAML in ``<secrets dir>/.rotation-state.yaml`` (see
-:func:`state_path`) so it is readable in a code review and diffable in git.
-It NEVER holds a value: only names, times, counters and (redacted) messages.
+One file for every kind of rotation (secret, cache-key, builder-key, ...),
+keyed ``kind/name`` (:func:`key`). Stored as plain YAML in
+``<secrets dir>/.rotation-state.yaml`` (see :func:`state_path`) so it is
+readable in a code review and diffable in git. It NEVER holds a value: only
+names, times, counters, host names and (redacted) messages.
 
 .. code-block:: yaml
 
-    version: 1
-    secrets:
-      postgres/app:
+    version: 2
+    rotations:
+      secret/postgres/app:
         last_rotated: "2024-05-01T12:00:00Z"   # ISO 8601, UTC; null = never
         generation: 3                          # +1 on every promoted rotation
         status: ok                             # ok | pending | failed
-        phase: null                            # rotation engine's step while pending
+        phase: null                            # the engine's phase while pending
         last_result: rotated                   # short outcome word/phrase
         last_error: null                       # redacted message of the last failure
         updated: "2024-05-01T12:00:03Z"        # when this entry last changed
         lease_ttl: null                        # seconds: a Vault lease's duration (caps max_age)
+        checks: {}                             # host → null (verified) or problem, this rotation
+        extra: {}                              # kind-specific plain facts (key names, ...)
+
+Version 1 files (``secrets:`` keyed by secret name) are read as the
+``secret/`` kind; :func:`load_dir` also folds in the binary cache's old
+``.binary-cache-state.yaml`` (as ``cache-key/NAME``) until it is rewritten.
 
 Writes are atomic (temp file, fsync, rename), so a crash leaves the previous
 state or the new one. Every change is a read-modify-write under the state
@@ -41,12 +49,13 @@ import yaml
 
 from infratool import yamlsrc
 from infratool.errors import InputError
-from infratool.safeopen import open_regular
+from infratool.safeopen import atomic_write, open_regular
 from infratool.secrets.secret import REDACTOR
-from infratool.secrets.store import atomic_write
 
 STATE_FILE = ".rotation-state.yaml"
-VERSION = 1
+VERSION = 2
+LEGACY_CACHE_FILE = ".binary-cache-state.yaml"
+"""The binary cache's state file before the one engine (read, never written)."""
 Status = Literal["ok", "pending", "failed"]
 STATUSES: tuple[str, ...] = get_args(Status)
 
@@ -54,6 +63,21 @@ STATUSES: tuple[str, ...] = get_args(Status)
 def state_path(secrets_dir: str | Path) -> Path:
     """The state file for the secrets in ``secrets_dir``."""
     return Path(secrets_dir) / STATE_FILE
+
+
+def key(kind: str, name: str) -> str:
+    """The state key of rotation ``name`` of ``kind``: ``secret/postgres/app``."""
+    return f"{kind}/{name}"
+
+
+def split_key(full: str) -> tuple[str, str]:
+    """``kind/name`` → (kind, name); a key without a kind is a secret (version 1)."""
+    kind, sep, name = full.partition("/")
+    return (kind, name) if sep and kind in KNOWN_KINDS else ("secret", full)
+
+
+KNOWN_KINDS = ("secret", "cache-key", "builder-key", "sops-nix")
+"""Kinds the state file knows; :mod:`infratool.rotation.kinds` registers their behaviour."""
 
 
 def utcnow() -> datetime:
@@ -91,6 +115,10 @@ class SecretState:
     updated: datetime | None = None
     lease_ttl: int | None = None
     """Duration (s) of the current value's lease (``generator: vault``); caps the max age."""
+    checks: dict[str, str | None] = field(default_factory=dict)
+    """The rotation in progress: target → ``None`` (delivered and verified) or its problem."""
+    extra: dict[str, str | None] = field(default_factory=dict)
+    """Kind-specific plain facts (a cache's current and next key names); never a value."""
 
     def max_age(self, policy_max_age: timedelta | None) -> timedelta | None:
         """The effective max age: the policy's, or the lease's duration if that is shorter."""
@@ -141,19 +169,23 @@ class SecretState:
 
 @dataclass
 class RotationState:
-    """Every secret's :class:`SecretState`, by secret name."""
+    """Every rotation's :class:`SecretState`, by ``kind/name`` (see :func:`key`)."""
 
-    secrets: dict[str, SecretState] = field(default_factory=dict)
+    rotations: dict[str, SecretState] = field(default_factory=dict)
 
-    def get(self, name: str) -> SecretState:
-        """The state of ``name``, created (never rotated) if absent."""
-        return self.secrets.setdefault(name, SecretState())
+    def get(self, full_key: str) -> SecretState:
+        """The state of ``full_key`` (``kind/name``), created (never rotated) if absent."""
+        return self.rotations.setdefault(full_key, SecretState())
+
+    def of_kind(self, kind: str) -> dict[str, SecretState]:
+        """The records of one kind, by name (without the ``kind/`` prefix)."""
+        return {n: r for k, r in self.rotations.items() for kd, n in [split_key(k)] if kd == kind}
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML-ready form (times as ISO strings, errors redacted)."""
         out: dict[str, Any] = {}
-        for name in sorted(self.secrets):
-            s = self.secrets[name]
+        for name in sorted(self.rotations):
+            s = self.rotations[name]
             out[name] = {
                 "last_rotated": format_time(s.last_rotated),
                 "generation": s.generation,
@@ -165,7 +197,13 @@ class RotationState:
             }
             if s.lease_ttl is not None:
                 out[name]["lease_ttl"] = s.lease_ttl
-        return {"version": VERSION, "secrets": out}
+            if s.checks:
+                out[name]["checks"] = {
+                    h: REDACTOR.redact(p) if p else None for h, p in sorted(s.checks.items())
+                }
+            if s.extra:
+                out[name]["extra"] = dict(sorted(s.extra.items()))
+        return {"version": VERSION, "rotations": out}
 
 
 _FIELDS = {f.name for f in fields(SecretState)}
@@ -208,38 +246,118 @@ def _entry(name: str, raw: Any, path: Path, secrets: Any) -> SecretState:
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"{key} must be a string")
             setattr(st, key, value)
+        for key in ("checks", "extra"):
+            value = raw.get(key) or {}
+            if not isinstance(value, dict) or any(
+                not isinstance(k, str) or (v is not None and not isinstance(v, str)) for k, v in value.items()
+            ):
+                raise ValueError(f"{key} must map names to strings or null")
+            setattr(st, key, dict(value))
     except ValueError as exc:
         raise InputError(f"bad state of {name!r}: {exc}", file=path, line=line) from None
     return st
 
 
 def load(path: str | Path) -> RotationState:
-    """Read the state file at ``path`` (a missing file is an empty state)."""
+    """Read the state file at ``path`` (a missing file is an empty state).
+
+    The engine reads this file at every step, so it is parsed with libyaml
+    when it is alias-free; anything wrong is parsed again with
+    :mod:`infratool.yamlsrc`, whose errors name the file and line.
+    """
     path = Path(path)
     if not path.exists():
         return RotationState()
-    data = yamlsrc.load(path)
+    fast = _fast_parse(path)
+    if fast is not None:
+        with contextlib.suppress(InputError):
+            return _from_data(fast[0], path)
+    return _from_data(yamlsrc.load(path), path)
+
+
+def _fast_parse(path: Path) -> tuple[Any] | None:
+    """``(data,)`` parsed by libyaml, or ``None`` (aliases, bad syntax: leave it to yamlsrc)."""
+    try:
+        text = path.read_text()
+        # An alias could expand to a bomb: yamlsrc refuses those, with the line.
+        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, Loader=_CLoader)):
+            return None
+        return (yaml.load(text, Loader=_CLoader),)
+    except (yaml.YAMLError, OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
+_CLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_CDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def _from_data(data: Any, path: Path) -> RotationState:
     if data is None:
         return RotationState()
     if not isinstance(data, dict):
         raise InputError("rotation state must be a mapping", file=path, line=yamlsrc.line_of(data))
-    version = data.get("version", VERSION)
-    if version != VERSION:
+    version = data.get("version", 1)
+    if version not in (1, VERSION):
         raise InputError(
             f"unsupported rotation state version {version!r}",
             file=path,
             line=yamlsrc.line_of(data, "version"),
         )
-    secrets = data.get("secrets") or {}
-    if not isinstance(secrets, dict):
-        raise InputError("'secrets' must be a mapping", file=path, line=yamlsrc.line_of(data, "secrets"))
-    return RotationState({str(n): _entry(n, raw, path, secrets) for n, raw in secrets.items()})
+    # Version 1 held only secrets, by name; version 2 every kind, by kind/name.
+    section = "secrets" if version == 1 else "rotations"
+    entries = data.get(section) or {}
+    if not isinstance(entries, dict):
+        raise InputError(f"'{section}' must be a mapping", file=path, line=yamlsrc.line_of(data, section))
+    prefix = "secret/" if version == 1 else ""
+    return RotationState({prefix + str(n): _entry(n, raw, path, entries) for n, raw in entries.items()})
+
+
+def load_dir(secrets_dir: str | Path) -> RotationState:
+    """The state of every kind in ``secrets_dir``, the old binary-cache file folded in.
+
+    An entry of the one state file wins over the legacy file's: the legacy
+    file is only read until the cache-key kind has written its entry here.
+    """
+    secrets_dir = Path(secrets_dir)
+    current = load(state_path(secrets_dir))
+    for name, entry in _legacy_caches(secrets_dir / LEGACY_CACHE_FILE).items():
+        current.rotations.setdefault(key("cache-key", name), entry)
+    return current
+
+
+def _legacy_caches(path: Path) -> dict[str, SecretState]:
+    """``.binary-cache-state.yaml`` (``caches: {NAME: {current, next, phase, created, rotated}}``)."""
+    if not path.is_file():
+        return {}
+    data = yamlsrc.load(path)
+    caches = data.get("caches") if isinstance(data, dict) else None
+    if not isinstance(caches, dict):
+        return {}
+    out = {}
+    for name, raw in caches.items():
+        if not isinstance(raw, dict):
+            raise InputError(
+                f"cache {name!r} must be a mapping", file=path, line=yamlsrc.line_of(caches, name)
+            )
+        entry = SecretState()
+        try:
+            created = raw.get("created")
+            entry.last_rotated = parse_time(created) if isinstance(created, str) else None
+        except ValueError:
+            raise InputError(
+                f"cache {name!r}: bad time", file=path, line=yamlsrc.line_of(caches, name)
+            ) from None
+        entry.phase = raw.get("phase") if isinstance(raw.get("phase"), str) else None
+        entry.status = "pending" if entry.phase else "ok"
+        entry.extra = {k: raw.get(k) for k in ("current", "next") if isinstance(raw.get(k), str)}
+        out[str(name)] = entry
+    return out
 
 
 def save(path: str | Path, state: RotationState) -> None:
     """Write ``state`` to ``path`` atomically."""
     text = "# infratool rotation state: no secret values here, only when and how.\n"
-    text += yaml.safe_dump(state.to_dict(), sort_keys=False, default_flow_style=False)
+    text += yaml.dump(state.to_dict(), Dumper=_CDumper, sort_keys=False, default_flow_style=False)
     atomic_write(Path(path), text.encode(), mode=0o644)
 
 

@@ -31,6 +31,8 @@ from infratool.errors import InputError
 
 SERVICE = "infratool-rotate.service"
 TIMER = "infratool-rotate.timer"
+CHECK_SERVICE = "infratool-secrets-check.service"
+CHECK_TIMER = "infratool-secrets-check.timer"
 CREDENTIAL = "sops-age-key"
 
 
@@ -47,6 +49,8 @@ class TimerOptions:
     randomized_delay: str = "1h"
     executable: str = ""
     """The infratool binary; default: the one running now."""
+    check: bool = False
+    """Also the daily drift check (``secrets check``): its own service and timer."""
 
 
 def default_executable() -> str:
@@ -198,7 +202,30 @@ def unit_sections(opts: TimerOptions) -> dict[str, dict[str, dict[str, list[str]
         },
         "Install": {"WantedBy": "timers.target"},
     }
-    return {SERVICE: service, TIMER: timer}
+    units = {SERVICE: service, TIMER: timer}
+    if opts.check:
+        # The same sandbox and credential; it only reads sops and runs verify commands
+        # (it takes the sops files' rotation locks, hence the same writable repo).
+        check = {
+            "Unit": {
+                **service["Unit"],
+                "Description": "infratool: check that every consumer accepts its secret",
+            },
+            "Service": {
+                **service["Service"],
+                "ExecStart": " ".join(
+                    quote_word(w, exec_line=True)
+                    for w in [exe, "-i", str(opts.inventory), "secrets", "check"]
+                ),
+            },
+        }
+        check_timer = {
+            "Unit": {"Description": "infratool: daily drift check of the fleet's secrets"},
+            "Timer": {**timer["Timer"], "OnCalendar": "daily"},
+            "Install": dict(timer["Install"]),
+        }
+        units.update({CHECK_SERVICE: check, CHECK_TIMER: check_timer})
+    return units
 
 
 def render_units(opts: TimerOptions) -> dict[str, str]:
@@ -220,21 +247,24 @@ def render_nixos_module(opts: TimerOptions) -> str:
     """The same service and timer as a NixOS module."""
     check_options(opts)
     units = unit_sections(opts)
-    service, timer = units[SERVICE], units[TIMER]
-    unit = service["Unit"]
-    config = {
-        "systemd.services.infratool-rotate": {
+    pairs = [("infratool-rotate", SERVICE, TIMER)]
+    if opts.check:
+        pairs.append(("infratool-secrets-check", CHECK_SERVICE, CHECK_TIMER))
+    config = {}
+    for name, service_name, timer_name in pairs:
+        service, timer = units[service_name], units[timer_name]
+        unit = service["Unit"]
+        config[f"systemd.services.{name}"] = {
             "description": unit["Description"],
             "wants": [unit["Wants"]],
             "after": [unit["After"]],
             "serviceConfig": service["Service"],
-        },
-        "systemd.timers.infratool-rotate": {
+        }
+        config[f"systemd.timers.{name}"] = {
             "description": timer["Unit"]["Description"],
             "wantedBy": [timer["Install"]["WantedBy"]],
             "timerConfig": timer["Timer"],
-        },
-    }
+        }
     return nixgen.module(config)
 
 
@@ -308,6 +338,6 @@ def plan_install(directory: Path, units: dict[str, str]) -> list[UnitWrite]:
 
 def write_unit(plan: UnitWrite) -> None:
     """Replace ``plan.path`` atomically (temp file in the same directory, fsync, rename), keeping its mode."""
-    from infratool.context import write_atomic
+    from infratool.safeopen import atomic_write
 
-    write_atomic(plan.path, plan.text.encode(), plan.mode)
+    atomic_write(plan.path, plan.text.encode(), plan.mode)

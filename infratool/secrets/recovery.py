@@ -189,7 +189,7 @@ def recorded_recipient(secrets_dir: Path, listed: Iterable[str]) -> str | None:
 
 def record_recipient(secrets_dir: Path, recipient: str) -> None:
     """Remember ``recipient`` as the backup recipient (see :data:`RECIPIENT_FILE`)."""
-    from infratool.context import write_atomic
+    from infratool.safeopen import atomic_write
 
     body = f"# age recipient of the backup identity (infratool secrets recover init)\n{recipient}\n"
-    write_atomic(Path(secrets_dir) / RECIPIENT_FILE, body.encode(), 0o644)
+    atomic_write(Path(secrets_dir) / RECIPIENT_FILE, body.encode(), 0o644)

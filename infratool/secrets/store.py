@@ -44,7 +44,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,14 +53,21 @@ import yaml
 
 from infratool import yamlsrc
 from infratool.errors import NoIdentityError, SecretsError, SecretsFileError
+from infratool.safeopen import atomic_write, fsync_dir
 from infratool.secrets.secret import REDACTOR, Secret
+from infratool.secrets.sopstree import (
+    _assign,
+    _delete,
+    _reveal_text,
+    _secrets,
+    _yaml,
+    sops_index,
+    split_key,
+)
 
 ALIAS_REFUSED = "the decrypted document uses YAML aliases (*name): not accepted"
 
 SOPS_TIMEOUT = 120.0
-# Characters that would break sops's ["a"]["b"] index syntax or make a key
-# impossible to address from sops-nix.
-_BAD_KEY_CHARS = re.compile(r'["\\\x00-\x1f]')
 
 # sops exit codes (cmd/sops/codes/codes.go) that mean "this file is not what
 # it claims to be": the MAC or a value fails authentication.
@@ -113,113 +120,6 @@ def _packaged_sops() -> str | None:
                 f"run `chmod +x {binary}` (`infratool timer install` does it)"
             ) from None
     return str(binary)
-
-
-def split_key(key: str) -> list[str]:
-    """``a/b/c`` -> ``["a", "b", "c"]``; :class:`SecretsError` for an unusable key."""
-    parts = key.split("/")
-    if not key or any(not p for p in parts) or _BAD_KEY_CHARS.search(key):
-        raise SecretsError(f"invalid secret key {key!r}: use a/b/c with no empty parts or quotes")
-    return parts
-
-
-def sops_index(key: str) -> str:
-    """The sops tree index for ``a/b/c``: ``["a"]["b"]["c"]``."""
-    return "".join(f"[{json.dumps(p)}]" for p in split_key(key))
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same dir, fsync, rename.
-
-    An existing file's mode and owner are kept (``mode`` applies to new files).
-    The directory is fsynced too, so the rename survives a power cut.
-    """
-    path = Path(path)
-    uid = gid = None
-    try:
-        st = path.stat()
-        mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
-    except FileNotFoundError:
-        pass
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fchmod(fh.fileno(), mode)
-            if uid is not None and (uid, gid) != (os.geteuid(), os.getegid()):
-                with contextlib.suppress(PermissionError):
-                    os.fchown(fh.fileno(), uid, gid)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _yaml() -> Any:
-    # Imported lazily: ruamel costs start-up time that `infratool --help` must not pay.
-    from ruamel.yaml import YAML
-
-    y = YAML(typ="rt")
-    y.width = 1 << 30  # never fold long values (keys, certificates)
-    return y
-
-
-def _leaf_text(value: Any) -> str:
-    """A YAML leaf as the string sops-nix would write to the secret file."""
-    from ruamel.yaml.comments import TaggedScalar
-
-    if isinstance(value, TaggedScalar):  # '=' and '<<' come back tagged from ruamel
-        return str(value.value)
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return ""
-    if isinstance(value, int | float):
-        return str(value)
-    return json.dumps(_plain(value))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, bool | int | float) or value is None:
-        return value
-    return _leaf_text(value)
-
-
-def _flatten(tree: Mapping[Any, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            yield from _flatten(value, path + "/")
-        else:
-            yield path, _leaf_text(value)
-
-
-def _find_key(node: Mapping[Any, Any], part: str) -> Any:
-    """The existing key of ``node`` spelled ``part`` (YAML keys may be ints or bools)."""
-    if part in node:
-        return part
-    for key in node:
-        if str(key) == part:
-            return key
-    return None
 
 
 @dataclass
@@ -340,6 +240,10 @@ class SopsStore:
                 found.append(r)
         return found
 
+    def loaded(self) -> list[Path]:
+        """The files this store has decrypted so far (what a plan read of the repo's secrets)."""
+        return list(self._cache)
+
     # --- writing ---------------------------------------------------------------
 
     def set(self, file: str | Path, key: str, value: Secret) -> None:
@@ -377,7 +281,7 @@ class SopsStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         cached = self._cache.pop(path, None)
         if cached is not None and cached.signature == before:
             # The cache matched the file sops just edited: update it instead of decrypting again.
@@ -427,6 +331,34 @@ class SopsStore:
         """Re-encrypt ``file``'s data key for the recipients in ``.sops.yaml`` (``updatekeys -y``)."""
         path = self._existing(file)
         self._run(["updatekeys", "-y", "--input-type", "yaml", str(path)], path)
+
+    def rotate_data_key(self, file: str | Path, remove_age: tuple[str, ...] = ()) -> None:
+        """New data key for ``file`` (``sops rotate``), dropping the ``remove_age`` recipients.
+
+        A recipient that read the file before keeps nothing that opens the new
+        ciphertext (``updatekeys`` alone keeps the data key it may have kept).
+        sops edits a copy beside the file, renamed into place, as in :meth:`set`.
+        """
+        path = self._existing(file)
+        args = ["rotate", "--input-type", "yaml", "--output-type", "yaml", "--in-place"]
+        if remove_age:
+            args += ["--rm-age", ",".join(remove_age)]
+        st = path.stat()
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(path.read_bytes())  # ciphertext: safe to copy
+                os.fchmod(fh.fileno(), st.st_mode & 0o7777)
+            self._run([*args, tmp], path)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        fsync_dir(path.parent)
+        self.invalidate(path)
 
     # --- internals ---------------------------------------------------------------
 
@@ -565,76 +497,3 @@ def _list(value: Any) -> list[Any]:
 def _signature(path: Path) -> tuple[int, int, int]:
     st = path.stat()
     return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-def _reveal_text(value: Secret | str) -> str:
-    raw = value.reveal() if isinstance(value, Secret) else value
-    if isinstance(raw, bytes):
-        try:
-            return raw.decode()
-        except UnicodeDecodeError:
-            raise SecretsError("secret values must be text (encode binary values first)") from None
-    return raw
-
-
-def _secrets(tree: Mapping[Any, Any]) -> dict[str, Secret]:
-    # Wrapping registers each value with the redactor the moment it is read.
-    return {key: Secret(text) for key, text in _flatten(tree)}
-
-
-def _assign(tree: Any, parts: list[str], text: str, shown: str) -> bool:
-    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
-
-    # Always double-quoted: YAML escapes every character there (NUL, NEL, U+2028...),
-    # and a quoted scalar is a string to every YAML reader ("1e3", "yes", "=").
-    value = DoubleQuotedScalarString(text)
-    node = tree
-    for i, part in enumerate(parts[:-1]):
-        key = _find_key(node, part)
-        if key is None:
-            from ruamel.yaml.comments import CommentedMap
-
-            node[part] = CommentedMap()
-            key = part
-        elif not isinstance(node[key], Mapping):
-            where = "/".join(parts[: i + 1])
-            raise SecretsError(f"{shown}: cannot set {'/'.join(parts)}: {where} is a value, not a mapping")
-        node = node[key]
-    key = _find_key(node, parts[-1])
-    if key is not None:
-        current = node[key]
-        if isinstance(current, Mapping):
-            raise SecretsError(f"{shown}: cannot set {'/'.join(parts)}: it is a mapping of secrets")
-        if isinstance(current, str) and not _is_tagged(current) and str(current) == text:
-            return False
-        node[key] = value
-    else:
-        node[parts[-1]] = value
-    return True
-
-
-def _is_tagged(value: Any) -> bool:
-    from ruamel.yaml.comments import TaggedScalar
-
-    return isinstance(value, TaggedScalar)
-
-
-def _delete(tree: Any, parts: list[str]) -> bool:
-    trail = []
-    node = tree
-    for part in parts[:-1]:
-        key = _find_key(node, part)
-        if key is None or not isinstance(node[key], Mapping):
-            return False
-        trail.append((node, key))
-        node = node[key]
-    key = _find_key(node, parts[-1])
-    if key is None:
-        return False
-    del node[key]
-    # Drop parents the deletion left empty, so a/b/c leaves no empty "a: {b: {}}".
-    while trail and not node:
-        parent, pkey = trail.pop()
-        del parent[pkey]
-        node = parent
-    return True

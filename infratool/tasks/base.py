@@ -9,7 +9,33 @@ add ``verify(ctx, hosts)`` to prove the applied result works.
 
 Tasks that touch one host at a time subclass :class:`HostTask` and implement
 ``plan_host``; tasks spanning hosts (a builder and its clients) implement
-``plan`` and order their changes with ``Change.phase``.
+``plan`` and order their changes with ``Change.phase``. Every host-local task
+is planned by the runner one host at a time: an exception of any type from
+its planning fails that host only (an :class:`~infratool.errors.InputError`
+stops the run with exit 3, before anything is applied).
+
+**Changes are data.** A change names a registered action and its parameters
+(``Change(host, task, description, op="files.put", args={...})``, see
+:func:`infratool.changes.action`): plain data and
+:class:`~infratool.secrets.secret.Secret` values only, everything the action
+needs, nothing captured from planning. Material a change installs (a new key,
+a new password) is generated while planning and carried in ``args`` as a
+Secret, so a saved plan (``plan -o``) installs exactly what it showed. The
+runner stamps each change with the digest of the facts its entry requested
+on its host; a saved plan applies only where those facts are unchanged.
+
+**Checks.** What proves something and changes nothing (a ``nix store ping``,
+an HTTP probe of a cache, a Secure Boot report) is a *check*:
+``ctx.check(host, task, description, op=..., args=...)`` plans one. It is
+counted and shown apart ("Plan: 0 to change, 1 to check"), never as changed;
+a passing check lands in the result's "verified" column, a failing one fails
+its host. Plan it unconditionally: the runner keeps it only when needed —
+when its host (or a host it ``requires``) changes in the same run, or when the
+facts its entry read and its args differ from those of its last passing run
+(:mod:`infratool.checkstate`). A converged run so plans no check at all.
+``verify(ctx, changed)`` stays for proofs that must follow a change at once
+(after the entry's changes, before the next entry). Model: ``command`` with
+``check: true``.
 """
 
 from __future__ import annotations
@@ -105,9 +131,49 @@ class PlanContext:
     proven: dict[str, list[str]] = field(default_factory=dict)
     """Host → what a ``verify`` proved there (the result table's "verified" column)."""
 
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Host → what a read-only task found there (plain data); the plan carries it (``Plan.reports``)."""
+
+    def report(self, host: str, data: dict[str, Any]) -> None:
+        """Record a read-only finding on ``host`` (a Secure Boot readiness report) for the plan.
+
+        Whoever shows the plan (the CLI, ``--json``) reads it from
+        ``Plan.reports``, never from the run's scratch state.
+        """
+        self.reports[host] = data
+
     def fail(self, target: str, message: str) -> None:
         """Report that ``target`` cannot be planned; the runner lists it as failed."""
         self.failures[target] = message
+
+    def check(
+        self,
+        target: str,
+        task: str,
+        description: str,
+        *,
+        op: str,
+        args: dict[str, Any],
+        name: str = "",
+        requires: tuple[str, ...] = (),
+    ) -> Change:
+        """A check on ``target``: the action ``op`` proves something and changes nothing.
+
+        ``name`` keys its passing record (default: the description); the
+        runner drops it when not needed (see the module docstring).
+        """
+        from infratool.changes import CHECK, Change
+
+        return Change(
+            target,
+            task,
+            description,
+            op=op,
+            args=args,
+            action=CHECK,
+            check=name or f"{task}: {description}",
+            requires=requires,
+        )
 
     def prove(self, host: str, what: str) -> None:
         """Record what a passing ``verify`` proved on ``host`` ("built on snix"), for the result."""

@@ -10,79 +10,19 @@ by the host's deploy step.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from infratool import nixgen
-from infratool.changes import LOCAL, Change, action, text_diff
+from infratool.changes import Change
 from infratool.context import HostContext, LocalContext
 from infratool.facts import FactRequest
 from infratool.inventory import Host
 from infratool.tasks.base import Param, PlanContext, Task, register
-from infratool.tasks.files import check_abs_path, file_changes
+from infratool.tasks.lib.checks import check_abs_path
+from infratool.tasks.lib.files import file_changes
+from infratool.tasks.lib.local import generated_path, local_file_change
+from infratool.tasks.lib.nixconf import NIX_CONF, conf_value, edit_conf, nix_setting_value
 
-NIX_CONF = "/etc/nix/nix.conf"
 _KEY = re.compile(r"^[a-z][a-z0-9-]*$")
-
-
-def conf_value(value: Any) -> str:
-    """A nix.conf value: lists space-separated, booleans true/false."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return " ".join(conf_value(v) for v in value)
-    return str(value)
-
-
-def edit_conf(text: str, settings: dict[str, Any]) -> str:
-    """``text`` with each setting's line replaced (first occurrence) or appended."""
-    lines = text.splitlines()
-    for key, value in settings.items():
-        line = f"{key} = {conf_value(value)}"
-        pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
-        hits = [i for i, existing in enumerate(lines) if pattern.match(existing)]
-        if hits:
-            lines[hits[0]] = line
-            for i in reversed(hits[1:]):
-                del lines[i]
-        else:
-            lines.append(line)
-    return "\n".join(lines) + "\n"
-
-
-def nix_setting_value(value: Any) -> Any:
-    """The NixOS ``nix.settings`` form: space-separated strings become lists."""
-    if isinstance(value, str) and " " in value.strip():
-        return value.split()
-    return value
-
-
-def generated_path(host: str, module: str) -> str:
-    """Repo-relative path of a generated module for a NixOS host."""
-    return f"hosts/{host}/generated/{module}.nix"
-
-
-def local_file_change(
-    local: LocalContext, task: str, rel: str, content: str, deploy: str | None
-) -> list[Change]:
-    """A change writing a generated file in the flake repo, if its content differs."""
-    new = content.encode()
-    old = local.current(rel)
-    if old == new:
-        return []
-    local.plan_write(rel, new)
-    diff = text_diff(old.decode() if old is not None else None, content, rel)
-    return [
-        Change(
-            LOCAL,
-            task,
-            f"{'update' if old is not None else 'create'} {rel}",
-            op="local.write",
-            args={"rel": rel, "content": new},
-            diff=diff,
-            deploy=deploy,
-            action="update" if old is not None else "create",
-        )
-    ]
 
 
 def _check_settings(value: dict) -> str | None:
@@ -144,9 +84,3 @@ class NixSettings(Task):
         content = nixgen.module({"nix.settings": settings})
         rel = generated_path(host.name, self.args["module"])
         return local_file_change(local, self.name, rel, content, deploy=host.name)
-
-
-@action("local.write")
-def write_local(local: LocalContext, rel: str, content: bytes) -> None:
-    """Write a generated file of the flake repo (``rel`` is relative to its root)."""
-    local.put_file(rel, content)

@@ -1,26 +1,27 @@
 """``secrets_rotation.rotate``: staged, verified, crash-safe rotation of sops secrets.
 
-The protocol (after AWS Secrets Manager's createSecret → setSecret →
-testSecret → finishSecret), per secret, under the lock of its sops file:
+The ``secret`` kind of the one rotation engine (:mod:`infratool.rotation.engine`).
+This module decides *what* rotates (due, named, resumed, a promotion to
+record, a lease to revoke) and registers the kind (:class:`SecretKind`);
+:mod:`infratool.rotation.secret_plan` plans it and
+:mod:`infratool.rotation.secret` carries it out. The protocol, after AWS
+Secrets Manager's createSecret → setSecret → testSecret → finishSecret, per
+sops file, under its lock:
 
-1. **generate** a new value (in memory only);
-2. **store it as pending** — encrypted into the sops file under
-   ``_rotation/pending/<name>`` *before* any consumer sees it, so a value that
-   reaches a host always exists somewhere durable;
-3. **deliver** it to every consumer (a 0600 file renamed into place, or a
-   command fed the value on stdin), then run their reload commands;
-4. **verify** on every consumer (a command fed the new value on stdin);
-5. **promote** in one sops write: current ← new, ``_rotation/previous/<name>``
-   ← old, pending removed; then record the rotation (time, generation) in
-   the plaintext state file beside the secrets (never values).
+1. **generate** the new values — at plan time, carried in the plan as
+   :class:`~infratool.secrets.secret.Secret`;
+2. **store them as pending** (one sops write, ``_rotation/pending/<name>``)
+   *before* any consumer sees them;
+3. **deliver** to every consumer host (one change per host: files, command
+   stdin, reloads), then **verify** there (one change per host);
+4. **promote** what verified (one sops write: current ← new,
+   ``_rotation/previous/<name>`` ← old), record it in the state file;
+5. a secret whose delivery or verify failed **rolls back** on every
+   consumer, its pending value is discarded, exit 1.
 
-A failed delivery or verify **rolls back**: every consumer gets the current
-value again (reloaded, re-verified), the pending value is discarded, exit 1.
-
-A crash (kill -9) at any point is recovered by the next run, because every
-step is idempotent and the sops file says where things stand: no pending
-value → nothing reached a consumer, start afresh; a pending value → resume
-from delivery (deliver all, verify, promote — or roll back on failure).
+A crash (kill -9) at any point is recovered by the next run: no pending
+value → start afresh; a pending value → resume from delivery; state
+"promoting" without a pending value → only record the promotion.
 
 Fault injection for the chaos tests: ``INFRATOOL_FAULT=<step>`` kills the
 process with SIGKILL right after that step (``generated``, ``stored``,
@@ -32,20 +33,19 @@ says "promoting", sops not yet written — and ``promoted``), or of a rollback
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from infratool.changes import LOCAL, Change
-from infratool.context import HostContext
-from infratool.errors import InfratoolError
+from infratool.errors import InfratoolError, InputError
 from infratool.inventory import Host, Inventory
-from infratool.rotation import state
-from infratool.rotation.engine import Rotator, pending_key, retire_key
+from infratool.rotation import engine, secret, secret_plan, state
+from infratool.rotation.kinds import Kind, StatusRow, format_age, register_kind
 from infratool.rotation.lock import check_lock_file, lock_path
 from infratool.rotation.notify import notify
-from infratool.rotation.policy import SecretPolicy, load_policy, parse_policy
-from infratool.secrets import deps, generators
+from infratool.rotation.policy import Policy, SecretPolicy, load_policy, parse_policy
+from infratool.rotation.secret import pending_key, retire_key
+from infratool.secrets import deps
 from infratool.secrets.secret import Secret
 from infratool.secrets.store import SopsStore
 from infratool.tasks.base import Param, PlanContext, Source, Task, register
@@ -109,6 +109,12 @@ class RotateSecrets(Task):
         super().__init__(args, source, inventory)
         self.provided = {}
         self.needs_person = []
+        self.issued: list[dict[str, Any]] = []
+
+    def abandon(self) -> None:
+        """The plan will not be applied (dry run, not confirmed): return the leases it issued."""
+        secret.return_leases(self.issued)
+        self.issued = []
 
     def validate(self) -> None:
         root = self.inventory.flake
@@ -178,7 +184,7 @@ class RotateSecrets(Task):
         singles: list[Decision] = []
         reasons: dict[str, tuple[str, bool]] = {}
         for spec in self.selected():
-            entry = st.get(spec.name)
+            entry = st.get(secret.state_key(spec.name))
             held = store.read(spec.file) if store.exists(spec.file) else {}
             if spec.name in self.provided:
                 reasons[spec.name] = ("a new value was given", False)
@@ -219,10 +225,15 @@ class RotateSecrets(Task):
         return decisions
 
     def plan(self, ctx: PlanContext) -> list[Change]:
+        """Per sops file, one engine rotation: begin, per-host deliver/verify, settle, rollback, finish."""
         if self._store is not None:
             ctx.state.setdefault("sops", self._store)
         store = ctx.secrets()
-        changes = []
+        engine.use_store(store)  # the actions reuse this run's store (and its cached plaintext)
+        secrets_dir = str(self.policy.root / "secrets")
+        st = state.load(self.state_file())
+        changes: list[Change] = []
+        by_file: dict[Path, list[secret.Group]] = {}
         for d in self.decide(store):
             spec = d.secret
             members = d.members
@@ -233,105 +244,127 @@ class RotateSecrets(Task):
                     f"{LOCAL}:{spec.name}", f"not rotated: consumer host(s) {', '.join(missing)} unreachable"
                 )
                 continue
-            if d.finalize:
-                changes.append(
-                    Change(
-                        f"{LOCAL}:{spec.name}",
-                        self.name,
-                        f"record rotation of {spec.name} ({d.reason})",
-                        apply=lambda local, spec=spec: self._finalize(store, spec),
-                        action="update",
-                    )
-                )
+            if d.finalize or d.retire_only:
+                changes.append(self._single(d, secrets_dir))
                 continue
-            if d.retire_only:
-                changes.append(
-                    Change(
-                        f"{LOCAL}:{spec.name}",
-                        self.name,
-                        f"{d.reason} of {spec.name} (left by an earlier run)",
-                        apply=lambda local, spec=spec: self._retire(store, spec),
-                        action="update",
-                    )
-                )
+            by_file.setdefault(spec.file, []).append(secret.Group(members, d.reason))
+        for file, groups in by_file.items():
+            held = store.read(file, missing_ok=True)
+            try:
+                rot = secret_plan.build(
+                    self.policy, str(file), secrets_dir, groups, held, self.provided, st, self.name,
+                    self.args["lock_wait"], self.issued,
+                )  # fmt: skip
+            except InfratoolError as exc:
+                # Nothing is stored at plan time: the file's secrets wait for the next run.
+                for g in groups:
+                    ctx.fail(f"{LOCAL}:{g.label}", f"rotation of {g.label} failed: {exc}")
+                notify(self.policy, "failure", str(exc))
                 continue
-            steps = [
-                f"generate {m.name} ({m.generator}"
-                + (f" from {', '.join(m.depends)}" if m.depends else "")
-                + f") and store as pending in {store.display(m.file)}"
-                for m in members
-            ]
-            if d.resume:
-                steps = [f"resume the pending value(s) in {store.display(spec.file)}"]
-            for c in (c for m in members for c in m.consumers):
-                how = []
-                if c.file:
-                    how.append(f"file {c.file.path} ({c.file.mode:04o} {c.file.owner}:{c.file.group})")
-                if c.command:
-                    how.append(f"stdin of `{c.command.run}`")
-                steps.append(
-                    f"deliver to {c.host}: {', '.join(how)}"
-                    + (f"; reload: {'; '.join(c.reload)}" if c.reload else "")
-                )
-                if c.verify:
-                    steps.append(f"verify on {c.host}")
-            steps.append("promote: current ← new, previous ← old (rollback to current if any verify fails)")
-            if any(generators.get(m.generator).retire for m in members):
-                steps.append("revoke the previous lease")
-            diff = "\n".join(f"  {i}. {s}" for i, s in enumerate(steps, 1))
-            rotator_hosts = ctx.hosts
-            changes.append(
-                Change(
-                    f"{LOCAL}:{spec.name}",
-                    self.name,
-                    f"rotate {' + '.join(m.name for m in members)} ({d.reason})",
-                    apply=lambda local, group=members, hosts=rotator_hosts: self._apply(store, group, hosts),
-                    diff=diff,
-                    action="rotate",
-                    requires=tuple(sorted({c.host for m in members for c in m.consumers})),
-                )
-            )
+            changes += engine.plan_changes(rot)
         return changes
 
-    def _record_promoted(self, name: str) -> None:
-        with state.locked(self.state_file()) as st:
-            st.get(name).promoted(result="rotated (recorded after an interrupted run)")
-
-    def _finalize(self, store: SopsStore, spec: SecretPolicy) -> None:
-        """Record an interrupted promotion, then revoke the previous lease it left (if any)."""
-        self._record_promoted(spec.name)
-        store.invalidate(spec.file)
-        if store.exists(spec.file) and retire_key(spec.key) in store.read(spec.file):
-            self._retire(store, spec)
-
-    def _rotator(self, store: SopsStore, hosts: dict[str, HostContext]) -> Rotator:
-        return Rotator(
-            store,
-            self.state_file(),
-            hosts,
-            lock_wait=self.args["lock_wait"],
-            specs=self.policy.secrets,
-            cwd=self.policy.root,
+    def _single(self, d: Decision, secrets_dir: str) -> Change:
+        """A local-only change: record an interrupted promotion, or revoke a leftover lease."""
+        spec = d.secret
+        retire = {
+            "name": spec.name,
+            "key": spec.key,
+            "generator": spec.generator,
+            "params": dict(spec.params),
+        }
+        if d.finalize:
+            return Change(
+                f"{LOCAL}:{spec.name}",
+                self.name,
+                f"record rotation of {spec.name} ({d.reason})",
+                op="rotation.secret.finalize",
+                args={"secrets_dir": secrets_dir, "file": str(spec.file), "name": spec.name, "spec": retire},
+                action="update",
+            )
+        return Change(
+            f"{LOCAL}:{spec.name}",
+            self.name,
+            f"{d.reason} of {spec.name} (left by an earlier run)",
+            op="rotation.secret.retire",
+            args={
+                "secrets_dir": secrets_dir,
+                "file": str(spec.file),
+                "lock_wait": self.args["lock_wait"],
+                "spec": retire,
+            },
+            action="update",
         )
 
-    def _apply(self, store: SopsStore, group: list[SecretPolicy], hosts: dict[str, HostContext]) -> None:
-        try:
-            self._rotator(store, hosts).rotate_group(group, self.provided)
-        except InfratoolError as exc:
-            notify(self.policy, "failure", str(exc))
-            raise
 
-    def _retire(self, store: SopsStore, spec: SecretPolicy) -> None:
-        self._rotator(store, {}).retire_leftovers(spec)
+class SecretKind(Kind):
+    """The ``secret`` kind: the secrets of the rotation policy (``secrets/rotation.yaml``)."""
+
+    name = secret.KIND
+
+    def _policy(self, inventory: Inventory, policy: str | None) -> Policy | None:
+        path = inventory.flake / (policy or DEFAULT_POLICY)
+        if not path.exists():
+            if policy:
+                raise InputError(f"rotation policy {path} not found (see docs/secrets-rotation.md)")
+            return None  # a fleet without a policy has no secret rotations
+        return load_policy(path, inventory.names, root=inventory.flake.resolve())
+
+    def status(self, inventory: Inventory, state: state.RotationState, **options: Any) -> list[StatusRow]:
+        pol = self._policy(inventory, options.get("policy"))
+        if pol is None:
+            return []
+        rows = []
+        for name, spec in pol.secrets.items():
+            entry = state.get(secret.state_key(name))
+            max_age = entry.max_age(spec.max_age)
+            file = spec.file.relative_to(pol.root) if spec.file.is_absolute() else spec.file
+            rows.append(
+                StatusRow(
+                    kind=self.name,
+                    name=name,
+                    age=entry.age(),
+                    max_age=max_age,
+                    due=entry.is_due(max_age),
+                    status=entry.status,
+                    targets=sorted({c.host for c in spec.consumers}),
+                    phase=entry.phase,
+                    generation=entry.generation,
+                    last_result=entry.last_result,
+                    last_error=entry.last_error,
+                    needs_person=spec.needs_person,
+                    extra={"file": str(file), "generator": spec.generator},
+                )
+            )
+        return rows
+
+    def rotate_task(
+        self,
+        inventory: Inventory,
+        names: list[str] | None,
+        *,
+        due: bool,
+        force: bool,
+        lock_wait: float,
+        **options: Any,
+    ) -> RotateSecrets | None:
+        policy = options.get("policy")
+        if self._policy(inventory, policy) is None:
+            return None
+        args = {
+            "policy": policy or DEFAULT_POLICY,
+            "secrets": None,
+            "notify": None,
+            "names": names,
+            "due": due,
+            "force": force,
+            "lock_wait": lock_wait,
+        }
+        source = Source(file=inventory.flake / (policy or DEFAULT_POLICY), line=None, params={})
+        return RotateSecrets(args, source, inventory)
 
 
-def format_age(delta: timedelta | None) -> str:
-    """A duration as the largest whole unit: 3d, 5h, 40s."""
-    if delta is None:
-        return "none"
-    seconds = int(delta.total_seconds())
-    if seconds >= 86400:
-        return f"{seconds // 86400}d"
-    if seconds >= 3600:
-        return f"{seconds // 3600}h"
-    return f"{seconds}s"
+register_kind(SecretKind())
+
+
+__all__ = ["DEFAULT_POLICY", "NEEDS_PERSON", "RotateSecrets", "SecretKind", "format_age"]

@@ -37,7 +37,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from infratool.errors import CommandFailed, InputError
-from infratool_lab import boot, files, nixos, procs
+from infratool_lab import boot, files, procs
+from infratool_lab import nixos as nixoslab
 from infratool_lab.errors import LabError, LabUnavailable
 from infratool_lab.files import HostSpec
 from infratool_lab.host import HostStatus, LabHost
@@ -288,6 +289,10 @@ class Lab:
             # A (re)started host boots clean: leftovers of its previous life
             # (a service whose sshd died, an sshd on an old address) go first.
             self._stop([s.name for s in to_start])
+            for spec in specs:
+                if not spec.nixos:
+                    # A host that is no longer NixOS-shaped must not boot its last generation.
+                    nixoslab.forget_boot_default(self._host_root(spec.name))
             self._save_state(specs)
             self._start(to_start)
             self._write_inventory(specs)
@@ -463,18 +468,18 @@ class Lab:
         """Give NixOS hosts the lab flake, sops, and (once) a first generation switched to."""
         if not specs:
             return
-        nixos.write_flake(self.flake_dir, [(s.name, _nix_system()) for s in specs])
+        nixoslab.write_flake(self.flake_dir, [(s.name, _nix_system()) for s in specs])
         for spec in specs:
-            nixos.install_sops(self._host_root(spec.name))
+            nixoslab.install_sops(self._host_root(spec.name))
         fresh = [
             s.name
             for s in specs
-            if not os.path.lexists(files.host_path(self._host_root(s.name), nixos.PROFILE))
+            if not os.path.lexists(files.host_path(self._host_root(s.name), nixoslab.PROFILE))
         ]
-        built = nixos.build(self.flake_dir, fresh)
+        built = nixoslab.build(self.flake_dir, fresh)
         for name, path in built.items():
-            nixos.copy_to_host(self._host_root(name), path)
-            self.exec(name, nixos.switch_script(path), check=True)
+            nixoslab.copy_to_host(self._host_root(name), path)
+            self.exec(name, nixoslab.switch_script(path), check=True)
 
     def _write_inventory(self, specs: Sequence[HostSpec]) -> None:
         pairs = [

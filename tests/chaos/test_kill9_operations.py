@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -27,7 +28,8 @@ CLIENTS = ("slax", "brix", "nixtv-player")
 
 def _rotating_playbook(tmp_path):
     data = yaml.safe_load(BUILDERS.read_text())
-    data["tasks"][0]["with"]["rotate_keys"] = True
+    # rotate_keys rotates keys older than max_age: every key is, a second after the setup run.
+    data["tasks"][0]["with"].update(rotate_keys=True, max_age="1s")
     path = tmp_path / "rotate-builder-keys.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -38,9 +40,11 @@ def _installed_keys(lab) -> dict[str, str]:
 
 
 # The rotation's changes, in order (the test asserts the plan still has this shape):
-# 1-3 store a new key per client, 4 authorise the new keys on snix, 5-7 install
-# them on the clients, 8 revoke the old keys on snix. Cut after every one but the last.
-ROTATION_CHANGES = 8
+# 1 begin (the three new keys stored as pending, one sops write), 2 authorise them
+# on snix, 3 its mark, 4-6 install them on the clients, 7 its mark, 8 revoke the old
+# keys on snix, 9 its mark, 10 promote (one sops write), 11 finish. Cut after every
+# one but the last.
+ROTATION_CHANGES = 11
 
 
 def _login_to_snix(lab, tmp_path, private: str) -> subprocess.CompletedProcess[str]:
@@ -72,6 +76,7 @@ def test_builder_key_rotation_killed_after_any_change_converges_and_old_keys_are
     assert cli("-i", inv, "run", BUILDERS, "--yes").returncode == 0
     before = _installed_keys(lab)
     rotate = _rotating_playbook(tmp_path)
+    time.sleep(1.1)  # the keys just made become older than max_age (1s)
     planned = json.loads(cli("-i", inv, "--json", "plan", rotate).stdout)["changes"]
     assert len(planned) == ROTATION_CHANGES, [c["description"] for c in planned]
 
@@ -88,8 +93,7 @@ def test_builder_key_rotation_killed_after_any_change_converges_and_old_keys_are
     installed = _installed_keys(lab)
     for client in CLIENTS:
         assert installed[client] == str(stored[f"remote-builders/{client}/ssh_key"].reveal())
-    if after >= 3:
-        assert all(installed[c] != before[c] for c in CLIENTS)  # the stored new keys won
+    assert all(installed[c] != before[c] for c in CLIENTS)  # the pending new keys won
     replaced = [c for c in CLIENTS if installed[c] != before[c]]
     assert replaced, "the cut left no key rotated: nothing to prove"
     for client in replaced:

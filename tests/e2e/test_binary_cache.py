@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,14 +25,20 @@ import yaml
 from conftest import PLAYBOOKS, files_containing
 from exectrace import both_ends
 from helpers import nix_eval, nix_parse, ok
+from replay import as_data
 
+from infratool import inventory
+from infratool import playbook as playbooks
 from infratool.inventory import Host
+from infratool.options import RunOptions
 from infratool.remote import FileWrite, put_files_script
+from infratool.rotation import state
+from infratool.runner import Runner
 from infratool.secrets.generators import generate
 from infratool.secrets.secret import Secret
 from infratool.secrets.store import SopsStore
 from infratool.tasks.binary_cache import filetext as render
-from infratool.tasks.binary_cache.keys import PHASES, STATE_FILE, Keys, public_key
+from infratool.tasks.binary_cache.keys import Keys, public_key
 from infratool.tasks.binary_cache.spec import CacheSpec, check_cache_url, check_key_name
 
 PLAYBOOK = PLAYBOOKS / "binary-cache.yaml"
@@ -163,6 +170,11 @@ def test_cache_serves_signed_paths_refuses_others_and_leaks_nothing(fleet, cli, 
     seen.assert_recorded(min_sessions=len(CLIENTS) + 1)
     assert again.returncode == 0 and "Plan: 0 change(s)" in again.stdout, again.stdout + again.stderr
     assert "generate signing key snix-cache-1" in run.stdout
+    # Each client's probe is a check, after its changes: counted apart, shown under verified.
+    planned = json.loads(plan.stdout)
+    assert {c["host"] for c in planned["changes"] if c["action"] == "check"} == set(CLIENTS)
+    assert planned["summary"]["checks"] == len(CLIENTS)
+    assert "substituted" in run.stdout and "verified" in run.stdout
 
     keys = sops_keys(lab)
     secret = keys["secret-key"]
@@ -305,14 +317,27 @@ def test_push_paths_and_flake_outputs_signed_once(fleet, cli, tmp_path):
     assert "snix-cache-1:" in sigs(lab, "brix", top) and "snix-cache-1:" in sigs(lab, "slax", built)
 
 
+STEPS = (
+    "stored",
+    "trust-new:config",
+    "trust-new",
+    "resign:key",
+    "resign",
+    "drop-old:config",
+    "drop-old",
+    "promoting",
+)
+"""The rotation's marks in the state file, in order (the engine's begin, the steps, the promotion)."""
+
+
 def rotation_phase(lab) -> str | None:
-    """The rotation phase in the lab repo's state file (None: idle or unreadable mid-write)."""
-    path = lab.flake_dir / "secrets" / STATE_FILE
+    """The cache key's rotation mark in the lab repo's state file (None: idle or unreadable mid-write)."""
+    path = state.state_path(lab.flake_dir / "secrets")
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
         return None
-    return ((data or {}).get("caches") or {}).get("snix-cache", {}).get("phase")
+    return ((data or {}).get("rotations") or {}).get("cache-key/snix-cache", {}).get("phase")
 
 
 def run_until_phase(lab, tmp_path: Path, pb: Path, phase: str) -> str | None:
@@ -333,7 +358,7 @@ def run_until_phase(lab, tmp_path: Path, pb: Path, phase: str) -> str | None:
     try:
         while proc.poll() is None and time.monotonic() < deadline:
             seen = rotation_phase(lab)
-            if seen in PHASES and PHASES.index(seen) >= PHASES.index(phase):
+            if seen in STEPS and STEPS.index(seen) >= STEPS.index(phase):
                 proc.send_signal(signal.SIGKILL)
                 return seen
             time.sleep(0.002)
@@ -359,7 +384,7 @@ def test_key_rotation_with_overlap_survives_kill_9_between_phases(fleet, cli, tm
     assert "start key rotation: store the next signing key snix-cache-2" in cli("-i", inv, "plan", pb).stdout
 
     killed = []
-    for phase in PHASES:
+    for phase in STEPS:
         seen = run_until_phase(lab, tmp_path, pb, phase)
         if seen is None:
             break  # finished before the kill (a loaded machine): what was killed still counts
@@ -371,7 +396,7 @@ def test_key_rotation_with_overlap_survives_kill_9_between_phases(fleet, cli, tm
             for result in pool.map(lambda c, fresh=fresh: fetch(lab, c, before, fresh), CLIENTS):
                 ok(result)
 
-    assert killed[0] == "trust-new" and len(set(killed)) >= 3, killed
+    assert killed[0] == "stored" and len(set(killed)) >= 3, killed
     ok(cli("-i", inv, "run", pb, "--yes"))
     assert cli("-i", inv, "plan", pb, "--detailed-exitcode").returncode == 0
     assert cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode").returncode == 0
@@ -396,6 +421,84 @@ def test_key_rotation_with_overlap_survives_kill_9_between_phases(fleet, cli, tm
     assert NOT_SIGNED in fetch(lab, "brix", after, keys=old_public).stderr.decode()
     generated = (lab.flake_dir / "nix/binary-cache/snix-cache.nix").read_text()
     assert new_public in generated and old_public not in generated
+
+
+def plan_then_apply_from_data(lab, book: Path) -> tuple[list, object]:
+    """Plan ``book``; apply the plan rebuilt from data by a fresh runner (as a saved plan is)."""
+    inv = inventory.load(lab.inventory_path)
+    with Runner(inv, playbooks.load(book, inv), RunOptions()) as planner:
+        planned = planner.plan()
+    with Runner(inv, playbooks.load(book, inv), RunOptions()) as applier:
+        applier.gather()
+        result = applier.apply(as_data(planned, ("binary_cache.server", "binary_cache.rotate_key")))
+    return planned.changes, result
+
+
+def test_the_keys_a_plan_shows_are_the_keys_installed_when_applied_from_data(fleet, tmp_path):
+    """Issue 16 §3: signing keys are made at plan time; the key the plan shows is the one in use."""
+    lab = fleet
+    changes, result = plan_then_apply_from_data(lab, PLAYBOOK)
+    assert result.exit_code == 0, result.to_dict()
+    [shown] = [c.diff for c in changes if c.description.startswith("generate signing key snix-cache-1")]
+    first = shown.removeprefix("+ public key ")
+    assert public_key(Secret(lab.host("snix").path(KEY_FILE).read_text())) == first
+    assert public_key(Secret(sops_keys(lab)["secret-key"])) == first
+
+    rotate = write(
+        tmp_path,
+        "rotate.yaml",
+        "tasks:\n  - task: binary_cache.rotate_key\n"
+        "    with: {server: snix, name: snix-cache, clients: [slax, brix, nixtv-player], generation: 2}\n",
+    )
+    changes, result = plan_then_apply_from_data(lab, rotate)
+    assert result.exit_code == 0, result.to_dict()
+    [shown] = [c.diff for c in changes if c.description.startswith("start key rotation")]
+    second = shown.removeprefix("+ next public key ")
+    assert second.startswith("snix-cache-2:") and second != first
+    keys = sops_keys(lab)
+    assert public_key(Secret(keys["secret-key"])) == second and "next-secret-key" not in keys
+    assert lab.host("snix").path(KEY_FILE).read_text() == keys["secret-key"]
+    for client in CLIENTS:
+        conf = lab.host(client).path("/etc/nix/binary-cache-snix-cache.conf").read_text()
+        assert f"extra-trusted-public-keys = {second}\n" in conf and first not in conf
+
+
+def test_secrets_status_shows_the_cache_and_builder_keys_and_secrets_rotate_rotates_the_cache_key(fleet, cli):
+    """Issue 16 §1 must-show: every kind in ``secrets status --json``; a cache-key rotation via ``secrets rotate``."""
+    lab, inv = fleet, fleet.inventory_path
+    ok(cli("-i", inv, "run", PLAYBOOK, "--yes"))
+    old = sops_keys(lab)["secret-key"]
+    # The fleet repo keeps its playbooks beside hosts.yaml: the kinds read their entries there.
+    shutil.copytree(PLAYBOOKS, Path(inv).parent / "playbooks")
+
+    status = cli("-i", inv, "--json", "secrets", "status")
+    rows = {(r["kind"], r["name"]): r for r in json.loads(status.stdout)["secrets"]}
+    cache = rows[("cache-key", "snix-cache")]
+    assert cache["max_age"] == "365d" and cache["due"] is False and cache["generation"] == 1
+    assert cache["age_seconds"] is not None and cache["age_seconds"] < 3600
+    assert cache["consumers"] == ["snix", "slax", "brix", "nixtv-player"]
+    for client in CLIENTS:  # no remote-builders run yet: never recorded, so due
+        builder = rows[("builder-key", client)]
+        assert builder["max_age"] == "90d" and builder["due"] is True and builder["age"] == "never"
+
+    plan = cli("-i", inv, "secrets", "rotate", "cache-key/snix-cache", "--dry-run")
+    assert "start key rotation: store the next signing key snix-cache-2" in plan.stdout, plan.stdout
+    assert sops_keys(lab)["secret-key"] == old  # a dry run changes nothing
+    ok(cli("-i", inv, "secrets", "rotate", "cache-key/snix-cache", "--yes"))
+    keys = sops_keys(lab)
+    assert keys["secret-key"].startswith("snix-cache-2:") and "next-secret-key" not in keys
+    new_public = public_key(Secret(keys["secret-key"]))
+    for client in CLIENTS:
+        conf = lab.host(client).path("/etc/nix/binary-cache-snix-cache.conf").read_text()
+        assert f"extra-trusted-public-keys = {new_public}\n" in conf and public_key(Secret(old)) not in conf
+    after = {
+        (r["kind"], r["name"]): r
+        for r in json.loads(cli("-i", inv, "--json", "secrets", "status").stdout)["secrets"]
+    }
+    assert after[("cache-key", "snix-cache")]["generation"] == 2
+    assert after[("cache-key", "snix-cache")]["status"] == "ok"
+    # Rotated, not due: the playbook's own rotate_key entry plans nothing.
+    assert cli("-i", inv, "plan", PLAYBOOK, "--detailed-exitcode").returncode == 0
 
 
 def test_crash_right_after_storing_the_next_key_resumes_in_the_site_playbook(fleet, cli):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,12 +19,19 @@ import yaml
 from conftest import PLAYBOOKS, files_containing
 from exectrace import both_ends
 from helpers import SshdLogs, nix_eval, nix_parse, openssh_fingerprint
+from replay import as_data
 
+from infratool import inventory
+from infratool import playbook as playbooks
 from infratool.inventory import Host
+from infratool.options import RunOptions
+from infratool.rotation import state
+from infratool.runner import Runner
+from infratool.secrets.generators import public_from_private
 from infratool.secrets.store import SopsStore
 from infratool.tasks.remote_builders import filetext as render
-from infratool.tasks.remote_builders import rotate_client_key
-from infratool.tasks.remote_builders.spec import Builder, Topology
+from infratool.tasks.remote_builders.keys import new_key
+from infratool.tasks.remote_builders.spec import Builder, Topology, pending_secret_key
 
 PLAYBOOK = PLAYBOOKS / "remote-builders.yaml"
 CLIENTS = ("slax", "brix", "nixtv-player")
@@ -204,6 +213,36 @@ def ok_bytes(result: subprocess.CompletedProcess[bytes]) -> subprocess.Completed
     return result
 
 
+def test_the_key_a_plan_shows_is_the_key_installed_when_applied_from_data(fleet):
+    """Issue 16 §3: the plan showed one key and the run stored another. Keys are made at plan time.
+
+    The plan is applied as a saved plan is: rebuilt from its actions and
+    parameters alone, by a fresh runner (nothing of the planning process kept).
+    """
+    lab = fleet
+    inv = inventory.load(lab.inventory_path)
+    with Runner(inv, playbooks.load(PLAYBOOK, inv), RunOptions()) as planner:
+        planned = planner.plan()
+    shown = {}
+    for change in planned.changes:
+        found = re.match(r"generate builder key of (\S+) \((ssh-ed25519 \S+)\)", change.description)
+        if found:
+            shown[found[1]] = found[2]
+    assert sorted(shown) == sorted(CLIENTS)
+    with Runner(inv, playbooks.load(PLAYBOOK, inv), RunOptions()) as applier:
+        applier.gather()
+        result = applier.apply(as_data(planned, ("remote_builders.setup",)))
+    assert result.exit_code == 0, result.to_dict()
+    stored = stored_keys(lab)
+    for client in CLIENTS:
+        assert render.key_blob(public_from_private(stored[client])) == shown[client]
+        assert [render.line_key(line) for line in managed_keys(lab)[client]] == [shown[client]]
+    for client in ("slax", "brix"):  # os: linux clients hold the key file itself
+        installed = lab.host(client).path(KEY).read_text()
+        assert render.key_blob(public_from_private(installed)) == shown[client]
+        ok_bytes(ping(lab, client))
+
+
 def test_rotation_revokes_old_keys_and_removed_clients_lose_theirs(fleet, cli, tmp_path):
     lab, inv = fleet, fleet.inventory_path
     ok(cli("-i", inv, "run", PLAYBOOK, "--yes"))
@@ -211,14 +250,28 @@ def test_rotation_revokes_old_keys_and_removed_clients_lose_theirs(fleet, cli, t
         lab.exec(client, f"cp {KEY} /root/old-builder-key", check=True)
     old = stored_keys(lab)
 
-    # slax: rotated by the playbook switch. brix: rotated out of band, as `secrets rotate`
-    # does (and as a crash between storing and installing leaves it): stored, not installed.
-    new_brix_public = rotate_client_key(SopsStore(lab.flake_dir / "secrets"), "brix")
+    # slax: rotated by the playbook switch, because its key is older than max_age (90d).
+    # brix: a rotation interrupted right after its new key was stored as pending:
+    # the run resumes it with that key.
+    with state.locked(state.state_path(lab.flake_dir / "secrets")) as records:
+        records.get("builder-key/slax").last_rotated = state.utcnow() - timedelta(days=91)
+        assert records.get("builder-key/brix").generation == 1  # recorded when first generated
+    pending_brix = new_key("brix")
+    SopsStore(lab.flake_dir / "secrets").write(
+        "remote-builders.yaml", {pending_secret_key("brix"): pending_brix.private}
+    )
+    new_brix_public = pending_brix.public
     rotate = playbook(tmp_path, "rotate.yaml", rotate_keys=["slax"])
     plan = cli("-i", inv, "plan", rotate)
     assert "rotate builder key of slax" in plan.stdout
+    assert "builder key of brix (" + render.key_blob(new_brix_public) in plan.stdout
     assert "revoke old builder key of brix, slax" in plan.stdout
     ok(cli("-i", inv, "run", rotate, "--yes"))
+    # Left in the playbook, the switch rotates again only when the key is due again.
+    assert cli("-i", inv, "plan", rotate, "--detailed-exitcode").returncode == 0
+    records = state.load(state.state_path(lab.flake_dir / "secrets"))
+    assert records.get("builder-key/slax").generation == 2 and records.get("builder-key/brix").generation == 2
+    assert records.get("builder-key/nixtv-player").generation == 1
 
     new = stored_keys(lab)
     assert new["slax"] != old["slax"] and new["brix"] != old["brix"]
@@ -287,20 +340,38 @@ def test_check_task_and_a_changed_builder_host_key_is_refused(fleet, cli, tmp_pa
     lab, inv = fleet, fleet.inventory_path
     ok(cli("-i", inv, "run", PLAYBOOK, "--yes", "--forks", "4"))
     check = check_playbook(tmp_path)
-    result = ok(cli("-i", inv, "run", check, "--yes"))
-    assert "check: nix store ping and a --max-jobs 0 build on snix" in result.stdout
+    state = {"INFRATOOL_STATE_DIR": str(tmp_path / "state")}
+    result = ok(cli("-i", inv, "--json", "run", check, "--yes", env=state))
+    data = json.loads(result.stdout)
+    checks = [c for c in data["plan"]["changes"] if c["action"] == "check"]
+    assert {c["host"] for c in checks} == {"slax", "brix", "nixtv-player"}, checks
+    assert all(c["description"] == "check: nix store ping and a --max-jobs 0 build on snix" for c in checks)
+    # Counted as checks, never as changed; the result shows what was built where.
+    for row in data["results"]:
+        if row["host"] in ("slax", "brix"):
+            assert row["status"] == "ok" and not row["applied"], row
+            (proof,) = row["verified"]
+            assert re.fullmatch(
+                r"built /nix/store/[a-z0-9]{32}-infratool-rb-check-[0-9a-f]{12} on snix", proof
+            )
+    table = ok(cli("-i", inv, "plan", check, env=state))
+    # Converged: nothing changed on the clients or the builder since the checks passed.
+    assert "check:" not in table.stdout, table.stdout
+    again = json.loads(ok(cli("-i", inv, "--json", "run", check, "--yes", env=state)).stdout)
+    assert again["plan"]["changes"] == [], again["plan"]
 
     # The check is real: a builder whose daemon the login user cannot reach fails it
-    # (nothing a plan could see).
+    # (nothing a plan could see, so the check runs again only without its record).
     snix = lab.host("snix")
     sockets = snix.path("/nix/var/nix/daemon-socket")
     sockets.chmod(0o700)
-    result = cli("-i", inv, "run", check, "--yes")
+    fresh = {"INFRATOOL_STATE_DIR": str(tmp_path / "fresh-state")}
+    result = cli("-i", inv, "run", check, "--yes", env=fresh)
     sockets.chmod(0o755)
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"nix store ping ssh-ng://{USER}@{ALIAS}" in result.stderr
     assert "cannot open connection to remote store" in result.stderr
-    ok(cli("-i", inv, "run", check, "--yes"))
+    ok(cli("-i", inv, "run", check, "--yes", env=fresh))
 
     lab.regenerate_host_key("snix")  # the inventory still pins the old key
     before = set(os.listdir(snix.path("/nix/store")))

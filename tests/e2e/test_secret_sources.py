@@ -345,7 +345,7 @@ def test_prompted_value_is_set_delivered_and_then_needs_a_person(lab3, cli, tmp_
     # 100 days later: due, and it says who has to act.
     state_path = lab.flake_dir / "secrets" / ".rotation-state.yaml"
     st = yaml.safe_load(state_path.read_text())
-    st["secrets"]["stripe/api-key"]["last_rotated"] = "2020-01-01T00:00:00Z"
+    st["rotations"]["secret/stripe/api-key"]["last_rotated"] = "2020-01-01T00:00:00Z"
     state_path.write_text(yaml.safe_dump(st))
     r = cli("-i", lab.inventory_path, "secrets", "status", "--notify", env={"COLUMNS": "200"})
     assert r.returncode == 2 and "needs a person" in r.stdout

@@ -153,6 +153,63 @@ def test_status_table_and_json_for_all_four_hosts(sb, cli, made_keys):
     assert not any(r["ready"] for r in data)
 
 
+def test_status_says_a_backup_is_present_but_unreadable_here_without_an_age_key(sb, cli, made_keys, tmp_path):
+    """Issue 17: without an age identity the backup is not "missing": it exists and only cannot be read here.
+
+    Before, `secureboot status` said needs-backup (run the backup playbook:
+    wrong, and the backup would refuse); with the run's identity check it
+    stopped with exit 3 and no report at all.
+    """
+    give_keys(sb, "snix", made_keys)
+    back_up(cli, sb, "snix")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "other.key").write_text(
+        "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ\n"
+    )
+    (elsewhere / "other.key").chmod(0o600)
+    # An identity that is no recipient of the backup (and no ~/.ssh key to fall back to).
+    env = {"SOPS_AGE_KEY_FILE": str(elsewhere / "other.key"), "HOME": str(elsewhere)}
+    inv = sb.inventory_path
+    table = ok(cli("-i", inv, "secureboot", "status", "--limit", "snix", env=env))
+    row = next(line for line in table.stdout.splitlines() if line.strip().startswith("snix "))
+    assert "backup-unreadable" in row and "needs-backup" not in table.stdout, table.stdout
+    assert "backup present, not readable here: set SOPS_AGE_KEY_FILE" in " ".join(table.stdout.split())
+    data = json.loads(ok(cli("-i", inv, "--json", "secureboot", "status", "--limit", "snix", env=env)).stdout)
+    (snix,) = data["hosts"]
+    assert snix["verdict"] == "backup-unreadable" and snix["backup"]["state"] == "unreadable-here"
+    assert snix["keys_present"] and not snix["ready"]
+    # With the identity back, the same backup is verified.
+    again = json.loads(ok(cli("-i", inv, "--json", "secureboot", "status", "--limit", "snix")).stdout)
+    assert again["hosts"][0]["backup"]["state"] == "verified"
+
+
+def test_an_exception_planning_one_host_fails_that_host_only(sb, monkeypatch):
+    """Secure Boot tasks plan each host in the runner's pool: a bug on one host costs that host only."""
+    from infratool import inventory, playbook
+    from infratool.options import RunOptions
+    from infratool.runner import Runner
+    from infratool.tasks.secureboot import report
+
+    real = report.build
+
+    def build(view, store, pki_bundle=None):
+        if view.name == "slax":
+            raise ValueError("boom on slax")
+        return real(view, store, pki_bundle)
+
+    monkeypatch.setattr(report, "build", build)
+    inv_obj = inventory.load(sb.inventory_path)
+    with Runner(inv_obj, playbook.load(PLAYBOOK, inv_obj), RunOptions()) as runner:
+        the_plan = runner.plan()
+    assert "ValueError: boom on slax" in the_plan.failures["slax"]
+    assert not any("boom" in m for h, m in the_plan.failures.items() if h != "slax")
+    assert sorted(the_plan.reports) == ["brix", "nixtv-player", "snix"]
+    assert the_plan.reports["snix"]["secureboot.status"]["verdict"] == "needs-keys"
+    # The other hosts went on through the playbook: snix gets its keys, its backup, its module.
+    assert {c.task for c in the_plan.for_host("snix")} == {"secureboot.create_keys", "secureboot.backup"}
+
+
 # ---------------------------------------------------------------- keys, backup, lanzaboote
 
 
@@ -213,6 +270,19 @@ def test_backup_wipe_restore_is_bit_for_bit_and_never_leaks(sb, cli, made_keys, 
         assert lost[0]["verdict"] == "needs-restore"
         fresh = seen.cli("-i", inv, "plan", PLAYBOOK, "--limit", "snix")  # never new keys over a backup
         assert fresh.returncode == 1 and "restore them (infratool secureboot restore snix)" in fresh.stdout
+        # A restore planned as data carries the files' names and hashes, never their
+        # content: a saved plan of it holds no key (the action reads sops again).
+        from infratool import inventory, playbook
+        from infratool.options import RunOptions
+        from infratool.runner import Runner
+
+        book = tmp_path / "restore.yaml"
+        book.write_text("tasks:\n  - task: secureboot.restore\n")
+        inv_obj = inventory.load(inv)
+        with Runner(inv_obj, playbook.load(book, inv_obj), RunOptions(limit="snix")) as runner:
+            (planned,) = runner.plan().changes
+        assert planned.op == "secureboot.restore" and len(planned.args["paths"]) == 7
+        assert all(c not in json.dumps(planned.args) for c in canaries), planned.args
         restored = ok(seen.cli("-v", "-i", inv, "secureboot", "restore", "snix", "--yes"))
     seen.assert_recorded(min_sessions=4)
     assert digests(keys) == before

@@ -30,6 +30,7 @@ def test_site_plans_runs_and_then_plans_nothing(lab, cli, monkeypatch):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
     for host in ("snix", "slax", "brix", "nixtv-player"):
         assert f"{host}: no changes" in again.stdout
+    assert "check(s)" not in again.stdout  # a converged site plans 0 changes and 0 checks
 
     # The pieces work together: a client's remote build on snix, where the cache's
     # post-build hook now runs (a build for a remote client must not fail on it).

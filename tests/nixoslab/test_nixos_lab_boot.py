@@ -172,3 +172,31 @@ def test_a_generation_without_sshd_stops_answering_and_the_previous_one_answers_
     )
     assert banner().startswith(b"SSH-2.0-")
     assert current_system(lab, "slax") == first
+
+
+def test_a_failing_activation_script_fails_the_switch(nixos_lab: Lab) -> None:
+    lab = nixos_lab
+    bad = generation(
+        lab,
+        "slax",
+        '{ ... }: { networking.hostName = "slax"; system.activationScripts.broken = "echo ran; false; echo not-reached"; '
+        'system.activationScripts.after = { text = "touch /run/after-ran"; }; }\n',
+    )
+    result = lab.exec("slax", labnixos.switch_script(bad, "test"))
+    assert result.returncode != 0
+    assert b"activation script broken failed" in result.stderr
+    assert b"ran" in result.stdout and b"not-reached" not in result.stdout
+    # As on NixOS, the rest of the activation ran and the system switched; the deploy sees the failure.
+    assert lab.exec("slax", "test -e /run/after-ran").returncode == 0
+    assert current_system(lab, "slax") == bad
+
+
+def test_a_host_taken_out_of_nixos_boots_plain_again(nixos_lab: Lab) -> None:
+    lab = nixos_lab
+    lab.up(2, nixos=["snix"])
+    hosts = yaml.safe_load(lab.inventory_path.read_text())["hosts"]
+    assert hosts["slax"]["os"] == "linux" and hosts["snix"]["os"] == "nixos"
+    # slax restarted (its sshd_config changed) without activating its old generation.
+    assert lab.exec("slax", "test -e /run/current-system").returncode == 1
+    assert "authorized_keys.d" not in lab.host("slax").path("/etc/ssh/sshd_config").read_text()
+    assert current_system(lab, "snix").endswith("-nixos-system-snix-lab")

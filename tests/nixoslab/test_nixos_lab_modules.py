@@ -79,7 +79,8 @@ def test_priorities_conditions_and_merges(tmp_path: Path) -> None:
         "{ inherit (config.nix.settings) trusted-users; inherit (config.nix) distributedBuilds; "
         "ports = config.networking.firewall.allowedTCPPorts; ssh = config.programs.ssh.extraConfig; }",
     )
-    assert got["trusted-users"] == ["root", "bob"]  # a plain definition beats mkDefault
+    # Plain definitions concatenate (nix.nix's own [ "root" ] first, as in nixpkgs); mkDefault loses.
+    assert got["trusted-users"] == ["root", "root", "bob"]
     assert got["distributedBuilds"] is False  # mkForce beats a plain definition
     assert sorted(got["ports"]) == [80, 443]  # lists from all modules; mkIf false contributes nothing
     assert got["ssh"] == "Host a\nHost b"  # lines concatenate
@@ -198,3 +199,11 @@ def test_generated_rotation_timer_module_evaluates(tmp_path: Path) -> None:
     assert got["t"]["wantedBy"] == ["timers.target"]
     assert got["t"]["timerConfig"]["Persistent"] == "true"
     assert "ExecStart" in got["s"]["serviceConfig"]
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (STAND_IN / "scripts").glob("*.sh")))
+def test_host_side_scripts_are_posix_sh_without_python(script: str) -> None:
+    """NixOS hosts have no Python: the activation runs with sh, coreutils and sops only."""
+    path = STAND_IN / "scripts" / script
+    assert subprocess.run(["dash", "-n", str(path)], capture_output=True, check=False).returncode == 0
+    assert "python" not in path.read_text()

@@ -13,6 +13,7 @@ from infratool_lab import Lab
 from infratool_lab import nixos as labnixos
 from infratool_lab.services import add_nixos_recipients
 
+from infratool.secrets.agekeys import ssh_ed25519_private_to_age_identity
 from infratool.secrets.store import find_sops
 
 CONFIG = """{ ... }:
@@ -109,10 +110,19 @@ def test_secrets_land_in_run_secrets_with_owner_mode_and_path(sops_lab: Lab, tmp
         == "600"
     )
 
-    # The value never shows: not in the switch's output, not in the host's store or logs.
-    assert canary.encode() not in result.stdout + result.stderr
-    grep = lab.exec("snix", f"grep -rl {canary} /nix/store /var/log /etc/nix /etc/ssh")
-    assert grep.stdout == b"", grep.stdout
+    # The identity is the host key converted exactly as ssh-to-age (sops-nix) converts it.
+    identity = ssh_ed25519_private_to_age_identity(
+        lab.host("snix").path("/etc/ssh/ssh_host_ed25519_key").read_bytes()
+    ).reveal()
+    assert lab.host("snix").path("/run/secrets.d/age-keys.txt").read_text().split() == [identity]
+
+    # Neither the value nor the identity shows: not in the switch's output, the host's store or logs.
+    for secret in (canary, identity):
+        assert secret.encode() not in result.stdout + result.stderr
+        grep = lab.exec(
+            "snix", ["grep", "-rl", secret, "/nix/store", "/var/log", "/etc/nix", "/etc/ssh", "/tmp"]
+        )
+        assert grep.stdout == b"", grep.stdout
     assert (
         canary
         not in Path(top.replace("/nix/store", str(lab.host("snix").root / "nix/store")))

@@ -69,7 +69,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_full_policy_parses(tmp_path: Path) -> None:
     policy = load_policy(write(tmp_path, GOOD), HOSTS)
     assert policy.root == tmp_path.resolve()
-    assert policy.notify is not None and policy.notify.events == ("failure", "due")
+    assert policy.notify is not None and policy.notify.events == ("failure", "due", "drift")
     assert list(policy.secrets) == ["postgres/app", "builders/slax", "api/token"]
     pg = policy.secrets["postgres/app"]
     assert pg.key == "postgres/app"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def _variant(tmp: Path, name: str, edit: Callable[[dict], None]) -> Path:
 
 
 def _rotate_builder_keys(data: dict) -> None:
-    data["tasks"][0]["with"]["rotate_keys"] = True
+    # rotate_keys rotates keys older than max_age: these were made by an earlier step.
+    data["tasks"][0]["with"].update(rotate_keys=True, max_age="1s")
 
 
 def _rotate_cache_key(data: dict) -> None:
@@ -88,13 +90,27 @@ def scenario(lab, tmp: Path) -> list[tuple[str, list[str] | Callable[[], None], 
     def wipe_slax_keys() -> None:
         shutil.rmtree(lab.host("slax").path("/var/lib/sbctl/keys"))
 
+    def under_git() -> None:
+        # From here `secrets rotate` commits (rotation/git.py): its messages and history are swept.
+        for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "fleet"]):
+            _git(lab.flake_dir, *args)
+
     return [
         ("site plan", ["-i", inv, "--json", "plan", str(PLAYBOOKS / "site.yaml")], None),
         ("site run", ["-i", inv, "-vv", "run", str(PLAYBOOKS / "site.yaml"), "--yes"], None),
         # -vvv: every remote command and its output (masked) go to stderr, which is swept.
+        # A saved plan of a secret file: the canary is sealed in the plan file, never in clear.
+        (
+            "secret file plan -o",
+            ["-i", inv, "plan", str(_canary_playbook(tmp)), "-o", str(tmp / "canary.plan.json")],
+            None,
+        ),
+        ("secret file apply", ["-i", inv, "-vvv", "apply", str(tmp / "canary.plan.json"), "--yes"], None),
         ("secret file", ["-i", inv, "-vvv", "run", str(_canary_playbook(tmp)), "--yes"], None),
         ("rotate all (dry run)", ["-i", inv, "secrets", "rotate", "--all", "--dry-run"], None),
+        ("fleet repo under git", under_git, None),
         ("rotate all", ["-i", inv, "-vvv", "secrets", "rotate", "--all", "--yes"], None),
+        ("drift check", ["-i", inv, "-vvv", "secrets", "check"], None),
         (
             "builder key rotation",
             [
@@ -123,6 +139,12 @@ def scenario(lab, tmp: Path) -> list[tuple[str, list[str] | Callable[[], None], 
             None,
         ),
     ]
+
+
+def _git(cwd: Path, *args: str) -> str:
+    ident = ["-c", "user.name=Sweep", "-c", "user.email=sweep@example.org"]
+    proc = subprocess.run(["git", *ident, *args], cwd=cwd, capture_output=True, text=True, check=True)
+    return proc.stdout
 
 
 def _forms(text: str) -> set[str]:
@@ -209,9 +231,13 @@ def test_no_secret_appears_anywhere(lab, cli, tmp_path, _private_audit_log, monk
 
     places = {f"output of {label}": text for label, text in outputs.items()}
     places["audit log"] = _private_audit_log.read_text()
+    places["plan file"] = (tmp_path / "canary.plan.json").read_text()
+    assert "ENC[AES256_GCM" in places["plan file"], "the plan file sealed nothing"
     for h in lab.hosts():
         places[f"sshd log of {h.name}"] = h.sshd_log.read_text()
     places["rotation state"] = (lab.flake_dir / "secrets" / ".rotation-state.yaml").read_text()
+    places["git history"] = _git(lab.flake_dir, "log", "-p", "--all")
+    assert "secrets: rotate" in places["git history"], "the rotation was not committed"
 
     hits = []
     encrypted = set(sops_files(lab.flake_dir / "secrets"))

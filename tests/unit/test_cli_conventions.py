@@ -442,3 +442,41 @@ def test_a_whole_placeholder_keeps_the_value_type():
         {"c": "{{ clients }}", "n": "{{n}}", "s": "n={{ n }}", "l": ["{{ text }}"]}, variables, InputError
     )
     assert rendered == {"c": ["slax", "brix"], "n": 3, "s": "n=3", "l": ["a b"]}
+
+
+def test_every_commands_examples_run_that_command():
+    """Each command's examples show the command itself (not only its group's or a sibling's).
+
+    Example lines are parsed as a shell would and checked against the CLI:
+    the words after ``infratool`` (global options skipped) must name this
+    command's path, so an example copied from another command fails.
+    """
+    import shlex
+
+    import click
+
+    from infratool.cli import main
+
+    wrong = []
+    for path, cmd in _all_commands():
+        text = cmd.get_help(click.Context(cmd, info_name=path[-1]))
+        block = text.split("Examples:", 1)[-1]
+        lines = [ln.strip() for ln in block.splitlines() if ln.strip().startswith("infratool")]
+        own = False
+        for line in lines:
+            words = [w for w in shlex.split(line.split(" #")[0]) if w != "infratool"]
+            ctx = click.Context(main, info_name="infratool")
+            names, group = [], main
+            for word in words:
+                if not isinstance(group, click.Group):
+                    break
+                sub = group.get_command(ctx, word)
+                if sub is None:
+                    continue  # a global option or its value
+                names.append(word)
+                group = sub
+            if names[: len(path) - 1] == path[1:]:  # a group's examples show its subcommands
+                own = True
+        if not own:
+            wrong.append(" ".join(path))
+    assert not wrong, f"commands whose examples do not show them: {wrong}"

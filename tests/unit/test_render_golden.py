@@ -51,6 +51,13 @@ def _plan() -> Plan:
                 op="files.put",
                 diff="--- /etc/nix/machines\n+++ /etc/nix/machines\n+ssh-ng://builder@snix x86_64-linux",
             ),
+            Change(
+                "snix",
+                "remote_builders.check",
+                "check: nix store ping and a --max-jobs 0 build on snix",
+                op="command.run",
+                action="check",
+            ),
         ],
         failures={
             HOST: f"{HOST}: HOST KEY CHANGED — refusing to connect. Expected {EXPECTED}, offered {OFFERED}."
@@ -64,7 +71,10 @@ def _result() -> RunResult:
         plan=_plan(),
         hosts={
             "snix": HostResult(
-                "snix", "changed", applied=["authorize client key", "update /etc/nix/machines"]
+                "snix",
+                "changed",
+                applied=["authorize client key", "update /etc/nix/machines"],
+                verified=["check: nix store ping and a --max-jobs 0 build on snix"],
             ),
             HOST: HostResult(
                 HOST, "refused", error=f"HOST KEY CHANGED. Expected {EXPECTED}, offered {OFFERED}."
@@ -102,6 +112,8 @@ def test_plan_golden(mode):
     render.plan(con, _plan())
     text = buf.getvalue()
     _whole(text, [HOST, EXPECTED, OFFERED, PUBKEY, "snix"])
+    # A check is counted apart, never as a change.
+    assert "snix: 2 change(s), 1 check(s)" in text and "Plan: 2 change(s), 1 check(s)" in text
     _check(f"plan_{mode}", text)
 
 
@@ -111,6 +123,7 @@ def test_run_result_golden(mode):
     render.results(con, _result())
     text = buf.getvalue()
     _whole(text, [HOST, EXPECTED, OFFERED, "snix", "refused", "unreachable", "changed"])
+    assert "check: nix store ping" in text  # the verified column
     _check(f"result_{mode}", text)
 
 

@@ -8,23 +8,22 @@ Tasks (each module registers one):
 * ``binary_cache.rotate_key`` — :mod:`.rotate`: key rotation with overlap, resumable
 
 Shared pieces: :mod:`.spec` (parameters, paths), :mod:`.keys` (sops + state
-file), :mod:`.render` (file contents), :mod:`.scripts` (remote shell).
+file), :mod:`.filetext` (file contents), :mod:`.scripts` (remote shell),
+:mod:`.kind` (the ``cache-key`` rotation kind for ``secrets status/rotate``).
 See docs/binary-cache.md.
 """
 
-from infratool.tasks.binary_cache import client, push, rotate, server
+from infratool.tasks.binary_cache import client, kind, push, rotate, server
 from infratool.tasks.binary_cache.keys import Keys, load_keys
-from infratool.tasks.binary_cache.rotate import plan_rotation, rotation_phase
 from infratool.tasks.binary_cache.spec import CacheSpec
 
 __all__ = [
     "CacheSpec",
     "Keys",
     "client",
+    "kind",
     "load_keys",
-    "plan_rotation",
     "push",
     "rotate",
-    "rotation_phase",
     "server",
 ]

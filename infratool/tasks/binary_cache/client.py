@@ -16,19 +16,23 @@ The public keys come from the signing key in sops, never from a parameter,
 except for external caches (Cachix, Attic, ...) where only the public key is
 known: then ``url`` and ``public_keys`` are given and ``server`` is not.
 
-``verify`` substitutes the cache's probe path into a throw-away store on every
-client over HTTP, trusting only the cache's keys, and (``os: linux``) reads the
-effective nix settings back.
+Each client whose settings change gets a **check**
+(``binary_cache.client_check``) after its changes: it substitutes the cache's
+probe path into a throw-away store over HTTP, trusting only the cache's keys,
+and (``os: linux``) reads the effective nix settings back. A check is counted
+as a check, never as changed, and shows "substituted /nix/store/… from URL"
+under verified; a converged client plans none.
 """
 
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
+from typing import Any
 
-from infratool.changes import Change
+from infratool.changes import LOCAL, Change, action
 from infratool.context import HostContext, LocalContext
+from infratool.errors import VerifyError
 from infratool.facts import FactRequest
 from infratool.inventory import Host
 from infratool.tasks.base import Param, PlanContext, Task, register
@@ -46,7 +50,7 @@ from infratool.tasks.binary_cache.spec import (
     validate_hosts,
     validate_server,
 )
-from infratool.tasks.nix_settings import generated_path, local_file_change
+from infratool.tasks.lib.local import generated_path, local_file_change
 
 FLAKE_NIX = "flake.nix"
 
@@ -89,7 +93,8 @@ def plan_client(
                 host.name,
                 task,
                 "restart nix-daemon (if running) to load the new settings",
-                lambda h: h.run("systemctl try-restart nix-daemon.service", what="restart nix-daemon"),
+                op="command.run",
+                args={"cmd": "systemctl try-restart nix-daemon.service"},
                 action="run",
             )
         )
@@ -125,20 +130,46 @@ def check_client(
     ``system``: the server's system, to name the probe path (None: no fetch,
     e.g. an external cache). ``untrusted``: keys the client must no longer
     trust. ``live_config``: read back ``nix show-config`` (not on NixOS before
-    a deploy).
+    a deploy). Returns the problem, None when it works.
     """
+    return probe_client(hctx, spec, url, trusted, system, untrusted, live_config)[0]
+
+
+def probe_client(
+    hctx: HostContext,
+    spec: CacheSpec,
+    url: str,
+    trusted: list[str],
+    system: str | None,
+    untrusted: tuple[str, ...] | list[str] = (),
+    live_config: bool = True,
+) -> tuple[str | None, list[str]]:
+    """:func:`check_client`, returning ``(problem, proofs)``: what it proved ("substituted … from URL")."""
+    proofs: list[str] = []
     if system is not None:
         script = scripts.probe_path(spec, system) + "\n" + scripts.fetch_check(url, trusted, '"$p"')
-        res = hctx.run(script, check=False, what="fetch the probe path")
+        res = hctx.run(script + '\necho "$p"', check=False, what="fetch the probe path")
         if not res.ok:
             lines = [ln.strip() for ln in res.stderr.splitlines() if "sign" in ln or "error" in ln]
-            return f"could not fetch a signed path from {url}: {'; '.join(lines[-3:]) or res.exited}"
+            return f"could not fetch a signed path from {url}: {'; '.join(lines[-3:]) or res.exited}", []
+        fetched = res.stdout.strip().splitlines()
+        proofs.append(f"substituted {fetched[-1] if fetched else 'the probe path'} from {url}")
     if not live_config or hctx.host.is_nixos:
-        return None
+        return None, proofs
     res = hctx.run(scripts.show_config(), check=False, what="nix show-config")
     if not res.ok:
-        return "nix show-config failed"
-    config = json.loads(res.stdout)
+        return "nix show-config failed", []
+    problem = _settings_problem(res.stdout, url, trusted, untrusted)
+    if problem:
+        return problem, []
+    return None, [*proofs, f"nix settings use {url} and trust its keys"]
+
+
+def _settings_problem(
+    show_config: str, url: str, trusted: list[str], untrusted: tuple[str, ...] | list[str]
+) -> str | None:
+    """Why ``nix show-config --json`` output does not use ``url`` with exactly these keys (None: it does)."""
+    config = json.loads(show_config)
     subs = _words(config.get("substituters", {}).get("value"))
     keys = _words(config.get("trusted-public-keys", {}).get("value"))
     if url not in subs:
@@ -150,15 +181,6 @@ def check_client(
     if stale:
         return f"nix settings still trust {', '.join(k.split(':')[0] for k in stale)}"
     return None
-
-
-def check_clients(hosts: list[HostContext], check) -> dict[str, str]:
-    """Run ``check(hctx) -> message | None`` on every host at once; host → failure."""
-    if not hosts:
-        return {}
-    with ThreadPoolExecutor(max_workers=min(len(hosts), 16), thread_name_prefix="cache-check") as pool:
-        results = list(pool.map(check, hosts))
-    return {h.name: msg for h, msg in zip(hosts, results, strict=True) if msg}
 
 
 def _words(value) -> list[str]:
@@ -186,9 +208,6 @@ class BinaryCacheClient(Task):
             check=check_repo_path,
         ),
     }
-
-    planned_trusted: list[str] | None = None
-    """The public keys this task planned with (what verify checks)."""
 
     def validate(self) -> None:
         validate_server(self)
@@ -233,27 +252,84 @@ class BinaryCacheClient(Task):
 
     def plan(self, ctx: PlanContext) -> list[Change]:
         trusted, changes = self.trusted(ctx)
-        # verify() checks these keys: a later task of the run (a rotation) may
-        # already have planned what comes after them.
-        self.planned_trusted = trusted
         url = self.spec.url
         for hctx in ctx.hosts.values():
             for c in plan_client(ctx, hctx, self.spec, url, trusted, self.name):
-                c.phase, c.requires = 1, (*c.requires, "local")
+                c.phase, c.requires = 1, (*c.requires, LOCAL)
                 changes.append(c)
         changes += plan_flake(ctx.local, self.spec, url, trusted, self.args["flake_config"], self.name)
-        return changes
+        # A client whose settings this entry changes gets a check; a converged
+        # client none. (The keys it trusts are in the check's args, and a
+        # rotation later in the run changes them: a check planned on every
+        # run would then never find its last passing record.)
+        changed = {c.host for c in changes} | {c.deploy for c in changes if c.deploy}
+        return changes + self._checks(ctx, trusted, changed)
 
-    def verify(self, ctx: PlanContext, changed: set[str]) -> dict[str, str]:
-        trusted = self.planned_trusted or self.trusted(ctx)[0]
-        system = self.spec.server.system if self.spec.server is not None else None
-        problems = check_clients(
-            list(ctx.hosts.values()),
-            # NixOS clients get their settings at deploy, after this check: fetch only.
-            lambda h: check_client(h, self.spec, self.spec.url, trusted, system),
-        )
-        if system is not None:  # an external cache gets no fetch: nothing proven
-            for name in ctx.hosts:
-                if name not in problems:
-                    ctx.prove(name, f"a signed path substituted from {self.spec.url}")
-        return problems
+    def _checks(self, ctx: PlanContext, trusted: list[str], changed: set[str]) -> list[Change]:
+        """One check per changed client, after its changes: a signed fetch of the probe path, its settings.
+
+        It requires the server (whose cache serves the probe) and the repo
+        (a NixOS client's settings): it is skipped if either failed.
+        """
+        server = self.spec.server
+        system = server.system if server is not None else None
+        requires = (LOCAL, *((server.name,) if server is not None else ()))
+        checks = []
+        for hctx in ctx.hosts.values():
+            if hctx.name not in changed:
+                continue
+            if system is None and hctx.host.is_nixos:
+                continue  # an external cache on NixOS: no fetch, and the settings come with the deploy
+            what = (
+                f"substitute the probe path from {self.spec.url}, trusting only its keys"
+                if system is not None
+                else f"nix settings use {self.spec.url} and trust its keys"
+            )
+            check = ctx.check(
+                hctx.name,
+                self.name,
+                f"check: {what}",
+                op="binary_cache.client_check",
+                args={
+                    "cache": cache_args(self.spec),
+                    "trusted": list(trusted),
+                    "system": system,
+                },
+                name=f"{self.name} {self.spec.name}",
+                requires=requires,
+            )
+            check.phase = 2
+            checks.append(check)
+        return checks
+
+
+def cache_args(spec: CacheSpec) -> dict[str, Any]:
+    """A cache as plain data for a change's args (the serving host is the change's own, or none)."""
+    return {"name": spec.name, "url": spec.url, "port": spec.port, "store_dir": spec.store_dir}
+
+
+def cache_of(data: dict[str, Any], server: Host | None = None) -> CacheSpec:
+    """The :class:`CacheSpec` of :func:`cache_args` data (``server``: the host it runs on, if the server)."""
+    return CacheSpec(
+        name=data["name"], server=server, url=data["url"], port=data["port"], store_dir=data["store_dir"]
+    )
+
+
+@action("binary_cache.client_check")
+def client_check(
+    hctx: HostContext,
+    cache: dict[str, Any],
+    trusted: list[str],
+    system: str | None,
+    untrusted: list[str] | None = None,
+) -> list[str]:
+    """Prove this client substitutes from the cache trusting only its keys; returns the proofs.
+
+    ``untrusted``: keys it must no longer trust (a key rotation's retired
+    key). NixOS clients get their settings at deploy, after this check: fetch only.
+    """
+    spec = cache_of(cache)
+    problem, proofs = probe_client(hctx, spec, spec.url, trusted, system, untrusted or ())
+    if problem:
+        raise VerifyError(problem)
+    return proofs

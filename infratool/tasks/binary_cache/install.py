@@ -14,7 +14,7 @@ from __future__ import annotations
 from infratool.changes import Change
 from infratool.context import HostContext
 from infratool.secrets.secret import Secret
-from infratool.tasks import files
+from infratool.tasks.lib import files
 
 
 def put_checked(
@@ -34,5 +34,5 @@ def file_changes(
     group: str | None = None,
     secret: bool = False,
 ) -> list[Change]:
-    """:func:`infratool.tasks.files.file_changes` (kept for this package's callers)."""
+    """:func:`infratool.tasks.lib.files.file_changes` (kept for this package's callers)."""
     return files.file_changes(hctx, task, path, content, mode, owner, group, secret=secret)

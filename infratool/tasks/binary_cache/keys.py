@@ -7,48 +7,44 @@ Secret material lives only in sops (``secrets/binary-cache.yaml``)::
         secret-key: "snix-cache-1:base64..."        # the current key
         next-secret-key: "snix-cache-2:base64..."   # only while a rotation runs
 
-Beside it, a plaintext state file (``secrets/.binary-cache-state.yaml``) holds
-key *names*, times and the rotation phase — never a value — so a rotation cut
-short by a crash is resumed by the next run, and reviewers can read it::
-
-    version: 1
-    caches:
-      snix-cache: {current: snix-cache-1, next: snix-cache-2, phase: resign,
-                   created: "2024-05-01T12:00:00Z", rotated: null}
+Beside it, the one rotation state file (``secrets/.rotation-state.yaml``)
+holds the cache's entry ``cache-key/<cache>``: when the current key was made
+(its age), the generation, and the phase of a rotation in progress (the last
+phase done) — never a value — so a rotation cut short by a crash is resumed
+by the next run, and reviewers can read it. The old
+``secrets/.binary-cache-state.yaml`` is still read (folded in by
+:func:`infratool.rotation.state.load_dir`) until the cache's entry is written.
 
 Every task derives what a host should hold from these two (:class:`Keys`):
 which key signs, and which public keys clients trust. A public key is always
 derived from its secret key, never typed.
 
-Planning never writes: a cache without a key gets one generated in memory at
-plan time and a change that stores it in sops (first, before anything uses
-it); the same in-memory key is shared, through the run's ``ctx.state``, with
-every later task of the run that needs its public half.
+Planning never writes: a cache without a key gets one generated at plan time
+and a change that stores it in sops (first, before anything uses it), the key
+carried in the change's parameters (sealed in a saved plan), so the public key
+the plan shows is the one stored. The same key is shared, through the run's
+``ctx.state``, with every later task of the run that needs its public half.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from infratool import yamlsrc
-from infratool.changes import LOCAL, Change
+from infratool.changes import LOCAL, Change, action
+from infratool.context import LocalContext
 from infratool.errors import InputError, SecretsError, SecretsFileError
-from infratool.rotation.state import format_time, utcnow
+from infratool.rotation import state
+from infratool.rotation.state import SecretState
 from infratool.secrets import generators
 from infratool.secrets.secret import Secret
-from infratool.secrets.store import SopsStore, atomic_write
+from infratool.secrets.store import SopsStore
 from infratool.tasks.base import PlanContext
 from infratool.tasks.binary_cache.spec import CacheSpec
 
 SOPS_FILE = "binary-cache.yaml"
 """The sops file (relative to ``<flake>/secrets``) holding every cache's keys."""
-STATE_FILE = ".binary-cache-state.yaml"
-"""The plaintext rotation state beside it (a dotfile: it is not a sops file)."""
 CURRENT = "secret-key"
 NEXT = "next-secret-key"
 
@@ -59,77 +55,60 @@ PHASES = ("trust-new", "resign", "drop-old", "retire")
 * ``resign``: the next key signs; the whole cache is re-signed with it.
 * ``drop-old``: clients trust only the next key.
 * ``retire``: the next key becomes the current one in sops; the old one is deleted.
+
+The state file records the last phase *done* (the engine's markers); the old
+state file recorded the phase being moved to (:data:`LEGACY_DONE`).
 """
+KIND = "cache-key"
+"""The rotation kind of a cache's signing key (state entries ``cache-key/<cache>``)."""
+LEGACY_DONE = {"trust-new": None, "resign": "trust-new", "drop-old": "resign", "retire": "drop-old"}
+"""``.binary-cache-state.yaml``'s phase (being moved to) → the last phase done."""
 _STATE_KEY = "binary-cache"
 
 
-@dataclass
-class CacheRecord:
-    """One cache's plaintext state: key names, times and the rotation phase."""
+@dataclass(frozen=True)
+class Progress:
+    """Where a cache's key stands in the one state file."""
 
-    current: str | None = None
-    next: str | None = None
-    phase: str | None = None
-    created: str | None = None
-    """When the current key was generated (UTC, ISO 8601): the age ``max_age`` checks."""
-    rotated: str | None = None
-    """When the last rotation finished."""
+    entry: SecretState
+    marker: str | None = None
+    """The last rotation step marked done (``trust-new:config``, ``resign``, ...), if any."""
+    promoting: bool = False
+    """The engine was promoting the next key when the run stopped."""
 
-
-def state_path(store: SopsStore) -> Path:
-    """The state file beside the sops file."""
-    return store.repo / STATE_FILE
-
-
-def read_records(path: Path) -> dict[str, CacheRecord]:
-    """Every cache's record; ``{}`` when the file does not exist. Bad content: exit 3 with file:line."""
-    if not path.is_file():
-        return {}
-    data = yamlsrc.load(path)
-    caches = data.get("caches") if isinstance(data, dict) else None
-    if data is None or caches is None:
-        return {}
-    if not isinstance(caches, dict):
-        raise InputError("'caches' must be a mapping", file=path, line=yamlsrc.line_of(data, "caches"))
-    known = {f.name for f in fields(CacheRecord)}
-    records = {}
-    for name, raw in caches.items():
-        line = yamlsrc.line_of(caches, name)
-        if not isinstance(raw, dict) or set(raw) - known:
-            raise InputError(
-                f"cache {name!r}: expected keys {', '.join(sorted(known))}", file=path, line=line
-            )
-        if any(v is not None and not isinstance(v, str) for v in raw.values()):
-            raise InputError(f"cache {name!r}: values must be strings or null", file=path, line=line)
-        if raw.get("phase") not in (None, *PHASES):
-            raise InputError(
-                f"cache {name!r}: phase must be one of {', '.join(PHASES)}", file=path, line=line
-            )
-        records[str(name)] = CacheRecord(**raw)
-    return records
+    @property
+    def done(self) -> str | None:
+        """The last whole phase done (``trust-new``, ``resign`` or ``drop-old``), if any."""
+        if self.marker is None:
+            return None
+        whole, _, step = self.marker.partition(":")
+        if not step:
+            return whole
+        i = PHASES.index(whole)
+        return PHASES[i - 1] if i else None
 
 
-def write_record(path: Path, name: str, record: CacheRecord) -> None:
-    """Replace one cache's record (re-reading the file first: other caches' records are kept)."""
-    records = read_records(path)
-    records[name] = record
-    body = yaml.safe_dump(
-        {"version": 1, "caches": {k: asdict(v) for k, v in sorted(records.items())}},
-        sort_keys=False,
-        default_flow_style=False,
-    )
-    header = (
-        "# Binary-cache signing keys: rotation state, written by infratool.\n"
-        "# Key names, times and phases only; the keys themselves are in binary-cache.yaml (sops).\n"
-    )
-    atomic_write(path, (header + body).encode())
+def progress(secrets_dir: Path, cache: str) -> Progress:
+    """The state of ``cache``'s key: its record, the last step done, a promotion under way."""
+    key = state.key(KIND, cache)
+    own = state.load(state.state_path(secrets_dir)).rotations.get(key)
+    entry = own or state.load_dir(secrets_dir).rotations.get(key) or SecretState()
+    phase = entry.phase
+    if own is None:  # from .binary-cache-state.yaml: it named the phase being moved to
+        return Progress(entry, LEGACY_DONE.get(phase or ""))
+    if phase == "promoting":
+        return Progress(entry, "drop-old", promoting=True)
+    if phase and phase.partition(":")[0] in PHASES[:3]:
+        return Progress(entry, phase)
+    return Progress(entry)  # idle, or "stored": begin done, no step yet
 
 
-def update_record(path: Path, name: str, **changes: Any) -> CacheRecord:
-    """Change some fields of one cache's record; returns the new record."""
-    record = replace(read_records(path).get(name, CacheRecord()), **changes)
-    write_record(path, name, record)
-    return record
+def record_key(secrets_dir: Path, cache: str, current: str, result: str) -> None:
+    """Record that ``current`` is now the cache's key: generation + 1, age 0, no rotation pending."""
+    with state.locked(state.state_path(secrets_dir)) as records:
+        entry = records.get(state.key(KIND, cache))
+        entry.promoted(result=result)
+        entry.extra = {"current": current}
 
 
 def key_name(key: Secret) -> str:
@@ -156,7 +135,7 @@ class Keys:
     current: Secret
     next: Secret | None = None
     phase: str | None = None
-    record: CacheRecord = field(default_factory=CacheRecord, compare=False)
+    progress: Progress = field(default_factory=lambda: Progress(SecretState()), compare=False)
 
     @property
     def rotating(self) -> bool:
@@ -186,7 +165,7 @@ class Keys:
     def finished(self) -> Keys:
         """The keys after the rotation completes: the next key is the current one."""
         assert self.next is not None
-        return Keys(current=self.next, record=self.record)
+        return Keys(current=self.next, progress=self.progress)
 
 
 def _parse(store: SopsStore, value: Secret, spec: CacheSpec, which: str) -> None:
@@ -215,7 +194,7 @@ def load_keys(ctx: PlanContext, spec: CacheSpec, task: str) -> tuple[Keys, list[
     store = ctx.secrets()
     values = store.read(SOPS_FILE, missing_ok=True)
     current, nxt = values.get(spec.sops_key(CURRENT)), values.get(spec.sops_key(NEXT))
-    record = read_records(state_path(store)).get(spec.name, CacheRecord())
+    where = progress(store.repo, spec.name)
     changes: list[Change] = []
     if current is None:
         if nxt is not None:
@@ -226,15 +205,15 @@ def load_keys(ctx: PlanContext, spec: CacheSpec, task: str) -> tuple[Keys, list[
         made = generators.generate("nix-cache-key", {"name": spec.key_name(1)})
         current = made.value
         changes.append(_store_new_key(ctx, spec, current, made.public or "", task))
-        record = CacheRecord()
+        where = Progress(SecretState())
     else:
         _parse(store, current, spec, CURRENT)
         if nxt is not None:
             _parse(store, nxt, spec, NEXT)
-    # A next key in sops means a rotation started, even if the run died
-    # before it could write the phase marker.
-    phase = (record.phase or PHASES[0]) if nxt is not None else None
-    keys = Keys(current=current, next=nxt, phase=phase, record=record)
+    # A next key in sops means a rotation started, even if the run died before it
+    # recorded anything: the fleet is moving to the phase after the last one done.
+    phase = PHASES[PHASES.index(where.done) + 1 if where.done else 0] if nxt is not None else None
+    keys = Keys(current=current, next=nxt, phase=phase, progress=where)
     slot[spec.name] = keys
     return keys, changes
 
@@ -245,31 +224,28 @@ def remember(ctx: PlanContext, spec: CacheSpec, keys: Keys) -> None:
 
 
 def _store_new_key(ctx: PlanContext, spec: CacheSpec, value: Secret, public: str, task: str) -> Change:
-    store = ctx.secrets()
     sops_key = spec.sops_key(CURRENT)
-
-    def apply(_local: Any) -> None:
-        # Stored before anything else uses it: a crash later loses nothing.
-        store.invalidate(SOPS_FILE)
-        present = store.get(SOPS_FILE, sops_key)
-        if present is not None and present != value:
-            raise SecretsError(f"{sops_key} appeared in {SOPS_FILE} since this plan was made; run again")
-        store.write(SOPS_FILE, {sops_key: value})
-        update_record(
-            state_path(store),
-            spec.name,
-            current=key_name(value),
-            next=None,
-            phase=None,
-            created=format_time(utcnow()),
-        )
-
     return Change(
         LOCAL,
         task,
         f"generate signing key {key_name(value)} and store it in secrets/{SOPS_FILE} ({sops_key})",
-        apply,
+        op="binary_cache.store_key",
+        args={"cache": spec.name, "sops_key": sops_key, "value": value},
         diff=f"+ public key {public}",
         phase=0,
         action="create",
     )
+
+
+@action("binary_cache.store_key")
+def store_new_key(local: LocalContext, cache: str, sops_key: str, value: Secret) -> None:
+    """Store the cache's first signing key, generated when the plan was made (the one it shows)."""
+    store = SopsStore(local.root / "secrets")
+    # Stored before anything else uses it: a crash later loses nothing.
+    present = store.get(SOPS_FILE, sops_key)
+    if present == value:
+        return  # stored already (the same plan applied again)
+    if present is not None:
+        raise SecretsError(f"{sops_key} appeared in {SOPS_FILE} since this plan was made; run again")
+    store.write(SOPS_FILE, {sops_key: value})
+    record_key(store.repo, cache, key_name(value), "generated")

@@ -14,15 +14,18 @@ each change is one progress event in the runner's per-host display.
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from infratool.changes import Change
+from infratool.changes import Change, action
+from infratool.context import HostContext
 from infratool.errors import HostError
 from infratool.facts import FactRequest
 from infratool.inventory import Host
 from infratool.tasks.base import Param, PlanContext, Task, register
 from infratool.tasks.binary_cache import scripts
+from infratool.tasks.binary_cache.client import cache_args, cache_of
 from infratool.tasks.binary_cache.spec import CACHE_PARAMS, CacheSpec, cache_spec, validate_server
-from infratool.tasks.files import check_abs_path
+from infratool.tasks.lib.checks import check_abs_path
 
 _STORE_PATH = re.compile(r"^/[A-Za-z0-9+._/=-]+$")
 
@@ -89,20 +92,34 @@ def push_changes(
         desc = f"push paths {start + 1}-{start + len(part)} of {total} to {spec.store_dir}, signed"
         if start == 0 and present:
             desc += f" ({present} already in the cache)"
-        payload = "".join(p + "\n" for p in part)
         changes.append(
             Change(
                 host,
                 task,
                 desc,
-                lambda h, payload=payload: h.run(
-                    scripts.push_paths(spec, h.host), stdin=payload, what="nix copy"
-                ),
+                op="binary_cache.push",
+                args={"cache": cache_args(spec), "paths": part},
                 diff="".join(f"+ {p}\n" for p in part).rstrip("\n"),
                 action="create",
             )
         )
     return changes
+
+
+@action("binary_cache.push")
+def push(h: HostContext, cache: dict[str, Any], paths: list[str]) -> None:
+    """Copy ``paths`` (in order) into the cache on this server, signed; the trust guard runs again here."""
+    for p in paths:
+        if not _STORE_PATH.match(p):
+            raise HostError(h.name, f"not a store path: {p!r}")  # a plan file is data: check it
+    payload = "".join(p + "\n" for p in paths)
+    h.run(scripts.push_paths(cache_of(cache, h.host), h.host), stdin=payload, what="nix copy")
+
+
+@action("binary_cache.build_push")
+def build_push(h: HostContext, cache: dict[str, Any], installable: str) -> None:
+    """Build ``installable`` on this server and push its closure into the cache, signed."""
+    h.run(scripts.build_and_push(cache_of(cache, h.host), h.host, installable), what=f"build {installable}")
 
 
 @register
@@ -167,9 +184,8 @@ class BinaryCachePush(Task):
                     hctx.name,
                     self.name,
                     f"build {inst} and push its closure to {self.spec.store_dir}, signed",
-                    lambda h, inst=inst: h.run(
-                        scripts.build_and_push(self.spec, h.host, inst), what=f"build {inst}"
-                    ),
+                    op="binary_cache.build_push",
+                    args={"cache": cache_args(self.spec), "installable": inst},
                     action="run",
                 )
             )

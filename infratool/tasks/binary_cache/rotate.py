@@ -11,68 +11,63 @@ time, each verified before the next starts::
     drop-old   clients trust only NEW → verify every client with NEW only
     retire     sops: secret-key ← NEW, next-secret-key deleted (OLD is gone)
 
-The phase is written to the plaintext state file (``keys.STATE_FILE``) when
-its predecessor is verified, so after a crash (even ``kill -9``) the next run
-plans from that phase on. At every instant, every client trusts a key that
-signs the whole cache: NEW is trusted everywhere before it signs anything,
-and OLD is distrusted only after NEW has signed everything.
+It runs on the one rotation engine (:mod:`infratool.rotation.engine`, kind
+``cache-key``): *begin* takes the sops file's rotation lock and stores NEW
+(generated while planning, shown in the plan) as pending; each phase is
+split where another host must act first (config → NixOS deploys → verify),
+and each step is marked in the one state file (entry ``cache-key/<cache>``)
+when done on every participant, so after a crash (even ``kill -9``) the
+next run plans from the step after the last mark; *promote* is the retire
+write. At every instant, every client trusts a key that signs the whole
+cache: NEW is trusted everywhere before it signs anything, and OLD is
+distrusted only after NEW has signed everything.
 
 Every rotation change requires every participant (server, all clients and
 the local repo): one failure anywhere stops the rotation where it is.
 
 A rotation starts when the current key's generation is below ``generation``
-or older than ``max_age``; otherwise the task only resumes one in progress,
-so a converged playbook plans nothing. :func:`plan_rotation` is the entry
-point for the secrets-rotation machinery.
+or older than ``max_age``, or when ``secrets rotate cache-key/<cache>`` asks
+(:mod:`.kind`); otherwise the task only resumes one in progress, so a
+converged playbook plans nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
-import shlex
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infratool import nixgen
-from infratool.changes import LOCAL, Change
-from infratool.context import HostContext
-from infratool.errors import InputError, RefusedError, SecretsError, VerifyError
+from infratool.changes import LOCAL, Change, action
+from infratool.context import LocalContext
+from infratool.errors import InputError, RefusedError
 from infratool.facts import FactRequest
 from infratool.inventory import Host
-from infratool.rotation.lock import rotation_lock
+from infratool.rotation import state
+from infratool.rotation.engine import Phase, Rotation, Unit, plan_changes
 from infratool.rotation.policy import parse_duration
-from infratool.rotation.state import format_time, parse_time, utcnow
 from infratool.secrets import generators
-from infratool.secrets.secret import Secret
+from infratool.secrets.store import SopsStore
 from infratool.tasks.base import Param, PlanContext, Task, register
+from infratool.tasks.binary_cache import rotate_steps as steps
 from infratool.tasks.binary_cache import scripts
 from infratool.tasks.binary_cache.client import (
     BinaryCacheClient,
-    check_client,
     check_repo_path,
     client_facts,
-    plan_client,
-    plan_flake,
 )
 from infratool.tasks.binary_cache.keys import (
     CURRENT,
+    KIND,
     NEXT,
-    PHASES,
     SOPS_FILE,
-    STATE_FILE,
-    CacheRecord,
     Keys,
     generation,
     key_name,
     load_keys,
     public_key,
-    read_records,
+    record_key,
     remember,
-    state_path,
-    update_record,
 )
-from infratool.tasks.binary_cache.server import key_file_changes, probe_info, server_facts
+from infratool.tasks.binary_cache.server import probe_info, server_facts
 from infratool.tasks.binary_cache.spec import (
     CACHE_PARAMS,
     CacheSpec,
@@ -80,35 +75,6 @@ from infratool.tasks.binary_cache.spec import (
     validate_hosts,
     validate_server,
 )
-from infratool.tasks.nix_settings import generated_path, local_file_change
-
-_HELD_LOCKS: dict[Path, contextlib.ExitStack] = {}
-
-
-@dataclass(frozen=True)
-class Rotation:
-    """What one rotation plan works with."""
-
-    spec: CacheSpec
-    keys: Keys
-    """With ``next`` set (generated at plan time for a new rotation)."""
-    start: str | None
-    """Phase the fleet is in now (None: the rotation has not started)."""
-    clients: list[str]
-    flake_config: str
-    task: str
-
-    @property
-    def new(self) -> Secret:
-        """The key being rotated in."""
-        assert self.keys.next is not None
-        return self.keys.next
-
-    @property
-    def participants(self) -> tuple[str, ...]:
-        """Every host that must not fail for the rotation to go on (and the local repo)."""
-        assert self.spec.server is not None
-        return (LOCAL, self.spec.server.name, *self.clients)
 
 
 def rotation_due(spec: CacheSpec, keys: Keys, want_generation: int | None, max_age: str | None) -> str | None:
@@ -116,61 +82,57 @@ def rotation_due(spec: CacheSpec, keys: Keys, want_generation: int | None, max_a
     name = key_name(keys.current)
     if want_generation is not None and generation(name, spec.name) < want_generation:
         return f"{name} is below generation {want_generation}"
-    if max_age is not None and keys.record.created:
-        age = utcnow() - parse_time(keys.record.created)
-        if age > parse_duration(max_age):
-            return f"{name} is older than {max_age}"
+    age = keys.progress.entry.age()
+    if max_age is not None and age is not None and age > parse_duration(max_age):
+        return f"{name} is older than {max_age}"
     return None
 
 
-def plan_rotation(
+def _plan(
     ctx: PlanContext,
     spec: CacheSpec,
     clients: list[str],
-    task: str = "binary_cache.rotate_key",
-    flake_config: str | None = None,
+    task: str,
+    flake_config: str,
     force: bool = False,
     want_generation: int | None = None,
     max_age: str | None = None,
+    lock_wait: float | None = 0,
 ) -> list[Change]:
     """Every change of the cache key rotation from wherever it stands (nothing when not due).
 
-    The secrets-rotation machinery calls this with ``force=True`` to rotate
-    now; the task calls it with its ``generation`` / ``max_age`` triggers.
-    ``ctx.hosts`` must hold the server and every client.
+    ``force``: rotate now (``secrets rotate cache-key/NAME``); otherwise the
+    task's ``generation`` / ``max_age`` triggers decide. ``ctx.hosts`` must
+    hold the server and every client.
     """
     keys, changes = load_keys(ctx, spec, task)
     if changes:
         return changes  # no key yet: there is nothing to rotate
-    flake_config = f"nix/binary-cache/{spec.name}.nix" if flake_config is None else flake_config
+    where = keys.progress
     if keys.next is None:
-        if keys.record.phase == "retire" and keys.record.next == key_name(keys.current):
-            return [_finish_state_change(ctx, spec, task)]  # died after the sops swap
+        legacy_swapped = where.entry.phase == "retire" and where.entry.extra.get("next") == key_name(
+            keys.current
+        )
+        if where.promoting or legacy_swapped:
+            return [_finish_state_change(ctx, spec, task)]  # died right after the sops swap
         reason = "forced" if force else rotation_due(spec, keys, want_generation, max_age)
         if reason is None:
             return []
         made = generators.generate(
             "nix-cache-key", {"name": spec.key_name(generation(key_name(keys.current), spec.name) + 1)}
         )
-        rot = Rotation(
-            spec, Keys(keys.current, made.value, None, keys.record), None, clients, flake_config, task
+        rot = steps.CacheRotation(
+            spec, Keys(keys.current, made.value, None, where), None, clients, flake_config, task
         )
     else:
-        rot = Rotation(spec, keys, keys.phase, clients, flake_config, task)
+        rot = steps.CacheRotation(spec, keys, keys.phase, clients, flake_config, task)
     _check_participants(ctx, rot)
-    planned = _phases(ctx, rot)
-    for c in planned:
-        c.requires = tuple(dict.fromkeys((*c.requires, *rot.participants)))
+    planned = _phases(ctx, rot, lock_wait)
     remember(ctx, spec, rot.keys.finished())
     return planned
 
 
-def rotation_phase(secrets_dir: str | Path, name: str) -> str | None:
-    """The phase of the rotation of cache ``name`` in progress (None: none), for status displays."""
-    return read_records(Path(secrets_dir) / STATE_FILE).get(name, CacheRecord()).phase
-
-
-def _check_participants(ctx: PlanContext, rot: Rotation) -> None:
+def _check_participants(ctx: PlanContext, rot: steps.CacheRotation) -> None:
     missing = [h for h in rot.participants[1:] if h not in ctx.hosts]
     if missing:
         raise RefusedError(
@@ -184,244 +146,129 @@ def _check_participants(ctx: PlanContext, rot: Rotation) -> None:
         )
 
 
-def _phases(ctx: PlanContext, rot: Rotation) -> list[Change]:
-    idx = -1 if rot.start is None else PHASES.index(rot.start)
-    out: list[Change] = []
-    phase = 10
+def _phases(ctx: PlanContext, rot: steps.CacheRotation, lock_wait: float | None) -> list[Change]:
+    """The rotation on the one engine: begin, the phases (each step marked), promote, finish.
 
-    def add(changes: list[Change]) -> None:
-        nonlocal phase
-        for c in changes:
-            c.phase = phase
-        out.extend(changes)
-        phase += 1
-
-    add([_begin_change(ctx, rot)])
-    server = ctx.hosts[rot.spec.server.name]  # type: ignore[union-attr]
-    _probe, present, _ = probe_info(server, rot.spec)
-    if not present:
-        raise RefusedError(f"the cache {rot.spec.name} has no probe path yet: run binary_cache.server first")
-    old, new = public_key(rot.keys.current), public_key(rot.new)
-    if idx <= 0:  # trust-new: clients trust both keys
-        keys = rot.keys.at("trust-new")
-        add(_client_config(ctx, rot, keys))
-        add(_deploys(ctx, rot))
-        add(_verify_clients(ctx, rot, keys.trusted, []))
-        add([_marker_change(ctx, rot, "resign")])
-    if idx <= 1:  # resign: the new key signs, the cache is re-signed
-        keys = rot.keys.at("resign")
-        add(_server_key(ctx, rot, keys, server))
-        add(_deploys(ctx, rot, [server.name]))
-        add(
-            [
-                Change(
-                    server.name,
-                    rot.task,
-                    f"re-sign the cache with {key_name(rot.new)} and verify it with that key only",
-                    lambda h: h.run(scripts.resign(rot.spec, h.host, old, new), what="re-sign the cache"),
-                    action="run",
-                )
-            ]
-        )
-        add([_marker_change(ctx, rot, "drop-old")])
-    if idx <= 2:  # drop-old: clients trust only the new key
-        keys = rot.keys.at("drop-old")
-        add(_client_config(ctx, rot, keys, forget=True))
-        add(_deploys(ctx, rot))
-        add(_verify_clients(ctx, rot, keys.trusted, [old]))
-        add([_marker_change(ctx, rot, "retire")])
-    add([_retire_change(ctx, rot)])
-    if server.host.is_nixos:  # the module names secret-key again, which now holds the new key
-        add(_server_key(ctx, rot, rot.keys.finished(), server, CURRENT))
-        add(_deploys(ctx, rot, [server.name]))
-    return out
-
-
-def _client_config(ctx: PlanContext, rot: Rotation, keys: Keys, forget: bool = False) -> list[Change]:
-    changes: list[Change] = []
-    for name in rot.clients:
-        hctx = ctx.hosts[name]
-        changes += plan_client(ctx, hctx, rot.spec, rot.spec.url, keys.trusted, rot.task)
-        if forget and not hctx.host.is_nixos:
-            changes.append(
-                Change(
-                    name,
-                    rot.task,
-                    "forget cached narinfos (signatures from before the re-sign)",
-                    lambda h: h.run(scripts.forget_narinfo_cache(), what="forget narinfo cache"),
-                    action="run",
-                )
-            )
-    changes += plan_flake(ctx.local, rot.spec, rot.spec.url, keys.trusted, rot.flake_config, rot.task)
-    for c in changes:
-        c.deploy = None  # NixOS hosts are deployed inside the rotation, phase by phase
-    return changes
-
-
-def _server_key(
-    ctx: PlanContext, rot: Rotation, keys: Keys, server: HostContext, which: str = NEXT
-) -> list[Change]:
-    """The server signs with ``keys.signer``: its key file (linux), or which sops key its module names (NixOS)."""
-    if not server.host.is_nixos:
-        return key_file_changes(server, rot.spec, keys.signer, rot.task) if which == NEXT else []
-    # The module's other settings (hook, port) belong to binary_cache.server: only
-    # the sops key it installs is switched here, in the module that task wrote.
-    rel = generated_path(server.name, f"binary-cache-{rot.spec.name}-server")
-    current = ctx.local.current(rel)
-    if current is None:
-        raise RefusedError(f"{rel} does not exist: run binary_cache.server first")
-    other = CURRENT if which == NEXT else NEXT
-    text = current.decode().replace(
-        f"key = {nixgen.string(rot.spec.sops_key(other))};",
-        f"key = {nixgen.string(rot.spec.sops_key(which))};",
-    )
-    return local_file_change(ctx.local, rot.task, rel, text, deploy=None)
-
-
-def _deploys(ctx: PlanContext, rot: Rotation, names: list[str] | None = None) -> list[Change]:
-    result = []
-    for name in names if names is not None else rot.clients:
-        host = ctx.hosts[name].host
-        if host.is_nixos:
-            argv = host.deploy_argv()
-            result.append(
-                Change(
-                    LOCAL,
-                    rot.task,
-                    f"deploy {name}: {shlex.join(argv)}",
-                    lambda lctx, argv=argv, name=name: lctx.run(argv, what=f"deploy {name}"),
-                    action="deploy",
-                )
-            )
-    return result
-
-
-def _verify_clients(
-    ctx: PlanContext, rot: Rotation, trusted: list[str], untrusted: list[str]
-) -> list[Change]:
-    system = rot.spec.server.system  # type: ignore[union-attr]
-    names = ", ".join(k.split(":")[0] for k in trusted)
-
-    def check(h: HostContext) -> None:
-        problem = check_client(h, rot.spec, rot.spec.url, trusted, system, untrusted)
-        if problem:
-            raise VerifyError(f"{h.name}: {problem}")
-
-    return [
-        Change(
-            name,
-            rot.task,
-            f"verify: fetch a signed path from the cache trusting only {names}",
-            check,
-            action="run",
-        )
-        for name in rot.clients
-    ]
-
-
-def _hold_lock(ctx: PlanContext) -> None:
-    """Hold the sops file's rotation lock until this process exits (kill -9 releases it)."""
-    path = ctx.secrets().path(SOPS_FILE)
-    if path in _HELD_LOCKS:
-        return
-    stack = contextlib.ExitStack()
-    stack.enter_context(rotation_lock(path, wait=0))
-    _HELD_LOCKS[path] = stack
-
-
-def _begin_change(ctx: PlanContext, rot: Rotation) -> Change:
-    store = ctx.secrets()
+    Each logical phase is split where another host must act first: the
+    config, then the NixOS deploys (only when there are NixOS hosts), then the
+    verification. Every step is marked in the state file when it is done on
+    every participant, so a run killed anywhere resumes after the last mark.
+    """
     spec = rot.spec
-    planned_record = rot.keys.record
+    server = ctx.hosts[spec.server.name]  # type: ignore[union-attr]
+    _probe, present, _ = probe_info(server, spec)
+    if not present:
+        raise RefusedError(f"the cache {spec.name} has no probe path yet: run binary_cache.server first")
+    old, new = public_key(rot.keys.current), public_key(rot.new)
+    planned: list[Phase] = []
+
+    def step(name: str, changes: list[Change], optional: bool = False) -> None:
+        if changes or not optional:
+            planned.append(Phase(name, changes))
+
+    keys = rot.keys.at("trust-new")  # clients trust both keys
+    step("trust-new:config", steps.client_config(ctx, rot, keys))
+    step("trust-new:deploy", steps.deploys(ctx, rot), optional=True)
+    step("trust-new", steps.verify_clients(ctx, rot, keys.trusted, []))
+    keys = rot.keys.at("resign")  # the new key signs, the cache is re-signed
+    step("resign:key", steps.server_key(ctx, rot, keys, server))
+    step("resign:deploy", steps.deploys(ctx, rot, [server.name]), optional=True)
+    resign = scripts.script_change(
+        server.name,
+        rot.task,
+        f"re-sign the cache with {key_name(rot.new)} and verify it with that key only",
+        scripts.resign(spec, server.host, old, new),
+        "re-sign the cache",
+    )
+    step("resign", [resign])
+    keys = rot.keys.at("drop-old")  # clients trust only the new key
+    step("drop-old:config", steps.client_config(ctx, rot, keys, forget=True))
+    step("drop-old:deploy", steps.deploys(ctx, rot), optional=True)
+    step("drop-old", steps.verify_clients(ctx, rot, keys.trusted, [old]))
+    for p in planned:
+        for c in p.changes:
+            c.requires = tuple(dict.fromkeys((*c.requires, *rot.participants)))
+    secrets_dir = str(ctx.secrets().repo)
+    unit = Unit(
+        key=state.key(KIND, spec.name),
+        label=f"signing key of {spec.name}",
+        pending={} if rot.start is not None else {spec.sops_key(NEXT): rot.new},
+        # Begin refuses the plan unless sops still holds what it saw.
+        expect={
+            spec.sops_key(CURRENT): rot.keys.current,
+            spec.sops_key(NEXT): rot.new if rot.start is not None else None,
+        },
+        promote={spec.sops_key(CURRENT): rot.new, spec.sops_key(NEXT): None},
+        discard={spec.sops_key(NEXT): None},
+        generation=rot.keys.progress.entry.generation,
+    )
     if rot.start is None:
         desc = f"start key rotation: store the next signing key {key_name(rot.new)} in secrets/{SOPS_FILE}"
     else:
         desc = f"resume key rotation {key_name(rot.keys.current)} → {key_name(rot.new)} at phase {rot.start}"
-
-    def apply(_local: Any) -> None:
-        _hold_lock(ctx)
-        store.invalidate(SOPS_FILE)
-        record = read_records(state_path(store)).get(spec.name, CacheRecord())
-        stored_next = store.get(SOPS_FILE, spec.sops_key(NEXT))
-        expected_next = rot.new if rot.start is not None else None
-        if record.phase != planned_record.phase or stored_next != expected_next:
-            raise SecretsError(f"the rotation of {spec.name} moved on since this plan was made; run again")
-        if rot.start is None:
-            # Stored (encrypted) before any host hears of it: a crash cannot lose it.
-            store.write(SOPS_FILE, {spec.sops_key(NEXT): rot.new})
-            update_record(
-                state_path(store),
-                spec.name,
-                current=key_name(rot.keys.current),
-                next=key_name(rot.new),
-                phase="trust-new",
+    engine_rotation = Rotation(
+        kind=KIND,
+        file=SOPS_FILE,
+        secrets_dir=secrets_dir,
+        units=[unit],
+        phases=planned,
+        task=rot.task,
+        lock_wait=lock_wait,
+        hooks={
+            "promoted": {
+                "op": "binary_cache.key_promoted",
+                "args": {"file": SOPS_FILE, "secrets_dir": secrets_dir},
+            }
+        },
+        resume_after=rot.keys.progress.marker,
+        description=desc,
+    )
+    out = plan_changes(engine_rotation, first_phase=10)
+    out[0].diff = f"+ next public key {new}"  # the key the plan shows is the key stored
+    if server.host.is_nixos:  # the module names secret-key again, which now holds the new key
+        last = max(c.phase for c in out)
+        after = (engine_rotation.target, *rot.participants)
+        for n, changes in enumerate(
+            (
+                steps.server_key(ctx, rot, rot.keys.finished(), server, CURRENT),
+                steps.deploys(ctx, rot, [server.name]),
             )
-        elif record.phase is None:
-            # The run that stored the next key died before writing the marker.
-            update_record(
-                state_path(store),
-                spec.name,
-                current=key_name(rot.keys.current),
-                next=key_name(rot.new),
-                phase=rot.start,
-            )
-
-    return Change(
-        LOCAL,
-        rot.task,
-        desc,
-        apply,
-        action="create" if rot.start is None else "run",
-        diff=f"+ next public key {public_key(rot.new)}",
-    )
+        ):
+            for c in changes:
+                c.phase, c.requires = last + 1 + n, tuple(dict.fromkeys((*c.requires, *after)))
+            out += changes
+    return out
 
 
-def _marker_change(ctx: PlanContext, rot: Rotation, phase: str) -> Change:
-    path = state_path(ctx.secrets())
-    return Change(
-        LOCAL,
-        rot.task,
-        f"key rotation of {rot.spec.name}: phase {phase} ({path.name})",
-        lambda _l: update_record(path, rot.spec.name, phase=phase),
-        action="update",
-    )
-
-
-def _retire_change(ctx: PlanContext, rot: Rotation) -> Change:
-    store = ctx.secrets()
-    spec = rot.spec
-
-    def apply(_local: Any) -> None:
-        store.invalidate(SOPS_FILE)
-        # One sops write: the new key becomes current and the old one is gone, together.
-        store.write(SOPS_FILE, {spec.sops_key(CURRENT): rot.new, spec.sops_key(NEXT): None})
-        _finish_state(state_path(store), spec.name, key_name(rot.new))
-
-    return Change(
-        LOCAL,
-        rot.task,
-        f"retire {key_name(rot.keys.current)}: {key_name(rot.new)} becomes {spec.sops_key(CURRENT)}; "
-        f"the old secret is deleted from secrets/{SOPS_FILE}",
-        apply,
-        action="update",
-    )
-
-
-def _finish_state(path: Path, name: str, current: str) -> None:
-    now = format_time(utcnow())
-    update_record(path, name, current=current, next=None, phase=None, created=now, rotated=now)
+@action("binary_cache.key_promoted")
+def key_promoted(ctx: Any, file: str, secrets_dir: str, keys: list[str]) -> None:
+    """Engine hook after the promote write: name the cache's new current key in its state entry."""
+    values = SopsStore(Path(secrets_dir)).read(file, missing_ok=True)
+    with state.locked(state.state_path(secrets_dir)) as records:
+        for full in keys:
+            cache = full.split("/", 1)[1]
+            current = values.get(f"binary-cache/{cache}/{CURRENT}")
+            records.get(full).extra = {"current": key_name(current) if current is not None else None}
 
 
 def _finish_state_change(ctx: PlanContext, spec: CacheSpec, task: str) -> Change:
-    path = state_path(ctx.secrets())
     keys, _ = load_keys(ctx, spec, task)
     current = key_name(keys.current)
     return Change(
         LOCAL,
         task,
         f"finish the key rotation of {spec.name}: {current} is the current key",
-        lambda _l: _finish_state(path, spec.name, current),
+        op="binary_cache.rotation_finish",
+        args={"cache": spec.name, "current": current},
         action="update",
+    )
+
+
+@action("binary_cache.rotation_finish")
+def finish(local: LocalContext, cache: str, current: str) -> None:
+    """Record the promotion of a rotation whose sops swap is done (the run died right after it)."""
+    record_key(
+        SopsStore(local.root / "secrets").repo, cache, current, "rotated (recorded after an interrupted run)"
     )
 
 
@@ -457,6 +304,8 @@ class BinaryCacheRotateKey(Task):
         if problem:
             raise self.source.error(f"{self.name}: flake_config {problem}", "flake_config")
         self.spec = cache_spec(self)
+        rel = self.args["flake_config"]
+        self.flake_config = f"nix/binary-cache/{self.spec.name}.nix" if rel is None else rel
 
     def label(self) -> str:
         return f"{self.name} {self.spec.name}"
@@ -470,21 +319,29 @@ class BinaryCacheRotateKey(Task):
             return server_facts(self.spec, host)
         return client_facts(self.spec, host)
 
+    def force_rotation(self, lock_wait: float | None) -> None:
+        """Rotate now whatever the triggers say (``secrets rotate cache-key/NAME``)."""
+        self.forced, self.lock_wait = True, lock_wait
+
     def plan(self, ctx: PlanContext) -> list[Change]:
         keys, changes = load_keys(ctx, self.spec, self.name)
         if changes:
             return changes  # no key yet: nothing to rotate
+        forced = getattr(self, "forced", False)
         if self.args["server"] not in ctx.hosts:
             # Without the server there is no probe to check and no cache to re-sign.
-            if keys.rotating or rotation_due(self.spec, keys, self.args["generation"], self.args["max_age"]):
+            due = rotation_due(self.spec, keys, self.args["generation"], self.args["max_age"])
+            if forced or keys.rotating or due:
                 raise RefusedError(f"key rotation of {self.spec.name} needs its server {self.args['server']}")
             return []
-        return plan_rotation(
+        return _plan(
             ctx,
             self.spec,
             list(self.args["clients"]),
             self.name,
-            self.args["flake_config"],
+            self.flake_config,
+            force=forced,
             want_generation=self.args["generation"],
             max_age=self.args["max_age"],
+            lock_wait=getattr(self, "lock_wait", 0),
         )

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import shlex
 
+from infratool.changes import Change, action
+from infratool.context import HostContext
 from infratool.inventory import Host
 from infratool.tasks.binary_cache import filetext as render
 from infratool.tasks.binary_cache import trust
@@ -24,6 +26,21 @@ CHUNK = 50
 _TMP = (
     't=$(mktemp -d /tmp/infratool-cache.XXXXXXXX)\ntrap \'chmod -R u+w "$t" 2>/dev/null; rm -rf "$t"\' EXIT'
 )
+
+
+@action("binary_cache.run")
+def run_script(hctx: HostContext, script: str, what: str) -> None:
+    """Run a script of this module, made at plan time (public data only, like every script here)."""
+    hctx.run(script, what=what)
+
+
+def script_change(
+    host: str, task: str, description: str, script: str, what: str, action: str = "run"
+) -> Change:
+    """A change running ``script`` on ``host`` through :func:`run_script`."""
+    return Change(
+        host, task, description, op="binary_cache.run", args={"script": script, "what": what}, action=action
+    )
 
 
 def q(text: str) -> str:

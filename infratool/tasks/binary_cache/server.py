@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from infratool import log
-from infratool.changes import Change
+from infratool.changes import Change, action
 from infratool.context import HostContext
 from infratool.errors import HostError
 from infratool.facts import FactRequest
@@ -32,7 +32,7 @@ from infratool.tasks.binary_cache import scripts
 from infratool.tasks.binary_cache.install import file_changes
 from infratool.tasks.binary_cache.keys import CURRENT, NEXT, SOPS_FILE, Keys, key_name, load_keys, public_key
 from infratool.tasks.binary_cache.spec import CACHE_PARAMS, NIX_CONF, CacheSpec, cache_spec, validate_server
-from infratool.tasks.nix_settings import generated_path, local_file_change
+from infratool.tasks.lib.local import generated_path, local_file_change
 
 PORT_FACT = "ss -Hltn"
 
@@ -158,12 +158,12 @@ def plan_linux_server(
         )
         how = f"unit {spec.unit}" if systemd else f"nginx -c {spec.nginx_conf}"
         service.append(
-            Change(
+            scripts.script_change(
                 host.name,
                 task,
                 f"{verb} the cache's HTTP server ({how}) on {render.listen_address(host, spec.port)}",
-                lambda h, c=cmd: h.run(c, what=f"{verb} nginx"),
-                action="run",
+                cmd,
+                f"{verb} nginx",
             )
         )
 
@@ -172,22 +172,22 @@ def plan_linux_server(
     signer = key_name(keys.signer)
     if not present:
         probe.append(
-            Change(
+            scripts.script_change(
                 host.name,
                 task,
                 f"build the probe path {path} and push it to the cache, signed by {signer}",
-                lambda h: h.run(scripts.push_probe(spec, h.host, h.host.system), what="push probe"),
-                action="run",
+                scripts.push_probe(spec, host, host.system),
+                "push probe",
             )
         )
     elif signer not in signers:
         probe.append(
-            Change(
+            scripts.script_change(
                 host.name,
                 task,
                 f"sign the probe path {path} with {signer}",
-                lambda h: h.run(scripts.sign_paths(spec, h.host, [path]), what="sign probe"),
-                action="run",
+                scripts.sign_paths(spec, host, [path]),
+                "sign probe",
             )
         )
     return _phased(files, 1) + _phased(service, 2) + _phased(probe, 3)
@@ -209,28 +209,31 @@ def resign_changes(hctx: HostContext, spec: CacheSpec, keys: Keys, task: str) ->
     want = public_key(keys.signer)
     if marker.exists and (marker.text or "").strip() == want:
         return []
-
-    def apply(h: HostContext) -> None:
-        res = h.run(scripts.resign_held(spec, h.host), what="re-sign the cache")
-        alone = [ln.split(" ", 1)[1] for ln in res.stdout.splitlines() if ln.startswith("left-alone ")]
-        if alone:
-            log.get_logger("infratool.binary_cache").warning(
-                "cached paths left alone: this host cannot vouch for them, so the new key does not sign them",
-                host=h.name,
-                count=len(alone),
-                paths=alone,
-            )
-
     return [
         Change(
             hctx.name,
             task,
             f"sign what {spec.store_dir} already holds with {key_name(keys.signer)} "
             "(paths this host built or trusts; others are left alone)",
-            apply,
+            op="binary_cache.resign_held",
+            args={"script": scripts.resign_held(spec, hctx.host)},
             action="run",
         )
     ]
+
+
+@action("binary_cache.resign_held")
+def resign_held(hctx: HostContext, script: str) -> None:
+    """Run :func:`scripts.resign_held`'s script; name the paths it had to leave alone."""
+    res = hctx.run(script, what="re-sign the cache")
+    alone = [ln.split(" ", 1)[1] for ln in res.stdout.splitlines() if ln.startswith("left-alone ")]
+    if alone:
+        log.get_logger("infratool.binary_cache").warning(
+            "cached paths left alone: this host cannot vouch for them, so the new key does not sign them",
+            host=hctx.name,
+            count=len(alone),
+            paths=alone,
+        )
 
 
 def include_changes(hctx: HostContext, fragment: str, task: str) -> list[Change]:
@@ -245,13 +248,7 @@ def include_changes(hctx: HostContext, fragment: str, task: str) -> list[Change]
 
 def _remove(hctx: HostContext, path: str, task: str) -> Change:
     hctx.plan_remove(path)
-    return Change(
-        hctx.name,
-        task,
-        f"remove {path}",
-        lambda h: h.run(f"rm -f -- {scripts.q(path)}", what=f"remove {path}"),
-        action="delete",
-    )
+    return Change(hctx.name, task, f"remove {path}", op="files.remove", args={"path": path}, action="delete")
 
 
 def _store_dir(hctx: HostContext) -> str:
@@ -279,16 +276,15 @@ def plan_nixos_server(
     if hctx.facts.get("exists", spec.key_file(host)):  # sops-nix has installed the key: push the probe
         path, present, _ = probe_info(hctx, spec)
         if not present:
-            changes.append(
-                Change(
-                    host.name,
-                    task,
-                    f"build the probe path {path} and push it to the cache",
-                    lambda h: h.run(scripts.push_probe(spec, h.host, h.host.system), what="push probe"),
-                    phase=3,
-                    action="run",
-                )
+            push = scripts.script_change(
+                host.name,
+                task,
+                f"build the probe path {path} and push it to the cache",
+                scripts.push_probe(spec, host, host.system),
+                "push probe",
             )
+            push.phase = 3
+            changes.append(push)
     return changes
 
 

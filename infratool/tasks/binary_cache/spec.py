@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from infratool.inventory import Host
 from infratool.tasks.base import Param
-from infratool.tasks.files import check_abs_path
+from infratool.tasks.lib.checks import check_abs_path
 
 if TYPE_CHECKING:
     from infratool.tasks.base import Task

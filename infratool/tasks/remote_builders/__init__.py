@@ -8,17 +8,20 @@ Tasks (registered on import):
   verified by a real ``nix store ping`` and a real remote build.
 * ``remote_builders.check`` — the verification alone.
 
-For ``infratool secrets rotate``: :func:`rotate_client_key` stores a new key;
-the next setup run installs it and revokes the old one. See
-``docs/remote-builders.md``.
+Each client's key is a rotation of the ``builder-key`` kind
+(:mod:`.rotation`): ``infratool secrets status`` shows its age and
+``infratool secrets rotate builder-key/<client>`` rotates it on the one
+rotation engine. See ``docs/remote-builders.md``.
 
 Modules: :mod:`.spec` (parameters → topology), :mod:`.render` (file lines,
 NixOS modules), :mod:`.keys` (sops), :mod:`.verify` (ping and build),
-:mod:`.common` (what both tasks share), :mod:`.setup` (plan and phases), :mod:`.check`.
+:mod:`.common` (what both tasks share), :mod:`.setup` (plan and phases),
+:mod:`.builder_side` (the builders' part of setup),
+:mod:`.rotation` (the builder-key kind), :mod:`.check`.
 """
 
 from infratool.tasks.remote_builders.check import Check
-from infratool.tasks.remote_builders.keys import ClientKey, rotate_client_key, stored_key
+from infratool.tasks.remote_builders.keys import ClientKey, stored_key
 from infratool.tasks.remote_builders.setup import Setup
 from infratool.tasks.remote_builders.spec import SECRETS_FILE, Builder, Topology, secret_key
 
@@ -29,7 +32,6 @@ __all__ = [
     "ClientKey",
     "Setup",
     "Topology",
-    "rotate_client_key",
     "secret_key",
     "stored_key",
 ]

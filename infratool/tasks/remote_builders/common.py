@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import shlex
 
+from infratool.changes import Change, action
 from infratool.context import HostContext
 from infratool.errors import InputError
 from infratool.facts import FactRequest
 from infratool.inventory import Host
+from infratool.secrets.secret import REDACTOR
 from infratool.tasks.base import PlanContext, Task
 from infratool.tasks.remote_builders import spec
 from infratool.tasks.remote_builders.filetext import CLIENT_KNOWN_HOSTS, MACHINES, NIX_CONF, SSH_CONFIG
@@ -15,6 +17,66 @@ from infratool.tasks.remote_builders.spec import Builder, Topology
 
 DAEMON_RUNNING = "test -S /nix/var/nix/daemon-socket/socket"
 """Succeeds when a nix-daemon listens: an unprivileged login's ``nix-daemon --stdio`` forwards to it."""
+
+
+@action("remote_builders.run")
+def run_script(hctx: HostContext, script: str, what: str) -> None:
+    """Run a shell ``script`` planned by a remote-builders task (POSIX sh; no secret in it)."""
+    hctx.run(script, what=what)
+
+
+def script_change(
+    host: str, task: str, description: str, script: str, what: str, phase: int, requires: tuple[str, ...] = ()
+) -> Change:
+    """A change running ``script`` on ``host`` through :func:`run_script`."""
+    return Change(
+        host,
+        task,
+        description,
+        op="remote_builders.run",
+        args={"script": script, "what": what},
+        phase=phase,
+        requires=requires,
+        action="run",
+    )
+
+
+PHASE_STORE, PHASE_BUILDER, PHASE_CLIENT, PHASE_REVOKE = 0, 1, 2, 3
+"""Phases of ``remote_builders.setup`` (see its module docstring)."""
+
+
+def tag(changes: list[Change], why: str, phase: int, requires: tuple[str, ...] = ()) -> list[Change]:
+    """Give file changes their reason, phase and prerequisites."""
+    for change in changes:
+        change.description = REDACTOR.redact(f"{change.description}: {why}")
+        change.phase = phase
+        change.requires = requires
+    return changes
+
+
+def restart_daemon(
+    hctx: HostContext, task: str, setting: str, phase: int, requires: tuple[str, ...]
+) -> list[Change]:
+    """A nix-daemon restart after a nix.conf change, on hosts run by systemd.
+
+    The daemon reads nix.conf only when it starts, and it is the daemon that
+    trusts users and dispatches builds for non-root users. ``try-restart``
+    leaves a stopped daemon stopped. Without systemd (the lab), root's Nix
+    opens the store itself and reads nix.conf on every command.
+    """
+    if not hctx.facts.get("systemd"):
+        return []
+    return [
+        script_change(
+            hctx.name,
+            task,
+            f"restart nix-daemon ({setting} changed)",
+            "systemctl try-restart nix-daemon.service",
+            "restart nix-daemon",
+            phase,
+            requires,
+        )
+    ]
 
 
 def home_command(user: str) -> str:

@@ -1,23 +1,38 @@
 """Client builder keys: one ssh-ed25519 key pair per client, private half in sops.
 
 The private key exists in three places only: the sops file (encrypted), the
-client's 0600 key file (or sops-nix's ``/run/secrets``), and this process's
-memory as a :class:`~infratool.secrets.secret.Secret`. It is stored in sops *before*
-it is installed anywhere, so a crash can never leave a key in use that
-exists nowhere else.
+client's 0600 key file (or sops-nix's ``/run/secrets``), and a plan: in
+memory as a :class:`~infratool.secrets.secret.Secret`, sealed with sops in a
+saved plan file. A new key is generated while planning, so the public key a
+plan shows is the one installed. It is stored in sops *before* it is
+installed anywhere, so a crash can never leave a key in use that exists
+nowhere else.
+
+Each key's age and generation are recorded in the one rotation state file
+(``secrets/.rotation-state.yaml``) as ``builder-key/<client>``. A rotation
+keeps the next key at :func:`~infratool.tasks.remote_builders.spec.pending_secret_key`
+until the rotation engine promotes it (:mod:`.rotation`).
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
-from infratool.errors import InputError
+from infratool.changes import action
+from infratool.context import LocalContext
+from infratool.errors import InputError, SecretsError
+from infratool.rotation import state
+from infratool.rotation.state import SecretState
 from infratool.secrets import generators
 from infratool.secrets.secret import Secret
 from infratool.secrets.store import SopsStore
-from infratool.tasks.remote_builders.filetext import marker
-from infratool.tasks.remote_builders.spec import SECRETS_FILE, secret_key
+from infratool.tasks.remote_builders.filetext import key_blob, marker
+from infratool.tasks.remote_builders.spec import SECRETS_FILE, pending_secret_key, secret_key
+
+KIND = "builder-key"
+"""The rotation kind of a client's builder key (its entries in the state file are ``builder-key/<client>``)."""
 
 
 @dataclass(frozen=True)
@@ -44,22 +59,25 @@ def new_key(client: str) -> ClientKey:
     return ClientKey(client, made.value, made.public, fresh=True)
 
 
-def stored_key(store: SopsStore, client: str, values: dict[str, Secret] | None = None) -> ClientKey | None:
-    """``client``'s key as stored in sops, or None when there is none yet.
+def stored_key(
+    store: SopsStore, client: str, values: dict[str, Secret] | None = None, pending: bool = False
+) -> ClientKey | None:
+    """``client``'s key as stored in sops (``pending``: the next key of a rotation), or None.
 
     ``values`` is the already-read content of the secrets file (one sops call
     per run). A value that is not an ed25519 key is an InputError naming the key.
     """
     if values is None:
         values = store.read(SECRETS_FILE, missing_ok=True)
-    private = values.get(secret_key(client))
+    name = pending_secret_key(client) if pending else secret_key(client)
+    private = values.get(name)
     if private is None:
         return None
     try:
         public = generators.public_from_private(private)
     except InputError as exc:
         raise InputError(
-            f"{secret_key(client)} is not a usable ssh-ed25519 key: {exc.message}",
+            f"{name} is not a usable ssh-ed25519 key: {exc.message}",
             file=store.display(SECRETS_FILE),
         ) from None
     return ClientKey(client, private, public)
@@ -70,14 +88,35 @@ def store_key(store: SopsStore, key: ClientKey) -> None:
     store.write(SECRETS_FILE, {secret_key(key.client): key.private})
 
 
-def rotate_client_key(store: SopsStore, client: str) -> str:
-    """Generate and store a new builder key for ``client``; return its public key line.
+def key_state(secrets_dir: Path, client: str) -> SecretState:
+    """The recorded age and generation of ``client``'s builder key (never recorded: an empty record)."""
+    return state.load_dir(secrets_dir).rotations.get(state.key(KIND, client)) or SecretState()
 
-    Only the stored key changes here. The next run of the remote-builders
-    playbook sees the stored key differ from the installed one: it authorizes
-    the new key on the builders, installs it on the client, then revokes the
-    old one. (This is the hook for ``infratool secrets rotate``.)
+
+def record_stored(secrets_dir: Path, client: str, result: str) -> None:
+    """Record that a new key of ``client`` is stored now: generation + 1, age 0."""
+    with state.locked(state.state_path(secrets_dir)) as current:
+        current.get(state.key(KIND, client)).promoted(result=result)
+
+
+@action("remote_builders.store_key")
+def store_planned_key(local: LocalContext, client: str, private: Secret) -> None:
+    """Store ``client``'s first key, generated when the plan was made (the one it shows).
+
+    Applying the same plan twice stores once. A plan made before someone else
+    stored another key refuses instead of overwriting a key that may already
+    be installed. (A key that replaces another goes through the rotation
+    engine instead: :mod:`.rotation`.)
     """
-    key = new_key(client)
-    store_key(store, key)
-    return key.public
+    store = SopsStore(local.root / "secrets")
+    current = stored_key(store, client)
+    wanted = key_blob(generators.public_from_private(private))
+    if current is not None and key_blob(current.public) == wanted:
+        return  # already stored (a re-applied plan)
+    if current is not None:
+        raise SecretsError(
+            f"{secret_key(client)} appeared in {SECRETS_FILE} since this plan was made; plan again"
+        )
+    # Stored (encrypted) before any host hears of it: a crash cannot lose it.
+    store_key(store, ClientKey(client, private, wanted))
+    record_stored(store.repo, client, "generated")

@@ -14,7 +14,7 @@ from typing import Any
 
 from infratool.inventory import Host, Inventory
 from infratool.tasks.base import Param, Source
-from infratool.tasks.files import check_abs_path
+from infratool.tasks.lib.checks import check_abs_path
 
 SECRETS_FILE = "remote-builders.yaml"
 """The sops file holding every client's builder key, relative to ``<flake>/secrets``."""
@@ -65,6 +65,11 @@ BUILDER_KEYS = (
 def secret_key(client: str) -> str:
     """The sops key path (``a/b/c``) of ``client``'s private builder key."""
     return f"remote-builders/{client}/ssh_key"
+
+
+def pending_secret_key(client: str) -> str:
+    """Where a rotation keeps ``client``'s next key until it is installed and the old one revoked."""
+    return f"remote-builders/{client}/next_ssh_key"
 
 
 def nixos_key_path(client: str) -> str:

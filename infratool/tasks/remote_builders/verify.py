@@ -11,7 +11,13 @@ From each client, for each builder:
    build remotely. With several builders, each one Nix did not pick gets a
    build through its own installed line (``--builders '<line>'``).
 3. ``nix-store --check-validity OUT`` on the builder: the output exists in the
-   builder's own store, so the build really ran there.
+   builder's own store, so the build really ran there. The ``remote_builders.check``
+   action has only the client's connection (a saved plan applies each change
+   on its own host): it asks the builder's store from the client instead,
+   ``nix path-info --store URI?ssh-key=KEY OUT``, through the same pinned login.
+
+The checks take builders as :class:`BuilderRef` data (name, store URI, build
+system, features), so a check change carries them in its args.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from __future__ import annotations
 import secrets
 import shlex
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from infratool import nixgen
 from infratool.context import HostContext
@@ -30,7 +38,36 @@ PING_TIMEOUT = 60.0
 BUILD_TIMEOUT = 300.0
 
 
-def check_derivation(builder: Builder, nonce: str) -> str:
+@dataclass(frozen=True)
+class BuilderRef:
+    """What a check needs to know of a builder: plain data (a check change's args hold it)."""
+
+    name: str
+    uri: str
+    """The store URI clients use (``ssh-ng://user@infratool-builder-<name>``)."""
+    system: str
+    """The system its check derivation is built for."""
+    features: tuple[str, ...] = ()
+    """Its mandatory features (the derivation must require them to be built there)."""
+
+    @classmethod
+    def of(cls, builder: Builder, protocol: str) -> BuilderRef:
+        """The reference to ``builder`` reached over ``protocol``."""
+        return cls(
+            builder.name, store_uri(protocol, builder), builder.build_system, builder.mandatory_features
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for a change's args."""
+        return {**asdict(self), "features": list(self.features)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BuilderRef:
+        """Back from :meth:`to_dict`."""
+        return cls(data["name"], data["uri"], data["system"], tuple(data.get("features") or ()))
+
+
+def check_derivation(builder: Builder | BuilderRef, nonce: str) -> str:
     """A tiny derivation only ``builder`` can build: /bin/sh writes the build host's name.
 
     Builders may have an empty PATH and only ``/bin/sh``, hence ``read``
@@ -39,10 +76,12 @@ def check_derivation(builder: Builder, nonce: str) -> str:
     script = "read h < /proc/sys/kernel/hostname; echo $h > $out"
     attrs = {
         "name": f"infratool-rb-check-{nonce}",
-        "system": builder.build_system,
+        "system": builder.system if isinstance(builder, BuilderRef) else builder.build_system,
         "builder": "/bin/sh",
         "args": ["-c", script],
-        "requiredSystemFeatures": list(builder.mandatory_features),
+        "requiredSystemFeatures": list(
+            builder.features if isinstance(builder, BuilderRef) else builder.mandatory_features
+        ),
     }
     return f"derivation {nixgen.to_nix(attrs)}"
 
@@ -61,9 +100,8 @@ def _last_line(text: str) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
-def _ping(cctx: HostContext, client: Host, builder: Builder, topo: Topology) -> str | None:
-    uri = store_uri(topo.protocol, builder)
-    key = topo.client_key_path(client)
+def _ping(cctx: HostContext, key: str, builder: BuilderRef) -> str | None:
+    uri = builder.uri
     ping = cctx.run(
         "nix --extra-experimental-features nix-command store ping --store "
         + shlex.quote(f"{uri}?ssh-key={key}"),
@@ -74,7 +112,7 @@ def _ping(cctx: HostContext, client: Host, builder: Builder, topo: Topology) -> 
     return None if ping.ok else f"nix store ping {uri} with {key} failed: {_last_line(ping.stderr)}"
 
 
-def _build(cctx: HostContext, builder: Builder, line: str | None) -> tuple[str | None, str | None]:
+def _build(cctx: HostContext, builder: BuilderRef, line: str | None) -> tuple[str | None, str | None]:
     """Build a fresh derivation with no local slots; ``(output path, problem)``.
 
     ``line`` None builds through the client's installed configuration
@@ -94,7 +132,11 @@ def _build(cctx: HostContext, builder: Builder, line: str | None) -> tuple[str |
     return _last_line(built.stdout), None
 
 
-def _built_on(out: str, builders: list[tuple[Builder, HostContext | None]]) -> list[str]:
+Where = HostContext | None
+"""How to ask a builder's store: its own connection, or (None) through the client's pinned login."""
+
+
+def _built_on(cctx: HostContext, key: str, out: str, builders: list[tuple[BuilderRef, Where]]) -> list[str]:
     """The builders whose own store holds ``out`` (where the build ran)."""
     found = []
     for builder, bctx in builders:
@@ -102,47 +144,68 @@ def _built_on(out: str, builders: list[tuple[Builder, HostContext | None]]) -> l
             res = bctx.run(
                 f"nix-store --check-validity {shlex.quote(out)}", check=False, what="check the build"
             )
-            if res.ok:
-                found.append(builder.name)
+        else:
+            res = cctx.run(
+                "nix --extra-experimental-features nix-command path-info --store "
+                + shlex.quote(f"{builder.uri}?ssh-key={key}")
+                + f" {shlex.quote(out)}",
+                check=False,
+                what=f"look for the build in {builder.name}'s store",
+                timeout=PING_TIMEOUT,
+            )
+        if res.ok:
+            found.append(builder.name)
     return found
 
 
-def check_client(
-    cctx: HostContext, client: Host, builders: list[tuple[Builder, HostContext | None]], topo: Topology
-) -> list[str]:
-    """Problems found checking that ``client`` builds on ``builders`` (empty: it works).
+def check_builds(
+    cctx: HostContext, key: str, builders: list[tuple[BuilderRef, Where]]
+) -> tuple[list[str], list[str]]:
+    """``(problems, proofs)`` of checking that the client ``cctx`` builds on ``builders``.
 
-    Every builder is pinged. One build goes through the installed
-    configuration as is; with several builders, Nix picks one, so each
-    builder it did not pick also gets a build through its own installed line.
+    Every builder is pinged with the client's ``key``. One build goes
+    through the installed configuration as is; with several builders, Nix
+    picks one, so each builder it did not pick also gets a build through its
+    own installed line. A proof reads "built /nix/store/… on snix".
     """
-    problems = [p for b, _ in builders if (p := _ping(cctx, client, b, topo))]
+    problems = [p for b, _ in builders if (p := _ping(cctx, key, b))]
     machines = (cctx.read_file(MACHINES) or b"").decode(errors="replace")
     lines: dict[str, str] = {}
     for builder, _ in builders:
-        line = installed_line(machines, store_uri(topo.protocol, builder))
+        line = installed_line(machines, builder.uri)
         if line is None:
-            problems.append(f"{MACHINES} has no line for {store_uri(topo.protocol, builder)}")
+            problems.append(f"{MACHINES} has no line for {builder.uri}")
         else:
             lines[builder.name] = line
     if not builders or problems:
-        return problems
+        return problems, []
     first, _ = builders[0]
     out, problem = _build(cctx, first, None)
     if problem or out is None:
-        return [*problems, problem or "no build output"]
-    proven = set(_built_on(out, builders))
+        return [*problems, problem or "no build output"], []
+    proven = _built_on(cctx, key, out, builders)
     if not proven:
-        return [*problems, f"{out} is in no builder's store: the build did not run on a builder"]
+        return [*problems, f"{out} is in no builder's store: the build did not run on a builder"], []
+    proofs = [f"built {out} on {name}" for name in proven]
     for builder, bctx in builders:
         if builder.name in proven:
             continue
         out, problem = _build(cctx, builder, lines[builder.name])
         if problem or out is None:
             problems.append(f"{builder.name}: {problem}")
-        elif not _built_on(out, [(builder, bctx)]):
+        elif not _built_on(cctx, key, out, [(builder, bctx)]):
             problems.append(f"{out} is not in {builder.name}'s store: the build did not run there")
-    return problems
+        else:
+            proofs.append(f"built {out} on {builder.name}")
+    return problems, proofs
+
+
+def check_client(
+    cctx: HostContext, client: Host, builders: list[tuple[Builder, HostContext | None]], topo: Topology
+) -> list[str]:
+    """Problems found checking that ``client`` builds on ``builders`` (empty: it works)."""
+    refs = [(BuilderRef.of(b, topo.protocol), bctx) for b, bctx in builders]
+    return check_builds(cctx, topo.client_key_path(client), refs)[0]
 
 
 def check_clients(

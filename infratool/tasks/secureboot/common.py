@@ -1,26 +1,32 @@
-"""What every Secure Boot task shares: its facts, a per-host plan loop, and per-run state.
+"""What every Secure Boot task shares: its facts, per-host planning, and per-run state.
 
-Tasks here are plain :class:`Task` s that loop over their hosts one by one:
-planning is pure computation over facts plus a sops read per host, and the
-sops store is not meant to be shared between threads. A host that cannot be
-planned (no sbctl, no keys, a refusal) is reported with
-:meth:`PlanContext.fail` and the other hosts go on.
+Tasks here are :class:`HostTask` s: the runner plans their hosts in parallel,
+and an unexpected exception fails only the host being planned. Planning is
+computation over facts plus a sops read per host; the sops store is not
+meant to be shared between threads, so every read of it goes through
+:func:`read_backup` (or :func:`with_store`), one at a time. A host that cannot
+be planned (no sbctl, no keys, a refusal) is reported with
+:meth:`PlanContext.fail`, so the host stays for the later tasks of the run
+(the lanzaboote module is what installs sbctl).
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from infratool.changes import Change
 from infratool.context import HostContext
-from infratool.errors import InfratoolError, RefusedError
+from infratool.errors import InfratoolError, InputError, RefusedError
 from infratool.facts import FactRequest
 from infratool.inventory import Host
 from infratool.secrets.secret import REDACTOR
 from infratool.secrets.store import SopsStore
-from infratool.tasks.base import Param, PlanContext, Task
-from infratool.tasks.files import check_abs_path
+from infratool.tasks.base import HostTask, Param, PlanContext
+from infratool.tasks.lib.checks import check_abs_path
 from infratool.tasks.secureboot import backupfile
 from infratool.tasks.secureboot.hostinfo import (
     MIN_VERSION,
@@ -51,12 +57,6 @@ class RunState:
     """Hosts whose keys this run creates → the directory sbctl creates them in."""
     planned_backups: set[str] = field(default_factory=set)
     """Hosts whose backup this run (re)writes."""
-    proven: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
-    """Hosts whose backup was written and decrypted again in this run → (directory, file hashes)."""
-    restored: dict[str, str] = field(default_factory=dict)
-    """Hosts a restore in this run writes to → the directory it writes into."""
-    reports: dict[str, object] = field(default_factory=dict)
-    """``secureboot.status`` reports by host (read by ``infratool secureboot status``)."""
 
 
 def run_state(ctx: PlanContext) -> RunState:
@@ -67,8 +67,25 @@ def run_state(ctx: PlanContext) -> RunState:
     return state
 
 
-class SecureBootTask(Task):
-    """Base of the Secure Boot tasks: facts, and a plan loop that keeps failures per host."""
+_STORE_LOCK = threading.Lock()
+"""One sops read at a time while hosts are planned in parallel (see the module docstring)."""
+
+
+@contextmanager
+def with_store(ctx: PlanContext) -> Iterator[SopsStore]:
+    """The run's sops store, held by this thread alone until the block ends."""
+    with _STORE_LOCK:
+        yield ctx.secrets()
+
+
+def read_backup(ctx: PlanContext, host: str) -> backupfile.Backup | None:
+    """The host's backup from the run's store (see :func:`load_backup`), one reader at a time."""
+    with with_store(ctx) as store:
+        return load_backup(store, host)
+
+
+class SecureBootTask(HostTask):
+    """Base of the Secure Boot tasks: facts, and per-host planning that keeps refusals per host."""
 
     uses_bundle_param: ClassVar[bool] = False
 
@@ -81,17 +98,23 @@ class SecureBootTask(Task):
         extra = self.args.get("pki_bundle") if self.uses_bundle_param else None
         return HostView.of(host.name, host.facts, extra)
 
-    def plan(self, ctx: PlanContext) -> list[Change]:
-        changes: list[Change] = []
-        for host in ctx.hosts.values():
-            try:
-                changes += self.plan_one(host, ctx)
-            except InfratoolError as exc:
-                ctx.fail(host.name, REDACTOR.redact(str(exc)).removeprefix(f"{host.name}: "))
-        return changes
+    def plan_host(self, host: HostContext, ctx: PlanContext) -> list[Change]:
+        """The changes for one host; a refusal (any InfratoolError but bad input) fails just this host.
 
-    def plan_one(self, host: HostContext, ctx: PlanContext) -> list[Change]:
-        """The changes for one host (raise an InfratoolError to fail just this host)."""
+        The failure is reported with :meth:`PlanContext.fail` rather than
+        raised, so the host stays planned for the run's later tasks; any other
+        exception reaches the runner, which fails this host only.
+        """
+        try:
+            return self.changes_for(host, ctx)
+        except InputError:
+            raise  # no usable age identity and the like: the whole run stops once (exit 3)
+        except InfratoolError as exc:
+            ctx.fail(host.name, REDACTOR.redact(str(exc)).removeprefix(f"{host.name}: "))
+            return []
+
+    def changes_for(self, host: HostContext, ctx: PlanContext) -> list[Change]:
+        """The changes for one host (raise an InfratoolError to refuse this host)."""
         raise NotImplementedError
 
 
@@ -101,8 +124,18 @@ def require_sbctl(view: HostView) -> None:
         raise RefusedError(SBCTL_MISSING)
 
 
+def host_store(h: HostContext) -> SopsStore:
+    """A sops store of its own for an action on ``h``: the flake repo's, from the inventory entry.
+
+    Actions get only their host's context, and a saved plan is applied by a
+    fresh process; the host's ``flake`` says where the repo is. Stores are
+    not shared between threads, so each action opens its own.
+    """
+    return SopsStore(h.host.flake / "secrets")
+
+
 def fresh_store(ctx: PlanContext) -> SopsStore:
-    """A sops store of its own, for an apply step (stores are not shared between threads)."""
+    """A sops store of its own, for a verify step (stores are not shared between threads)."""
     return SopsStore(ctx.local.root / "secrets")
 
 

@@ -37,15 +37,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
 
-from infratool.changes import Change
+from infratool.changes import Change, action
 from infratool.context import HostContext
 from infratool.errors import CommandFailed, RefusedError
-from infratool.inventory import Inventory
-from infratool.tasks.base import Param, PlanContext, Source, register
+from infratool.tasks.base import Param, PlanContext, register
 from infratool.tasks.secureboot import backupfile, report
-from infratool.tasks.secureboot.common import SecureBootTask, fresh_store, load_backup, require_sbctl
+from infratool.tasks.secureboot.common import SecureBootTask, host_store, read_backup, require_sbctl
 from infratool.tasks.secureboot.hostinfo import (
     LIST_ENROLLED,
     MIN_VERSION,
@@ -132,11 +130,6 @@ class Enroll(SecureBootTask):
         ),
     }
 
-    def __init__(self, args: dict[str, Any], source: Source, inventory: Inventory) -> None:
-        super().__init__(args, source, inventory)
-        self._expected: dict[str, dict[str, str]] = {}
-        """host → {variable: SHA-256 of the DER certificate we enroll}, for verify()."""
-
     def validate(self) -> None:
         for i, var in enumerate(self.args["firmware_builtin"]):
             if var not in BUILTIN_VARS:
@@ -165,14 +158,9 @@ class Enroll(SecureBootTask):
             self.args["microsoft"], self.args["tpm_eventlog"], self.args["firmware_builtin"]
         )
 
-    def plan(self, ctx: PlanContext) -> list[Change]:
+    def changes_for(self, host: HostContext, ctx: PlanContext) -> list[Change]:
         if ctx.options.unattended:
-            for name in ctx.hosts:
-                ctx.fail(name, UNATTENDED)
-            return []
-        return super().plan(ctx)
-
-    def plan_one(self, host: HostContext, ctx: PlanContext) -> list[Change]:
+            raise RefusedError(UNATTENDED)
         view = self.view(host)
         require_sbctl(view)
         sb = view.sbctl
@@ -189,7 +177,7 @@ class Enroll(SecureBootTask):
                 "enrollment refused: sbctl sees no keys (create them with secureboot.create_keys, or "
                 "restore them)"
             )
-        backup = load_backup(ctx.secrets(), host.name)
+        backup = read_backup(ctx, host.name)
         if not sb.setup_mode and (_enrolled_here(backup, bundle) or _pk_is_ours(view, bundle)):
             return []  # these keys are enrolled already: converged
         if sb.version is None:
@@ -219,23 +207,17 @@ class Enroll(SecureBootTask):
     def _change(self, host: HostContext, view: HostView, bundle: Bundle, ctx: PlanContext) -> Change:
         microsoft = self.args["microsoft"]
         command = self.command()
-        expected = bundle.hashes()
-        self._expected[host.name] = {v: c.sha256 for v, c in bundle.certs.items()}
-
-        def apply(h: HostContext) -> None:
-            _recheck(h, bundle.directory, expected)
-            res = h.run(command, check=False, what=command)
-            if not res.ok:
-                raise CommandFailed(h.name, command, res.exited, error_line(res.stdout, res.stderr))
-            store = fresh_store(ctx)
-            record = backupfile.enrollment_record(backupfile.pk_digest(expected), microsoft)
-            store.write(backupfile.backup_file(h.name), {backupfile.ENROLLED: record})
-
         return Change(
             host.name,
             self.name,
             f"ENROLL Secure Boot keys into {host.name}'s UEFI firmware: `{command}`",
-            apply,
+            op="secureboot.enroll",
+            args={
+                "command": command,
+                "directory": bundle.directory,
+                "expected": bundle.hashes(),
+                "microsoft": microsoft,
+            },
             diff=firmware_statement(
                 view, bundle, microsoft, self.args["tpm_eventlog"], self.args["firmware_builtin"]
             ),
@@ -248,12 +230,21 @@ class Enroll(SecureBootTask):
             h = ctx.hosts.get(name)
             if h is None:
                 continue
-            problem = self._check_firmware(h)
+            problem = self._check_firmware(h, self._expected_certs(h))
             if problem:
                 failures[name] = problem
         return failures
 
-    def _check_firmware(self, h: HostContext) -> str | None:
+    def _expected_certs(self, h: HostContext) -> dict[str, str]:
+        """{variable: SHA-256 of the DER certificate enrolled}: this host's keys, from its facts.
+
+        Enrollment does not touch the key files, so the facts gathered for
+        the run say what was enrolled, in a fresh process as in the planning one.
+        """
+        bundle = self.view(h).keys()
+        return {v: c.sha256 for v, c in bundle.certs.items()} if bundle is not None else {}
+
+    def _check_firmware(self, h: HostContext, expected: dict[str, str]) -> str | None:
         """What the firmware holds after enrollment, read back with sbctl (None: as planned)."""
         try:
             status = json.loads(h.run("sbctl status --json", what="sbctl status").stdout)
@@ -266,7 +257,6 @@ class Enroll(SecureBootTask):
         if enrolled is None:
             return "sbctl list-enrolled-keys --json printed no certificates after enrollment"
         found = {v: [hashlib.sha256(d).hexdigest() for d in enrolled[v]] for v in VARIABLES}
-        expected = self._expected.get(h.name, {})
         if expected.get("PK") and found["PK"] != [expected["PK"]]:
             got = ", ".join(backupfile.short(d) for d in found["PK"]) or "nothing"
             return (
@@ -284,6 +274,31 @@ class Enroll(SecureBootTask):
             if missing:
                 return f"Microsoft's {', '.join(missing)} missing from the firmware after --microsoft"
         return None
+
+
+@action("secureboot.enroll")
+def enroll_keys(
+    h: HostContext, command: str, directory: str, expected: dict[str, str], microsoft: bool
+) -> None:
+    """Re-check Setup Mode and the keys, run ``command`` (sbctl enroll-keys), record the enrollment."""
+    if not _is_enroll_command(command):
+        raise RefusedError(f"not an enrollment command: {command!r}")  # a plan file is data: check it
+    _recheck(h, directory, expected)
+    res = h.run(command, check=False, what=command)
+    if not res.ok:
+        raise CommandFailed(h.name, command, res.exited, error_line(res.stdout, res.stderr))
+    record = backupfile.enrollment_record(backupfile.pk_digest(expected), microsoft)
+    host_store(h).write(backupfile.backup_file(h.name), {backupfile.ENROLLED: record})
+
+
+def _is_enroll_command(command: str) -> bool:
+    """Whether ``command`` is one :func:`enroll_command` makes (and nothing else)."""
+    words = command.split(" ")
+    allowed = {"--ignore-immutable", "--microsoft", "--tpm-eventlog"}
+    builtin = {"--firmware-builtin=" + ",".join(v) for v in (("db",), ("KEK",), ("db", "KEK"))}
+    return words[:3] == ["sbctl", "enroll-keys", "--ignore-immutable"] and all(
+        w in allowed or w in builtin for w in words[3:]
+    )
 
 
 def _version(h: HostContext) -> tuple[int, ...] | None:

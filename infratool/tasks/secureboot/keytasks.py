@@ -7,19 +7,21 @@ backup change: read into memory as :class:`Secret` s, written to sops
 
 from __future__ import annotations
 
-from infratool.changes import Change
+from infratool.changes import Change, action
 from infratool.context import HostContext
 from infratool.errors import InfratoolError, RefusedError, VerifyError
 from infratool.secrets.store import SopsStore
 from infratool.tasks.base import Param, PlanContext, register
-from infratool.tasks.files import check_abs_path
+from infratool.tasks.lib.checks import check_abs_path
 from infratool.tasks.secureboot import backupfile, report
 from infratool.tasks.secureboot.common import (
     PKI_BUNDLE,
     SBCTL_MISSING,
     SecureBootTask,
     fresh_store,
+    host_store,
     load_backup,
+    read_backup,
     require_sbctl,
     restore_dir,
     run_state,
@@ -37,16 +39,23 @@ from infratool.tasks.secureboot.keyfiles import (
 
 @register
 class Status(SecureBootTask):
-    """Readiness report per host; plans nothing (``infratool secureboot status`` shows it)."""
+    """Readiness report per host; plans nothing (``infratool secureboot status`` shows it).
+
+    The report goes out through :meth:`PlanContext.report`: the plan carries
+    it, as data, to whoever shows it (the CLI's table, ``--json``).
+    """
 
     name = "secureboot.status"
     summary = "Secure Boot readiness per host (sbctl status/verify, keys, backup); changes nothing"
     params = {"pki_bundle": PKI_BUNDLE}
     uses_bundle_param = True
 
-    def plan_one(self, host: HostContext, ctx: PlanContext) -> list[Change]:
-        view = self.view(host)
-        run_state(ctx).reports[host.name] = report.build(view, ctx.secrets(), self.args["pki_bundle"])
+    def changes_for(self, host: HostContext, ctx: PlanContext) -> list[Change]:
+        # A store of its own, without the run's identity check: a report reads
+        # backups and changes nothing, so a missing age key is something it
+        # reports (backup-unreadable), not a reason to stop.
+        built = report.build(self.view(host), fresh_store(ctx), self.args["pki_bundle"])
+        ctx.report(host.name, built.to_dict())
         return []
 
 
@@ -69,7 +78,7 @@ class CreateKeys(SecureBootTask):
     summary = "create Secure Boot keys with sbctl on hosts that have none (never overwrites)"
     params = {}
 
-    def plan_one(self, host: HostContext, ctx: PlanContext) -> list[Change]:
+    def changes_for(self, host: HostContext, ctx: PlanContext) -> list[Change]:
         view = self.view(host)
         require_sbctl(view)
         if view.keys() is not None:
@@ -77,7 +86,7 @@ class CreateKeys(SecureBootTask):
         problem = _incomplete(view)
         if problem:
             raise problem
-        if load_backup(ctx.secrets(), host.name) is not None:
+        if read_backup(ctx, host.name) is not None:
             # After a reinstall the firmware may trust the backed-up keys: new
             # keys would sign boot files it rejects. Restore; never replace.
             raise RefusedError(
@@ -92,20 +101,13 @@ class CreateKeys(SecureBootTask):
             + ("  (private, 0400, never leaves the host unencrypted)" if f.endswith(".key") else "")
             for f in ("GUID", *KEY_FILES)
         )
-
-        def apply(h: HostContext) -> None:
-            h.run("sbctl create-keys", what="sbctl create-keys")
-            found = host_hashes(h, directory, list(KEY_FILES))
-            missing = [f for f in KEY_FILES if f not in found]
-            if missing:
-                raise VerifyError(f"sbctl create-keys left no {', '.join(missing)} in {directory}")
-
         return [
             Change(
                 host.name,
                 self.name,
                 f"create Secure Boot keys (PK, KEK, db: RSA-4096) with `sbctl create-keys` in {directory}",
-                apply,
+                op="secureboot.create_keys",
+                args={"directory": directory},
                 diff=diff,
                 action="create",
             )
@@ -128,11 +130,11 @@ class Backup(SecureBootTask):
     }
     uses_bundle_param = True
 
-    def plan_one(self, host: HostContext, ctx: PlanContext) -> list[Change]:
+    def changes_for(self, host: HostContext, ctx: PlanContext) -> list[Change]:
         view = self.view(host)
         state = run_state(ctx)
         bundle = view.keys(self.args["pki_bundle"])
-        old = load_backup(ctx.secrets(), host.name)
+        old = read_backup(ctx, host.name)
         shown = backupfile.shown_file(host.name)
         expected: dict[str, str] | None
         moved = ""
@@ -171,43 +173,53 @@ class Backup(SecureBootTask):
             return []  # no keys yet: nothing to back up (status says "needs-keys")
         state.planned_backups.add(host.name)
         repo = ctx.local.root / "secrets"
-
-        def apply(h: HostContext) -> None:
-            state.proven[h.name] = self._write(h, fresh_store(ctx), directory, expected)
-
         return [
             Change(
                 host.name,
                 self.name,
                 f"back up {directory} into {shown} (sops-encrypted to the recipients of "
                 f"{repo.name}/.sops.yaml), then decrypt it again to prove the copy",
-                apply,
+                op="secureboot.backup",
+                args={"directory": directory, "expected": expected},
                 diff="\n".join(lines),
                 action="create" if old is None else "update",
             )
         ]
 
-    @staticmethod
-    def _write(
-        h: HostContext, store: SopsStore, directory: str, expected: dict[str, str] | None
-    ) -> tuple[str, dict[str, str]]:
-        """Read the keys, write the backup, decrypt it again; returns what was proven."""
-        files = read_bundle(h, directory)
-        got = {p: f.sha256 for p, f in files.items()}
-        if expected is not None and got != expected:
-            raise RefusedError(f"the keys in {directory} changed since the plan; plan again")
-        missing = [k for k in KEY_FILES if k not in files]
-        if missing:
-            raise RefusedError(f"{directory} has no {', '.join(missing)}: nothing complete to back up")
-        old = load_backup(store, h.name)
-        target = backupfile.backup_file(h.name)
-        store.path(target).parent.mkdir(parents=True, exist_ok=True)  # the store writes files, not dirs
-        store.write(target, backupfile.values_for(h.name, directory, files, old))
-        _prove(h.name, directory, got, store)
-        return directory, got
-
     def verify(self, ctx: PlanContext, changed: set[str]) -> dict[str, str]:
         return _verify_backups(ctx, changed, self.args["pki_bundle"])
+
+
+@action("secureboot.create_keys")
+def create_keys(h: HostContext, directory: str) -> None:
+    """``sbctl create-keys``, then prove every key file landed in ``directory``."""
+    h.run("sbctl create-keys", what="sbctl create-keys")
+    found = host_hashes(h, directory, list(KEY_FILES))
+    missing = [f for f in KEY_FILES if f not in found]
+    if missing:
+        raise VerifyError(f"sbctl create-keys left no {', '.join(missing)} in {directory}")
+
+
+@action("secureboot.backup")
+def write_backup(h: HostContext, directory: str, expected: dict[str, str] | None) -> None:
+    """Read the keys in ``directory``, write the host's backup, decrypt it again to prove it.
+
+    ``expected``: the file hashes the plan showed (None when the keys are
+    created by this same run): different keys on the host are refused.
+    """
+    store = host_store(h)
+    files = read_bundle(h, directory)
+    got = {p: f.sha256 for p, f in files.items()}
+    if expected is not None and got != expected:
+        raise RefusedError(f"the keys in {directory} changed since the plan; plan again")
+    missing = [k for k in KEY_FILES if k not in files]
+    if missing:
+        raise RefusedError(f"{directory} has no {', '.join(missing)}: nothing complete to back up")
+    old = load_backup(store, h.name)
+    target = backupfile.backup_file(h.name)
+    store.path(target).parent.mkdir(parents=True, exist_ok=True)  # the store writes files, not dirs
+    store.write(target, backupfile.values_for(h.name, directory, files, old))
+    _prove(h.name, directory, got, store)
 
 
 def _prove(host: str, directory: str, hashes: dict[str, str], store: SopsStore) -> None:
@@ -223,18 +235,11 @@ def _verify_backups(ctx: PlanContext, hosts: set[str], directory: str | None = N
     """host → problem, for hosts whose backup does not match their keys now (in ``directory``)."""
     failures: dict[str, str] = {}
     store = fresh_store(ctx)
-    proven = run_state(ctx).proven
     for name in sorted(hosts):
         h = ctx.hosts.get(name)
         if h is None:
             continue
         try:
-            if name in proven and directory in (None, proven[name][0]):
-                # Decrypted from disk right after writing: only the host side can have moved.
-                where, hashes = proven[name]
-                if host_hashes(h, where, sorted(hashes)) != hashes:
-                    raise VerifyError(f"the keys in {where} changed after the backup")
-                continue
             backup = load_backup(store, name)
             if backup is None:
                 raise VerifyError(f"no backup in {backupfile.shown_file(name)}")
@@ -256,7 +261,7 @@ class CheckBackup(SecureBootTask):
     params = {"pki_bundle": PKI_BUNDLE}
     uses_bundle_param = True
 
-    def plan_one(self, host: HostContext, ctx: PlanContext) -> list[Change]:
+    def changes_for(self, host: HostContext, ctx: PlanContext) -> list[Change]:
         problems = backup_problems(self.view(host), ctx, self.args["pki_bundle"])
         if problems:
             raise RefusedError(problems)
@@ -269,7 +274,7 @@ def backup_problems(view: HostView, ctx: PlanContext, pki_bundle: str | None = N
     shown = backupfile.shown_file(view.name)
     if bundle is None or not bundle.complete:
         return "no Secure Boot keys on the host to compare a backup with"
-    backup = load_backup(ctx.secrets(), view.name)
+    backup = read_backup(ctx, view.name)
     if backup is None:
         return f"no key backup in {shown}: run secureboot.backup first"
     problems = backup.problems_against(bundle.hashes())
@@ -309,9 +314,9 @@ class Restore(SecureBootTask):
             except InfratoolError:
                 continue
 
-    def plan_one(self, host: HostContext, ctx: PlanContext) -> list[Change]:
+    def changes_for(self, host: HostContext, ctx: PlanContext) -> list[Change]:
         shown = backupfile.shown_file(host.name)
-        backup = load_backup(ctx.secrets(), host.name)
+        backup = read_backup(ctx, host.name)
         if backup is None:
             raise RefusedError(f"no key backup for {host.name} in {shown}: nothing to restore")
         damaged = backup.integrity_problems()
@@ -352,18 +357,14 @@ class Restore(SecureBootTask):
         ]
         diff = "\n".join(lines)
 
-        run_state(ctx).restored[host.name] = directory
-
-        def apply(h: HostContext) -> None:
-            write_bundle(h, directory, todo)
-            check_hashes(h, directory, expected)
-
         return [
             Change(
                 host.name,
                 self.name,
                 f"restore {len(todo)} key file(s) from {shown} into {directory} (bit-for-bit, checked by SHA-256)",
-                apply,
+                op="secureboot.restore",
+                # The key material is read again from sops when applied: a saved plan holds hashes only.
+                args={"directory": directory, "paths": [f.path for f in todo], "expected": expected},
                 diff=diff,
                 action="create" if not on_host else "update",
             )
@@ -371,8 +372,26 @@ class Restore(SecureBootTask):
 
     def verify(self, ctx: PlanContext, changed: set[str]) -> dict[str, str]:
         failures: dict[str, str] = {}
+        store = fresh_store(ctx)
         for name in sorted(changed):
-            # Where this run restored to, which may not be the backed-up directory.
-            where = run_state(ctx).restored.get(name) or self.args["pki_bundle"]
+            h = ctx.hosts.get(name)
+            backup = load_backup(store, name) if h is not None else None
+            # Where the restore wrote: the host's sbctl directory, which may not be the backed-up one.
+            where = self.args["pki_bundle"] or (restore_dir(self.view(h), backup) if backup and h else None)
             failures.update(_verify_backups(ctx, {name}, where))
         return failures
+
+
+@action("secureboot.restore")
+def restore_keys(h: HostContext, directory: str, paths: list[str], expected: dict[str, str]) -> None:
+    """Write ``paths`` of the host's backup under ``directory``; prove the whole set bit-for-bit.
+
+    The backup is decrypted again here, so private keys never sit in a plan;
+    ``expected`` (the manifest the plan showed) guards against a backup that
+    changed since.
+    """
+    backup = load_backup(host_store(h), h.name)
+    if backup is None or backup.hashes() != expected or backup.integrity_problems():
+        raise RefusedError(f"{backupfile.shown_file(h.name)} changed since the plan; plan again")
+    write_bundle(h, directory, [backup.files[p] for p in paths])
+    check_hashes(h, directory, expected)

@@ -20,20 +20,22 @@ with how to add the module to each host.
 from __future__ import annotations
 
 import re
+import threading
 
 from infratool import nixgen
 from infratool.changes import Change
 from infratool.context import HostContext
 from infratool.errors import RefusedError
 from infratool.tasks.base import Param, PlanContext, register
-from infratool.tasks.nix_settings import generated_path, local_file_change
-from infratool.tasks.secureboot.common import PKI_BUNDLE, SecureBootTask, load_backup, restore_dir, run_state
+from infratool.tasks.lib.local import generated_path, local_file_change
+from infratool.tasks.secureboot.common import PKI_BUNDLE, SecureBootTask, read_backup, restore_dir, run_state
 from infratool.tasks.secureboot.hostinfo import CANDIDATE_DIRS
 
 LANZABOOTE_URL = "github:nix-community/lanzaboote/v1.0.0"
 """A release tag, as lanzaboote's docs advise (its main branch moves)."""
 FLAKE_SNIPPET = "generated/lanzaboote-flake-input.nix"
 _MODULE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_SNIPPET_LOCK = threading.Lock()
 
 
 def render_module(directory: str) -> str:
@@ -82,12 +84,16 @@ class Lanzaboote(SecureBootTask):
     }
     uses_bundle_param = True
 
-    def plan(self, ctx: PlanContext) -> list[Change]:
-        changes = super().plan(ctx)
-        snippet = render_flake_input(self.args["url"])
-        return changes + local_file_change(ctx.local, self.name, FLAKE_SNIPPET, snippet, deploy=None)
+    def plan_host(self, host: HostContext, ctx: PlanContext) -> list[Change]:
+        # The flake input snippet is one file for all hosts, planned even when this
+        # host is refused: the first host planned writes it; the others then see it
+        # in the plan's overlay and add nothing.
+        with _SNIPPET_LOCK:
+            snippet = render_flake_input(self.args["url"])
+            changes = local_file_change(ctx.local, self.name, FLAKE_SNIPPET, snippet, deploy=None)
+        return changes + super().plan_host(host, ctx)
 
-    def plan_one(self, host: HostContext, ctx: PlanContext) -> list[Change]:
+    def changes_for(self, host: HostContext, ctx: PlanContext) -> list[Change]:
         directory = self.args["pki_bundle"] or self._detect(host, ctx)
         rel = generated_path(host.name, self.args["module"])
         return local_file_change(ctx.local, self.name, rel, render_module(directory), deploy=host.name)
@@ -100,7 +106,7 @@ class Lanzaboote(SecureBootTask):
         planned = run_state(ctx).planned_keys.get(host.name)
         if planned:
             return planned
-        backup = load_backup(ctx.secrets(), host.name)
+        backup = read_backup(ctx, host.name)
         if backup is not None:
             return restore_dir(view, backup)  # the directory a restore brings the keys back to
         raise RefusedError(

@@ -17,7 +17,7 @@ files (sbctl then only says "sbctl has already been migrated!" and stays on
 
 from __future__ import annotations
 
-from infratool.changes import Change
+from infratool.changes import Change, action
 from infratool.context import HostContext
 from infratool.errors import RefusedError, VerifyError
 from infratool.tasks.base import PlanContext, register
@@ -38,7 +38,7 @@ class Migrate(SecureBootTask):
     summary = "sbctl setup --migrate where nixpkgs' sbctl still uses /etc/secureboot (backup required)"
     params = {}
 
-    def plan_one(self, host: HostContext, ctx: PlanContext) -> list[Change]:
+    def changes_for(self, host: HostContext, ctx: PlanContext) -> list[Change]:
         view = self.view(host)
         require_sbctl(view)
         if not view.sbctl.legacy or view.sbctl_dir != LEGACY_DIR:
@@ -68,20 +68,23 @@ class Migrate(SecureBootTask):
             "Then the backup manifest and lanzaboote's pkiBundle must follow: `infratool secureboot migrate` "
             "replans them and shows it.",
         ]
-
-        def apply(h: HostContext) -> None:
-            h.run(COMMAND, what=COMMAND)
-            found = host_hashes(h, SBCTL_DIR, sorted(expected))
-            if found != expected:
-                raise VerifyError(f"after `{COMMAND}`, {SBCTL_DIR} does not hold the keys of {LEGACY_DIR}")
-
         return [
             Change(
                 host.name,
                 self.name,
                 f"move Secure Boot keys {LEGACY_DIR} → {SBCTL_DIR}: `{COMMAND}`",
-                apply,
+                op="secureboot.migrate",
+                args={"expected": expected},
                 diff="\n".join(lines),
                 action="update",
             )
         ]
+
+
+@action("secureboot.migrate")
+def migrate_keys(h: HostContext, expected: dict[str, str]) -> None:
+    """``sbctl setup --migrate``, then prove the keys of the plan arrived in the new directory."""
+    h.run(COMMAND, what=COMMAND)
+    found = host_hashes(h, SBCTL_DIR, sorted(expected))
+    if found != expected:
+        raise VerifyError(f"after `{COMMAND}`, {SBCTL_DIR} does not hold the keys of {LEGACY_DIR}")

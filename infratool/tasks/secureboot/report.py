@@ -8,7 +8,8 @@ Verdicts, in the order the journey meets them (docs/secure-boot.md)::
     keys-unclear         keys are incomplete, or two directories hold different keys
     needs-keys           secureboot.create_keys
     needs-restore        no keys on the host, but a backup of them: infratool secureboot restore
-    needs-backup         secureboot.backup (missing, stale or undecryptable backup)
+    backup-unreadable    a backup exists, but no age identity here can decrypt it: set SOPS_AGE_KEY_FILE
+    needs-backup         secureboot.backup (missing, stale or damaged backup)
     ready-to-enroll      Setup Mode, keys, verified backup: secureboot-enroll.yaml
     needs-setup-mode     User Mode, Secure Boot off: reset to Setup Mode in firmware setup
     reboot-pending       our keys were enrolled; reboot (and switch Secure Boot on)
@@ -38,6 +39,10 @@ NEXT_STEPS = {
     "keys-unclear": "look at the key directories (see detail), then back up or restore",
     "needs-keys": "run playbooks/secureboot.yaml (secureboot.create_keys)",
     "needs-restore": "restore the keys from the backup: infratool secureboot restore {host}",
+    "backup-unreadable": (
+        "backup present, not readable here: set SOPS_AGE_KEY_FILE to an age identity among its "
+        "recipients, then look again"
+    ),
     "needs-backup": "run playbooks/secureboot.yaml (secureboot.backup)",
     "ready-to-enroll": "enroll: infratool secureboot enroll {host} --confirm enroll-secure-boot-keys-on-{host}",
     "needs-setup-mode": "reset Secure Boot to Setup Mode in the firmware setup, then enroll",
@@ -53,7 +58,8 @@ class BackupState:
 
     file: str
     state: str
-    """verified | missing | stale | undecryptable | restorable (keys only in the backup) | no-keys"""
+    """verified | missing | stale | undecryptable (damaged) | unreadable-here (no age identity here
+    among its recipients) | restorable (keys only in the backup) | no-keys"""
     detail: str = ""
 
 
@@ -94,6 +100,14 @@ class HostReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HostReport:
+        """The report again from :meth:`to_dict`'s data (as a plan carries it)."""
+        values = dict(data)
+        if values.get("backup") is not None:
+            values["backup"] = BackupState(**values["backup"])
+        return cls(**values)
 
 
 def unreachable(host: str, message: str) -> HostReport:
@@ -140,11 +154,9 @@ def build(view: HostView, store: SopsStore | None, pki_bundle: str | None = None
     r.verdict = _verdict(r, unclear)
     r.ready = r.verdict == "ready-to-enroll"
     r.next_step = NEXT_STEPS[r.verdict].format(host=view.name)
-    if r.backup.state in ("undecryptable", "stale"):
+    if r.backup.state in ("undecryptable", "unreadable-here", "stale"):
         r.warnings.append(f"backup {r.backup.file} is {r.backup.state}: {r.backup.detail}")
-    if r.verdict == "needs-backup" and r.backup.state == "undecryptable":
-        r.next_step = "make the backup readable: set SOPS_AGE_KEY_FILE to an identity among its recipients"
-    elif r.verdict == "needs-backup" and r.backup.state == "stale":
+    if r.verdict == "needs-backup" and r.backup.state == "stale":
         r.next_step = (
             f"the backup holds other keys: restore them (infratool secureboot restore {view.name}) "
             "or back up these with secureboot.backup replace: true"
@@ -196,7 +208,8 @@ def _backup(
     try:
         backup = backupfile.load(store, host)
     except InfratoolError as exc:
-        return BackupState(shown, "undecryptable", str(exc)), None
+        state = "unreadable-here" if not _readable_here(store, host) else "undecryptable"
+        return BackupState(shown, state, str(exc)), None
     if backup is None:
         return BackupState(shown, "missing" if bundle else "no-keys"), None
     if bundle is None:
@@ -208,6 +221,25 @@ def _backup(
     return BackupState(shown, "verified", f"{len(backup.files)} files ({private} private keys)"), backup
 
 
+def _readable_here(store: SopsStore, host: str) -> bool:
+    """Whether one of the age identities sops finds here is a recipient of the host's backup.
+
+    False says what is true when a backup fails to decrypt for want of a
+    key: it exists, and only this machine cannot read it. Unknown (a key
+    command, unreadable metadata) counts as readable: the error is then the file's.
+    """
+    from infratool.secrets import identity
+
+    ids = identity.discover(store.env)
+    if ids.opaque:
+        return True
+    try:
+        listed = set(store.recipients(backupfile.backup_file(host)))
+    except InfratoolError:
+        return True
+    return bool(ids.recipients & listed) or not listed
+
+
 def _verdict(r: HostReport, unclear: str | None) -> str:
     if not r.sbctl:
         return "sbctl-missing"
@@ -215,6 +247,10 @@ def _verdict(r: HostReport, unclear: str | None) -> str:
         return "no-uefi"
     if unclear:
         return "keys-unclear"
+    if r.backup is not None and r.backup.state == "unreadable-here":
+        # The backup exists; whether it holds these keys (or any that were
+        # enrolled) cannot be told here, so no verdict that depends on it.
+        return "backup-unreadable"
     if not r.keys_present:
         return "needs-restore" if r.backup is not None and r.backup.state == "restorable" else "needs-keys"
     ours = bool(r.enrolled) and r.backup is not None and r.backup.state == "verified"

@@ -189,6 +189,13 @@ def install_sops(host_root: Path) -> None:
     tmp.replace(target)
 
 
+def forget_boot_default(host_root: Path) -> None:
+    """Remove the stand-in boot loader's default, so the host boots as a plain ``os: linux`` host."""
+    link = files.host_path(host_root, f"{BOOT_DIR}/default")
+    if os.path.lexists(link):
+        link.unlink()
+
+
 def switch_script(path: str, action: str = "switch") -> str:
     """The host-side commands that make ``path`` a new generation and switch to it, as a deploy does."""
     return f"nix-env -p {PROFILE} --set {path} && {path}/bin/switch-to-configuration {action}"

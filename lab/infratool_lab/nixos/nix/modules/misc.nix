@@ -7,6 +7,7 @@
 #   system.stateVersion                 nixos/modules/misc/version.nix
 #   assertions, warnings               nixos/modules/misc/assertions.nix
 #   services.openssh.enable             nixos/modules/services/networking/ssh/sshd.nix
+#   system.activationScripts            nixos/modules/system/activation/activation-script.nix
 { lib, ... }:
 let
   inherit (lib) mkOption types;
@@ -76,6 +77,28 @@ in
     # a generation with sshd disabled freezes it (SIGSTOP), so the host stops
     # answering as if sshd were gone; a generation with it enabled thaws it.
     services.openssh.enable = lib.mkEnableOption "the OpenSSH secure shell daemon";
+    # Run by the activation in name order (the lab ignores `deps`); a failing
+    # one fails the switch after the rest has run, as on NixOS.
+    system.activationScripts = mkOption {
+      type = types.attrsOf (
+        types.either types.str (
+          types.submodule {
+            options = {
+              deps = mkOption {
+                type = types.listOf types.str;
+                default = [ ];
+              };
+              text = mkOption { type = types.lines; };
+              supportsDryActivation = mkOption {
+                type = types.bool;
+                default = false;
+              };
+            };
+          }
+        )
+      );
+      default = { };
+    };
     assertions = mkOption {
       type = types.listOf types.unspecified;
       default = [ ];

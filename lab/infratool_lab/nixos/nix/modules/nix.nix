@@ -68,33 +68,30 @@ in
             default = false;
           };
           extra-sandbox-paths = strList;
+          # nixpkgs declares no default and adds cache.nixos.org with mkAfter;
+          # the lab cannot reach it, so the stand-in starts from [ ].
           substituters = strList;
+          require-sigs = mkOption {
+            type = types.bool;
+            default = true;
+          };
           trusted-substituters = strList;
-          trusted-public-keys = mkOption {
-            type = types.listOf types.str;
-            default = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
-          };
-          trusted-users = mkOption {
-            type = types.listOf types.str;
-            default = [ "root" ];
-          };
+          trusted-public-keys = mkOption { type = types.listOf types.str; };
+          trusted-users = mkOption { type = types.listOf types.str; };
           allowed-users = mkOption {
             type = types.listOf types.str;
             default = [ "*" ];
           };
-          system-features = mkOption {
-            type = types.listOf types.str;
-            default = [
-              "nixos-test"
-              "benchmark"
-              "big-parallel"
-              "kvm"
-            ];
-          };
+          system-features = mkOption { type = types.listOf types.str; };
         };
       };
       default = { };
       description = "Configuration for Nix, see nix.conf(5).";
+    };
+    extraOptions = mkOption {
+      type = types.lines;
+      default = "";
+      description = "Additional text appended to nix.conf.";
     };
     distributedBuilds = mkOption {
       type = types.bool;
@@ -149,6 +146,19 @@ in
     };
   };
 
-  # nix-remote-build.nix: without distributed builds, no builders at all.
-  config.nix.settings = lib.mkIf (!config.nix.distributedBuilds) { builders = null; };
+  config.nix.settings = lib.mkMerge [
+    # As nix.nix defines them: plain definitions, so a module's list adds to them.
+    {
+      trusted-public-keys = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
+      trusted-users = [ "root" ];
+      system-features = lib.mkDefault [
+        "nixos-test"
+        "benchmark"
+        "big-parallel"
+        "kvm"
+      ];
+    }
+    # nix-remote-build.nix: without distributed builds, no builders at all.
+    (lib.mkIf (!config.nix.distributedBuilds) { builders = null; })
+  ];
 }

@@ -45,7 +45,8 @@ let
     + "# /etc/nixos/configuration.nix.  Do not edit it!\n"
     + concatStringsSep "" (
       mapAttrsToList (n: v: "${n} = ${confValue v}\n") config.nix.settings
-    );
+    )
+    + config.nix.extraOptions;
 
   machines = concatStringsSep "" (
     map (
@@ -299,6 +300,15 @@ let
         exec = false;
       };
     }
+    // lib.listToAttrs (
+      mapAttrsToList (n: v: {
+        name = "lab/activation.d/${n}";
+        value = {
+          text = if builtins.isString v then v else v.text;
+          exec = false;
+        };
+      }) config.system.activationScripts
+    )
     // lib.optionalAttrs lanzaboote.enable {
       "lab/lanzaboote.json" = {
         text = wouldSign;

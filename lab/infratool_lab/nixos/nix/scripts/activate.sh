@@ -3,8 +3,9 @@
 # toplevel's builder with `systemConfig=<this toplevel>`. POSIX sh,
 # coreutils and the sops binary only. Steps, in NixOS's order:
 #   users and groups, /etc files (links into this toplevel), tmpfiles,
-#   sops-nix secrets (setupSecrets), sshd (services.openssh.enable), then
-#   /run/current-system.
+#   sops-nix secrets (setupSecrets), system.activationScripts, sshd
+#   (services.openssh.enable), then /run/current-system; a failed activation
+#   script still switches, and then fails (as NixOS reports it).
 # Units to restart because a secret changed go to /run/lab-services/.restart.
 set -eu
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -67,6 +68,16 @@ done <"$systemConfig/lab/tmpfiles"
 # -- sops-nix: decrypt every sops.secrets entry ---------------------------
 "$systemConfig/bin/lab-install-secrets" "$systemConfig/lab/secrets.tsv"
 
+# -- system.activationScripts (each its own sh -e; a failure is reported at the end) --
+_status=0
+for script in "$systemConfig"/lab/activation.d/*; do
+  [ -e "$script" ] || continue
+  if ! /bin/sh -e "$script"; then
+    echo "activation script ${script##*/} failed" >&2
+    _status=1
+  fi
+done
+
 # -- sshd: the lab host's own sshd is frozen when this generation disables it --
 if [ -s /run/sshd.pid ]; then
   if [ "$(cat "$systemConfig/lab/sshd")" = disabled ]; then
@@ -79,3 +90,4 @@ fi
 # -- the running system ---------------------------------------------------
 ln -sfn "$systemConfig" /run/current-system.tmp-activate
 mv -T /run/current-system.tmp-activate /run/current-system
+exit "$_status"

@@ -1,0 +1,99 @@
+"""The one run sequence of the CLI: plan → render → confirm → apply → audit.
+
+``run``, ``apply``, ``secrets rotate``/``set`` and the Secure Boot commands
+all go through :func:`run_sequence`, so a plan is always shown before it is
+applied, a declined confirmation always exits 1 with nothing touched, and
+the audit log always gets a ``started`` record before the first change and
+one ``finished`` record after. The caller builds the runner and reports the
+result (each command has its own way of saying what happened).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from infratool.changes import Plan
+from infratool.cli.common import Globals, audit_run, audit_started, emit_json, open_audit
+from infratool.errors import EXIT_FAILED
+
+
+@dataclass
+class Outcome:
+    """What the sequence did: the plan, and the result when it applied (None for a dry run)."""
+
+    plan: Plan
+    result: Any = None
+
+
+def run_sequence(
+    g: Globals,
+    book: Any,
+    runner: Any,
+    *,
+    command: str,
+    yes: bool,
+    question: str = "Apply these changes?",
+    show_diff: bool = True,
+    dry_run: bool = False,
+    apply_empty: bool = True,
+    saved: Plan | None = None,
+    progress: Any = None,
+    before_apply: Callable[[], None] | None = None,
+) -> Outcome:
+    """Plan (or load ``saved``), show, confirm, apply and audit, with ``runner``.
+
+    ``dry_run`` stops after showing (and auditing) the plan. With nothing to
+    change and not ``apply_empty``, the plan is returned without applying.
+    A declined confirmation is audited, says "Nothing applied." and exits 1.
+    ``progress`` (default: the runner's ``on_event`` when it is a context
+    manager) is live while planning and applying. ``before_apply`` runs once
+    the plan is confirmed, right before the first change (``secrets rotate``
+    marks a git commit as owed there, so a crash is committed by the next run).
+    """
+    from infratool.cli import output as render
+
+    open_audit(g)  # an unusable audit log is bad input: exit 3 before connecting
+    if progress is None:
+        progress = runner.on_event if hasattr(runner.on_event, "__enter__") else contextlib.nullcontext()
+    out = render.console()
+    with runner:
+        with progress:
+            the_plan = runner.plan() if saved is None else runner.load_saved(saved)
+        if dry_run:
+            audit_run(g, f"{command} --dry-run", book, the_plan)
+            emit_json(the_plan.to_dict()) if g.json else render.plan(out, the_plan, show_diff=show_diff)
+            return Outcome(the_plan)
+        if not g.json:
+            render.plan(out, the_plan, show_diff=show_diff)
+        if not the_plan.changes and not apply_empty:
+            audit_run(g, command, book, the_plan)
+            return Outcome(the_plan)
+        if the_plan.changes and not yes and not click.confirm(question, default=False):
+            audit_run(g, f"{command} (declined)", book, the_plan)
+            click.echo("Nothing applied.", err=True)
+            sys.exit(EXIT_FAILED)
+        if the_plan.changes:
+            audit_started(g, command, book, the_plan)
+        if before_apply is not None:
+            before_apply()
+        with progress:
+            result = runner.apply(the_plan)
+    audit_run(g, command, book, the_plan, result)
+    return Outcome(the_plan, result)
+
+
+def report(g: Globals, outcome: Outcome) -> None:
+    """Print the result table (or the JSON result; the plan's JSON when nothing was applied)."""
+    from infratool.cli import output as render
+
+    if outcome.result is None:
+        if g.json:
+            emit_json(outcome.plan.to_dict())
+        return
+    emit_json(outcome.result.to_dict()) if g.json else render.results(render.console(), outcome.result)
