@@ -265,7 +265,7 @@ def test_a_failing_verify_rolls_back_that_host_and_only_that_host(nixos, tmp_pat
     set_knobs(nixos.flake_dir, "snix", "drop-config")
     try:
         with Runner(inv, pb.load(book, inv), RunOptions(yes=True, confirm_timeout=20)) as runner:
-            result = runner.run()
+            result = runner.apply(runner.plan())
     finally:
         set_knobs(nixos.flake_dir, "snix")
     snix = result.hosts["snix"]
