@@ -107,7 +107,9 @@ def test_a_generation_without_sshd_is_rolled_back_by_the_host_and_answers_on_its
     assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
     out = run.stdout + run.stderr
     assert "rolled back (not confirmed within 8s" in out, [ln for ln in out.splitlines() if "brix" in ln][-3:]
-    assert "did not answer on the pinned key" in out, [ln[-400:] for ln in out.splitlines() if "brix" in ln][-3:]
+    assert "did not answer on the pinned key" in out, [ln[-400:] for ln in out.splitlines() if "brix" in ln][
+        -3:
+    ]
     assert running(nixlab, "brix") == before  # back, on its pinned key, on the previous system
     for name in ("snix", "slax", "nixtv-player"):
         conf_text = nixlab.exec(name, "cat /etc/nix/nix.conf", check=True).stdout.decode()
