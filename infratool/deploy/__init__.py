@@ -1,8 +1,10 @@
 """NixOS deploys: build, copy, activate under a watchdog on the host, confirm, commit or roll back.
 
 :mod:`.plan` decides which hosts a run deploys (one change per host);
-:mod:`.engine` carries a deploy out from the controller; :mod:`.hostside`
-holds the POSIX sh that runs on the host (the watchdog). The runner applies
+:mod:`.build` runs Nix on the controller (build the systems, copy a
+closure); :mod:`.engine` drives a deploy (activate, confirm, commit or roll
+back); :mod:`.hostside` holds the POSIX sh that runs on the host (the
+watchdog). The runner applies
 a deploy change like any host change, then calls
 :func:`~infratool.deploy.engine.confirm_deploy` with the verify steps of the
 tasks that changed that host.

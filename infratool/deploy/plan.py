@@ -21,7 +21,8 @@ from infratool.changes import LOCAL, Change, action
 from infratool.inventory import Inventory
 from infratool.nixssh import nix_ssh_env
 
-from .engine import DEFAULT_CONFIRM_TIMEOUT, OP, host_from_args, host_to_args
+from .build import host_from_args, host_to_args
+from .engine import DEFAULT_CONFIRM_TIMEOUT, OP
 
 PENDING_DIR = ".infratool/deploy-pending"
 """In the flake repo: one empty file per NixOS host whose last deploy has not committed."""

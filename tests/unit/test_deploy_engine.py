@@ -11,7 +11,8 @@ import pytest
 
 from infratool.changes import LOCAL, Change
 from infratool.deploy import hostside
-from infratool.deploy.engine import OP, Activation, host_from_args, host_to_args
+from infratool.deploy.build import host_from_args, host_to_args
+from infratool.deploy.engine import OP, Activation
 from infratool.deploy.plan import COMMAND_OP, clear_pending, deploy_changes, mark_pending, pending
 from infratool.inventory import Host, Inventory
 from infratool.nixssh import nix_ssh_config, ssh_alias
@@ -149,7 +150,7 @@ def test_a_batch_build_gives_each_host_its_own_system(tmp_path, monkeypatch):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from nixos_standin import write_flake
 
-    from infratool.deploy.engine import build_many
+    from infratool.deploy.build import build_many
 
     names = ["snix", "slax", "brix", "nixtv-player"]
     write_flake(tmp_path, names)
