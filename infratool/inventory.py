@@ -68,7 +68,8 @@ class Host:
     host_keys: tuple[str, ...] = ()
     """Pinned public keys (``"ssh-ed25519 AAAA..."``); empty means none pinned."""
     flake: Path = Path(".")
-    deploy_command: str = DEFAULT_DEPLOY
+    deploy_command: str | None = None
+    """An escape hatch (``nixos-rebuild ...``) run on the controller instead of infratool's deploy engine."""
     line: int | None = field(default=None, compare=False)
 
     @property
@@ -77,7 +78,7 @@ class Host:
         return self.os == "nixos"
 
     def deploy_argv(self) -> list[str]:
-        """The deploy command (``deploy_command``) with its placeholders filled in, as argv."""
+        """The deploy command (``deploy_command``, else :data:`DEFAULT_DEPLOY`) filled in, as argv."""
         values = {
             "flake": str(self.flake),
             "host": self.name,
@@ -85,7 +86,7 @@ class Host:
             "address": self.address,
             "port": str(self.port),
         }
-        return [part.format(**values) for part in shlex.split(self.deploy_command)]
+        return [part.format(**values) for part in shlex.split(self.deploy_command or DEFAULT_DEPLOY)]
 
 
 @dataclass(frozen=True)
@@ -244,8 +245,8 @@ def _parse_host(
     pinned, revoked = knownhosts.keys_for(known_hosts, address, port)
     # @revoked wins over every pin, the inline one too (as in OpenSSH).
     host_keys = [k for k in (*host_keys, *pinned) if k not in revoked]
-    deploy = merged.get("deploy_command", DEFAULT_DEPLOY)
-    if not isinstance(deploy, str):
+    deploy = merged.get("deploy_command")
+    if deploy is not None and not isinstance(deploy, str):
         raise InputError(
             f"host {name!r}: deploy_command must be a string", file=path, line=where("deploy_command")
         )

@@ -58,3 +58,46 @@ def nix_ssh_env(host: Host) -> Iterator[dict[str, str]]:
         known.write_text(known_hosts_lines(host))
         known.chmod(0o600)
         yield {"NIX_SSHOPTS": sshopts(host, known)}
+
+
+def ssh_alias(host: Host) -> str:
+    """The ``Host`` alias :func:`nix_ssh_config` gives ``host`` (usable in ``ssh-ng://USER@ALIAS``)."""
+    return f"infratool-{host.name}"
+
+
+@contextlib.contextmanager
+def nix_ssh_config(*hosts: Host) -> Iterator[dict[str, str]]:
+    """``NIX_SSHOPTS="-F <config>"`` reaching every host of ``hosts`` by :func:`ssh_alias`, each pinned.
+
+    One ``NIX_SSHOPTS`` holds one ``-p``: a command that talks to two hosts
+    (``nix copy --from`` a builder ``--to`` a host) names them by alias in an
+    ssh_config of its own instead, each alias with its address, port,
+    identity and a known_hosts file holding only its pinned key.
+    """
+    for host in hosts:
+        if not host.host_keys:
+            raise InputError(f"host {host.name!r} has no pinned host key: Nix must not learn it on first use")
+    with tempfile.TemporaryDirectory(prefix="infratool-nixssh.") as tmp:
+        blocks = []
+        for host in hosts:
+            known = Path(tmp) / f"known_hosts.{host.name}"
+            known.write_text(known_hosts_lines(host))
+            lines = [
+                f"Host {ssh_alias(host)}",
+                f"  HostName {host.address}",
+                f"  Port {host.port}",
+                f"  User {host.user}",
+                f"  UserKnownHostsFile {known}",
+                "  GlobalKnownHostsFile /dev/null",
+                "  StrictHostKeyChecking yes",
+                "  BatchMode yes",
+            ]
+            if host.ssh_key:
+                lines += [f"  IdentityFile {host.ssh_key}", "  IdentitiesOnly yes"]
+            blocks.append("\n".join(lines))
+        config = Path(tmp) / "ssh_config"
+        config.write_text("\n".join(blocks) + "\n")
+        config.chmod(0o600)
+        if any(ch.isspace() for ch in str(config)):
+            raise InputError(f"{config} cannot go into NIX_SSHOPTS (it holds whitespace)")
+        yield {"NIX_SSHOPTS": f"-F {config}"}

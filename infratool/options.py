@@ -21,7 +21,11 @@ class RunOptions:
     yes: bool = False
     """Apply without asking."""
     deploy: bool = True
-    """Run the deploy command for NixOS hosts whose generated Nix changed."""
+    """Deploy NixOS hosts whose generated Nix changed (infratool/deploy/)."""
+    confirm_timeout: int = 30
+    """Seconds a deployed host waits for confirmation before it rolls itself back."""
+    build_on: str | None = None
+    """Build NixOS systems in this inventory host's store instead of the controller's."""
     connect_timeout: float = 10.0
     command_timeout: float | None = None
     """Seconds a single remote command may take (None: no limit)."""

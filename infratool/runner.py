@@ -10,14 +10,13 @@ ones start (a builder before its clients).
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from infratool import drift, faults, hostlock, log, preflight
-from infratool.changes import LOCAL, Change, Plan, is_local
+from infratool import deploy, drift, faults, hostlock, log, preflight
+from infratool.changes import Change, Plan, is_local
 from infratool.checkstate import CheckState
 from infratool.context import DeferredWriteFailed, DeferredWrites, HostContext, LocalContext
 from infratool.errors import (
@@ -41,7 +40,6 @@ from infratool.facts import (
     parse_output,
 )
 from infratool.inventory import Host, Inventory
-from infratool.nixssh import nix_ssh_env
 from infratool.options import RunOptions
 from infratool.playbook import Playbook
 from infratool.remote import Held, Remote, release_all
@@ -314,35 +312,17 @@ class Runner:
             ctx.remote.close()
 
     def _deploy_changes(self, changes: list[Change]) -> list[Change]:
-        """One deploy per NixOS host whose generated configuration changed."""
+        """One deploy per NixOS host whose generated configuration changed (see :mod:`infratool.deploy`)."""
         if not self.options.deploy:
             return []
-        wanted = list(dict.fromkeys(c.deploy for c in changes if c.deploy))
-        result = []
-        for name in wanted:
-            host = self.inventory.hosts.get(name)
-            if host is None or not host.is_nixos:
-                continue
-            argv = host.deploy_argv()
-
-            def deploy(ctx, argv=argv, host=host):
-                # The deploy's ssh and nix copy get the inventory's port, key and
-                # pinned host key through NIX_SSHOPTS, never ~/.ssh/known_hosts.
-                with nix_ssh_env(host) as env:
-                    return ctx.run(argv, what=f"deploy {host.name}", env=env)
-
-            result.append(
-                Change(
-                    host=LOCAL,
-                    task="deploy",
-                    action="deploy",
-                    description=f"deploy {name}: {shlex.join(argv)}",
-                    apply=deploy,
-                    stage=len(self._targets),
-                    requires=(LOCAL,),
-                )
-            )
-        return result
+        return deploy.deploy_changes(
+            changes,
+            self.inventory,
+            targets=set(self.contexts),
+            stage=len(self._targets),
+            confirm_timeout=self.options.confirm_timeout,
+            build_on=self.options.build_on,
+        )
 
     # -- apply --------------------------------------------------------------
 
@@ -362,6 +342,9 @@ class Runner:
             )
             results[host].error = message
         failed: dict[str, str] = dict(plan.failures)
+        # Before a generated file is written: a crash from here on leaves the
+        # host pending, and the next plan deploys it (deploy/plan.py).
+        deploy.mark_pending(self.local.root, {c.deploy for c in plan.changes if c.deploy})
         held = self._lock_hosts(plan, failed)
         try:
             self._apply_plan(plan, failed, results)
@@ -425,7 +408,8 @@ class Runner:
                     by_host.setdefault(c.host, []).append(c)
             list(
                 self._pool.map(
-                    lambda item: self._apply_host(item[0], item[1], failed, results), by_host.items()
+                    lambda item: self._apply_host(item[0], item[1], failed, results, plan.changes),
+                    by_host.items(),
                 )
             )
             for stage in sorted({key[0] for key in keys}):
@@ -452,7 +436,12 @@ class Runner:
         return all(not is_local(c.host) and not c.requires and not c.deploy for c in by_key[key])
 
     def _apply_host(
-        self, host: str, changes: list[Change], failed: dict[str, str], results: dict[str, HostResult]
+        self,
+        host: str,
+        changes: list[Change],
+        failed: dict[str, str],
+        results: dict[str, HostResult],
+        plan_changes: list[Change] | None = None,
     ) -> None:
         ctx = self.local if is_local(host) else self.contexts.get(host)
         result = results.setdefault(host, HostResult(host))
@@ -476,6 +465,8 @@ class Runner:
                 change.execute(view)
                 if isinstance(view, DeferredWrites) and view.failed_tag is not None:
                     raise DeferredWriteFailed(view.failed_tag, InfratoolError("write failed"))
+                if change.op == deploy.OP:
+                    self._confirm_deploy(host, change, plan_changes, result)
                 done.append(change)
             current = None
             if isinstance(view, DeferredWrites):
@@ -507,6 +498,52 @@ class Runner:
         if result.applied:
             self.on_event(host, "changed", f"{len(result.applied)} change(s) applied")
 
+    def _confirm_deploy(
+        self, host: str, change: Change, plan_changes: list[Change] | None, result: HostResult
+    ) -> None:
+        """After ``host``'s deploy activated: the deferred verify steps over a new connection, then commit.
+
+        The per-stage verify cannot check a NixOS host before its deploy
+        (its changes are generated files); here each entry that changed the
+        host verifies it, through a fresh connection on the pinned key, and
+        the host's watchdog commits or rolls back on the outcome.
+        Raises DeployFailed (the host fails, the others go on).
+        """
+        stages = sorted({c.stage for c in plan_changes or () if c.deploy == host and c.op != deploy.OP})
+        if not stages:  # a deploy left pending by an earlier run: every entry targeting the host checks it
+            stages = [
+                i for i, (_, targets) in enumerate(self._targets) if any(h.name == host for h in targets)
+            ]
+        proofs: list[str] = []
+
+        def checks(remote: Remote) -> list[str]:
+            old = self.contexts[host]
+            fresh = HostContext(host=old.host, facts=old.facts, remote=remote)
+            problems: list[str] = []
+            for stage in stages:
+                inv, targets = self._targets[stage]
+                hosts = {h.name: self.contexts[h.name] for h in targets if h.name in self.contexts}
+                hosts[host] = fresh
+                ctx = PlanContext(
+                    hosts=hosts,
+                    local=self.local,
+                    inventory=self.inventory,
+                    options=self.options,
+                    state=self.state,
+                )
+                self.log.info("verify after deploy", task=inv.task.name, step=inv.label, host=host)
+                found = inv.task.verify(ctx, {host})
+                if host in found:
+                    problems.append(f"{inv.label}: {found[host]}")
+                proofs.extend(ctx.proven.get(host, []))
+            return problems
+
+        self.on_event(host, "confirming", "verify over a new connection, then commit")
+        deploy.confirm_deploy(self.contexts[host].host, checks, int(change.args.get("confirm_timeout", 30)))
+        deploy.clear_pending(self.local.root, host)
+        result.verified.extend(proofs)
+        result.verified.append("deploy committed (switch-to-configuration boot)")
+
     def _record_applied(self, result: HostResult, changes: list[Change]) -> None:
         for change in changes:
             if change.is_check:
@@ -523,6 +560,10 @@ class Runner:
         changed = {
             c.host for c in plan.changes if c.stage == stage and not c.is_check and c.host not in failed
         }
+        # A NixOS host with a deploy in this plan is verified after its deploy, over a new
+        # connection, before its watchdog commits (_confirm_deploy): not here, on the old system.
+        deferred = {c.host for c in plan.changes if c.op == deploy.OP}
+        changed -= deferred
         if not changed:
             return
         hosts = {
@@ -545,6 +586,9 @@ class Runner:
             if host not in problems and host in results:
                 results[host].verified.extend(proofs)
         for host, message in problems.items():
+            if host in deferred:  # a check of a host whose new system is not deployed yet
+                self.log.info("verify deferred until after deploy", task=inv.task.name, host=host)
+                continue
             self.log.warning("verify failed", task=inv.task.name, step=inv.label, host=host, error=message)
             message = REDACTOR.redact(f"verify failed: {message}")
             failed.setdefault(host, message)

@@ -163,6 +163,28 @@ def _list(g: Globals, book: Any, targets: list[tuple[Any, list[Any]]], tasks: bo
     )
 
 
+def deploy_options(fn: Any) -> Any:
+    """``--confirm-timeout`` and ``--build-on`` of plan and run (they go into the deploy changes)."""
+    fn = click.option(
+        "--build-on",
+        metavar="HOST",
+        default=None,
+        help="Build NixOS systems in HOST's store (default: here).",
+    )(fn)
+    return click.option(
+        "--confirm-timeout",
+        type=click.IntRange(5, 3600),
+        default=30,
+        metavar="SECONDS",
+        help="A deployed NixOS host rolls itself back unless confirmed within SECONDS (default 30).",
+    )(fn)
+
+
+def _check_build_on(inv: Any, build_on: str | None) -> None:
+    if build_on and build_on not in inv.hosts:
+        raise InputError(f"--build-on {build_on!r}: no such host in {inv.path}")
+
+
 @click.command(
     help="Show what a playbook would change, touching nothing."
     + examples(
@@ -178,6 +200,7 @@ def _list(g: Globals, book: Any, targets: list[tuple[Any, list[Any]]], tasks: bo
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when changes are pending (like terraform).")
 @click.option("--no-diff", is_flag=True, help="Descriptions only.")
 @click.option("--no-deploy", is_flag=True, help="Plan no deploy step for NixOS hosts.")
+@deploy_options
 @click.option(
     "-o",
     "--out",
@@ -195,6 +218,8 @@ def plan(
     detailed_exitcode: bool,
     no_diff: bool,
     no_deploy: bool,
+    confirm_timeout: int,
+    build_on: str | None,
     out_file: Path | None,
     timeout: float | None,
 ) -> None:
@@ -202,8 +227,16 @@ def plan(
     from infratool.runner import plan_exit_code
 
     inv, book, options, Runner = _prepare(
-        g, playbook, limit=limit, forks=forks, command_timeout=timeout, deploy=not no_deploy
+        g,
+        playbook,
+        limit=limit,
+        forks=forks,
+        command_timeout=timeout,
+        deploy=not no_deploy,
+        confirm_timeout=confirm_timeout,
+        build_on=build_on,
     )
+    _check_build_on(inv, build_on)
     selection = _selection(limit, not no_deploy)
     progress = render.Progress(render.console(stderr=True), enabled=g.verbosity >= 0 and not g.json)
     with Runner(inv, book, options, on_event=progress) as runner, progress:
@@ -255,6 +288,7 @@ wait_option = click.option(
 )
 @forks_option
 @click.option("--no-deploy", is_flag=True, help="Skip the deploy step for NixOS hosts.")
+@deploy_options
 @click.option("--no-diff", is_flag=True, help="Descriptions only.")
 @wait_option
 @click.option(
@@ -272,6 +306,8 @@ def run(
     yes: bool,
     forks: int,
     no_deploy: bool,
+    confirm_timeout: int,
+    build_on: str | None,
     no_diff: bool,
     lock_wait: float,
     plan_file: Path | None,
@@ -295,9 +331,12 @@ def run(
         forks=forks,
         yes=yes,
         deploy=not no_deploy,
+        confirm_timeout=confirm_timeout,
+        build_on=build_on,
         command_timeout=timeout,
         lock_wait=lock_wait,
     )
+    _check_build_on(inv, build_on)
     _need_terminal(yes)
     runner = Runner(inv, book, options, on_event=_progress(g))
     outcome = run_sequence(g, book, runner, command="run", yes=yes, show_diff=not no_diff)
