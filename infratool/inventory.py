@@ -135,28 +135,12 @@ def load(path: str | Path) -> Inventory:
 
 def parse(data: object, path: Path) -> Inventory:
     """Validate parsed YAML ``data`` from ``path`` into an :class:`Inventory`."""
-    if not isinstance(data, dict):
-        raise InputError("inventory must be a mapping with 'hosts:'", file=path, line=1)
-    unknown = set(data) - {"defaults", "hosts"}
-    if unknown:
-        key = sorted(unknown, key=str)[0]
-        raise InputError(
-            f"unknown top-level key {key!r}{did_you_mean(str(key), ('defaults', 'hosts'))}"
-            " (expected 'defaults', 'hosts')",
-            file=path,
-            line=yamlsrc.line_of(data, key),
-        )
-    defaults = data.get("defaults") or {}
-    if not isinstance(defaults, dict):
-        raise InputError("'defaults' must be a mapping", file=path, line=yamlsrc.line_of(data, "defaults"))
-    for key in defaults:
-        if key not in DEFAULT_KEYS:
-            raise InputError(
-                f"unknown key {key!r} in defaults{did_you_mean(str(key), DEFAULT_KEYS)}"
-                f" (expected one of {', '.join(sorted(DEFAULT_KEYS))})",
-                file=path,
-                line=yamlsrc.line_of(defaults, key),
-            )
+    data = yamlsrc.mapping(data, "inventory must be a mapping with 'hosts:'", path, 1)
+    yamlsrc.check_keys(data, ("defaults", "hosts"), path, "at the top level")
+    defaults = yamlsrc.mapping(
+        data.get("defaults") or {}, "'defaults' must be a mapping", path, yamlsrc.line_of(data, "defaults")
+    )
+    yamlsrc.check_keys(defaults, DEFAULT_KEYS, path, "in defaults")
     _check_paths(defaults, "defaults", path, yamlsrc.line_of(data, "defaults"))
     hosts_data = data.get("hosts")
     if not isinstance(hosts_data, dict) or not hosts_data:
@@ -189,20 +173,12 @@ def _parse_host(
         )
     if spec is None:
         spec = {}
-    if not isinstance(spec, dict):
-        raise InputError(f"host {name!r} must be a mapping of settings", file=path, line=line)
+    spec = yamlsrc.mapping(spec, f"host {name!r} must be a mapping of settings", path, line)
 
     def where(key: str) -> int | None:
         return yamlsrc.line_of(spec, key) or line
 
-    for key in spec:
-        if key not in HOST_KEYS:
-            raise InputError(
-                f"unknown key {key!r} for host {name!r}{did_you_mean(str(key), HOST_KEYS)}"
-                f" (expected one of {', '.join(sorted(HOST_KEYS))})",
-                file=path,
-                line=where(key),
-            )
+    yamlsrc.check_keys(spec, HOST_KEYS, path, f"for host {name!r}", line)
     _check_paths(spec, f"host {name!r}", path, line)
     merged = {**defaults, **spec}
     address = merged.get("address")

@@ -88,16 +88,8 @@ def _load(
         chain = " → ".join(p.name for p in (*stack, resolved))
         raise InputError(f"include cycle: {chain}", file=path)
     data = yamlsrc.load(path)
-    if not isinstance(data, dict):
-        raise InputError("a playbook must be a mapping with 'tasks:'", file=path, line=1)
-    for key in data:
-        if key not in PLAYBOOK_KEYS:
-            raise InputError(
-                f"unknown key {key!r}{did_you_mean(str(key), PLAYBOOK_KEYS)}"
-                f" (expected one of {', '.join(sorted(PLAYBOOK_KEYS))})",
-                file=path,
-                line=yamlsrc.line_of(data, key),
-            )
+    data = yamlsrc.mapping(data, "a playbook must be a mapping with 'tasks:'", path, 1)
+    yamlsrc.check_keys(data, PLAYBOOK_KEYS, path)
     variables = {
         **template.check_vars(data.get("vars"), path, yamlsrc.line_of(data, "vars")),
         **(extra or {}),
@@ -114,18 +106,10 @@ def _load(
     invocations: list[Invocation] = []
     for i, entry in enumerate(entries):
         line = yamlsrc.line_of(entries, i)
-        if not isinstance(entry, dict):
-            raise InputError(
-                "each task entry must be a mapping with 'task:' or 'include:'", file=path, line=line
-            )
-        for key in entry:
-            if key not in ENTRY_KEYS:
-                raise InputError(
-                    f"unknown key {key!r} in task entry{did_you_mean(str(key), ENTRY_KEYS)}"
-                    f" (expected one of {', '.join(sorted(ENTRY_KEYS))})",
-                    file=path,
-                    line=yamlsrc.line_of(entry, key),
-                )
+        entry = yamlsrc.mapping(
+            entry, "each task entry must be a mapping with 'task:' or 'include:'", path, line
+        )
+        yamlsrc.check_keys(entry, ENTRY_KEYS, path, "in task entry", line)
         entry_sel = selections
         if "hosts" in entry:
             entry_sel = (

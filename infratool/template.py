@@ -48,8 +48,7 @@ def check_vars(data: object, path: Path, line: int | None) -> dict[str, Any]:
     """A playbook's ``vars:`` mapping (names must be identifiers)."""
     if data is None:
         return {}
-    if not isinstance(data, dict):
-        raise InputError("'vars' must be a mapping of name → value", file=path, line=line)
+    data = yamlsrc.mapping(data, "'vars' must be a mapping of name → value", path, line)
     for key in data:
         if not isinstance(key, str) or not re.fullmatch(_NAME, key):
             raise InputError(

@@ -16,12 +16,14 @@ but the parse of its first lines.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from infratool.errors import InputError
+from infratool.suggest import did_you_mean
 
 
 class _Located(dict):
@@ -177,3 +179,36 @@ def line_of(container: Any, key: Any = None) -> int | None:
                 return container.item_lines[key]
             return container.line
     return getattr(container, "line", None)
+
+
+# -- validation: the checks every file infratool reads shares ----------------
+
+
+def mapping(value: Any, message: str, path: str | Path, line: int | None) -> dict[Any, Any]:
+    """``value`` if it is a mapping; else an :class:`InputError` ``message`` at ``path:line``."""
+    if not isinstance(value, dict):
+        raise InputError(message, file=path, line=line)
+    return value
+
+
+def first_unknown(data: dict[Any, Any], allowed: Collection[str]) -> Any | None:
+    """The first key of ``data`` (in file order) that is not in ``allowed``, or None."""
+    return next((key for key in data if key not in allowed), None)
+
+
+def unknown_key_message(key: Any, allowed: Collection[str], where: str = "") -> str:
+    """``unknown key 'x' in WHERE (did you mean 'y'?) (expected one of a, b)``: one wording everywhere."""
+    where = f" {where}" if where else ""
+    return (
+        f"unknown key {key!r}{where}{did_you_mean(str(key), allowed)}"
+        f" (expected one of {', '.join(sorted(allowed))})"
+    )
+
+
+def check_keys(
+    data: dict[Any, Any], allowed: Collection[str], path: str | Path, where: str = "", line: int | None = None
+) -> None:
+    """Refuse the first key of ``data`` not in ``allowed``, at its own line (else ``line``)."""
+    key = first_unknown(data, allowed)
+    if key is not None:
+        raise InputError(unknown_key_message(key, allowed, where), file=path, line=line_of(data, key) or line)

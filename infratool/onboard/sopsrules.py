@@ -97,8 +97,7 @@ def parse_rules(text: str, path: Path) -> list[Rule]:
         raise InputError("no 'creation_rules:' list", file=path, line=1)
     result = []
     for i, rule in enumerate(rules):
-        if not isinstance(rule, dict):
-            raise InputError("a creation rule must be a mapping", file=path, line=yamlsrc.line_of(rules, i))
+        rule = yamlsrc.mapping(rule, "a creation rule must be a mapping", path, yamlsrc.line_of(rules, i))
         recipients = _split_recipients(rule.get("age"))
         for group in rule.get("key_groups") or []:
             if isinstance(group, dict):

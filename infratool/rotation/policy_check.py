@@ -45,18 +45,10 @@ class _Ctx:
         return InputError(message, file=self.path, line=yamlsrc.line_of(container, key))
 
     def mapping(self, value: Any, what: str, container: Any, key: Any) -> dict[Any, Any]:
-        if not isinstance(value, dict):
-            raise self.err(f"{what} must be a mapping", container, key)
-        return value
+        return yamlsrc.mapping(value, f"{what} must be a mapping", self.path, yamlsrc.line_of(container, key))
 
     def keys(self, data: dict[Any, Any], allowed: Collection[str], what: str) -> None:
-        for key in data:
-            if key not in allowed:
-                close = difflib.get_close_matches(str(key), list(allowed), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise self.err(
-                    f"unknown key {key!r} in {what}{hint}; allowed: {', '.join(allowed)}", data, key
-                )
+        yamlsrc.check_keys(data, allowed, self.path, f"in {what}", yamlsrc.line_of(data))
 
     def string(self, data: dict[Any, Any], key: str, what: str, required: bool = False) -> str | None:
         if key not in data or data[key] is None:

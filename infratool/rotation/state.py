@@ -211,13 +211,8 @@ _FIELDS = {f.name for f in fields(SecretState)}
 
 def _entry(name: str, raw: Any, path: Path, secrets: Any) -> SecretState:
     line = yamlsrc.line_of(secrets, name)
-    if not isinstance(raw, dict):
-        raise InputError(f"state of {name!r} must be a mapping", file=path, line=line)
-    for key in raw:
-        if key not in _FIELDS:
-            raise InputError(
-                f"unknown field {key!r} in the state of {name!r}", file=path, line=yamlsrc.line_of(raw, key)
-            )
+    raw = yamlsrc.mapping(raw, f"state of {name!r} must be a mapping", path, line)
+    yamlsrc.check_keys(raw, _FIELDS, path, f"in the state of {name!r}", line)
     st = SecretState()
     try:
         for key in ("last_rotated", "updated"):
@@ -294,8 +289,7 @@ _CDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 def _from_data(data: Any, path: Path) -> RotationState:
     if data is None:
         return RotationState()
-    if not isinstance(data, dict):
-        raise InputError("rotation state must be a mapping", file=path, line=yamlsrc.line_of(data))
+    data = yamlsrc.mapping(data, "rotation state must be a mapping", path, yamlsrc.line_of(data))
     version = data.get("version", 1)
     if version not in (1, VERSION):
         raise InputError(
@@ -305,9 +299,9 @@ def _from_data(data: Any, path: Path) -> RotationState:
         )
     # Version 1 held only secrets, by name; version 2 every kind, by kind/name.
     section = "secrets" if version == 1 else "rotations"
-    entries = data.get(section) or {}
-    if not isinstance(entries, dict):
-        raise InputError(f"'{section}' must be a mapping", file=path, line=yamlsrc.line_of(data, section))
+    entries = yamlsrc.mapping(
+        data.get(section) or {}, f"'{section}' must be a mapping", path, yamlsrc.line_of(data, section)
+    )
     prefix = "secret/" if version == 1 else ""
     return RotationState({prefix + str(n): _entry(n, raw, path, entries) for n, raw in entries.items()})
 
@@ -335,10 +329,7 @@ def _legacy_caches(path: Path) -> dict[str, SecretState]:
         return {}
     out = {}
     for name, raw in caches.items():
-        if not isinstance(raw, dict):
-            raise InputError(
-                f"cache {name!r} must be a mapping", file=path, line=yamlsrc.line_of(caches, name)
-            )
+        raw = yamlsrc.mapping(raw, f"cache {name!r} must be a mapping", path, yamlsrc.line_of(caches, name))
         entry = SecretState()
         try:
             created = raw.get("created")

@@ -60,7 +60,7 @@ def test_is_due() -> None:
         ("version: 1\nsecrets:\n  a:\n    status: weird\n", 3, "status must be one of"),
         ("version: 1\nsecrets:\n  a:\n    generation: -1\n", 3, "generation"),
         ("version: 1\nsecrets:\n  a:\n    last_rotated: yesterday\n", 3, "Invalid isoformat|bad state"),
-        ("version: 1\nsecrets:\n  a:\n    colour: blue\n", 4, "unknown field 'colour'"),
+        ("version: 1\nsecrets:\n  a:\n    colour: blue\n", 4, "unknown key 'colour' in the state of 'a'"),
         ("version: 3\nrotations: {}\n", 1, "unsupported rotation state version"),
         ("version: 2\nrotations:\n  secret/a:\n    checks: [x]\n", 3, "checks must map"),
         ("secrets: [1, 2]\n", 1, "'secrets' must be a mapping"),

@@ -105,7 +105,9 @@ def test_no_source_secret_appears_anywhere(lab_factory, cli, tmp_path, _private_
         (lab.flake_dir / "secrets" / "rotation.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
         env = {"VAULT_ADDR": vault.addr, "VAULT_TOKEN": vault.token}
         steps = [
-            ("plan", ["-i", inv, "-vv", "secrets", "rotate", "--all", "--dry-run"], None, (0, 2)),
+            # New values are made at plan time (issue 16), so cmd/broken's generator fails the
+            # dry run already: exit 1, with its output withheld like the real run's.
+            ("plan", ["-i", inv, "-vv", "secrets", "rotate", "--all", "--dry-run"], None, (1,)),
             ("rotate all", ["-i", inv, "-vv", "secrets", "rotate", "--all", "--yes"], None, (1,)),
             ("set", ["-i", inv, "-vv", "secrets", "set", "api/key", "--stdin"], prompted + "\n", (0,)),
             (
@@ -122,6 +124,7 @@ def test_no_source_secret_appears_anywhere(lab_factory, cli, tmp_path, _private_
             outputs[label] = r.stdout + "\n" + r.stderr
             assert r.returncode in codes, f"{label}: exit {r.returncode}\n{outputs[label][-3000:]}"
         assert "cmd/broken" in outputs["rotate all"] and "withheld" in outputs["rotate all"]
+        assert "cmd/broken" in outputs["plan"] and "withheld" in outputs["plan"]
 
     store = SopsStore(lab.flake_dir / "secrets")
     found = {stdout_canary, stderr_canary, quiet_canary, prompted, vault.token}

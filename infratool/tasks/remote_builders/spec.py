@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from infratool import yamlsrc
 from infratool.inventory import Host, Inventory
 from infratool.tasks.base import Param, Source
 from infratool.tasks.lib.checks import check_abs_path
@@ -246,11 +247,11 @@ def _check_counts(value: Any, key: str, source: Source, where: tuple[Any, ...]) 
 
 def _builder(entry: Any, i: int, args: dict[str, Any], source: Source, inventory: Inventory) -> Builder:
     spec: dict[str, Any] = {"host": entry} if isinstance(entry, str) else dict(entry)
-    for key in spec:
-        if key not in BUILDER_KEYS:
-            raise source.error(
-                f"builders[{i}]: unknown key {key!r} (known: {', '.join(BUILDER_KEYS)})", "builders", i, key
-            )
+    key = yamlsrc.first_unknown(spec, BUILDER_KEYS)
+    if key is not None:
+        raise source.error(
+            f"builders[{i}]: {yamlsrc.unknown_key_message(key, BUILDER_KEYS)}", "builders", i, key
+        )
     if not isinstance(spec.get("host"), str):
         raise source.error(f"builders[{i}] needs 'host: <inventory name>'", "builders", i)
     # Any sshd port works: clients reach the builder through an ssh_config alias.
