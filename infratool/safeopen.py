@@ -19,6 +19,7 @@ import errno
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from infratool.errors import InputError
@@ -78,6 +79,36 @@ def atomic_write(path: str | Path, data: bytes, mode: int | None = None) -> None
             if owner is not None and owner != (os.geteuid(), os.getegid()):
                 with contextlib.suppress(PermissionError):
                     os.fchown(fh.fileno(), *owner)
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def edited_copy(path: str | Path) -> Iterator[str]:
+    """A copy of ``path`` beside it for a tool to edit in place (``sops set``, ``sops rotate``).
+
+    The copy keeps the file's mode and, when we may set it, its owner. When
+    the block ends without an error the copy is fsynced and renamed over
+    ``path`` (then the directory is fsynced), as :func:`atomic_write` does;
+    otherwise it is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    st = path.stat()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(path.read_bytes())
+            os.fchmod(fh.fileno(), st.st_mode & 0o7777)
+            if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                with contextlib.suppress(PermissionError):
+                    os.fchown(fh.fileno(), st.st_uid, st.st_gid)
+        yield tmp
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:

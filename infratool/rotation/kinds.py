@@ -69,6 +69,41 @@ class StatusRow:
     extra: dict[str, Any] = field(default_factory=dict)
     """Kind-specific columns for JSON (``file``, ``generator``, key names...)."""
 
+    @classmethod
+    def of(
+        cls,
+        kind: str,
+        name: str,
+        entry: Any,
+        *,
+        max_age: timedelta | None,
+        due: bool,
+        targets: list[str],
+        file: str,
+        configured: Any,
+        generation: int | None = None,
+        **extra: Any,
+    ) -> StatusRow:
+        """A row from a state-file ``entry`` (a :class:`~infratool.rotation.state.SecretState`).
+
+        ``file``: the sops file holding the material; ``configured``: the
+        playbook entry's ``Source`` that configures the rotation.
+        """
+        return cls(
+            kind=kind,
+            name=name,
+            age=entry.age(),
+            max_age=max_age,
+            due=due,
+            status=entry.status,
+            targets=targets,
+            phase=entry.phase,
+            generation=entry.generation if generation is None else generation,
+            last_result=entry.last_result,
+            last_error=entry.last_error,
+            extra={"file": file, **extra, "configured": f"{configured.file}:{configured.line}"},
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON row: every kind has the same keys, plus its ``extra``."""
         return {

@@ -34,7 +34,6 @@ so the file gets a new data key and exactly the recipients of the matching
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import json
@@ -43,7 +42,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +51,7 @@ import yaml
 
 from infratool import yamlsrc
 from infratool.errors import NoIdentityError, SecretsError, SecretsFileError
-from infratool.safeopen import atomic_write, fsync_dir
+from infratool.safeopen import atomic_write, edited_copy
 from infratool.secrets.secret import REDACTOR, Secret
 from infratool.secrets.sopstree import (
     _assign,
@@ -259,29 +257,14 @@ class SopsStore:
             self.write(file, {key: value})
             return
         payload = json.dumps(_reveal_text(value)).encode()
-        st = path.stat()
         before = _signature(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(path.read_bytes())  # ciphertext: safe to copy
-                os.fchmod(fh.fileno(), st.st_mode & 0o7777)
+        # sops edits a ciphertext copy (safe to copy), renamed into place when it succeeded.
+        with edited_copy(path) as tmp:
             self._run(
                 ["set", "--input-type", "yaml", "--output-type", "yaml", "--value-stdin", tmp, index],
                 path,
                 stdin=payload,
             )
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            with contextlib.suppress(PermissionError):
-                if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
-                    os.chown(tmp, st.st_uid, st.st_gid)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(path.parent)
         cached = self._cache.pop(path, None)
         if cached is not None and cached.signature == before:
             # The cache matched the file sops just edited: update it instead of decrypting again.
@@ -343,21 +326,8 @@ class SopsStore:
         args = ["rotate", "--input-type", "yaml", "--output-type", "yaml", "--in-place"]
         if remove_age:
             args += ["--rm-age", ",".join(remove_age)]
-        st = path.stat()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(path.read_bytes())  # ciphertext: safe to copy
-                os.fchmod(fh.fileno(), st.st_mode & 0o7777)
+        with edited_copy(path) as tmp:
             self._run([*args, tmp], path)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(path.parent)
         self.invalidate(path)
 
     # --- internals ---------------------------------------------------------------

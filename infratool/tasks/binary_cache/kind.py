@@ -39,23 +39,17 @@ class CacheKeyKind(Kind):
                 and key_generation < args["generation"]
             )
             rows.append(
-                StatusRow(
-                    kind=KIND,
-                    name=spec.name,
-                    age=age,
+                StatusRow.of(
+                    KIND,
+                    spec.name,
+                    entry,
                     max_age=max_age,
                     due=bool(due) or entry.phase is not None,
-                    status=entry.status,
                     targets=[args["server"], *args["clients"]],
-                    phase=entry.phase,
+                    file=f"secrets/{SOPS_FILE}",
+                    configured=task.source,
                     generation=key_generation,
-                    last_result=entry.last_result,
-                    last_error=entry.last_error,
-                    extra={
-                        "file": f"secrets/{SOPS_FILE}",
-                        "current": current,
-                        "configured": f"{task.source.file}:{task.source.line}",
-                    },
+                    current=current,
                 )
             )
         return rows

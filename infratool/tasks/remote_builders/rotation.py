@@ -156,22 +156,15 @@ class BuilderKeyKind(Kind):
             for client in task.topology.clients:
                 entry = st.rotations.get(state.key(KIND, client.name)) or SecretState()
                 rows.append(
-                    StatusRow(
-                        kind=KIND,
-                        name=client.name,
-                        age=entry.age(),
+                    StatusRow.of(
+                        KIND,
+                        client.name,
+                        entry,
                         max_age=task.max_age,
                         due=due_reason(entry, task.max_age, task.args["max_age"]) is not None,
-                        status=entry.status,
                         targets=[client.name, *builders],
-                        phase=entry.phase,
-                        generation=entry.generation,
-                        last_result=entry.last_result,
-                        last_error=entry.last_error,
-                        extra={
-                            "file": f"secrets/{SECRETS_FILE}",
-                            "configured": f"{task.source.file}:{task.source.line}",
-                        },
+                        file=f"secrets/{SECRETS_FILE}",
+                        configured=task.source,
                     )
                 )
         return rows
