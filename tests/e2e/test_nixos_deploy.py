@@ -24,7 +24,7 @@ from nixos_standin import set_knobs, write_flake
 from infratool import inventory as inventory_mod
 from infratool import nixgen
 from infratool.remote import Remote
-from infratool.tasks.base import Param, PlanContext, Task, register
+from infratool.tasks.base import TASKS, Param, PlanContext, Task, register
 from infratool.tasks.nix_settings import local_file_change
 
 POISON = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -222,7 +222,6 @@ def test_a_failed_activation_rolls_back_and_fails_only_that_host(nixos, cli, tmp
         assert system_of(nixos, name)[0] != before[name]
 
 
-@register
 class RunningSystemHasMarker(Task):
     """Test task: a generated module per NixOS host, verified on the running system after the deploy."""
 
@@ -250,7 +249,15 @@ class RunningSystemHasMarker(Task):
         return problems
 
 
-def test_a_failing_verify_rolls_back_that_host_and_only_that_host(nixos, tmp_path, monkeypatch):
+@pytest.fixture
+def marker_task():
+    """Register the test-only task for one test (never at import: docs/tasks.md lists the registry)."""
+    register(RunningSystemHasMarker)
+    yield RunningSystemHasMarker
+    TASKS.pop(RunningSystemHasMarker.name, None)
+
+
+def test_a_failing_verify_rolls_back_that_host_and_only_that_host(nixos, tmp_path, monkeypatch, marker_task):
     from infratool import playbook as pb
     from infratool.options import RunOptions
     from infratool.runner import Runner
