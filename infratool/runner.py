@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from infratool import deploy, drift, faults, hostlock, log, preflight
+from infratool import deploy, faults, hostlock, log, plandeps, preflight
 from infratool.changes import Change, Plan, is_local
 from infratool.checkstate import CheckState
 from infratool.context import DeferredWriteFailed, DeferredWrites, HostContext, LocalContext
@@ -235,12 +235,12 @@ class Runner:
                 change.stage = stage
                 change.task = change.task or inv.label
             changes.extend(planned)
-        facts = drift.stamp_facts(
+        facts = plandeps.stamp_facts(
             changes,
             lambda stage, host: self._host_hashes(stage, host),
-            drift.local_hashes(self.local, self.state),
+            plandeps.local_hashes(self.local, self.state),
         )
-        changes = drift.needed_checks(changes, self.checks)
+        changes = plandeps.needed_checks(changes, self.checks)
         changes.extend(self._deploy_changes(changes))
         names = [h.name for h in self.hosts]
         # Local targets: the flake repo, and units of local work kept apart so
@@ -348,7 +348,7 @@ class Runner:
         held = self._lock_hosts(plan, failed)
         try:
             self._apply_plan(plan, failed, results)
-            drift.record_checks(
+            plandeps.record_checks(
                 [c for c in self._passed if c.host not in failed], self.contexts, self._requests, self.checks
             )
         finally:
@@ -602,12 +602,12 @@ class Runner:
         ``saved`` holds the changes (args unsealed) and the fact digests of
         the plan file. Every target host is connected to and its facts
         gathered as planning would; a target whose recorded facts differ now
-        is **stale** (:func:`infratool.drift.stale_targets`): refused with
+        is **stale** (:func:`infratool.plandeps.stale_targets`): refused with
         the facts that changed, nothing applied there (changes requiring it
         are skipped). The rest apply exactly as saved.
         """
         self.gather()
-        stale = drift.stale_targets(saved, self.contexts, self.local)
+        stale = plandeps.stale_targets(saved, self.contexts, self.local)
         for target, message in stale.items():
             self.log.warning("plan is stale", host=target, error=message)
             self.on_event(target, "stale", message)

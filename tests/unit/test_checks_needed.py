@@ -1,10 +1,10 @@
-"""Which checks a plan keeps (infratool.drift.needed_checks): no lab, a real state file."""
+"""Which checks a plan keeps (infratool.plandeps.needed_checks): no lab, a real state file."""
 
 from __future__ import annotations
 
 from infratool.changes import CHECK, Change
 from infratool.checkstate import CheckState, check_digest
-from infratool.drift import needed_checks, stale_message
+from infratool.plandeps import needed_checks, stale_message
 
 
 def _check(host: str, requires: tuple[str, ...] = ()) -> Change:

@@ -8,7 +8,6 @@ of the first alias, in well under a second.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -33,10 +32,10 @@ def bomb(key: str, indent: str = "") -> str:
 
 
 def refused(load, path: Path, line: int) -> None:
-    start = time.monotonic()
+    # Refused at the first alias, while composing: nothing was built, let alone expanded
+    # (an expanded bomb would not fit in memory). No timing: a loaded CI machine is slow.
     with pytest.raises(InputError) as exc:
         load()
-    assert time.monotonic() - start < 1.0
     assert exc.value.file is not None and exc.value.file.endswith(path.name)
     assert exc.value.line == line and "aliases" in exc.value.message
 
