@@ -236,11 +236,14 @@ def parse_policy(
     path: str | Path = "<policy>",
     host_names: Collection[str] | None = None,
     root: str | Path | None = None,
+    line: int | None = None,
 ) -> Policy:
     """Validate a policy mapping (from YAML or playbook params) into a :class:`Policy`.
 
     ``host_names``: the inventory's hosts (``None`` skips that check);
-    ``root``: base of relative ``file`` paths (default: ``path``'s directory).
+    ``root``: base of relative ``file`` paths (default: ``path``'s directory);
+    ``line``: where the mapping was written (a playbook task), for errors on
+    values that have no line of their own.
     """
     from infratool.rotation.policy_check import (
         _check_conflicts,
@@ -251,7 +254,7 @@ def parse_policy(
         _secret,
     )
 
-    ctx = _Ctx(path)
+    ctx = _Ctx(path, line)
     base = Path(root) if root is not None else Path(path).resolve().parent
     if not isinstance(data, dict):
         # A scalar or empty document has no line of its own: point at the top.

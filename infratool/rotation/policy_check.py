@@ -38,11 +38,13 @@ from infratool.secrets import deps, derive, generators
 class _Ctx:
     """The file being validated, for error locations."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, line: int | None = None) -> None:
         self.path = str(path)
+        self.line = line
+        """Where the policy starts (a playbook task's line): for values with no line of their own."""
 
     def err(self, message: str, container: Any, key: Any = None) -> InputError:
-        return InputError(message, file=self.path, line=yamlsrc.line_of(container, key))
+        return InputError(message, file=self.path, line=yamlsrc.line_of(container, key) or self.line)
 
     def mapping(self, value: Any, what: str, container: Any, key: Any) -> dict[Any, Any]:
         return yamlsrc.mapping(value, f"{what} must be a mapping", self.path, yamlsrc.line_of(container, key))

@@ -122,7 +122,9 @@ class RotateSecrets(Task):
             data = {"secrets": self.source.params["secrets"]}
             if self.args["notify"] is not None:
                 data["notify"] = self.source.params["notify"]
-            self.policy = parse_policy(data, self.source.file, self.inventory.names, root=root)
+            self.policy = parse_policy(
+                data, self.source.file, self.inventory.names, root=root, line=self.source.line
+            )
         else:
             path = root / (self.args["policy"] or DEFAULT_POLICY)
             if not path.exists():

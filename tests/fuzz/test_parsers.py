@@ -223,6 +223,8 @@ def task_entry(draw: st.DrawFn) -> str:
 
 @settings(FUZZ, max_examples=100)
 @given(task_entry())
+# An inline policy's `notify: {}` once raised an error with no line (the task's mapping is rebuilt).
+@example("tasks:\n- task: secrets_rotation.rotate\n  with:\n    notify: {}\n    secrets: {}\n")
 def test_task_parameters_never_crash(fuzz_repo: Repo, text: str) -> None:
     path = write(fuzz_repo.root / "playbooks" / "fuzz-task.yaml", text)
     only_input_errors(lambda: playbook.load(path, fuzz_repo.inventory), text)
