@@ -276,3 +276,15 @@ def ssh_to_age(public_line: str) -> str:
     assert blob[:19] == b"\0\0\0\x0bssh-ed25519\0\0\0\x20" and len(blob) == 51, "not an ssh-ed25519 key"
     x25519 = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(blob[19:])
     return bech32.bech32_encode("age", bech32.convertbits(list(x25519), 8, 5))
+
+
+def systemd_verify(units: dict[str, str], directory: Path) -> subprocess.CompletedProcess[str]:
+    """Write ``units`` (name → text) into ``directory`` and run ``systemd-analyze verify`` on them."""
+    directory.mkdir()
+    for name, text in units.items():
+        (directory / name).write_text(text)
+    return subprocess.run(
+        ["systemd-analyze", "verify", "--recursive-errors=no", *sorted(map(str, directory.iterdir()))],
+        capture_output=True,
+        text=True,
+    )

@@ -7,10 +7,9 @@ them and the real ``nix-instantiate`` parses the NixOS module.
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import pytest
-from helpers import nix_eval
+from helpers import nix_eval, systemd_verify
 from test_timer_units import render
 
 needs_analyze = pytest.mark.skipif(
@@ -55,15 +54,7 @@ def test_check_adds_a_daily_drift_check_service_and_timer_that_verify(tmp_path):
     # The rotation units are the same with or without --check.
     for name in ("infratool-rotate.service", "infratool-rotate.timer"):
         assert found[name] == units(plain.stdout)[name]
-    out = tmp_path / "units"
-    out.mkdir()
-    for name, text in found.items():
-        (out / name).write_text(text)
-    verify = subprocess.run(
-        ["systemd-analyze", "verify", "--recursive-errors=no", *sorted(map(str, out.iterdir()))],
-        capture_output=True,
-        text=True,
-    )
+    verify = systemd_verify(found, tmp_path / "units")
     assert verify.returncode == 0, verify.stderr
 
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import systemd_verify
 
 from infratool.errors import InputError
 from infratool.rotation.timer import TimerOptions, check_timespan, default_executable, render_units
@@ -130,15 +131,7 @@ def test_odd_characters_in_paths_are_escaped_and_the_units_verify(tmp_path):
     assert f'ReadWritePaths="{str(flake).replace("%", "%%")}"\n' in service
     assert f"LoadCredential=sops-age-key:{str(key).replace('%', '%%')}\n" in service
     assert f'-i "{str(flake).replace("%", "%%").replace("$", "$$")}/hosts.yaml" secrets' in service
-    out = tmp_path / "units"
-    out.mkdir()
-    for name, text in units.items():
-        (out / name).write_text(text)
-    verify = subprocess.run(
-        ["systemd-analyze", "verify", "--recursive-errors=no", *sorted(map(str, out.iterdir()))],
-        capture_output=True,
-        text=True,
-    )
+    verify = systemd_verify(units, tmp_path / "units")
     assert verify.returncode == 0, verify.stderr
 
 
