@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from infratool.tasks.secureboot.enroll import dropped, enroll_command, error_line, firmware_statement
+from infratool.tasks.secureboot.enroll import enroll_command, error_line
 from infratool.tasks.secureboot.hostinfo import (
     LEGACY_DIR,
     SBCTL_DIR,
@@ -28,6 +28,7 @@ from infratool.tasks.secureboot.hostinfo import (
     parse_enrolled,
     parse_version,
 )
+from infratool.tasks.secureboot.statement import dropped, firmware_statement
 from infratool.tasks.secureboot.vendorcerts import MICROSOFT, microsoft_certs
 
 DATA = Path(__file__).resolve().parents[2] / "lab/infratool_lab/sbctl/sbctl_data"
