@@ -17,7 +17,7 @@ import paramiko
 import pytest
 import yaml
 from helpers import openssh_fingerprint
-from infratool_lab import FLEET, AddressInUseError, Lab, LabError, LabHost, LabUnavailable, fleet
+from infratool_lab import FLEET, AddressInUseError, Lab, LabError, LabHost, LabUnavailable, fleet, layout
 from infratool_lab.files import TOKEN_PATH
 
 from infratool.errors import CommandFailed, InputError
@@ -102,7 +102,7 @@ def test_bad_subnet_and_count_are_input_errors(tmp_path: Path) -> None:
     for subnet in ("10.0.0", "127.0", "127.0.300", "127.a.1"):
         with pytest.raises(InputError, match="subnet"):
             Lab(tmp_path, subnet=subnet)
-    for count in (0, fleet.MAX_HOSTS + 1):
+    for count in (0, layout.MAX_HOSTS + 1):
         with pytest.raises(InputError, match="hosts"):
             Lab(tmp_path, subnet="127.1.1").up(count)
     assert not (tmp_path / "hosts.yaml").exists()

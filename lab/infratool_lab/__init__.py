@@ -8,7 +8,8 @@ address, and writes an inventory with their pinned host keys. See
 """
 
 from infratool_lab.errors import AddressInUseError, LabError, LabUnavailable
-from infratool_lab.fleet import FLEET, HostStatus, Lab, LabHost
+from infratool_lab.fleet import HostStatus, Lab, LabHost
+from infratool_lab.layout import FLEET
 
 __all__ = [
     "FLEET",

@@ -12,7 +12,7 @@ a real ``nix-daemon``.
 
 Layout of a lab directory::
 
-    <lab>/lab.json             subnet and hosts of the last `up`
+    <lab>/lab.json             subnet and hosts of the last `up` (layout.py)
     <lab>/hosts.yaml           the inventory (host keys pinned)
     <lab>/known_hosts          the same keys for `ssh -o UserKnownHostsFile=`
     <lab>/id_ed25519{,.pub}    admin key, authorised for root everywhere
@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -37,39 +35,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from infratool.errors import CommandFailed, InputError
-from infratool_lab import boot, files, procs
+from infratool_lab import boot, files, layout, procs
 from infratool_lab import nixos as nixoslab
 from infratool_lab.errors import LabError, LabUnavailable
 from infratool_lab.files import HostSpec
 from infratool_lab.host import HostStatus, LabHost
 
-FLEET: dict[str, list[str]] = {
-    "snix": ["workstation", "builder", "cache"],
-    "slax": ["laptop"],
-    "brix": ["server"],
-    "nixtv-player": ["media"],
-}
-"""The default lab hosts and their tags, as in the real fleet's hosts.yaml."""
-
-EXTRA_TAGS: tuple[str, ...] = ("scale",)
-"""Tags of the hosts beyond the four (lab05, lab06, ...) of a scale lab."""
-
-MAX_HOSTS = 200
-DEFAULT_SUBNET = "127.0.0"
 SSHD = "/usr/sbin/sshd"
 _TOOLS = {"unshare": "util-linux", "nsenter": "util-linux", "mount": "mount"}
-
-
-def _validate_subnet(subnet: str) -> str:
-    parts = subnet.split(".")
-    if len(parts) != 3 or not all(p.isdigit() and 0 <= int(p) <= 255 for p in parts) or parts[0] != "127":
-        raise InputError(f"lab subnet {subnet!r} must be three octets inside loopback, like 127.0.0")
-    return subnet
-
-
-def _nix_system() -> str:
-    machine = platform.machine()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine.lower(), machine) + "-linux"
 
 
 class Lab:
@@ -82,8 +55,8 @@ class Lab:
 
     def __init__(self, root: Path | str, subnet: str | None = None) -> None:
         self.root = Path(root).resolve()
-        state = self._load_state()
-        self.subnet = _validate_subnet(subnet or state.get("subnet") or DEFAULT_SUBNET)
+        state = layout.load_state(self.root)
+        self.subnet = layout.validate_subnet(subnet or state.get("subnet") or layout.DEFAULT_SUBNET)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._tools: dict[str, str] = {}
 
@@ -136,62 +109,6 @@ class Lab:
         """Raise :class:`AddressInUseError` if something listens on ``address:22``."""
         boot.check_address_free(address)
 
-    # -- state --------------------------------------------------------------
-
-    def _load_state(self) -> dict:
-        try:
-            return json.loads((self.root / "lab.json").read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def _save_state(self, specs: Sequence[HostSpec]) -> None:
-        state = {
-            "subnet": self.subnet,
-            "hosts": [
-                {"name": s.name, "address": s.address, "tags": list(s.tags), "port": s.port, "nixos": s.nixos}
-                for s in specs
-            ],
-        }
-        files.atomic_write(self.root / "lab.json", json.dumps(state, indent=1) + "\n")
-
-    def _specs_from_state(self) -> list[HostSpec]:
-        return [
-            HostSpec(h["name"], h["address"], tuple(h["tags"]), h.get("port", 22), h.get("nixos", False))
-            for h in self._load_state().get("hosts", [])
-        ]
-
-    def _wanted_specs(self, count: int | None, nixos: bool | Sequence[str] | None = None) -> list[HostSpec]:
-        count = len(FLEET) if count is None else count
-        if not 1 <= count <= MAX_HOSTS:
-            raise InputError(f"a lab has 1 to {MAX_HOSTS} hosts, not {count}")
-        named = [(n, tuple(t)) for n, t in FLEET.items()][:count]
-        extra = [(f"lab{i:02d}", EXTRA_TAGS) for i in range(len(named) + 1, count + 1)]
-        # A port moved by set_port() stays moved across `up`s, and so does
-        # NixOS unless this `up` says which hosts are NixOS.
-        before = {s.name: s for s in self._specs_from_state()}
-        names = [n for n, _ in named + extra]
-        if nixos is None:
-            shaped = {n for n in names if n in before and before[n].nixos}
-        elif nixos is True:
-            shaped = set(names)
-        elif nixos is False:
-            shaped = set()
-        else:
-            unknown = sorted(set(nixos) - set(names))
-            if unknown:
-                raise InputError(f"--nixos names hosts this lab does not have: {', '.join(unknown)}")
-            shaped = set(nixos)
-        return [
-            HostSpec(
-                name,
-                f"{self.subnet}.{10 + i}",
-                tags,
-                before[name].port if name in before else 22,
-                name in shaped,
-            )
-            for i, (name, tags) in enumerate(named + extra)
-        ]
-
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         # One lab operation at a time, across processes (two `lab up`s) and
@@ -232,7 +149,7 @@ class Lab:
         """The hosts of the last :meth:`up`, in inventory order (running or not)."""
         return [
             LabHost(s.name, s.address, self._host_root(s.name), s.tags, s.port, s.nixos)
-            for s in self._specs_from_state()
+            for s in layout.specs_from_state(self.root)
         ]
 
     def host(self, name: str) -> LabHost:
@@ -245,7 +162,7 @@ class Lab:
 
     def status(self) -> list[HostStatus]:
         """Name, address, sshd pid and liveness of every host."""
-        specs = self._specs_from_state()
+        specs = layout.specs_from_state(self.root)
         found = procs.scan(self._tokens([s.name for s in specs]))
         rows = []
         for spec in specs:
@@ -270,13 +187,13 @@ class Lab:
         the last ``up`` chose. A NixOS host without a system profile gets its
         first generation built, installed and switched to.
         """
-        specs = self._wanted_specs(count, nixos)
+        specs = layout.wanted_specs(self.root, self.subnet, count, nixos)
         self.preflight()
         with self._locked():
             admin_public = self._ensure_admin_key()
             self.flake_dir.mkdir(exist_ok=True)
             wanted = {s.name for s in specs}
-            dropped = [s.name for s in self._specs_from_state() if s.name not in wanted]
+            dropped = [s.name for s in layout.specs_from_state(self.root) if s.name not in wanted]
             self._stop(dropped)
 
             changed = {s.name: files.prepare_host(self._host_root(s.name), s, admin_public) for s in specs}
@@ -293,7 +210,7 @@ class Lab:
                 if not spec.nixos:
                     # A host that is no longer NixOS-shaped must not boot its last generation.
                     nixoslab.forget_boot_default(self._host_root(spec.name))
-            self._save_state(specs)
+            layout.save_state(self.root, self.subnet, specs)
             self._start(to_start)
             self._write_inventory(specs)
             self._first_generations([s for s in specs if s.nixos])
@@ -320,7 +237,7 @@ class Lab:
         """Bring a stopped host back (a no-op when it runs)."""
         self.host(name)
         self.preflight()
-        spec = next(s for s in self._specs_from_state() if s.name == name)
+        spec = next(s for s in layout.specs_from_state(self.root) if s.name == name)
         with self._locked():
             if self._running_pid(name) is None:
                 self._stop([name])
@@ -339,7 +256,7 @@ class Lab:
         with self._locked():
             specs = [
                 HostSpec(s.name, s.address, s.tags, port if s.name == name else s.port, s.nixos)
-                for s in self._specs_from_state()
+                for s in layout.specs_from_state(self.root)
             ]
             spec = next(s for s in specs if s.name == name)
             files.atomic_write(
@@ -347,7 +264,7 @@ class Lab:
                 files.sshd_config(spec.address, port, spec.nixos),
             )
             self._stop([name])
-            self._save_state(specs)
+            layout.save_state(self.root, self.subnet, specs)
             self._start([spec])
             self._write_inventory(specs)
         return self.host(name)
@@ -468,7 +385,7 @@ class Lab:
         """Give NixOS hosts the lab flake, sops, and (once) a first generation switched to."""
         if not specs:
             return
-        nixoslab.write_flake(self.flake_dir, [(s.name, _nix_system()) for s in specs])
+        nixoslab.write_flake(self.flake_dir, [(s.name, layout.nix_system()) for s in specs])
         for spec in specs:
             nixoslab.install_sops(self._host_root(spec.name))
         fresh = [
@@ -486,6 +403,6 @@ class Lab:
             (s, files.public_key_of(files.host_path(self._host_root(s.name), files.HOST_KEY_PATH)))
             for s in specs
         ]
-        text = files.render_inventory(pairs, self.admin_key, self.flake_dir, _nix_system())
+        text = files.render_inventory(pairs, self.admin_key, self.flake_dir, layout.nix_system())
         files.atomic_write(self.inventory_path, text)
         files.atomic_write(self.known_hosts_path, files.render_known_hosts(pairs))
