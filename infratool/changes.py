@@ -12,17 +12,16 @@ way as one just computed.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+# The diff a Change carries, capped and redacted; exported here, where tasks have always found it.
+from infratool.diffs import text_diff as text_diff
 from infratool.secrets.secret import REDACTOR
 
 LOCAL = "local"
 """Pseudo-host for changes to the flake repo on the controller."""
-
-SECRET_DIFF = "(secret content: not shown)"
 
 
 def is_local(target: str) -> bool:
@@ -209,24 +208,3 @@ class Plan:
         if self.reports:
             doc["reports"] = self.reports  # what read-only tasks found (secureboot status)
         return doc
-
-
-def text_diff(old: str | None, new: str | None, path: str, secret: bool = False) -> str:
-    """A unified diff of a file's content, or a placeholder for secret content.
-
-    Secret content is never diffed: even a one-line diff would print the
-    value. The result is run through the redactor in any case.
-    """
-    if secret:
-        if old is None:
-            return f"+++ {path}\n{SECRET_DIFF}"
-        return f"--- {path}\n+++ {path}\n{SECRET_DIFF}"
-    a = [] if old is None else old.splitlines(keepends=True)
-    b = [] if new is None else new.splitlines(keepends=True)
-    lines = difflib.unified_diff(
-        a, b, fromfile="/dev/null" if old is None else path, tofile="/dev/null" if new is None else path
-    )
-    out = "".join(
-        line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
-    )
-    return REDACTOR.redact(out.rstrip("\n"))

@@ -12,34 +12,46 @@ import string
 
 from infratool.changes import Change
 from infratool.context import HostContext
+from infratool.diffs import DIFF_MAX_LINES, text_diff
 from infratool.facts import FileState
 from infratool.inventory import Host
 from infratool.remote.writes import CHUNK
-from infratool.tasks.lib.diffs import DIFF_MAX_LINES, capped_diff
 from infratool.tasks.lib.files import file_changes
 from infratool.tasks.lib.source import LocalSource
 
 
 def test_a_long_diff_shows_its_first_lines_then_how_many_more():
     new = "".join(f"line {i}\n" for i in range(5000))
-    diff = capped_diff(None, new, "/etc/big")
+    diff = text_diff(None, new, "/etc/big")
     lines = diff.split("\n")
     assert len(lines) == DIFF_MAX_LINES + 1
     assert lines[-1] == f"… {5000 + 3 - DIFF_MAX_LINES} more lines, diff too large"
     assert "+line 0" in lines and "+line 4999" not in diff
 
 
+def test_changes_text_diff_is_capped_like_every_file_diff():
+    # A task that builds its diff with changes.text_diff (not through the
+    # files helpers) gets the same cap and the same last line.
+    from infratool import changes
+
+    new = "".join(f"line {i}\n" for i in range(5000))
+    lines = changes.text_diff("".join(f"line {i}\n" for i in range(10)), new, "/etc/big").split("\n")
+    assert len(lines) == DIFF_MAX_LINES + 1
+    assert lines[-1].endswith(" more lines, diff too large") and lines[-1].startswith("… ")
+    assert "+line 4999" in text_diff("", new[-100:], "/etc/small")  # short diffs: whole
+
+
 def test_a_short_diff_is_untouched():
-    diff = capped_diff("a\nb\n", "a\nc\n", "/etc/small")
+    diff = text_diff("a\nb\n", "a\nc\n", "/etc/small")
     assert diff.splitlines()[-2:] == ["-b", "+c"] and "too large" not in diff
 
 
 def test_a_huge_new_text_is_not_diffed_line_by_line():
     new = "x" * 80 + "\n"
-    diff = capped_diff(None, new * 40_000, "/etc/huge")  # 3.2 MB, above DIFF_MAX_INPUT
+    diff = text_diff(None, new * 40_000, "/etc/huge")  # 3.2 MB, above DIFF_MAX_INPUT
     assert len(diff) < 40_000
     assert diff.endswith(f"… {40_000 - DIFF_MAX_LINES} more lines, diff too large")
-    changed = capped_diff(new * 20_000, new * 40_000, "/etc/huge")
+    changed = text_diff(new * 20_000, new * 40_000, "/etc/huge")
     assert changed.endswith("(content 1620000 bytes → 3240000 bytes, diff too large)")
 
 

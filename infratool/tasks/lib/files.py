@@ -15,11 +15,11 @@ from pathlib import Path
 
 from infratool.changes import Change, action
 from infratool.context import HostContext
+from infratool.diffs import head_diff, size_line, text_diff
 from infratool.errors import HostError, InfratoolError
 from infratool.facts import FileState
 from infratool.remote import StreamedContent, expected_state
 from infratool.secrets.secret import Secret
-from infratool.tasks.lib.diffs import capped_diff, head_diff, size_line
 from infratool.tasks.lib.source import LocalSource
 
 
@@ -101,7 +101,7 @@ def file_changes(
             )
         else:
             old = current.text if current.exists else None
-            diff = capped_diff(old, raw.decode(errors="replace"), path, secret)
+            diff = text_diff(old, raw.decode(errors="replace"), path, secret)
     expect = expected_state(current.exists, current.is_file, current.is_symlink, _sha256(current))
     if survey is not None:
         ctx.plan_write(path, None, mode, owner, group, sha256=survey.sha256, size=survey.size)

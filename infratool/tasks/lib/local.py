@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from infratool.changes import LOCAL, Change, action
 from infratool.context import LocalContext
-from infratool.tasks.lib.diffs import capped_diff
+from infratool.diffs import text_diff
 
 
 def generated_path(host: str, module: str) -> str:
@@ -21,7 +21,7 @@ def local_file_change(
     if old == new:
         return []
     local.plan_write(rel, new)
-    diff = capped_diff(old.decode() if old is not None else None, content, rel)
+    diff = text_diff(old.decode() if old is not None else None, content, rel)
     return [
         Change(
             LOCAL,

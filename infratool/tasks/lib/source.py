@@ -15,9 +15,9 @@ import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from infratool.diffs import DIFF_MAX_LINES
 from infratool.errors import InputError
 from infratool.remote.writes import CHUNK
-from infratool.tasks.lib.diffs import DIFF_MAX_LINES
 
 STREAM_ABOVE = 256 * 1024
 """Sources larger than this (bytes on disk) are streamed; smaller ones are read whole,

@@ -1,17 +1,22 @@
 """Plan diffs bounded by the screen, not by the file: the first lines, then a count.
 
 A plan is printed, logged and saved; a diff the size of an 86 MB file helps
-nobody and once cost the controller gigabytes (issue 19 §3). Every file diff
-made by :mod:`infratool.tasks.lib` goes through :func:`capped_diff` (content
-held in memory) or :func:`head_diff` (content streamed from a source).
+nobody and once cost the controller gigabytes (issue 19 §3). Every diff a task
+makes goes through :func:`text_diff` (content held in memory; also exported
+as ``infratool.changes.text_diff``) or :func:`head_diff` (content streamed
+from a source), so each one stops after :data:`DIFF_MAX_LINES` lines with the
+same "… N more lines, diff too large". Secret content is never diffed, and
+everything shown passes through the redactor.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 
-from infratool.changes import text_diff
 from infratool.secrets.secret import REDACTOR
+
+SECRET_DIFF = "(secret content: not shown)"
 
 DIFF_MAX_LINES = 300
 """Lines of a diff shown before "… N more lines, diff too large"."""
@@ -32,19 +37,38 @@ def cap_lines(diff: str, max_lines: int = DIFF_MAX_LINES) -> str:
     return "\n".join([*lines[:max_lines], too_large(len(lines) - max_lines)])
 
 
-def capped_diff(old: str | None, new: str | None, path: str, secret: bool = False) -> str:
-    """:func:`~infratool.changes.text_diff`, capped at :data:`DIFF_MAX_LINES` lines.
+def text_diff(old: str | None, new: str | None, path: str, secret: bool = False) -> str:
+    """A unified diff of a file's content (``None``: absent), capped at :data:`DIFF_MAX_LINES` lines.
 
-    Past :data:`DIFF_MAX_INPUT` characters on either side no diff is computed:
-    a new file shows its first lines, a changed one its sizes.
+    Secret content is never diffed: even a one-line diff would print the
+    value. Past :data:`DIFF_MAX_INPUT` characters on either side no diff is
+    computed: a new file shows its first lines, a changed one its sizes. The
+    result is run through the redactor in any case.
     """
     small = len(old or "") <= DIFF_MAX_INPUT and len(new or "") <= DIFF_MAX_INPUT
     if secret or small:
-        return cap_lines(text_diff(old, new, path, secret))
+        return cap_lines(_unified(old, new, path, secret))
     if old is None and new is not None:
         head = new[:DIFF_MAX_INPUT].splitlines(keepends=True)[:DIFF_MAX_LINES]
         return head_diff(path, head, new.count("\n") + (not new.endswith("\n")))
     return f"--- {path}\n+++ {path}\n{size_line(len((old or '').encode()), len((new or '').encode()))}"
+
+
+def _unified(old: str | None, new: str | None, path: str, secret: bool) -> str:
+    """The whole unified diff (uncapped: callers cap it), or the placeholder for secret content."""
+    if secret:
+        if old is None:
+            return f"+++ {path}\n{SECRET_DIFF}"
+        return f"--- {path}\n+++ {path}\n{SECRET_DIFF}"
+    a = [] if old is None else old.splitlines(keepends=True)
+    b = [] if new is None else new.splitlines(keepends=True)
+    lines = difflib.unified_diff(
+        a, b, fromfile="/dev/null" if old is None else path, tofile="/dev/null" if new is None else path
+    )
+    out = "".join(
+        line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
+    )
+    return REDACTOR.redact(out.rstrip("\n"))
 
 
 def size_line(old_size: int | None, new_size: int) -> str:
