@@ -31,26 +31,14 @@ def seal(values: Mapping[str, Secret], secrets_dir: Path, env: Mapping[str, str]
         raw = value.reveal()
         doc[key] = {"b64": base64.b64encode(raw).decode()} if isinstance(raw, bytes) else {"text": raw}
     store = SopsStore(secrets_dir, env=env)
-    path = store.path(SEALED_NAME)
     if not store.config.is_file():
         raise SecretsError(f"no {store.config}: cannot choose the recipients to seal the plan's secrets for")
-    out = store._run(
-        ["encrypt", "--filename-override", str(path), "--input-type", "json", "--output-type", "json"],
-        path,
-        stdin=json.dumps(doc).encode(),
-    )
-    return out.decode()
+    return store.encrypt_as(SEALED_NAME, json.dumps(doc).encode()).decode()
 
 
 def unseal(sealed: str, secrets_dir: Path, env: Mapping[str, str] | None = None) -> dict[str, Secret]:
     """Decrypt a plan's ``sealed`` document back into ``{id: Secret}``."""
-    store = SopsStore(secrets_dir, env=env)
-    path = store.path(SEALED_NAME)
-    out = store._run(
-        ["decrypt", "--filename-override", str(path), "--input-type", "json", "--output-type", "json"],
-        path,
-        stdin=sealed.encode(),
-    )
+    out = SopsStore(secrets_dir, env=env).decrypt_as(SEALED_NAME, sealed.encode())
     try:
         doc = json.loads(out)
     except ValueError:

@@ -330,6 +330,23 @@ class SopsStore:
             self._run([*args, tmp], path)
         self.invalidate(path)
 
+    def encrypt_as(self, file: str | Path, plaintext: bytes, fmt: str = "json") -> bytes:
+        """Encrypt an in-memory document as if it were ``file`` (its creation rule picks the recipients).
+
+        Nothing is written: the ciphertext is returned (a saved plan's sealed
+        secrets, :mod:`infratool.secrets.seal`). The plaintext goes to sops on
+        stdin, never in argv or a temp file. ``fmt`` is sops's json/yaml/dotenv/binary.
+        """
+        path = self.path(file)
+        args = ["encrypt", "--filename-override", str(path), "--input-type", fmt, "--output-type", fmt]
+        return self._run(args, path, stdin=plaintext)
+
+    def decrypt_as(self, file: str | Path, ciphertext: bytes, fmt: str = "json") -> bytes:
+        """Decrypt an in-memory document that :meth:`encrypt_as` made for ``file``; the plaintext bytes."""
+        path = self.path(file)
+        args = ["decrypt", "--filename-override", str(path), "--input-type", fmt, "--output-type", fmt]
+        return self._run(args, path, stdin=ciphertext)
+
     # --- internals ---------------------------------------------------------------
 
     def _existing(self, file: str | Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -424,3 +425,21 @@ def test_canary_never_in_argv_errors_or_files(sops_repo: Repo, argv_watch: list[
         if path.is_file():
             assert canary.encode() not in path.read_bytes(), path
     assert sorted(p.name for p in (sops_repo.root / "secrets").iterdir()) == ["a.yaml"]
+
+
+def test_encrypt_as_and_decrypt_as_round_trip_in_memory(sops_repo: Repo, argv_watch: list[bytes]) -> None:
+    # What a saved plan's sealed secrets need: a document encrypted by the
+    # creation rule of a file that is never written, through public methods.
+    canary = "CANARY-" + os.urandom(8).hex()
+    store = sops_repo.store()
+    doc = f'{{"k": "{canary}"}}'.encode()
+    sealed = store.encrypt_as("secrets/sealed.yaml", doc)
+    assert canary.encode() not in sealed and b'"sops"' in sealed
+    assert not (sops_repo.root / "secrets/sealed.yaml").exists()
+    assert json.loads(sops_repo.store().decrypt_as("secrets/sealed.yaml", sealed)) == {"k": canary}
+    assert not any(canary.encode() in argv for argv in argv_watch)
+    with pytest.raises(SecretsFileError, match=r"no creation rule"):
+        store.encrypt_as("elsewhere/sealed.yaml", doc)
+    tampered = sealed.replace(sealed[sealed.index(b"ENC[") + 20 : sealed.index(b"ENC[") + 24], b"AAAA", 1)
+    with pytest.raises(SecretsFileError, match="tampered"):
+        store.decrypt_as("secrets/sealed.yaml", tampered)
