@@ -2,8 +2,9 @@
 
 A plan file is the plan as data: every change's action name and parameters,
 the digests of the facts each was planned on, and what the plan was computed
-against (infratool version, inventory, playbook). ``apply FILE`` refuses a
-file made for another inventory, playbook or version (exit 3), re-reads the
+against (infratool version, inventory, playbook, the templates and sources
+the tasks rendered). ``apply FILE`` refuses a file made for another
+inventory, playbook or version, or after one of those files changed (exit 3), re-reads the
 facts and refuses the hosts whose facts drifted, and applies the rest
 exactly as saved. ``Secret`` values in args are sealed with sops
 (:mod:`infratool.secrets.seal`); in ``plan --json`` they are withheld.
@@ -60,6 +61,9 @@ class Header:
     playbook_digest: str
     selection: dict[str, Any] = field(default_factory=dict)
     """The options that shaped the plan (--limit, --tags, --skip-tags, -e, --no-deploy)."""
+    inputs: dict[str, str] = field(default_factory=dict)
+    """Absolute path → :func:`file_digest` of each local file the tasks made changes from
+    (``Task.inputs``: templates, sources)."""
     version: str = __version__
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
@@ -67,12 +71,14 @@ class Header:
     def of(cls, inventory: Any, book: Any, selection: Mapping[str, Any]) -> Header:
         """The header of a plan of ``book`` over ``inventory``."""
         files = [Path(book.path), *(inv.task.source.file for inv in book.invocations)]
+        inputs = sorted({str(Path(p).resolve()) for inv in book.invocations for p in inv.task.inputs()})
         return cls(
             inventory=str(Path(inventory.path).resolve()),
             inventory_digest=file_digest(Path(inventory.path)),
             playbook=str(Path(book.path).resolve()),
             playbook_digest=files_digest([f for f in files if Path(f).is_file()]),
             selection=dict(selection),
+            inputs={p: file_digest(Path(p)) for p in inputs},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,6 +89,7 @@ class Header:
             "inventory": {"path": self.inventory, "digest": self.inventory_digest},
             "playbook": {"path": self.playbook, "digest": self.playbook_digest},
             "selection": self.selection,
+            "inputs": self.inputs,
         }
 
     def mismatch(self, other: Header) -> str | None:
@@ -93,6 +100,15 @@ class Header:
             return f"it was made for another inventory (or {other.inventory} changed since)"
         if self.playbook_digest != other.playbook_digest:
             return f"it was made for another playbook (or {other.playbook} changed since)"
+        for path in sorted(set(self.inputs) | set(other.inputs)):
+            if self.inputs.get(path) != other.inputs.get(path):
+                # The plan holds what this file rendered to then; applying it now would
+                # write content nobody can see in the file any more.
+                if path not in self.inputs:
+                    return f"the playbook now reads {path}, which the plan did not"
+                if path not in other.inputs:
+                    return f"the playbook no longer reads {path}, which the plan was made from"
+                return f"{path} changed since the plan (a template or source it was made from)"
         return None
 
 
@@ -270,6 +286,7 @@ def load(path: Path) -> Loaded:
             playbook=doc["playbook"]["path"],
             playbook_digest=doc["playbook"]["digest"],
             selection=dict(doc.get("selection") or {}),
+            inputs=dict(doc.get("inputs") or {}),
             version=doc["infratool"],
             created=doc.get("created", ""),
         )

@@ -222,6 +222,16 @@ class Task:
         """Facts this task needs on ``host`` (gathered before planning)."""
         return []
 
+    def inputs(self) -> list[Path]:
+        """Local files (beyond the playbook) its changes are made from: templates, sources.
+
+        A saved plan records their digests and ``apply`` refuses it (exit 3)
+        when one changed since, as for an edited playbook. Repo files read
+        through :class:`~infratool.context.LocalContext` need not be listed:
+        they are recorded as the local target's facts.
+        """
+        return []
+
     def plan(self, ctx: PlanContext) -> list[Change]:
         """The changes needed to converge; empty when converged."""
         raise NotImplementedError

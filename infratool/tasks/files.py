@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from pathlib import Path
 from typing import Any
 
 from infratool import log
@@ -67,6 +68,9 @@ class FileContent(HostTask):
 
     def label(self) -> str:
         return f"files.content {self.args['path']}"
+
+    def inputs(self) -> list[Path]:
+        return [Path(self._local)] if self.args["content"] is None else []
 
     def _private(self, host: Host) -> bool:
         """Whether this file's content must never travel or show: ``secret``, or a rotation consumer's file."""

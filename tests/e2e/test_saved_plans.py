@@ -3,7 +3,8 @@
 What was reviewed is what gets applied: generated material shown in the plan
 is the material installed; a host whose facts changed since the plan is
 refused (status stale, exit 5) and left untouched while the others apply; a
-plan made for another playbook, inventory or version is refused with exit 3;
+plan made for another playbook, inventory or version, or from a template or
+source edited since, is refused with exit 3;
 no secret is in a plan file in clear.
 """
 
@@ -212,3 +213,36 @@ def test_builder_keys_shown_in_a_saved_plan_are_the_keys_authorized(fleet, cli, 
         assert blob in authorized, f"{client}'s key shown in the plan is not the key authorized"
     text = plan_file.read_text()
     assert "PRIVATE KEY" not in text and "ENC[AES256_GCM" in text  # private keys sealed
+
+
+def test_a_template_or_source_edited_since_the_plan_is_refused(lab, cli, tmp_path):
+    # A saved plan carries the content rendered while planning; a template (or
+    # source) edited since is an input that changed, refused like an edited playbook.
+    inv = lab.inventory_path
+    template = tmp_path / "motd.tmpl"
+    template.write_text("hello $host\n")
+    source = tmp_path / "banner.txt"
+    source.write_text("banner\n")
+    book = _playbook(
+        tmp_path,
+        "tmpl.yaml",
+        [
+            {"task": "files.content", "with": {"path": "/var/lib/app/motd-t", "template": "motd.tmpl"}},
+            {"task": "files.content", "with": {"path": "/var/lib/app/banner", "source": "banner.txt"}},
+        ],
+    )
+    plan_file = tmp_path / "tmpl.plan.json"
+    assert cli("-i", inv, "plan", book, "--limit", "snix", "-o", plan_file).returncode == 0
+    assert str(template.resolve()) in json.loads(plan_file.read_text())["inputs"]
+
+    for edited, original in ((template, "hello $host\n"), (source, "banner\n")):
+        edited.write_text(original.replace("\n", " (edited after the plan)\n"))
+        refused = cli("-i", inv, "apply", plan_file, "--yes")
+        assert refused.returncode == 3, refused.stdout + refused.stderr
+        assert f"{edited.resolve()} changed since the plan" in refused.stderr, refused.stderr
+        assert not lab.host("snix").path("/var/lib/app/motd-t").exists()
+        edited.write_text(original)
+
+    applied = cli("-i", inv, "apply", plan_file, "--yes")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert lab.host("snix").path("/var/lib/app/motd-t").read_text() == "hello snix\n"
