@@ -104,12 +104,16 @@ class RunResult:
 
 
 def plan_exit_code(plan: Plan, detailed: bool) -> int:
-    """Exit code of `plan`: 4 refused key, 1 failures, 2 pending changes (detailed), else 0."""
+    """Exit code of `plan`: 4 refused key, 1 failures, 2 pending changes (detailed), else 0.
+
+    Checks alone are not "changes pending": a check changes nothing (terraform's 2 is
+    "changes present"), so a plan of only checks exits 0 and still shows them.
+    """
     if plan.host_key_refused:
         return EXIT_HOSTKEY
     if plan.failures:
         return EXIT_FAILED
-    if detailed and plan.changes:
+    if detailed and plan.modifications:
         return EXIT_CHANGES
     return EXIT_OK
 

@@ -4,7 +4,7 @@ Heavy modules (Fabric, rich, the tasks) are imported inside the commands, so
 ``infratool --help`` starts fast.
 
 Exit codes: 0 ok, 1 a host or task failed, 2 changes pending (with
-``--detailed-exitcode``), 3 bad input (nothing touched), 4 host key refused,
+``--detailed-exitcode``; checks alone are not changes), 3 bad input (nothing touched), 4 host key refused,
 5 a saved plan was refused somewhere as stale (facts changed since the plan).
 """
 

@@ -197,7 +197,12 @@ def _check_build_on(inv: Any, build_on: str | None) -> None:
 @limit_option
 @selection_options
 @forks_option
-@click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when changes are pending (like terraform).")
+@click.option(
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Exit 2 when changes are pending, 0 when none are (like terraform). Checks are not changes: "
+    "a plan of only checks exits 0 (the checks are still shown and counted).",
+)
 @click.option("--no-diff", is_flag=True, help="Descriptions only.")
 @click.option("--no-deploy", is_flag=True, help="Plan no deploy step for NixOS hosts.")
 @deploy_options
