@@ -41,7 +41,24 @@ read, its args) are those of its last passing run.
 
 ActionFn = Callable[..., Any]
 """``fn(ctx, **args)``: carries out one change on the context of its host (a check's may
-return what it proved: a line or a list of lines)."""
+return what it proved: a line or a list of lines; any action may return
+:class:`NothingToDo`)."""
+
+
+@dataclass(frozen=True)
+class NothingToDo:
+    """What an action returns when, at apply time, it found nothing to do.
+
+    Some changes are conditional on what happened earlier in the same run: a
+    rotation plans "if a check failed: put the current value back" on every
+    consumer, and it acts only for the units that failed. Such a change that
+    did nothing is not counted as applied: the result lists it under
+    ``nothing_to_do`` (``reason`` says why), and a host where only such
+    changes ran stays ``ok``, not ``changed``.
+    """
+
+    reason: str = "nothing to do"
+
 
 ACTIONS: dict[str, ActionFn] = {}
 """Registered actions by name (``files.put``, ``nix.write``, ...)."""
@@ -113,6 +130,8 @@ class Change:
     proved: list[str] = field(default_factory=list, repr=False, compare=False)
     """Set when a check applies: what its action proved ("built /nix/store/… on snix"),
     for the result's verified column (default: the description)."""
+    idle: str | None = field(default=None, repr=False, compare=False)
+    """Set when its action returned :class:`NothingToDo`: why nothing was done (not counted as applied)."""
 
     def __post_init__(self) -> None:
         # Redact at construction, so no later path can show the raw text.
@@ -135,11 +154,14 @@ class Change:
         """Carry out the change on ``ctx`` (its host's context).
 
         An action may return what it proved (a line, or a list of lines): a
-        check's result then shows that under "verified".
+        check's result then shows that under "verified"; or
+        :class:`NothingToDo`, which sets :attr:`idle`.
         """
         if self.op:
             proved = lookup(self.op)(ctx, **self.args)
-            if isinstance(proved, str):
+            if isinstance(proved, NothingToDo):
+                self.idle = proved.reason
+            elif isinstance(proved, str):
                 self.proved = [proved]
             elif isinstance(proved, list):
                 self.proved = [str(p) for p in proved]

@@ -61,6 +61,8 @@ class HostResult:
     error: str | None = None
     verified: list[str] = field(default_factory=list)
     """What the verify steps proved on this host after the change (``PlanContext.prove``)."""
+    nothing_to_do: list[str] = field(default_factory=list)
+    """Conditional changes whose action found nothing to do ("description: reason"); not applied."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view."""
@@ -68,6 +70,7 @@ class HostResult:
             "host": self.host,
             "status": self.status,
             "applied": self.applied,
+            "nothing_to_do": self.nothing_to_do,
             "verified": self.verified,
             "error": self.error,
         }
@@ -554,6 +557,11 @@ class Runner:
                 # A passing check proved something and changed nothing.
                 result.verified.extend(change.proved or [change.description])
                 self._passed.append(change)
+                continue
+            if change.idle is not None:
+                # A conditional change that found nothing to do: listed apart, never "applied".
+                result.nothing_to_do.append(f"{change.description}: {change.idle}")
+                faults.change_applied()  # the fault points count changes run, whatever they did
                 continue
             result.applied.append(change.description)
             faults.change_applied()

@@ -196,7 +196,12 @@ def audit_run(g: Globals, command: str, book, plan, result=None) -> None:
     record = _plan_record(g, command, book, plan, "finished" if result is not None else "planned")
     if result is not None:
         record["outcome"] = {
-            r.host: {"status": r.status, "applied": r.applied, "error": r.error}
+            r.host: {
+                "status": r.status,
+                "applied": r.applied,
+                "nothing_to_do": r.nothing_to_do,
+                "error": r.error,
+            }
             for r in result.hosts.values()
         }
         record["exit_code"] = result.exit_code

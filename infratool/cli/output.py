@@ -190,7 +190,12 @@ def _min_widths(columns: Sequence[Column], rows: Sequence[Sequence[Cell]]) -> li
 
 
 def results(con: Console, result: Any) -> None:
-    """Per-host outcome table after a run."""
+    """Per-host outcome table after a run.
+
+    Changes that found nothing to do (a rollback when nothing rolled back) are
+    not counted as applied; a column counts them, shown only when there are any.
+    """
+    idle = any(r.nothing_to_do for r in result.hosts.values())
     records(
         con,
         "Result",
@@ -198,6 +203,7 @@ def results(con: Console, result: Any) -> None:
             Column("host", keep=True),
             Column("status", keep=True),
             Column("applied", justify="right"),
+            *([Column("nothing to do", justify="right")] if idle else []),
             Column("verified"),
             Column("detail"),
         ],
@@ -206,6 +212,7 @@ def results(con: Console, result: Any) -> None:
                 r.host,
                 Text(r.status, style=STATUS_STYLE.get(r.status, "")),
                 str(len(r.applied)),
+                *([str(len(r.nothing_to_do))] if idle else []),
                 "; ".join(r.verified),
                 r.error or "",
             ]

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infratool import log
-from infratool.changes import action
+from infratool.changes import NothingToDo, action
 from infratool.errors import InfratoolError
 from infratool.faults import fault_point
 from infratool.rotation import engine, state
@@ -185,12 +185,12 @@ def verify(ctx: Any, secrets_dir: str, units: list[str], items: list[dict]) -> N
 
 
 @action("rotation.secret.rollback")
-def rollback(ctx: Any, secrets_dir: str, units: list[str], items: list[dict]) -> None:
+def rollback(ctx: Any, secrets_dir: str, units: list[str], items: list[dict]) -> NothingToDo | None:
     """For the units settle marked: put the current values back here, reload, verify; record it."""
     back = set(engine.rolling_back(secrets_dir, units))
-    if not back:
-        return
     mine = [i for i in items if i["unit"] in back]
+    if not mine:
+        return NothingToDo("no check failed, nothing to put back")
     firsts = {i["unit"] for i in mine if i.get("first")}
     for unit in firsts:
         engine.record_rollback(
@@ -202,6 +202,7 @@ def rollback(ctx: Any, secrets_dir: str, units: list[str], items: list[dict]) ->
     for unit in {i["unit"] for i in todo}:
         engine.record_rollback(secrets_dir, unit, ctx.name, problems.get(unit))
     fault_point("rolled-back-one")
+    return None
 
 
 def _retire(spec: Mapping[str, Any], lease_id: Secret) -> str | None:

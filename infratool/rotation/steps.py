@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infratool.changes import action, lookup
+from infratool.changes import NothingToDo, action, lookup
 from infratool.errors import SecretsError, VerifyError
 from infratool.faults import fault_point
 from infratool.rotation import state
@@ -134,14 +134,14 @@ def _any_failed(secrets_dir: str, units: list[dict]) -> bool:
 @action("rotation.finish")
 def finish(
     ctx: Any, kind: str, file: str, secrets_dir: str, units: list[dict], hooks: dict[str, str]
-) -> None:
+) -> NothingToDo | None:
     """Discard what rolled back (one sops write), record it failed, release the lock; raise if any."""
     store = store_for(secrets_dir)
     path = store.path(file)
     try:
         bad = rolling_back(secrets_dir, [u["key"] for u in units])
         if not bad:
-            return
+            return NothingToDo("nothing rolled back (the rotation lock is released)")
         fault_point("rolled-back")
         st = state.load(state_file(secrets_dir))
         discard: dict[str, Secret | None] = {}

@@ -74,12 +74,24 @@ def rotate(cli, lab, *args, env=None):
 
 def test_rotation_end_to_end(rot, cli):
     lab = rot
-    assert rotate(cli, lab, "--due", "--yes").returncode == 0
+    due = rotate(cli, lab, "--due", "--yes")
+    assert due.returncode == 0, due.stdout + due.stderr
+    # Nothing rolled back: the rollback and finish changes did nothing and are not counted as applied.
+    assert re.search(r"brix\s+status=changed\s+applied=2\s+nothing_to_do=1", due.stdout), due.stdout
     first = values(lab)
     assert pg_login(lab, first["postgres/app"]) and tokend_accepts(lab, first["tokend/token"])
 
-    r = rotate(cli, lab, "postgres/app", "tokend/token", "--yes")
+    r = rotate(cli, lab, "postgres/app", "tokend/token", "--yes", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
+    results = {row["host"]: row for row in json.loads(r.stdout)["results"]}
+    for host in ("brix", "slax"):
+        row = results[host]
+        assert row["status"] == "changed" and row["applied"], row
+        assert not [a for a in row["applied"] if "if a check failed" in a], row
+        assert [n for n in row["nothing_to_do"] if "if a check failed" in n and "nothing to put back" in n]
+    local = next(row for host, row in results.items() if host.startswith("local"))
+    assert any(n.startswith("finish the rotation") for n in local["nothing_to_do"]), local
+    assert not any(a.startswith("finish the rotation") for a in local["applied"]), local
     now = values(lab)
     assert now["postgres/app"] != first["postgres/app"]
     assert now["_rotation/previous/postgres/app"] == first["postgres/app"]
