@@ -345,8 +345,25 @@ def run(
     _need_terminal(yes)
     runner = Runner(inv, book, options, on_event=_progress(g))
     outcome = run_sequence(g, book, runner, command="run", yes=yes, show_diff=not no_diff)
+    _remember_rotations(inv, book)
     report(g, outcome)
     sys.exit(outcome.result.exit_code)
+
+
+def _remember_rotations(inv: Any, book: Any) -> None:
+    """Record the playbook in the state of the rotations it ran, so `secrets status` finds them.
+
+    After the run, whatever its outcome; a state file that cannot be updated
+    is logged, never turned into the run's failure (the run already happened).
+    """
+    from infratool import log
+    from infratool.errors import InfratoolError
+    from infratool.tasks.configured import remember
+
+    try:
+        remember(inv, Path(book.path))
+    except InfratoolError as exc:
+        log.get_logger("infratool.cli").warning("rotation playbook not recorded", error=str(exc))
 
 
 @click.command(
@@ -433,5 +450,6 @@ def _apply_saved(
     )
     runner = Runner(inv, book, options, on_event=_progress(g))
     outcome = run_sequence(g, book, runner, command="apply", yes=yes, show_diff=show_diff, saved=saved)
+    _remember_rotations(inv, book)
     report(g, outcome)
     sys.exit(outcome.result.exit_code)

@@ -3,10 +3,20 @@
 ``secrets status`` and ``secrets rotate`` cover the cache signing key and the
 builder keys, whose configuration (server, clients, builders, max age) lives
 in the playbooks' ``binary_cache.rotate_key`` and ``remote_builders.setup``
-entries, not in a policy file of their own. The playbooks are where the
-fleet repo keeps them (``playbooks/`` beside ``hosts.yaml``, and in the flake
-repo if that is elsewhere); every file there is read, so an entry in an
-included file counts once however many files include it.
+entries, not in a policy file of their own. The playbooks read are, in this
+order (each file once):
+
+1. ``playbooks/*.yaml`` beside the inventory;
+2. ``playbooks/*.yaml`` in the flake repo, if that is elsewhere;
+3. every playbook that ran one of these rotations before, wherever it lives:
+   ``run``/``apply`` of a playbook records its path in the rotation state
+   file (``extra.playbook`` of each rotation it holds, :func:`remember`), so a
+   fleet whose playbooks sit outside the inventory's directory (the lab's
+   ``.infratool-lab/hosts.yaml`` with the repository's ``playbooks/``) is
+   found after its first run. A recorded file that is gone is skipped.
+
+Every file there is read, so an entry in an included file counts once
+however many files include it.
 
 Only ``task:`` / ``with:`` of each entry are read, validated like a playbook
 would validate them; templating and ``vars:`` are not applied (a templated
@@ -16,6 +26,9 @@ configuration of keys, not a run.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 
 from infratool import log, yamlsrc
@@ -24,10 +37,14 @@ from infratool.inventory import Inventory
 from infratool.tasks.base import Source, Task, check_args
 
 PLAYBOOK_DIRS = ("playbooks",)
+RECORDED = "playbook"
+"""The key, in a rotation state entry's ``extra``, of the playbook that ran it."""
+
+_ALSO: ContextVar[tuple[Path, ...]] = ContextVar("infratool_configured_also", default=())
 
 
 def playbook_files(inventory: Inventory) -> list[Path]:
-    """Every playbook of the fleet repo (beside the inventory) and of the flake repo, once each."""
+    """The fleet's playbooks by the rule of the module docstring, once each."""
     roots = [inventory.path.parent, inventory.flake]
     seen: dict[Path, None] = {}
     for root in roots:
@@ -36,7 +53,65 @@ def playbook_files(inventory: Inventory) -> list[Path]:
             if folder.is_dir():
                 for path in sorted(folder.glob("*.y*ml")):
                     seen.setdefault(path.resolve(), None)
+    for path in (*recorded_playbooks(inventory), *_ALSO.get()):
+        if path.is_file():
+            seen.setdefault(path.resolve(), None)
     return list(seen)
+
+
+def recorded_playbooks(inventory: Inventory) -> list[Path]:
+    """The playbooks the rotation state file records as having run a rotation (may be gone)."""
+    from infratool.rotation import state
+
+    st = state.load_dir(inventory.flake / "secrets")
+    found = (entry.extra.get(RECORDED) for entry in st.rotations.values())
+    return [Path(p) for p in dict.fromkeys(found) if p]
+
+
+@contextlib.contextmanager
+def also_reading(paths: Sequence[Path]) -> Iterator[None]:
+    """Within the block, :func:`configured` reads ``paths`` too (the playbook a command just ran)."""
+    token = _ALSO.set(tuple(Path(p).resolve() for p in paths))
+    try:
+        yield
+    finally:
+        _ALSO.reset(token)
+
+
+def remember(inventory: Inventory, playbook: Path) -> list[str]:
+    """Record ``playbook`` in the state entry of each rotation it configures that has run.
+
+    Called after ``run``/``apply``: the entries exist once a rotation began,
+    so only what actually rotated is recorded, and only when it changed
+    (no state write otherwise). Returns the state keys recorded.
+    """
+    from infratool.rotation import state
+    from infratool.rotation.engine import edit_state
+    from infratool.rotation.kinds import all_kinds, call_with_options
+
+    path = Path(playbook).resolve()
+    secrets_dir = inventory.flake / "secrets"
+    current = state.load_dir(secrets_dir)
+    if not current.rotations:
+        return []  # nothing ever rotated here: nothing to record (most runs)
+    keys = []
+    with also_reading([path]):
+        for kind in all_kinds():
+            try:
+                rows = call_with_options(kind.status, inventory, state.load_dir(secrets_dir), options={})
+            except InputError:
+                continue  # a kind whose own configuration is broken says so in `secrets status`
+            for row in rows:
+                where = str(row.extra.get("configured", "")).rpartition(":")[0]
+                full = state.key(kind.name, row.name)
+                entry = current.rotations.get(full)
+                if where == str(path) and entry is not None and entry.extra.get(RECORDED) != str(path):
+                    keys.append(full)
+    if keys:
+        with edit_state(secrets_dir) as st:
+            for full in keys:
+                st.get(full).extra[RECORDED] = str(path)
+    return keys
 
 
 def configured(inventory: Inventory, cls: type[Task]) -> list[Task]:
