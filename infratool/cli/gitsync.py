@@ -1,13 +1,20 @@
-"""The git side of ``secrets rotate`` / ``secrets set``: flags, the check before, the commit after.
+"""The git side of every command that rotates or re-encrypts: flags, the check before, the commit after.
 
-The logic lives in :mod:`infratool.rotation.git`; this module turns the
-flags and the policy's ``git:`` section into :class:`GitOptions` and reports
-what happened (on stderr, so ``--json`` output on stdout stays parseable).
+``secrets rotate``/``set`` (and the timer), ``run``/``apply`` of a playbook
+with a rotating task (``Task.rotates``), ``host add``/``host remove`` and
+``secrets recover init`` all commit the same way: refused before anything is
+touched on a dirty ``secrets/`` or a branch behind its upstream (exit 3), the
+changes under ``secrets/`` (and the inventory, for the host commands)
+committed after. The logic lives in :mod:`infratool.rotation.git`; this module
+turns the flags and the policy's ``git:`` section into :class:`GitOptions`
+and reports what happened (on stderr, so ``--json`` output on stdout stays
+parseable).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -38,23 +45,55 @@ def begin(task: Any, commit: bool | None, push: bool | None):
     the repo is not a git repository or commits are off.
     """
     from infratool.rotation import state
-    from infratool.rotation.git import FleetGit, GitOptions, is_fleet_repo
 
     policy = task.policy
-    flake = task.inventory.flake
+    state_file = state.state_path(policy.root / "secrets")
+    return open_repo(
+        task.inventory.flake, [*policy.files(), state_file], commit, push, policy.git, "secrets rotate"
+    )
+
+
+def open_repo(
+    flake: Path,
+    paths: Sequence[Path],
+    commit: bool | None,
+    push: bool | None,
+    git: Any = None,
+    command: str = "secrets rotate",
+):
+    """The fleet repo's session for ``command``, checked (exit 3 on dirty secrets/ or behind upstream).
+
+    ``git``: the policy's ``git:`` section (default: read from the fleet's
+    ``secrets/rotation.yaml`` if there is one, else commit without push).
+    ``paths``: what the command writes besides ``secrets/``. None when the
+    repo is not a git repository or commits are off.
+    """
+    from infratool.rotation.git import FleetGit, GitOptions, is_fleet_repo
+
+    git = git if git is not None else fleet_git_policy(flake)
     if push is None:
         # The policy's push applies where there is git; only an explicit --push insists on it.
-        push = policy.git.push and is_fleet_repo(flake.resolve())
-    options = GitOptions(
-        commit=policy.git.commit if commit is None else commit,
-        push=push,
-        author=policy.git.author,
-    )
-    state_file = state.state_path(policy.root / "secrets")
-    session = FleetGit.open(flake, [*policy.files(), state_file], options)
+        push = git.push and is_fleet_repo(flake.resolve())
+    options = GitOptions(commit=git.commit if commit is None else commit, push=push, author=git.author)
+    session = FleetGit.open(flake, list(paths), options, command)
     if session is not None:
         session.preflight()
     return session
+
+
+def fleet_git_policy(flake: Path) -> Any:
+    """The ``git:`` section of the fleet's rotation policy (defaults when there is no policy).
+
+    Read without checking host names: ``host remove`` runs while the policy
+    still names the departing host.
+    """
+    from infratool.rotation.policy import GitPolicy, load_policy
+    from infratool.tasks.secrets_rotation import DEFAULT_POLICY
+
+    path = flake / DEFAULT_POLICY
+    if not path.is_file():
+        return GitPolicy()
+    return load_policy(path, None, root=flake.resolve()).git
 
 
 def start(session: Any) -> None:
@@ -63,11 +102,15 @@ def start(session: Any) -> None:
         session.start()
 
 
-def finish(session: Any) -> int:
-    """Commit and push; say what happened; ``EXIT_FAILED`` when either failed."""
+def finish(session: Any, message: tuple[str, str] | None = None) -> int:
+    """Commit and push; say what happened; ``EXIT_FAILED`` when either failed.
+
+    ``message``: subject and body for a change that is not a rotation (default:
+    the rotated generations, from the state file).
+    """
     if session is None:
         return EXIT_OK
-    out = session.finish()
+    out = session.finish(message)
     if out.commit:
         click.echo(f"git: committed {out.commit} {out.subject}", err=True)
     if out.pushed:
@@ -76,3 +119,40 @@ def finish(session: Any) -> int:
         click.echo(f"error: git: {out.error}", err=True)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def open_for_inventory(inventory: Path, commit: bool | None, push: bool | None, command: str):
+    """The checked session of a command that edits the inventory and re-encrypts (``host add/remove``).
+
+    It commits ``secrets/`` (the re-encrypted files, ``.sops.yaml``) and the
+    inventory when that is in the fleet repo; an inventory outside it (the
+    lab's) is left to its owner.
+    """
+    from infratool.errors import InputError
+    from infratool.inventory import load
+
+    try:
+        flake = load(inventory).flake
+    except InputError:
+        # A fresh or broken inventory: the host command itself says what is wrong with it.
+        flake = Path(inventory).resolve().parent
+    return open_repo(flake, [inventory, flake / "secrets" / ".sops.yaml"], commit, push, command=command)
+
+
+def host_message(result: Any, command: str) -> tuple[str, str]:
+    """Subject and body of a ``host add``/``host remove`` commit: names, files and keys, never a value."""
+    rev = result.revocation
+    verb = {"host remove": "remove", "host add": "re-pin" if rev else "add"}.get(command, command)
+    lines = []
+    if result.fingerprint:
+        lines.append(f"host key: {result.fingerprint}")
+    if result.recipient:
+        lines.append(f"age recipient: {result.recipient}")
+    for path in rev.data_keys if rev else ():
+        lines.append(f"new data key without the old key: {Path(path).name}")
+    for path in result.reencrypted:
+        lines.append(f"re-encrypted: {Path(path).name}")
+    for planned in rev.plan if rev else ():
+        lines.append(f"to rotate: {planned.secret} ({'; '.join(planned.reasons)})")
+    lines += ["", f"Committed by `infratool {command}`; no value appears in this message."]
+    return f"hosts: {verb} {result.name}", "\n".join(lines)

@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 
 from infratool.cli.common import Globals, emit_json, examples, pass_globals
-from infratool.errors import InputError
+from infratool.cli.gitsync import git_options
+from infratool.errors import EXIT_FAILED, InputError
 
 SHELLS = ("bash", "zsh", "fish")
 
@@ -182,6 +183,7 @@ def _split_tags(values: tuple[str, ...]) -> tuple[str, ...]:
 )
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the host.")
 @rotate_option
+@git_options
 @pass_globals
 def host_add(
     g: Globals,
@@ -199,7 +201,10 @@ def host_add(
     replace: bool,
     timeout: float,
     rotate: bool,
+    git_commit: bool | None,
+    git_push: bool | None,
 ) -> None:
+    from infratool.cli import gitsync
     from infratool.inventory import resolve_path
     from infratool.onboard import HostRequest, add_host
 
@@ -233,11 +238,16 @@ def host_add(
         )
         return _ask(f"Pin this key for {name}?")
 
-    result = add_host(resolve_path(g.inventory), request, confirm)
+    path = resolve_path(g.inventory)
+    repo = gitsync.open_for_inventory(path, git_commit, git_push, "host add")
+    gitsync.start(repo)
+    result = add_host(path, request, confirm)
     if g.json:
         emit_json(result.to_dict())
-        return
-    _render(result, "pinned" if result.inventory_changed else "already pinned")
+    else:
+        _render(result, "pinned" if result.inventory_changed else "already pinned")
+    if gitsync.finish(repo, gitsync.host_message(result, "host add")):
+        sys.exit(EXIT_FAILED)
     if rotate:
         _rotate_revoked(g, result, without=None, command="host add --replace --rotate")
 
@@ -257,21 +267,30 @@ def host_add(
 @click.argument("name", shell_complete=_host_names)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @rotate_option
+@git_options
 @pass_globals
-def host_remove(g: Globals, name: str, yes: bool, rotate: bool) -> None:
+def host_remove(
+    g: Globals, name: str, yes: bool, rotate: bool, git_commit: bool | None, git_push: bool | None
+) -> None:
+    from infratool.cli import gitsync
     from infratool.errors import RefusedError
     from infratool.inventory import resolve_path
     from infratool.onboard import remove_host
 
     _check_rotate(g, rotate, without=name)
     path = resolve_path(g.inventory)
+    # A dirty secrets/ (or inventory) or a branch behind upstream refuses here, before anything.
+    repo = gitsync.open_for_inventory(path, git_commit, git_push, "host remove")
     if not yes and not _ask(f"Remove {name} from {path} and its secrets' recipients?"):
         raise RefusedError(f"{name} not removed (not confirmed; --yes to skip the question)")
+    gitsync.start(repo)
     result = remove_host(path, name)
     if g.json:
         emit_json(result.to_dict())
-        return
-    _render(result, "removed")
+    else:
+        _render(result, "removed")
+    if gitsync.finish(repo, gitsync.host_message(result, "host remove")):
+        sys.exit(EXIT_FAILED)
     if rotate:
         _rotate_revoked(g, result, without=name, command="host remove --rotate")
 
@@ -309,8 +328,8 @@ def _rotate_revoked(g: Globals, result, without: str | None, command: str) -> No
 
     Asked for by --rotate, after the host change was confirmed: not asked again.
     The departed host's consumers are left out of the policy for this run (there
-    is nobody there to deliver to). The fleet repo is not committed here: the
-    host change and the rotation are the operator's to review and commit together.
+    is nobody there to deliver to). The host change was committed first (in a
+    git fleet repo); the rotation commits as ``secrets rotate`` does.
     """
     from infratool.cli.common import load_inventory
     from infratool.cli.secrets import run_rotation
@@ -335,9 +354,7 @@ def _rotate_revoked(g: Globals, result, without: str | None, command: str) -> No
         "lock_wait": 0,
     }
     task = RotateSecrets(args, Source(file=policy, line=None, params=data), inv)
-    run_rotation(
-        g, inv, task, dry_run=False, yes=True, forks=10, unattended=False, command=command, git=(False, False)
-    )
+    run_rotation(g, inv, task, dry_run=False, yes=True, forks=10, unattended=False, command=command)
 
 
 def _ask(question: str) -> bool:

@@ -26,6 +26,7 @@ from infratool.cli.common import (
     pass_globals,
     timeout_option,
 )
+from infratool.cli.gitsync import git_options
 from infratool.errors import InputError
 
 # -- plan / run --------------------------------------------------------------
@@ -303,6 +304,7 @@ wait_option = click.option(
     help="Apply exactly this saved plan of PLAYBOOK (from `plan -o`) instead of planning again.",
 )
 @timeout_option
+@git_options
 @pass_globals
 def run(
     g: Globals,
@@ -317,6 +319,8 @@ def run(
     lock_wait: float,
     plan_file: Path | None,
     timeout: float | None,
+    git_commit: bool | None,
+    git_push: bool | None,
 ) -> None:
     from infratool.cli.sequence import report, run_sequence
 
@@ -327,7 +331,9 @@ def run(
             raise InputError(
                 "--plan applies the saved plan's own selection: drop --limit/--tags/-e/--no-deploy"
             )
-        _apply_saved(g, plan_file, playbook, yes, forks, not no_diff, lock_wait, timeout)
+        _apply_saved(
+            g, plan_file, playbook, yes, forks, not no_diff, lock_wait, timeout, (git_commit, git_push)
+        )
         return
     inv, book, options, Runner = _prepare(
         g,
@@ -343,11 +349,45 @@ def run(
     )
     _check_build_on(inv, build_on)
     _need_terminal(yes)
+    repo = _open_repo(inv, book, (git_commit, git_push), "run")
     runner = Runner(inv, book, options, on_event=_progress(g))
-    outcome = run_sequence(g, book, runner, command="run", yes=yes, show_diff=not no_diff)
+    outcome = run_sequence(
+        g, book, runner, command="run", yes=yes, show_diff=not no_diff, before_apply=_starter(repo)
+    )
     _remember_rotations(inv, book)
     report(g, outcome)
-    sys.exit(outcome.result.exit_code)
+    sys.exit(outcome.result.exit_code or _commit(repo))
+
+
+def _open_repo(inv: Any, book: Any, git: tuple[bool | None, bool | None], command: str) -> Any:
+    """A checked git session when the playbook rotates (``Task.rotates``), else None.
+
+    Before planning, as ``secrets rotate`` does: a dirty ``secrets/`` or a branch
+    behind its upstream refuses the run (exit 3) with nothing touched.
+    """
+    from infratool.cli import gitsync
+    from infratool.rotation import state
+
+    if not any(getattr(i.task, "rotates", False) for i in book.invocations):
+        if git[1]:
+            raise InputError(f"--push: {book.path} rotates nothing, so there is nothing to commit")
+        return None
+    state_file = state.state_path(inv.flake / "secrets")
+    return gitsync.open_repo(inv.flake, [state_file], *git, command=command)
+
+
+def _starter(repo: Any) -> Any:
+    """``before_apply`` for :func:`run_sequence`: the git journal, right before the first write."""
+    from infratool.cli import gitsync
+
+    return lambda: gitsync.start(repo)
+
+
+def _commit(repo: Any) -> int:
+    """Commit (and push) what the run changed under ``secrets/``; 1 when that failed."""
+    from infratool.cli import gitsync
+
+    return gitsync.finish(repo)
 
 
 def _remember_rotations(inv: Any, book: Any) -> None:
@@ -384,11 +424,20 @@ def _remember_rotations(inv: Any, book: Any) -> None:
 @click.option("--no-diff", is_flag=True, help="Descriptions only.")
 @wait_option
 @timeout_option
+@git_options
 @pass_globals
 def apply(
-    g: Globals, plan_file: Path, yes: bool, forks: int, no_diff: bool, lock_wait: float, timeout: float | None
+    g: Globals,
+    plan_file: Path,
+    yes: bool,
+    forks: int,
+    no_diff: bool,
+    lock_wait: float,
+    timeout: float | None,
+    git_commit: bool | None,
+    git_push: bool | None,
 ) -> None:
-    _apply_saved(g, plan_file, None, yes, forks, not no_diff, lock_wait, timeout)
+    _apply_saved(g, plan_file, None, yes, forks, not no_diff, lock_wait, timeout, (git_commit, git_push))
 
 
 def _need_terminal(yes: bool) -> None:
@@ -411,6 +460,7 @@ def _apply_saved(
     show_diff: bool,
     lock_wait: float,
     timeout: float | None,
+    git: tuple[bool | None, bool | None] = (None, None),
 ) -> None:
     """`apply FILE` / `run PLAYBOOK --plan FILE`: check what the plan was made for, then apply it."""
     from infratool import planfile
@@ -433,6 +483,7 @@ def _apply_saved(
         raise InputError(f"refusing to apply this plan: {why}; make a new one", file=plan_file)
     _need_terminal(yes)
     open_audit(g)
+    repo = _open_repo(inv, book, git, "apply")
     secrets = unseal(loaded.sealed, inv.flake / "secrets") if loaded.sealed else {}
     saved = Plan(
         hosts=loaded.plan.hosts,
@@ -449,7 +500,16 @@ def _apply_saved(
         audit_log=g.audit_log,
     )
     runner = Runner(inv, book, options, on_event=_progress(g))
-    outcome = run_sequence(g, book, runner, command="apply", yes=yes, show_diff=show_diff, saved=saved)
+    outcome = run_sequence(
+        g,
+        book,
+        runner,
+        command="apply",
+        yes=yes,
+        show_diff=show_diff,
+        saved=saved,
+        before_apply=_starter(repo),
+    )
     _remember_rotations(inv, book)
     report(g, outcome)
-    sys.exit(outcome.result.exit_code)
+    sys.exit(outcome.result.exit_code or _commit(repo))

@@ -132,10 +132,14 @@ class FleetGit:
     """What a rotation writes: the policy's sops files and the state file (plus any other
     change under ``secrets/`` at the end: the tree was clean before)."""
     options: GitOptions
+    command: str = "secrets rotate"
+    """The infratool command committing (named in the commit message)."""
     log: Any = field(default_factory=lambda: log.get_logger("infratool.rotation.git"))
 
     @classmethod
-    def open(cls, flake: Path, paths: Sequence[Path], options: GitOptions) -> FleetGit | None:
+    def open(
+        cls, flake: Path, paths: Sequence[Path], options: GitOptions, command: str = "secrets rotate"
+    ) -> FleetGit | None:
         """The repo, or None when it is not a git work tree (works as without git) or commits are off.
 
         A repo whose ``secrets/`` git ignores (a dotfiles repo around ``$HOME``)
@@ -151,7 +155,9 @@ class FleetGit:
             if options.push:
                 raise InputError("--push needs commits: drop --no-commit (or git: {commit: false})")
             return None
-        return cls(flake, [p.resolve() for p in paths], options)
+        # Only what lives in the fleet repo is committed (a lab's inventory sits beside it).
+        inside = [p.resolve() for p in paths if p.resolve().is_relative_to(flake)]
+        return cls(flake, inside, options, command)
 
     # -- before ---------------------------------------------------------------
 
@@ -188,8 +194,12 @@ class FleetGit:
 
     # -- after ------------------------------------------------------------------
 
-    def finish(self) -> GitOutcome:
-        """Commit the rotation's files (if changed), push (if asked), drop the journal."""
+    def finish(self, message: tuple[str, str] | None = None) -> GitOutcome:
+        """Commit the rotation's files (if changed), push (if asked), drop the journal.
+
+        ``message``: subject and body, for a change that is not a rotation
+        (``host remove``); default :meth:`message`.
+        """
         out = GitOutcome()
         try:
             # The policy's files and whatever else changed in secrets/ (clean before the run, so the
@@ -200,7 +210,7 @@ class FleetGit:
                 _run(self.flake, "add", "-A", "--", *existing)
             staged = _run(self.flake, "diff", "--cached", "--name-only", "--", *existing) if existing else ""
             if staged.strip():
-                subject, body = self.message()
+                subject, body = message or self.message()
                 _run(
                     self.flake,
                     "commit",
@@ -241,7 +251,7 @@ class FleetGit:
         lines = [f"{n}: generation {before.get(n, (0, ''))[0]} -> {g}" for n, g in rotated]
         lines += [f"{n}: rotation failed, every consumer rolled back" for n in failed]
         lines.append("")
-        lines.append("Committed by `infratool secrets rotate`; no value appears in this message.")
+        lines.append(f"Committed by `infratool {self.command}`; no value appears in this message.")
         return subject, "\n".join(lines)
 
     # -- helpers ---------------------------------------------------------------
@@ -258,7 +268,13 @@ class FleetGit:
         return bool(_run(self.flake, "ls-files", "--", self._rel(path)).strip())
 
     def _dirty(self) -> list[str]:
-        """Changed, staged or untracked paths under ``secrets/`` (lock files aside)."""
+        """Changed, staged or untracked paths under ``secrets/`` and among :attr:`paths` (lock files aside).
+
+        The paths outside ``secrets/`` (the inventory, for ``host remove``) are
+        committed too, so an edit someone left there must refuse the run as
+        one in ``secrets/`` does.
+        """
+        outside = [r for r in (self._rel(p) for p in self.paths) if not r.startswith("secrets/")]
         out = _run(
             self.flake,
             "--no-optional-locks",
@@ -268,6 +284,7 @@ class FleetGit:
             "--untracked-files=all",
             "--",
             "secrets",
+            *outside,
         )
         paths: list[str] = []
         top = Path(_run(self.flake, "rev-parse", "--show-toplevel").strip())

@@ -200,6 +200,10 @@ class Task:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
+    rotates: ClassVar[bool] = False
+    """True when applying may rotate or re-encrypt material under ``secrets/`` (a rotation
+    kind's task): ``run``/``apply`` of its playbook then commit like ``secrets rotate``
+    (cli/gitsync.py), with the same refusals before anything is touched."""
     host_local: ClassVar[bool] = False
     """True when each change touches only its own host (no cross-host order): the
     runner may then apply consecutive such entries back to back per host, with

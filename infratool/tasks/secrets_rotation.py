@@ -85,6 +85,7 @@ class RotateSecrets(Task):
     """Rotate the secrets of a rotation policy that are due (or named)."""
 
     name = "secrets_rotation.rotate"
+    rotates = True
     summary = "staged rotation: pending in sops → deliver → verify → promote (rollback on failure)"
     params = {
         "policy": Param(str, help=f"policy file relative to the flake repo (default {DEFAULT_POLICY})"),

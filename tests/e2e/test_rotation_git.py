@@ -29,6 +29,11 @@ def git(cwd: Path, *args: str, check: bool = True) -> str:
 @pytest.fixture
 def repo(fleet, tmp_path):
     """The lab fleet repo as a git work tree on ``main``, pushed to a bare ``origin``."""
+    return make_repo(fleet, tmp_path)
+
+
+def make_repo(fleet, tmp_path):
+    """:func:`repo` for other test modules (a fixture cannot be imported and called)."""
     services.provision(fleet)
     flake = fleet.flake_dir
     policy = flake / "secrets" / "rotation.yaml"

@@ -277,6 +277,7 @@ class BinaryCacheRotateKey(Task):
     """Rotate the cache's signing key with overlap; resumes an interrupted rotation."""
 
     name = "binary_cache.rotate_key"
+    rotates = True
     summary = "signing key rotation: trust new → re-sign → drop old → retire, each phase verified"
     params = {
         **CACHE_PARAMS,

@@ -71,6 +71,7 @@ class Setup(TopologyTask):
     """Per-client builder keys, restricted authorized_keys, machines lines; verified by a real build."""
 
     name = "remote_builders.setup"
+    rotates = True
     summary = "Nix remote builders: per-client keys in sops, restricted builder logins, /etc/nix/machines"
     params = {
         **spec.SHARED_PARAMS,
