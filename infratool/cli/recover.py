@@ -13,6 +13,7 @@ import sys
 import click
 
 from infratool.cli.common import Globals, emit_json, examples, load_inventory, pass_globals
+from infratool.cli.gitsync import git_options
 from infratool.errors import EXIT_FAILED, InputError
 
 
@@ -40,8 +41,12 @@ def recover() -> None:
     help="Print the words even when stdout is not a terminal (a file, a pipe, a log): on purpose only.",
 )
 @click.option("--replace", is_flag=True, help="Replace an existing backup recipient without asking.")
+@git_options
 @pass_globals
-def recover_init(g: Globals, to_stdout: bool, replace: bool) -> None:
+def recover_init(
+    g: Globals, to_stdout: bool, replace: bool, git_commit: bool | None, git_push: bool | None
+) -> None:
+    from infratool.cli import gitsync
     from infratool.onboard import scaffold
     from infratool.onboard.sopsrules import parse_rules
     from infratool.secrets import recovery
@@ -75,6 +80,10 @@ def recover_init(g: Globals, to_stdout: bool, replace: bool) -> None:
         if not click.confirm(question, default=False):
             click.echo("Nothing changed.", err=True)
             sys.exit(EXIT_FAILED)
+    # It re-encrypts every secrets file: in a git fleet repo, committed like a rotation
+    # (refused here, before any word exists, on a dirty secrets/ or a branch behind upstream).
+    repo = gitsync.open_repo(inv.flake, [], git_commit, git_push, command="secrets recover init")
+    gitsync.start(repo)
     words = recovery.new_mnemonic()
     _, recipient = recovery.derive_identity(words)
     scaffold.add_sops_recipient(config, recipient)
@@ -93,6 +102,10 @@ def recover_init(g: Globals, to_stdout: bool, replace: bool) -> None:
         f"backup recipient {recipient} added to {config}{replaced}; {len(files)} file(s) re-encrypted",
         err=True,
     )
+    body = f"{len(files)} file(s) re-encrypted" + (f"; replaced {old}" if old else "")
+    body += "\n\nCommitted by `infratool secrets recover init`; no value appears in this message."
+    if gitsync.finish(repo, (f"secrets: backup recipient {recipient}", body)):
+        sys.exit(EXIT_FAILED)
 
 
 @recover.command(

@@ -18,6 +18,7 @@ import pytest
 
 from infratool.onboard.scaffold import ensure_operator_repo
 from infratool.secrets import recovery
+from infratool.secrets.secret import Secret
 from infratool.secrets.store import SopsStore
 
 
@@ -108,3 +109,32 @@ def test_a_second_init_says_so_and_replaces_the_old_recipient(repo: Path, cli) -
     assert ok.returncode == 0, ok.stdout + ok.stderr
     stale = cli("-i", inv, "secrets", "recover", "check", input=old_words + "\n")
     assert stale.returncode == 1 and "FAIL db.yaml" in stale.stdout
+
+
+def test_in_a_git_fleet_repo_init_refuses_a_dirty_tree_and_commits_without_the_words(repo: Path, cli) -> None:
+    def git(*args: str) -> str:
+        ident = ["-c", "user.name=Op", "-c", "user.email=op@example.org"]
+        return subprocess.run(
+            ["git", *ident, *args], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    git("init", "-q", "-b", "main")
+    (repo / ".gitignore").write_text("secrets/.*.lock\n")
+    git("add", "-A")
+    git("commit", "-q", "-m", "fleet")
+    inv = repo / "hosts.yaml"
+    (repo / "secrets" / "notes.txt").write_text("not committed\n")
+    before = sops_config(repo)
+    dirty = cli("-i", inv, "secrets", "recover", "init", "--to-stdout")
+    assert dirty.returncode == 3 and "uncommitted changes" in dirty.stderr and dirty.stdout == ""
+    assert sops_config(repo) == before
+    (repo / "secrets" / "notes.txt").unlink()
+
+    done = cli("-i", inv, "secrets", "recover", "init", "--to-stdout")
+    assert done.returncode == 0, done.stderr
+    words = words_of(done.stdout)
+    recipient = recovery.derive_identity(Secret(words))[1]
+    assert git("log", "-1", "--format=%s") == f"secrets: backup recipient {recipient}"
+    assert git("status", "--porcelain") == ""
+    history = " ".join(git("log", "-p", "--all").split())
+    assert words not in history and " ".join(words.split()[:4]) not in history
