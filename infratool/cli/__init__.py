@@ -45,7 +45,7 @@ LAZY_COMMANDS = {
     "exec": "infratool.cli.adhoc:exec_command",
     "plan": "infratool.cli.playbooks:plan",
     "run": "infratool.cli.playbooks:run",
-    "apply": "infratool.cli.playbooks:apply",
+    "apply": "infratool.cli.saved:apply",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,3 +207,18 @@ def audit_run(g: Globals, command: str, book, plan, result=None) -> None:
         }
         record["exit_code"] = result.exit_code
     open_audit(g).write(record)
+
+
+def need_terminal(yes: bool) -> None:
+    """Refuse (exit 3) to ask for confirmation when nobody can answer: stdin is not a terminal."""
+    if not yes and not sys.stdin.isatty():
+        from infratool.errors import InputError
+
+        raise InputError("stdin is not a terminal: refusing to prompt; pass --yes to apply unattended")
+
+
+def progress_display(g: Globals) -> Any:
+    """The runner's progress callback: live on a terminal's stderr, quiet with -q or --json."""
+    from infratool.cli import output as render
+
+    return render.Progress(render.console(stderr=True), enabled=g.verbosity >= 0 and not g.json)

@@ -156,3 +156,20 @@ def host_message(result: Any, command: str) -> tuple[str, str]:
         lines.append(f"to rotate: {planned.secret} ({'; '.join(planned.reasons)})")
     lines += ["", f"Committed by `infratool {command}`; no value appears in this message."]
     return f"hosts: {verb} {result.name}", "\n".join(lines)
+
+
+def for_playbook(inv: Any, book: Any, git: tuple[bool | None, bool | None], command: str) -> Any:
+    """A checked session for ``run``/``apply`` when the playbook rotates (``Task.rotates``), else None.
+
+    Before planning, as ``secrets rotate`` does: a dirty ``secrets/`` or a branch
+    behind its upstream refuses the run (exit 3) with nothing touched.
+    """
+    from infratool.errors import InputError
+    from infratool.rotation import state
+
+    if not any(getattr(i.task, "rotates", False) for i in book.invocations):
+        if git[1]:
+            raise InputError(f"--push: {book.path} rotates nothing, so there is nothing to commit")
+        return None
+    state_file = state.state_path(inv.flake / "secrets")
+    return open_repo(inv.flake, [state_file], *git, command=command)

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from infratool.cli import gitsync
 from infratool.cli.common import (
     Globals,
     audit_run,
@@ -22,8 +23,10 @@ from infratool.cli.common import (
     forks_option,
     limit_option,
     load_inventory,
+    need_terminal,
     open_audit,
     pass_globals,
+    progress_display,
     timeout_option,
 )
 from infratool.cli.gitsync import git_options
@@ -331,7 +334,9 @@ def run(
             raise InputError(
                 "--plan applies the saved plan's own selection: drop --limit/--tags/-e/--no-deploy"
             )
-        _apply_saved(
+        from infratool.cli.saved import apply_saved
+
+        apply_saved(
             g, plan_file, playbook, yes, forks, not no_diff, lock_wait, timeout, (git_commit, git_push)
         )
         return
@@ -348,49 +353,24 @@ def run(
         lock_wait=lock_wait,
     )
     _check_build_on(inv, build_on)
-    _need_terminal(yes)
-    repo = _open_repo(inv, book, (git_commit, git_push), "run")
-    runner = Runner(inv, book, options, on_event=_progress(g))
+    need_terminal(yes)
+    repo = gitsync.for_playbook(inv, book, (git_commit, git_push), "run")
+    runner = Runner(inv, book, options, on_event=progress_display(g))
     outcome = run_sequence(
-        g, book, runner, command="run", yes=yes, show_diff=not no_diff, before_apply=_starter(repo)
+        g,
+        book,
+        runner,
+        command="run",
+        yes=yes,
+        show_diff=not no_diff,
+        before_apply=lambda: gitsync.start(repo),
     )
-    _remember_rotations(inv, book)
+    remember_rotations(inv, book)
     report(g, outcome)
-    sys.exit(outcome.result.exit_code or _commit(repo))
+    sys.exit(outcome.result.exit_code or gitsync.finish(repo))
 
 
-def _open_repo(inv: Any, book: Any, git: tuple[bool | None, bool | None], command: str) -> Any:
-    """A checked git session when the playbook rotates (``Task.rotates``), else None.
-
-    Before planning, as ``secrets rotate`` does: a dirty ``secrets/`` or a branch
-    behind its upstream refuses the run (exit 3) with nothing touched.
-    """
-    from infratool.cli import gitsync
-    from infratool.rotation import state
-
-    if not any(getattr(i.task, "rotates", False) for i in book.invocations):
-        if git[1]:
-            raise InputError(f"--push: {book.path} rotates nothing, so there is nothing to commit")
-        return None
-    state_file = state.state_path(inv.flake / "secrets")
-    return gitsync.open_repo(inv.flake, [state_file], *git, command=command)
-
-
-def _starter(repo: Any) -> Any:
-    """``before_apply`` for :func:`run_sequence`: the git journal, right before the first write."""
-    from infratool.cli import gitsync
-
-    return lambda: gitsync.start(repo)
-
-
-def _commit(repo: Any) -> int:
-    """Commit (and push) what the run changed under ``secrets/``; 1 when that failed."""
-    from infratool.cli import gitsync
-
-    return gitsync.finish(repo)
-
-
-def _remember_rotations(inv: Any, book: Any) -> None:
+def remember_rotations(inv: Any, book: Any) -> None:
     """Record the playbook in the state of the rotations it ran, so `secrets status` finds them.
 
     After the run, whatever its outcome; a state file that cannot be updated
@@ -404,112 +384,3 @@ def _remember_rotations(inv: Any, book: Any) -> None:
         remember(inv, Path(book.path))
     except InfratoolError as exc:
         log.get_logger("infratool.cli").warning("rotation playbook not recorded", error=str(exc))
-
-
-@click.command(
-    help="Apply exactly a plan saved with `plan -o FILE`: refused (exit 3) for another inventory, "
-    "playbook or infratool version; hosts whose facts changed since the plan are refused (status "
-    "stale, exit 5) and the others applied."
-    + examples(
-        "infratool plan playbooks/site.yaml -o site.plan.json",
-        "infratool apply site.plan.json",
-        "infratool apply site.plan.json --yes",
-    )
-)
-@click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--yes", "-y", is_flag=True, help="Apply without asking (required when stdin is not a terminal)."
-)
-@forks_option
-@click.option("--no-diff", is_flag=True, help="Descriptions only.")
-@wait_option
-@timeout_option
-@git_options
-@pass_globals
-def apply(
-    g: Globals,
-    plan_file: Path,
-    yes: bool,
-    forks: int,
-    no_diff: bool,
-    lock_wait: float,
-    timeout: float | None,
-    git_commit: bool | None,
-    git_push: bool | None,
-) -> None:
-    _apply_saved(g, plan_file, None, yes, forks, not no_diff, lock_wait, timeout, (git_commit, git_push))
-
-
-def _need_terminal(yes: bool) -> None:
-    if not yes and not sys.stdin.isatty():
-        raise InputError("stdin is not a terminal: refusing to prompt; pass --yes to apply unattended")
-
-
-def _progress(g: Globals) -> Any:
-    from infratool.cli import output as render
-
-    return render.Progress(render.console(stderr=True), enabled=g.verbosity >= 0 and not g.json)
-
-
-def _apply_saved(
-    g: Globals,
-    plan_file: Path,
-    playbook: str | None,
-    yes: bool,
-    forks: int,
-    show_diff: bool,
-    lock_wait: float,
-    timeout: float | None,
-    git: tuple[bool | None, bool | None] = (None, None),
-) -> None:
-    """`apply FILE` / `run PLAYBOOK --plan FILE`: check what the plan was made for, then apply it."""
-    from infratool import planfile
-    from infratool import playbook as pb
-    from infratool.changes import Plan
-    from infratool.cli.sequence import report, run_sequence
-    from infratool.options import RunOptions
-    from infratool.runner import Runner
-    from infratool.secrets.seal import unseal
-    from infratool.template import parse_extra_vars
-
-    loaded = planfile.load(plan_file)
-    sel = loaded.header.selection
-    inv = load_inventory(g)
-    book = pb.load(playbook or loaded.header.playbook, inv, parse_extra_vars(sel.get("extra_vars") or ()))
-    if sel.get("tags") or sel.get("skip_tags"):
-        book = pb.filter_tags(book, sel.get("tags"), sel.get("skip_tags"))
-    why = loaded.header.mismatch(planfile.Header.of(inv, book, sel))
-    if why:
-        raise InputError(f"refusing to apply this plan: {why}; make a new one", file=plan_file)
-    _need_terminal(yes)
-    open_audit(g)
-    repo = _open_repo(inv, book, git, "apply")
-    secrets = unseal(loaded.sealed, inv.flake / "secrets") if loaded.sealed else {}
-    saved = Plan(
-        hosts=loaded.plan.hosts,
-        changes=planfile.changes_of(loaded, secrets),
-        facts=loaded.plan.facts,
-    )
-    options = RunOptions(
-        forks=forks,
-        limit=sel.get("limit"),
-        yes=yes,
-        deploy=bool(sel.get("deploy", True)),
-        command_timeout=timeout,
-        lock_wait=lock_wait,
-        audit_log=g.audit_log,
-    )
-    runner = Runner(inv, book, options, on_event=_progress(g))
-    outcome = run_sequence(
-        g,
-        book,
-        runner,
-        command="apply",
-        yes=yes,
-        show_diff=show_diff,
-        saved=saved,
-        before_apply=_starter(repo),
-    )
-    _remember_rotations(inv, book)
-    report(g, outcome)
-    sys.exit(outcome.result.exit_code or _commit(repo))

@@ -21,7 +21,9 @@ from infratool.cli.common import (
     forks_option,
     limit_option,
     load_inventory,
+    need_terminal,
     pass_globals,
+    progress_display,
 )
 from infratool.errors import EXIT_FAILED, InputError
 
@@ -65,13 +67,7 @@ def _tasks_runner(g: Globals, tasks: list[tuple[str, dict[str, Any]]], limit: st
     name = " + ".join(t for t, _ in tasks)
     book = Playbook(path=Path("command line"), name=name, description="", invocations=invocations)
     run_options = RunOptions(limit=limit, audit_log=g.audit_log, **options)
-    return inv, book, Runner(inv, book, run_options, on_event=_progress(g))
-
-
-def _progress(g: Globals):
-    from infratool.cli import output as render
-
-    return render.Progress(render.console(stderr=True), enabled=g.verbosity >= 0 and not g.json)
+    return inv, book, Runner(inv, book, run_options, on_event=progress_display(g))
 
 
 @secureboot.command(
@@ -177,11 +173,6 @@ def _plan_and_apply(g: Globals, book: Any, runner: Any, yes: bool, question: str
     sys.exit(result.exit_code)
 
 
-def _need_terminal(yes: bool) -> None:
-    if not yes and not sys.stdin.isatty():
-        raise InputError("stdin is not a terminal: refusing to prompt; pass --yes to apply")
-
-
 @secureboot.command(
     help="Restore HOSTs' Secure Boot keys from secrets/secureboot/<host>.yaml (e.g. after a "
     "reinstall): bit-for-bit, root-owned, checked by SHA-256. Refuses to overwrite different keys."
@@ -192,7 +183,7 @@ def _need_terminal(yes: bool) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Apply without asking.")
 @pass_globals
 def restore(g: Globals, hosts: tuple[str, ...], pki_bundle: str | None, yes: bool) -> None:
-    _need_terminal(yes)
+    need_terminal(yes)
     args = {"pki_bundle": pki_bundle}
     _, book, runner = _runner(g, "secureboot.restore", args, ",".join(hosts), yes=yes)
     _plan_and_apply(g, book, runner, yes, "Restore these keys?", "secureboot restore")
@@ -254,7 +245,7 @@ def enroll(
     missing = [f"--confirm {CONFIRM_PREFIX}{h}" for h in hosts if f"{CONFIRM_PREFIX}{h}" not in confirm]
     if missing:
         raise InputError(f"enrolling writes firmware: type {' '.join(missing)} (nothing was touched)")
-    _need_terminal(yes)
+    need_terminal(yes)
     args = {
         "confirm": list(confirm),
         "microsoft": microsoft,
@@ -277,7 +268,7 @@ def enroll(
 def migrate(g: Globals, hosts: tuple[str, ...], yes: bool) -> None:
     from infratool.cli import output as render
 
-    _need_terminal(yes)
+    need_terminal(yes)
     limit = ",".join(hosts)
     _, book, runner = _runner(g, "secureboot.migrate", {}, limit, yes=yes)
     out, the_plan, result = _plan_confirm_apply(
