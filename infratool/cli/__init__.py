@@ -41,7 +41,7 @@ LAZY_COMMANDS = {
     "secureboot": "infratool.cli.secureboot:secureboot",
     "init": "infratool.cli.onboard:init",
     "host": "infratool.cli.onboard:host",
-    "completion": "infratool.cli.onboard:completion",
+    "completion": "infratool.cli.completion:completion",
     "exec": "infratool.cli.adhoc:exec_command",
     "plan": "infratool.cli.playbooks:plan",
     "run": "infratool.cli.playbooks:run",

@@ -12,30 +12,16 @@ from pathlib import Path
 
 import click
 
+from infratool.cli import hostview
 from infratool.cli.common import Globals, emit_json, examples, pass_globals
 from infratool.cli.gitsync import git_options
 from infratool.errors import EXIT_FAILED, InputError
-
-SHELLS = ("bash", "zsh", "fish")
 
 rotate_option = click.option(
     "--rotate",
     is_flag=True,
     help="Then run the rotation plan right away (staged, verified, like `secrets rotate`).",
 )
-
-
-def _out():
-    """A rich console on stdout (honours NO_COLOR, plain when not a terminal)."""
-    from infratool.cli import output as render
-
-    return render.console()
-
-
-def _esc(text: object) -> str:
-    from rich.markup import escape
-
-    return escape(str(text))
 
 
 # -- init ----------------------------------------------------------------------
@@ -91,14 +77,16 @@ def init(g: Globals, directory: Path, ssh_key: str, os_kind: str, age_key_file: 
             }
         )
         return
-    con = _out()
+    con = hostview.out()
     for path in result.created:
-        con.print(f"[green]created[/green] {_esc(path)}")
+        con.print(f"[green]created[/green] {hostview.esc(path)}")
     state = "new, mode 0600 — back it up" if result.key_created else "existing key reused"
-    con.print(f"operator age key: {_esc(result.key_file)} ({state}); the private key is never printed")
-    con.print(f"operator age recipient: {_esc(result.recipient)}")
+    con.print(
+        f"operator age key: {hostview.esc(result.key_file)} ({state}); the private key is never printed"
+    )
+    con.print(f"operator age recipient: {hostview.esc(result.recipient)}")
     where = "" if directory == Path(".") else f"cd {directory} && "
-    con.print(f"[bold]next:[/bold] {_esc(where)}infratool host add NAME --address ADDRESS")
+    con.print(f"[bold]next:[/bold] {hostview.esc(where)}infratool host add NAME --address ADDRESS")
 
 
 # -- host add / remove ------------------------------------------------------------
@@ -245,7 +233,7 @@ def host_add(
     if g.json:
         emit_json(result.to_dict())
     else:
-        _render(result, "pinned" if result.inventory_changed else "already pinned")
+        hostview.render(result, "pinned" if result.inventory_changed else "already pinned")
     if gitsync.finish(repo, gitsync.host_message(result, "host add")):
         sys.exit(EXIT_FAILED)
     if rotate:
@@ -288,7 +276,7 @@ def host_remove(
     if g.json:
         emit_json(result.to_dict())
     else:
-        _render(result, "removed")
+        hostview.render(result, "removed")
     if gitsync.finish(repo, gitsync.host_message(result, "host remove")):
         sys.exit(EXIT_FAILED)
     if rotate:
@@ -367,86 +355,3 @@ def _ask(question: str) -> bool:
         # A piped answer is not echoed by the terminal: show it, so logs read right.
         click.echo("yes" if answer else "no", err=True)
     return answer
-
-
-def _shown(path: Path) -> str:
-    """``path`` relative to the current directory when below it (as the operator typed it)."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
-def _render(result, verb: str) -> None:
-    con = _out()
-    if result.fingerprint:
-        con.print(
-            f"[green]{verb}[/green] [bold]{_esc(result.name)}[/bold]: "
-            f"{_esc(result.host_key.split()[0])} [bold]{_esc(result.fingerprint)}[/bold]"
-        )
-    else:
-        con.print(f"[green]{verb}[/green] [bold]{_esc(result.name)}[/bold]")
-    if result.inventory_changed:
-        con.print(f"  {_esc(_shown(result.inventory))} updated")
-    if result.recipient:
-        con.print(f"  age recipient (ssh-to-age of the host key): {_esc(result.recipient)}")
-    rev = result.revocation
-    if result.sops_config:
-        con.print(f"  {_esc(_shown(result.sops_config))} updated")
-        for path in rev.data_keys if rev else ():
-            con.print(f"  new data key (sops rotate), without the old key: {_esc(_shown(path))}")
-        for path in result.reencrypted:
-            con.print(f"  re-encrypted {_esc(_shown(path))}")
-        if not result.reencrypted and not (rev and rev.data_keys):
-            con.print("  no secrets file needed re-encrypting")
-    for note in result.notes:
-        con.print(f"  [yellow]note:[/yellow] {_esc(note)}")
-    if rev is not None:
-        _render_revocation(con, result, departed=verb == "removed")
-
-
-def _render_revocation(con, result, departed: bool) -> None:
-    rev = result.revocation
-    if rev.policy_note:
-        con.print(f"  [yellow]note:[/yellow] {_esc(rev.policy_note)}")
-    if rev.plan:
-        con.print(f"  [bold]rotation plan[/bold] ({_esc(result.name)} held or could read these values):")
-        for planned in rev.plan:
-            con.print(f"    {_esc(planned.secret)}: {_esc('; '.join(planned.reasons))}")
-        names = " ".join(p.secret for p in rev.plan)
-        if departed:
-            # The policy still names the departed host until edited; --rotate leaves it out by itself.
-            con.print(
-                f"  run it: --rotate (leaves {_esc(result.name)} out by itself), or edit it out of the "
-                f"policy, then: infratool secrets rotate {_esc(names)}"
-            )
-        else:
-            con.print(f"  run it: infratool secrets rotate {_esc(names)}  (or pass --rotate)")
-    for file, keys in rev.unmanaged.items():
-        con.print(
-            f"  [yellow]not in the rotation policy[/yellow] — change by hand: {_esc(file)}: {_esc(', '.join(keys))}"
-        )
-
-
-# -- completion ------------------------------------------------------------------
-
-
-@click.command(
-    help="Print the shell completion script for SHELL (click's completion for `infratool`)."
-    + examples(
-        "infratool completion bash > /etc/bash_completion.d/infratool",
-        'eval "$(infratool completion zsh)"            # in ~/.zshrc',
-        "infratool completion fish > ~/.config/fish/completions/infratool.fish",
-    )
-)
-@click.argument("shell", type=click.Choice(SHELLS))
-def completion(shell: str) -> None:
-    from click.shell_completion import get_completion_class
-
-    from infratool.cli import main
-
-    cls = get_completion_class(shell)
-    assert cls is not None  # every name in SHELLS is one click knows
-    # Exactly what `_INFRATOOL_COMPLETE=<shell>_source infratool` prints.
-    script = cls(main, {}, "infratool", "_INFRATOOL_COMPLETE").source()
-    sys.stdout.write(script if script.endswith("\n") else script + "\n")
