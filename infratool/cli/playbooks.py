@@ -233,6 +233,7 @@ def plan(
     timeout: float | None,
 ) -> None:
     from infratool.cli import output as render
+    from infratool.cli.sequence import abandon
     from infratool.runner import plan_exit_code
 
     inv, book, options, Runner = _prepare(
@@ -255,8 +256,14 @@ def plan(
         emit_json(the_plan.to_dict())
     else:
         render.plan(render.console(), the_plan, show_diff=not no_diff)
-    if out_file is not None:
-        _save_plan(out_file, the_plan, inv, book, selection)
+    if out_file is None:
+        abandon(book)  # shown, never to be applied: return what planning issued (Vault leases)
+    else:
+        try:
+            _save_plan(out_file, the_plan, inv, book, selection)
+        except BaseException:
+            abandon(book)
+            raise
         if not g.json:
             click.echo(f"Saved the plan to {out_file}: apply it with `infratool apply {out_file}`.", err=True)
     sys.exit(plan_exit_code(the_plan, detailed_exitcode))

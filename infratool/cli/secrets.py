@@ -260,23 +260,19 @@ def _run_rotation(
     options = RunOptions(forks=forks, yes=yes, audit_log=g.audit_log, unattended=unattended)
     progress = render.Progress(render.console(stderr=True), enabled=g.verbosity >= 0 and not g.json)
     runner = Runner(inv, book, options, on_event=progress)
-    # The one run sequence of the CLI (plan, show, confirm, apply, audit).
-    try:
-        outcome = run_sequence(
-            g,
-            book,
-            runner,
-            command=command,
-            yes=yes,
-            question="Rotate these secrets?",
-            dry_run=dry_run,
-            before_apply=lambda: gitsync.start(repo),
-        )
-    except SystemExit:
-        _abandon(tasks)  # declined: what planning issued (Vault leases) goes back
-        raise
+    # The one run sequence of the CLI (plan, show, confirm, apply, audit); a dry run or a
+    # declined confirmation returns what planning issued (Vault leases) there.
+    outcome = run_sequence(
+        g,
+        book,
+        runner,
+        command=command,
+        yes=yes,
+        question="Rotate these secrets?",
+        dry_run=dry_run,
+        before_apply=lambda: gitsync.start(repo),
+    )
     if dry_run:
-        _abandon(tasks)
         needs = any([_skipped(t) for t in people])
         sys.exit(plan_exit_code(outcome.plan, detailed=False) or (EXIT_CHANGES if needs else 0))
     result = outcome.result
@@ -296,14 +292,6 @@ def _run_rotation(
 
 run_rotation = _run_rotation
 """Plan, confirm, apply rotation tasks (``host remove --rotate`` runs its plan through this)."""
-
-
-def _abandon(tasks: list[Any]) -> None:
-    """A plan that will not be applied: kinds return what planning issued (Vault leases)."""
-    for task in tasks:
-        abandon = getattr(task, "abandon", None)
-        if abandon is not None:
-            abandon()
 
 
 def _skipped(task: Any) -> bool:

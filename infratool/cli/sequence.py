@@ -2,7 +2,8 @@
 
 ``run``, ``apply``, ``secrets rotate``/``set`` and the Secure Boot commands
 all go through :func:`run_sequence`, so a plan is always shown before it is
-applied, a declined confirmation always exits 1 with nothing touched, and
+applied, a declined confirmation always exits 1 with nothing touched (and
+what planning issued, Vault leases, returned: :func:`abandon`), and
 the audit log always gets a ``started`` record before the first change and
 one ``finished`` record after. The caller builds the runner and reports the
 result (each command has its own way of saying what happened).
@@ -63,29 +64,50 @@ def run_sequence(
         progress = runner.on_event if hasattr(runner.on_event, "__enter__") else contextlib.nullcontext()
     out = render.console()
     with runner:
-        with progress:
-            the_plan = runner.plan() if saved is None else runner.load_saved(saved)
-        if dry_run:
-            audit_run(g, f"{command} --dry-run", book, the_plan)
-            emit_json(the_plan.to_dict()) if g.json else render.plan(out, the_plan, show_diff=show_diff)
-            return Outcome(the_plan)
-        if not g.json:
-            render.plan(out, the_plan, show_diff=show_diff)
-        if not the_plan.changes and not apply_empty:
-            audit_run(g, command, book, the_plan)
-            return Outcome(the_plan)
-        if the_plan.changes and not yes and not click.confirm(question, default=False):
-            audit_run(g, f"{command} (declined)", book, the_plan)
-            click.echo("Nothing applied.", err=True)
-            sys.exit(EXIT_FAILED)
-        if the_plan.changes:
-            audit_started(g, command, book, the_plan)
-        if before_apply is not None:
-            before_apply()
+        try:
+            with progress:
+                the_plan = runner.plan() if saved is None else runner.load_saved(saved)
+            if dry_run:
+                audit_run(g, f"{command} --dry-run", book, the_plan)
+                emit_json(the_plan.to_dict()) if g.json else render.plan(out, the_plan, show_diff=show_diff)
+                abandon(book)
+                return Outcome(the_plan)
+            if not g.json:
+                render.plan(out, the_plan, show_diff=show_diff)
+            if not the_plan.changes and not apply_empty:
+                audit_run(g, command, book, the_plan)
+                abandon(book)
+                return Outcome(the_plan)
+            if the_plan.changes and not yes and not click.confirm(question, default=False):
+                audit_run(g, f"{command} (declined)", book, the_plan)
+                click.echo("Nothing applied.", err=True)
+                sys.exit(EXIT_FAILED)
+            if the_plan.changes:
+                audit_started(g, command, book, the_plan)
+            if before_apply is not None:
+                before_apply()
+        except BaseException:
+            abandon(book)  # declined, refused, interrupted: nothing of this plan will be applied
+            raise
         with progress:
             result = runner.apply(the_plan)
     audit_run(g, command, book, the_plan, result)
     return Outcome(the_plan, result)
+
+
+def abandon(book: Any) -> None:
+    """A plan of ``book`` that will not be applied: its tasks return what planning issued.
+
+    A rotation task that drew a Vault lease while planning (``Planner.issued``)
+    revokes it here (``Task.abandon``); the other tasks have nothing to return.
+    Called when ``plan`` ends without ``-o``, for a dry run and a declined
+    confirmation. A plan saved with ``-o`` keeps its leases: ``apply`` installs
+    them, or they expire with their TTL (docs/secret-sources.md).
+    """
+    for invocation in book.invocations:
+        give_back = getattr(invocation.task, "abandon", None)
+        if give_back is not None:
+            give_back()
 
 
 def report(g: Globals, outcome: Outcome) -> None:

@@ -372,7 +372,15 @@ def test_prompted_value_is_set_delivered_and_then_needs_a_person(lab3, cli, tmp_
     assert values(lab)["stripe/api-key"] == newer
 
 
-def test_vault_lease_delivered_verified_and_previous_revoked(lab3, cli):
+def _live_leases(vault) -> set[str]:
+    """The leases under database/creds/app that Vault still honours."""
+    status, listing = vault.request("LIST", "/v1/sys/leases/lookup/database/creds/app/")
+    assert status == 200
+    leases = {f"database/creds/app/{k}" for k in listing["data"]["keys"]}
+    return {lease for lease in leases if vault.lease_valid(lease)}
+
+
+def test_vault_lease_delivered_verified_and_previous_revoked(lab3, cli, tmp_path):
     lab = lab3
     with vaultserver.serve(ttl=3600) as vault:
         login = f"{vault.addr}/db/login"
@@ -406,6 +414,32 @@ def test_vault_lease_delivered_verified_and_previous_revoked(lab3, cli):
         assert lab.host("brix").path("/var/lib/app/db-cred").read_text() == first["db/app"]
         _code, rows = status_rows(cli, lab)
         assert rows["db/app"]["max_age"] == "1h"  # the lease's TTL, shorter than the policy's 30d
+
+        # A generic `plan` of a rotation playbook issues a lease while planning and, not
+        # applied, returns it when the command ends; a plan saved with -o keeps its lease
+        # until it is applied, and applying installs exactly that lease.
+        book = tmp_path / "rotate-db.yaml"
+        book.write_text(
+            yaml.safe_dump(
+                {
+                    "name": "rotate-db",
+                    "hosts": "all",
+                    "tasks": [
+                        {"task": "secrets_rotation.rotate", "with": {"names": ["db/app"], "force": True}}
+                    ],
+                }
+            )
+        )
+        planned = cli("-i", lab.inventory_path, "plan", book, env=env)
+        assert planned.returncode == 0 and "db/app" in planned.stdout, planned.stdout + planned.stderr
+        assert _live_leases(vault) == {lease1}, "the lease issued while planning was not returned"
+        saved = tmp_path / "rotate-db.plan.json"
+        assert cli("-i", lab.inventory_path, "plan", book, "-o", saved, env=env).returncode == 0
+        (kept,) = _live_leases(vault) - {lease1}
+        applied = cli("-i", lab.inventory_path, "apply", saved, "--yes", env=env)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert values(lab)["_rotation/lease/db/app"] == kept and _live_leases(vault) == {kept}
+        lease1 = kept
 
         r = cli("-i", lab.inventory_path, "secrets", "rotate", "db/app", "--yes", env=env)
         assert r.returncode == 0, r.stdout + r.stderr
