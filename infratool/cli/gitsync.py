@@ -139,25 +139,6 @@ def open_for_inventory(inventory: Path, commit: bool | None, push: bool | None, 
     return open_repo(flake, [inventory, flake / "secrets" / ".sops.yaml"], commit, push, command=command)
 
 
-def host_message(result: Any, command: str) -> tuple[str, str]:
-    """Subject and body of a ``host add``/``host remove`` commit: names, files and keys, never a value."""
-    rev = result.revocation
-    verb = {"host remove": "remove", "host add": "re-pin" if rev else "add"}.get(command, command)
-    lines = []
-    if result.fingerprint:
-        lines.append(f"host key: {result.fingerprint}")
-    if result.recipient:
-        lines.append(f"age recipient: {result.recipient}")
-    for path in rev.data_keys if rev else ():
-        lines.append(f"new data key without the old key: {Path(path).name}")
-    for path in result.reencrypted:
-        lines.append(f"re-encrypted: {Path(path).name}")
-    for planned in rev.plan if rev else ():
-        lines.append(f"to rotate: {planned.secret} ({'; '.join(planned.reasons)})")
-    lines += ["", f"Committed by `infratool {command}`; no value appears in this message."]
-    return f"hosts: {verb} {result.name}", "\n".join(lines)
-
-
 def for_playbook(inv: Any, book: Any, git: tuple[bool | None, bool | None], command: str) -> Any:
     """A checked session for ``run``/``apply`` when the playbook rotates (``Task.rotates``), else None.
 

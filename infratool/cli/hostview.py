@@ -45,10 +45,8 @@ def render(result: Any, verb: str) -> None:
     rev = result.revocation
     if result.sops_config:
         con.print(f"  {esc(_shown(result.sops_config))} updated")
-        for path in rev.data_keys if rev else ():
-            con.print(f"  new data key (sops rotate), without the old key: {esc(_shown(path))}")
-        for path in result.reencrypted:
-            con.print(f"  re-encrypted {esc(_shown(path))}")
+        for line in file_lines(result, _shown):
+            con.print(f"  {esc(line)}")
         if not result.reencrypted and not (rev and rev.data_keys):
             con.print("  no secrets file needed re-encrypting")
     for note in result.notes:
@@ -78,3 +76,24 @@ def _render_revocation(con, result, departed: bool) -> None:
         con.print(
             f"  [yellow]not in the rotation policy[/yellow] — change by hand: {esc(file)}: {esc(', '.join(keys))}"
         )
+
+
+def file_lines(result: Any, shown: Any) -> list[str]:
+    """What happened to each secrets file, one line each (``shown(path)`` names the file)."""
+    rev = result.revocation
+    lines = [
+        f"new data key (sops rotate), without the old key: {shown(p)}" for p in (rev.data_keys if rev else ())
+    ]
+    return lines + [f"re-encrypted {shown(p)}" for p in result.reencrypted]
+
+
+def commit_message(result: Any, command: str) -> tuple[str, str]:
+    """Subject and body of a ``host add``/``host remove`` commit: names, files and keys, never a value."""
+    rev = result.revocation
+    verb = {"host remove": "remove", "host add": "re-pin" if rev else "add"}.get(command, command)
+    lines = [f"host key: {result.fingerprint}"] if result.fingerprint else []
+    lines += [f"age recipient: {result.recipient}"] if result.recipient else []
+    lines += file_lines(result, lambda p: Path(p).name)
+    lines += [f"to rotate: {p.secret} ({'; '.join(p.reasons)})" for p in (rev.plan if rev else ())]
+    lines += ["", f"Committed by `infratool {command}`; no value appears in this message."]
+    return f"hosts: {verb} {result.name}", "\n".join(lines)

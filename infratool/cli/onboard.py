@@ -234,7 +234,7 @@ def host_add(
         emit_json(result.to_dict())
     else:
         hostview.render(result, "pinned" if result.inventory_changed else "already pinned")
-    if gitsync.finish(repo, gitsync.host_message(result, "host add")):
+    if gitsync.finish(repo, hostview.commit_message(result, "host add")):
         sys.exit(EXIT_FAILED)
     if rotate:
         _rotate_revoked(g, result, without=None, command="host add --replace --rotate")
@@ -277,7 +277,7 @@ def host_remove(
         emit_json(result.to_dict())
     else:
         hostview.render(result, "removed")
-    if gitsync.finish(repo, gitsync.host_message(result, "host remove")):
+    if gitsync.finish(repo, hostview.commit_message(result, "host remove")):
         sys.exit(EXIT_FAILED)
     if rotate:
         _rotate_revoked(g, result, without=name, command="host remove --rotate")

@@ -332,7 +332,7 @@ def run(
     git_commit: bool | None,
     git_push: bool | None,
 ) -> None:
-    from infratool.cli.sequence import report, run_sequence
+    from infratool.cli.sequence import apply_and_exit
 
     if plan_file is not None:
         chosen = click.get_current_context().meta.get(SELECTION_KEY, {})
@@ -362,32 +362,6 @@ def run(
     _check_build_on(inv, build_on)
     need_terminal(yes)
     repo = gitsync.for_playbook(inv, book, (git_commit, git_push), "run")
-    runner = Runner(inv, book, options, on_event=progress_display(g))
-    outcome = run_sequence(
-        g,
-        book,
-        runner,
-        command="run",
-        yes=yes,
-        show_diff=not no_diff,
-        before_apply=lambda: gitsync.start(repo),
+    apply_and_exit(
+        g, inv, book, Runner(inv, book, options, on_event=progress_display(g)), repo, "run", yes, not no_diff
     )
-    remember_rotations(inv, book)
-    report(g, outcome)
-    sys.exit(outcome.result.exit_code or gitsync.finish(repo))
-
-
-def remember_rotations(inv: Any, book: Any) -> None:
-    """Record the playbook in the state of the rotations it ran, so `secrets status` finds them.
-
-    After the run, whatever its outcome; a state file that cannot be updated
-    is logged, never turned into the run's failure (the run already happened).
-    """
-    from infratool import log
-    from infratool.errors import InfratoolError
-    from infratool.tasks.configured import remember
-
-    try:
-        remember(inv, Path(book.path))
-    except InfratoolError as exc:
-        log.get_logger("infratool.cli").warning("rotation playbook not recorded", error=str(exc))

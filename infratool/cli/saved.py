@@ -7,21 +7,25 @@ unsealed; the runner re-reads each host's facts and refuses the stale ones.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from infratool.cli import gitsync
-from infratool.cli.common import Globals, examples, forks_option, load_inventory, open_audit, pass_globals
-from infratool.cli.gitsync import git_options
-from infratool.cli.playbooks import (
+from infratool.cli.common import (
+    Globals,
+    examples,
+    forks_option,
+    load_inventory,
     need_terminal,
+    open_audit,
+    pass_globals,
     progress_display,
-    remember_rotations,
     timeout_option,
-    wait_option,
 )
+from infratool.cli.gitsync import git_options
+from infratool.cli.playbooks import wait_option
+from infratool.cli.sequence import apply_and_exit
 from infratool.errors import InputError
 
 
@@ -74,7 +78,6 @@ def apply_saved(
     from infratool import planfile
     from infratool import playbook as pb
     from infratool.changes import Plan
-    from infratool.cli.sequence import report, run_sequence
     from infratool.options import RunOptions
     from infratool.runner import Runner
     from infratool.secrets.seal import unseal
@@ -108,16 +111,4 @@ def apply_saved(
         audit_log=g.audit_log,
     )
     runner = Runner(inv, book, options, on_event=progress_display(g))
-    outcome = run_sequence(
-        g,
-        book,
-        runner,
-        command="apply",
-        yes=yes,
-        show_diff=show_diff,
-        saved=saved,
-        before_apply=lambda: gitsync.start(repo),
-    )
-    remember_rotations(inv, book)
-    report(g, outcome)
-    sys.exit(outcome.result.exit_code or gitsync.finish(repo))
+    apply_and_exit(g, inv, book, runner, repo, "apply", yes, show_diff, saved=saved)

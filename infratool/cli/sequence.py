@@ -15,6 +15,7 @@ import contextlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
@@ -119,3 +120,53 @@ def report(g: Globals, outcome: Outcome) -> None:
             emit_json(outcome.plan.to_dict())
         return
     emit_json(outcome.result.to_dict()) if g.json else render.results(render.console(), outcome.result)
+
+
+def apply_and_exit(
+    g: Globals,
+    inv: Any,
+    book: Any,
+    runner: Any,
+    repo: Any,
+    command: str,
+    yes: bool,
+    show_diff: bool,
+    saved: Any = None,
+) -> None:
+    """``run``/``apply``: the run sequence, then what follows any applied playbook; exits.
+
+    The rotations it ran are recorded (``secrets status`` finds their playbook),
+    the result reported, and in a git fleet repo ``repo`` commits (exit 1 if
+    that fails and the run did not).
+    """
+    from infratool.cli import gitsync
+
+    outcome = run_sequence(
+        g,
+        book,
+        runner,
+        command=command,
+        yes=yes,
+        show_diff=show_diff,
+        saved=saved,
+        before_apply=lambda: gitsync.start(repo),
+    )
+    remember_rotations(inv, book)
+    report(g, outcome)
+    sys.exit(outcome.result.exit_code or gitsync.finish(repo))
+
+
+def remember_rotations(inv: Any, book: Any) -> None:
+    """Record the playbook in the state of the rotations it ran, so `secrets status` finds them.
+
+    After the run, whatever its outcome; a state file that cannot be updated
+    is logged, never turned into the run's failure (the run already happened).
+    """
+    from infratool import log
+    from infratool.errors import InfratoolError
+    from infratool.tasks.configured import remember
+
+    try:
+        remember(inv, Path(book.path))
+    except InfratoolError as exc:
+        log.get_logger("infratool.cli").warning("rotation playbook not recorded", error=str(exc))

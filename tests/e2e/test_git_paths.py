@@ -87,7 +87,7 @@ def test_host_add_and_remove_commit_the_reencrypted_files_and_refuse_a_dirty_tre
     body = git(lab.flake_dir, "log", "-1", "--format=%b")
     assert (
         "Committed by `infratool host remove`" in body
-        and "new data key without the old key: brix.yaml" in body
+        and "new data key (sops rotate), without the old key: brix.yaml" in body
     )
     changed = set(git(lab.flake_dir, "show", "--name-only", "--format=", "HEAD").split())
     assert changed == {"secrets/.sops.yaml", *rekeyed}
