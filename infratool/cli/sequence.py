@@ -161,11 +161,14 @@ def remember_rotations(inv: Any, book: Any) -> None:
 
     After the run, whatever its outcome; a state file that cannot be updated
     is logged, never turned into the run's failure (the run already happened).
+    Only a playbook with a rotating task (``Task.rotates``) can have begun one.
     """
     from infratool import log
     from infratool.errors import InfratoolError
     from infratool.tasks.configured import remember
 
+    if not any(getattr(i.task, "rotates", False) for i in book.invocations):
+        return
     try:
         remember(inv, Path(book.path))
     except InfratoolError as exc:
