@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from infratool import deploy, faults, hostlock, plandeps
@@ -19,6 +20,7 @@ from infratool.context import DeferredWriteFailed, DeferredWrites, HostContext, 
 from infratool.errors import InfratoolError
 from infratool.facts import FactRequest
 from infratool.inventory import Host, Inventory
+from infratool.lockedwrites import LockedWrites
 from infratool.options import RunOptions
 from infratool.playbook import Invocation, Playbook
 from infratool.remote import Held, Remote, release_all
@@ -28,6 +30,32 @@ from infratool.tasks.base import PlanContext, Task
 
 Event = Callable[[str, str, str], None]
 """``on_event(host, status, message)`` for progress displays."""
+
+
+@dataclass
+class _LockPlan:
+    """How this apply holds the run locks: taken up front (``held``), or with each ``folded`` host's write."""
+
+    holder: str
+    folded: set[str]
+    held: dict[str, Held]
+
+
+def _grouped(
+    changes: list[Change],
+    back_to_back: Callable[[tuple[int, int], dict[tuple[int, int], list[Change]]], bool],
+) -> tuple[dict[tuple[int, int], list[Change]], list[list[tuple[int, int]]]]:
+    """Changes by (entry, phase), and those keys in apply order, consecutive back-to-back keys grouped."""
+    by_key: dict[tuple[int, int], list[Change]] = {}
+    for c in changes:
+        by_key.setdefault((c.stage, c.phase), []).append(c)
+    groups: list[list[tuple[int, int]]] = []
+    for key in sorted(by_key):
+        if groups and back_to_back(key, by_key) and back_to_back(groups[-1][-1], by_key):
+            groups[-1].append(key)
+        else:
+            groups.append([key])
+    return by_key, groups
 
 
 class Applying:
@@ -46,6 +74,7 @@ class Applying:
     _targets: list[tuple[Invocation, list[Host]]]
     _requests: dict[tuple[int, str], list[FactRequest]]
     _passed: list[Change]
+    _lock: _LockPlan
 
     def apply(self, plan: Plan) -> RunResult:
         """Apply exactly ``plan``; verify what changed; report per host."""
@@ -66,9 +95,13 @@ class Applying:
         # Before a generated file is written: a crash from here on leaves the
         # host pending, and the next plan deploys it (deploy/plan.py).
         deploy.mark_pending(self.local.root, {c.deploy for c in plan.changes if c.deploy})
-        held = self._lock_hosts(plan, failed)
+        by_key, groups = _grouped(plan.changes, self._back_to_back)
+        holder = hostlock.describe_run(f"run {self.playbook.name}")
+        folded = self._folded_lock_hosts(by_key, groups)
+        held = self._lock_hosts(plan, failed, holder, skip=folded)
+        self._lock = _LockPlan(holder, folded, held)
         try:
-            self._apply_plan(plan, failed, results)
+            self._apply_plan(plan, by_key, groups, failed, results)
             plandeps.record_checks(
                 [c for c in self._passed if c.host not in failed], self.contexts, self._requests, self.checks
             )
@@ -81,17 +114,49 @@ class Applying:
                 r.status, r.error = "failed", failed[r.host]
         return RunResult(plan=plan, hosts=results)
 
-    def _lock_hosts(self, plan: Plan, failed: dict[str, str]) -> dict[str, Held]:
-        """Take the run lock on every host the plan changes; a host whose lock is refused fails.
+    def _folded_lock_hosts(
+        self, by_key: dict[tuple[int, int], list[Change]], groups: list[list[tuple[int, int]]]
+    ) -> set[str]:
+        """Hosts whose run lock rides with their one batched write (:mod:`infratool.lockedwrites`).
+
+        A host qualifies when all its changes fall in one group of entries
+        applied back to back (nothing verified after, no deploy, no
+        cross-host ``requires``), so its last send is the last thing the run
+        does there. Never with ``--wait``: a run holding other hosts' locks
+        must not then wait for one (the name-ordered queue of
+        :meth:`_lock_hosts` is what keeps two waiting runs from deadlock).
+        """
+        if self.options.lock_wait:
+            return set()
+        seen: dict[str, set[int]] = {}
+        for i, keys in enumerate(groups):
+            for key in keys:
+                for c in by_key[key]:
+                    seen.setdefault(c.host, set()).add(i)
+        return {
+            host
+            for host, indexes in seen.items()
+            if host in self.contexts
+            and len(indexes) == 1
+            and all(self._back_to_back(key, by_key) for key in groups[next(iter(indexes))])
+        }
+
+    def _lock_hosts(self, plan: Plan, failed: dict[str, str], holder: str, skip: set[str]) -> dict[str, Held]:
+        """Take the run lock on every host the plan changes (but ``skip``); a host whose lock is refused fails.
 
         Without a wait, all at once (a busy host is refused immediately, so
         two runs cannot deadlock); with ``--wait``, one host after the other
         in name order, so two waiting runs queue instead of each holding
         what the other waits for.
         """
-        names = sorted({c.host for c in plan.changes if c.host in self.contexts and c.host not in failed})
+        names = sorted(
+            {
+                c.host
+                for c in plan.changes
+                if c.host in self.contexts and c.host not in failed and c.host not in skip
+            }
+        )
         held: dict[str, Held] = {}
-        holder = hostlock.describe_run(f"run {self.playbook.name}")
 
         def take(name: str) -> None:
             try:
@@ -111,16 +176,14 @@ class Applying:
             list(self._pool.map(take, names))
         return held
 
-    def _apply_plan(self, plan: Plan, failed: dict[str, str], results: dict[str, HostResult]) -> None:
-        by_key: dict[tuple[int, int], list[Change]] = {}
-        for c in plan.changes:
-            by_key.setdefault((c.stage, c.phase), []).append(c)
-        groups: list[list[tuple[int, int]]] = []
-        for key in sorted(by_key):
-            if groups and self._back_to_back(key, by_key) and self._back_to_back(groups[-1][-1], by_key):
-                groups[-1].append(key)
-            else:
-                groups.append([key])
+    def _apply_plan(
+        self,
+        plan: Plan,
+        by_key: dict[tuple[int, int], list[Change]],
+        groups: list[list[tuple[int, int]]],
+        failed: dict[str, str],
+        results: dict[str, HostResult],
+    ) -> None:
         last_group = {key[0]: i for i, keys in enumerate(groups) for key in keys}
         for i, keys in enumerate(groups):
             by_host: dict[str, list[Change]] = {}
@@ -168,7 +231,13 @@ class Applying:
         result = results.setdefault(host, HostResult(host))
         # On a host, changes go through a view that queues file writes and
         # sends them in one script (at the end, or before any other command).
-        view = DeferredWrites(ctx) if isinstance(ctx, HostContext) else ctx
+        view: DeferredWrites | HostContext | LocalContext | None = ctx
+        if isinstance(ctx, HostContext):
+            lock = self._lock
+            if host in lock.folded:
+                view = LockedWrites(ctx, lock.holder, lambda held: lock.held.__setitem__(host, held))
+            else:
+                view = DeferredWrites(ctx)
         done: list[Change] = []  # applied, or queued and waiting to be sent
         current: Change | None = None
         try:
@@ -190,7 +259,9 @@ class Applying:
                     self._confirm_deploy(host, change, plan_changes, result)
                 done.append(change)
             current = None
-            if isinstance(view, DeferredWrites):
+            if isinstance(view, LockedWrites):
+                view.finish()
+            elif isinstance(view, DeferredWrites):
                 view.flush()
         except Exception as exc:
             culprit, cause = current, exc

@@ -292,7 +292,7 @@ class Remote:
         """
         self.run(set_meta_script(path, mode, owner, group), what=f"set mode/owner of {path}")
 
-    def put_files(self, writes: Sequence[FileWrite]) -> None:
+    def put_files(self, writes: Sequence[FileWrite], prefix: str = "") -> None:
         """Write several files in one round trip, each atomically, in order.
 
         Safe against whoever owns the destination directory (a service user
@@ -310,12 +310,16 @@ class Remote:
         must read before the rename, so a stream cut short never replaces a
         file. Stops at the first failure: raises :class:`PartialWrite`, whose
         ``written`` files are in place and the rest untouched.
+
+        ``prefix``: shell text run first in the same script (the run lock,
+        :func:`infratool.hostlock.put_files_locked`); exiting there writes nothing.
         """
         if not writes:
             return
         payload = Payload(writes)
         what = f"write {writes[0].path}" if len(writes) == 1 else f"write {len(writes)} files"
-        res = self.run(put_files_script(writes, payload_sizes(writes)), stdin=payload, check=False, what=what)
+        script = prefix + put_files_script(writes, payload_sizes(writes))
+        res = self.run(script, stdin=payload, check=False, what=what)
         written = res.stdout.count("ok\n")
         if payload.problem is not None and payload.problem[0] == written:
             # A streamed source that is not what the plan hashed was refused
