@@ -202,11 +202,14 @@ def docs_block(records: list[dict]) -> str:
         for key, t in r["tools"].items():
             for problem in t["problems"][:3]:
                 lines.append(f"- ⚠ {key}: {problem}")
-    if latest.get("startup"):
+    # Start-up is measured once per invocation (not with --no-startup): the latest one that has it.
+    timed = [r for r in records if r.get("startup")]
+    if timed:
+        last = max(timed, key=lambda r: r["when"])
         lines += [
-            "### Start-up (median of 10)",
+            f"### Start-up (median of 10, {last['when']})",
             "",
-            markdown_table(["command", "median s", "min s", "runs"], startup_rows(latest)),
+            markdown_table(["command", "median s", "min s", "runs"], startup_rows(last)),
             "",
         ]
     if len(records) > 1:
