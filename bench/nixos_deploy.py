@@ -110,11 +110,9 @@ def _write(lines: list[str], rounds: int) -> None:
         section = text[start:end] if end != -1 else text[start:]
         # Keep what was written by hand after the table (from its first blank line on).
         table_end = section.find("| converged re-run")
-        kept = ""
-        if table_end != -1:
-            after = section.find("\n\n", table_end)
-            kept = section[after:].rstrip("\n") + "\n" if after != -1 else ""
-        text = text[:start] + body + kept + (text[end:] if end != -1 else "")
+        after = section.find("\n\n", table_end) if table_end != -1 else -1
+        kept = section[after:].strip("\n") if after != -1 else ""
+        text = text[:start] + body + ("\n" + kept + "\n" if kept else "") + (text[end:] if end != -1 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + body
     DOC.write_text(text)
