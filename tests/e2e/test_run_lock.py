@@ -205,8 +205,12 @@ def test_a_write_script_that_carries_the_lock_holds_it_while_it_writes_and_drops
     writer.start()
     try:
         assert sent_first.wait(60)
-        time.sleep(0.5)  # let the first chunk reach the host's dd
-        assert "writer run" in os.readlink(lab.host("snix").path(hostlock.LOCK_PATH))
+        # The script takes the lock before it reads its stdin; wait until it has (not a timing assertion).
+        lock = lab.host("snix").path(hostlock.LOCK_PATH)
+        deadline = time.monotonic() + 60
+        while not lock.is_symlink() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "writer run" in os.readlink(lock)
         with Remote(host) as other, pytest.raises(HostError, match="writer run"):
             hostlock.acquire(other, 0, "second run")
         assert not lab.host("snix").path("/var/lib/lockw/f").exists()
