@@ -97,7 +97,8 @@ def _write(lines: list[str], rounds: int) -> None:
     body = (
         f"{HEADING}\n\n"
         "Each run changes a generated `nix.settings` module, so every deployed host builds a new toplevel,\n"
-        "gets it by `nix copy` (pinned key), activates it under the watchdog, is confirmed over a new\n"
+        "gets its closure (the missing paths, `nix-store --export` into `nix-store --import` over the\n"
+        "run's connection), activates it under the watchdog, is confirmed over a new\n"
         "connection and commits (`boot`). Reproduce with\n"
         f"`.venv/bin/python bench/nixos_deploy.py --rounds {rounds} --write` (root; `lab up --nixos` hosts).\n\n"
         + "\n".join(lines)
@@ -106,7 +107,12 @@ def _write(lines: list[str], rounds: int) -> None:
     if HEADING in text:
         start = text.index(HEADING)
         end = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + body + (text[end + 1 :] if end != -1 else "")
+        section = text[start:end] if end != -1 else text[start:]
+        # Keep what was written by hand after the table (from its first blank line on).
+        table_end = section.find("| converged re-run")
+        after = section.find("\n\n", table_end) if table_end != -1 else -1
+        kept = section[after:].strip("\n") if after != -1 else ""
+        text = text[:start] + body + ("\n" + kept + "\n" if kept else "") + (text[end:] if end != -1 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + body
     DOC.write_text(text)

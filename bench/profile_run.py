@@ -49,7 +49,7 @@ _RULES = [
     ("plan (tasks, diffs)", r"\(infratool/(tasks/|changes\.py)|\(difflib\.py"),
     ("inventory + playbook (YAML)", r"\(infratool/(inventory|playbook|yamlsrc)\.py|\(yaml/"),
     ("audit log", r"\(infratool/log\.py|^audit_run "),
-    ("runner (pool, events)", r"\(infratool/runner\.py|\(concurrent/"),
+    ("runner (pool, events)", r"\(infratool/(runner|applying|runresult)\.py|\(concurrent/"),
     ("cli (click)", r"\((click|infratool/cli)/"),
 ]
 

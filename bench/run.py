@@ -263,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     started = time.monotonic()
     startup: dict[str, list[float]] = {}
+    records = []
     for count in args.hosts:
         record = bench_hosts(args, count, peers_bin, versions)
         record["command"] = command
@@ -273,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         (RESULTS / name).write_text(json.dumps(record, indent=1) + "\n")
         print(report.table(record))
         print("\n".join(report.ratio_lines(record)), flush=True)
+        records.append(record)
+    for line in report.marginal_lines(records):
+        print(line, flush=True)
     if args.others or (args.others is None and not args.quick):
         for line in other_targets(args.quick):
             print(line, flush=True)

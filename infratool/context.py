@@ -170,13 +170,17 @@ class DeferredWrites:
         if not queue:
             return
         try:
-            self._ctx.remote.put_files([w for w, _ in queue])
+            self._send([w for w, _ in queue])
         except PartialWrite as exc:
             self.failed_tag = queue[min(exc.written, len(queue) - 1)][1]
             raise DeferredWriteFailed(self.failed_tag, exc) from None
         except InfratoolError as exc:  # connection lost: nothing is known to be written
             self.failed_tag = queue[0][1]
             raise DeferredWriteFailed(self.failed_tag, exc) from None
+
+    def _send(self, writes: list[FileWrite]) -> None:
+        """One batched write of ``writes`` (a subclass may send them otherwise)."""
+        self._ctx.remote.put_files(writes)
 
     def __getattr__(self, name: str):
         if name not in self._PASSIVE:

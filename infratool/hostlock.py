@@ -26,9 +26,10 @@ import os
 import shlex
 import socket
 import time
+from collections.abc import Sequence
 
 from infratool.errors import HostError
-from infratool.remote import Held, Remote
+from infratool.remote import FileWrite, Held, PartialWrite, Remote
 
 LOCK_PATH = "/var/lib/infratool/run.lock"
 _POLL = 0.2
@@ -36,7 +37,7 @@ _POLL = 0.2
 BUSY_EXIT = 75
 """EX_TEMPFAIL: the lock is held and the wait ran out."""
 
-_SCRIPT = r"""L=$1 tries=$2 what=$3
+_TAKE = r"""L=$1 tries=$2 what=$3 busy=${4:-1}
 umask 077
 mkdir -p -- "${L%/*}"
 read -r boot < /proc/sys/kernel/random/boot_id
@@ -68,17 +69,27 @@ while ! ln -s -- "$me" "$L" 2>/dev/null; do
   if [ "$n" -ge "$tries" ]; then
     set -- $cur
     shift 3
-    echo "busy $*"
+    echo "busy $*" >&"$busy"
     exit 75
   fi
   [ "$n" -gt 0 ] || echo waiting
   n=$((n + 1))
   sleep 0.2
 done
-echo locked
+"""
+"""Takes the lock (sets ``me``) or prints ``busy <holder>`` and exits 75."""
+
+_HOLD = r"""echo locked
 cat >/dev/null
 [ "$(readlink -- "$L")" != "$me" ] || rm -f -- "$L"
 """
+"""Holds the lock until stdin closes, then drops it (if it is still ours)."""
+
+_DROP_AT_EXIT = r"""trap '[ "$(readlink -- "$L")" != "$me" ] || rm -f -- "$L"' EXIT
+"""
+"""Drops the lock when the script exits; a script killed before that leaves a stale lock (taken over)."""
+
+_SCRIPT = _TAKE + _HOLD
 
 
 def lock_script(wait: float, holder: str, path: str = LOCK_PATH) -> str:
@@ -107,10 +118,35 @@ def acquire(remote: Remote, wait: float, holder: str) -> Held:
     )
     if held.line.startswith("busy"):
         held.release()
-        holder_text = held.line.removeprefix("busy").strip() or "unknown"
-        advice = "retry later" if wait else "pass --wait SECONDS to queue behind it"
-        raise HostError(
-            remote.host.name,
-            f"another infratool run is applying changes to this host ({holder_text}); nothing applied: {advice}",
-        )
+        raise _busy(remote, held.line, wait)
     return held
+
+
+def put_files_locked(remote: Remote, writes: Sequence[FileWrite], holder: str, path: str = LOCK_PATH) -> None:
+    """Take the run lock, write ``writes`` and drop the lock, all in one script: one round trip.
+
+    For a host whose whole apply is this one send (the runner decides):
+    the lock is held by the write script's own shell for exactly as long as
+    the writes take, with the guarantees of :func:`acquire` (a stale holder
+    is taken over; a script killed on the way leaves a lock whose holder is
+    gone, which the next run takes over). No waiting: a busy host raises
+    :class:`HostError` as :func:`acquire` does, with nothing written; a
+    failed write raises :class:`PartialWrite` as :meth:`Remote.put_files`.
+    """
+    take = f"set -- {shlex.quote(path)} 0 {shlex.quote(holder)} 2\n{_TAKE}{_DROP_AT_EXIT}"
+    try:
+        remote.put_files(writes, prefix=take)
+    except PartialWrite as exc:
+        if exc.exited == BUSY_EXIT and exc.written == 0 and exc.stderr.startswith("busy"):
+            raise _busy(remote, exc.stderr.strip(), 0) from None
+        raise
+
+
+def _busy(remote: Remote, line: str, wait: float) -> HostError:
+    """The error for a lock held by another run (``line``: ``busy <holder>``)."""
+    holder_text = line.removeprefix("busy").strip() or "unknown"
+    advice = "retry later" if wait else "pass --wait SECONDS to queue behind it"
+    return HostError(
+        remote.host.name,
+        f"another infratool run is applying changes to this host ({holder_text}); nothing applied: {advice}",
+    )

@@ -25,6 +25,8 @@ from infratool.secrets.secret import REDACTOR
 from . import hostside
 
 NIX_FLAGS = ("--extra-experimental-features", "nix-command flakes")
+CHUNK = 256 * 1024
+"""Bytes of an exported closure read and sent at a time."""
 LOCAL_ENV = (*DEPLOY, "NIX_CONFIG")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -185,21 +187,55 @@ def build(flake: Path, host: Host, build_on: Host | None = None, batch: dict[str
 def copy(remote: Any, host: Host, path: str, build_on: Host | None = None) -> bool:
     """Copy ``path``'s closure to ``host`` unless it is there already; whether anything was copied.
 
-    The check is one command on the host's open connection; ``nix copy``
-    (its own ssh, options from the inventory) only runs for a missing path.
+    Built here: the closure's paths the host lacks (one command on the open
+    connection, which is all a closure already there costs) are sent as a
+    ``nix-store --export`` stream into ``nix-store --import`` over that same
+    connection, so a copy costs no new ssh process or handshake on either
+    side (what made four hosts' copies compete for the cores). Built on a
+    builder: ``nix copy`` from its store (its own ssh, options from the
+    inventory), run only for a missing path.
     """
-    if remote.run(hostside.check_valid_script(path), check=False, what="check the store path").ok:
-        return False
-    dst = f"ssh-ng://{host.user}@{ssh_alias(host)}"
-    if build_on is None:
-        argv = ["nix", *NIX_FLAGS, "copy", "--no-check-sigs", "--to", dst, path]
-        with nix_ssh_config(host) as env:
-            _nix(argv, f"copy the system to {host.name}", host.name, env)
-    else:
+    if build_on is not None:
+        if remote.run(hostside.check_valid_script(path), check=False, what="check the store path").ok:
+            return False
         # From the builder's store to the host's, through the controller
         # (neither host holds a key to the other); each side pinned.
+        dst = f"ssh-ng://{host.user}@{ssh_alias(host)}"
         src = f"ssh-ng://{build_on.user}@{ssh_alias(build_on)}"
         argv = ["nix", *NIX_FLAGS, "copy", "--no-check-sigs", "--from", src, "--to", dst, path]
         with nix_ssh_config(build_on, host) as env:
             _nix(argv, f"copy the system from {build_on.name} to {host.name}", host.name, env)
+        return True
+    closure = _nix(["nix-store", "--query", "--requisites", path], "list the system's closure", host.name)
+    res = remote.run(
+        hostside.print_invalid_script(), stdin=closure, check=False, what="check the closure's store paths"
+    )
+    missing = res.stdout.split()
+    if not res.ok or not set(missing) <= set(closure.split()):
+        raise CommandFailed(host.name, "check the closure's store paths", res.exited, res.stderr)
+    if not missing:
+        return False
+    _send_paths(remote, host, missing)
     return True
+
+
+def _send_paths(remote: Any, host: Host, paths: list[str]) -> None:
+    """``nix-store --export`` of ``paths`` here, streamed into ``nix-store --import`` on ``host``."""
+    argv = ["nix-store", "--export", *paths]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=minimal_env(LOCAL_ENV))
+    assert proc.stdout is not None and proc.stderr is not None
+
+    def chunks():
+        while chunk := proc.stdout.read(CHUNK):
+            yield chunk
+
+    try:
+        res = remote.run(hostside.IMPORT_SCRIPT, stdin=chunks(), check=False, what="import the closure")
+    finally:
+        proc.stdout.close()
+        err = proc.stderr.read().decode(errors="replace")
+        proc.wait()
+    if proc.returncode != 0:
+        raise CommandFailed(host.name, "export the closure", proc.returncode, REDACTOR.redact(err))
+    if not res.ok:
+        raise CommandFailed(host.name, f"copy the system to {host.name}", res.exited, res.stderr)

@@ -7,10 +7,11 @@ parallel up to ``--forks`` and a failure belongs to its host:
 * :func:`build` — ``nix build --no-link --json`` of
   ``nixosConfigurations.<host>.config.system.build.toplevel`` from the fleet
   flake, on the controller or (``--build-on``) in a builder's store;
-* :func:`copy` — ``nix copy --to ssh-ng://`` with ``NIX_SSHOPTS`` from the
-  inventory (:mod:`infratool.nixssh`: the pinned key, never
-  ``~/.ssh/known_hosts``), skipped when the host already has the path (one
-  round trip);
+* :func:`copy` — the missing paths of the closure, ``nix-store --export``
+  streamed into ``nix-store --import`` over the run's own connection (from a
+  ``--build-on`` builder: ``nix copy`` with ``NIX_SSHOPTS`` from the
+  inventory, :mod:`infratool.nixssh`); nothing but one check when the host
+  already has them (one round trip);
 * :func:`activate` — starts the host's watchdog (:mod:`.hostside`), which
   sets the system profile and runs ``switch-to-configuration test``;
 * :func:`confirm` / :func:`abort` — over a **new** connection (pinned key):

@@ -180,3 +180,13 @@ done
 def check_valid_script(path: str) -> str:
     """Exit 0 when ``path`` is a valid path of the host's store (then ``nix copy`` has nothing to do)."""
     return f"nix-store --check-validity {shlex.quote(path)} 2>/dev/null"
+
+
+def print_invalid_script() -> str:
+    """Read store paths on stdin; print those that are not valid in the host's store."""
+    # $(cat): the paths are store paths (no blanks), and a closure's list fits in argv.
+    return 'set -f; p=$(cat); [ -z "$p" ] || nix-store --check-validity --print-invalid $p'
+
+
+IMPORT_SCRIPT = "nix-store --import >/dev/null"
+"""Import a ``nix-store --export`` stream read from stdin (the paths' references are valid or in it)."""

@@ -146,13 +146,13 @@ class Remote:
 
         invoke's runner (behind ``Connection.run``) feeds ``in_stream`` one
         byte per 10 ms poll, far too slow for file contents, so commands run
-        on a raw session channel of Fabric's client instead: stdin is written
+        on a raw session channel of the paramiko client instead: stdin is written
         and stderr drained by a helper thread while stdout is read here, so
         neither side can block the other on a full window. ``timeout`` is a
         deadline for the whole exchange (a chatty command cannot extend it);
         it raises TimeoutError.
         """
-        transport = self._conn.client.get_transport()
+        transport = self._conn.get_transport()
         deadline = None if timeout is None else time.monotonic() + timeout
         chan = transport.open_session(timeout=self.connect_timeout)
         try:
@@ -246,7 +246,7 @@ class Remote:
         """
         self.connect()
         self.commands_run += 1
-        transport = self._conn.client.get_transport()
+        transport = self._conn.get_transport()
         chan = None
         try:
             chan = transport.open_session(timeout=self.connect_timeout)
@@ -292,7 +292,7 @@ class Remote:
         """
         self.run(set_meta_script(path, mode, owner, group), what=f"set mode/owner of {path}")
 
-    def put_files(self, writes: Sequence[FileWrite]) -> None:
+    def put_files(self, writes: Sequence[FileWrite], prefix: str = "") -> None:
         """Write several files in one round trip, each atomically, in order.
 
         Safe against whoever owns the destination directory (a service user
@@ -310,12 +310,16 @@ class Remote:
         must read before the rename, so a stream cut short never replaces a
         file. Stops at the first failure: raises :class:`PartialWrite`, whose
         ``written`` files are in place and the rest untouched.
+
+        ``prefix``: shell text run first in the same script (the run lock,
+        :func:`infratool.hostlock.put_files_locked`); exiting there writes nothing.
         """
         if not writes:
             return
         payload = Payload(writes)
         what = f"write {writes[0].path}" if len(writes) == 1 else f"write {len(writes)} files"
-        res = self.run(put_files_script(writes, payload_sizes(writes)), stdin=payload, check=False, what=what)
+        script = prefix + put_files_script(writes, payload_sizes(writes))
+        res = self.run(script, stdin=payload, check=False, what=what)
         written = res.stdout.count("ok\n")
         if payload.problem is not None and payload.problem[0] == written:
             # A streamed source that is not what the plan hashed was refused

@@ -190,15 +190,16 @@ walk() {  # cd into the directory of $p; sets n (the file name) and r (the direc
     [ "$PWD" = "${r:-/}" ] || err "refusing to write through a symlink: $r resolves to $PWD"
   done
 }
-private_dir() {  # make and enter a fresh root-only directory here; sets t
+private_dir() {  # make and enter a fresh root-only directory here; sets t and i
   t=$(mktemp -d -- .infratool.XXXXXXXX)
   cd -P -- "$t"
-  f=1
+  i=1
   [ "$PWD" = "$r/$t" ] || err "temp directory $r/$t was swapped"
   case $(stat -c %u:%a .) in 0:700|0:2700) ;; *) err "temp directory $r/$t was swapped" ;; esac
 }
-cleanup() {
-  if [ -n "$f" ]; then rm -f -- f; cd ..; fi
+cleanup() {  # f: a temp file may exist; i: we are inside the temp directory t
+  [ -z "$f" ] || rm -f -- f
+  [ -z "$i" ] || cd ..
   [ -z "$t" ] || rmdir -- "$t" 2>/dev/null || :
 }"""
 
@@ -209,31 +210,34 @@ get() {  # exactly $1 bytes of stdin into f, fsynced before it can be renamed in
   # content stays on stdin) and, with conv=fsync, spares a `sync` process.
   dd bs=65536 count="$1" iflag=count_bytes,fullblock of=f conv=fsync status=none
 }
-w() {  # path size mode|- owner|- expect|-
+g() {  # path: enter its directory, then a fresh root-only temp directory there
+  # One temp directory serves every write to the same directory in a row
+  # (a mktemp, a stat and an rmdir per directory, not per file).
   set -e
-  p=$1 t= f=
+  p=$1 t= f= i=
   walk
-  [ ! -d "$n" ] || [ -L "$n" ] || err "is a directory, not a file: nothing written"
   # The temp file lives in a directory of its own that only root can enter,
   # so the directory's owner can rename that directory but never swap a name
   # inside it: every step below works on names only root controls, and the
   # rename into place (relative to the temp directory's parent, which its
   # owner cannot change) replaces the destination without following it.
   trap cleanup EXIT
-  t=$(mktemp -d -- .infratool.XXXXXXXX)
-  cd -P -- "$t"
-  f=1
-  [ "$PWD" = "$r/$t" ] || err "temp directory $r/$t was swapped"
-  # One stat for two things (every process costs the host ~1 ms): the temp
-  # directory is root's and 0700, and what is at the destination now (a
-  # regular file's mode and owner are kept when none is given; stat does
-  # not follow a symlink there).
-  s=$(stat -c '%a %u:%g %F' -- . "../$n" 2>/dev/null) || :
-  case ${s%%"$NL"*} in "700 0:"*" directory"|"2700 0:"*" directory") ;; *) err "temp directory $r/$t was swapped" ;; esac
+  private_dir
+}
+w() {  # path size mode|- owner|- expect|-   (inside g's temp directory)
+  p=$1 n=${1##*/}
+  case $n in ''|.|..) err "not a file name" ;; esac
+  [ ! -d "../$n" ] || [ -L "../$n" ] || err "is a directory, not a file: nothing written"
+  # What is at the destination now (a regular file's mode and owner are kept
+  # when none is given; stat does not follow a symlink there). Not asked when
+  # the plan saw nothing there: the expect check below refuses anything new.
   ref=
-  case $s in *"$NL"*) ref=${s#*"$NL"} ;; esac
-  case $ref in *" regular file"|*" regular empty file") set -- "$@" $ref ;; *) ref= ;; esac
+  if [ "$5" != A ]; then
+    ref=$(stat -c '%a %u:%g %F' -- "../$n" 2>/dev/null) || :
+    case $ref in *" regular file"|*" regular empty file") set -- "$@" $ref ;; *) ref= ;; esac
+  fi
   if [ "$3" != - ]; then m=$3; elif [ -n "$ref" ]; then m=$6; else m=644; fi
+  f=1
   # A mode of read/write bits only is given at creation by the umask
   # (0666 & ~umask), saving a chmod; any other is set by chmod.
   case $m in
@@ -253,16 +257,16 @@ w() {  # path size mode|- owner|- expect|-
   fi
   mv -T -- f "../$n"
   f=
-  cd ..
 }"""
 
 
 _META_FUNCTION = r"""m() {  # path mode|- owner|-
   set -e
-  p=$1 t= f=
+  p=$1 t= f= i=
   walk
   trap cleanup EXIT
   private_dir
+  f=1
   # A second name for the file, in a directory only root controls: whatever
   # is swapped in at the path afterwards, chmod and chown act on this inode.
   # A symlink (ln -P links the link itself) or a file with other hard links
@@ -290,18 +294,29 @@ def set_meta_script(path: str, mode: int | None, owner: str | None, group: str |
 
 
 def put_files_script(writes: Sequence[FileWrite], sizes: Sequence[int]) -> str:
-    """The script :meth:`Remote.put_files` runs: one subshell per file, "ok" after each.
+    """The script :meth:`Remote.put_files` runs: a subshell per directory in a row, "ok" after each file.
 
-    Each write runs in its own subshell so that ``set -e`` and the temp-file
-    trap apply to it alone; GNU ``dd`` with ``iflag=count_bytes`` never
-    reads past its count, so the next file's content stays on stdin.
+    Consecutive writes to the same directory share a subshell and its temp
+    directory; each subshell has its own ``set -e`` and temp-directory trap.
+    GNU ``dd`` with ``iflag=count_bytes`` never reads past its count, so the
+    next file's content stays on stdin.
     """
     lines = [_WALK_FUNCTION, _PUT_FUNCTION]
+    # Not `( ... ) || exit`: inside an || list the shell ignores `set -e`.
+    close = ' ); s=$?\n[ "$s" = 0 ] || exit "$s"'
+    group: str | None = None
     for w, size in zip(writes, sizes, strict=True):
         mode = "-" if w.mode is None else f"{w.mode:o}"
         owner = owner_spec(w.owner, w.group)
-        # Not `( w ... ) || exit`: inside an || list the shell ignores `set -e`.
         expect = shlex.quote(w.expect or "-")
-        lines.append(f"( w {shlex.quote(w.path)} {size} {mode} {shlex.quote(owner)} {expect} ); s=$?")
-        lines.append('[ "$s" = 0 ] || exit "$s"; echo ok')
+        # A relative path goes alone (walk refuses it): "" never matches.
+        directory = w.path.rpartition("/")[0] if w.path.startswith("/") else ""
+        if group is None or not directory or directory != group:
+            if group is not None:
+                lines.append(close)
+            lines.append(f"( g {shlex.quote(w.path)}")
+        group = directory
+        lines.append(f"w {shlex.quote(w.path)} {size} {mode} {shlex.quote(owner)} {expect}; echo ok")
+    if group is not None:
+        lines.append(close)
     return "\n".join(lines)

@@ -13,7 +13,7 @@ import sys
 import pytest
 from infratool_lab import Lab
 
-from infratool import inventory
+from infratool import hostlock, inventory
 from infratool.errors import CommandFailed
 from infratool.remote import FileWrite, PartialWrite, Remote, payload_sizes, put_files_script
 from infratool.secrets.secret import Secret
@@ -84,6 +84,31 @@ def test_put_files_stops_at_the_first_failure_and_says_how_far_it_got(lab, remot
     assert names == ["file", "one"]  # nothing after the failure, no temp file left
 
 
+def test_writes_sharing_a_directory_stop_at_a_failure_inside_it_and_leave_no_temp_dir(lab, remote):
+    # Writes to one directory in a row share one temp directory (one subshell):
+    # a failure in the middle still keeps the earlier files, writes none after
+    # it, and removes the shared temp directory.
+    lab.exec(
+        "snix", "rm -rf /var/lib/pf4 && mkdir -p /var/lib/pf4/sub && echo old > /var/lib/pf4/c", check=True
+    )
+    with pytest.raises(PartialWrite) as info:
+        remote.put_files(
+            [
+                FileWrite("/var/lib/pf4/a", b"1", 0o600),
+                FileWrite("/var/lib/pf4/b", b"2", 0o600),
+                FileWrite("/var/lib/pf4/sub", b"3"),  # a directory: refused
+                FileWrite("/var/lib/pf4/c", b"4"),
+            ]
+        )
+    assert info.value.written == 2
+    assert "is a directory" in str(info.value)
+    host = lab.host("snix")
+    assert sorted(p.name for p in host.path("/var/lib/pf4").iterdir()) == ["a", "b", "c", "sub"]
+    assert host.path("/var/lib/pf4/b").read_bytes() == b"2"
+    assert host.path("/var/lib/pf4/c").read_bytes() == b"old\n"
+    assert _stat(lab, "/var/lib/pf4/a") == "root:root 600"
+
+
 @pytest.mark.parametrize("cut", [1, 2, 9])
 def test_a_stream_cut_short_never_replaces_the_file(lab, remote, cut):
     lab.exec("snix", "mkdir -p /var/lib/pf3 && echo original > /var/lib/pf3/f", check=True)
@@ -132,9 +157,10 @@ def test_a_converge_sends_one_write_script_per_host_and_a_noop_sends_none(lab, t
     for h in lab.hosts():
         assert h.path("/var/lib/pf4/f3").read_text() == "v3"
         assert "max-jobs = 3" in h.path("/etc/nix/nix.conf").read_text().splitlines()
-        # sshd logs each session channel's command start: facts, the run lock
-        # held for the apply phase (issue 13 item 9), and one write script.
-        assert h.sshd_log.read_text().count("Starting session: command") == 3, h.sshd_log.read_text()[-2000:]
+        # sshd logs each session channel's command start: facts, and one write
+        # script that also takes the run lock (issue 13 item 9) and drops it.
+        assert h.sshd_log.read_text().count("Starting session: command") == 2, h.sshd_log.read_text()[-2000:]
+        assert not h.path(hostlock.LOCK_PATH).is_symlink()
     for h in lab.hosts():
         h.sshd_log.write_text("")
     again = run()

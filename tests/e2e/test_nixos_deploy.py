@@ -318,3 +318,18 @@ def test_build_on_builds_in_the_builders_store_and_copies_from_there(nixos, cli,
     assert not Path(running).exists()
     bad = cli("-i", nixos.inventory_path, "run", book, "--yes", "--build-on", "nosuch", env=env(nixos))
     assert bad.returncode == 3 and "--build-on 'nosuch'" in bad.stderr
+
+
+def test_the_closure_travels_over_the_runs_own_connection(nixos, cli, tmp_path):
+    """No `nix copy` ssh of its own: brix sees the run's connection and the confirmation's, nothing else."""
+    brix = nixos.host("brix")
+    brix.sshd_log.write_text("")
+    result = run(cli, nixos, playbook(tmp_path, 27), "--limit", "brix")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = brix.sshd_log.read_text()
+    # Two connections: the run's and the confirmation's (a new one, by design);
+    # before, nix copy's own ssh made a third.
+    assert log.count("Accepted key") == 2, log[-3000:]
+    running = system_of(nixos, "brix")[0]
+    assert "max-jobs = 27" in remote_out(nixos, "brix", "cat /run/current-system/configuration")
+    assert remote_out(nixos, "brix", f"nix-store --check-validity {running} && echo valid") == "valid"

@@ -7,6 +7,7 @@ from the same nix.conf, both said "changed" and one line was lost.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -20,7 +21,8 @@ import yaml
 from infratool_lab import Lab
 
 from infratool import hostlock, inventory
-from infratool.remote import Remote
+from infratool.errors import HostError
+from infratool.remote import FileWrite, Remote, StreamedContent
 
 CONF = "/etc/nix/nix.conf"
 
@@ -173,3 +175,85 @@ def test_a_stale_lock_of_a_dead_holder_is_taken_over(lab, cli, tmp_path):
     run = cli("-i", lab.inventory_path, "run", _book(tmp_path, "a", {"max-jobs": 3}), "--yes")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "max-jobs = 3" in _conf(lab)
+
+
+def test_a_write_script_that_carries_the_lock_holds_it_while_it_writes_and_drops_it(lab):
+    """hostlock.put_files_locked: lock, writes and release in one script; the lock is real meanwhile."""
+    host = next(iter(inventory.load(lab.inventory_path)))
+    sent_first, go_on = threading.Event(), threading.Event()
+    data = b"a" * 10 + b"b" * 10
+
+    def chunks():
+        yield data[:10]
+        sent_first.set()
+        go_on.wait(60)  # the script is now inside its writes, waiting for the rest
+        yield data[10:]
+
+    content = StreamedContent(len(data), hashlib.sha256(data).hexdigest(), chunks, "test source")
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        with Remote(host) as remote:
+            try:
+                hostlock.put_files_locked(
+                    remote, [FileWrite("/var/lib/lockw/f", content, 0o600)], "writer run"
+                )
+            except BaseException as exc:
+                errors.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert sent_first.wait(60)
+        # The script takes the lock before it reads its stdin; wait until it has (not a timing assertion).
+        lock = lab.host("snix").path(hostlock.LOCK_PATH)
+        deadline = time.monotonic() + 60
+        while not lock.is_symlink() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "writer run" in os.readlink(lock)
+        with Remote(host) as other, pytest.raises(HostError, match="writer run"):
+            hostlock.acquire(other, 0, "second run")
+        assert not lab.host("snix").path("/var/lib/lockw/f").exists()
+    finally:
+        go_on.set()
+        writer.join(60)
+    assert not errors, errors
+    assert lab.host("snix").path("/var/lib/lockw/f").read_bytes() == data
+    assert not lab.host("snix").path(hostlock.LOCK_PATH).is_symlink()
+
+
+def test_a_write_script_that_carries_the_lock_refuses_a_busy_host_and_writes_nothing(lab, holder):
+    host = next(iter(inventory.load(lab.inventory_path)))
+    with Remote(host) as remote, pytest.raises(HostError, match=r"another infratool run.*test holder"):
+        hostlock.put_files_locked(remote, [FileWrite("/var/lib/lockw2/f", b"x")], "second run")
+    assert not lab.host("snix").path("/var/lib/lockw2/f").exists()
+    assert "test holder" in os.readlink(lab.host("snix").path(hostlock.LOCK_PATH))
+
+
+def test_a_command_before_the_last_write_takes_the_lock_first(lab, cli, tmp_path, holder):
+    """files.absent runs `rm` before the batched write: the lock is asked for before the `rm`, so nothing happens."""
+    lab.exec("snix", "mkdir -p /var/lib/lockw3 && echo keep > /var/lib/lockw3/gone", check=True)
+    book = tmp_path / "c.yaml"
+    book.write_text(
+        yaml.safe_dump(
+            {
+                "name": "c",
+                "hosts": "all",
+                "tasks": [
+                    {"task": "files.absent", "with": {"path": "/var/lib/lockw3/gone"}},
+                    {"task": "files.content", "with": {"path": "/var/lib/lockw3/new", "content": "x"}},
+                ],
+            }
+        )
+    )
+    refused = cli("-i", lab.inventory_path, "run", book, "--yes")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "another infratool run is applying changes" in refused.stdout + refused.stderr
+    assert lab.host("snix").path("/var/lib/lockw3/gone").read_text() == "keep\n"
+    assert not lab.host("snix").path("/var/lib/lockw3/new").exists()
+    holder.release()
+    done = cli("-i", lab.inventory_path, "run", book, "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not lab.host("snix").path("/var/lib/lockw3/gone").exists()
+    assert lab.host("snix").path("/var/lib/lockw3/new").read_text() == "x"
+    assert not lab.host("snix").path(hostlock.LOCK_PATH).is_symlink()
