@@ -517,6 +517,7 @@ class Runner:
         proofs: list[str] = []
 
         def checks(remote: Remote) -> list[str]:
+            proofs.clear()  # the engine retries failing checks: keep what the last attempt proved
             old = self.contexts[host]
             fresh = HostContext(host=old.host, facts=old.facts, remote=remote)
             problems: list[str] = []

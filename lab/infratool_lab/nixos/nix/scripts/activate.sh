@@ -25,6 +25,13 @@ while IFS='	' read -r kind name group home shell; do
       useradd --system --no-create-home --home-dir "$home" --shell "$shell" --user-group "$name"
     fi
   fi
+  # NixOS's sshd runs with PAM, where a key still logs in to an account whose
+  # password is locked ('!', useradd's default); the lab's sshd runs without
+  # PAM (UsePAM no), where OpenSSH refuses a locked account. '*' is NixOS's
+  # meaning here: no password, key logins allowed.
+  if [ "$kind" = user ] && [ "$(getent shadow "$name" | cut -d: -f2)" = '!' ]; then
+    usermod --password '*' "$name"
+  fi
 done <"$systemConfig/lab/users.tsv"
 
 # -- /etc: each managed file becomes a link into this generation ----------
