@@ -18,6 +18,12 @@ while IFS='	' read -r kind name group home shell; do
   if [ "$kind" = group ]; then
     getent group "$name" >/dev/null || groupadd --system "$name"
   elif ! getent passwd "$name" >/dev/null; then
+    # The lab hosts share the controller's /etc/passwd, and /var/empty is the
+    # controller's own directory (only /var/lib is per host): an account made
+    # here is also what an `os: linux` lab host finds, and a linux builder
+    # setup writes ~/.ssh into its home. So NixOS's /var/empty becomes
+    # /var/lib/<name>. NixOS's sshd reads keys from /etc/ssh/authorized_keys.d.
+    [ "$home" != /var/empty ] || home="/var/lib/$name"
     if [ -n "$group" ]; then
       getent group "$group" >/dev/null || groupadd --system "$group"
       useradd --system --no-create-home --home-dir "$home" --shell "$shell" --gid "$group" "$name"
