@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -93,6 +94,15 @@ def test_the_site_converges_in_one_run_deploying_every_host(site):
     assert "the host rolled back" not in out
     for name in HOSTS:
         assert f"deploy {name}: build, copy, activate, verify, commit" in site.run.stdout
+    # In parallel (by order, not time): every deploy under way before the first one finished.
+    events = site.run.stderr.splitlines()
+    started = [i for i, ln in enumerate(events) if re.search(r"\] (\S+): applying deploy \1:", ln)]
+    assert len(started) == len(HOSTS), site.run.stderr[-3000:]
+    hosts = "|".join(map(re.escape, HOSTS))
+    finished = [
+        i for i, ln in enumerate(events) if i > min(started) and re.search(rf"\] ({hosts}): changed ", ln)
+    ]
+    assert finished and max(started) < min(finished), [events[i] for i in (*started, *finished)]
     # What the confirm of each deploy proved, over a new connection, before the commit.
     rows = {ln.split()[0]: ln for ln in site.run.stdout.splitlines() if "status=changed" in ln}
     assert "serves http://" in rows["snix"] and "probe signed by snix-cache-1" in rows["snix"]
