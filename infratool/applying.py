@@ -309,6 +309,7 @@ class Applying:
         proofs: list[str] = []
 
         def checks(remote: Remote) -> list[str]:
+            proofs.clear()  # the engine retries failing checks: keep what the last attempt proved
             old = self.contexts[host]
             fresh = HostContext(host=old.host, facts=old.facts, remote=remote)
             problems: list[str] = []

@@ -118,3 +118,46 @@ def test_a_generation_without_sshd_is_rolled_back_by_the_host_and_answers_on_its
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "deploy brix" in again.stdout and "deploy snix" not in again.stdout
     assert "max-jobs = 5" in nixlab.exec("brix", "cat /etc/nix/nix.conf", check=True).stdout.decode()
+
+
+def test_a_nixos_client_whose_builds_do_not_reach_the_builder_rolls_back(nixlab, cli, tmp_path):
+    """The builder check runs in the client's confirm window: a real build that fails there rolls it back."""
+    first = cli(
+        "-i", nixlab.inventory_path, "run", PLAYBOOKS / "remote-builders.yaml", "--yes", env=nixlab.env
+    )
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    before = running(nixlab, "brix")
+    conf = nixlab.flake_dir / "hosts" / "brix" / "configuration.nix"
+    original = conf.read_text()
+    # brix's own configuration turns distributed builds off: its new generation activates
+    # fine, but a --max-jobs 0 build has nowhere to go.
+    conf.write_text(
+        '{ lib, ... }: { networking.hostName = "brix"; nix.distributedBuilds = lib.mkForce false; }\n'
+    )
+    book = yaml.safe_load((PLAYBOOKS / "remote-builders.yaml").read_text())
+    book["tasks"][0]["with"]["builders"][0]["max_jobs"] = 3  # every client's machines line changes
+    changed = tmp_path / "remote-builders.yaml"
+    changed.write_text(yaml.safe_dump(book))
+    try:
+        run = cli(
+            "-i", nixlab.inventory_path, "run", changed, "--yes", "--confirm-timeout", "15", env=nixlab.env
+        )
+    finally:
+        conf.write_text(original)
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
+    brix = [ln for ln in run.stdout.splitlines() if ln.startswith("brix ")]
+    assert brix and "status=failed" in brix[0], run.stdout[-3000:]
+    assert "verify failed: remote_builders.setup" in brix[0] and "build" in brix[0], brix[0]
+    assert "rolled back to its previous system" in brix[0], brix[0]
+    assert running(nixlab, "brix") == before
+    for name in ("slax", "nixtv-player"):
+        row = next(ln for ln in run.stdout.splitlines() if ln.startswith(f"{name} "))
+        assert "status=changed" in row and "a build ran on snix" in row, row
+        assert " 3 2 " in nixlab.exec(name, "cat /etc/nix/machines", check=True).stdout.decode()
+    assert " 8 2 " in nixlab.exec("brix", "cat /etc/nix/machines", check=True).stdout.decode()
+    # Its configuration fixed, the next run deploys brix (still owed) and it builds on snix.
+    again = cli("-i", nixlab.inventory_path, "run", changed, "--yes", env=nixlab.env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "deploy brix" in again.stdout and "deploy slax" not in again.stdout
+    row = next(ln for ln in again.stdout.splitlines() if ln.startswith("brix "))
+    assert "a build ran on snix" in row, row

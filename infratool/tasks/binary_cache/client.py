@@ -154,7 +154,7 @@ def probe_client(
             return f"could not fetch a signed path from {url}: {'; '.join(lines[-3:]) or res.exited}", []
         fetched = res.stdout.strip().splitlines()
         proofs.append(f"substituted {fetched[-1] if fetched else 'the probe path'} from {url}")
-    if not live_config or hctx.host.is_nixos:
+    if not live_config:
         return None, proofs
     res = hctx.run(scripts.show_config(), check=False, what="nix show-config")
     if not res.ok:
@@ -265,6 +265,32 @@ class BinaryCacheClient(Task):
         changed = {c.host for c in changes} | {c.deploy for c in changes if c.deploy}
         return changes + self._checks(ctx, trusted, changed)
 
+    def verify(self, ctx: PlanContext, changed: set[str]) -> dict[str, str]:
+        """NixOS clients, after their deploy (the runner calls this in the confirm, over a new connection).
+
+        A signed fetch of the probe path from the cache, trusting only its
+        keys, and the new system's effective settings (``nix show-config``):
+        the cache listed, its keys trusted. While the server's own deploy
+        has not published the probe yet this fails, and the deploy engine
+        retries it within the confirm window; a cache that never serves
+        correctly rolls the client back. ``os: linux`` clients have their
+        check change instead (``binary_cache.client_check``).
+        """
+        nixos = [h for h in ctx.hosts.values() if h.name in changed and h.host.is_nixos]
+        if not nixos or not ctx.options.deploy:
+            return {}
+        trusted, _ = self.trusted(ctx)
+        server = self.spec.server
+        system = server.system if server is not None else None
+        problems: dict[str, str] = {}
+        for hctx in nixos:
+            problem, proofs = probe_client(hctx, self.spec, self.spec.url, trusted, system)
+            if problem:
+                problems[hctx.name] = problem
+            for proof in proofs:
+                ctx.prove(hctx.name, proof)
+        return problems
+
     def _checks(self, ctx: PlanContext, trusted: list[str], changed: set[str]) -> list[Change]:
         """One check per changed client, after its changes: a signed fetch of the probe path, its settings.
 
@@ -278,8 +304,11 @@ class BinaryCacheClient(Task):
         for hctx in ctx.hosts.values():
             if hctx.name not in changed:
                 continue
-            if system is None and hctx.host.is_nixos:
-                continue  # an external cache on NixOS: no fetch, and the settings come with the deploy
+            if hctx.host.is_nixos:
+                # Its settings arrive with its deploy: verify() checks it after
+                # the deploy, inside the confirm window, so a client that cannot
+                # substitute rolls back instead of committing.
+                continue
             what = (
                 f"substitute the probe path from {self.spec.url}, trusting only its keys"
                 if system is not None

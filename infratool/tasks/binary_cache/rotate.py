@@ -168,11 +168,11 @@ def _phases(ctx: PlanContext, rot: steps.CacheRotation, lock_wait: float | None)
 
     keys = rot.keys.at("trust-new")  # clients trust both keys
     step("trust-new:config", steps.client_config(ctx, rot, keys))
-    step("trust-new:deploy", steps.deploys(ctx, rot), optional=True)
+    step("trust-new:deploy", steps.deploys(ctx, rot, keys), optional=True)
     step("trust-new", steps.verify_clients(ctx, rot, keys.trusted, []))
     keys = rot.keys.at("resign")  # the new key signs, the cache is re-signed
     step("resign:key", steps.server_key(ctx, rot, keys, server))
-    step("resign:deploy", steps.deploys(ctx, rot, [server.name]), optional=True)
+    step("resign:deploy", steps.deploys(ctx, rot, keys, [server.name]), optional=True)
     resign = scripts.script_change(
         server.name,
         rot.task,
@@ -183,7 +183,7 @@ def _phases(ctx: PlanContext, rot: steps.CacheRotation, lock_wait: float | None)
     step("resign", [resign])
     keys = rot.keys.at("drop-old")  # clients trust only the new key
     step("drop-old:config", steps.client_config(ctx, rot, keys, forget=True))
-    step("drop-old:deploy", steps.deploys(ctx, rot), optional=True)
+    step("drop-old:deploy", steps.deploys(ctx, rot, keys, untrusted=[old]), optional=True)
     step("drop-old", steps.verify_clients(ctx, rot, keys.trusted, [old]))
     for p in planned:
         for c in p.changes:
@@ -231,7 +231,7 @@ def _phases(ctx: PlanContext, rot: steps.CacheRotation, lock_wait: float | None)
         for n, changes in enumerate(
             (
                 steps.server_key(ctx, rot, rot.keys.finished(), server, CURRENT),
-                steps.deploys(ctx, rot, [server.name]),
+                steps.deploys(ctx, rot, rot.keys.finished(), [server.name]),
             )
         ):
             for c in changes:

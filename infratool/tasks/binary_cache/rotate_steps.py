@@ -8,6 +8,7 @@ NixOS deploys between phases, and each client's proof (a real signed fetch).
 from __future__ import annotations
 
 import shlex
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,14 +16,16 @@ from typing import Any
 from infratool import nixgen
 from infratool.changes import LOCAL, Change, action
 from infratool.context import HostContext, LocalContext
+from infratool.deploy import clear_pending, confirm_deploy, mark_pending
+from infratool.deploy.engine import deploy_action
 from infratool.errors import RefusedError, VerifyError
 from infratool.inventory import Host
 from infratool.nixssh import nix_ssh_env
 from infratool.secrets.secret import Secret
 from infratool.tasks.base import PlanContext
 from infratool.tasks.binary_cache import scripts
-from infratool.tasks.binary_cache.client import check_client, plan_client, plan_flake
-from infratool.tasks.binary_cache.keys import CURRENT, NEXT, Keys
+from infratool.tasks.binary_cache.client import cache_args, cache_of, check_client, plan_client, plan_flake
+from infratool.tasks.binary_cache.keys import CURRENT, NEXT, Keys, key_name
 from infratool.tasks.binary_cache.server import key_file_changes
 from infratool.tasks.binary_cache.spec import CacheSpec
 from infratool.tasks.lib.local import generated_path, local_file_change
@@ -95,39 +98,83 @@ def server_key(
     return local_file_change(ctx.local, rot.task, rel, text, deploy=None)
 
 
-def deploys(ctx: PlanContext, rot: CacheRotation, names: list[str] | None = None) -> list[Change]:
+def deploys(
+    ctx: PlanContext,
+    rot: CacheRotation,
+    keys: Keys,
+    names: list[str] | None = None,
+    untrusted: list[str] | None = None,
+) -> list[Change]:
+    """Deploy the NixOS hosts among ``names`` (default: the clients) between two rotation steps.
+
+    Through the deploy engine (:mod:`infratool.deploy`), each a change on its
+    own host, in parallel: build, copy with the pinned key, activate under
+    the watchdog, then, over a new connection, this step's own check (a
+    client substitutes trusting ``keys.trusted``, and its live settings
+    trust those and none of ``untrusted``; the server's
+    installed key is ``keys.signer``) before the commit, else the host rolls
+    back. A host with a ``deploy_command`` runs that instead (the escape
+    hatch, on the controller, unchecked).
+    """
+    engine = [ctx.hosts[n].host for n in (names if names is not None else rot.clients)]
+    engine = [h for h in engine if h.is_nixos]
+    batch = {"id": uuid.uuid4().hex, "hosts": [h.name for h in engine if not h.deploy_command]}
+    server = rot.spec.server
     result = []
-    for name in names if names is not None else rot.clients:
-        host = ctx.hosts[name].host
-        if host.is_nixos:
-            argv = host.deploy_argv()
-            target = {
-                "name": host.name,
-                "address": host.address,
-                "port": host.port,
-                "user": host.user,
-                "ssh_key": None if host.ssh_key is None else str(host.ssh_key),
-                "host_keys": list(host.host_keys),
-            }
-            result.append(
-                Change(
-                    LOCAL,
-                    rot.task,
-                    f"deploy {name}: {shlex.join(argv)}",
-                    op="binary_cache.deploy",
-                    args={"argv": argv, "target": target},
-                    action="deploy",
-                )
+    for host in engine:
+        if host.deploy_command:
+            result.append(_deploy_command(rot, host))
+            continue
+        if server is not None and host.name == server.name:
+            check = {"server": True, "signer": key_name(keys.signer)}
+        else:
+            assert server is not None
+            check = {"trusted": list(keys.trusted), "untrusted": untrusted or [], "system": server.system}
+        result.append(
+            Change(
+                host.name,
+                rot.task,
+                f"deploy {host.name}: build, copy, activate, verify, commit",
+                op="binary_cache.deploy_nixos",
+                args={
+                    "flake": str(Path(ctx.inventory.flake).resolve()),
+                    "confirm_timeout": int(ctx.options.confirm_timeout),
+                    "batch": batch,
+                    "cache": cache_args(rot.spec),
+                    "check": check,
+                },
+                action="deploy",
             )
+        )
     return result
+
+
+def _deploy_command(rot: CacheRotation, host: Host) -> Change:
+    argv = host.deploy_argv()
+    target = {
+        "name": host.name,
+        "address": host.address,
+        "port": host.port,
+        "user": host.user,
+        "ssh_key": None if host.ssh_key is None else str(host.ssh_key),
+        "host_keys": list(host.host_keys),
+    }
+    return Change(
+        LOCAL,
+        rot.task,
+        f"deploy {host.name}: {shlex.join(argv)}",
+        op="binary_cache.deploy",
+        args={"argv": argv, "target": target},
+        action="deploy",
+    )
 
 
 @action("binary_cache.deploy")
 def deploy(local: LocalContext, argv: list[str], target: dict[str, Any]) -> None:
-    """Deploy one NixOS host between two phases of a rotation.
+    """The escape hatch: a NixOS host's ``deploy_command`` between two phases of a rotation.
 
-    Like the runner's deploys: ssh and ``nix copy`` get the inventory's port,
-    key and pinned host key through ``NIX_SSHOPTS``, never ``~/.ssh/known_hosts``.
+    ssh and ``nix copy`` get the inventory's port, key and pinned host key
+    through ``NIX_SSHOPTS``, never ``~/.ssh/known_hosts``.
     """
     ssh_key = target["ssh_key"]
     host = Host(
@@ -141,6 +188,53 @@ def deploy(local: LocalContext, argv: list[str], target: dict[str, Any]) -> None
     )
     with nix_ssh_env(host) as env:
         local.run(argv, what=f"deploy {host.name}", env=env)
+
+
+@action("binary_cache.deploy_nixos")
+def deploy_nixos(
+    hctx: Any,
+    flake: str,
+    confirm_timeout: int,
+    batch: dict[str, Any],
+    cache: dict[str, Any],
+    check: dict[str, Any],
+) -> None:
+    """One rotation deploy through the engine: activate, this step's check over a new connection, commit.
+
+    The host is marked pending in the flake repo until it commits, so a
+    deploy that rolled back is owed by the next run even outside the rotation.
+    """
+    host: Host = hctx.host
+    spec = cache_of(cache, host if check.get("server") else None)
+
+    def checks(remote: Any) -> list[str]:
+        fresh = HostContext(host=host, facts=hctx.facts, remote=remote)
+        if check.get("server"):
+            problem = installed_signer(fresh, spec, check["signer"])
+        else:
+            problem = check_client(
+                fresh, spec, spec.url, check["trusted"], check["system"], check.get("untrusted") or []
+            )
+        return [problem] if problem else []
+
+    mark_pending(Path(flake), {host.name})
+    deploy_action(hctx, flake, confirm_timeout=confirm_timeout, batch=batch)
+    confirm_deploy(host, checks, confirm_timeout)
+    clear_pending(Path(flake), host.name)
+
+
+def installed_signer(hctx: HostContext, spec: CacheSpec, signer: str) -> str | None:
+    """Whether the key sops-nix installed on a NixOS server is ``signer`` (by its public key's name)."""
+    key = spec.key_file(hctx.host)
+    res = hctx.run(
+        f"{scripts.NIX} key convert-secret-to-public < {scripts.q(key)} | cut -d: -f1",
+        check=False,
+        what="name the installed signing key",
+    )
+    name = res.stdout.strip()
+    if not res.ok or name != signer:
+        return f"the installed signing key at {key} is {name or 'unreadable'}, not {signer}"
+    return None
 
 
 def verify_clients(

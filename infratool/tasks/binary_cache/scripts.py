@@ -189,7 +189,9 @@ def resign(spec: CacheSpec, host: Host, old_public: str, new_public: str) -> str
             f'xargs -r {NIX} store sign --store {store} --key-file {q(spec.key_file(host))} < "$t/good"',
             f"xargs -r {NIX} store verify --store {store} --no-contents "
             f'--trusted-public-keys {q(new_public)} < "$t/good"',
-            # The cache is now brought up to the new key (see resign_held).
+            # The cache is now brought up to the new key (see resign_held). A NixOS
+            # server keeps its key in /run/secrets: the state directory may not exist yet.
+            f"mkdir -p -m 0700 {q(spec.state_dir)}",
             f"printf '%s\\n' {q(new_public)} > {q(signed_with_marker(spec))}",
         ]
     )

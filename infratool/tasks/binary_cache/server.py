@@ -329,12 +329,43 @@ class BinaryCacheServer(Task):
         return changes + plan_linux_server(hctx, self.spec, keys, self.name, self.args["post_build_hook"])
 
     def verify(self, ctx: PlanContext, changed: set[str]) -> dict[str, str]:
+        """The cache is served over HTTP and its probe is signed by the signing key.
+
+        A NixOS server is verified after its deploy, inside the deploy's
+        confirm window (the runner calls this over the new connection): only
+        then has sops-nix installed the key, so the probe is pushed here,
+        signed by the installed key, before the check. A server that cannot
+        sign and serve rolls back.
+        """
         hctx = ctx.hosts.get(self.args["server"])
-        if hctx is None or hctx.host.is_nixos:
+        if hctx is None or hctx.name not in changed:
             return {}
         keys = self.planned_keys or load_keys(ctx, self.spec, self.name)[0]
+        if hctx.host.is_nixos:
+            problem = publish_probe(hctx, self.spec)
+            if problem:
+                return {hctx.name: problem}
         problem = check_server(hctx, self.spec, keys)
-        return {hctx.name: problem} if problem else {}
+        if problem:
+            return {hctx.name: problem}
+        ctx.prove(hctx.name, f"serves {self.spec.url}, probe signed by {key_name(keys.signer)}")
+        return {}
+
+
+def publish_probe(hctx: HostContext, spec: CacheSpec) -> str | None:
+    """On a NixOS server after its deploy: push the probe, signed by the key sops-nix installed.
+
+    Returns the problem (no key installed, the push failed), None when the
+    probe is in the cache. ``nix copy`` skips a path the cache already has.
+    """
+    key = spec.key_file(hctx.host)
+    if not hctx.run(f"test -s {scripts.q(key)}", check=False).ok:
+        return f"the signing key is not installed at {key} (sops-nix did not activate it)"
+    res = hctx.run(scripts.push_probe(spec, hctx.host, hctx.host.system), check=False, what="push probe")
+    if not res.ok:
+        tail = res.stderr.strip().splitlines()[-1:] or [f"exit {res.exited}"]
+        return f"could not push the probe path into {spec.store_dir}: {tail[0]}"
+    return None
 
 
 def check_server(hctx: HostContext, spec: CacheSpec, keys: Keys) -> str | None:

@@ -313,19 +313,42 @@ class Setup(TopologyTask):
     # -- verify -------------------------------------------------------------------
 
     def verify(self, ctx: PlanContext, changed: set[str]) -> dict[str, str]:
-        """Ping and build from every ``os: linux`` client on every ``os: linux`` builder.
+        """Ping and build from the clients on the builders: a real build that runs on the builder.
 
-        NixOS hosts change only when their deploy runs, after this entry:
-        check them with ``remote_builders.check`` after the deploy.
+        ``os: linux`` clients right after this entry, on the ``os: linux``
+        builders (a NixOS builder's settings arrive with its deploy, later).
+        NixOS clients change only with their deploy: the runner calls this
+        again after it, in the confirm window over a new connection
+        (``changed`` is then that host), and they are checked on every
+        builder, asking the builder's store through the client's pinned
+        login. A failure there rolls the client back; while a NixOS builder
+        is still activating, the deploy engine retries within the window.
         """
         if not self.args["verify"]:
             return {}
         clients, builders = self._pairs(ctx, [c for c in self.topology.clients if not c.is_nixos])
         builders = [(b, bctx) for b, bctx in builders if not b.host.is_nixos]
-        problems = check_clients(clients, builders, self.topology)
-        if builders:
-            names = ", ".join(b.host.name for b, _ in builders)
-            for _, client in clients:
-                if client.name not in problems:
-                    ctx.prove(client.name, f"a build ran on {names}")
+        problems: dict[str, str] = {}
+        # A builder's change concerns every client: all of them build again.
+        if {c.name for _, c in clients} & changed or {b.host.name for b, _ in builders} & changed:
+            problems = check_clients(clients, builders, self.topology)
+            self._prove(ctx, clients, builders, problems)
+        if ctx.options.deploy:
+            nixos = [c for c in self.topology.clients if c.is_nixos and c.name in changed]
+            nclients, nbuilders = self._pairs(ctx, nixos)
+            # Through the client's login, never the builder's old connection: the
+            # builder's own deploy may be using it right now (deploys run in parallel).
+            via_client = [(b, None) for b, _ in nbuilders]
+            found = check_clients(nclients, via_client, self.topology)
+            self._prove(ctx, nclients, via_client, found)
+            problems.update(found)
         return problems
+
+    @staticmethod
+    def _prove(ctx: PlanContext, clients: list, builders: list, problems: dict[str, str]) -> None:
+        if not builders:
+            return
+        names = ", ".join(b.host.name for b, _ in builders)
+        for _, client in clients:
+            if client.name not in problems:
+                ctx.prove(client.name, f"a build ran on {names}")

@@ -18,12 +18,25 @@ while IFS='	' read -r kind name group home shell; do
   if [ "$kind" = group ]; then
     getent group "$name" >/dev/null || groupadd --system "$name"
   elif ! getent passwd "$name" >/dev/null; then
+    # The lab hosts share the controller's /etc/passwd, and /var/empty is the
+    # controller's own directory (only /var/lib is per host): an account made
+    # here is also what an `os: linux` lab host finds, and a linux builder
+    # setup writes ~/.ssh into its home. So NixOS's /var/empty becomes
+    # /var/lib/<name>. NixOS's sshd reads keys from /etc/ssh/authorized_keys.d.
+    [ "$home" != /var/empty ] || home="/var/lib/$name"
     if [ -n "$group" ]; then
       getent group "$group" >/dev/null || groupadd --system "$group"
       useradd --system --no-create-home --home-dir "$home" --shell "$shell" --gid "$group" "$name"
     else
       useradd --system --no-create-home --home-dir "$home" --shell "$shell" --user-group "$name"
     fi
+  fi
+  # NixOS's sshd runs with PAM, where a key still logs in to an account whose
+  # password is locked ('!', useradd's default); the lab's sshd runs without
+  # PAM (UsePAM no), where OpenSSH refuses a locked account. '*' is NixOS's
+  # meaning here: no password, key logins allowed.
+  if [ "$kind" = user ] && [ "$(getent shadow "$name" | cut -d: -f2)" = '!' ]; then
+    usermod --password '*' "$name"
   fi
 done <"$systemConfig/lab/users.tsv"
 
