@@ -256,6 +256,8 @@ class RotateSecrets(Task):
                 rot = secret_plan.build(
                     self.policy, str(file), secrets_dir, groups, held, self.provided, st, self.name,
                     self.args["lock_wait"], self.issued,
+                    nixos={h.name for h in self.inventory if h.is_nixos},
+                    flake=str(self.inventory.flake.resolve()),
                 )  # fmt: skip
             except InfratoolError as exc:
                 # Nothing is stored at plan time: the file's secrets wait for the next run.

@@ -1,0 +1,225 @@
+"""Rotation to NixOS consumers through sops-nix: write → deploy (test) → verify → commit (boot) → promote.
+
+A two-host lab: slax is NixOS-shaped and runs tokend as a NixOS unit that
+reads its token from ``/run/secrets/tokend/token`` (installed by the lab's
+sops-nix activation, restarted through ``restartUnits``); snix is an
+``os: linux`` host whose app gets the same token as a file over SSH and
+verifies it against slax's tokend. Real sops, real Nix builds, real
+profiles and the deploy engine's watchdog; the lab's module system and
+activation are the stand-ins described in docs/nixos-lab.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import PLAYBOOKS
+from infratool_lab import nixos as labnixos
+from infratool_lab import services
+from infratool_lab.services import add_nixos_recipients
+
+from infratool.rotation.sopsnix import MODULE
+from infratool.secrets.store import SopsStore
+
+PORT = services.TOKEND_PORT
+NIXOS_STEPS = ["stored", "written", "delivered-one", "verified", "committed", "promoted"]
+
+CONFIG = """{{ ... }}:
+{{
+  systemd.services.tokend = {{
+    description = "tokend: HTTP that demands the bearer token sops-nix installs";
+    wantedBy = [ "multi-user.target" ];
+    script = "exec /usr/bin/python3 /var/lib/tokend/tokend.py --token-file /run/secrets/tokend/token --listen {address}:{port} --pid-file /run/tokend.pid";
+  }};
+}}
+"""
+
+
+def policy(lab) -> str:
+    slax = lab.host("slax").address
+    bearer = "printf 'Authorization: Bearer %s\\n'"
+    url = f"http://{slax}:{PORT}/"
+    return yaml.safe_dump(
+        {
+            "secrets": {
+                "tokend/token": {
+                    "file": "secrets/lab.yaml",
+                    "generator": "hex",
+                    "params": {"bytes": 24},
+                    "max_age": "7d",
+                    "consumers": [
+                        {
+                            "host": "slax",
+                            "file": {"path": "/run/secrets/tokend/token", "mode": "0400"},
+                            "units": ["tokend.service"],
+                            "verify": f'read -r t && {bearer} "$t" | curl -fsS -o /dev/null -H @- {url}',
+                        },
+                        {
+                            "host": "snix",
+                            "file": {"path": "/var/lib/app/token", "mode": "0600"},
+                            "verify": f'{bearer} "$(cat /var/lib/app/token)" | curl -fsS -o /dev/null -H @- {url}',
+                        },
+                    ],
+                }
+            }
+        }
+    )
+
+
+@pytest.fixture
+def nixlab(lab_factory, monkeypatch):
+    """snix (linux) + slax (NixOS, tokend as a unit), the flake's secrets and the policy."""
+    from infratool.onboard.scaffold import ensure_operator_repo
+
+    lab = lab_factory(2, nixos=["slax"])
+    key = lab.root / "age.key"
+    ensure_operator_repo(lab.flake_dir, key)
+    monkeypatch.setenv("SOPS_AGE_KEY_FILE", str(key))
+    # A Debian controller's Nix builds the lab flake with these settings (no nixbld group, no substituters).
+    monkeypatch.setenv("NIX_CONFIG", labnixos.CONTROLLER_NIX_CONFIG)
+    assert add_nixos_recipients(lab)
+    script = lab.host("slax").path("/var/lib/tokend/tokend.py")
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(Path(services.__file__).with_name("tokend.py").read_text())
+    (lab.flake_dir / "hosts" / "slax" / "configuration.nix").write_text(
+        CONFIG.format(address=lab.host("slax").address, port=PORT)
+    )
+    (lab.flake_dir / "secrets" / "rotation.yaml").write_text(policy(lab))
+    return lab
+
+
+def values(lab) -> dict[str, str]:
+    s = SopsStore(lab.flake_dir / "secrets")
+    if not s.exists("lab.yaml"):
+        return {}
+    return {k: str(v.reveal()) for k, v in s.read("lab.yaml").items()}
+
+
+def rotate(cli, lab, *args, env=None):
+    return cli("-i", lab.inventory_path, "secrets", "rotate", *args, env=env)
+
+
+def tokend_accepts(lab, token: str) -> bool:
+    address = lab.host("slax").address
+    r = lab.exec(
+        "slax",
+        f"read -r t; printf 'Authorization: Bearer %s\\n' \"$t\" | "
+        f"curl -fsS -o /dev/null -H @- http://{address}:{PORT}/",
+        input=token.encode() + b"\n",
+    )
+    return r.returncode == 0
+
+
+def on_slax(lab, command: str) -> str:
+    return lab.exec("slax", command, check=True).stdout.decode().strip()
+
+
+def installed(lab) -> str:
+    """What sops-nix installed on slax."""
+    return on_slax(lab, "cat /run/secrets/tokend/token")
+
+
+def system(lab) -> tuple[str, str]:
+    """slax's running system and its system profile's generation link."""
+    return on_slax(lab, "readlink -f /run/current-system"), on_slax(
+        lab, "readlink /nix/var/nix/profiles/system"
+    )
+
+
+def test_the_new_value_reaches_run_secrets_through_sops_nix_and_the_old_is_rejected(nixlab, cli):
+    lab = nixlab
+    first = rotate(cli, lab, "--due", "--yes")
+    assert first.returncode == 0, first.stdout + first.stderr
+    old = values(lab)["tokend/token"]
+    assert installed(lab) == old and tokend_accepts(lab, old)
+
+    r = rotate(cli, lab, "tokend/token", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    now = values(lab)
+    new = now["tokend/token"]
+    assert new != old and now["_rotation/previous/tokend/token"] == old
+    assert not any(k.startswith("_rotation/pending/") for k in now)
+    # sops-nix's activation put it in /run/secrets with the consumer's mode, and the
+    # real service (restarted by restartUnits) takes the new token and refuses the old.
+    assert installed(lab) == new
+    assert on_slax(lab, "stat -L -c %a /run/secrets/tokend/token") == "400"
+    assert tokend_accepts(lab, new) and not tokend_accepts(lab, old)
+    # The linux consumer of the same secret got it over SSH.
+    assert lab.host("snix").path("/var/lib/app/token").read_text() == new
+    # The generation was committed: the boot default is the running system.
+    running, _ = system(lab)
+    assert on_slax(lab, "readlink -f /nix/var/nix/profiles/system") == running
+
+    # The generated module names the key, the path and the unit, never a value.
+    module = (lab.flake_dir / "hosts" / "slax" / "generated" / MODULE).read_text()
+    assert 'sops.secrets = {\n    "tokend/token"' in module.replace("  sops.secrets", "sops.secrets")
+    assert '"tokend.service"' in module and "../../../secrets/lab.yaml" in module
+    for value in (old, new):
+        assert value not in module
+        assert value not in r.stdout + r.stderr
+        grep = lab.exec("slax", ["grep", "-rl", value, "/nix/store", "/var/log", "/etc/nix"])
+        assert grep.stdout == b"", grep.stdout
+    assert not (lab.flake_dir / "hosts" / "snix" / "generated" / MODULE).exists()
+
+    # Converged: the rotation playbook plans nothing, no deploy either.
+    plan = cli("-i", lab.inventory_path, "plan", PLAYBOOKS / "secrets-rotation.yaml", "--detailed-exitcode")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+
+
+def test_a_failed_verify_returns_every_host_to_the_previous_generation_and_value(nixlab, cli):
+    lab = nixlab
+    assert rotate(cli, lab, "--due", "--yes").returncode == 0
+    old = values(lab)["tokend/token"]
+    before = system(lab)
+    module = (lab.flake_dir / "hosts" / "slax" / "generated" / MODULE).read_text()
+    # snix's app refuses any new token (it only knows the old one): the verify fails there,
+    # after slax activated the new generation and verified it.
+    pol = yaml.safe_load((lab.flake_dir / "secrets" / "rotation.yaml").read_text())
+    pol["secrets"]["tokend/token"]["consumers"].append(
+        {
+            "host": "snix",
+            "file": {"path": "/var/lib/app/other"},
+            "verify": f'[ "$(cat /var/lib/app/other)" = "{old}" ]',
+        }
+    )
+    (lab.flake_dir / "secrets" / "rotation.yaml").write_text(yaml.safe_dump(pol))
+
+    r = rotate(cli, lab, "tokend/token", "--yes")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "verify failed on snix" in r.stdout + r.stderr
+    after = values(lab)
+    assert after["tokend/token"] == old
+    assert not any(k.startswith("_rotation/pending/") for k in after)
+    # slax is back on the generation it ran before, with the old value, and tokend takes it.
+    assert system(lab) == before
+    assert installed(lab) == old and tokend_accepts(lab, old)
+    assert lab.host("snix").path("/var/lib/app/token").read_text() == old
+    assert (lab.flake_dir / "hosts" / "slax" / "generated" / MODULE).read_text() == module
+
+
+@pytest.mark.parametrize("step", NIXOS_STEPS)
+def test_kill_9_after_each_step_converges(nixlab, cli, step):
+    lab = nixlab
+    assert rotate(cli, lab, "--due", "--yes").returncode == 0
+    old = values(lab)["tokend/token"]
+
+    crashed = rotate(cli, lab, "tokend/token", "--yes", env={"INFRATOOL_FAULT": step})
+    assert crashed.returncode == -9, crashed.stdout + crashed.stderr
+
+    again = rotate(cli, lab, "--due", "--yes")
+    assert again.returncode == 0, again.stdout + again.stderr
+    final = values(lab)
+    current = final["tokend/token"]
+    assert not any(k.startswith("_rotation/pending/") for k in final)
+    # sops, sops-nix's /run/secrets, the real service and the linux consumer agree.
+    assert installed(lab) == current and tokend_accepts(lab, current)
+    assert lab.host("snix").path("/var/lib/app/token").read_text() == current
+    # Every step comes after the pending value was stored: the next run finishes the rotation.
+    assert current != old and final["_rotation/previous/tokend/token"] == old
+    assert not tokend_accepts(lab, old)
+    running, _ = system(lab)
+    assert on_slax(lab, "readlink -f /nix/var/nix/profiles/system") == running
+    status = cli("-i", lab.inventory_path, "--json", "secrets", "status")
+    assert '"status": "ok"' in status.stdout
