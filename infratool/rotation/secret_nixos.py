@@ -35,8 +35,8 @@ A crash anywhere leaves a pending value in sops: the next run resumes from
 the write (which is idempotent; :func:`effective_held` recognises a value
 already written, so "previous" stays the old value), and a watchdog left
 waiting is superseded by the next activation or rolls its host back after
-the timeout. Fault points: ``written``, ``delivered-one`` (after the first
-NixOS activation), ``committed`` (after a host committed).
+the timeout. Fault points: ``written``, ``activated`` (after a NixOS host's
+activation, its watchdog waiting), ``committed`` (after a host committed).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ ACTIVATE_OP = "rotation.secret.nixos_activate"
 COMMIT_OP = "rotation.secret.nixos_commit"
 RESTORE_OP = "rotation.secret.nixos_restore"
 ROLLBACK_OP = "rotation.secret.nixos_rollback"
-VERIFY_RETRY = 15.0
+VERIFY_RETRY = 10.0
 """Seconds the verify phase of a rotation with NixOS consumers retries failing verifies."""
 
 
@@ -93,9 +93,16 @@ def effective_held(held: Mapping[str, Secret], specs: list[SecretPolicy]) -> dic
     return out
 
 
-def confirm_timeout(hosts: int, verifies: int) -> int:
-    """The watchdog's confirm timeout, from the plan: activation of every host + every verify + slack."""
-    return int(DEFAULT_CONFIRM_TIMEOUT + VERIFY_RETRY + 30 * hosts + 10 * verifies)
+def confirm_timeout(base: int, hosts: int, verifies: int) -> int:
+    """The watchdog's confirm timeout, sized from the plan.
+
+    It counts from the end of a host's activation until the commit step: the
+    other hosts' activations (in parallel, one shared build), the verify
+    phase (each verify, and the retry window of one still failing) and the
+    commit's new connection, on top of the ``base`` a deploy gets
+    (``--confirm-timeout``).
+    """
+    return int(base + VERIFY_RETRY + 5 * verifies + 10 * (hosts - 1))
 
 
 def plan_phases(
@@ -112,6 +119,7 @@ def plan_phases(
     new: Mapping[str, Mapping[str, Secret]],
     raw_held: Mapping[str, Secret],
     held: Mapping[str, Secret],
+    confirm_base: int = DEFAULT_CONFIRM_TIMEOUT,
 ) -> dict[str, list[Change]]:
     """The NixOS changes of one rotation, by engine phase (``write``, ``deliver``, ``commit``, ...).
 
@@ -137,7 +145,7 @@ def plan_phases(
             unit.discard.update(back)
     # Every secret of the policy that a host consumes: its module names them all.
     modules = {h: sopsnix.entries(flake, h, list(policy.secrets.values())) for h in nix_hosts}
-    timeout = confirm_timeout(len(nix_hosts), sum(len(h["verify"]) for h in hosts))
+    timeout = confirm_timeout(confirm_base, len(nix_hosts), sum(len(h["verify"]) for h in hosts))
     batch = {"id": uuid.uuid4().hex, "hosts": nix_hosts}
     checks = {u.key: list(u.checks) for u in units}
     common = {"secrets_dir": secrets_dir, "flake": flake, "confirm_timeout": timeout}
@@ -245,7 +253,7 @@ def activate_host(
         problem = f"deploy failed: {_problem(exc)}"
     for unit in units:
         engine.record_check(secrets_dir, unit, ctx.name, problem)
-    fault_point("delivered-one")
+    fault_point("activated")
 
 
 def _failed(st: state.RotationState, unit: str, targets: list[str]) -> str | None:

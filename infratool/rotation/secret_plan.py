@@ -234,13 +234,15 @@ def build(
     issued: list[dict[str, Any]] | None = None,
     nixos: Collection[str] = (),
     flake: str = "",
+    confirm_base: int = secret_nixos.DEFAULT_CONFIRM_TIMEOUT,
 ) -> engine.Rotation:
     """The engine rotation of ``groups`` (all in sops file ``file``), with per-host changes.
 
     ``issued`` collects the leases (Vault) issued to plan it: the caller
     returns them if the plan is not applied (a dry run, a "no").
     ``nixos``: the ``os: nixos`` hosts; their consumers get the value through
-    sops-nix and a deploy of ``flake`` (:mod:`.secret_nixos`).
+    sops-nix and a deploy of ``flake`` (:mod:`.secret_nixos`), whose watchdogs
+    wait ``confirm_base`` seconds plus what the plan's verify phase needs.
     """
     raw_held = held
     held = secret_nixos.effective_held(held, [m for g in groups for m in g.members])
@@ -351,6 +353,7 @@ def build(
             new=values,
             raw_held=raw_held,
             held=held,
+            confirm_base=confirm_base,
         )
         deliver += nix["deliver"]
         for c in verify:  # units sops-nix restarted may take a moment to listen

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import PLAYBOOKS
+from helpers import wait_for
 from infratool_lab import nixos as labnixos
 from infratool_lab import services
 from infratool_lab.services import add_nixos_recipients
@@ -24,7 +25,7 @@ from infratool.rotation.sopsnix import MODULE
 from infratool.secrets.store import SopsStore
 
 PORT = services.TOKEND_PORT
-NIXOS_STEPS = ["stored", "written", "delivered-one", "verified", "committed", "promoted"]
+NIXOS_STEPS = ["stored", "written", "activated", "verified", "committed", "promoted"]
 
 CONFIG = """{{ ... }}:
 {{
@@ -223,3 +224,33 @@ def test_kill_9_after_each_step_converges(nixlab, cli, step):
     assert on_slax(lab, "readlink -f /nix/var/nix/profiles/system") == running
     status = cli("-i", lab.inventory_path, "--json", "secrets", "status")
     assert '"status": "ok"' in status.stdout
+
+
+def test_kill_9_while_the_watchdog_waits_the_host_rolls_itself_back_and_the_next_run_converges(nixlab, cli):
+    lab = nixlab
+    before = system(lab)
+    book = PLAYBOOKS / "secrets-rotation.yaml"
+    # The first rotation (never rotated: due), killed once slax runs the new generation under
+    # its watchdog; a short --confirm-timeout so the host gives up soon.
+    crashed = cli(
+        "-i", lab.inventory_path, "run", book, "--yes", "--confirm-timeout", "5",
+        env={"INFRATOOL_FAULT": "activated"},
+    )  # fmt: skip
+    assert crashed.returncode == -9, crashed.stdout + crashed.stderr
+    status = "cat /run/infratool-deploy/status"
+    wait_for(
+        lambda: on_slax(lab, status).startswith("rolled-back"), timeout=180, what="slax rolls itself back"
+    )
+    assert "not confirmed within" in on_slax(lab, status)
+    # Nobody confirmed: slax is back on the system it ran before, which has no tokend unit
+    # (so it was stopped). /run/secrets keeps its last generation, as sops-nix does when a
+    # generation has no secrets at all.
+    assert system(lab) == before
+    assert lab.exec("slax", "test -e /run/lab-services/tokend.pid").returncode != 0
+
+    again = rotate(cli, lab, "--due", "--yes")
+    assert again.returncode == 0, again.stdout + again.stderr
+    final = values(lab)
+    assert not any(k.startswith("_rotation/pending/") for k in final)
+    assert installed(lab) == final["tokend/token"] and tokend_accepts(lab, final["tokend/token"])
+    assert lab.host("snix").path("/var/lib/app/token").read_text() == final["tokend/token"]
