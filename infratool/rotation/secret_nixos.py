@@ -41,6 +41,7 @@ activation, its watchdog waiting), ``committed`` (after a host committed).
 
 from __future__ import annotations
 
+import shlex
 import time
 import uuid
 from collections.abc import Mapping
@@ -208,6 +209,27 @@ def plan_phases(
             )
         )
     return out
+
+
+def installed_problem(
+    host: Any, spec: SecretPolicy, consumer: Any, values: Mapping[str, Secret]
+) -> str | None:
+    """Drift check of a NixOS consumer: does sops-nix's file hold the current value? ``"HOST: problem"``.
+
+    The value goes to ``cmp`` on stdin and is compared on the host; nothing
+    of it comes back. A host running another generation than the flake's
+    (rolled back by hand, never deployed) holds another value there.
+    """
+    path = consumer.file.path if consumer.file is not None else f"/run/secrets/{spec.name}"
+    res = host.run(
+        f"cmp -s - {shlex.quote(path)}", stdin=values[spec.key], check=False, what=f"compare {spec.name}"
+    )
+    if res.ok:
+        return None
+    return (
+        f"{consumer.host}: {path} does not hold the current value (the host does not run the "
+        "flake's configuration: deploy it, or `secrets rotate` the secret)"
+    )
 
 
 # -- the actions ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ activation are the stand-ins described in docs/nixos-lab.md.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,12 @@ def system(lab) -> tuple[str, str]:
     )
 
 
+def previous_generation(lab) -> str:
+    """The store path of slax's generation before the current one."""
+    links = on_slax(lab, "ls -d /nix/var/nix/profiles/system-*-link | sort -t- -k2 -n").split()
+    return on_slax(lab, f"readlink -f {links[-2]}")
+
+
 def test_the_new_value_reaches_run_secrets_through_sops_nix_and_the_old_is_rejected(nixlab, cli):
     lab = nixlab
     first = rotate(cli, lab, "--due", "--yes")
@@ -167,6 +174,27 @@ def test_the_new_value_reaches_run_secrets_through_sops_nix_and_the_old_is_rejec
     # Converged: the rotation playbook plans nothing, no deploy either.
     plan = cli("-i", lab.inventory_path, "plan", PLAYBOOKS / "secrets-rotation.yaml", "--detailed-exitcode")
     assert plan.returncode == 0, plan.stdout + plan.stderr
+
+    # secrets check: both consumers hold and accept the current value.
+    check = cli("-i", lab.inventory_path, "--json", "secrets", "check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    found = {f["host"]: f["status"] for f in json.loads(check.stdout)["findings"]}
+    assert found == {"slax": "ok", "snix": "ok"}
+    # Someone reactivates slax's previous generation by hand: sops-nix puts the old token back
+    # and tokend restarts with it. The check names slax (another value installed) and snix
+    # (its token is refused now), and nothing is written.
+    on_slax(lab, f"{previous_generation(lab)}/bin/switch-to-configuration test")
+    assert installed(lab) == old
+    sops_before = (lab.flake_dir / "secrets" / "lab.yaml").read_bytes()
+    check = cli("-i", lab.inventory_path, "--json", "secrets", "check")
+    assert check.returncode == 1, check.stdout + check.stderr
+    found = {f["host"]: f for f in json.loads(check.stdout)["findings"]}
+    assert (
+        found["slax"]["status"] == "rejected" and "does not hold the current value" in found["slax"]["detail"]
+    )
+    assert found["snix"]["status"] == "rejected"
+    assert (lab.flake_dir / "secrets" / "lab.yaml").read_bytes() == sops_before
+    assert old not in check.stdout + check.stderr and new not in check.stdout + check.stderr
 
 
 def test_a_failed_verify_returns_every_host_to_the_previous_generation_and_value(nixlab, cli):
