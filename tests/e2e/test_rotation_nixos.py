@@ -282,3 +282,59 @@ def test_kill_9_while_the_watchdog_waits_the_host_rolls_itself_back_and_the_next
     assert not any(k.startswith("_rotation/pending/") for k in final)
     assert installed(lab) == final["tokend/token"] and tokend_accepts(lab, final["tokend/token"])
     assert lab.host("snix").path("/var/lib/app/token").read_text() == final["tokend/token"]
+
+
+def pg_login(lab, password: str) -> bool:
+    address = lab.host("slax").address
+    r = lab.exec(
+        "slax",
+        f"read -r PGPASSWORD; export PGPASSWORD; psql 'host={address} user=app dbname=postgres' -tAc 'select 1'",
+        input=password.encode() + b"\n",
+    )
+    return r.returncode == 0 and r.stdout.strip() == b"1"
+
+
+def test_a_command_consumer_becomes_a_oneshot_unit_fed_from_run_secrets(nixlab, cli):
+    """PostgreSQL on the NixOS host: the password reaches it through a oneshot unit sops-nix restarts."""
+    lab = nixlab
+    services.start_postgres(lab, "slax")
+    path = lab.flake_dir / "secrets" / "rotation.yaml"
+    pol = yaml.safe_load(path.read_text())
+    address = lab.host("slax").address
+    pol["secrets"]["postgres/app"] = {
+        "file": "secrets/lab.yaml",
+        "generator": "password",
+        "params": {"length": 32},
+        "consumers": [
+            {
+                "host": "slax",
+                "command": {
+                    "run": "runuser -u postgres -- psql -h /run/postgresql -v ON_ERROR_STOP=1 -q -f -",
+                    "stdin": "ALTER ROLE app PASSWORD '{value}';",
+                },
+                "verify": "read -r PGPASSWORD && export PGPASSWORD && "
+                f"psql 'host={address} user=app dbname=postgres' -tAc 'select 1' | grep -qx 1",
+            }
+        ],
+    }
+    path.write_text(yaml.safe_dump(pol))
+    first = rotate(cli, lab, "postgres/app", "--yes")
+    assert first.returncode == 0, first.stdout + first.stderr
+    old = values(lab)["postgres/app"]
+    assert pg_login(lab, old)
+
+    r = rotate(cli, lab, "postgres/app", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    new = values(lab)["postgres/app"]
+    assert new != old and pg_login(lab, new) and not pg_login(lab, old)
+
+    module = (lab.flake_dir / "hosts" / "slax" / "generated" / MODULE).read_text()
+    assert "infratool-secret-postgres-app = {" in module and '"oneshot"' in module
+    assert '"infratool-secret-postgres-app.service"' in module  # in the secret's restartUnits
+    # The unit ran to its end and counts as active; its script (in the store) names the
+    # secret's path, never the value.
+    assert lab.exec("slax", "test -e /run/lab-services/infratool-secret-postgres-app.done").returncode == 0
+    for value in (old, new):
+        assert value not in module
+        grep = lab.exec("slax", ["grep", "-rl", value, "/nix/store", "/var/log"])
+        assert grep.stdout == b"", grep.stdout
