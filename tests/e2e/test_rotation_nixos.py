@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PLAYBOOKS
+from conftest import PLAYBOOKS, files_containing
+from exectrace import both_ends
 from helpers import wait_for
 from infratool_lab import nixos as labnixos
 from infratool_lab import services
@@ -338,3 +339,32 @@ def test_a_command_consumer_becomes_a_oneshot_unit_fed_from_run_secrets(nixlab, 
         assert value not in module
         grep = lab.exec("slax", ["grep", "-rl", value, "/nix/store", "/var/log"])
         assert grep.stdout == b"", grep.stdout
+
+
+def test_canary_values_never_leak_on_the_nixos_path(nixlab, cli, tmp_path, _private_audit_log):
+    """Every exec on the controller and the hosts recorded: no value in argv, env, output, files or Nix."""
+    lab = nixlab
+    with both_ends(lab, cli, tmp_path / "execs") as seen:
+        first = rotate(seen.cli, lab, "--due", "--yes")
+        plan = rotate(seen.cli, lab, "tokend/token", "--dry-run")
+        run = seen.cli("-i", lab.inventory_path, "-vv", "secrets", "rotate", "tokend/token", "--yes")
+    assert first.returncode == 0 and run.returncode == 0, first.stderr + run.stderr
+    seen.assert_recorded(min_sessions=4)
+    assert seen.controller.containing("nix")  # the recorder saw the build and the copy
+    assert [x for x in seen.hosts.execs if x.argv[0].endswith(b"sops")]  # and sops-nix's decryption
+    vals = values(lab)
+    canaries = [vals["tokend/token"], vals["_rotation/previous/tokend/token"]]
+    outputs = [first.stdout, first.stderr, plan.stdout, plan.stderr, run.stdout, run.stderr]
+    logs = [_private_audit_log.read_text()] + [h.sshd_log.read_text() for h in lab.hosts()]
+    generated = "".join(p.read_text() for p in lab.flake_dir.glob("hosts/*/generated/*.nix"))
+    for canary in canaries:
+        assert len(canary) >= 32
+        assert not [o for o in outputs + logs if canary in o]
+        assert canary not in generated
+        assert seen.hits(canary) == [], "a secret in some process's argv or environment"
+        assert files_containing(tmp_path / "controller-tmp", canary) == []
+        for h in lab.hosts():
+            assert files_containing(h.path("/tmp"), canary) == []
+        grep = lab.exec("slax", ["grep", "-rl", canary, "/nix/store", "/var/log", "/run/infratool-deploy"])
+        assert grep.stdout == b"", grep.stdout
+        assert canary not in (lab.flake_dir / "secrets" / "lab.yaml").read_text()
