@@ -12,6 +12,7 @@ activation are the stand-ins described in docs/nixos-lab.md.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -368,3 +369,22 @@ def test_canary_values_never_leak_on_the_nixos_path(nixlab, cli, tmp_path, _priv
         grep = lab.exec("slax", ["grep", "-rl", canary, "/nix/store", "/var/log", "/run/infratool-deploy"])
         assert grep.stdout == b"", grep.stdout
         assert canary not in (lab.flake_dir / "secrets" / "lab.yaml").read_text()
+
+
+def test_the_generated_module_is_committed_with_the_rotation(nixlab, cli):
+    """In a git fleet repo the rotation's commit holds the sops file and slax's sops-nix module."""
+    lab = nixlab
+    flake = lab.flake_dir
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=flake, check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    (flake / ".gitignore").write_text("secrets/.*.lock\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "fleet")
+    r = rotate(cli, lab, "--due", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    committed = git("show", "--name-only", "--format=", "HEAD").split()
+    assert f"hosts/slax/generated/{MODULE}" in committed and "secrets/lab.yaml" in committed
+    assert git("status", "--porcelain", "--untracked-files=all") == ""
