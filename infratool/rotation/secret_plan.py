@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from infratool.changes import LOCAL, Change
+from infratool.deploy.engine import DEFAULT_CONFIRM_TIMEOUT
 from infratool.errors import InfratoolError, SecretsError
-from infratool.rotation import engine, secret_nixos, state
+from infratool.rotation import engine, secret_nixos_plan, state
 from infratool.rotation.policy import Command, Consumer, Notify, Policy, SecretPolicy, render_template
 from infratool.rotation.secret import (
     KIND,
@@ -234,18 +235,18 @@ def build(
     issued: list[dict[str, Any]] | None = None,
     nixos: Collection[str] = (),
     flake: str = "",
-    confirm_base: int = secret_nixos.DEFAULT_CONFIRM_TIMEOUT,
+    confirm_base: int = DEFAULT_CONFIRM_TIMEOUT,
 ) -> engine.Rotation:
     """The engine rotation of ``groups`` (all in sops file ``file``), with per-host changes.
 
     ``issued`` collects the leases (Vault) issued to plan it: the caller
     returns them if the plan is not applied (a dry run, a "no").
     ``nixos``: the ``os: nixos`` hosts; their consumers get the value through
-    sops-nix and a deploy of ``flake`` (:mod:`.secret_nixos`), whose watchdogs
+    sops-nix and a deploy of ``flake`` (:mod:`.secret_nixos`, :mod:`.secret_nixos_plan`), whose watchdogs
     wait ``confirm_base`` seconds plus what the plan's verify phase needs.
     """
     raw_held = held
-    held = secret_nixos.effective_held(held, [m for g in groups for m in g.members])
+    held = secret_nixos_plan.effective_held(held, [m for g in groups for m in g.members])
     planner = Planner(policy, held, provided)
     units, values, ttls, retire, leases = [], {}, {}, [], []
     try:
@@ -286,16 +287,7 @@ def build(
         common = {"secrets_dir": secrets_dir, "units": unit_keys}
         names = ", ".join(dict.fromkeys(i["secret"] for i in d_items))
         if host in nixos:
-            nix_hosts.append(
-                {
-                    "host": host,
-                    "units": unit_keys,
-                    "names": list(dict.fromkeys(i["secret"] for i in d_items)),
-                    "verify": v_items,
-                    # What a rollback checks there: the previous values' verify (no file over SSH).
-                    "rollback": [{k: v for k, v in i.items() if k in _ROLLBACK_KEYS} for i in r_items],
-                }
-            )
+            nix_hosts.append(secret_nixos_plan.host_entry(host, unit_keys, d_items, v_items, r_items))
             verify.append(_verify_change(host, task, names, common, v_items))
             continue
         deliver.append(
@@ -340,31 +332,12 @@ def build(
     phases = [engine.Phase("deliver", deliver, checked=True), engine.Phase("verify", verify, checked=True)]
     rollbacks = [engine.Phase("rollback", rollback, checked=True)]
     if nix_hosts:
-        nix = secret_nixos.plan_phases(
-            policy=policy,
-            flake=flake,
-            file=file,
-            secrets_dir=secrets_dir,
-            task=task,
-            target=f"{LOCAL}:{KIND}/{Path(file).name}",
-            hosts=nix_hosts,
-            units=units,
+        phases, rollbacks = secret_nixos_plan.attach(
+            phases, rollbacks, verify, policy=policy, flake=flake, file=file, secrets_dir=secrets_dir,
+            task=task, target=f"{LOCAL}:{KIND}/{Path(file).name}", hosts=nix_hosts, units=units,
             members={u.key: g.members for g, u in zip(groups, units, strict=True)},
-            new=values,
-            raw_held=raw_held,
-            held=held,
-            confirm_base=confirm_base,
-        )
-        deliver += nix["deliver"]
-        for c in verify:  # units sops-nix restarted may take a moment to listen
-            c.args["retry_for"] = secret_nixos.VERIFY_RETRY
-        rollback += nix["rollback"]
-        phases = [
-            engine.Phase("write", nix["write"], checked=True),
-            *phases,
-            engine.Phase("commit", nix["commit"], checked=True),
-        ]
-        rollbacks.insert(0, engine.Phase("restore", nix["restore"], checked=True))
+            new=values, raw_held=raw_held, held=held, confirm_base=confirm_base,
+        )  # fmt: skip
     return engine.Rotation(
         kind=KIND,
         file=file,
@@ -377,9 +350,6 @@ def build(
         hooks=hooks,
         description=f"{'resume' if resumed else 'rotate'} {labels}: store the new value(s) as pending",
     )
-
-
-_ROLLBACK_KEYS = ("unit", "secret", "first", "verify")
 
 
 def _verify_change(host: str, task: str, names: str, common: dict[str, Any], items: list[dict]) -> Change:

@@ -19,6 +19,13 @@ sops file, under its lock:
 5. a secret whose delivery or verify failed **rolls back** on every
    consumer, its pending value is discarded, exit 1.
 
+Consumers on ``os: nixos`` hosts get the value through sops-nix instead
+(:mod:`infratool.rotation.secret_nixos`): the value is written into the sops
+file, the host is deployed with ``switch-to-configuration test``, verified,
+then committed (``boot``). The task also keeps each NixOS consumer host's
+generated ``sops.secrets`` module (:mod:`infratool.rotation.sopsnix`) in step
+with the policy when nothing rotates there.
+
 A crash (kill -9) at any point is recovered by the next run: no pending
 value → start afresh; a pending value → resume from delivery; state
 "promoting" without a pending value → only record the promotion.

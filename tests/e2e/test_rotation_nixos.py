@@ -28,7 +28,7 @@ from infratool.rotation.sopsnix import MODULE
 from infratool.secrets.store import SopsStore
 
 PORT = services.TOKEND_PORT
-NIXOS_STEPS = ["stored", "written", "activated", "verified", "committed", "promoted"]
+NIXOS_STEPS = ["stored", "written", "activated", "verified", "committed", "promoting", "promoted"]
 
 CONFIG = """{{ ... }}:
 {{
@@ -207,15 +207,7 @@ def test_a_failed_verify_returns_every_host_to_the_previous_generation_and_value
     module = (lab.flake_dir / "hosts" / "slax" / "generated" / MODULE).read_text()
     # snix's app refuses any new token (it only knows the old one): the verify fails there,
     # after slax activated the new generation and verified it.
-    pol = yaml.safe_load((lab.flake_dir / "secrets" / "rotation.yaml").read_text())
-    pol["secrets"]["tokend/token"]["consumers"].append(
-        {
-            "host": "snix",
-            "file": {"path": "/var/lib/app/other"},
-            "verify": f'[ "$(cat /var/lib/app/other)" = "{old}" ]',
-        }
-    )
-    (lab.flake_dir / "secrets" / "rotation.yaml").write_text(yaml.safe_dump(pol))
+    _refuse_new_tokens_on_snix(lab, old)
 
     r = rotate(cli, lab, "tokend/token", "--yes")
     assert r.returncode == 1, r.stdout + r.stderr
@@ -228,6 +220,20 @@ def test_a_failed_verify_returns_every_host_to_the_previous_generation_and_value
     assert installed(lab) == old and tokend_accepts(lab, old)
     assert lab.host("snix").path("/var/lib/app/token").read_text() == old
     assert (lab.flake_dir / "hosts" / "slax" / "generated" / MODULE).read_text() == module
+
+
+def _refuse_new_tokens_on_snix(lab, old: str) -> None:
+    """A second consumer on snix that only accepts ``old``: every new value fails to verify there."""
+    path = lab.flake_dir / "secrets" / "rotation.yaml"
+    pol = yaml.safe_load(path.read_text())
+    pol["secrets"]["tokend/token"]["consumers"].append(
+        {
+            "host": "snix",
+            "file": {"path": "/var/lib/app/other"},
+            "verify": f'[ "$(cat /var/lib/app/other)" = "{old}" ]',
+        }
+    )
+    path.write_text(yaml.safe_dump(pol))
 
 
 @pytest.mark.parametrize("step", NIXOS_STEPS)
@@ -388,3 +394,23 @@ def test_the_generated_module_is_committed_with_the_rotation(nixlab, cli):
     committed = git("show", "--name-only", "--format=", "HEAD").split()
     assert f"hosts/slax/generated/{MODULE}" in committed and "secrets/lab.yaml" in committed
     assert git("status", "--porcelain", "--untracked-files=all") == ""
+
+
+def test_kill_9_during_the_rollback_converges(nixlab, cli):
+    """Killed half-way through a rollback: the next run rolls back all the way, slax included."""
+    lab = nixlab
+    assert rotate(cli, lab, "--due", "--yes").returncode == 0
+    old = values(lab)["tokend/token"]
+    before = system(lab)[0]
+    _refuse_new_tokens_on_snix(lab, old)
+    crashed = rotate(cli, lab, "tokend/token", "--yes", env={"INFRATOOL_FAULT": "rolled-back-one"})
+    assert crashed.returncode == -9, crashed.stdout + crashed.stderr
+
+    again = rotate(cli, lab, "tokend/token", "--yes")
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "every consumer is back on the current value" in again.stdout + again.stderr
+    final = values(lab)
+    assert final["tokend/token"] == old and not any(k.startswith("_rotation/pending/") for k in final)
+    assert installed(lab) == old and tokend_accepts(lab, old)
+    assert system(lab)[0] == before
+    assert lab.host("snix").path("/var/lib/app/token").read_text() == old

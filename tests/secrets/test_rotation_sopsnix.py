@@ -11,7 +11,7 @@ from helpers import nix_eval, nix_parse
 from infratool.errors import InputError
 from infratool.rotation import sopsnix
 from infratool.rotation.policy import parse_policy
-from infratool.rotation.secret_nixos import effective_held, written
+from infratool.rotation.secret_nixos_plan import effective_held, written
 from infratool.secrets.secret import Secret
 
 HOSTS = {"slax", "brix"}
