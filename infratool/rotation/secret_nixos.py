@@ -49,7 +49,6 @@ from typing import Any
 
 from infratool import log
 from infratool.changes import action
-from infratool.deploy import clear_pending
 from infratool.deploy.build import build, copy
 from infratool.deploy.engine import activate, error_text, finish, reconnect
 from infratool.faults import fault_point
@@ -177,7 +176,8 @@ def commit(
     except Exception as exc:
         problem = f"commit failed: {_problem(exc)}"
     if problem is None:
-        clear_pending(Path(flake), ctx.name)  # the host runs what the flake says now
+        # The host's deploy-pending mark (if another task left one) stays: a deploy of this
+        # host planned later in the same run may still fail, and it clears the mark itself.
         fault_point("committed")
     for unit in units:
         if unit in failed:
@@ -259,8 +259,6 @@ def _redeploy(remote: Any, ctx: Any, flake: str, timeout: int, verify: list[dict
     problems = verify_retrying(remote, verify, set(), VERIFY_RETRY)
     verdict = REDACTOR.redact("; ".join(problems.values()))[:300] if problems else None
     final = finish(remote, verdict, timeout)
-    if final.word == "committed":
-        clear_pending(Path(flake), ctx.name)
-    elif not problems:
+    if final.word != "committed" and not problems:
         problems = {v["unit"]: f"redeploy not committed: {final.word} ({final.detail})" for v in verify}
     return problems

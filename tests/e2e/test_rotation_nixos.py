@@ -414,3 +414,18 @@ def test_kill_9_during_the_rollback_converges(nixlab, cli):
     assert installed(lab) == old and tokend_accepts(lab, old)
     assert system(lab)[0] == before
     assert lab.host("snix").path("/var/lib/app/token").read_text() == old
+
+
+def test_a_saved_plan_rotates_through_sops_nix_as_shown(nixlab, cli, tmp_path):
+    """`plan -o` then `apply`: the value generated at plan time (sealed in the file) is the one installed."""
+    lab = nixlab
+    plan_file = tmp_path / "rotation.plan.json"
+    book = PLAYBOOKS / "secrets-rotation.yaml"
+    planned = cli("-i", lab.inventory_path, "plan", book, "-o", plan_file)
+    assert planned.returncode in (0, 2), planned.stdout + planned.stderr
+    assert values(lab) == {}  # planning wrote nothing
+    applied = cli("-i", lab.inventory_path, "apply", plan_file, "--yes")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    value = values(lab)["tokend/token"]
+    assert installed(lab) == value and tokend_accepts(lab, value)
+    assert value not in plan_file.read_text()
