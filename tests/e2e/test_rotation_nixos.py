@@ -429,3 +429,25 @@ def test_a_saved_plan_rotates_through_sops_nix_as_shown(nixlab, cli, tmp_path):
     value = values(lab)["tokend/token"]
     assert installed(lab) == value and tokend_accepts(lab, value)
     assert value not in plan_file.read_text()
+
+
+def test_a_policy_change_updates_the_module_and_deploys_it_without_rotating(nixlab, cli):
+    """Nothing due, but slax's consumer got another unit: the module is rewritten and slax deployed."""
+    lab = nixlab
+    assert rotate(cli, lab, "--due", "--yes").returncode == 0
+    value = values(lab)["tokend/token"]
+    running = system(lab)[0]
+    path = lab.flake_dir / "secrets" / "rotation.yaml"
+    pol = yaml.safe_load(path.read_text())
+    pol["secrets"]["tokend/token"]["consumers"][0]["units"].append("tokend-metrics.service")
+    path.write_text(yaml.safe_dump(pol))
+
+    r = rotate(cli, lab, "--due", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"update hosts/slax/generated/{MODULE}" in r.stdout and "deploy slax" in r.stdout
+    assert values(lab)["tokend/token"] == value  # nothing rotated
+    module = (lab.flake_dir / "hosts" / "slax" / "generated" / MODULE).read_text()
+    assert '"tokend-metrics.service"' in module
+    assert system(lab)[0] != running and installed(lab) == value and tokend_accepts(lab, value)
+    again = cli("-i", lab.inventory_path, "plan", PLAYBOOKS / "secrets-rotation.yaml", "--detailed-exitcode")
+    assert again.returncode == 0, again.stdout + again.stderr
