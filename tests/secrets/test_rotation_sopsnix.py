@@ -138,15 +138,18 @@ def test_units_must_be_unit_names(tmp_path: Path, units: list) -> None:
 
 
 def test_a_value_already_written_is_not_taken_for_the_current_one() -> None:
+    # Long values: a Secret registers with the process-wide redactor, and a short word
+    # would be masked in whatever other tests of this process render.
+    new, old = "written-check-new-7c1f0e9a2b", "written-check-old-3d8e5b6f41"
     held = {
-        "t": Secret("new"),
-        "_rotation/pending/t": Secret("new"),
-        "_rotation/previous/t": Secret("old"),
+        "t": Secret(new),
+        "_rotation/pending/t": Secret(new),
+        "_rotation/previous/t": Secret(old),
     }
     assert written(held, "t")
     pol_spec = type("S", (), {"key": "t"})()
-    assert effective_held(held, [pol_spec])["t"].reveal() == "old"  # type: ignore[list-item]
+    assert effective_held(held, [pol_spec])["t"].reveal() == old  # type: ignore[list-item]
     # Before the write: the current value is the current value.
-    fresh = {"t": Secret("old"), "_rotation/pending/t": Secret("new")}
+    fresh = {"t": Secret(old), "_rotation/pending/t": Secret(new)}
     assert not written(fresh, "t")
-    assert effective_held(fresh, [pol_spec])["t"].reveal() == "old"  # type: ignore[list-item]
+    assert effective_held(fresh, [pol_spec])["t"].reveal() == old  # type: ignore[list-item]
