@@ -5,7 +5,10 @@ reset a password by hand, restore a backup, or reinstall a host: the
 consumer then rejects the value the fleet repo holds, and nobody knows until
 the next deploy or rotation fails. :func:`check` runs every consumer's
 ``verify`` with the **current** value (the same command, the same stdin as a
-rotation's verify) and rotates nothing.
+rotation's verify) and rotates nothing. On an ``os: nixos`` host it first
+compares the file sops-nix installed with the current value (on the host,
+value on stdin): a host running another generation than the flake's is
+drift too, even for a consumer without a verify command.
 
 Each sops file is checked under its rotation lock, so a check never sees a
 rotation half-way (a consumer holding the pending value would look drifted).
@@ -24,6 +27,7 @@ from infratool.errors import InfratoolError
 from infratool.rotation.lock import rotation_lock
 from infratool.rotation.policy import Consumer, Policy, SecretPolicy
 from infratool.rotation.secret import pending_key
+from infratool.rotation.secret_nixos import installed_problem
 from infratool.rotation.secret_plan import check_current
 from infratool.secrets.secret import REDACTOR
 from infratool.secrets.store import SopsStore
@@ -83,6 +87,11 @@ def check(
     return findings
 
 
+def _nixos(hosts: Mapping[str, HostContext], name: str) -> bool:
+    """Whether ``name`` is a reachable ``os: nixos`` host (its sops-nix file can be compared)."""
+    return name in hosts and hosts[name].host.is_nixos
+
+
 def _unchecked(spec: SecretPolicy, consumer: Consumer, why: str) -> Finding:
     return Finding(spec.name, consumer.host, "unchecked", why)
 
@@ -111,7 +120,7 @@ def _check_file(
                     "interrupted",
                     "a rotation was interrupted: `infratool secrets rotate --due` finishes it",
                 )
-            elif consumer.verify is None:
+            elif consumer.verify is None and not _nixos(hosts, consumer.host):
                 out[key] = _unchecked(spec, consumer, "no verify command in the policy")
             elif consumer.host not in hosts:
                 out[key] = Finding(
@@ -124,7 +133,11 @@ def _check_file(
         for key, spec, consumer in items:
             try:
                 host = hosts[consumer.host]
-                problem = check_current(host, spec, consumer, values, policy.secrets)  # type: ignore[arg-type]
+                problem = None
+                if host.host.is_nixos:  # what sops-nix installed, then the consumer's own verify
+                    problem = installed_problem(host, spec, consumer, values)  # type: ignore[arg-type]
+                if problem is None:
+                    problem = check_current(host, spec, consumer, values, policy.secrets)  # type: ignore[arg-type]
             except InfratoolError as exc:
                 problem = f"{consumer.host}: {exc}"
             if problem is None:

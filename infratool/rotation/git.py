@@ -46,7 +46,7 @@ import yaml
 from infratool import log
 from infratool.errors import InfratoolError, InputError
 from infratool.localenv import minimal_env
-from infratool.rotation import state
+from infratool.rotation import sopsnix, state
 from infratool.secrets.secret import REDACTOR
 
 GIT_TIMEOUT = 120.0
@@ -203,8 +203,10 @@ class FleetGit:
         out = GitOutcome()
         try:
             # The policy's files and whatever else changed in secrets/ (clean before the run, so the
-            # run's: other rotation kinds' sops files too); nothing outside secrets/.
-            known = [self._rel(p) for p in self.paths if p.exists() or self._tracked(p)]
+            # run's: other rotation kinds' sops files too); outside secrets/ only the sops-nix modules
+            # the rotation generates (a checkout without them would deploy no secret to the host).
+            modules = sorted(self.flake.glob(f"hosts/*/generated/{sopsnix.MODULE}"))
+            known = [self._rel(p) for p in [*self.paths, *modules] if p.exists() or self._tracked(p)]
             existing = list(dict.fromkeys([*known, *self._dirty()]))
             if existing:
                 _run(self.flake, "add", "-A", "--", *existing)

@@ -33,6 +33,7 @@ runs; every mistake is an :class:`InputError` pointing at ``file:line``.
             command: "psql -v ON_ERROR_STOP=1 -f -"   # or {run: ..., stdin: ...}
             stdin_template: "ALTER ROLE app PASSWORD '{value}';"
             reload: ["systemctl reload app"] # str or list; run after delivery
+            units: [app.service]             # os: nixos hosts: sops-nix's restartUnits
             verify: "psql-check"             # str or {run: ..., stdin: ...}; must exit 0
       web/htpasswd:                          # a derived secret (see docs/secret-sources.md)
         file: secrets/db.yaml                # the same sops file as its sources
@@ -152,6 +153,8 @@ class Consumer:
     reload: tuple[str, ...] = ()
     verify: Command | None = None
     line: int | None = None
+    units: tuple[str, ...] = ()
+    """On an ``os: nixos`` host: the units sops-nix restarts when the value changes (``restartUnits``)."""
 
 
 @dataclass(frozen=True)

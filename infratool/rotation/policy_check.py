@@ -135,7 +135,9 @@ def _file_target(ctx: _Ctx, raw: Any, parent: dict[Any, Any], what: str) -> File
     return FileTarget(path, mode, owner, group)
 
 
-_CONSUMER_KEYS = ("host", "part", "file", "command", "stdin_template", "reload", "verify")
+_CONSUMER_KEYS = ("host", "part", "file", "command", "stdin_template", "reload", "units", "verify")
+# A systemd unit name (sops-nix's restartUnits): it is written into generated Nix.
+_UNIT = re.compile(r"[A-Za-z0-9@_.:\\-]+\.(service|socket|target|timer|path|mount)")
 
 
 def _consumer(
@@ -177,6 +179,15 @@ def _consumer(
         reload_raw = [reload_raw]
     if not isinstance(reload_raw, list) or not all(isinstance(c, str) and c.strip() for c in reload_raw):
         raise ctx.err(f"{what}: reload must be a command or a list of commands", data, "reload")
+    units_raw = data.get("units") or []
+    if isinstance(units_raw, str):
+        units_raw = [units_raw]
+    if not isinstance(units_raw, list) or not all(
+        isinstance(u, str) and _UNIT.fullmatch(u) for u in units_raw
+    ):
+        raise ctx.err(
+            f"{what}: units must be a unit name or a list of them (e.g. app.service)", data, "units"
+        )
     verify = ctx.command(data, "verify", what, default_stdin)
     return Consumer(
         host=host,
@@ -184,6 +195,7 @@ def _consumer(
         file=file,
         command=command,
         reload=tuple(reload_raw),
+        units=tuple(units_raw),
         verify=verify,
         line=yamlsrc.line_of(consumers, index),
     )

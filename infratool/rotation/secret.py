@@ -29,6 +29,7 @@ engine has the others (``generated``, ``stored``, ``verified``,
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -167,6 +168,16 @@ def _verify(ctx: Any, items: list[dict], skip: set[str]) -> dict[str, str]:
     return problems
 
 
+def verify_retrying(ctx: Any, items: list[dict], skip: set[str], retry_for: float) -> dict[str, str]:
+    """:func:`_verify`, tried again every 0.5 s while something fails, for up to ``retry_for`` seconds."""
+    until = time.monotonic() + retry_for
+    problems = _verify(ctx, items, skip)
+    while problems and time.monotonic() < until:
+        time.sleep(0.5)
+        problems = _verify(ctx, items, skip)
+    return problems
+
+
 @action("rotation.secret.deliver")
 def deliver(ctx: Any, secrets_dir: str, units: list[str], items: list[dict]) -> None:
     """Deliver the new values to this host's consumers; record a failure per unit (never raise)."""
@@ -175,11 +186,17 @@ def deliver(ctx: Any, secrets_dir: str, units: list[str], items: list[dict]) -> 
 
 
 @action("rotation.secret.verify")
-def verify(ctx: Any, secrets_dir: str, units: list[str], items: list[dict]) -> None:
-    """Run this host's verify commands with the new values; record each unit's outcome."""
+def verify(ctx: Any, secrets_dir: str, units: list[str], items: list[dict], retry_for: float = 0) -> None:
+    """Run this host's verify commands with the new values; record each unit's outcome.
+
+    ``retry_for``: seconds during which failing verifies are tried again. A
+    rotation through sops-nix restarts units during activation, and a
+    service that was just restarted may not listen yet (the deploy engine's
+    checks retry for the same reason); a real failure still fails, later.
+    """
     fault_point("delivered")
     failed = {u for u in units if engine.check_problem(secrets_dir, u, ctx.name)}
-    problems = _verify(ctx, items, failed)
+    problems = verify_retrying(ctx, items, failed, retry_for)
     for unit in units:
         engine.record_check(secrets_dir, unit, ctx.name, problems.get(unit))
 

@@ -10,12 +10,14 @@ verify and a rollback change whose args hold the exact bytes they send.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from pathlib import Path
 from typing import Any
 
-from infratool.changes import Change
+from infratool.changes import LOCAL, Change
+from infratool.deploy.engine import DEFAULT_CONFIRM_TIMEOUT
 from infratool.errors import InfratoolError, SecretsError
-from infratool.rotation import engine, state
+from infratool.rotation import engine, secret_nixos_plan, state
 from infratool.rotation.policy import Command, Consumer, Notify, Policy, SecretPolicy, render_template
 from infratool.rotation.secret import (
     KIND,
@@ -231,12 +233,20 @@ def build(
     task: str,
     lock_wait: float | None,
     issued: list[dict[str, Any]] | None = None,
+    nixos: Collection[str] = (),
+    flake: str = "",
+    confirm_base: int = DEFAULT_CONFIRM_TIMEOUT,
 ) -> engine.Rotation:
     """The engine rotation of ``groups`` (all in sops file ``file``), with per-host changes.
 
     ``issued`` collects the leases (Vault) issued to plan it: the caller
     returns them if the plan is not applied (a dry run, a "no").
+    ``nixos``: the ``os: nixos`` hosts; their consumers get the value through
+    sops-nix and a deploy of ``flake`` (:mod:`.secret_nixos`, :mod:`.secret_nixos_plan`), whose watchdogs
+    wait ``confirm_base`` seconds plus what the plan's verify phase needs.
     """
+    raw_held = held
+    held = secret_nixos_plan.effective_held(held, [m for g in groups for m in g.members])
     planner = Planner(policy, held, provided)
     units, values, ttls, retire, leases = [], {}, {}, [], []
     try:
@@ -256,6 +266,7 @@ def build(
     new_effect = {**current, **{n: v for p in values.values() for n, v in p.items()}}
     hosts = sorted({c.host for g in groups for m in g.members for c in m.consumers})
     deliver, verify, rollback = [], [], []
+    nix_hosts: list[dict[str, Any]] = []
     for host in hosts:
         d_items, v_items, r_items = [], [], []
         for g, unit in zip(groups, units, strict=True):
@@ -275,6 +286,10 @@ def build(
         unit_keys = sorted({i["unit"] for i in d_items})
         common = {"secrets_dir": secrets_dir, "units": unit_keys}
         names = ", ".join(dict.fromkeys(i["secret"] for i in d_items))
+        if host in nixos:
+            nix_hosts.append(secret_nixos_plan.host_entry(host, unit_keys, d_items, v_items, r_items))
+            verify.append(_verify_change(host, task, names, common, v_items))
+            continue
         deliver.append(
             Change(
                 host,
@@ -286,16 +301,7 @@ def build(
                 action="update",
             )
         )
-        verify.append(
-            Change(
-                host,
-                task,
-                f"verify {names} on {host}" if v_items else f"record delivery of {names}",
-                op="rotation.secret.verify",
-                args={**common, "items": v_items},
-                action="run",
-            )
-        )
+        verify.append(_verify_change(host, task, names, common, v_items))
         rollback.append(
             Change(
                 host,
@@ -323,17 +329,37 @@ def build(
     }
     labels = ", ".join(f"{g.label} ({g.reason})" for g in groups)
     resumed = all(not u.pending for u in units)
+    phases = [engine.Phase("deliver", deliver, checked=True), engine.Phase("verify", verify, checked=True)]
+    rollbacks = [engine.Phase("rollback", rollback, checked=True)]
+    if nix_hosts:
+        phases, rollbacks = secret_nixos_plan.attach(
+            phases, rollbacks, verify, policy=policy, flake=flake, file=file, secrets_dir=secrets_dir,
+            task=task, target=f"{LOCAL}:{KIND}/{Path(file).name}", hosts=nix_hosts, units=units,
+            members={u.key: g.members for g, u in zip(groups, units, strict=True)},
+            new=values, raw_held=raw_held, held=held, confirm_base=confirm_base,
+        )  # fmt: skip
     return engine.Rotation(
         kind=KIND,
         file=file,
         secrets_dir=secrets_dir,
         units=units,
-        phases=[engine.Phase("deliver", deliver, checked=True), engine.Phase("verify", verify, checked=True)],
-        rollback=[engine.Phase("rollback", rollback, checked=True)],
+        phases=phases,
+        rollback=rollbacks,
         task=task,
         lock_wait=lock_wait,
         hooks=hooks,
         description=f"{'resume' if resumed else 'rotate'} {labels}: store the new value(s) as pending",
+    )
+
+
+def _verify_change(host: str, task: str, names: str, common: dict[str, Any], items: list[dict]) -> Change:
+    return Change(
+        host,
+        task,
+        f"verify {names} on {host}" if items else f"record delivery of {names}",
+        op="rotation.secret.verify",
+        args={**common, "items": items},
+        action="run",
     )
 
 

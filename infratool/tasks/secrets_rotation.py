@@ -19,6 +19,13 @@ sops file, under its lock:
 5. a secret whose delivery or verify failed **rolls back** on every
    consumer, its pending value is discarded, exit 1.
 
+Consumers on ``os: nixos`` hosts get the value through sops-nix instead
+(:mod:`infratool.rotation.secret_nixos`): the value is written into the sops
+file, the host is deployed with ``switch-to-configuration test``, verified,
+then committed (``boot``). The task also keeps each NixOS consumer host's
+generated ``sops.secrets`` module (:mod:`infratool.rotation.sopsnix`) in step
+with the policy when nothing rotates there.
+
 A crash (kill -9) at any point is recovered by the next run: no pending
 value → start afresh; a pending value → resume from delivery; state
 "promoting" without a pending value → only record the promotion.
@@ -39,7 +46,7 @@ from typing import Any
 from infratool.changes import LOCAL, Change
 from infratool.errors import InfratoolError, InputError
 from infratool.inventory import Host, Inventory
-from infratool.rotation import engine, secret, secret_plan, state
+from infratool.rotation import engine, secret, secret_plan, sopsnix, state
 from infratool.rotation.kinds import Kind, StatusRow, format_age, register_kind
 from infratool.rotation.lock import check_lock_file, lock_path
 from infratool.rotation.notify import notify
@@ -49,6 +56,7 @@ from infratool.secrets import deps
 from infratool.secrets.secret import Secret
 from infratool.secrets.store import SopsStore
 from infratool.tasks.base import Param, PlanContext, Source, Task, register
+from infratool.tasks.lib.local import local_file_change
 
 DEFAULT_POLICY = "secrets/rotation.yaml"
 
@@ -251,12 +259,20 @@ class RotateSecrets(Task):
                 changes.append(self._single(d, secrets_dir))
                 continue
             by_file.setdefault(spec.file, []).append(secret.Group(members, d.reason))
+        nixos = {h.name for h in self.inventory if h.is_nixos}
+        rotating = {c.host for gs in by_file.values() for g in gs for m in g.members for c in m.consumers}
+        # A NixOS consumer host that no rotation of this run deploys still gets its module
+        # brought up to date with the policy (a consumer added, units changed), and a deploy.
+        for host in sorted((nixos & set(ctx.hosts)) - rotating):
+            changes += self._module_change(ctx, store, host)
         for file, groups in by_file.items():
             held = store.read(file, missing_ok=True)
             try:
                 rot = secret_plan.build(
                     self.policy, str(file), secrets_dir, groups, held, self.provided, st, self.name,
                     self.args["lock_wait"], self.issued,
+                    nixos=nixos, flake=str(self.inventory.flake.resolve()),
+                    confirm_base=ctx.options.confirm_timeout,
                 )  # fmt: skip
             except InfratoolError as exc:
                 # Nothing is stored at plan time: the file's secrets wait for the next run.
@@ -266,6 +282,16 @@ class RotateSecrets(Task):
                 continue
             changes += engine.plan_changes(rot)
         return changes
+
+    def _module_change(self, ctx: PlanContext, store: SopsStore, host: str) -> list[Change]:
+        """The host's generated sops-nix module, if the policy's entries for it changed (deployed)."""
+        flake = self.inventory.flake.resolve()
+        items = sopsnix.entries(flake, host, list(self.policy.secrets.values()))
+        present = {it["file"]: set(store.read(Path(it["file"]), missing_ok=True)) for it in items}
+        if not items and not sopsnix.module_path(flake, host).exists():
+            return []
+        rel = str(sopsnix.module_path(flake, host).relative_to(flake))
+        return local_file_change(ctx.local, self.name, rel, sopsnix.module_text(items, present), deploy=host)
 
     def _single(self, d: Decision, secrets_dir: str) -> Change:
         """A local-only change: record an interrupted promotion, or revoke a leftover lease."""

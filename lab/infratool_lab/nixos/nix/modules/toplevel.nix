@@ -141,7 +141,9 @@ let
       exec = s.serviceConfig.ExecStart or null;
       execLine = if builtins.isList exec then lib.last exec else exec;
     in
-    "#!/bin/sh\n# unit ${name}.service: ${s.description}\nset -e\n"
+    "#!/bin/sh\n# unit ${name}.service: ${s.description}\n"
+    # The activation runs a oneshot to its end (as systemd's start job waits for it).
+    + "# lab-type: ${toString (s.serviceConfig.Type or "simple")}\nset -e\n"
     + concatStringsSep "" (
       mapAttrsToList (k: v: "export ${k}='${toString v}'\n") (filterAttrs (_: v: v != null) s.environment)
     )

@@ -10,7 +10,9 @@
 # Units are lab services (no systemd here): a process per unit whose pid
 # is in /run/lab-services/<unit>.pid, restarted when its unit script changed,
 # started when new, stopped when gone, and restarted when a secret naming it
-# in restartUnits changed.
+# in restartUnits changed. A `Type = "oneshot"` unit runs to its end during
+# the switch (as systemd's start job waits for it) and then counts as active
+# (RemainAfterExit); one that fails fails the switch, as on NixOS.
 set -eu
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 action=${1:-}
@@ -32,8 +34,11 @@ unit_hash() { sha256sum <"$1" | cut -d' ' -f1; }
 units_of() { if [ -d "$1/lab/services" ]; then ls "$1/lab/services"; fi; }
 
 running() {
-  [ -s "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null
+  [ -e "$STATE/$1.done" ] || { [ -s "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
 }
+
+oneshot() { grep -qx '# lab-type: oneshot' "$1"; }
+failed_units=""
 
 stop_unit() {
   if [ -s "$STATE/$1.pid" ]; then
@@ -43,12 +48,22 @@ stop_unit() {
     while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
     kill -KILL "$pid" 2>/dev/null || true
   fi
-  rm -f "$STATE/$1.pid" "$STATE/$1.unit"
+  rm -f "$STATE/$1.pid" "$STATE/$1.unit" "$STATE/$1.done"
 }
 
 start_unit() {
   mkdir -p "$STATE" "$LOGS"
-  rm -f "$STATE/$1.pid"
+  rm -f "$STATE/$1.pid" "$STATE/$1.done"
+  if oneshot "$systemConfig/lab/services/$1"; then
+    unit_hash "$systemConfig/lab/services/$1" >"$STATE/$1.unit"
+    if "$systemConfig/lab/services/$1" </dev/null >>"$LOGS/$1.log" 2>&1; then
+      : >"$STATE/$1.done"
+    else
+      echo "warning: the following units failed: $1.service" >&2
+      failed_units="$failed_units $1"
+    fi
+    return 0
+  fi
   # nohup: the unit outlives the SSH session that switched to it.
   nohup /bin/sh -c 'echo $$ >"$1"; exec "$2"' unit "$STATE/$1.pid" "$systemConfig/lab/services/$1" \
     </dev/null >>"$LOGS/$1.log" 2>&1 &
@@ -136,3 +151,5 @@ if [ "$action" = switch ] || [ "$action" = test ]; then
     esac
   done
 fi
+# As NixOS's switch-to-configuration: a unit that failed to start is exit 4.
+if [ -n "$failed_units" ]; then exit 4; fi
