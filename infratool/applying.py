@@ -76,6 +76,12 @@ class Applying:
     _passed: list[Change]
     _lock: _LockPlan
 
+    def plan_context(self, hosts: dict[str, HostContext]) -> PlanContext:
+        """A task's view of this run, over ``hosts`` (planning, verifying, confirming a deploy)."""
+        return PlanContext(
+            hosts=hosts, local=self.local, inventory=self.inventory, options=self.options, state=self.state
+        )
+
     def apply(self, plan: Plan) -> RunResult:
         """Apply exactly ``plan``; verify what changed; report per host."""
         results = {h: HostResult(h) for h in plan.hosts}
@@ -317,13 +323,7 @@ class Applying:
                 inv, targets = self._targets[stage]
                 hosts = {h.name: self.contexts[h.name] for h in targets if h.name in self.contexts}
                 hosts[host] = fresh
-                ctx = PlanContext(
-                    hosts=hosts,
-                    local=self.local,
-                    inventory=self.inventory,
-                    options=self.options,
-                    state=self.state,
-                )
+                ctx = self.plan_context(hosts)
                 self.log.info("verify after deploy", task=inv.task.name, step=inv.label, host=host)
                 found = inv.task.verify(ctx, {host})
                 if host in found:
@@ -367,9 +367,7 @@ class Applying:
         hosts = {
             h.name: self.contexts[h.name] for h in targets if h.name in self.contexts and h.name not in failed
         }
-        ctx = PlanContext(
-            hosts=hosts, local=self.local, inventory=self.inventory, options=self.options, state=self.state
-        )
+        ctx = self.plan_context(hosts)
         # -v: which check runs on which hosts, and what it proved.
         self.log.info("verify", task=inv.task.name, step=inv.label, hosts=sorted(changed))
         try:

@@ -146,13 +146,7 @@ class Runner(Applying):
         reports: dict[str, dict[str, Any]] = {}
         for stage, (inv, targets) in enumerate(self._targets):
             hosts = {h.name: self.contexts[h.name] for h in targets if h.name in self.contexts}
-            ctx = PlanContext(
-                hosts=hosts,
-                local=self.local,
-                inventory=self.inventory,
-                options=self.options,
-                state=self.state,
-            )
+            ctx = self.plan_context(hosts)
             planned = self._plan_task(inv.task, ctx)
             for target, message in ctx.failures.items():
                 self._fail(target, InfratoolError(message))

@@ -288,3 +288,17 @@ def systemd_verify(units: dict[str, str], directory: Path) -> subprocess.Complet
         capture_output=True,
         text=True,
     )
+
+
+def tokend_accepts(lab: Any, token: str, host: str = "slax") -> bool:
+    """Does the lab's tokend on ``host`` accept ``token``? (a real HTTP request from that host)."""
+    from infratool_lab.services import TOKEND_PORT
+
+    address = lab.host(host).address
+    r = lab.exec(
+        host,
+        f"read -r t; printf 'Authorization: Bearer %s\\n' \"$t\" | "
+        f"curl -fsS -o /dev/null -H @- http://{address}:{TOKEND_PORT}/",
+        input=token.encode() + b"\n",
+    )
+    return r.returncode == 0

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from conftest import PLAYBOOKS, files_containing
 from exectrace import both_ends
-from helpers import wait_for
+from helpers import tokend_accepts, wait_for
 from infratool_lab import nixos as labnixos
 from infratool_lab import services
 from infratool_lab.services import add_nixos_recipients
@@ -103,17 +103,6 @@ def values(lab) -> dict[str, str]:
 
 def rotate(cli, lab, *args, env=None):
     return cli("-i", lab.inventory_path, "secrets", "rotate", *args, env=env)
-
-
-def tokend_accepts(lab, token: str) -> bool:
-    address = lab.host("slax").address
-    r = lab.exec(
-        "slax",
-        f"read -r t; printf 'Authorization: Bearer %s\\n' \"$t\" | "
-        f"curl -fsS -o /dev/null -H @- http://{address}:{PORT}/",
-        input=token.encode() + b"\n",
-    )
-    return r.returncode == 0
 
 
 def on_slax(lab, command: str) -> str:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import PLAYBOOKS, files_containing
 from exectrace import both_ends
-from helpers import nix_parse, wait_stopped
+from helpers import nix_parse, tokend_accepts, wait_stopped
 from infratool_lab import services
 
 from infratool.rotation.lock import lock_path
@@ -55,17 +55,6 @@ def pg_login(lab, password: str) -> bool:
         input=password.encode() + b"\n",
     )
     return r.returncode == 0 and r.stdout.strip() == b"1"
-
-
-def tokend_accepts(lab, token: str) -> bool:
-    address = lab.host("slax").address
-    r = lab.exec(
-        "slax",
-        f"read -r t; printf 'Authorization: Bearer %s\\n' \"$t\" | "
-        f"curl -fsS -o /dev/null -H @- http://{address}:{services.TOKEND_PORT}/",
-        input=token.encode() + b"\n",
-    )
-    return r.returncode == 0
 
 
 def rotate(cli, lab, *args, env=None):
