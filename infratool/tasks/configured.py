@@ -9,8 +9,9 @@ order (each file once):
 1. ``playbooks/*.yaml`` beside the inventory;
 2. ``playbooks/*.yaml`` in the flake repo, if that is elsewhere;
 3. every playbook that ran one of these rotations before, wherever it lives:
-   ``run``/``apply`` of a playbook records its path in the rotation state
-   file (``extra.playbook`` of each rotation it holds, :func:`remember`), so a
+   ``run``/``apply`` of a playbook records the file that configures each
+   rotation it ran (that playbook, or one it includes) in the rotation state
+   file (``extra.playbook``, :func:`remember`); includes are followed, so a
    fleet whose playbooks sit outside the inventory's directory (the lab's
    ``.infratool-lab/hosts.yaml`` with the repository's ``playbooks/``) is
    found after its first run. A recorded file that is gone is skipped.
@@ -30,6 +31,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 
 from infratool import log, yamlsrc
 from infratool.errors import InputError
@@ -79,7 +81,11 @@ def also_reading(paths: Sequence[Path]) -> Iterator[None]:
 
 
 def remember(inventory: Inventory, playbook: Path) -> list[str]:
-    """Record ``playbook`` in the state entry of each rotation it configures that has run.
+    """Record where ``playbook`` configures each rotation that has run, in its state entry.
+
+    The file recorded is the one holding the entry: ``playbook`` itself or a
+    playbook it includes (site.yaml's binary-cache.yaml), which is what a
+    later ``secrets status`` reads.
 
     Called after ``run``/``apply``: the entries exist once a rotation began,
     so only what actually rotated is recorded, and only when it changed
@@ -90,6 +96,7 @@ def remember(inventory: Inventory, playbook: Path) -> list[str]:
     from infratool.rotation.kinds import all_kinds, call_with_options
 
     path = Path(playbook).resolve()
+    reached = {str(p.resolve()) for p, _ in _entries([path])}
     secrets_dir = inventory.flake / "secrets"
     current = state.load_dir(secrets_dir)
     if not current.rotations:
@@ -105,13 +112,14 @@ def remember(inventory: Inventory, playbook: Path) -> list[str]:
                 where = str(row.extra.get("configured", "")).rpartition(":")[0]
                 full = state.key(kind.name, row.name)
                 entry = current.rotations.get(full)
-                if where == str(path) and entry is not None and entry.extra.get(RECORDED) != str(path):
-                    keys.append(full)
+                # The file that configures it (site.yaml's include), which is what a later read needs.
+                if where in reached and entry is not None and entry.extra.get(RECORDED) != where:
+                    keys.append((full, where))
     if keys:
         with edit_state(secrets_dir) as st:
-            for full in keys:
-                st.get(full).extra[RECORDED] = str(path)
-    return keys
+            for full, where in keys:
+                st.get(full).extra[RECORDED] = where
+    return [full for full, _ in keys]
 
 
 def configured(inventory: Inventory, cls: type[Task]) -> list[Task]:
@@ -123,14 +131,8 @@ def configured(inventory: Inventory, cls: type[Task]) -> list[Task]:
     """
     found: list[Task] = []
     seen: set[str] = set()
-    for path in playbook_files(inventory):
-        try:
-            data = yamlsrc.load(path)
-        except InputError as exc:
-            log.get_logger("infratool.tasks").warning("playbook skipped", file=str(path), error=exc.message)
-            continue
-        entries = data.get("tasks") if isinstance(data, dict) else None
-        for index, entry in enumerate(entries if isinstance(entries, list) else []):
+    for path, entries in _entries(playbook_files(inventory)):
+        for index, entry in enumerate(entries):
             if not isinstance(entry, dict) or entry.get("task") != cls.name:
                 continue
             params = entry.get("with")
@@ -152,3 +154,31 @@ def configured(inventory: Inventory, cls: type[Task]) -> list[Task]:
                 seen.add(fingerprint)
                 found.append(task)
     return found
+
+
+def _entries(paths: list[Path]) -> Iterator[tuple[Path, list[Any]]]:
+    """``(file, its tasks: list)`` of each playbook in ``paths`` and of everything they include.
+
+    A recorded playbook is often one that only includes others (site.yaml):
+    its includes are read too, relative to the including file, each once. A
+    file that cannot be read is logged and skipped.
+    """
+    queue = list(paths)
+    visited = {p.resolve() for p in queue}
+    while queue:
+        path = queue.pop(0)
+        try:
+            data = yamlsrc.load(path)
+        except InputError as exc:
+            log.get_logger("infratool.tasks").warning("playbook skipped", file=str(path), error=exc.message)
+            continue
+        entries = data.get("tasks") if isinstance(data, dict) else None
+        entries = entries if isinstance(entries, list) else []
+        for entry in entries:
+            included = entry.get("include") if isinstance(entry, dict) else None
+            if isinstance(included, str) and "{{" not in included:
+                child = (path.parent / included).resolve()
+                if child not in visited and child.is_file():
+                    visited.add(child)
+                    queue.append(child)
+        yield path, entries

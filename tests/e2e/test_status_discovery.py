@@ -46,3 +46,16 @@ def test_status_lists_the_cache_key_of_a_playbook_run_from_outside_the_fleet_dir
     assert ("cache-key", "snix-cache") not in {
         (r["kind"], r["name"]) for r in json.loads(status.stdout)["secrets"]
     }, status.stdout
+
+
+def test_a_playbook_that_includes_the_rotation_records_the_file_that_configures_it(fleet, cli, tmp_path):
+    """site.yaml only includes binary-cache.yaml: the included file is what gets recorded and read."""
+    inv = fleet.inventory_path
+    wrapper = tmp_path / "site.yaml"
+    wrapper.write_text(f"name: wrapper\nhosts: all\ntasks:\n  - include: {CACHE_PLAYBOOK.resolve()}\n")
+
+    ok(cli("-i", inv, "run", wrapper, "--yes"))
+    recorded = state.load_dir(fleet.flake_dir / "secrets").rotations["cache-key/snix-cache"]
+    assert recorded.extra["playbook"] == str(CACHE_PLAYBOOK.resolve())
+    cache = _rows(cli, inv)[("cache-key", "snix-cache")]
+    assert cache["configured"].startswith(f"{CACHE_PLAYBOOK.resolve()}:"), cache
