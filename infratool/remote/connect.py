@@ -1,7 +1,7 @@
 """Opening one SSH connection: pinned host keys, our own TCP socket, errors in words.
 
 :func:`open_connection` is what :meth:`infratool.remote.Remote.connect` runs;
-it returns an authenticated paramiko ``SSHClient`` or raises
+it returns an authenticated Fabric ``Connection`` or raises
 :class:`HostKeyError` / :class:`ConnectError`. Host keys are checked during
 the key exchange, before authentication, before any command
 (:class:`~infratool.remote.hostkeys.RefuseUnknownKey`).
@@ -11,39 +11,17 @@ from __future__ import annotations
 
 import base64
 import socket
-import sys
 import time
-from types import ModuleType
 
 from infratool.errors import ConnectError, HostKeyError
 from infratool.inventory import Host
 from infratool.remote.hostkeys import TRANSPORT_LOG, RefuseUnknownKey, pkey_fingerprint
 
 
-def paramiko_module() -> ModuleType:
-    """paramiko, imported without invoke when this process has not loaded invoke yet.
-
-    ``paramiko.config`` imports invoke (a whole task runner, ~90 ms of CPU
-    on the lab machine) only to run ``Match exec`` lines of an ssh_config,
-    which infratool never reads: commands go over raw channels of paramiko's
-    transport, connections are opened here. invoke is hidden for the length
-    of that one import (paramiko records it as unavailable) and visible
-    again right after, so nothing else in the process loses it.
-    """
-    if "paramiko" not in sys.modules and "invoke" not in sys.modules:
-        sys.modules["invoke"] = None  # type: ignore[assignment]  # `import invoke` raises ImportError
-        try:
-            import paramiko
-        finally:
-            del sys.modules["invoke"]
-    import paramiko
-
-    return paramiko
-
-
 def open_connection(host: Host, timeout: float):
-    """An open, authenticated paramiko ``SSHClient`` to ``host`` (``timeout`` bounds each step)."""
-    paramiko = paramiko_module()
+    """An open, authenticated Fabric ``Connection`` to ``host`` (``timeout`` bounds each step)."""
+    import paramiko
+    from fabric import Config, Connection
 
     if not host.host_keys:
         raise HostKeyError(
@@ -51,17 +29,24 @@ def open_connection(host: Host, timeout: float):
             "no pinned host key: add 'host_key:' to the inventory or an entry to its "
             "known_hosts file (see `infratool host add`)",
         )
+    config = Config(overrides={"load_ssh_configs": False, "timeouts": {"connect": timeout}})
     connect_kwargs: dict = {
-        "username": host.user,
         "look_for_keys": False,
         "allow_agent": False,
-        "timeout": timeout,
         "banner_timeout": timeout,
         "auth_timeout": timeout,
     }
     if host.ssh_key:
         connect_kwargs["key_filename"] = [str(host.ssh_key)]
-    client = paramiko.SSHClient()
+    conn = Connection(
+        host.address,
+        user=host.user,
+        port=host.port,
+        config=config,
+        connect_timeout=timeout,
+        connect_kwargs=connect_kwargs,
+    )
+    client = conn.client
     client.set_missing_host_key_policy(RefuseUnknownKey(host))
     client.set_log_channel(TRANSPORT_LOG)
     keys = client.get_host_keys()
@@ -81,8 +66,9 @@ def open_connection(host: Host, timeout: float):
         # 48 ms with Nagle, 3 ms without; see docs/performance.md).
         started = time.monotonic()
         sock = open_socket(host.address, host.port, timeout)
+        conn.connect_kwargs["sock"] = sock
         try:
-            client.connect(host.address, port=host.port, sock=sock, **connect_kwargs)
+            conn.open()
         except BaseException:
             # A refused or failed handshake leaves neither the socket nor
             # paramiko's transport thread behind.
@@ -109,7 +95,7 @@ def open_connection(host: Host, timeout: float):
     if transport is not None:
         # Detect a dead peer instead of hanging on it for the TCP timeout.
         transport.set_keepalive(15)
-    return client
+    return conn
 
 
 def connect_failure(host: Host, exc: BaseException, started: float, timeout: float) -> str:

@@ -146,13 +146,13 @@ class Remote:
 
         invoke's runner (behind ``Connection.run``) feeds ``in_stream`` one
         byte per 10 ms poll, far too slow for file contents, so commands run
-        on a raw session channel of the paramiko client instead: stdin is written
+        on a raw session channel of Fabric's client instead: stdin is written
         and stderr drained by a helper thread while stdout is read here, so
         neither side can block the other on a full window. ``timeout`` is a
         deadline for the whole exchange (a chatty command cannot extend it);
         it raises TimeoutError.
         """
-        transport = self._conn.get_transport()
+        transport = self._conn.client.get_transport()
         deadline = None if timeout is None else time.monotonic() + timeout
         chan = transport.open_session(timeout=self.connect_timeout)
         try:
@@ -246,7 +246,7 @@ class Remote:
         """
         self.connect()
         self.commands_run += 1
-        transport = self._conn.get_transport()
+        transport = self._conn.client.get_transport()
         chan = None
         try:
             chan = transport.open_session(timeout=self.connect_timeout)

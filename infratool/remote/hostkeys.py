@@ -1,9 +1,9 @@
 """Host keys: fingerprints, the key a host offers, and the policy that refuses unknown keys.
 
-No connection trusts a key on first use (Fabric's ``Connection``, used here
-before, installed paramiko's auto-add policy). Every connection made by
-:mod:`infratool.remote.connect` gets :class:`RefuseUnknownKey` and only the
-keys pinned in the inventory.
+Fabric's ``Connection`` installs paramiko's auto-add policy and never loads
+known_hosts, which would trust any key on first use. Every connection made by
+:mod:`infratool.remote.connect` gets :class:`RefuseUnknownKey` instead and
+only the keys pinned in the inventory.
 """
 
 from __future__ import annotations
