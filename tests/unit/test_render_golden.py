@@ -19,6 +19,7 @@ from rich.console import Console
 from infratool.changes import Change, Plan
 from infratool.cli import output as render
 from infratool.runner import HostResult, RunResult
+from infratool.secrets.secret import REDACTOR
 
 GOLDEN = Path(__file__).parent / "golden"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -31,6 +32,18 @@ PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOq8gWk5Xk6f8Q0HqJ9l3d4Yw2nC0b7sZ1
 MUST_KEEP = [HOST, EXPECTED, OFFERED, PUBKEY, "snix", "unreachable", "refused", "changed"]
 
 WIDTHS = {"60": (60, True), "80": (80, True), "piped": (80, False)}
+
+
+@pytest.fixture(autouse=True)
+def _no_foreign_secrets():
+    """The golden text is compared byte for byte: values other tests of this
+    worker registered with the process-wide REDACTOR (a 6+ character word that
+    also occurs in a plan) must not mask it. They are put back afterwards."""
+    kept = sorted(REDACTOR._values)
+    REDACTOR.clear()
+    yield
+    for value in kept:
+        REDACTOR.register(value)
 
 
 def _plan() -> Plan:
