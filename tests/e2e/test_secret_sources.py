@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import vaultserver
 import yaml
+from helpers import tokend_accepts
 from infratool_lab import services
 
 from infratool.secrets.store import SopsStore
@@ -98,17 +99,6 @@ def pg_login(lab, host: str, password: str) -> bool:
         input=password.encode() + b"\n",
     )
     return r.returncode == 0 and r.stdout.strip() == b"1"
-
-
-def tokend_accepts(lab, host: str, token: str) -> bool:
-    address = lab.host(host).address
-    r = lab.exec(
-        host,
-        f"read -r t; printf 'Authorization: Bearer %s\\n' \"$t\" | "
-        f"curl -fsS -o /dev/null -H @- http://{address}:{services.TOKEND_PORT}/",
-        input=token.encode() + b"\n",
-    )
-    return r.returncode == 0
 
 
 def values(lab) -> dict[str, str]:
@@ -252,7 +242,7 @@ def test_pass_bcrypt_htpasswd_and_wireguard(lab3, cli, tmp_path):
         check=True,
     )
     assert shown.stdout.splitlines()[0] == first["tokend/token"]
-    assert tokend_accepts(lab, tok, first["tokend/token"])
+    assert tokend_accepts(lab, first["tokend/token"], host=tok)
 
     # password + htpasswd: PostgreSQL and nginx both take the password.
     assert first["web/htpasswd"].startswith("admin:$2b$06$")
