@@ -50,8 +50,13 @@ def run_session(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess[s
     if ci is not None:
         env["CI"] = ci
     env["PYTHONPATH"] = str(ROOT / "tests")
+    # Its own --basetemp: without one, the inner pytest makes a numbered
+    # /tmp/pytest-of-<user>/pytest-N and, at exit, deletes all but the newest
+    # three of them -- the trees earlier CI runs left there (whole labs and Nix
+    # stores). That rm took over 120 s on a loaded CI machine and failed the run.
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "conftest", "-c", os.devnull, "--rootdir", str(tmp_path),
+         "--basetemp", str(tmp_path / "inner"),
          "-p", "no:cacheprovider", "-W", "ignore::pytest.PytestUnknownMarkWarning", "-q", str(tmp_path / "test_skipping.py")],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
     )  # fmt: skip
