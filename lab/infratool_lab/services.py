@@ -5,7 +5,14 @@
   ``app`` logs in with a password (scram-sha-256). Rotation sets it with
   ``ALTER ROLE`` fed on stdin and verifies by logging in with it.
 - **tokend** on slax (:mod:`infratool_lab.tokend`): HTTP that demands a
-  bearer token read from ``/var/lib/tokend/token``, reread on SIGHUP.
+  bearer token read from ``/var/lib/tokend/token``, reread on SIGHUP. On a
+  NixOS-shaped slax (``lab up --nixos``) it is a NixOS unit instead, as it
+  would be on the real host: ``hosts/slax/tokend.nix`` in the lab flake
+  (imported by the host's ``configuration.nix``) runs it on the token
+  sops-nix installs at ``/run/secrets/tokend/token``, and the policy's
+  consumer names that path and ``units: [tokend.service]`` (sops-nix
+  restarts it when the value changes). The unit starts with the host's next
+  deploy.
 
 :func:`provision` starts both (idempotently) and writes the lab flake repo's
 ``secrets/rotation.yaml`` naming them. Initial credentials go in through
@@ -86,12 +93,34 @@ secrets:
     max_age: 7d
     consumers:
       - host: {tok_host}
-        file: {{path: /var/lib/tokend/token, mode: "0600"}}
-        reload: kill -HUP "$(cat /run/tokend.pid)"
+{tok_delivery}
         verify: >-
           read -r token &&
           printf 'Authorization: Bearer %s\\n' "$token" |
           curl -fsS -o /dev/null -H @- http://{tok_address}:{tok_port}/
+"""
+
+
+# How the token reaches tokend: a file and SIGHUP, or (NixOS) sops-nix and a restart.
+_TOKEND_LINUX = (
+    '        file: {path: /var/lib/tokend/token, mode: "0600"}\n'
+    '        reload: kill -HUP "$(cat /run/tokend.pid)"'
+)
+_TOKEND_NIXOS = (
+    '        file: {path: /run/secrets/tokend/token, mode: "0400"}\n        units: [tokend.service]'
+)
+
+TOKEND_MODULE = """\
+# tokend as a NixOS unit (written by `infratool lab up --nixos`): its token is the
+# one sops-nix installs, and restartUnits in the generated module restarts it.
+{{ ... }}:
+{{
+  systemd.services.tokend = {{
+    description = "tokend: HTTP that demands the bearer token sops-nix installs";
+    wantedBy = [ "multi-user.target" ];
+    script = "exec /usr/bin/python3 /var/lib/tokend/tokend.py --token-file /run/secrets/tokend/token --listen {address}:{port} --pid-file /run/tokend.pid";
+  }};
+}}
 """
 
 
@@ -113,6 +142,9 @@ def start_tokend(lab: Lab, host: str = TOKEND_HOST) -> None:
     script = lab_host.path("/var/lib/tokend/tokend.py")
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(Path(__file__).with_name("tokend.py").read_text())
+    if lab_host.nixos:
+        _tokend_unit(lab, host)
+        return
     first = secrets.token_hex(16).encode() + b"\n"
     lab.exec(
         host,
@@ -120,6 +152,23 @@ def start_tokend(lab: Lab, host: str = TOKEND_HOST) -> None:
         input=first,
         check=True,
     )
+
+
+def _tokend_unit(lab: Lab, host: str) -> None:
+    """Make tokend a unit of NixOS host ``host``: ``hosts/<host>/tokend.nix``, imported by its configuration.
+
+    The import is added to a ``configuration.nix`` the lab wrote and nobody
+    changed since; an edited one is the operator's and is left alone.
+    """
+    from infratool_lab import nixos as labnixos
+
+    lab_host = lab.host(host)
+    conf_dir = lab.flake_dir / "hosts" / host
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    (conf_dir / "tokend.nix").write_text(TOKEND_MODULE.format(address=lab_host.address, port=TOKEND_PORT))
+    conf = conf_dir / "configuration.nix"
+    if not conf.exists() or conf.read_text() == labnixos.host_configuration(host):
+        conf.write_text(labnixos.host_configuration(host, imports=["./tokend.nix"]))
 
 
 def write_policy(lab: Lab) -> Path:
@@ -131,6 +180,7 @@ def write_policy(lab: Lab) -> Path:
             pg_host=POSTGRES_HOST,
             pg_address=lab.host(POSTGRES_HOST).address,
             tok_host=TOKEND_HOST,
+            tok_delivery=_TOKEND_NIXOS if lab.host(TOKEND_HOST).nixos else _TOKEND_LINUX,
             tok_address=lab.host(TOKEND_HOST).address,
             tok_port=TOKEND_PORT,
         )

@@ -25,7 +25,9 @@ class _State:
 
 
 def _load(state: _State) -> None:
-    state.token = state.path.read_bytes().strip()
+    # A missing file refuses every request rather than failing the start: on a
+    # NixOS host the unit can start before sops-nix ever installed the token.
+    state.token = state.path.read_bytes().strip() if state.path.exists() else b""
 
 
 def _handler(state: _State) -> type[BaseHTTPRequestHandler]:

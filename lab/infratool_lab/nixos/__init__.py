@@ -104,12 +104,13 @@ def flake_text(hosts: Sequence[tuple[str, str]]) -> str:
 """
 
 
-def host_configuration(name: str) -> str:
-    """A host's own ``configuration.nix`` (created once; the operator's to edit)."""
+def host_configuration(name: str, imports: Sequence[str] = ()) -> str:
+    """A host's own ``configuration.nix`` (created once; the operator's to edit), importing ``imports``."""
+    lines = f"  imports = [ {' '.join(imports)} ];\n" if imports else ""
     return f"""# {name}'s own configuration (created by `infratool lab up --nixos`; yours to edit).
 {{ ... }}:
 {{
-  networking.hostName = {json.dumps(name)};
+{lines}  networking.hostName = {json.dumps(name)};
 }}
 """
 
