@@ -171,18 +171,42 @@ def _tokend_unit(lab: Lab, host: str) -> None:
         conf.write_text(labnixos.host_configuration(host, imports=["./tokend.nix"]))
 
 
+def policy_text(
+    pg_host: str,
+    pg_address: str,
+    tok_host: str,
+    tok_address: str,
+    tok_port: int = TOKEND_PORT,
+    *,
+    tok_nixos: bool = False,
+) -> str:
+    """The rotation policy for PostgreSQL on ``pg_host`` and tokend on ``tok_host``.
+
+    ``tok_nixos`` picks how the token reaches tokend: a file and SIGHUP, or
+    sops-nix's ``/run/secrets`` and a unit restart.
+    """
+    return POLICY.format(
+        pg_host=pg_host,
+        pg_address=pg_address,
+        tok_host=tok_host,
+        tok_delivery=_TOKEND_NIXOS if tok_nixos else _TOKEND_LINUX,
+        tok_address=tok_address,
+        tok_port=tok_port,
+    )
+
+
 def write_policy(lab: Lab) -> Path:
     """The lab flake repo's ``secrets/rotation.yaml`` for these services."""
     path = lab.flake_dir / "secrets" / "rotation.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
+    tokend = lab.host(TOKEND_HOST)
     path.write_text(
-        POLICY.format(
-            pg_host=POSTGRES_HOST,
-            pg_address=lab.host(POSTGRES_HOST).address,
-            tok_host=TOKEND_HOST,
-            tok_delivery=_TOKEND_NIXOS if lab.host(TOKEND_HOST).nixos else _TOKEND_LINUX,
-            tok_address=lab.host(TOKEND_HOST).address,
-            tok_port=TOKEND_PORT,
+        policy_text(
+            POSTGRES_HOST,
+            lab.host(POSTGRES_HOST).address,
+            TOKEND_HOST,
+            tokend.address,
+            tok_nixos=tokend.nixos,
         )
     )
     return path

@@ -140,7 +140,8 @@ def test_the_sites_rotation_reaches_the_nixos_services_through_sops_nix(site, mo
     for host in (TOKEND_HOST, POSTGRES_HOST):
         module = (lab.flake_dir / "hosts" / host / "generated" / "secrets-rotation.nix").read_text()
         assert token not in module and password not in module
-    assert token not in site.run.stdout + site.run.stderr and password not in site.run.stdout + site.run.stderr
+    printed = site.run.stdout + site.run.stderr
+    assert token not in printed and password not in printed
 
 
 def _built_on_snix(lab: Lab, hook: bool) -> str:

@@ -18,7 +18,7 @@ from fuzzkit import HOSTILE, dump, malformed, only_input_errors, text_mutation, 
 from helpers import ROOT
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from infratool_lab.services import POLICY
+from infratool_lab.services import policy_text
 
 from infratool import inventory, playbook, yamlsrc
 from infratool.errors import InputError, SecretsFileError
@@ -51,9 +51,7 @@ hosts:
   nixtv-player: {address: 10.0.0.4, tags: [media], os: linux}
 """
 KNOWN_HOSTS = "10.0.0.1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE1\n[10.0.0.3]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE3\n"
-LAB_POLICY = POLICY.format(
-    pg_host="brix", pg_address="10.0.0.3", tok_host="slax", tok_address="10.0.0.2", tok_port=8081
-)
+LAB_POLICY = policy_text("brix", "10.0.0.3", "slax", "10.0.0.2", 8081)
 
 
 class Repo:
