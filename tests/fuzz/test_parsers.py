@@ -52,6 +52,8 @@ hosts:
 """
 KNOWN_HOSTS = "10.0.0.1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE1\n[10.0.0.3]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE3\n"
 LAB_POLICY = policy_text("brix", "10.0.0.3", "slax", "10.0.0.2", 8081)
+# The same policy with tokend on a NixOS slax (sops-nix's /run/secrets and restartUnits).
+LAB_POLICY_NIXOS = policy_text("brix", "10.0.0.3", "slax", "10.0.0.2", 8081, tok_nixos=True)
 
 
 class Repo:
@@ -83,6 +85,8 @@ def test_seeds_are_valid(fuzz_repo: Repo) -> None:
     for pb in sorted((fuzz_repo.root / "playbooks").glob("*.yaml")):
         assert playbook.load(pb, fuzz_repo.inventory).invocations
     assert policy.load_policy(fuzz_repo.root / "secrets" / "rotation.yaml", fuzz_repo.inventory.names).secrets
+    nixos = write(fuzz_repo.root / "secrets" / "nixos-rotation.yaml", LAB_POLICY_NIXOS)
+    assert policy.load_policy(nixos, fuzz_repo.inventory.names).secrets
 
 
 # --- YAML itself -------------------------------------------------------------------------
@@ -232,7 +236,7 @@ def test_task_parameters_never_crash(fuzz_repo: Repo, text: str) -> None:
 
 
 @FUZZ
-@given(malformed(LAB_POLICY))
+@given(st.one_of(malformed(LAB_POLICY), malformed(LAB_POLICY_NIXOS)))
 def test_policy_file_never_crashes(fuzz_repo: Repo, text: str) -> None:
     path = write(fuzz_repo.root / "secrets" / "fuzz-rotation.yaml", text)
     only_input_errors(lambda: policy.load_policy(path, fuzz_repo.inventory.names), text)
