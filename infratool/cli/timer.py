@@ -138,7 +138,7 @@ def timer_install(
     force: bool,
 ) -> None:
     from infratool.rotation.timer import plan_install, render_units, write_unit
-    from infratool.secrets.store import find_sops
+    from infratool.secrets.sopsbin import find_sops
 
     opts = _timer_options(g, on_calendar, randomized_delay, age_key_file, flake, check)
     # The service cannot set sops's executable bit itself (read-only /usr, /opt): do it now.

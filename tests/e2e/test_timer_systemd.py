@@ -405,7 +405,7 @@ def test_the_nixos_module_units_load_and_run_in_the_same_systemd(systemd_host, s
     # NixOS puts nixpkgs' sops on the service's PATH; here it is the wheel's, which pip leaves
     # without its executable bit (`timer install` sets it; nothing ran that in this test).
     sops = c.run(
-        f"{realsystemd.VENV}/bin/python", "-c", "from infratool.secrets.store import find_sops; find_sops()"
+        f"{realsystemd.VENV}/bin/python", "-c", "from infratool.secrets.sopsbin import find_sops; find_sops()"
     )
     assert sops.returncode == 0, sops.stderr
     c.systemctl("daemon-reload", check=True)

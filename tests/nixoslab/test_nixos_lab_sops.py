@@ -14,7 +14,7 @@ from infratool_lab import nixos as labnixos
 from infratool_lab.services import add_nixos_recipients
 
 from infratool.secrets.agekeys import ssh_ed25519_private_to_age_identity
-from infratool.secrets.store import find_sops
+from infratool.secrets.sopsbin import find_sops
 
 CONFIG = """{ ... }:
 {

@@ -16,7 +16,8 @@ import pytest
 from infratool.errors import InputError
 from infratool.secrets import recovery
 from infratool.secrets.secret import Secret
-from infratool.secrets.store import SopsStore, find_sops
+from infratool.secrets.sopsbin import find_sops
+from infratool.secrets.store import SopsStore
 
 # BIP39 test vectors (all-zero and 0x7f entropy).
 ABANDON_24 = "abandon " * 23 + "art"

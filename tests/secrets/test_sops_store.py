@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from infratool.errors import SecretsError, SecretsFileError
 from infratool.secrets.secret import Secret
-from infratool.secrets.store import SopsStore, find_sops, sops_index
+from infratool.secrets.sopsbin import find_sops
+from infratool.secrets.store import SopsStore, sops_index
 
 
 @dataclass

