@@ -32,7 +32,8 @@ from infratool_lab.sbctl import LAB_FIRMWARE_FILE, provision_lab, set_lab_firmwa
 from infratool.errors import RefusedError
 from infratool.secrets.store import SopsStore
 from infratool.tasks.secureboot import render_flake_input, render_module
-from infratool.tasks.secureboot.hostinfo import Bundle, HostView, KeyFile, SbctlState
+from infratool.tasks.secureboot.hostinfo import Bundle, HostView, KeyFile
+from infratool.tasks.secureboot.sbctlstate import SbctlState
 
 PLAYBOOK = PLAYBOOKS / "secureboot.yaml"
 ENROLL_PLAYBOOK = PLAYBOOKS / "secureboot-enroll.yaml"

@@ -23,11 +23,8 @@ from infratool.tasks.secureboot.hostinfo import (
     CertInfo,
     HostView,
     KeyFile,
-    SbctlState,
-    _parse_state,
-    parse_enrolled,
-    parse_version,
 )
+from infratool.tasks.secureboot.sbctlstate import SbctlState, _parse_state, parse_enrolled, parse_version
 from infratool.tasks.secureboot.statement import dropped, firmware_statement
 from infratool.tasks.secureboot.vendorcerts import MICROSOFT, microsoft_certs
 

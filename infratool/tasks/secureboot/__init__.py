@@ -13,8 +13,9 @@ Tasks (registered on import):
 * ``secureboot.migrate`` — ``sbctl setup --migrate`` where nixpkgs' sbctl
   still uses ``/etc/secureboot``.
 
-Modules: :mod:`.hostinfo` (facts), :mod:`.keyfiles` (key files in and out of
-hosts), :mod:`.backupfile` (the sops file), :mod:`.report` (verdicts),
+Modules: :mod:`.hostinfo` (facts: key directories), :mod:`.sbctlstate` (facts:
+what sbctl reports), :mod:`.keyfiles` (key files in and out of hosts),
+:mod:`.backupfile` (the sops file), :mod:`.report` (verdicts),
 :mod:`.common` (shared task base), :mod:`.keytasks`, :mod:`.enroll`,
 :mod:`.lanzaboote`, :mod:`.migrate`, :mod:`.vendorcerts`. The journey is in docs/secure-boot.md.
 """

@@ -29,13 +29,12 @@ from infratool.tasks.base import HostTask, Param, PlanContext
 from infratool.tasks.lib.checks import check_abs_path
 from infratool.tasks.secureboot import backupfile
 from infratool.tasks.secureboot.hostinfo import (
-    MIN_VERSION,
     SBCTL_DIR,
     UPSTREAM_LEGACY_DIR,
     HostView,
     bundle_requests,
-    state_request,
 )
+from infratool.tasks.secureboot.sbctlstate import MIN_VERSION, state_request
 
 PKI_BUNDLE = Param(
     str,

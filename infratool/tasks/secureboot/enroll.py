@@ -44,17 +44,15 @@ from infratool.errors import CommandFailed, RefusedError
 from infratool.tasks.base import Param, PlanContext, register
 from infratool.tasks.secureboot import backupfile
 from infratool.tasks.secureboot.common import SecureBootTask, host_store, read_backup, require_sbctl
-from infratool.tasks.secureboot.hostinfo import (
+from infratool.tasks.secureboot.hostinfo import VARIABLES, Bundle, HostView
+from infratool.tasks.secureboot.keyfiles import host_hashes
+from infratool.tasks.secureboot.keytasks import backup_problems
+from infratool.tasks.secureboot.sbctlstate import (
     LIST_ENROLLED,
     MIN_VERSION,
     OLD_CONFIG_NOTICE,
-    VARIABLES,
-    Bundle,
-    HostView,
     parse_enrolled,
 )
-from infratool.tasks.secureboot.keyfiles import host_hashes
-from infratool.tasks.secureboot.keytasks import backup_problems
 from infratool.tasks.secureboot.statement import firmware_statement
 from infratool.tasks.secureboot.vendorcerts import microsoft_certs
 
@@ -297,7 +295,7 @@ def _is_enroll_command(command: str) -> bool:
 
 
 def _version(h: HostContext) -> tuple[int, ...] | None:
-    from infratool.tasks.secureboot.hostinfo import parse_version
+    from infratool.tasks.secureboot.sbctlstate import parse_version
 
     return parse_version(h.run("sbctl version", check=False, what="sbctl version").stdout.strip())
 
