@@ -4,6 +4,8 @@ One :class:`Remote` per host, opened once and reused for the whole run. The
 package is split along its seams; import from here:
 
 - :mod:`.connection`: :class:`Remote` (commands, held commands, file writes), :class:`Result`;
+- :mod:`.held`: :class:`Held`, a command left running (the run lock), and :func:`release_all`;
+- :mod:`.deadline`: :func:`with_deadline`, the host killing a command that runs out of time;
 - :mod:`.connect`: opening a connection (pinned host keys, TCP_NODELAY, errors in words);
 - :mod:`.hostkeys`: fingerprints, the key a host offers, the policy refusing unknown keys;
 - :mod:`.writes`: the put-files protocol (the script, its payload, streamed content).
@@ -13,7 +15,9 @@ during the key exchange, before authentication, before any command. Secrets
 reach remote processes only through stdin, never argv or environment.
 """
 
-from infratool.remote.connection import Held, Remote, Result, release_all, with_deadline
+from infratool.remote.connection import Remote, Result
+from infratool.remote.deadline import with_deadline
+from infratool.remote.held import Held, release_all
 from infratool.remote.hostkeys import fingerprint, offered_host_key
 from infratool.remote.writes import (
     FileWrite,

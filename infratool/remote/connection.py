@@ -3,13 +3,14 @@
 Secrets reach remote processes only through stdin (no pty), never argv or
 environment variables, which show up in ``ps`` on the host. Opening the
 connection (pinned host keys) is :mod:`infratool.remote.connect`; the
-put-files protocol is :mod:`infratool.remote.writes`.
+put-files protocol is :mod:`infratool.remote.writes`; the deadline a command
+runs under is :mod:`infratool.remote.deadline`; what :meth:`Remote.hold`
+returns is :mod:`infratool.remote.held`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import shlex
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 
 from infratool.errors import CommandFailed, ConnectError
 from infratool.inventory import Host
+from infratool.remote.deadline import REPORT_GRACE, TIMED_OUT, seconds_left, with_deadline
+from infratool.remote.held import Held
 from infratool.remote.writes import (
     FileWrite,
     PartialWrite,
@@ -117,7 +120,7 @@ class Remote:
             # The controller waits a little longer than the host's own deadline,
             # so a live host reports the timeout itself (and has killed the
             # command); the controller's deadline catches a host that went silent.
-            exited, out, err = self._exec(wire, stdin, None if limit is None else limit + _REPORT_GRACE)
+            exited, out, err = self._exec(wire, stdin, None if limit is None else limit + REPORT_GRACE)
         except TimeoutError:
             raise CommandFailed(self.host.name, name, 124, f"timed out after {limit:g} s") from None
         except Exception as exc:
@@ -129,7 +132,7 @@ class Remote:
         if exited is None:
             self.close()
             raise ConnectError(self.host.name, f"connection lost during {name}")
-        if limit is not None and exited == _TIMED_OUT and time.monotonic() - started >= limit:
+        if limit is not None and exited == TIMED_OUT and time.monotonic() - started >= limit:
             raise CommandFailed(self.host.name, name, exited, f"timed out after {limit:g} s")
         if exited == -1 and not err:
             err = "killed by a signal (no exit status)"
@@ -190,19 +193,19 @@ class Remote:
             # is set to what is left before every read. The helper's reads use
             # the value set before they started, so they never end early.
             while True:
-                chan.settimeout(_left(deadline))
+                chan.settimeout(seconds_left(deadline))
                 chunk = chan.recv(_CHUNK)
                 if not chunk:
                     break
                 out += chunk
-            helper.join(_left(deadline))
+            helper.join(seconds_left(deadline))
             if helper.is_alive():
                 raise TimeoutError
             if problems:
                 raise problems[0]
             # recv_exit_status() would wait forever on a host that closed its
             # output but keeps running.
-            if not chan.status_event.wait(_left(deadline)):
+            if not chan.status_event.wait(seconds_left(deadline)):
                 raise TimeoutError
             # paramiko leaves exit_status at -1 when the channel closed without
             # one: the process died of a signal, or the connection did.
@@ -255,10 +258,10 @@ class Remote:
             lines = chan.makefile("rb")
             deadline = time.monotonic() + timeout
             while True:
-                chan.settimeout(_left(deadline))
+                chan.settimeout(seconds_left(deadline))
                 raw = lines.readline()
                 if not raw:
-                    chan.status_event.wait(_left(deadline))
+                    chan.status_event.wait(seconds_left(deadline))
                     err = (
                         chan.recv_stderr(_CHUNK).decode(errors="replace") if chan.recv_stderr_ready() else ""
                     )
@@ -336,76 +339,6 @@ class Remote:
 
 
 _CHUNK = 65536
-_TIMED_OUT = 124
-"""GNU timeout's exit status when the deadline passed."""
-_KILL_AFTER = 5
-"""Seconds a timed-out command gets to exit on SIGTERM before SIGKILL."""
-_REPORT_GRACE = 3.0
-"""How much longer the controller waits than the host's own deadline."""
-
-
-def with_deadline(command: str, seconds: float) -> str:
-    """``command`` wrapped so the host itself kills it after ``seconds``.
-
-    Closing the SSH channel does not stop a command that has no pty (it
-    only loses its pipes), and sshd refuses "signal" requests for root
-    sessions, so a timed-out command would otherwise go on running — and
-    finish its change — after the run reported it failed. GNU ``timeout``
-    puts the command in its own process group and signals the whole group
-    (TERM, then KILL after a grace period). The command still runs under the
-    user's login shell, exactly as sshd would have run it.
-    """
-    return f'exec timeout -k {_KILL_AFTER} {seconds:.3f} "${{SHELL:-/bin/sh}}" -c {shlex.quote(command)}'
-
-
-def _left(deadline: float | None) -> float | None:
-    """Seconds until ``deadline`` (None: no deadline), never below a tick."""
-    return None if deadline is None else max(0.001, deadline - time.monotonic())
-
-
-class Held:
-    """A command left running on the host by :meth:`Remote.hold`."""
-
-    def __init__(self, chan, line: str) -> None:
-        self._chan = chan
-        self.line = line
-        """The line that :meth:`Remote.hold` waited for."""
-
-    @property
-    def exit_status(self) -> int | None:
-        """The command's exit status once it finished (None while it runs or when unknown)."""
-        return self._chan.exit_status if self._chan.exit_status_ready() else None
-
-    def signal(self) -> None:
-        """Close the command's stdin (it then finishes on its own); :meth:`release` waits for that."""
-        # A connection already gone raises here: the host saw its stdin close anyway.
-        with contextlib.suppress(Exception):
-            self._chan.shutdown_write()
-
-    def release(self, timeout: float = 10.0) -> None:
-        """Close the command's stdin and wait (up to ``timeout``) for it to finish."""
-        try:
-            self.signal()
-            self._chan.status_event.wait(timeout)
-        except Exception:
-            pass
-        finally:
-            self._chan.close()
-
-
-def release_all(held: Iterable[Held], timeout: float = 10.0) -> None:
-    """Release several held commands (one per host) in one round trip, not one each.
-
-    Every stdin is closed first, then each command is awaited: the hosts
-    finish in parallel, so releasing the run locks of 64 hosts costs about
-    one host's release instead of 64 in a row. ``timeout`` bounds the whole.
-    """
-    held = list(held)
-    for h in held:
-        h.signal()
-    deadline = time.monotonic() + timeout
-    for h in held:
-        h.release(_left(deadline))
 
 
 def _short(command: str) -> str:
