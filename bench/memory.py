@@ -38,6 +38,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import bytecode  # noqa: E402
 import hoststate  # noqa: E402
 import machine  # noqa: E402
 import measure  # noqa: E402
@@ -209,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         baseline = export_commit(args.baseline, workdir / "baseline") if args.baseline else None
+        # Before any timing: every infratool that is run, as .pyc (bench/bytecode.py).
+        bytecode.ensure([baseline / "infratool"] if baseline else None)
         rows = big_file_cases(workdir, args.size_mb, baseline)
         if args.hosts:
             rows += site_cases(workdir, args.hosts, args.forks)

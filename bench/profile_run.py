@@ -29,6 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import bytecode  # noqa: E402
 import hoststate  # noqa: E402
 import peers  # noqa: E402
 import spec  # noqa: E402
@@ -93,6 +94,8 @@ def main() -> int:
     parser.add_argument("--src", type=Path, help="checkout to profile instead of the installed infratool")
     args = parser.parse_args()
     py_spy = peers.ensure(lambda m: print(m, file=sys.stderr)) / "py-spy"
+    # Before any run is profiled: infratool's modules as .pyc (bench/bytecode.py), --src's too.
+    bytecode.ensure([args.src.resolve() / "infratool"] if args.src else None)
     workdir = Path(tempfile.mkdtemp(prefix="infratool-profile-"))
     lab = start_lab(workdir / "lab", args.hosts, None)
     try:

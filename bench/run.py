@@ -50,6 +50,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import bytecode  # noqa: E402
 import hoststate  # noqa: E402
 import machine  # noqa: E402
 import measure  # noqa: E402
@@ -261,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     versions = peers.versions(peers_bin) if peers.installed() else {}
     command = "python bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
     RESULTS.mkdir(exist_ok=True)
+    # Before any timing: infratool's modules as .pyc, like the peers' site-packages (bench/bytecode.py).
+    if not bytecode.ensure():
+        log("some of infratool's modules did not compile (see above); timed runs compile them each time")
     started = time.monotonic()
     startup: dict[str, list[float]] = {}
     records = []
