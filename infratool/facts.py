@@ -80,23 +80,29 @@ class FileState:
 
 def _file_command(path: str, content: bool = True) -> str:
     # Nothing is read through a symlink: a symlink at the path reports "L";
-    # a regular file is opened once (fd 3) and everything after acts on that
-    # descriptor, whose real path (readlink /dev/fd/3) must be the path asked
-    # for, so a name swapped for a symlink in between, or a symlinked parent
-    # directory, reports "L"/"R" instead of another file's content.
-    # Few processes per file: every fork+exec on the host costs ~1 ms of CPU,
-    # which adds up over 64 hosts sharing a few cores.
+    # a regular file is opened once (fd 3), and before anything is read from
+    # that descriptor the fact checks it is the file at the path asked for:
+    # `cd -P` into the parent (a builtin: $PWD is then the physical path,
+    # which must be the parent asked for, so a symlinked parent reports "R"),
+    # the name there is not a symlink now, and it is the very inode fd 3
+    # holds (`-ef`). A name swapped for a symlink around the open, or a
+    # parent swapped for one, reports "R" instead of another file's content.
+    # Builtins rather than `readlink /dev/fd/3`: every fork+exec on the host
+    # costs ~1 ms of CPU, which adds up over 64 hosts sharing a few cores
+    # (docs/performance.md: one exec per file was 0.1 of the no-op ratio).
     q = shlex.quote(path)
-    real = shlex.quote(posixpath.normpath(path))
+    real = posixpath.normpath(path)
+    parent, name = shlex.quote(posixpath.dirname(real)), shlex.quote(posixpath.basename(real))
     if content:
         body = f'if [ "$4" -le {MAX_CONTENT} ]; then echo C; base64 -w0 <&3; else echo H; sha256sum <&3; fi'
     else:
         body = "sha256sum <&3"
     return (
         f"if [ -L {q} ]; then echo L; elif [ -f {q} ]; then {{ "
-        # `; echo x` and `${l%?x}`: $(...) would strip a newline the path ends with.
-        f"s=$(stat -L -c '%a %U %G %s' /dev/fd/3) && l=$(readlink /dev/fd/3 && echo x) || exit 1; l=${{l%?x}}; "
-        f'if [ "$l" != {real} ]; then echo R; else echo "F $s"; set -- $s; {body}; fi; }} 3< {q}; '
+        f"cd -P -- {parent} || exit 1; "
+        f'if [ "$PWD" != {parent} ] || [ -L {name} ] || ! [ {name} -ef /dev/fd/3 ]; then echo R; '
+        f"else s=$(stat -L -c '%a %U %G %s' /dev/fd/3) || exit 1; "
+        f'echo "F $s"; set -- $s; {body}; fi; }} 3< {q}; '
         f"elif [ -e {q} ]; then echo O; else echo A; fi"
     )
 

@@ -94,6 +94,27 @@ def test_a_symlink_target_is_never_read(lab, cli, tmp_path):
     )
 
 
+def test_a_symlinked_parent_directory_is_never_read_through(lab, cli, tmp_path):
+    """Item 4 through a parent: nobody's {APP}/d -> a directory of root's holding a 0644 file.
+    The fact reports the path as resolving elsewhere; the plan fails that host naming it
+    and shows nothing of the file; the run writes nothing there."""
+    _setup(lab)
+    lab.exec(
+        "snix",
+        f"set -e; mkdir -p /var/lib/victimdir; printf '%s\\n' {CANARY} > /var/lib/victimdir/conf; "
+        f"chmod 644 /var/lib/victimdir/conf; setpriv --reuid=nobody --regid=nogroup --clear-groups "
+        f"ln -s /var/lib/victimdir {APP}/d",
+        check=True,
+    )
+    book = _playbook(tmp_path, f"{APP}/d/conf", "public=2\n", "snix")
+    out = _plans(cli, lab, book)
+    assert CANARY not in out
+    assert f"{APP}/d/conf: a parent directory is a symlink" in out
+    run = cli("-i", lab.inventory_path, "run", book, "--yes")
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert lab.exec("snix", "cat /var/lib/victimdir/conf", check=True).stdout.decode() == f"{CANARY}\n"
+
+
 def test_a_racing_owner_cannot_make_a_plan_show_a_root_file(lab, cli, tmp_path):
     """Item 4, raced: nobody flips the file between a 0644 file and a symlink to a 0600 root file."""
     _setup(lab)
