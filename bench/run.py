@@ -14,7 +14,8 @@ rotating order, ``--repeat`` times:
 
 Also times each tool's start-up (``infratool --help``, median of 10). Prints
 a table of seconds and ratios and records the numbers in
-``bench/results/hosts-N.json`` and ``docs/performance.md``.
+``bench/results/hosts-N.json`` and ``docs/performance.md`` (with
+``--no-docs``: in ``bench/results/trial-hosts-N.json`` only).
 
 Usage (as root, after scripts/setup.sh; the peers are installed on demand)::
 
@@ -237,7 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tools", default=",".join(TOOL_KEYS), help="comma-separated subset")
     parser.add_argument("--subnet", help="lab subnet (default: first free 127.200.x)")
     parser.add_argument("--no-startup", dest="startup", action="store_false", help="skip start-up timing")
-    parser.add_argument("--no-docs", dest="docs", action="store_false", help="do not touch docs/")
+    parser.add_argument(
+        "--no-docs",
+        dest="docs",
+        action="store_false",
+        help="do not touch docs/ nor the recorded results (this run's go to bench/results/trial-hosts-N.json)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the lab directory and logs")
     parser.add_argument(
         "--quick", action="store_true", help="CI guard: 16 hosts, 1 round, no docs, never fails"
@@ -274,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         # Start-up does not depend on the lab: measured once per invocation, shown with every table.
         startup = record.setdefault("startup", startup)
         args.startup = False
-        name = "quick.json" if args.quick else f"hosts-{count}.json"
+        # The record docs/performance.md is built from is only replaced by a run
+        # that also writes the docs; a --no-docs trial keeps its own file.
+        name = f"hosts-{count}.json" if args.docs else f"trial-hosts-{count}.json"
+        name = "quick.json" if args.quick else name
         (RESULTS / name).write_text(json.dumps(record, indent=1) + "\n")
         print(report.table(record))
         print("\n".join(report.ratio_lines(record)), flush=True)
