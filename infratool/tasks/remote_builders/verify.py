@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import secrets
 import shlex
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -31,11 +32,22 @@ from typing import Any
 from infratool import nixgen
 from infratool.context import HostContext
 from infratool.inventory import Host
+from infratool.remote import Result
 from infratool.tasks.remote_builders.filetext import MACHINES, machines_fields, store_uri
 from infratool.tasks.remote_builders.spec import Builder, Topology
 
 PING_TIMEOUT = 60.0
 BUILD_TIMEOUT = 300.0
+# A builder's store can turn a client away for a moment: every ssh-ng login
+# starts its own `nix-daemon --stdio`, and clients checking at once can find
+# the builder's SQLite database busy ("unexpected Nix daemon error: SQLite
+# database ... is busy" in the builder's log), which the client only sees as
+# "unexpected end-of-file". Such a failure is tried again after these pauses;
+# any other failure is reported at once, and so is ssh's own refusal (a key
+# or host key it rejects also ends in that end-of-file line).
+TRANSIENT = ("unexpected end-of-file", "is busy")
+REFUSED = ("Permission denied", "Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED")
+RETRY_PAUSES = (0.5, 1.5)
 
 
 @dataclass(frozen=True)
@@ -95,21 +107,45 @@ def installed_line(machines: str, uri: str) -> str | None:
     return None
 
 
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "no output"
+def failure_line(text: str) -> str:
+    """The last line of ``text``, after ssh's refusal when there is one (Nix's own last
+    line then only says "unexpected end-of-file")."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return "no output"
+    refused = [line for line in lines[:-1] if any(m in line for m in REFUSED)]
+    return f"{refused[-1]} ({lines[-1]})" if refused else lines[-1]
+
+
+def store_run(cctx: HostContext, command: str, what: str, timeout: float) -> Result:
+    """Run a client command that talks to a builder's store, again after a transient refusal.
+
+    See :data:`TRANSIENT`: a failure whose stderr says the connection was
+    dropped (and not that ssh refused it, :data:`REFUSED`) is retried after
+    each of :data:`RETRY_PAUSES`; the last result is returned either way.
+    """
+    result = cctx.run(command, check=False, what=what, timeout=timeout)
+    for pause in RETRY_PAUSES:
+        transient = any(m in result.stderr for m in TRANSIENT) and not any(
+            m in result.stderr for m in REFUSED
+        )
+        if result.ok or not transient:
+            break
+        time.sleep(pause)
+        result = cctx.run(command, check=False, what=what, timeout=timeout)
+    return result
 
 
 def _ping(cctx: HostContext, key: str, builder: BuilderRef) -> str | None:
     uri = builder.uri
-    ping = cctx.run(
+    ping = store_run(
+        cctx,
         "nix --extra-experimental-features nix-command store ping --store "
         + shlex.quote(f"{uri}?ssh-key={key}"),
-        check=False,
         what=f"nix store ping {uri}",
         timeout=PING_TIMEOUT,
     )
-    return None if ping.ok else f"nix store ping {uri} with {key} failed: {_last_line(ping.stderr)}"
+    return None if ping.ok else f"nix store ping {uri} with {key} failed: {failure_line(ping.stderr)}"
 
 
 def _build(cctx: HostContext, builder: BuilderRef, line: str | None) -> tuple[str | None, str | None]:
@@ -120,16 +156,17 @@ def _build(cctx: HostContext, builder: BuilderRef, line: str | None) -> tuple[st
     """
     expr = check_derivation(builder, secrets.token_hex(6))
     override = f"--builders {shlex.quote(line)} " if line is not None else ""
-    built = cctx.run(
+    built = store_run(
+        cctx,
         f"nix-build --no-out-link --max-jobs 0 {override}-E {shlex.quote(expr)}",
-        check=False,
         what=f"remote build on {builder.name}",
         timeout=BUILD_TIMEOUT,
     )
     if not built.ok:
         how = "its own machines line" if line is not None else "the installed configuration"
-        return None, f"a --max-jobs 0 build through {how} failed: {_last_line(built.stderr)}"
-    return _last_line(built.stdout), None
+        return None, f"a --max-jobs 0 build through {how} failed: {failure_line(built.stderr)}"
+    printed = built.stdout.split()
+    return (printed[-1], None) if printed else (None, "the build printed no output path")
 
 
 Where = HostContext | None
@@ -145,11 +182,11 @@ def _built_on(cctx: HostContext, key: str, out: str, builders: list[tuple[Builde
                 f"nix-store --check-validity {shlex.quote(out)}", check=False, what="check the build"
             )
         else:
-            res = cctx.run(
+            res = store_run(
+                cctx,
                 "nix --extra-experimental-features nix-command path-info --store "
                 + shlex.quote(f"{builder.uri}?ssh-key={key}")
                 + f" {shlex.quote(out)}",
-                check=False,
                 what=f"look for the build in {builder.name}'s store",
                 timeout=PING_TIMEOUT,
             )
