@@ -50,6 +50,6 @@ if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m p
   cat "$log" >&2; rm -f "$log"; exit 1
 fi
 rm -f "$log"
-# Editable install + PYTHONDONTWRITEBYTECODE=1 here: no run writes .pyc, so each would recompile ~100 modules.
+# Editable install + PYTHONDONTWRITEBYTECODE=1 here: no run writes .pyc, so each run would recompile what it imports.
 .venv/bin/python -m compileall -q infratool lab/infratool_lab
 echo "setup.sh: ready ($(.venv/bin/infratool --version); $(nix-store --version); sops $(.venv/bin/sops --disable-version-check --version 2>/dev/null | head -n1 | awk '{print $2}'))"
