@@ -206,8 +206,14 @@ class SshdLogs:
         return self.lab.host(name).sshd_log.read_text()[len(self.before[name]) :]
 
     def contacted(self) -> list[str]:
-        """The hosts whose sshd logged anything since the snapshot (a refused key exchange too)."""
-        return [name for name in self.before if self.since(name)]
+        """The hosts whose sshd took a new connection since the snapshot (a refused key exchange too).
+
+        Only a new connection counts (sshd's ``Connection from`` line, its first for
+        every TCP connection): sshd logs the end of a connection made before the
+        snapshot ("Connection closed", "Transferred: ...") when it gets to it, which
+        on a loaded machine can be after the command that made it has exited.
+        """
+        return [name for name in self.before if "\nConnection from " in "\n" + self.since(name)]
 
     def assert_no_contact(self) -> None:
         """Fail naming the hosts that were contacted since the snapshot."""

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from conftest import PLAYBOOKS, files_containing
 from exectrace import both_ends
-from helpers import nix_eval, nix_parse, ok
+from helpers import SshdLogs, nix_eval, nix_parse, ok
 from replay import as_data
 
 from infratool import inventory
@@ -549,7 +549,7 @@ def test_crash_right_after_storing_the_next_key_resumes_in_the_site_playbook(fle
 
 
 def test_bad_input_exits_3_and_touches_nothing(lab, cli, tmp_path):
-    logs = {h.name: h.sshd_log.read_text() for h in lab.hosts()}
+    logs = SshdLogs(lab)
     cases = {
         "tasks:\n  - task: binary_cache.server\n    with:\n      server: snix\n      name: 'bad name:1'\n": (
             5,
@@ -573,8 +573,7 @@ def test_bad_input_exits_3_and_touches_nothing(lab, cli, tmp_path):
         r = cli("-i", lab.inventory_path, "run", pb, "--yes")
         assert r.returncode == 3, r.stdout + r.stderr
         assert f"{pb}:{line}:" in r.stderr and message in r.stderr, r.stderr
-    for h in lab.hosts():
-        assert h.sshd_log.read_text() == logs[h.name], f"{h.name} was contacted"
+    logs.assert_no_contact()
     assert not (lab.flake_dir / "secrets").exists()
 
 

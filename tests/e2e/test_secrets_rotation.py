@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import PLAYBOOKS, files_containing
 from exectrace import both_ends
-from helpers import nix_parse, tokend_accepts, wait_stopped
+from helpers import SshdLogs, nix_parse, tokend_accepts, wait_stopped
 from infratool_lab import services
 
 from infratool.rotation.lock import lock_path
@@ -345,7 +345,7 @@ def test_bad_input_touches_nothing(rot, cli, tmp_path):
     good = policy.read_text()
     sops_file = lab.flake_dir / "secrets" / "lab.yaml"
     cipher = sops_file.read_text()
-    logs = {h.name: h.sshd_log.read_text() for h in lab.hosts()}
+    logs = SshdLogs(lab)
     cases = [
         (good.replace("generator: password", "generator: nope"), "unknown generator"),
         (good.replace("host: brix", "host: nosuchhost"), "nosuchhost"),
@@ -357,8 +357,7 @@ def test_bad_input_touches_nothing(rot, cli, tmp_path):
         assert r.returncode == 3, r.stderr
         assert message in r.stderr and f"{policy}:" in r.stderr
     policy.write_text(good)
-    for h in lab.hosts():
-        assert h.sshd_log.read_text() == logs[h.name]
+    logs.assert_no_contact()
     assert sops_file.read_text() == cipher
 
     # Tampered ciphertext: sops's MAC check fails. Exit 3 naming the file; nothing
@@ -370,8 +369,7 @@ def test_bad_input_touches_nothing(rot, cli, tmp_path):
     assert r.returncode == 3, r.stdout + r.stderr
     assert "lab.yaml: has been tampered with" in r.stderr, r.stderr
     assert sops_file.read_text() == tampered
-    for h in lab.hosts():
-        assert h.sshd_log.read_text() == logs[h.name], f"{h.name} was contacted"
+    logs.assert_no_contact()
     sops_file.write_text(cipher)
 
     # No decryption key: the same promises.
@@ -379,8 +377,7 @@ def test_bad_input_touches_nothing(rot, cli, tmp_path):
     assert r.returncode == 3, r.stdout + r.stderr
     assert "lab.yaml" in r.stderr and "cannot decrypt" in r.stderr, r.stderr
     assert sops_file.read_text() == cipher
-    for h in lab.hosts():
-        assert h.sshd_log.read_text() == logs[h.name], f"{h.name} was contacted"
+    logs.assert_no_contact()
 
 
 def test_timer_units_verify_and_nix_parses(lab, cli, tmp_path):

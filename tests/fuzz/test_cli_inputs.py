@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 from fuzzkit import text_mutation, write
-from helpers import ROOT
+from helpers import ROOT, SshdLogs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from infratool_lab import Lab, services
@@ -47,10 +47,6 @@ def error_of(call: Callable[[], object]) -> InputError | None:
     return None
 
 
-def sshd_logs(lab: Lab) -> dict[str, str]:
-    return {h.name: h.sshd_log.read_text() for h in lab.hosts()}
-
-
 def assert_exit_3_at(result, err: InputError) -> None:
     """The CLI failed like the parser did: exit 3, ``error: file[:line]: message``, no traceback."""
     out = result.stdout + result.stderr
@@ -73,7 +69,7 @@ def rotation_fleet(fleet: Lab) -> Lab:
 @given(data=st.data())
 def test_malformed_inputs_exit_3_without_contacting_a_host(rotation_fleet: Lab, cli, tmp_path, data) -> None:
     lab = rotation_fleet
-    before = sshd_logs(lab)
+    before = SshdLogs(lab)
     inv = inventory.load(lab.inventory_path)
     policy_path = lab.flake_dir / "secrets" / "rotation.yaml"
     sops_path = lab.flake_dir / "secrets" / "lab.yaml"
@@ -132,4 +128,4 @@ def test_malformed_inputs_exit_3_without_contacting_a_host(rotation_fleet: Lab, 
     assert_exit_3_at(cli("-i", lab.inventory_path, "secrets", "rotate", "--all", "--dry-run"), err)
     sops_path.write_text(good_sops)
 
-    assert sshd_logs(lab) == before, "a host was contacted"
+    before.assert_no_contact()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT
+from helpers import ROOT, SshdLogs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from infratool_lab import Lab
@@ -212,12 +212,12 @@ def test_hostile_values_are_refused_at_their_line(tmp_path) -> None:
 
 
 def test_hostile_values_exit_3_before_contact(lab, cli, tmp_path) -> None:
-    before = {h.name: h.sshd_log.read_text() for h in lab.hosts()}
+    before = SshdLogs(lab)
     pb = playbook(tmp_path, [REFUSED_TASKS[0][0]])
     r = cli("-i", lab.inventory_path, "run", pb, "--yes")
     assert r.returncode == 3 and f"{pb}:" in r.stderr, r.stderr
     inv = _hostile_inventory(lab.inventory_path, *REFUSED_HOSTS[0][:2], tmp_path / "hosts.yaml")
     r = cli("-i", inv, "run", ROOT / "playbooks" / "baseline.yaml", "--yes")
     assert r.returncode == 3 and f"{inv}:" in r.stderr, r.stderr
-    assert {h.name: h.sshd_log.read_text() for h in lab.hosts()} == before
+    before.assert_no_contact()
     assert pwned(lab) == []
